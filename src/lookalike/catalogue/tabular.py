@@ -1,0 +1,103 @@
+"""Generic catalogues: a CSV or JSON Lines table with an image column (or path template) and attributes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+from lookalike.catalogue.schema import Catalogue, CatalogueSchema, ImageRef, LoadReport, Product
+from lookalike.errors import LookalikeError
+
+
+def _rows(path: Path, report: LoadReport) -> Iterator[tuple[str, dict]]:
+    """(location, raw row) pairs; rows that cannot be parsed are counted, never raised."""
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    report.skip("malformed JSON", f"{path.name}:{n}")
+                    continue
+                if not isinstance(row, dict):
+                    report.skip("malformed JSON", f"{path.name}:{n}")
+                    continue
+                yield f"{path.name}:{n}", row
+    else:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            reader = csv.DictReader(f, restkey="__extra__")
+            for n, row in enumerate(reader, 2):
+                if "__extra__" in row or None in row.values():
+                    report.skip("wrong number of columns", f"{path.name}:{n}")
+                    continue
+                yield f"{path.name}:{n}", row
+
+
+def _values(raw, is_list: bool, sep: str) -> str | list[str] | None:
+    if raw is None:
+        return None
+    if is_list:
+        items = raw if isinstance(raw, list) else str(raw).split(sep)
+        items = [str(v).strip() for v in items if str(v).strip()]
+        return items or None
+    value = str(raw).strip()
+    return value or None
+
+
+def load_table(path: Path, schema: CatalogueSchema, image_root: Path | None = None) -> Catalogue:
+    path = Path(path)
+    if not path.is_file():
+        raise LookalikeError(f"catalogue file not found: {path}")
+    if not schema.image_field and not schema.image_template:
+        raise LookalikeError("schema needs image_field or image_template to find each product's image")
+    root = Path(image_root or path.parent)
+    report = LoadReport(source=str(path))
+    products: list[Product] = []
+    seen: set[str] = set()
+    for where, row in _rows(path, report):
+        pid = str(row.get(schema.id_field, "") or "").strip()
+        if not pid:
+            report.skip(f"missing {schema.id_field}", where)
+            continue
+        if pid in seen:
+            report.skip("duplicate id", f"{where} ({pid})")
+            continue
+        attrs = {}
+        for name in schema.fields:
+            v = _values(row.get(name), name in schema.list_fields, schema.list_separator)
+            if v is not None:
+                attrs[name] = v
+        if not attrs:
+            report.skip("empty attributes", f"{where} ({pid})")
+            continue
+        try:
+            rel = row[schema.image_field] if schema.image_field else schema.image_template.format(**row)
+        except KeyError as e:
+            report.skip(f"missing image field {e}", where)
+            continue
+        image = (root / str(rel)).resolve()
+        if not image.is_file():
+            report.skip("missing image", f"{where} ({image.name})")
+            continue
+        sales = None
+        if schema.sales_field and str(row.get(schema.sales_field, "")).strip():
+            try:
+                sales = float(row[schema.sales_field])
+            except ValueError:
+                report.skip(f"non-numeric {schema.sales_field}", where)
+                continue
+        text = str(row.get(schema.text_field, "") or "").strip() if schema.text_field else ""
+        extra = {k: str(v) for k, v in row.items() if k not in attrs and isinstance(v, (str, int, float))}
+        products.append(Product(pid, ImageRef(image), attrs, text, sales, extra))
+        seen.add(pid)
+    report.loaded = len(products)
+    if schema.category_field:
+        report.counts["category"] = Counter(p.value(schema.category_field) for p in products)
+    if not products:
+        raise LookalikeError(f"no products loaded from {path}\n{report.summary()}")
+    return Catalogue(products, schema, root, report)

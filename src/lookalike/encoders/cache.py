@@ -1,0 +1,69 @@
+"""On-disk embedding cache keyed by content, so only changed images (or a changed model) are re-embedded.
+
+Layout: `{root}/{namespace}-{encoder fingerprint}/shard-*.npz`, each shard holding `keys` and `vectors`.
+A key is the SHA-1 of the image bytes plus the crop box, or of the text: a changed file gets a new
+key, a changed model or preprocessing a new directory. New vectors go to a new shard written to a
+temporary name and renamed, so an interrupted run never leaves a half-written shard behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class EmbeddingCache:
+    def __init__(self, root: Path, namespace: str, fingerprint: str, dim: int):
+        self.dir = Path(root) / f"{namespace}-{fingerprint}"
+        self.dim = dim
+        self._index: dict[str, tuple[int, int]] = {}
+        self._shards: list[np.ndarray] = []
+        if self.dir.exists():
+            for shard in sorted(self.dir.glob("shard-*.npz")):
+                with np.load(shard) as z:
+                    vectors = z["vectors"]
+                    if vectors.shape[1] != dim:
+                        continue
+                    s = len(self._shards)
+                    self._shards.append(vectors)
+                    for row, key in enumerate(z["keys"].tolist()):
+                        self._index[key] = (s, row)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def get(self, keys: list[str]) -> np.ndarray:
+        out = np.empty((len(keys), self.dim), np.float32)
+        for i, k in enumerate(keys):
+            s, r = self._index[k]
+            out[i] = self._shards[s][r]
+        return out
+
+    def put(self, keys: list[str], vectors: np.ndarray) -> None:
+        if not keys:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"shard-{time.time_ns()}-{os.getpid()}"
+        tmp = self.dir / f"{name}.tmp.npz"
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        np.savez(tmp, keys=np.asarray(keys), vectors=vectors)
+        os.replace(tmp, self.dir / f"{name}.npz")
+        s = len(self._shards)
+        self._shards.append(vectors)
+        for row, key in enumerate(keys):
+            self._index[key] = (s, row)
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def bytes_key(data: bytes, suffix: str = "") -> str:
+    return hashlib.sha1(data).hexdigest() + suffix

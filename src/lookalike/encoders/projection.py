@@ -1,0 +1,53 @@
+"""The frozen image space the towers learn into: backbone features, optionally centred or PCA-reduced.
+
+The projection is unsupervised and fitted on the training gallery only, then frozen, so the image
+side still never learns from labels. PCA to 512 gives any backbone the width FashionCLIP has.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ImageSpace:
+    def __init__(self, kind: str = "none", dim: int = 512):
+        if kind not in ("none", "center", "pca"):
+            raise ValueError(f"projection must be none, center or pca, got {kind!r}")
+        self.kind, self.dim = kind, dim
+        self.mean: np.ndarray | None = None
+        self.components: np.ndarray | None = None
+
+    def fit(self, features: np.ndarray) -> "ImageSpace":
+        if self.kind == "none":
+            return self
+        x = features.astype(np.float64)
+        self.mean = x.mean(axis=0)
+        if self.kind == "pca":
+            if self.dim > min(x.shape):
+                raise ValueError(f"PCA to {self.dim} needs at least {self.dim} training images and feature dims, "
+                                 f"got {x.shape}")
+            _, _, vt = np.linalg.svd(x - self.mean, full_matrices=False)
+            self.components = vt[: self.dim]
+        return self
+
+    @property
+    def out_dim(self) -> int | None:
+        return self.dim if self.kind == "pca" else None
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        x = features.astype(np.float32)
+        if self.mean is not None:
+            x = x - self.mean.astype(np.float32)
+        if self.components is not None:
+            x = x @ self.components.T.astype(np.float32)
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.maximum(norms, 1e-12)
+
+    def state(self) -> dict:
+        return {"kind": self.kind, "dim": self.dim, "mean": self.mean, "components": self.components}
+
+    @classmethod
+    def from_state(cls, s: dict) -> "ImageSpace":
+        space = cls(s["kind"], s["dim"])
+        space.mean, space.components = s["mean"], s["components"]
+        return space

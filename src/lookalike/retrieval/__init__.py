@@ -1,0 +1,1 @@
+"""Search over the image space: exact (brute-force) search is the ground truth."""
