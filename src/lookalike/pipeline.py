@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from lookalike.catalogue import Catalogue, CatalogueSchema, load_catalogue
+from lookalike.errors import LookalikeError
 from lookalike.catalogue.split import split_ids, subsample
 from lookalike.config import RunConfig
 from lookalike.encoders.efficientnet import default_cache_dir
@@ -102,8 +103,6 @@ def eval_definitions(cfg: RunConfig, schema: CatalogueSchema, instance: bool = T
     fields = cfg.eval.attribute_fields or schema.fields
     unknown = [f for f in [*fields, *(f for fs in cfg.eval.extra_relevance.values() for f in fs)] if f not in schema.fields]
     if unknown:
-        from lookalike.errors import LookalikeError
-
         raise LookalikeError(f"relevance fields not in the catalogue schema: {unknown}; fields are {schema.fields}")
     defs: dict[str, list[str] | None] = {"instance": None} if instance else {}
     defs["attribute"] = list(fields)
@@ -188,7 +187,46 @@ def sample_grids(model: LookalikeModel, emb: Embedded, idx: np.ndarray, results_
     return written
 
 
-def run_main(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
+@dataclass
+class Prepared:
+    """Everything training needs, computed once and shared (e.g. by every run of a temperature study)."""
+
+    emb: Embedded
+    split: dict[str, list[str]]
+    idx: dict[str, np.ndarray]
+    space: ImageSpace
+    vocab: AttributeVocab
+    data: TrainSet
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.idx.items()}
+
+
+def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
+    emb = load_and_embed(cfg, progress)
+    schema = emb.catalogue.schema
+    split = split_ids(emb.catalogue, cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.seed)
+    pos = {p.id: i for i, p in enumerate(emb.products)}
+    idx = {k: np.array([pos[i] for i in v], dtype=np.int64) for k, v in split.items()}
+    log(f"split (stratified by {schema.category_field}, seed {cfg.split.seed}): { {k: len(v) for k, v in idx.items()} }")
+    space = ImageSpace(cfg.encoder.projection, cfg.encoder.projection_dim).fit(emb.features[idx["train"]])
+    images = space.transform(emb.features)
+    tr = idx["train"]
+    vocab = AttributeVocab.build([emb.products[i].attributes for i in tr], schema.single_fields, schema.list_fields)
+    groups = relevance_keys(emb.products, schema.fields)
+    data = TrainSet(attributes=vocab.encode([emb.products[i].attributes for i in tr]),
+                    images=torch.from_numpy(images[tr]), groups=torch.from_numpy(groups[tr]),
+                    sentences=torch.from_numpy(emb.sentences[tr]) if emb.sentences is not None else None)
+    return Prepared(emb, split, idx, space, vocab, data)
+
+
+def new_model(cfg: RunConfig, prep: Prepared) -> LookalikeModel:
+    text_dim = prep.emb.sentences.shape[1] if prep.emb.sentences is not None else 512
+    return create_model(cfg, prep.vocab, prep.space, prep.emb.features.shape[1], text_dim)
+
+
+def run_main(cfg: RunConfig, resume: bool = False, progress: bool = True, prep: Prepared | None = None) -> dict:
     """Train and evaluate; returns a summary with the artifact paths."""
     cfg = cfg.apply_quick()
     t_start = time.perf_counter()
@@ -196,24 +234,12 @@ def run_main(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dic
     results_dir, ckpt_dir = out / "results", out / "checkpoints"
     results_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
-    emb = load_and_embed(cfg, progress)
+    prep = prep or prepare(cfg, progress)
+    emb, split, idx, sizes = prep.emb, prep.split, prep.idx, prep.sizes
     schema = emb.catalogue.schema
-    split = split_ids(emb.catalogue, cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.seed)
-    pos = {p.id: i for i, p in enumerate(emb.products)}
-    idx = {k: np.array([pos[i] for i in v], dtype=np.int64) for k, v in split.items()}
-    sizes = {k: len(v) for k, v in idx.items()}
-    log(f"split (stratified by {schema.category_field}, seed {cfg.split.seed}): {sizes}")
     (results_dir / "split.json").write_text(json.dumps({"seed": cfg.split.seed, "sizes": sizes, **split}), encoding="utf-8")
-
-    space = ImageSpace(cfg.encoder.projection, cfg.encoder.projection_dim).fit(emb.features[idx["train"]])
-    images = space.transform(emb.features)
-    vocab = AttributeVocab.build([emb.products[i].attributes for i in idx["train"]], schema.single_fields, schema.list_fields)
-    model = create_model(cfg, vocab, space, emb.features.shape[1], emb.sentences.shape[1] if emb.sentences is not None else 512)
-    groups = relevance_keys(emb.products, schema.fields)
-    tr = idx["train"]
-    data = TrainSet(attributes=vocab.encode([emb.products[i].attributes for i in tr]),
-                    images=torch.from_numpy(images[tr]), groups=torch.from_numpy(groups[tr]),
-                    sentences=torch.from_numpy(emb.sentences[tr]) if emb.sentences is not None else None)
+    model = new_model(cfg, prep)
+    data = prep.data
     t_train = time.perf_counter()
     extra = {"schema": schema.model_dump(mode="json"), "split_sizes": sizes}
     history = train(model, data, _validator(emb, idx["val"], cfg), cfg.train, ckpt_dir, resume, progress, extra)
@@ -270,3 +296,36 @@ def headline(evaluation: dict) -> dict[str, float]:
                 if "anchor" in block:
                     out[f"{task}/{name}/anchor/hit@10"] = round(block["anchor"]["hit@10"], 4)
     return out
+
+
+def checkpoint_schema(payload: dict) -> CatalogueSchema | None:
+    return CatalogueSchema.model_validate(payload["schema"]) if payload.get("schema") else None
+
+
+def load_for_checkpoint(model: LookalikeModel, payload: dict, catalog: str, schema: CatalogueSchema | None = None,
+                        cache_dir: str | None = None, progress: bool = True) -> tuple[Embedded, object]:
+    """Load and embed a catalogue with the encoder settings the checkpoint was trained with."""
+    cfg = model.config
+    if cache_dir:
+        cfg = cfg.model_copy(update={"encoder": cfg.encoder.model_copy(update={"cache_dir": cache_dir})})
+    cat: Catalogue = load_catalogue(catalog, schema, fallback_schema=checkpoint_schema(payload))
+    missing = [f for f in model.vocab.fields if f not in cat.schema.fields]
+    if missing:
+        raise LookalikeError(f"catalogue {catalog} lacks fields the model was trained on: {missing}")
+    return embed_catalogue(cat, cfg, progress), cfg
+
+
+def evaluate_checkpoint(checkpoint: str, catalog: str, out_dir: str, schema: CatalogueSchema | None = None,
+                        cache_dir: str | None = None, progress: bool = True) -> dict:
+    """Evaluate a trained model on any catalogue of the same schema, every product as query and gallery."""
+    model, payload = LookalikeModel.load(checkpoint)
+    emb, cfg = load_for_checkpoint(model, payload, catalog, schema, cache_dir, progress)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    evaluation = evaluate_split(model, emb, np.arange(len(emb.products)), cfg, out)
+    evaluation.update({**provenance(), "checkpoint": str(checkpoint), "catalog": str(catalog),
+                       "catalogue": emb.catalogue.report.to_dict(), "timings": {**emb.timings,
+                       "evaluation_s": round(time.perf_counter() - t, 2)}, "headline": headline(evaluation)})
+    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2, ensure_ascii=False), encoding="utf-8")
+    return evaluation

@@ -21,12 +21,14 @@ def read_schema(path: Path) -> CatalogueSchema:
         raise LookalikeError(f"invalid schema {path}: {e}") from None
 
 
-def load_catalogue(path: str | Path, schema: CatalogueSchema | None = None, format: str = "auto") -> Catalogue:
+def load_catalogue(path: str | Path, schema: CatalogueSchema | None = None, format: str = "auto",
+                   fallback_schema: CatalogueSchema | None = None) -> Catalogue:
     """Load a catalogue directory or file.
 
     `format`: auto | table | kfashion | synthetic. Auto: a directory with `styles.csv` is the
     fashion-products layout; a CSV/JSONL file is a table (schema from `schema`, or a
-    `lookalike-schema.json` beside it); a directory of label JSONs is K-Fashion.
+    `lookalike-schema.json` beside it, or `fallback_schema`, e.g. a checkpoint's); a directory of label
+    JSONs is K-Fashion.
     """
     if format == "synthetic" or str(path).startswith("synthetic"):
         from lookalike.catalogue.synthetic import synthetic_catalogue
@@ -58,6 +60,8 @@ def load_catalogue(path: str | Path, schema: CatalogueSchema | None = None, form
             schema = read_schema(sidecar)
         elif table.name == "styles.csv":
             schema = FASHION_PRODUCTS
+        elif fallback_schema is not None:
+            schema = fallback_schema
         else:
             raise LookalikeError(f"{table}: no schema given; pass --schema or put {SCHEMA_FILE} beside it")
     return load_table(table, schema)

@@ -89,6 +89,7 @@ class RetrievalEvaluator:
     def __call__(self, queries: dict[str, np.ndarray], gallery: np.ndarray, out_dir: Path | None = None,
                  per_category: bool = True) -> dict:
         results: dict = {}
+        written: set[str] = set()
         for task, q in queries.items():
             top_idx, top_scores = self.rank(task, q, gallery)
             self_excluded = task in SELF_EXCLUDED
@@ -107,14 +108,20 @@ class RetrievalEvaluator:
                 block["queries_without_relevant"] = int((counts == 0).sum())
                 task_res[name] = block
                 if out_dir is not None:
-                    write_qrels(Path(out_dir) / f"{task}.{name}.qrels", self.ids, self.ids, keys, keys,
-                                exclude=np.arange(len(keys)) if self_excluded else None)
+                    # json/text queries share qrels; image → image has its own (the query photo excluded).
+                    qrels = f"{task}.{name}.qrels" if self_excluded else f"{name}.qrels"
+                    if qrels not in written:
+                        write_qrels(Path(out_dir) / qrels, self.ids, self.ids, keys, keys,
+                                    exclude=np.arange(len(keys)) if self_excluded else None)
+                        written.add(qrels)
+                    block["qrels_file"] = qrels
             if not self_excluded:
                 strict = self.keys.get("attribute", next(iter(self.keys.values())))
                 task_res["similarity"] = similarity_stats(q, gallery, strict)
             task_res["query_health"] = embedding_health(q)
             if out_dir is not None:
                 write_run(Path(out_dir) / f"{task}.run", self.ids, self.ids, top_idx, top_scores, f"lookalike-{task}")
+                task_res["run_file"] = f"{task}.run"
             results[task] = task_res
         results["gallery_health"] = embedding_health(gallery)
         return results

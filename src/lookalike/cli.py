@@ -1,0 +1,257 @@
+"""`lookalike` command line. User mistakes print one line and exit 2; no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lookalike.errors import LookalikeError
+
+DEFAULT_CATALOG = "../shared/data/fashion-products"
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="JSON run config (see configs/); flags below override it")
+    p.add_argument("--catalog", "--data", dest="catalog", help=f"catalogue directory or file (default {DEFAULT_CATALOG})")
+    p.add_argument("--schema", help="JSON schema of a CSV/JSONL catalogue (fields, image column, text column)")
+    p.add_argument("--out", help="output directory (default runs/default)")
+    p.add_argument("--quick", action="store_true", help="tiny subset and 2 epochs, for demos and tests")
+    p.add_argument("--limit", type=int, help="use a stratified random subset of N products")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--learnable-temperature", action="store_true", default=None)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--image-model", help="frozen image encoder (lookalike models; default efficientnet-lite0)")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--projection", choices=["none", "center", "pca"], help="frozen projection of the image space")
+    p.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike or $LOOKALIKE_CACHE)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config(args) -> "RunConfig":  # noqa: F821
+    from lookalike.catalogue.loading import read_schema
+    from lookalike.config import load_config
+
+    overrides = {
+        "data.catalog": args.catalog, "out_dir": args.out, "quick": args.quick or None, "data.limit": args.limit,
+        "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
+        "train.temperature": args.temperature, "train.learnable_temperature": args.learnable_temperature,
+        "train.seed": args.seed, "encoder.image_model": args.image_model,
+        "encoder.image_size": args.image_size, "encoder.projection": args.projection, "encoder.cache_dir": args.cache_dir,
+    }
+    if args.schema:
+        overrides["data.schema"] = read_schema(Path(args.schema)).model_dump()
+    cfg = load_config(args.config, overrides)
+    if not args.config and not args.catalog:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"catalog": DEFAULT_CATALOG})})
+    return cfg
+
+
+def cmd_train(args) -> None:
+    from lookalike.pipeline import run_main
+
+    s = run_main(_config(args), resume=args.resume, progress=not args.no_progress)
+    print("\nTest split (whole gallery, products never seen in training):")
+    for k, v in s["headline"].items():
+        print(f"  {k:<45} {v:.4f}")
+    print(f"\ntimings: {json.dumps(s['timings'])}")
+    print("\nartifacts:")
+    for k in ("checkpoint", "training_results", "training_charts", "evaluation", "runs", "similarity_search"):
+        print(f"  {k:<18} {s[k]}")
+
+
+def cmd_evaluate(args) -> None:
+    from lookalike.catalogue.loading import read_schema
+    from lookalike.pipeline import evaluate_checkpoint
+
+    ev = evaluate_checkpoint(args.model, args.catalog, args.out, read_schema(Path(args.schema)) if args.schema else None,
+                             args.cache_dir, progress=not args.no_progress)
+    for k, v in ev["headline"].items():
+        print(f"  {k:<45} {v:.4f}")
+    print(f"wrote {Path(args.out) / 'evaluation.json'} and TREC runs/qrels in {args.out}")
+
+
+def cmd_search(args) -> None:
+    from lookalike.search import Searcher
+
+    given = [x for x in (args.json, args.text, args.image, args.product) if x is not None]
+    if len(given) != 1:
+        raise LookalikeError("give exactly one query: --json, --text, --image or --product")
+    s = Searcher.open(args.model, args.catalog, args.cache_dir, progress=not args.no_progress)
+    unknown = {}
+    if args.json is not None:
+        raw = Path(args.json).read_text(encoding="utf-8") if Path(args.json).is_file() else args.json
+        try:
+            query = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise LookalikeError(f"--json is neither a file nor valid JSON: {e}") from None
+        hits, unknown = s.by_attributes(query, args.k)
+    elif args.text is not None:
+        hits = s.by_text(args.text, args.k)
+    elif args.image is not None:
+        hits = s.by_image(args.image, args.k)
+    else:
+        hits = s.by_product(args.product, args.k)
+    if unknown:
+        print(f"note: values unseen in training were searched as unknown: {unknown}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps([h.__dict__ for h in hits], ensure_ascii=False, indent=1))
+    else:
+        for rank, h in enumerate(hits, 1):
+            print(f"{rank:>3}  {h.score:.4f}  {h.id:<14} {json.dumps(h.attributes, ensure_ascii=False)}")
+
+
+def cmd_centrality(args) -> None:
+    import numpy as np
+
+    from lookalike.catalogue import load_catalogue
+    from lookalike.evaluation.centrality import centrality_report, centrality_scores
+    from lookalike.pipeline import embed_catalogue
+
+    cfg = _config(args)
+    cat = load_catalogue(cfg.data.catalog, cfg.data.schema_, cfg.data.format)
+    emb = embed_catalogue(cat, cfg, progress=not args.no_progress)
+    scores = centrality_scores(emb.features)
+    field = emb.catalogue.schema.category_field
+    sales = None
+    if args.sales:
+        sales = _read_sales(Path(args.sales), [p.id for p in emb.products])
+    elif any(p.sales is not None for p in emb.products):
+        sales = np.array([np.nan if p.sales is None else p.sales for p in emb.products])
+    rep = centrality_report(scores, [p.value(field) if field else "" for p in emb.products], args.fraction, sales,
+                            [p.id for p in emb.products])
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "centrality.json").write_text(json.dumps(rep, indent=2, ensure_ascii=False))
+    with open(out / "centrality.csv", "w") as f:
+        f.write("id,category,centrality,anchor\n")
+        thr = rep["threshold"]
+        for p, c in zip(emb.products, scores):
+            f.write(f"{p.id},{p.value(field) if field else ''},{c:.6f},{int(c >= thr)}\n")
+    print(f"{rep['n']} products, anchors (top {args.fraction:.0%}): {rep['n_anchors']}; mean centrality "
+          f"all {rep['mean_all']:.4f}, anchors {rep['mean_anchor']:.4f} "
+          f"({'OK' if rep['check_anchor_mean_exceeds_overall'] else 'CHECK FAILED'}: anchor mean > overall mean)")
+    if "sales" in rep:
+        print(f"Spearman rank correlation centrality vs sales: {rep['sales']['spearman_rho']:.4f} "
+              f"(p={rep['sales']['p_value']:.3g}, n={rep['sales']['n']})")
+    print(f"wrote {out / 'centrality.json'} and {out / 'centrality.csv'}")
+
+
+def _read_sales(path: Path, ids: list[str]):
+    import csv
+
+    import numpy as np
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise LookalikeError(f"sales file not found: {path}") from None
+    if not rows or not {"id", "sales"} <= set(rows[0]):
+        raise LookalikeError(f"{path}: expected a CSV with columns id,sales")
+    by_id = {}
+    for n, r in enumerate(rows, 2):
+        try:
+            by_id[r["id"]] = float(r["sales"])
+        except ValueError:
+            raise LookalikeError(f"{path}:{n}: sales value {r['sales']!r} is not a number") from None
+    return np.array([by_id.get(i, np.nan) for i in ids])
+
+
+def cmd_temperature_study(args) -> None:
+    from lookalike.training.temperature_study import temperature_study
+
+    cfg = _config(args)
+    if not args.out:
+        cfg = cfg.model_copy(update={"out_dir": "runs/temperature-study"})
+    temperature_study(cfg, args.temperatures, learnable=not args.no_learnable, progress=not args.no_progress)
+    print(f"wrote {cfg.out_dir}/temperature_study.md, .csv, .json and .png")
+
+
+def cmd_sanity(args) -> None:
+    from lookalike.sanity import sanity_check
+
+    res = sanity_check(Path(args.out_file), cache_dir=args.cache_dir, progress=not args.no_progress)
+    if res["status"] != "PASS":
+        sys.exit(1)
+
+
+def cmd_models(args) -> None:
+    from lookalike.encoders import list_models
+
+    for s in list_models():
+        print(f"{s.kind:<6} {s.name:<20} {s.source:<40} {s.description}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lookalike", description=__doc__.split("\n")[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="main job: load, embed, train the towers, evaluate, write artifacts")
+    _add_run_options(t)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint on any catalogue of the same schema")
+    e.add_argument("--model", required=True, help="checkpoint (best_model.pt)")
+    e.add_argument("--catalog", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--schema")
+    e.add_argument("--cache-dir")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("search", help="attribute JSON, text, image or product id → top-K with scores")
+    s.add_argument("--model", required=True)
+    s.add_argument("--catalog", default=DEFAULT_CATALOG)
+    s.add_argument("--json", help="attribute JSON (a file or a JSON string)")
+    s.add_argument("--text")
+    s.add_argument("--image", help="image file")
+    s.add_argument("--product", help="a catalogue product id (image → image)")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--format", choices=["table", "json"], default="table")
+    s.add_argument("--cache-dir")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_search)
+
+    c = sub.add_parser("centrality", help="best-seller proxy: image centrality, anchors, per-category stats")
+    _add_run_options(c)
+    c.add_argument("--fraction", type=float, default=0.1)
+    c.add_argument("--sales", help="CSV id,sales: report rank correlation with centrality")
+    c.set_defaults(func=cmd_centrality)
+
+    ts = sub.add_parser("temperature-study", help="train at several temperatures on one split and compare")
+    _add_run_options(ts)
+    ts.add_argument("--temperatures", type=float, nargs="+")
+    ts.add_argument("--no-learnable", action="store_true", help="skip the learnable-temperature run")
+    ts.set_defaults(func=cmd_temperature_study)
+
+    sc = sub.add_parser("sanity-check", help="train on synthetic data and check the mechanics")
+    sc.add_argument("--out-file", default="temp_logs/sanity_check_results.json")
+    sc.add_argument("--cache-dir")
+    sc.add_argument("--no-progress", action="store_true")
+    sc.set_defaults(func=cmd_sanity)
+
+    m = sub.add_parser("models", help="list the registered frozen encoders")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LookalikeError as e:
+        print(f"lookalike: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("lookalike: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
