@@ -8,6 +8,7 @@ features match PyTorch's to 1e-5. The ONNX file is exported once and cached next
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,9 +108,11 @@ class EfficientNetLite0Encoder(ImageEncoder):
             onnx_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             dummy = torch.zeros(2, *self.image_size, 3, dtype=torch.uint8)
-            torch.onnx.export(self.model, (dummy,), str(tmp), input_names=["pixels"], output_names=["features"],
-                              dynamic_axes={"pixels": {0: "batch", 1: "height", 2: "width"}},
-                              opset_version=17, dynamo=False)
+            with warnings.catch_warnings():  # the exporter's constant-folding notes are not actionable
+                warnings.simplefilter("ignore")
+                torch.onnx.export(self.model, (dummy,), str(tmp), input_names=["pixels"], output_names=["features"],
+                                  dynamic_axes={"pixels": {0: "batch", 1: "height", 2: "width"}},
+                                  opset_version=17, dynamo=False)
             os.replace(tmp, path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads

@@ -26,8 +26,10 @@ class ImageSpace:
             if self.dim > min(x.shape):
                 raise ValueError(f"PCA to {self.dim} needs at least {self.dim} training images and feature dims, "
                                  f"got {x.shape}")
-            _, _, vt = np.linalg.svd(x - self.mean, full_matrices=False)
-            self.components = vt[: self.dim]
+            xc = x - self.mean
+            # Eigen-decomposition of the d×d covariance: same components as an SVD of the data, far cheaper.
+            evals, evecs = np.linalg.eigh(xc.T @ xc)
+            self.components = evecs[:, np.argsort(evals)[::-1][: self.dim]].T
         return self
 
     @property

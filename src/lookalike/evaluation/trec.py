@@ -12,7 +12,9 @@ def write_run(path: Path, query_ids: list[str], doc_ids: list[str], top_idx: np.
     with open(path, "w", encoding="utf-8") as f:
         for q, row, scores in zip(query_ids, top_idx, top_scores):
             for rank, (j, s) in enumerate(zip(row, scores), 1):
-                f.write(f"{q} Q0 {doc_ids[j]} {rank} {s:.7f} {name}\n")
+                # 9 significant digits round-trip any float32, so distinct scores stay distinct and in
+                # order (fixed 7 decimals merged close scores, leaving ranx/trec_eval free to reorder them).
+                f.write(f"{q} Q0 {doc_ids[j]} {rank} {float(s):.9g} {name}\n")
 
 
 def write_qrels(path: Path, query_ids: list[str], doc_ids: list[str], query_keys: np.ndarray, doc_keys: np.ndarray,

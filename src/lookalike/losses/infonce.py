@@ -30,7 +30,7 @@ class InfoNCELoss(nn.Module):
 
     @property
     def temperature(self) -> float:
-        return float(self.log_temperature.clamp(min=self.min_log_t).exp())
+        return float(self.log_temperature.detach().clamp(min=self.min_log_t).exp())
 
     def _direction(self, logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
         eye = torch.eye(len(logits), dtype=torch.bool, device=logits.device)

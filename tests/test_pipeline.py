@@ -1,0 +1,143 @@
+"""End to end on the real catalogue (a small stratified subset): train, artifacts, resume, evaluate, search, CLI."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lookalike.cli import main
+from lookalike.config import RunConfig
+from lookalike.model import LookalikeModel
+from lookalike.pipeline import run_main
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, fashion_dir):
+    out = tmp_path_factory.mktemp("run")
+    cfg = RunConfig.model_validate({
+        "out_dir": str(out), "data": {"catalog": str(fashion_dir), "limit": 900},
+        "train": {"epochs": 3, "batch_size": 64, "patience": 3},
+        "eval": {"extra_relevance": {"articleType": ["articleType"]}, "sample_queries": 2},
+        "encoder": {"projection": "pca", "projection_dim": 128}})
+    return out, cfg, run_main(cfg, progress=False)
+
+
+def test_main_job_writes_every_artifact_with_provenance(trained):
+    out, cfg, summary = trained
+    for rel in ("checkpoints/best_model.pt", "checkpoints/last.pt", "results/training_results.json",
+                "results/training_charts.png", "results/evaluation.json", "results/split.json",
+                "results/runs/json_to_image.run", "results/runs/text_to_image.run", "results/runs/image_to_image.run",
+                "results/runs/attribute.qrels", "results/runs/instance.qrels"):
+        assert (out / rel).stat().st_size > 0, rel
+    assert len(list((out / "results/similarity_search").glob("*.png"))) == 6  # 2 queries × 3 tasks
+    tr = json.loads((out / "results/training_results.json").read_text())
+    assert tr["seed"] == 42 and tr["versions"]["torch"] and tr["timestamp"]
+    assert tr["config"]["train"]["epochs"] == 3 and tr["split"]["sizes"]["test"] > 100
+    assert [h["epoch"] for h in tr["history"]] == [1, 2, 3]
+    assert tr["history"][-1]["loss"] < tr["history"][0]["loss"]
+    ev = json.loads((out / "results/evaluation.json").read_text())
+    ja = ev["json_to_image"]["attribute"]
+    n_test = tr["split"]["sizes"]["test"]
+    assert ev["json_to_image"]["gallery_size"] == n_test  # the whole test gallery, not a batch
+    assert ja["all"]["n_queries"] == n_test and ja["anchor"]["n_queries"] == round(0.1 * n_test)
+    assert ja["all"]["hit@10"] > 0.3  # far above chance on ~135 gallery items with a trained tower
+    assert "per_category" in ja and "attribute:articleType" in ev["json_to_image"]
+    assert ev["centrality"]["check_anchor_mean_exceeds_overall"]
+    assert ev["json_to_image"]["query_health"]["unit_norm_ok"]
+    assert ev["json_to_image"]["similarity"]["positive_mean"] > ev["json_to_image"]["similarity"]["negative_mean"]
+    run_lines = (out / "results/runs/json_to_image.run").read_text().splitlines()
+    assert len(run_lines) == n_test * min(100, n_test)
+
+
+def test_resume_continues_from_last_checkpoint(trained, tmp_path):
+    out, cfg, _ = trained
+    shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
+    more = cfg.model_copy(update={"out_dir": str(tmp_path), "train": cfg.train.model_copy(update={"epochs": 4, "patience": 9})})
+    run_main(more, resume=True, progress=False)
+    tr = json.loads((tmp_path / "results/training_results.json").read_text())
+    assert [h["epoch"] for h in tr["history"]] == [1, 2, 3, 4]
+
+
+def test_same_seed_same_numbers(trained, tmp_path):
+    out, cfg, summary = trained
+    again = run_main(cfg.model_copy(update={"out_dir": str(tmp_path)}), progress=False)
+    assert again["headline"] == summary["headline"]
+
+
+@pytest.fixture(scope="module")
+def new_catalog(trained, tmp_path_factory, fashion_dir):
+    """150 products never seen in training (plus product 1163), in the fashion-products layout."""
+    out, _, _ = trained
+    seen = set(json.loads((out / "results/split.json").read_text())["train"])
+    rows = (fashion_dir / "styles.csv").read_text().splitlines()
+    body = [r for r in rows[1:] if r.split(",")[0] not in seen and r.split(",")[0] != "1163"][-149:]
+    body += [r for r in rows[1:] if r.startswith("1163,")]
+    cat = tmp_path_factory.mktemp("new")
+    (cat / "styles.csv").write_text("\n".join([rows[0], *body]) + "\n")
+    (cat / "images").symlink_to(fashion_dir / "images")
+    return cat
+
+
+def test_evaluate_on_a_catalogue_never_seen_in_training(trained, new_catalog, tmp_path, capsys):
+    out, cfg, _ = trained
+    main(["evaluate", "--model", str(out / "checkpoints/best_model.pt"), "--catalog", str(new_catalog), "--out",
+          str(tmp_path / "ev"), "--no-progress"])
+    ev = json.loads((tmp_path / "ev/evaluation.json").read_text())
+    assert ev["json_to_image"]["n_queries"] == 150 and ev["json_to_image"]["gallery_size"] == 150
+    for name in ("json_to_image.run", "text_to_image.run", "image_to_image.run", "attribute.qrels"):
+        assert (tmp_path / "ev" / name).exists()
+    first = (tmp_path / "ev/image_to_image.run").read_text().splitlines()[0].split()
+    assert first[0] != first[2] and first[3] == "1"  # product ids; the query photo itself is never a result
+    assert "json_to_image/attribute/hit@10" in capsys.readouterr().out
+
+
+def test_search_cli_json_text_image_and_product(trained, new_catalog, fashion_dir, capsys):
+    out, cfg, _ = trained
+    model = str(out / "checkpoints/best_model.pt")
+    catalog = str(new_catalog)
+    main(["search", "--model", model, "--catalog", catalog, "--json",
+          '{"gender": "Men", "articleType": "Tshirts", "baseColour": "Black", "usage": "Martian"}', "-k", "3",
+          "--format", "json", "--no-progress"])
+    captured = capsys.readouterr()
+    hits = json.loads(captured.out)
+    assert len(hits) == 3 and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    assert "Martian" in captured.err  # unknown value searched as unknown, and said so
+    main(["search", "--model", model, "--catalog", catalog, "--text", "blue denim jeans", "-k", "2", "--no-progress"])
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    main(["search", "--model", model, "--catalog", catalog, "--image", str(fashion_dir / "images/1163.jpg"), "-k", "1",
+          "--format", "json", "--no-progress"])
+    assert json.loads(capsys.readouterr().out)[0]["id"] == "1163"  # its own photo is the nearest
+    main(["search", "--model", model, "--catalog", catalog, "--product", "1163", "-k", "2", "--format", "json",
+          "--no-progress"])
+    assert "1163" not in [h["id"] for h in json.loads(capsys.readouterr().out)]
+
+
+def test_checkpoint_round_trip(trained):
+    out, _, _ = trained
+    model, payload = LookalikeModel.load(out / "checkpoints/best_model.pt")
+    v = model.encode_attributes([{"gender": "Women", "articleType": "Kurtas"}])
+    assert v.shape == (1, 128) and abs(np.linalg.norm(v) - 1) < 1e-5
+    assert payload["schema"]["category_field"] == "subCategory"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--catalog", "/definitely/not/here", "--no-progress"], "catalogue path does not exist: /definitely/not/here"),
+    (["evaluate", "--model", "/nope.pt", "--catalog", "x", "--out", "y"], "checkpoint not found: /nope.pt"),
+    (["train", "--config", "/nope.json"], "config file not found: /nope.json"),
+])
+def test_user_errors_are_one_line_and_exit_2(argv, message):
+    r = subprocess.run([sys.executable, "-m", "lookalike.cli", *argv], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_help_everywhere():
+    for cmd in ("train", "evaluate", "search", "centrality", "temperature-study", "sanity-check", "models"):
+        r = subprocess.run([sys.executable, "-m", "lookalike.cli", cmd, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage: lookalike" in r.stdout
