@@ -73,7 +73,7 @@ def test_cache_reembeds_only_what_changed(encoder, images, tmp_path):
     # A crop box is part of the key, and other preprocessing is another cache directory.
     boxed = embed_images([ImageRef(images[2], (0, 0, 30, 40))], encoder, root, progress=False)
     assert boxed.computed == 1
-    bigger = create_image_encoder("efficientnet-lite0", image_size=(192, 160))
+    bigger = create_image_encoder("efficientnet-lite0", image_size=(192, 160), runtime="torch")
     assert bigger.fingerprint() != encoder.fingerprint()
     assert embed_images(refs, bigger, root, progress=False).computed == 5
 

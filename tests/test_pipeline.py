@@ -20,9 +20,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def trained(tmp_path_factory, fashion_dir):
     out = tmp_path_factory.mktemp("run")
     cfg = RunConfig.model_validate({
-        "out_dir": str(out), "data": {"catalog": str(fashion_dir), "limit": 900},
+        "out_dir": str(out), "data": {"catalog": str(fashion_dir), "limit": 700},
         "train": {"epochs": 3, "batch_size": 64, "patience": 3},
-        "eval": {"extra_relevance": {"articleType": ["articleType"]}, "sample_queries": 2},
+        "eval": {"extra_relevance": {"articleType": ["articleType"]}, "sample_queries": 1},
         "encoder": {"projection": "pca", "projection_dim": 128}})
     return out, cfg, run_main(cfg, progress=False)
 
@@ -34,7 +34,7 @@ def test_main_job_writes_every_artifact_with_provenance(trained):
                 "results/runs/json_to_image.run", "results/runs/text_to_image.run", "results/runs/image_to_image.run",
                 "results/runs/attribute.qrels", "results/runs/instance.qrels"):
         assert (out / rel).stat().st_size > 0, rel
-    assert len(list((out / "results/similarity_search").glob("*.png"))) == 6  # 2 queries × 3 tasks
+    assert len(list((out / "results/similarity_search").glob("*.png"))) == 3  # 1 query × 3 tasks
     tr = json.loads((out / "results/training_results.json").read_text())
     assert tr["seed"] == 42 and tr["versions"]["torch"] and tr["timestamp"]
     assert tr["config"]["train"]["epochs"] == 3 and tr["split"]["sizes"]["test"] > 100
@@ -129,15 +129,24 @@ def test_checkpoint_round_trip(trained):
     (["train", "--catalog", "/definitely/not/here", "--no-progress"], "catalogue path does not exist: /definitely/not/here"),
     (["evaluate", "--model", "/nope.pt", "--catalog", "x", "--out", "y"], "checkpoint not found: /nope.pt"),
     (["train", "--config", "/nope.json"], "config file not found: /nope.json"),
+    (["train", "--quick", "--catalog", "synthetic:40", "--no-progress"], "PCA to 512 dims needs at least 512 training images"),
 ])
-def test_user_errors_are_one_line_and_exit_2(argv, message):
-    r = subprocess.run([sys.executable, "-m", "lookalike.cli", *argv], capture_output=True, text=True)
-    assert r.returncode == 2
-    assert message in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+def test_user_errors_are_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_help_everywhere():
+def test_cli_process_prints_no_traceback():
+    r = subprocess.run([sys.executable, "-m", "lookalike.cli", "search", "--model", "/nope.pt", "--text", "x"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "lookalike: error: checkpoint not found: /nope.pt"
+
+
+def test_help_everywhere(capsys):
     for cmd in ("train", "evaluate", "search", "centrality", "temperature-study", "sanity-check", "models"):
-        r = subprocess.run([sys.executable, "-m", "lookalike.cli", cmd, "--help"], capture_output=True, text=True)
-        assert r.returncode == 0 and "usage: lookalike" in r.stdout
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0 and "usage: lookalike" in capsys.readouterr().out

@@ -175,7 +175,8 @@ def cmd_temperature_study(args) -> None:
 def cmd_sanity(args) -> None:
     from lookalike.sanity import sanity_check
 
-    res = sanity_check(Path(args.out_file), cache_dir=args.cache_dir, progress=not args.no_progress)
+    res = sanity_check(Path(args.out_file), n=args.n, epochs=args.epochs, cache_dir=args.cache_dir,
+                       progress=not args.no_progress)
     if res["status"] != "PASS":
         sys.exit(1)
 
@@ -232,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("sanity-check", help="train on synthetic data and check the mechanics")
     sc.add_argument("--out-file", default="temp_logs/sanity_check_results.json")
+    sc.add_argument("--n", type=int, default=600, help="synthetic products")
+    sc.add_argument("--epochs", type=int, default=8)
     sc.add_argument("--cache-dir")
     sc.add_argument("--no-progress", action="store_true")
     sc.set_defaults(func=cmd_sanity)

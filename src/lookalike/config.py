@@ -25,7 +25,7 @@ class DataConfig(_Strict):
 
 class EncoderConfig(_Strict):
     image_model: str = "efficientnet-lite0"
-    image_size: tuple[int, int] = (160, 128)  # (height, width); the thumbnails are 80×60 portrait
+    image_size: tuple[int, int] = (224, 176)  # (height, width), portrait like the 80×60 thumbnails; see benchmarks
     runtime: Literal["onnx", "torch"] = "onnx"
     batch_size: int = Field(64, ge=1)
     projection: Literal["none", "center", "pca"] = "pca"
@@ -36,14 +36,14 @@ class EncoderConfig(_Strict):
 
 class TowerConfig(_Strict):
     field_dim: int = Field(64, ge=1)
-    hidden_dim: int = Field(1024, ge=1)
+    hidden_dim: int = Field(512, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     field_dropout: float = Field(0.1, ge=0, lt=1)
-    text_hidden_dim: int = Field(1024, ge=1)
+    text_hidden_dim: int = Field(512, ge=1)
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(40, ge=1)
+    epochs: int = Field(25, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -51,7 +51,7 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(1.0, gt=0)
     temperature: float = Field(0.05, gt=0)
     learnable_temperature: bool = False
-    positives: Literal["mask", "multi"] = "mask"
+    positives: Literal["mask", "multi"] = "multi"
     patience: int = Field(6, ge=1)
     val_metric: str = "json_to_image/attribute/ndcg@10"
     seed: int = 42

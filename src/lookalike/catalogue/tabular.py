@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -55,7 +56,8 @@ def load_table(path: Path, schema: CatalogueSchema, image_root: Path | None = No
         raise LookalikeError(f"catalogue file not found: {path}")
     if not schema.image_field and not schema.image_template:
         raise LookalikeError("schema needs image_field or image_template to find each product's image")
-    root = Path(image_root or path.parent)
+    root = Path(image_root or path.parent).resolve()
+    root_str = str(root)
     report = LoadReport(source=str(path))
     products: list[Product] = []
     seen: set[str] = set()
@@ -80,9 +82,9 @@ def load_table(path: Path, schema: CatalogueSchema, image_root: Path | None = No
         except KeyError as e:
             report.skip(f"missing image field {e}", where)
             continue
-        image = (root / str(rel)).resolve()
-        if not image.is_file():
-            report.skip("missing image", f"{where} ({image.name})")
+        image = os.path.join(root_str, str(rel))  # plain strings: Path.resolve() per row cost 4 s on 40k rows
+        if not os.path.isfile(image):
+            report.skip("missing image", f"{where} ({rel})")
             continue
         sales = None
         if schema.sales_field and str(row.get(schema.sales_field, "")).strip():
@@ -93,7 +95,7 @@ def load_table(path: Path, schema: CatalogueSchema, image_root: Path | None = No
                 continue
         text = str(row.get(schema.text_field, "") or "").strip() if schema.text_field else ""
         extra = {k: str(v) for k, v in row.items() if k not in attrs and isinstance(v, (str, int, float))}
-        products.append(Product(pid, ImageRef(image), attrs, text, sales, extra))
+        products.append(Product(pid, ImageRef(Path(image)), attrs, text, sales, extra))
         seen.add(pid)
     report.loaded = len(products)
     if schema.category_field:

@@ -56,7 +56,7 @@ def _weights_path() -> Path:
 class EfficientNetLite0Encoder(ImageEncoder):
     dim = 1280
 
-    def __init__(self, spec: ModelSpec, image_size: tuple[int, int] = (160, 128), runtime: str = "onnx",
+    def __init__(self, spec: ModelSpec, image_size: tuple[int, int] = (224, 176), runtime: str = "onnx",
                  threads: int | None = None, cache_dir: Path | None = None):
         from efficientnet_lite_pytorch import EfficientNet
 

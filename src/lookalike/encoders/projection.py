@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lookalike.errors import LookalikeError
+
 
 class ImageSpace:
     def __init__(self, kind: str = "none", dim: int = 512):
@@ -24,8 +26,9 @@ class ImageSpace:
         self.mean = x.mean(axis=0)
         if self.kind == "pca":
             if self.dim > min(x.shape):
-                raise ValueError(f"PCA to {self.dim} needs at least {self.dim} training images and feature dims, "
-                                 f"got {x.shape}")
+                raise LookalikeError(f"PCA to {self.dim} dims needs at least {self.dim} training images and feature "
+                                     f"dims, got {x.shape[0]} images × {x.shape[1]} dims; use --projection none "
+                                     "or a smaller encoder.projection_dim")
             xc = x - self.mean
             # Eigen-decomposition of the d×d covariance: same components as an SVD of the data, far cheaper.
             evals, evecs = np.linalg.eigh(xc.T @ xc)
