@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,11 @@ def embedder_vs_bare(catalog: str, n: int, size: tuple[int, int]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         enc = create_image_encoder("efficientnet-lite0", image_size=size, cache_dir=Path(tmp))
         arrays = [enc.preprocess(Image.open(r.path)) for r in refs]
+        # Same images for both: those of the catalogue's usual size, so bare batches stack.
+        common = Counter(a.shape for a in arrays).most_common(1)[0][0]
+        keep = [i for i, a in enumerate(arrays) if a.shape == common]
+        refs, arrays = [refs[i] for i in keep], [arrays[i] for i in keep]
+        n = len(refs)
         enc.forward(np.stack(arrays[:64]))  # warm-up
         t = time.perf_counter()
         for s in range(0, n, 64):
@@ -88,6 +94,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench")
     ap.add_argument("--images", type=int, default=4096, help="images for the embedder vs bare-forward comparison")
     ap.add_argument("--sizes", nargs="*", default=[], help="extra backbone input sizes HxW to compare (e.g. 224x176)")
+    ap.add_argument("--projections", nargs="*", default=["none"],
+                    help="other image-space projections to compare with the default (pca to 512)")
     ap.add_argument("--skip-cold", action="store_true", help="reuse the normal cache instead of a fresh one")
     args = ap.parse_args()
     out = ROOT / args.out
@@ -95,7 +103,9 @@ def main() -> None:
     report: dict = {}
     env = {**os.environ, "BENCH_LOG_DIR": str(out)}
 
-    e = embedder_vs_bare(args.catalog, args.images, (160, 128))
+    from lookalike.config import EncoderConfig
+
+    e = embedder_vs_bare(args.catalog, args.images, tuple(EncoderConfig().image_size))
     report["embedder"] = e
     print(f"embedder vs bare forward ({e['images']} images, {e['input_size'][0]}×{e['input_size'][1]}, ONNX Runtime): "
           f"bare {e['bare_forward_img_s']} img/s, embedder {e['embedder_img_s']} img/s = {e['ratio']:.1%}", flush=True)
@@ -121,15 +131,20 @@ def main() -> None:
         verdict = "" if floor is None else (f"  floor {floor:.2f}: " + ("MET" if v >= floor else "NOT MET"))
         print(f"  {label:<66} {v:.4f}{verdict}")
 
-    for size in args.sizes:
-        h, w = (int(x) for x in size.lower().split("x"))
-        wall, rss, rc = run_job([*base, "--image-size", str(h), str(w), "--out", f"{args.out}/size-{h}x{w}"], job_env)
-        r = json.loads((out / f"size-{h}x{w}/results/training_results.json").read_text())
-        e2 = json.loads((out / f"size-{h}x{w}/results/evaluation.json").read_text())
+    variants = [(f"input {s}", ["--image-size", *s.lower().split("x")]) for s in args.sizes]
+    variants += [(f"projection {p}", ["--projection", p]) for p in args.projections]
+    for label, extra in variants:
+        name = label.replace(" ", "-")
+        wall, rss, rc = run_job([*base, *extra, "--out", f"{args.out}/{name}"], job_env)
+        if rc:
+            print(f"{label}: exit {rc}, see {out}", flush=True)
+            continue
+        r = json.loads((out / f"{name}/results/training_results.json").read_text())
+        e2 = json.loads((out / f"{name}/results/evaluation.json").read_text())
         row = {"wall_s": round(wall, 1), "images_per_s": r["timings"].get("images_per_s"),
-               **{p: lookup(e2, p) for _, p, _ in TARGETS[:5]}}
-        report[f"size {h}x{w}"] = row
-        print(f"input {h}×{w}: {json.dumps(row)}", flush=True)
+               **{p: round(lookup(e2, p), 4) for _, p, _ in TARGETS[:8]}}
+        report[label] = row
+        print(f"{label}: {json.dumps(row)}", flush=True)
     (out / "benchmark.json").write_text(json.dumps(report, indent=2))
     print(f"\nwrote {out / 'benchmark.json'}")
 

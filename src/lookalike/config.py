@@ -57,6 +57,14 @@ class TrainConfig(_Strict):
     seed: int = 42
     train_text: bool = True
 
+    @field_validator("val_metric")
+    @classmethod
+    def _val_metric(cls, v: str) -> str:
+        parts = v.split("/")
+        if len(parts) != 3 or parts[0] != "json_to_image" or not parts[1].startswith("attribute"):
+            raise ValueError(f"val_metric must look like json_to_image/attribute[:NAME]/METRIC, got {v!r}")
+        return v
+
     @field_validator("batch_size")
     @classmethod
     def _batch(cls, v: int) -> int:

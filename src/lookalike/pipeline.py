@@ -138,15 +138,19 @@ def evaluate_split(model: LookalikeModel, emb: Embedded, idx: np.ndarray, cfg: R
     return results
 
 
-def _validator(emb: Embedded, idx: np.ndarray, cfg: RunConfig):
+def validator(emb: Embedded, idx: np.ndarray, cfg: RunConfig):
     products = [emb.products[i] for i in idx]
     defs = eval_definitions(cfg, emb.catalogue.schema, instance=False)
     evaluator = RetrievalEvaluator(products, defs, cfg.eval.ks, cfg.eval.run_depth)
 
+    gallery = None
+
     def validate(model: LookalikeModel) -> dict:
-        gallery = model.space.transform(emb.features[idx])
-        q = query_vectors(model, emb, idx, gallery)
-        q.pop("image_to_image")
+        """JSON → image on the whole validation gallery (the early-stopping metric's task, nothing more)."""
+        nonlocal gallery
+        if gallery is None:  # the image space is frozen: embed the gallery once
+            gallery = model.space.transform(emb.features[idx])
+        q = {"json_to_image": model.encode_attributes([p.attributes for p in products])}
         return evaluator(q, gallery, per_category=False)
 
     return validate
@@ -242,7 +246,7 @@ def run_main(cfg: RunConfig, resume: bool = False, progress: bool = True, prep: 
     data = prep.data
     t_train = time.perf_counter()
     extra = {"schema": schema.model_dump(mode="json"), "split_sizes": sizes}
-    history = train(model, data, _validator(emb, idx["val"], cfg), cfg.train, ckpt_dir, resume, progress, extra)
+    history = train(model, data, validator(emb, idx["val"], cfg), cfg.train, ckpt_dir, resume, progress, extra)
     train_s = time.perf_counter() - t_train
     best, payload = LookalikeModel.load(ckpt_dir / "best_model.pt")
     log(f"best epoch {payload['epoch']} ({cfg.train.val_metric} = {payload['val_metric']:.4f}); evaluating on the test split")

@@ -12,38 +12,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lookalike.catalogue.synthetic import synthetic_catalogue
 from lookalike.config import RunConfig
-from lookalike.evaluation.evaluator import relevance_keys
 from lookalike.losses import InfoNCELoss
-from lookalike.pipeline import embed_catalogue, image_encoder, log, new_model, Prepared
+from lookalike.pipeline import image_encoder, log, new_model, prepare, validator
 from lookalike.provenance import provenance
-from lookalike.towers.vocab import UNK, AttributeVocab
-from lookalike.training.trainer import TrainSet, seed_everything, train
-from lookalike.encoders.projection import ImageSpace
-from lookalike.catalogue.split import split_ids
+from lookalike.towers.vocab import UNK
+from lookalike.training.trainer import seed_everything, train
 
 
 def sanity_check(out_file: Path = Path("temp_logs/sanity_check_results.json"), n: int = 600, epochs: int = 8,
                  cache_dir: str | None = None, progress: bool = False) -> dict:
     cfg = RunConfig.model_validate({"out_dir": tempfile.mkdtemp(prefix="lookalike-sanity-"),
+                                    "data": {"catalog": f"synthetic:{n}"},
                                     "encoder": {"projection": "pca", "projection_dim": 64, "cache_dir": cache_dir},
                                     "train": {"epochs": epochs, "batch_size": 64, "patience": epochs, "lr": 2e-3}})
     seed_everything(cfg.train.seed)
-    cat = synthetic_catalogue(n)
-    emb = embed_catalogue(cat, cfg, progress)
-    split = split_ids(emb.catalogue, 0.15, 0.15, 0)
-    pos = {p.id: i for i, p in enumerate(emb.products)}
-    idx = {k: np.array([pos[i] for i in v]) for k, v in split.items()}
-    schema = cat.schema
-    space = ImageSpace("pca", 64).fit(emb.features[idx["train"]])
-    images = space.transform(emb.features)
-    vocab = AttributeVocab.build([p.attributes for p in emb.products], schema.single_fields, schema.list_fields)
-    groups = relevance_keys(emb.products, schema.fields)
-    tr = idx["train"]
-    data = TrainSet(vocab.encode([emb.products[i].attributes for i in tr]), torch.from_numpy(images[tr]),
-                    torch.from_numpy(groups[tr]), torch.from_numpy(emb.sentences[tr]))
-    prep = Prepared(emb, split, idx, space, vocab, data)
+    prep = prepare(cfg, progress)
+    emb, idx, vocab, data = prep.emb, prep.idx, prep.vocab, prep.data
+    schema = emb.catalogue.schema
+    images = prep.space.transform(emb.features)
     model = new_model(cfg, prep)
     checks: dict[str, dict] = {}
 
@@ -66,16 +53,7 @@ def sanity_check(out_file: Path = Path("temp_logs/sanity_check_results.json"), n
     check("image encoder is frozen (no requires_grad, no grad)", frozen)
     model.zero_grad(set_to_none=True)
 
-    from lookalike.evaluation.evaluator import RetrievalEvaluator
-
-    val = RetrievalEvaluator([emb.products[i] for i in idx["val"]], {"attribute": schema.fields}, [1, 5, 10])
-
-    def validate(m):
-        g = space.transform(emb.features[idx["val"]])
-        return val({"json_to_image": m.encode_attributes([emb.products[i].attributes for i in idx["val"]])}, g,
-                   per_category=False)
-
-    history = train(model, data, validate, cfg.train, Path(cfg.out_dir) / "checkpoints", progress=progress)
+    history = train(model, data, validator(emb, idx["val"], cfg), cfg.train, Path(cfg.out_dir) / "checkpoints", progress=progress)
     first, last = history[0]["loss"], history[-1]["loss"]
     check("loss decreases", last < 0.8 * first, first_epoch_loss=first, last_epoch_loss=last)
     check("validation metric rises above chance", history[-1]["val_metric"] > 0.3,

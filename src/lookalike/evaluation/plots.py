@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
+# Labels may hold Korean (K-Fashion) that the default font cannot draw; the grid is still useful.
+warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 

@@ -49,6 +49,8 @@ def train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeMo
           checkpoint_extra: dict | None = None) -> list[dict]:
     """Returns the per-epoch history; `checkpoint_dir` receives best_model.pt and last.pt."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    # The image side is frozen: its vectors are constants here, never parameters.
+    assert not data.images.requires_grad, "image embeddings must not require gradients"
     seed_everything(cfg.seed)
     losses = torch.nn.ModuleDict({
         "attribute": InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.positives),
