@@ -103,8 +103,8 @@ def test_subsample_is_reproducible(synthetic):
 
 
 def test_synthetic_catalogue_images_depend_on_attributes(synthetic):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     reds = [p for p in synthetic.products if p.attributes["colour"] == "red" and p.attributes["category"] == "coat"]
     blues = [p for p in synthetic.products if p.attributes["colour"] == "blue" and p.attributes["category"] == "coat"]

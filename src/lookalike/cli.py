@@ -23,7 +23,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--temperature", type=float)
-    p.add_argument("--learnable-temperature", action="store_true", default=None)
+    p.add_argument("--learnable-temperature", dest="learnable_temperature", action="store_true", default=None,
+                   help="learn the temperature, starting from --temperature (the default)")
+    p.add_argument("--fixed-temperature", dest="learnable_temperature", action="store_false",
+                   help="keep --temperature fixed")
     p.add_argument("--seed", type=int)
     p.add_argument("--image-model", help="frozen image encoder (lookalike models; default efficientnet-lite0)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))

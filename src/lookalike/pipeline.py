@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from lookalike.catalogue import Catalogue, CatalogueSchema, load_catalogue
-from lookalike.errors import LookalikeError
 from lookalike.catalogue.split import split_ids, subsample
 from lookalike.config import RunConfig
 from lookalike.encoders.efficientnet import default_cache_dir
 from lookalike.encoders.embedder import embed_images, embed_texts
 from lookalike.encoders.projection import ImageSpace
 from lookalike.encoders.registry import create_image_encoder, create_text_encoder
+from lookalike.errors import LookalikeError
 from lookalike.evaluation.centrality import anchor_mask, centrality_report, centrality_scores
 from lookalike.evaluation.evaluator import RetrievalEvaluator, get_metric, relevance_keys
 from lookalike.evaluation.plots import result_grid, similarity_histogram, training_charts
