@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 from lookalike.errors import LookalikeError
 
 DEFAULT_CATALOG = "../shared/data/fashion-products"
+# Feature packages bring their own subcommands: each module listed has `add_commands(subparsers)`.
+COMMAND_MODULES: list[str] = []
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -244,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list the registered frozen encoders")
     m.set_defaults(func=cmd_models)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
     return p
 
 
