@@ -34,8 +34,19 @@ class EncoderConfig(_Strict):
     cache_dir: str | None = None
 
 
+class CoarseToFineConfig(_Strict):
+    standard_fields: list[str] | None = Field(None, description="fields giving a product's essence (default: the "
+                                              "first two-thirds in schema order); the others are reinforced")
+    heads: int = Field(4, ge=1)
+    layers: int = Field(1, ge=1, description="self-attention layers per field group")
+    pyramid_dim: int = Field(256, ge=1)
+    pyramid_blocks: int = Field(2, ge=0)
+
+
 class TowerConfig(_Strict):
-    field_dim: int = Field(64, ge=1)
+    name: Literal["mlp", "coarse-to-fine"] = "mlp"  # the MLP tower is the original spec's; see benchmarks/towers.py
+    coarse_to_fine: CoarseToFineConfig = CoarseToFineConfig()
+    field_dim: int = Field(64, ge=1, description="per-field embedding size (the shared token size for coarse-to-fine)")
     hidden_dim: int = Field(512, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     field_dropout: float = Field(0.1, ge=0, lt=1)

@@ -15,7 +15,8 @@ import torch
 from lookalike.config import RunConfig
 from lookalike.encoders.projection import ImageSpace
 from lookalike.errors import LookalikeError
-from lookalike.towers import AttributeTower, AttributeVocab, TextTower
+from lookalike.towers import AttributeVocab, TextTower
+from lookalike.towers.registry import create_attribute_tower
 
 CHECKPOINT_FORMAT = "lookalike-checkpoint/1"
 
@@ -26,8 +27,7 @@ class LookalikeModel(torch.nn.Module):
         t = config.tower
         self.vocab, self.space, self.config = vocab, space, config
         self.out_dim, self.text_dim = out_dim, text_dim
-        self.attribute_tower = AttributeTower({f: vocab.size(f) for f in vocab.fields}, vocab.list_fields, out_dim,
-                                              t.field_dim, t.hidden_dim, t.dropout, t.field_dropout)
+        self.attribute_tower = create_attribute_tower(t, vocab, out_dim)
         self.text_tower = TextTower(text_dim, out_dim, t.text_hidden_dim, t.dropout)
 
     @torch.inference_mode()

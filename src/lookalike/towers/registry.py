@@ -1,0 +1,38 @@
+"""Attribute towers by name (`tower.name` in the run config). The MLP tower is the default the
+original spec demands; the coarse-to-fine tower competes with it (benchmarks/towers.py)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from lookalike.config import TowerConfig
+from lookalike.errors import LookalikeError
+from lookalike.towers.attribute import AttributeTower
+from lookalike.towers.coarse_to_fine import CoarseToFineTower
+from lookalike.towers.vocab import AttributeVocab
+
+
+def _mlp(t: TowerConfig, vocab: AttributeVocab, out_dim: int) -> nn.Module:
+    return AttributeTower({f: vocab.size(f) for f in vocab.fields}, vocab.list_fields, out_dim,
+                          t.field_dim, t.hidden_dim, t.dropout, t.field_dropout)
+
+
+def _coarse_to_fine(t: TowerConfig, vocab: AttributeVocab, out_dim: int) -> nn.Module:
+    c = t.coarse_to_fine
+    unknown = [f for f in c.standard_fields or [] if f not in vocab.fields]
+    if unknown:
+        raise LookalikeError(f"tower.coarse_to_fine.standard_fields {unknown} are not attribute fields {vocab.fields}")
+    return CoarseToFineTower({f: vocab.size(f) for f in vocab.fields}, vocab.list_fields, out_dim, c.standard_fields,
+                             t.field_dim, c.heads, c.layers, c.pyramid_dim, c.pyramid_blocks, t.dropout, t.field_dropout)
+
+
+ATTRIBUTE_TOWERS: dict[str, Callable[[TowerConfig, AttributeVocab, int], nn.Module]] = {
+    "mlp": _mlp,
+    "coarse-to-fine": _coarse_to_fine,
+}
+
+
+def create_attribute_tower(t: TowerConfig, vocab: AttributeVocab, out_dim: int) -> nn.Module:
+    return ATTRIBUTE_TOWERS[t.name](t, vocab, out_dim)
