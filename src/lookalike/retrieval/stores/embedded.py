@@ -1,0 +1,270 @@
+"""Embedded store: in-process, persisted to one directory, zero set-up.
+
+The whole store is one `.npz` snapshot (vectors, ids, metadata) rewritten on each write to a temp
+file and renamed over the old one, so a failed or interrupted write leaves the store as it was and
+readers never see half a write. Rows are kept sorted by id, which makes "ties broken by id" a plain
+index tie-break. An advisory file lock plus a stat check let a CLI process and a server share the
+directory. Exact search is a matrix product (the ground truth); `index=hnsw` adds a FAISS HNSW graph
+built lazily, saved next to the snapshot and rebuilt after writes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from lookalike.errors import LookalikeError
+from lookalike.retrieval.stores.base import (Filters, StoreItem, VectorStore, check_items, check_queries,
+                                             normalize_filters, value_key)
+
+SNAPSHOT = "store.npz"
+
+
+def topk_rows(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k columns of one score row, best first, ties by column index, -inf (excluded) dropped.
+    Every item tied with the k-th score is considered, so the cut at k is exact too."""
+    k = min(k, len(sims))
+    if k == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    part = np.argpartition(-sims, k - 1)[:k]
+    cut = sims[part].min()
+    cand = np.flatnonzero(sims >= cut) if np.isfinite(cut) else part
+    order = np.lexsort((cand, -sims[cand]))[:k]
+    idx = cand[order]
+    sc = sims[idx]
+    keep = np.isfinite(sc)
+    return idx[keep], sc[keep]
+
+
+class EmbeddedStore(VectorStore):
+    def __init__(self, path: str | Path, dim: int | None = None, index: str = "flat", m: int = 32,
+                 ef_construction: int = 80, ef_search: int = 64):
+        if index not in ("flat", "hnsw"):
+            raise LookalikeError(f"embedded store index must be 'flat' or 'hnsw', got {index!r}")
+        self.path = Path(path)
+        self.index, self.m, self.ef_construction, self.ef_search = index, m, ef_construction, ef_search
+        self._lock = threading.RLock()
+        self._stat = None
+        self._hnsw = None
+        self._sub: dict = {}
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LookalikeError(f"cannot create store directory {self.path}: {e}") from None
+        self._lockfile = open(self.path / ".lock", "a")
+        if (self.path / SNAPSHOT).exists():
+            self._load()
+            if dim is not None and dim != self.dim:
+                raise LookalikeError(f"store {self.path} holds {self.dim}-d vectors, asked for {dim}")
+        else:
+            if dim is None:
+                raise LookalikeError(f"store {self.path} is empty: give the vector dimension")
+            self.dim = int(dim)
+            self._set(np.zeros(0, dtype="<U1"), np.zeros((0, self.dim), np.float32), [], generation=0)
+            with self._writing():  # record the dimension at once; another handle may have been first
+                if self._stat is None:
+                    self._commit(self._ids, self._vectors, [])
+
+    # --- persistence -------------------------------------------------------------------------------
+    def _set(self, ids: np.ndarray, vectors: np.ndarray, meta: list[dict], generation: int) -> None:
+        self._ids, self._vectors, self._meta, self._generation = ids, vectors, meta, generation
+        self._row = {str(i): r for r, i in enumerate(ids)}
+        self._fields = {f for m in meta for f in m}
+        self._columns: dict[str, list] = {}
+        self._sub = {}
+        self._hnsw = None
+
+    def _load(self) -> None:
+        f = self.path / SNAPSHOT
+        try:
+            with np.load(f) as z:
+                meta = json.loads(z["metadata"].tobytes().decode("utf-8"))
+                self.dim = int(z["dim"])
+                self._set(z["ids"], np.ascontiguousarray(z["vectors"], np.float32), meta, int(z["generation"]))
+        except (OSError, ValueError, KeyError) as e:
+            raise LookalikeError(f"cannot read store snapshot {f}: {e}") from None
+        self._stat = self._stamp()
+
+    def _stamp(self):
+        try:
+            s = os.stat(self.path / SNAPSHOT)
+        except FileNotFoundError:
+            return None
+        return (s.st_ino, s.st_mtime_ns, s.st_size)
+
+    def _sync(self) -> None:
+        """Pick up a write made by another process (CLI while the server runs)."""
+        st = self._stamp()
+        if st is not None and st != self._stat:
+            self._load()
+
+    @contextmanager
+    def _writing(self):
+        with self._lock:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX)
+            try:
+                self._sync()
+                yield
+            finally:
+                fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+
+    def _commit(self, ids: np.ndarray, vectors: np.ndarray, meta: list[dict]) -> None:
+        gen = self._generation + 1
+        blob = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode("utf-8"), np.uint8)
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".store-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, ids=ids, vectors=vectors, metadata=blob, dim=np.int64(self.dim), generation=np.int64(gen))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / SNAPSHOT)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._set(ids, vectors, meta, gen)
+        self._stat = self._stamp()
+        for old in self.path.glob("hnsw-*.faiss"):
+            old.unlink(missing_ok=True)
+
+    # --- writes ------------------------------------------------------------------------------------
+    def upsert(self, items: Iterable[StoreItem]) -> int:
+        new = check_items(items, self.dim)
+        if not new:
+            return 0
+        with self._writing():
+            new_ids = {it.id for it in new}
+            keep = [r for r, i in enumerate(self._ids) if str(i) not in new_ids]
+            ids = np.concatenate([self._ids[keep].astype(str), np.array([it.id for it in new], dtype=str)])
+            vectors = np.concatenate([self._vectors[keep], np.stack([it.vector for it in new])])
+            meta = [self._meta[r] for r in keep] + [it.metadata for it in new]
+            order = np.argsort(ids, kind="stable")
+            self._commit(ids[order], np.ascontiguousarray(vectors[order]), [meta[r] for r in order])
+        return len(new)
+
+    def delete(self, ids: Iterable[str]) -> int:
+        gone = set(ids)
+        with self._writing():
+            keep = [r for r, i in enumerate(self._ids) if str(i) not in gone]
+            n = len(self._ids) - len(keep)
+            if n:
+                self._commit(self._ids[keep], np.ascontiguousarray(self._vectors[keep]), [self._meta[r] for r in keep])
+        return n
+
+    # --- reads -------------------------------------------------------------------------------------
+    def get(self, id: str) -> StoreItem | None:
+        with self._lock:
+            self._sync()
+            r = self._row.get(id)
+            return None if r is None else StoreItem(id, self._vectors[r].copy(), dict(self._meta[r]))
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            self._sync()
+            return [str(i) for i in self._ids]
+
+    def fields(self) -> set[str]:
+        with self._lock:
+            self._sync()
+            return set(self._fields)
+
+    def items(self) -> tuple[list[str], np.ndarray, list[dict]]:
+        with self._lock:
+            self._sync()
+            return [str(i) for i in self._ids], self._vectors.copy(), [dict(m) for m in self._meta]
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._sync()
+            return len(self._ids)
+
+    def _mask(self, filters: dict[str, list]) -> np.ndarray:
+        mask = np.ones(len(self._ids), bool)
+        for f, vals in filters.items():
+            want = {value_key(v) for v in vals}
+            col = self._columns.get(f)
+            if col is None:
+                col = self._columns[f] = [
+                    None if v is None else ({value_key(x) for x in v} if isinstance(v, list) else {value_key(v)})
+                    for v in (m.get(f) for m in self._meta)]
+            mask &= np.fromiter((c is not None and not c.isdisjoint(want) for c in col), bool, len(col))
+        return mask
+
+    def _subset(self, filters: dict[str, list]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(row indices, their vectors) passing the filters, cached until the next write; None = all rows."""
+        if not filters:
+            return None
+        key = json.dumps(sorted((f, sorted(map(value_key, v))) for f, v in filters.items()))
+        if key not in self._sub:
+            rows = np.flatnonzero(self._mask(filters))
+            if len(self._sub) >= 16:
+                self._sub.clear()
+            self._sub[key] = (rows, np.ascontiguousarray(self._vectors[rows]))
+        return self._sub[key]
+
+    def _graph(self):
+        import faiss
+
+        if self._hnsw is None:
+            f = self.path / f"hnsw-{self._generation}-{self.m}-{self.ef_construction}.faiss"
+            if f.exists():
+                self._hnsw = faiss.read_index(str(f))
+            else:
+                idx = faiss.IndexHNSWFlat(self.dim, self.m, faiss.METRIC_INNER_PRODUCT)
+                idx.hnsw.efConstruction = self.ef_construction
+                idx.add(self._vectors)
+                fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".hnsw-", suffix=".faiss")
+                os.close(fd)
+                faiss.write_index(idx, tmp)
+                os.replace(tmp, f)
+                self._hnsw = idx
+        return self._hnsw
+
+    def search(self, queries: np.ndarray, k: int, filters: Filters | None = None, exact: bool = True,
+               exclude_ids: list[str] | None = None) -> list[list[tuple[str, float]]]:
+        q = check_queries(queries, self.dim, k)
+        with self._lock:
+            self._sync()
+            flt = normalize_filters(filters, self._fields)
+            excluded = [self._row[i] for i in (exclude_ids or []) if i in self._row]
+            if not exact and self.index == "hnsw" and len(self._ids):
+                return self._search_hnsw(q, k, flt, excluded)
+            sub = self._subset(flt)
+            rows, vecs = (np.arange(len(self._ids)), self._vectors) if sub is None else sub
+            sims = q @ vecs.T
+            if excluded:
+                sims[:, np.isin(rows, excluded)] = -np.inf
+            out = []
+            for row in sims:
+                idx, sc = topk_rows(row, k)
+                out.append([(str(self._ids[rows[j]]), float(s)) for j, s in zip(idx, sc)])
+            return out
+
+    def _search_hnsw(self, q: np.ndarray, k: int, flt: dict, excluded: list[int]) -> list[list[tuple[str, float]]]:
+        import faiss
+
+        graph = self._graph()
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(self.ef_search, k)
+        allowed = None
+        if flt or excluded:
+            mask = self._mask(flt)
+            mask[excluded] = False
+            allowed = np.flatnonzero(mask).astype(np.int64)
+            params.sel = faiss.IDSelectorBatch(allowed)
+        scores, idx = graph.search(q, min(k, len(self._ids)), params=params)
+        out = []
+        for srow, irow in zip(scores, idx):
+            hits = sorted(((float(s), str(self._ids[i])) for s, i in zip(srow, irow) if i >= 0), key=lambda h: (-h[0], h[1]))
+            out.append([(i, s) for s, i in hits])
+        return out
+
+    def close(self) -> None:
+        self._lockfile.close()

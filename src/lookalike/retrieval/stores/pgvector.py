@@ -1,0 +1,214 @@
+"""PostgreSQL + pgvector store: several API workers can share it, and it outgrows one process.
+
+One row per item (id, vector, metadata as JSONB) and an HNSW index (inner product). Exact search
+turns index scans off for its transaction so PostgreSQL scans every row: the same ground truth as
+the embedded store. Upserts copy into a temp table and merge with `ON CONFLICT DO UPDATE` in one
+transaction, rows locked in id order so concurrent writers cannot deadlock. Filter fields and
+values reach SQL only as parameters (JSONB containment), never as SQL text.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Iterable
+
+import numpy as np
+
+from lookalike.errors import LookalikeError
+from lookalike.retrieval.stores.base import (Filters, StoreItem, VectorStore, check_items, check_queries,
+                                             normalize_filters)
+
+_TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+
+
+def _array(v) -> np.ndarray:
+    return np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, np.float32)
+
+
+class PgVectorStore(VectorStore):
+    def __init__(self, conninfo: str, dim: int | None = None, table: str = "lookalike_items", m: int = 16,
+                 ef_construction: int = 64, ef_search: int = 100, keepalive=None):
+        import psycopg
+        from psycopg import sql
+
+        if not _TABLE.match(table):
+            raise LookalikeError(f"table name must match {_TABLE.pattern}, got {table!r}")
+        self.conninfo, self.ef_search = conninfo, ef_search
+        self._keepalive = keepalive  # a pgserver handle: the database lives as long as the store
+        self._local = threading.local()
+        self._conns: list = []
+        self._conns_lock = threading.Lock()
+        t = sql.Identifier(table)
+        self._sql = {
+            "t": t, "fields": sql.Identifier(table + "_fields"),
+        }
+        conn = self._conn(register=False)
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('lookalike-store-schema'))")
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                row = conn.execute("SELECT atttypmod FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                                   "AND attname = 'embedding'", (table,)).fetchone()
+                if row is not None:
+                    if dim is not None and dim != row[0]:
+                        raise LookalikeError(f"table {table} holds {row[0]}-d vectors, asked for {dim}")
+                    dim = row[0]
+                elif dim is None:
+                    raise LookalikeError(f"table {table} does not exist yet: give the vector dimension")
+                self.dim = int(dim)
+                conn.execute(sql.SQL('CREATE TABLE IF NOT EXISTS {} (id text COLLATE "C" PRIMARY KEY, '
+                                     "embedding vector({}) NOT NULL, metadata jsonb NOT NULL)")
+                             .format(t, sql.Literal(self.dim)))
+                conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (field text PRIMARY KEY)").format(self._sql["fields"]))
+                conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_ip_ops) "
+                                     "WITH (m = {}, ef_construction = {})")
+                             .format(sql.Identifier(table + "_hnsw"), t, sql.Literal(m), sql.Literal(ef_construction)))
+        except psycopg.Error as e:
+            raise LookalikeError(f"cannot set up table {table}: {e}") from None
+        from pgvector.psycopg import register_vector
+
+        register_vector(conn)
+        self._field_cache = self._read_fields()
+
+    def _conn(self, register: bool = True):
+        """One connection per thread (psycopg connections are not for concurrent use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            import psycopg
+
+            try:
+                conn = psycopg.connect(self.conninfo, autocommit=True)
+            except psycopg.Error as e:
+                raise LookalikeError(f"cannot connect to PostgreSQL: {e}") from None
+            if register:
+                from pgvector.psycopg import register_vector
+
+                register_vector(conn)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _read_fields(self) -> set[str]:
+        from psycopg import sql
+
+        return {r[0] for r in self._conn().execute(sql.SQL("SELECT field FROM {}").format(self._sql["fields"]))}
+
+    # --- writes ------------------------------------------------------------------------------------
+    def upsert(self, items: Iterable[StoreItem]) -> int:
+        from psycopg import sql
+        from psycopg.types.json import Jsonb
+
+        new = sorted(check_items(items, self.dim), key=lambda it: it.id)
+        if not new:
+            return 0
+        conn = self._conn()
+        with conn.transaction():
+            conn.execute(sql.SQL("CREATE TEMP TABLE lookalike_upsert (id text, embedding vector({}), metadata jsonb) "
+                                 "ON COMMIT DROP").format(sql.Literal(self.dim)))
+            with conn.cursor().copy("COPY lookalike_upsert (id, embedding, metadata) FROM STDIN WITH (FORMAT BINARY)") as cp:
+                cp.set_types(["text", "vector", "jsonb"])
+                for it in new:
+                    cp.write_row([it.id, it.vector, Jsonb(it.metadata)])
+            conn.execute(sql.SQL("INSERT INTO {} (id, embedding, metadata) SELECT id, embedding, metadata "
+                                 'FROM lookalike_upsert ORDER BY id COLLATE "C" ON CONFLICT (id) DO UPDATE '
+                                 "SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata")
+                         .format(self._sql["t"]))
+            conn.execute(sql.SQL("INSERT INTO {} (field) SELECT DISTINCT jsonb_object_keys(metadata) FROM lookalike_upsert "
+                                 "ORDER BY 1 ON CONFLICT DO NOTHING").format(self._sql["fields"]))
+        self._field_cache |= {f for it in new for f in it.metadata}
+        return len(new)
+
+    def delete(self, ids: Iterable[str]) -> int:
+        from psycopg import sql
+
+        ids = sorted(set(ids))
+        if not ids:
+            return 0
+        cur = self._conn().execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self._sql["t"]), (ids,))
+        return cur.rowcount
+
+    # --- reads -------------------------------------------------------------------------------------
+    def get(self, id: str) -> StoreItem | None:
+        from psycopg import sql
+
+        row = self._conn().execute(sql.SQL("SELECT id, embedding, metadata FROM {} WHERE id = %s")
+                                   .format(self._sql["t"]), (id,)).fetchone()
+        return None if row is None else StoreItem(row[0], _array(row[1]), row[2])
+
+    def ids(self) -> list[str]:
+        from psycopg import sql
+
+        return [r[0] for r in self._conn().execute(sql.SQL("SELECT id FROM {} ORDER BY id").format(self._sql["t"]))]
+
+    def fields(self) -> set[str]:
+        self._field_cache = self._read_fields()
+        return set(self._field_cache)
+
+    def items(self) -> tuple[list[str], np.ndarray, list[dict]]:
+        from psycopg import sql
+
+        with self._conn().cursor(binary=True) as cur:
+            rows = cur.execute(sql.SQL("SELECT id, embedding, metadata FROM {} ORDER BY id").format(self._sql["t"])).fetchall()
+        vecs = np.stack([_array(r[1]) for r in rows]) if rows else np.zeros((0, self.dim), np.float32)
+        return [r[0] for r in rows], vecs, [r[2] for r in rows]
+
+    def __len__(self) -> int:
+        from psycopg import sql
+
+        return self._conn().execute(sql.SQL("SELECT count(*) FROM {}").format(self._sql["t"])).fetchone()[0]
+
+    def _where(self, filters: dict[str, list], exclude_ids: list[str] | None) -> tuple[object, list]:
+        """WHERE clause and its parameters. A filter value matches a scalar field equal to it or a list
+        field containing it (JSONB containment, as the embedded store does)."""
+        from psycopg import sql
+        from psycopg.types.json import Jsonb
+
+        parts, params = [], []
+        for f, vals in filters.items():
+            alts = []
+            for v in vals:
+                alts.append(sql.SQL("metadata @> %s"))
+                params.append(Jsonb({f: v}))
+                if isinstance(v, str):
+                    alts.append(sql.SQL("metadata @> %s"))
+                    params.append(Jsonb({f: [v]}))
+            parts.append(sql.SQL("(") + sql.SQL(" OR ").join(alts) + sql.SQL(")"))
+        if exclude_ids:
+            parts.append(sql.SQL("NOT (id = ANY(%s))"))
+            params.append(list(exclude_ids))
+        if not parts:
+            return sql.SQL(""), params
+        return sql.SQL("WHERE ") + sql.SQL(" AND ").join(parts), params
+
+    def search(self, queries: np.ndarray, k: int, filters: Filters | None = None, exact: bool = True,
+               exclude_ids: list[str] | None = None) -> list[list[tuple[str, float]]]:
+        from psycopg import sql
+
+        q = check_queries(queries, self.dim, k)
+        if any(f not in self._field_cache for f in (filters or {})):
+            self._field_cache = self._read_fields()
+        where, params = self._where(normalize_filters(filters, self._field_cache), exclude_ids)
+        # Exact: every row, ties by id. Approximate: the HNSW index; iterative scans keep filtered results full.
+        order = sql.SQL("ORDER BY embedding <#> %s, id LIMIT %s" if exact else "ORDER BY embedding <#> %s LIMIT %s")
+        stmt = sql.SQL("SELECT id, (embedding <#> %s) * -1 FROM {} ").format(self._sql["t"]) + where + sql.SQL(" ") + order
+        conn = self._conn()
+        out = []
+        with conn.transaction():
+            if exact:
+                conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
+            else:
+                conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(self.ef_search, k)),))
+                conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+            with conn.cursor(binary=True) as cur:
+                for v in q:
+                    rows = cur.execute(stmt, [v, *params, v, int(k)]).fetchall()
+                    out.append(sorted(((r[0], float(r[1])) for r in rows), key=lambda h: (-h[1], h[0])))
+        return out
+
+    def close(self) -> None:
+        with self._conns_lock:
+            for c in self._conns:
+                c.close()
+            self._conns.clear()
