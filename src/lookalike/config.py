@@ -87,10 +87,18 @@ class TrainConfig(_Strict):
         return v
 
 
+class ColdStartConfig(_Strict):
+    """Zero-shot cold start: the test split is every product whose `field` has one of `values`."""
+    field: str = "articleType"
+    values: list[str] | None = Field(None, description="values to hold out (default: chosen by hash to cover `fraction`)")
+    fraction: float = Field(0.1, gt=0, lt=0.5)
+
+
 class SplitConfig(_Strict):
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     seed: int = 42
+    cold_start: ColdStartConfig | None = None
 
 
 class EvalConfig(_Strict):

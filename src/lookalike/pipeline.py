@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from lookalike.catalogue import Catalogue, CatalogueSchema, load_catalogue
-from lookalike.catalogue.split import split_ids, subsample
+from lookalike.catalogue.split import cold_start_split, split_ids, subsample
 from lookalike.config import RunConfig
 from lookalike.encoders.efficientnet import default_cache_dir
 from lookalike.encoders.embedder import embed_images, embed_texts
@@ -210,7 +210,9 @@ class Prepared:
 def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
     emb = load_and_embed(cfg, progress)
     schema = emb.catalogue.schema
-    split = split_ids(emb.catalogue, cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.seed)
+    cold = cfg.split.cold_start
+    split = split_ids(emb.catalogue, cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.seed) if cold is None \
+        else cold_start_split(emb.catalogue, cold.field, cfg.split.val_fraction, cfg.split.seed, cold.values, cold.fraction)
     pos = {p.id: i for i, p in enumerate(emb.products)}
     idx = {k: np.array([pos[i] for i in v], dtype=np.int64) for k, v in split.items()}
     log(f"split (stratified by {schema.category_field}, seed {cfg.split.seed}): { {k: len(v) for k, v in idx.items()} }")
