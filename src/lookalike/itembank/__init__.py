@@ -1,0 +1,1 @@
+"""Exam item bank: "find questions like this one" — loading, ground truth, retrieval study, commands."""

