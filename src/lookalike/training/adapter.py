@@ -1,0 +1,105 @@
+"""Stage-2 training: fit the compact adapter on frozen tower queries and frozen gallery images with a
+metric-learning loss over hierarchical batches, early-stopped on a validation retrieval metric.
+
+Each batch holds P sibling classes × K products; the loss sees both the queries and the images of
+those products under one label each, so query↔image, image↔image and query↔query geometry are all
+shaped by the same hard negatives (a shirt's query against a t-shirt's photo).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from lookalike.losses import MultiSimilarityLoss, TripletLoss
+from lookalike.towers.adapter import Adapter
+from lookalike.training.samplers import HierarchicalBatchSampler
+from lookalike.training.trainer import seed_everything
+
+ADAPTER_FORMAT = "lookalike-adapter/1"
+
+
+class AdapterConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    out_dim: int = Field(128, ge=2)
+    hidden_dim: int = Field(512, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    loss: Literal["triplet", "multi-similarity"] = "triplet"
+    margin: float = Field(0.2, gt=0)
+    mining: Literal["semi-hard", "hardest"] = "semi-hard"
+    hierarchy: list[str] = Field(["masterCategory", "subCategory", "articleType"], description="category tree, root first")
+    sampler: Literal["hierarchical", "random"] = "hierarchical"
+    classes_per_batch: int = Field(32, ge=2)
+    samples_per_class: int = Field(4, ge=1)
+    epochs: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(3, ge=1)
+    seed: int = 42
+
+
+def make_loss(cfg: AdapterConfig) -> torch.nn.Module:
+    return TripletLoss(cfg.margin, cfg.mining) if cfg.loss == "triplet" else MultiSimilarityLoss()
+
+
+def train_adapter(queries: np.ndarray, images: np.ndarray, labels: np.ndarray, paths: Sequence[tuple[str, ...]],
+                  cfg: AdapterConfig, validate: Callable[[Adapter], float]) -> tuple[Adapter, list[dict]]:
+    """queries, images: (n, d) unit rows of the training products; labels: (n,) relevance classes;
+    paths: each product's category path. Returns the best adapter (by `validate`) and the history."""
+    seed_everything(cfg.seed)
+    adapter = Adapter(queries.shape[1], cfg.out_dim, cfg.hidden_dim, cfg.dropout).init_pca(images)
+    loss_fn = make_loss(cfg)
+    opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    flat = [()] * len(labels) if cfg.sampler == "random" else paths  # a flat tree: any class may sit beside any other
+    sampler = HierarchicalBatchSampler(labels, flat, cfg.classes_per_batch, cfg.samples_per_class, cfg.seed)
+    total = cfg.epochs * len(sampler)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    q, im, lab = torch.from_numpy(queries), torch.from_numpy(images), torch.from_numpy(np.asarray(labels))
+    history = [{"epoch": 0, "loss": float("nan"), "val_metric": validate(adapter)}]  # epoch 0: PCA alone
+    best, best_state, stale, t0 = history[0]["val_metric"], copy.deepcopy(adapter.state_dict()), 0, time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        adapter.train()
+        total_loss = 0.0
+        for idx in sampler:
+            i = torch.from_numpy(idx)
+            emb = adapter(torch.cat([q[i], im[i]]))
+            loss = loss_fn(emb, torch.cat([lab[i], lab[i]]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += loss.item()
+        metric = validate(adapter)
+        history.append({"epoch": epoch, "loss": total_loss / len(sampler), "val_metric": metric,
+                        "elapsed_s": round(time.perf_counter() - t0, 2)})
+        if metric > best:
+            best, best_state, stale = metric, copy.deepcopy(adapter.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    adapter.load_state_dict(best_state)
+    adapter.eval()
+    return adapter, history
+
+
+def save_adapter(adapter: Adapter, cfg: AdapterConfig, path: Path, **extra) -> None:
+    torch.save({"format": ADAPTER_FORMAT, "config": cfg.model_dump(mode="json"), "in_dim": adapter.in_dim,
+                "state_dict": adapter.state_dict(), **extra}, path)
+
+
+def load_adapter(path: Path) -> tuple[Adapter, dict]:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = AdapterConfig.model_validate(payload["config"])
+    adapter = Adapter(payload["in_dim"], cfg.out_dim, cfg.hidden_dim, cfg.dropout)
+    adapter.load_state_dict(payload["state_dict"])
+    return adapter.eval(), payload
