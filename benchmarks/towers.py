@@ -1,0 +1,134 @@
+"""Issue-6 benchmark: MLP vs coarse-to-fine tower (each with/without the 128-d adapter), regular and
+zero-shot cold-start splits, per category, with paired significance tests; then the list-wise
+diversity reranker vs MMR on the same top-100 candidate lists.
+
+    python benchmarks/towers.py --cache-dir /tmp/lookalike-bench-cache-XXXX            # everything
+    python benchmarks/towers.py --stage towers --epochs 12 --limit 20000
+    python benchmarks/towers.py --stage rerank                 # reuses the regular-split MLP checkpoint
+    python benchmarks/towers.py --stage report                 # print the tables of saved results
+
+Text is left out (the towers compared are attribute towers), so no sentence embedding is needed.
+Everything is written under --out (results.json, per_query.npz, rerank.json, checkpoints, adapters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def base_config(args):
+    from lookalike.catalogue.presets import FASHION_PRODUCTS
+    from lookalike.config import load_config
+
+    schema = FASHION_PRODUCTS.model_copy(update={"text_field": None})
+    return load_config(ROOT / "configs/fashion-products.json", {
+        "data.catalog": args.catalog, "data.limit": args.limit, "encoder.cache_dir": args.cache_dir,
+        "train.epochs": args.epochs, "train.train_text": False, "data.schema": schema.model_dump()})
+
+
+def fmt(x: float) -> str:
+    return f"{x:.4f}"
+
+
+def p_str(p: float) -> str:
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def report_towers(r: dict) -> None:
+    print("\n== Towers: attribute-relevance nDCG@10 on the test gallery (all 7 fields must match) ==")
+    print(f"{'split':<11} {'tower':<15} {'nDCG@10':>8} {'+adapter128':>11} {'kept':>6} {'PCA128':>7} "
+          f"{'params':>9} {'train s':>8} {'s/epoch':>8} {'best ep':>7} {'adapter s':>9}")
+    for split, block in r["splits"].items():
+        for tower, t in block["towers"].items():
+            a = t["adapter"]
+            print(f"{split:<11} {tower:<15} {fmt(t['test_ndcg@10']):>8} {fmt(a['test_ndcg@10']):>11} "
+                  f"{a['kept_of_full']:>6.1%} {fmt(a['pca_test_ndcg@10']):>7} {t['tower_params']:>9,} {t['train_s']:>8.0f} "
+                  f"{t['s_per_epoch']:>8.1f} {t['best_epoch']:>7} {a['train_s']:>9.0f}")
+        print(f"{'':<11} sizes {block['sizes']}" + (f"  held out {block['held_out']['field']}: "
+              f"{len(block['held_out']['values'])} values" if "held_out" in block else ""))
+    print("\n== Paired significance (same queries; b − a; t-test and Wilcoxon signed-rank) ==")
+    for split, block in r["splits"].items():
+        for name, s in block.get("significance", {}).items():
+            print(f"{split:<11} {name:<40} Δ={s['mean_diff']:+.4f}  b better on {s['b_better']}, a on {s['a_better']} "
+                  f"of {s['n']}  p_t={p_str(s['t_test_p'])}  p_w={p_str(s['wilcoxon_p'])}")
+        for tower, t in block["towers"].items():
+            s = t["adapter"]["vs_full"]
+            print(f"{split:<11} {tower + ' 128-d adapter vs 512-d':<40} Δ={s['mean_diff']:+.4f}  p_t={p_str(s['t_test_p'])}  "
+                  f"p_w={p_str(s['wilcoxon_p'])}")
+    print("\n== Adapter: search cost on the test gallery (exact top-100, all test queries, best of 3) ==")
+    for split, block in r["splits"].items():
+        for tower, t in block["towers"].items():
+            f, a = t["adapter"]["search_full"], t["adapter"]["search_adapted"]
+            print(f"{split:<11} {tower:<15} 512-d {f['search_s'] * 1000:7.1f} ms {f['gallery_mb']:6.2f} MiB   "
+                  f"128-d {a['search_s'] * 1000:7.1f} ms {a['gallery_mb']:6.2f} MiB   speed-up ×{f['search_s'] / a['search_s']:.2f}, "
+                  f"memory ×{f['gallery_mb'] / a['gallery_mb']:.1f} smaller")
+    print("\n== Per category (regular split; categories with ≥ 30 test products) ==")
+    for split, block in r["splits"].items():
+        towers = list(block["towers"])
+        cats = block["towers"][towers[0]].get("per_category", {})
+        print(f"-- {split}")
+        print(f"{'category':<26} {'n':>5} " + " ".join(f"{t[:14]:>15} {'+ad':>7}" for t in towers))
+        for c, v in sorted(cats.items(), key=lambda kv: -kv[1]["n"]):
+            if v["n"] < 30:
+                continue
+            print(f"{c[:26]:<26} {v['n']:>5} " + " ".join(
+                f"{block['towers'][t]['per_category'][c]['ndcg@10']:>15.4f} {block['towers'][t]['per_category'][c]['adapter_ndcg@10']:>7.4f}"
+                for t in towers))
+
+
+def report_rerank(r: dict) -> None:
+    print(f"\n== Diversity reranking of the top-{r['candidates']} ({r['model']}; {r['n_queries']} test queries) ==")
+    print(f"{'method':<34} {'nDCG@10':>8} {'ΔnDCG':>7} {'ILD@10':>7} {'ΔILD':>7} {'coverage':>8} {'novelty':>8} {'ms/query':>8}")
+    base = r["methods"]["top-10"]
+    for name, m in r["methods"].items():
+        print(f"{name:<34} {fmt(m['ndcg@10']):>8} {m['ndcg@10'] / base['ndcg@10'] - 1:>+7.1%} {fmt(m['ild@10']):>7} "
+              f"{m['ild@10'] / base['ild@10'] - 1:>+7.1%} {m['coverage']:>8.4f} {m['novelty']:>8.3f} {m['ms_per_query']:>8.3f}")
+    for line in r.get("verdict", []):
+        print(line)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", choices=["all", "towers", "rerank", "report"], default="all")
+    ap.add_argument("--catalog", default=str(ROOT.parent / "shared/data/fashion-products"))
+    ap.add_argument("--cache-dir", default=None, help="embedding cache (e.g. a prepared /tmp/lookalike-bench-cache-*)")
+    ap.add_argument("--out", default=str(ROOT / "runs/bench-towers"))
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--adapter-epochs", type=int, default=6)
+    ap.add_argument("--cold-field", default="articleType")
+    ap.add_argument("--cold-fraction", type=float, default=0.1)
+    ap.add_argument("--rerank-steps", type=int, default=300)
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    from lookalike.config import ColdStartConfig
+    from lookalike.training.adapter import AdapterConfig
+
+    out = Path(args.out)
+    cfg = base_config(args)
+    t0 = time.perf_counter()
+    if args.stage in ("all", "towers"):
+        from lookalike.comparison.towers import compare_towers
+
+        compare_towers(cfg, out, AdapterConfig(epochs=args.adapter_epochs),
+                       ColdStartConfig(field=args.cold_field, fraction=args.cold_fraction))
+    if args.stage in ("all", "rerank"):
+        from lookalike.comparison.rerankers import compare_rerankers
+        from lookalike.training.listwise import ListwiseConfig
+
+        compare_rerankers(cfg, out / "regular/mlp/checkpoints/best_model.pt", out, ListwiseConfig(steps=args.rerank_steps))
+    if (out / "results.json").exists():
+        report_towers(json.loads((out / "results.json").read_text()))
+    if (out / "rerank.json").exists():
+        report_rerank(json.loads((out / "rerank.json").read_text()))
+    print(f"\n(wall {time.perf_counter() - t0:.0f} s; 2 shared CPU cores under load from other jobs)")
+
+
+if __name__ == "__main__":
+    main()
