@@ -238,8 +238,9 @@ def _markdown(results: dict, cfg: StudyConfig) -> str:
         lines.append(f"\nBest hybrid chosen on {res['n_dev']} dev queries: **{res['best_hybrid_on_dev']}**; "
                      f"on the {res['n_test']} test queries:\n")
         for single, c in res["hybrid_vs_single_on_test"].items():
-            lines.append(f"- vs {single}: nDCG@10 {c['gain']['ndcg@10']:+.4f}                          f"t p={c['student']['ndcg@10']:.4g}), MRR {c['gain']['mrr']:+.4f} "
-                         f"(Fisher p={c['fisher']['mrr']:.4g}, t p={c['student']['mrr']:.4g})")
+            lines.append(f"- vs {single}: nDCG@10 {c['gain']['ndcg@10']:+.4f} (Fisher p={_p(c['fisher']['ndcg@10'])}, "
+                         f"t p={_p(c['student']['ndcg@10'])}), MRR {c['gain']['mrr']:+.4f} "
+                         f"(Fisher p={_p(c['fisher']['mrr'])}, t p={_p(c['student']['mrr'])})")
         lines.append(f"\nPer class (nDCG@10 / MRR / n) for {res['winner']}, dense, bm25:\n")
         lines.append("| class | " + " | ".join([res["winner"], "dense", "bm25"]) + " |\n|---|---|---|---|")
         for c in res["per_class"]["dense"]:

