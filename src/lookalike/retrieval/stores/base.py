@@ -113,6 +113,10 @@ class VectorStore(ABC):
     @abstractmethod
     def get(self, id: str) -> StoreItem | None: ...
 
+    def get_many(self, ids: list[str]) -> list[StoreItem | None]:
+        """Several items at once, in the order asked (None where missing)."""
+        return [self.get(i) for i in ids]
+
     @abstractmethod
     def ids(self) -> list[str]: ...
 

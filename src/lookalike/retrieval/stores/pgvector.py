@@ -137,6 +137,14 @@ class PgVectorStore(VectorStore):
                                    .format(self._sql["t"]), (id,)).fetchone()
         return None if row is None else StoreItem(row[0], _array(row[1]), row[2])
 
+    def get_many(self, ids: list[str]) -> list[StoreItem | None]:
+        from psycopg import sql
+
+        rows = self._conn().execute(sql.SQL("SELECT id, embedding, metadata FROM {} WHERE id = ANY(%s)")
+                                    .format(self._sql["t"]), (list(ids),)).fetchall()
+        found = {r[0]: StoreItem(r[0], _array(r[1]), r[2]) for r in rows}
+        return [found.get(i) for i in ids]
+
     def ids(self) -> list[str]:
         from psycopg import sql
 

@@ -1,0 +1,170 @@
+"""The served catalogue: queries and products embedded into the trained space, and kept in a vector store.
+
+Catalogue images go through the frozen image encoder the checkpoint was trained with (cached, as in
+training) and the checkpoint's frozen projection; each product is stored as one item (vector +
+attributes + is_new + image path) in one transaction, so a failed ingest leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from lookalike.catalogue import Catalogue, CatalogueSchema, ImageRef, Product
+from lookalike.errors import LookalikeError
+from lookalike.model import LookalikeModel
+from lookalike.recommend.newness import NewRule
+from lookalike.retrieval.stores import StoreItem, VectorStore
+
+# metadata keys the service writes itself; attribute fields may not use them
+RESERVED = {"is_new", "name", "image", "sales"}
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class QueryEncoder:
+    """A trained checkpoint plus its frozen encoders: attribute JSON, text and images → the served space."""
+
+    def __init__(self, model: LookalikeModel, payload: dict, cache_dir: str | None = None):
+        from lookalike.pipeline import checkpoint_schema
+
+        self.model, self.payload = model, payload
+        cfg = model.config
+        if cache_dir:
+            cfg = cfg.model_copy(update={"encoder": cfg.encoder.model_copy(update={"cache_dir": cache_dir})})
+        self.cfg = cfg
+        self.schema: CatalogueSchema | None = checkpoint_schema(payload)
+        self._image = self._text = None
+        self.last_norms: list[float] = []  # raw tower output norms, for the embedding-health KPI
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, cache_dir: str | None = None) -> "QueryEncoder":
+        model, payload = LookalikeModel.load(checkpoint)
+        return cls(model, payload, cache_dir)
+
+    @property
+    def dim(self) -> int:
+        return self.model.out_dim
+
+    def _record(self, v: np.ndarray) -> np.ndarray:
+        self.last_norms = [*self.last_norms[-999:], *np.linalg.norm(v, axis=1).tolist()]
+        return unit(v)
+
+    def images(self, images: list[Image.Image]) -> np.ndarray:
+        if self._image is None:
+            from lookalike.pipeline import image_encoder
+
+            self._image = image_encoder(self.cfg)
+        return unit(self.model.space.transform(self._image.encode_images(images)))
+
+    def features(self, features: np.ndarray) -> np.ndarray:
+        """Frozen backbone features (e.g. from the embedding cache) → the served space."""
+        return unit(self.model.space.transform(features))
+
+    def attributes(self, attributes: dict) -> tuple[np.ndarray, dict[str, list[str]]]:
+        """Vector of an attribute JSON query, plus the values the model never saw (searched as unknown)."""
+        if not isinstance(attributes, dict) or not attributes:
+            raise LookalikeError("an attribute query must be a non-empty JSON object of field → value(s)")
+        fields = set(self.model.vocab.fields)
+        if not set(attributes) & fields:
+            raise LookalikeError(f"attribute query has no known field; got {sorted(attributes)}, "
+                                 f"expected some of {sorted(fields)}")
+        for f, v in attributes.items():
+            if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
+                raise LookalikeError(f"attribute {f!r} must be a string or a list of strings, got {v!r}")
+        return self._record(self.model.encode_attributes([attributes]))[0], self.model.vocab.unknown_values(attributes)
+
+    def text(self, text: str) -> np.ndarray:
+        if not isinstance(text, str) or not text.strip():
+            raise LookalikeError("text query is empty")
+        if self._text is None:
+            from lookalike.encoders.registry import create_text_encoder
+
+            self._text = create_text_encoder(self.cfg.encoder.text_model)
+        return self._record(self.model.encode_sentence_vectors(self._text.encode([text])))[0]
+
+
+def decode_image(data: bytes, what: str = "upload") -> Image.Image:
+    """A fully decoded RGB image, or a LookalikeError naming what is wrong with it."""
+    if not data:
+        raise LookalikeError(f"{what} is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise LookalikeError(f"{what} is not a readable image: {e}") from None
+
+
+def product_metadata(p: Product, rule: NewRule) -> dict:
+    clash = RESERVED & set(p.attributes)
+    if clash:
+        raise LookalikeError(f"product {p.id}: attribute names {sorted(clash)} are reserved by the service")
+    md: dict = dict(p.attributes)
+    raw = rule.raw(p)
+    if rule.field not in md and raw not in (None, ""):
+        try:
+            x = float(raw)
+            md[rule.field] = int(x) if x.is_integer() else x
+        except (TypeError, ValueError):
+            md[rule.field] = str(raw)
+    md["is_new"] = rule.is_new(p)
+    md["image"] = str(p.image.path)
+    if p.text:
+        md["name"] = p.text
+    if p.sales is not None:
+        md["sales"] = float(p.sales)
+    return md
+
+
+def product_from_json(pid: str, attributes: dict, image_path: Path, text: str | None,
+                      schema: CatalogueSchema | None) -> Product:
+    """A product from the API/CLI: schema fields become attributes (strings / lists), other keys extras."""
+    if not isinstance(attributes, dict):
+        raise LookalikeError("attributes must be a JSON object")
+    list_fields = set(schema.list_fields) if schema else set()
+    fields = set(schema.fields) if schema else set(attributes)
+    attrs, extra = {}, {}
+    for k, v in attributes.items():
+        if k in fields:
+            if k in list_fields:
+                if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                    raise LookalikeError(f"attribute {k!r} is a list field: give a list of strings, got {v!r}")
+                attrs[k] = v
+            elif isinstance(v, (str, int, float)) and not isinstance(v, bool):
+                attrs[k] = str(v)
+            else:
+                raise LookalikeError(f"attribute {k!r} must be a string, got {v!r}")
+        elif isinstance(v, (str, int, float)) and not isinstance(v, bool):
+            extra[k] = str(v)
+        else:
+            raise LookalikeError(f"attribute {k!r} must be a string or a number, got {v!r}")
+    if schema and not attrs:
+        raise LookalikeError(f"attributes name none of the catalogue's fields {schema.fields}")
+    return Product(pid, ImageRef(image_path), attrs, text or "", None, extra)
+
+
+def check_id(pid: str) -> str:
+    if not isinstance(pid, str) or not pid.strip() or len(pid) > 200 or not all(c.isprintable() for c in pid) \
+            or "/" in pid or "\\" in pid or pid in (".", ".."):
+        raise LookalikeError(f"product id {pid!r} must be 1-200 printable characters without slashes")
+    return pid.strip()
+
+
+def ingest_catalogue(store: VectorStore, cat: Catalogue, enc: QueryEncoder, rule: NewRule,
+                     progress: bool = True) -> dict:
+    """Embed every product image (frozen encoder, cached) and upsert all of them in one transaction."""
+    from lookalike.pipeline import embed_catalogue
+
+    emb = embed_catalogue(cat, enc.cfg, progress)
+    vectors = enc.features(emb.features)
+    items = [StoreItem(p.id, v, product_metadata(p, rule)) for p, v in zip(emb.products, vectors)]
+    store.upsert(items)
+    n_new = sum(it.metadata["is_new"] for it in items)
+    return {"ingested": len(items), "new": n_new, "established": len(items) - n_new, "rule": str(rule),
+            "skipped": dict(emb.catalogue.report.skipped), "store_size": len(store)}

@@ -1,0 +1,1 @@
+"""HTTP service: the recommenders, catalogue management, KPIs and the dashboard (FastAPI)."""

@@ -1,0 +1,69 @@
+"""Request counts and latencies per endpoint, as KPI figures (p50/p95/p99) and in Prometheus format.
+
+Prometheus histograms give buckets, not exact quantiles, so the KPI view keeps the last latencies of
+each endpoint itself; the exposition uses prometheus_client with a registry per app (tests run
+several apps in one process).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict, deque
+
+import numpy as np
+
+
+class Metrics:
+    def __init__(self, window: int = 10_000):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("lookalike_requests", "HTTP requests", ["endpoint", "method", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("lookalike_request_seconds", "request latency", ["endpoint"], registry=self.registry,
+                                 buckets=(.002, .005, .01, .02, .03, .05, .075, .1, .15, .25, .5, 1, 2.5, 5))
+        self.top1 = Histogram("lookalike_top1_similarity", "similarity of the first result", ["endpoint"],
+                              registry=self.registry, buckets=tuple(np.round(np.linspace(-0.2, 1.0, 13), 2)))
+        self.catalogue = Gauge("lookalike_catalogue_products", "products in the store", ["kind"], registry=self.registry)
+        self._lock = threading.Lock()
+        self._lat: dict[tuple[str, str], deque] = defaultdict(lambda: deque(maxlen=window))
+        self._counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._top1: deque = deque(maxlen=window)
+        self._ild: deque = deque(maxlen=window)
+        self.lists: deque = deque(maxlen=window)  # recommended new-product id lists, for coverage
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, method, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+        with self._lock:
+            self._lat[(method, endpoint)].append(seconds)
+            self._counts[(method, endpoint)][str(status)] += 1
+
+    def observe_results(self, endpoint: str, lists: list[dict], recommended_new: bool) -> None:
+        for res in lists:
+            if res["items"]:
+                self.top1.labels(endpoint).observe(res["items"][0][1])
+                with self._lock:
+                    self._top1.append(res["items"][0][1])
+                    self._ild.append(res["intra_list_diversity"])
+                    if recommended_new:
+                        self.lists.append([i for i, _, _ in res["items"]])
+
+    def summary(self) -> dict:
+        with self._lock:
+            endpoints = {}
+            for (method, ep), lat in sorted(self._lat.items()):
+                ms = np.asarray(lat) * 1000
+                counts = dict(self._counts[(method, ep)])
+                endpoints[f"{method} {ep}"] = {
+                    "requests": sum(counts.values()), "by_status": counts,
+                    **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)}}
+            return {"endpoints": endpoints,
+                    "mean_top1_similarity": round(float(np.mean(self._top1)), 4) if self._top1 else None,
+                    "mean_intra_list_diversity": round(float(np.mean(self._ild)), 4) if self._ild else None,
+                    "lists_served": len(self.lists)}
+
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)

@@ -1,0 +1,122 @@
+// The dashboard: one GET /api/dashboard for everything shown, the API for searches. No external libraries.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const fmt = (v, d = 4) => (v === null || v === undefined || Number.isNaN(v)) ? "–" : (typeof v === "number" ? +v.toFixed(d) : v);
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+function cards(kpi) {
+  const t = kpi.training || {}, test = t.test_json_to_image || {}, sim = t.similarity || {};
+  const h = (kpi.embedding_health || {}).catalogue || {}, q = (kpi.embedding_health || {}).query_norms || {};
+  const items = [
+    ["catalogue size", kpi.catalogue.size, "catalogue-size"], ["new products", kpi.catalogue.new, "catalogue-new"],
+    ["best epoch", t.best_epoch], [t.val_metric_name || "val metric", fmt(t.val_metric)],
+    ["test top-1 (hit@1)", fmt(test["hit@1"])], ["test top-5 (hit@5)", fmt(test["hit@5"])], ["test MRR", fmt(test.mrr)],
+    ["positive similarity", fmt(sim.positive_mean)], ["negative similarity", fmt(sim.negative_mean)],
+    ["mean top-1 similarity", fmt(kpi.mean_top1_similarity)], ["intra-list diversity", fmt(kpi.mean_intra_list_diversity)],
+    ["catalogue coverage", fmt(kpi.catalogue_coverage)], ["gallery norm (mean)", fmt(h.norm_mean)],
+    ["variance / dim", fmt(h.variance_per_dim_mean)], ["query norm (mean)", fmt(q.mean)],
+  ];
+  $("kpi-cards").replaceChildren(...items.map(([k, v, id]) => el("div", {class: "card", ...(id ? {id} : {})},
+    el("div", {class: "v"}, v ?? "–"), el("div", {class: "k"}, k))));
+  $("categories").replaceChildren(el("tr", {}, el("th", {}, "category"), el("th", {}, "all"), el("th", {}, "new")),
+    ...Object.entries(kpi.catalogue.per_category).map(([c, n]) =>
+      el("tr", {}, el("td", {}, c), el("td", {}, n), el("td", {}, kpi.catalogue.new_per_category[c] || 0))));
+  $("latency").replaceChildren(el("tr", {}, ...["endpoint", "requests", "p50 ms", "p95 ms", "p99 ms"].map(x => el("th", {}, x))),
+    ...Object.entries(kpi.requests).map(([ep, r]) => el("tr", {}, el("td", {}, ep), el("td", {}, r.requests),
+      el("td", {}, r.p50_ms), el("td", {}, r.p95_ms), el("td", {}, r.p99_ms))));
+}
+
+function chart(canvas, history, series) {
+  const ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, pad = 34;
+  ctx.clearRect(0, 0, W, H);
+  const pts = series.map(([key]) => history.map(r => r[key]).filter(v => typeof v === "number"));
+  const all = pts.flat();
+  if (!all.length) { ctx.fillText("no training history found next to the checkpoint", pad, H / 2); return; }
+  let lo = Math.min(...all), hi = Math.max(...all);
+  if (hi === lo) { hi += 1; lo -= 1; }
+  const n = Math.max(2, history.length);
+  const x = i => pad + (W - 2 * pad) * i / (n - 1), y = v => H - pad - (H - 2 * pad) * (v - lo) / (hi - lo);
+  ctx.strokeStyle = "#999"; ctx.strokeRect(pad, pad, W - 2 * pad, H - 2 * pad);
+  ctx.fillStyle = "#333"; ctx.fillText(fmt(hi, 3), 2, pad + 4); ctx.fillText(fmt(lo, 3), 2, H - pad);
+  ctx.fillText("epoch", W / 2, H - 8);
+  series.forEach(([key, colour], s) => {
+    ctx.strokeStyle = colour; ctx.fillStyle = colour; ctx.beginPath();
+    history.forEach((r, i) => { if (typeof r[key] === "number") { const f = i ? "lineTo" : "moveTo"; ctx[f](x(i), y(r[key])); ctx.fillRect(x(i) - 2, y(r[key]) - 2, 4, 4); } });
+    ctx.stroke(); ctx.fillText(key, pad + 6 + 150 * s, pad - 8);
+  });
+}
+
+function grid(items) {
+  return el("div", {class: "grid"}, ...items.map(h => el("div", {class: "hit"},
+    el("img", {src: h.image_url, alt: h.id, loading: "lazy"}),
+    el("div", {}, `${h.id} · ${fmt(h.score, 3)}`),
+    el("div", {}, (h.attributes && (h.attributes.name || h.attributes.articleType)) || ""))));
+}
+
+function tableOf(obj, prefix = "") {
+  const rows = [];
+  for (const [k, v] of Object.entries(obj || {})) {
+    if (v && typeof v === "object" && !Array.isArray(v)) rows.push(...tableOf(v, prefix + k + "."));
+    else rows.push(el("tr", {}, el("td", {}, prefix + k), el("td", {}, JSON.stringify(v))));
+  }
+  return rows;
+}
+
+async function refresh() {
+  const r = await fetch("/api/dashboard");
+  if (!r.ok) { $("status").textContent = `dashboard data failed: ${r.status}`; return; }
+  const d = await r.json();
+  cards(d.kpi);
+  chart($("loss-chart"), d.loss_curve, [["loss", "#d62728"], ["attribute_loss", "#1f77b4"], ["text_loss", "#2ca02c"]]);
+  chart($("metric-chart"), d.loss_curve, [["val_metric", "#9467bd"], ["positive_similarity", "#2ca02c"], ["negative_similarity", "#ff7f0e"]]);
+  $("recent").replaceChildren(...d.top_k_images.map(l => el("div", {}, el("h3", {}, l.query), grid(l.items))));
+  $("hyperparams").replaceChildren(...tableOf(d.hyperparams));
+  $("augmented").replaceChildren(...d.augmented_samples.map(s => el("div", {class: "row"},
+    el("img", {src: s.image_url, alt: s.id, style: "max-width:60px;flex:0 0 60px"}),
+    el("pre", {}, `original:  ${JSON.stringify(s.original)}\naugmented: ${JSON.stringify(s.augmented)}\ndropped: ${s.dropped.join(", ") || "none"}`))));
+  $("status").textContent = `${d.kpi.catalogue.size} products · updated ${new Date().toLocaleTimeString()}`;
+}
+
+async function show(response) {
+  const body = await response.json();
+  if (!response.ok) {
+    const msg = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    $("search-error").textContent = `${response.status}: ${msg}`;
+    $("search-results").replaceChildren();
+    return;
+  }
+  $("search-error").textContent = "";
+  $("search-results").replaceChildren(el("div", {id: "result-summary"},
+    `${body.items.length} results · intra-list diversity ${fmt(body.intra_list_diversity, 3)}`), grid(body.items));
+  refresh();
+}
+
+$("search-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const text = $("search-input").value.trim(), form = new FormData();
+  let isJson = false;
+  try { isJson = typeof JSON.parse(text) === "object"; } catch (e) { isJson = false; }
+  form.append(isJson ? "attributes" : "text", text);
+  form.append("k", $("search-k").value);
+  form.append("diversity", $("search-div").value);
+  await show(await fetch("/api/search", {method: "POST", body: form}));
+});
+
+$("upload-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const file = $("upload-input").files[0];
+  if (!file) { $("search-error").textContent = "choose an image first"; return; }
+  const form = new FormData();
+  form.append("image", file);
+  form.append("k", $("search-k").value);
+  await show(await fetch("/api/recommend/customer_input", {method: "POST", body: form}));
+});
+
+refresh();
+setInterval(refresh, 15000);

@@ -1,0 +1,61 @@
+"""A tiny trained model and a small real catalogue, built once per test session for the service tests.
+
+The model is trained by the real main job (`run_main`) on 120 fashion products with small images
+for one epoch: the service tests check mechanics, not quality. The catalogue is a styles.csv of the
+same products beside a link to the real image folder, ingested through the CLI.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+FASHION = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-products"
+
+
+@functools.cache
+def trained() -> dict:
+    from lookalike.config import RunConfig
+    from lookalike.pipeline import run_main
+
+    root = Path(tempfile.mkdtemp(prefix="lookalike-service-test-"))
+    cfg = RunConfig.model_validate({
+        "out_dir": str(root / "run"), "data": {"catalog": str(FASHION), "limit": 120},
+        "train": {"epochs": 1, "batch_size": 64}, "eval": {"sample_queries": 0},
+        "encoder": {"projection": "pca", "projection_dim": 32, "image_size": [64, 48], "runtime": "torch"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = run_main(cfg, progress=False)
+    split = json.loads((root / "run" / "results" / "split.json").read_text())
+    ids = set(split["train"] + split["val"] + split["test"])
+    cat = root / "catalog"
+    cat.mkdir()
+    (cat / "images").symlink_to(FASHION / "images")
+    with open(FASHION / "styles.csv", newline="", encoding="utf-8") as f, \
+            open(cat / "styles.csv", "w", newline="", encoding="utf-8") as g:
+        reader = csv.DictReader(f)
+        writer = csv.DictWriter(g, reader.fieldnames)
+        writer.writeheader()
+        rows = [r for r in reader if r["id"] in ids]
+        writer.writerows(rows)
+    return {"root": root, "checkpoint": summary["checkpoint"], "catalog": cat, "rows": rows}
+
+
+def ingest(store_url: str) -> None:
+    from lookalike.cli import main
+
+    t = trained()
+    main(["catalog", "ingest", "--model", t["checkpoint"], "--store", store_url, "--catalog", str(t["catalog"]),
+          "--no-progress"])
+
+
+def make_app(store_url: str, tmp: Path, **settings):
+    from lookalike.service.app import ServiceSettings, create_app
+
+    t = trained()
+    return create_app(ServiceSettings(checkpoint=t["checkpoint"], store=store_url, catalog=str(t["catalog"]),
+                                      upload_dir=str(tmp / "uploads"), **settings))

@@ -1,0 +1,239 @@
+"""The HTTP API on a real trained checkpoint, real images and both store backends."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from service_fixtures import ingest, make_app, trained
+from store_servers import pg_url
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("service")
+    url = f"embedded://{tmp}/store"
+    ingest(url)
+    rows = trained()["rows"]
+    new = [r["id"] for r in rows if int(r["year"]) >= 2016]
+    old = [r["id"] for r in rows if int(r["year"]) < 2016]
+    client = TestClient(make_app(url, tmp, max_upload_mb=0.05))
+    return {"client": client, "url": url, "tmp": tmp, "new": new, "old": old, "rows": {r["id"]: r for r in rows}}
+
+
+def image_bytes(pid: str) -> bytes:
+    return (trained()["catalog"] / "images" / f"{pid}.jpg").read_bytes()
+
+
+def test_customer_input_by_product_returns_new_products_only(env):
+    c, pid = env["client"], env["old"][0]
+    body = c.post("/api/recommend/customer_input", data={"product_id": pid, "k": 5}).json()
+    items = body["items"]
+    assert len(items) == 5 and pid not in [h["id"] for h in items]
+    assert all(h["attributes"]["is_new"] and int(env["rows"][h["id"]]["year"]) >= 2016 for h in items)
+    scores = [h["score"] for h in items]
+    assert scores == sorted(scores, reverse=True)
+    cat = env["rows"][items[0]["id"]]["masterCategory"]
+    filtered = c.post("/api/recommend/customer_input",
+                      data={"product_id": pid, "k": 5, "filters": json.dumps({"masterCategory": cat})}).json()
+    assert filtered["items"] and all(h["attributes"]["masterCategory"] == cat for h in filtered["items"])
+    assert c.get(items[0]["image_url"]).headers["content-type"] == "image/jpeg"
+
+
+def test_diversity_reranking_raises_intra_list_diversity(env):
+    c, pid = env["client"], env["old"][1]
+    plain = c.post("/api/recommend/customer_input", data={"product_id": pid, "k": 6}).json()
+    diverse = c.post("/api/recommend/customer_input", data={"product_id": pid, "k": 6, "diversity": 0.7}).json()
+    assert diverse["intra_list_diversity"] >= plain["intra_list_diversity"]
+    assert diverse["items"][0]["id"] == plain["items"][0]["id"]  # MMR keeps the most relevant first
+
+
+def test_customer_input_by_uploaded_photo_finds_that_product(env):
+    pid = env["new"][0]
+    body = env["client"].post("/api/recommend/customer_input",
+                              files={"image": ("photo.jpg", image_bytes(pid), "image/jpeg")}, data={"k": 3}).json()
+    assert body["items"][0]["id"] == pid and body["items"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("data,files,status,message", [
+    ({"product_id": "no-such"}, None, 404, "unknown product id 'no-such'"),
+    ({}, None, 400, "exactly one of image"),
+    ({"product_id": "X", "k": 0}, None, 422, "k"),
+    ({"product_id": "X", "k": 101}, None, 422, "k"),
+    ({"product_id": "{old}", "filters": "{bad json"}, None, 400, "filters is not valid JSON"),
+    ({"product_id": "{old}", "filters": '{"colour": "Red"}'}, None, 400, "unknown filter field 'colour'"),
+    ({"product_id": "{old}", "filters": '["Red"]'}, None, 400, "filters must be a JSON object"),
+    ({}, {"image": ("notes.txt", b"just text", "text/plain")}, 400, "not a readable image"),
+    ({}, {"image": ("cut.jpg", "TRUNCATED", "image/jpeg")}, 400, "not a readable image"),
+    ({}, {"image": ("big.png", "BIG", "image/png")}, 413, "larger than the 0.05 MB limit"),
+])
+def test_bad_input_is_a_4xx_naming_the_problem(env, data, files, status, message):
+    data = {k: str(v).replace("{old}", env["old"][0]) for k, v in data.items()}
+    if files:
+        name, payload, ctype = files["image"]
+        if payload == "TRUNCATED":
+            payload = image_bytes(env["new"][0])[:300]
+        elif payload == "BIG":
+            buf = io.BytesIO()
+            Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(buf, "PNG")
+            payload = buf.getvalue()
+        files = {"image": (name, payload, ctype)}
+    r = env["client"].post("/api/recommend/customer_input", data=data, files=files)
+    assert r.status_code == status, r.text
+    assert message in json.dumps(r.json())
+
+
+def test_top10_to_new_centrality_proxy_and_trends(env):
+    body = env["client"].post("/api/recommend/top10_to_new", data={"k": 4, "limit": 5}).json()
+    assert body["basis"].startswith("centrality proxy")
+    sellers = body["best_sellers"]
+    assert 1 <= len(sellers) <= 5 and all(s["source"] == "centrality" for s in sellers)
+    assert all(s["id"] in env["old"] for s in sellers)  # best sellers come from the established catalogue
+    cent = [s["centrality"] for s in sellers]
+    assert cent == sorted(cent, reverse=True)
+    assert all(len(s["items"]) == 4 and all(h["id"] in env["new"] for h in s["items"]) for s in sellers)
+    matched = {h["id"] for s in sellers for h in s["items"]}
+    assert {m["id"] for m in body["merged"]} == matched
+    trend = body["trend"]
+    assert trend["n_matches"] == len(matched) and trend["new_collection_size"] == len(env["new"])
+    assert sum(v["count"] for v in trend["category_mix"]["values"]) == len(matched)
+    assert trend["colour_mix"]["field"] == "baseColour"
+    assert sum(trend["similarity"]["histogram"]["counts"]) == 4 * len(sellers)
+
+
+def test_top10_to_new_from_a_sales_csv(env):
+    old = env["old"][:10]
+    csv_text = "id,units\n" + "\n".join(f"{pid},{(i * 37) % 11}" for i, pid in enumerate(old))
+    best = max(old, key=lambda p: ((old.index(p) * 37) % 11, p))
+    body = env["client"].post("/api/recommend/top10_to_new", data={"k": 3, "fraction": 0.2},
+                              files={"sales_csv": ("sales.csv", csv_text.encode(), "text/csv")}).json()
+    assert [s["id"] for s in body["best_sellers"]][0] == best and len(body["best_sellers"]) == 2
+    assert body["best_sellers"][0]["units"] == max((i * 37) % 11 for i in range(10))
+    bad = env["client"].post("/api/recommend/top10_to_new",
+                             files={"sales_csv": ("s.csv", b"id,units\nX1,many\n", "text/csv")})
+    assert bad.status_code == 400 and "line 2: units value 'many' is not a number" in bad.json()["detail"]
+    unknown = env["client"].post("/api/recommend/top10_to_new", data={"sales": '{"nope": 3}'})
+    assert unknown.status_code == 400 and "nope" in unknown.json()["detail"]
+
+
+def test_top10_to_new_from_ids_and_images(env):
+    c = env["client"]
+    by_ids = c.post("/api/recommend/top10_to_new", data={"product_ids": ",".join(env["old"][:2]), "k": 2}).json()
+    assert [s["id"] for s in by_ids["best_sellers"]] == env["old"][:2]
+    by_img = c.post("/api/recommend/top10_to_new", data={"k": 2},
+                    files=[("images", ("a.jpg", image_bytes(env["old"][0]), "image/jpeg"))]).json()
+    assert [h["id"] for h in by_img["best_sellers"][0]["items"]] == [h["id"] for h in by_ids["best_sellers"][0]["items"]]
+
+
+def test_search_by_json_text_and_image(env):
+    c = env["client"]
+    attrs = c.post("/api/search", data={"attributes": json.dumps({"articleType": "Tshirts", "gender": "Men"}), "k": 5})
+    assert attrs.status_code == 200 and len(attrs.json()["items"]) == 5
+    assert c.post("/api/search", data={"text": "black leather shoes", "k": 3}).json()["items"]
+    pid = env["old"][2]
+    img = c.post("/api/search", files={"image": ("q.jpg", image_bytes(pid), "image/jpeg")}, data={"k": 1}).json()
+    assert img["items"][0]["id"] == pid
+    assert c.post("/api/search", data={"attributes": '{"shape": "round"}'}).json()["detail"].startswith(
+        "attribute query has no known field")
+    assert "exactly one of attributes, text or image" in c.post("/api/search", data={"k": 3}).json()["detail"]
+
+
+def test_catalogue_add_update_delete(env):
+    c, tmp = env["client"], env["tmp"]
+    n0 = len(c.get("/api/items", params={"limit": 1000}).json()["items"])
+    src = env["old"][3]
+    attrs = {**{k: env["rows"][src][k] for k in ("gender", "masterCategory", "subCategory", "articleType",
+                                                   "baseColour", "season", "usage")}, "year": 2017}
+    # a failed add writes nothing: no product, no image file
+    bad = c.post("/api/items", data={"product_id": "n-1", "attributes": json.dumps(attrs)},
+                 files={"image": ("x.jpg", b"\xff\xd8garbage", "image/jpeg")})
+    assert bad.status_code == 400 and c.get("/api/items/n-1").status_code == 404
+    assert not list((tmp / "uploads").glob("*")) if (tmp / "uploads").exists() else True
+    ok = c.post("/api/items", data={"product_id": "n-1", "attributes": json.dumps(attrs), "text": "copy"},
+                files={"image": ("x.jpg", image_bytes(src), "image/jpeg")})
+    assert ok.status_code == 201 and ok.json()["attributes"]["is_new"] is True
+    assert c.get("/api/items/n-1/image").content == image_bytes(src)
+    hit = c.post("/api/recommend/customer_input", data={"product_id": src, "k": 1}).json()["items"][0]
+    assert hit["id"] == "n-1" and hit["score"] == pytest.approx(1.0, abs=1e-4)  # in search at once
+    assert c.post("/api/items", data={"product_id": "n-1", "attributes": json.dumps(attrs)},
+                  files={"image": ("x.jpg", image_bytes(src), "image/jpeg")}).status_code == 409
+    assert c.post("/api/items", data={"product_id": "../../etc/passwd", "attributes": json.dumps(attrs)},
+                  files={"image": ("x.jpg", image_bytes(src), "image/jpeg")}).status_code == 400
+    upd = c.put("/api/items/n-1", data={"attributes": json.dumps({**attrs, "year": 2012, "baseColour": "Teal"})})
+    assert upd.status_code == 200 and upd.json()["attributes"]["is_new"] is False
+    assert c.put("/api/items/n-1", data={"attributes": json.dumps({**attrs, "year": 2012, "baseColour": "Teal"})}).json() \
+        == upd.json()  # idempotent
+    assert "n-1" not in [h["id"] for h in c.post("/api/recommend/customer_input",
+                                                  data={"product_id": src, "k": 20}).json()["items"]]
+    assert c.delete("/api/items/n-1").status_code == 200
+    assert c.get("/api/items/n-1").status_code == 404 and c.delete("/api/items/n-1").status_code == 404
+    assert len(c.get("/api/items", params={"limit": 1000}).json()["items"]) == n0
+
+
+def test_image_paths_cannot_escape_the_image_roots(env):
+    from lookalike.retrieval.stores import StoreItem, open_store
+
+    store = open_store(env["url"])
+    store.upsert([StoreItem("sneaky", np.ones(store.dim), {"image": "/etc/hostname", "is_new": False})])
+    c = env["client"]
+    r = c.get("/api/items/sneaky/image")
+    assert r.status_code == 403 and "outside the served image roots" in r.json()["detail"]
+    lexical = str(trained()["catalog"]) + "/images/../../../../etc/hostname"
+    store.upsert([StoreItem("sneaky", np.ones(store.dim), {"image": lexical, "is_new": False})])
+    assert c.get("/api/items/sneaky/image").status_code == 403
+    assert c.get("/api/items/..%2F..%2Fetc%2Fpasswd/image").status_code == 404
+    store.delete(["sneaky"])
+
+
+def test_kpi_and_prometheus_metrics(env):
+    c = env["client"]
+    c.post("/api/recommend/customer_input", data={"product_id": env["old"][0], "k": 5})
+    c.post("/api/recommend/customer_input", data={"product_id": "no-such"})
+    kpi = c.get("/api/kpi").json()
+    ep = kpi["requests"]["POST /api/recommend/customer_input"]
+    assert ep["requests"] >= 2 and ep["by_status"]["200"] >= 1 and ep["by_status"]["404"] >= 1
+    assert 0 < ep["p50_ms"] <= ep["p95_ms"] <= ep["p99_ms"]
+    assert kpi["catalogue"]["size"] == len(env["rows"]) and kpi["catalogue"]["new"] == len(env["new"])
+    assert 0 < kpi["catalogue_coverage"] <= 1 and -1 <= kpi["mean_top1_similarity"] <= 1
+    assert kpi["embedding_health"]["catalogue"]["unit_norm_ok"] and not kpi["embedding_health"]["catalogue"]["collapsed"]
+    assert kpi["training"]["best_epoch"] == 1 and "hit@1" in kpi["training"]["test_json_to_image"]
+    text = c.get("/metrics").text
+    assert 'lookalike_requests_total{endpoint="/api/recommend/customer_input",method="POST",status="404"}' in text
+    assert "lookalike_request_seconds_bucket" in text and 'lookalike_catalogue_products{kind="new"}' in text
+
+
+def test_dashboard_json(env):
+    d = env["client"].get("/api/dashboard").json()
+    assert set(d) == {"kpi", "loss_curve", "top_k_images", "hyperparams", "augmented_samples"}
+    assert d["loss_curve"][0]["epoch"] == 1 and d["loss_curve"][0]["loss"] > 0
+    assert d["top_k_images"] and all("image_url" in h for h in d["top_k_images"][0]["items"])
+    assert d["hyperparams"]["train"]["epochs"] == 1 and d["hyperparams"]["new_rule"] == "year>=2016"
+    s = d["augmented_samples"][0]
+    assert set(s["augmented"]) <= set(s["original"]) and s["augmented"]
+
+
+def test_restarted_server_and_pgvector_backend_serve_the_same_catalogue(env, tmp_path):
+    pid = env["old"][4]
+    want = env["client"].post("/api/recommend/customer_input", data={"product_id": pid, "k": 5}).json()["items"]
+    again = TestClient(make_app(env["url"], tmp_path))
+    assert again.post("/api/recommend/customer_input", data={"product_id": pid, "k": 5}).json()["items"] == want
+    url = pg_url("svc")
+    ingest(url)
+    pg = TestClient(make_app(url, tmp_path))
+    got = pg.post("/api/recommend/customer_input", data={"product_id": pid, "k": 5}).json()["items"]
+    assert [h["id"] for h in got] == [h["id"] for h in want]
+    np.testing.assert_allclose([h["score"] for h in got], [h["score"] for h in want], atol=1e-4)
+
+
+def test_openapi_lists_every_endpoint(env):
+    paths = env["client"].get("/openapi.json").json()["paths"]
+    for p in ("/api/recommend/top10_to_new", "/api/recommend/customer_input", "/api/search", "/api/items/{product_id}",
+              "/api/items/{product_id}/image", "/api/kpi", "/metrics", "/api/dashboard"):
+        assert p in paths
+    assert env["client"].get("/docs").status_code == 200
