@@ -1,0 +1,112 @@
+"""The dashboard page driven end to end in headless Chromium (Debian's, through Playwright)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+from service_fixtures import ingest, make_app, trained
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import uvicorn
+
+    tmp = tmp_path_factory.mktemp("dashboard")
+    url = f"embedded://{tmp}/store"
+    ingest(url)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(make_app(url, tmp), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started:
+        assert time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        pg = browser.new_page()
+        errors = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.goto(server + "/")
+        pg.wait_for_selector("#catalogue-size .v")
+        yield pg
+        browser.close()
+        assert not errors, errors
+
+
+def _images_loaded(page, selector: str) -> list[int]:
+    page.wait_for_function(f"[...document.querySelectorAll('{selector} img')].every(i => i.complete)")
+    return page.eval_on_selector_all(f"{selector} img", "imgs => imgs.map(i => i.naturalWidth)")
+
+
+def test_kpi_cards_charts_hyperparameters_and_samples(page):
+    rows = trained()["rows"]
+    assert page.inner_text("#catalogue-size .v") == str(len(rows))
+    assert page.inner_text("#catalogue-new .v") == str(sum(int(r["year"]) >= 2016 for r in rows))
+    assert "test MRR" in page.inner_text("#kpi-cards")
+    cats = page.inner_text("#categories")
+    assert "Topwear" in cats
+    # the loss chart has drawn something: some pixels are not blank
+    inked = page.evaluate("""() => { const c = document.getElementById('loss-chart');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+    assert inked > 500
+    assert "train.epochs" in page.inner_text("#hyperparams") and "field_dropout" in page.inner_text("#hyperparams")
+    assert "original:" in page.inner_text("#augmented")
+    assert all(w > 0 for w in _images_loaded(page, "#recent"))
+
+
+def test_search_box_json_and_text_show_image_grids(page):
+    page.fill("#search-input", json.dumps({"masterCategory": "Footwear", "gender": "Men"}))
+    page.fill("#search-k", "6")
+    page.click("#search-button")
+    page.wait_for_selector("#result-summary")
+    assert page.inner_text("#result-summary").startswith("6 results")
+    widths = _images_loaded(page, "#search-results")
+    assert len(widths) == 6 and all(w > 0 for w in widths)
+    scores = [float(t.split("·")[1]) for t in page.eval_on_selector_all("#search-results .hit div:nth-child(2)",
+                                                                         "ds => ds.map(d => d.textContent)")]
+    assert scores == sorted(scores, reverse=True)
+    page.fill("#search-input", "blue denim jeans")
+    page.click("#search-button")
+    page.wait_for_function("document.querySelector('#result-summary') && "
+                           "document.querySelectorAll('#search-results img').length === 6")
+    page.fill("#search-input", '{"shape": "round"}')
+    page.click("#search-button")
+    page.wait_for_function("document.getElementById('search-error').textContent.length > 0")
+    assert "400: attribute query has no known field" in page.inner_text("#search-error")
+
+
+def test_upload_box_recommends_new_products_for_a_photo(page, tmp_path):
+    pid = next(r["id"] for r in trained()["rows"] if int(r["year"]) >= 2016)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes((trained()["catalog"] / "images" / f"{pid}.jpg").read_bytes())
+    page.set_input_files("#upload-input", str(photo))
+    page.click("#upload-button")
+    page.wait_for_function("document.querySelector('#search-results .hit') && "
+                           "document.getElementById('search-error').textContent === ''")
+    first = page.inner_text("#search-results .hit div:nth-child(2)")
+    assert first.startswith(f"{pid} · 1")
+    assert all(w > 0 for w in _images_loaded(page, "#search-results"))
+    page.set_input_files("#upload-input", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"})
+    page.click("#upload-button")
+    page.wait_for_function("document.getElementById('search-error').textContent.includes('not a readable image')")
