@@ -36,8 +36,9 @@ def _open(args):
     from lookalike.recommend.newness import NewRule
     from lookalike.retrieval.stores import open_store
 
+    rule = NewRule.parse(args.new_rule)
     enc = QueryEncoder.load(args.model, args.cache_dir)
-    return enc, open_store(_url(args.store), enc.dim), NewRule.parse(args.new_rule)
+    return enc, open_store(_url(args.store), enc.dim), rule
 
 
 def cmd_serve(args) -> None:
@@ -94,6 +95,7 @@ def cmd_add(args, update: bool = False) -> None:
         raise LookalikeError(f"unknown product id {pid!r}")
     if not update and existing is not None:
         raise LookalikeError(f"product {pid!r} exists; use `lookalike catalog update`")
+    attributes = _attributes(args.attributes)
     if args.image:
         src = Path(args.image)
         try:
@@ -108,7 +110,7 @@ def cmd_add(args, update: bool = False) -> None:
         vector, image = existing.vector, Path(existing.metadata["image"])
     else:
         raise LookalikeError("--image is required to add a product")
-    md = product_metadata(product_from_json(pid, _attributes(args.attributes), image, args.text, enc.schema), rule)
+    md = product_metadata(product_from_json(pid, attributes, image, args.text, enc.schema), rule)
     if args.image:  # the copy is written before the store commit and removed if the commit fails
         tmp = image.with_name(f".{image.name}.tmp")
         shutil.copyfile(args.image, tmp)
