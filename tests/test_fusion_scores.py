@@ -47,3 +47,22 @@ def test_unlisted_documents_never_outrank_listed_and_self_is_excluded():
     assert np.isneginf(sc[0, 2:]).all()
     with pytest.raises(ValueError, match="≥ 0"):
         fuse([a, b], [-1, 1], 5, 2)
+
+
+def test_paired_randomization_test_matches_exact_enumeration():
+    import itertools
+
+    from scipy.stats import ttest_rel
+
+    from lookalike.itembank.evaluate import paired_test
+
+    rng = np.random.default_rng(1)
+    a, b = rng.random(10), rng.random(10) - 0.2
+    d = a - b
+    flips = np.array(list(itertools.product([-1, 1], repeat=10)))
+    exact = (np.abs(flips @ d) >= abs(d.sum()) - 1e-12).mean()
+    res = paired_test(a, b, n_permutations=20000, seed=0)
+    assert res["fisher_p"] == pytest.approx(exact, abs=0.01)
+    assert res["t_p"] == pytest.approx(ttest_rel(a, b).pvalue)
+    assert res["win_tie_loss"] == [int((d > 0).sum()), 0, int((d < 0).sum())]
+    assert paired_test(a, a)["fisher_p"] == 1.0

@@ -34,6 +34,7 @@ def _judge_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-cache", help="JSON Lines cache of judgements (default OUT/judge_cache.jsonl)")
     p.add_argument("--judge-timeout", type=float, default=30.0)
     p.add_argument("--judge-queries", type=int, default=200, help="judge a seeded sample of N queries")
+    p.add_argument("--judge-pool", type=int, default=10, help="judge each query's top-N of dense, BM25 and TF-IDF")
 
 
 def _schema(args):
@@ -66,7 +67,8 @@ def _study_config(args):
     out = Path(args.out or raw.get("out_dir", "runs/itembank-study"))
     flags = {"data": args.data, "schema": _schema(args).model_dump(), "preset": None, "limit": args.limit,
              "seed": args.seed, "encoder": args.encoder, "cache_dir": args.cache_dir, "out_dir": str(out),
-             "gts": args.gt, "alphas": args.alphas, "reranker": args.reranker, "judge_queries": args.judge_queries}
+             "gts": args.gt, "alphas": args.alphas, "reranker": args.reranker, "judge_queries": args.judge_queries,
+             "judge_pool": args.judge_pool, "ranx_check": False if args.no_ranx_check else None}
     judge = _judge(args, out)
     if judge:
         flags["judge"] = judge.model_dump()
@@ -81,26 +83,36 @@ def cmd_study(args) -> None:
 
     cfg = _study_config(args)
     s = run_study(cfg, progress=not args.no_progress)
-    print(f"{s['n_items']} items; {s['load_report']['skipped'] or 'nothing'} skipped; "
-          f"ranx cross-check max |diff| {s['ranx_max_abs_diff']:.2e}")
+    skipped = s["load_report"]["skipped"]
+    print(f"{s['n_items']} items ({sum(skipped.values())} skipped: {skipped or 'none'})")
     for gname, res in s["results"].items():
-        g, w = res["gt"], res["winner"]
-        t = res["table"]
-        print(f"\nGT {gname} ({g['path']}, {g['queries']} queries, {g['pairs']} pairs)")
+        g, t = res["gt"], res["table"]
+        print(f"\nGT {gname}: qrels {g['path']} ({g['queries']} queries, {g['pairs']} pairs)")
+        if "winner" not in res:
+            print(f"  {res['note']}")
+            continue
+        w = res["winner"]
         for r in dict.fromkeys([w, "dense", "bm25", "rrf"]):
             print(f"  {r:<14} nDCG@10 {t[r]['ndcg@10']:.4f}  MRR {t[r]['mrr']:.4f}  hit@1 {t[r]['hit@1']:.4f}  "
                   f"hit@10 {t[r]['hit@10']:.4f}  recall@10 {t[r]['recall@10']:.4f}  MAP {t[r]['map']:.4f}")
-        bt = res["best_two_test"]
-        print(f"  winner {w}; vs runner-up {bt['b']}: Fisher p(nDCG@10)={bt['fisher']['ndcg@10']:.3g}, "
-              f"t p={bt['student']['ndcg@10']:.3g}")
+        bt = res["best_two"]["tests"]["ndcg@10"]
+        print(f"  winner {w}; vs runner-up {res['best_two']['b']}: nDCG@10 {bt['diff']:+.4f}, "
+              f"Fisher p={bt['fisher_p']:.3g}, paired t p={bt['t_p']:.3g}")
         for single, c in res["hybrid_vs_single_on_test"].items():
+            n, m = c["ndcg@10"], c["mrr"]
             print(f"  hybrid {res['best_hybrid_on_dev']} (α chosen on {res['n_dev']} dev queries) vs {single} on "
-                  f"{res['n_test']} test queries: nDCG@10 {c['gain']['ndcg@10']:+.4f} (Fisher p={c['fisher']['ndcg@10']:.3g}), "
-                  f"MRR {c['gain']['mrr']:+.4f} (Fisher p={c['fisher']['mrr']:.3g})")
+                  f"{res['n_test']} test queries: nDCG@10 {n['diff']:+.4f} (Fisher p={n['fisher_p']:.3g}, t p={n['t_p']:.3g}), "
+                  f"MRR {m['diff']:+.4f} (Fisher p={m['fisher_p']:.3g}, t p={m['t_p']:.3g})")
         if "rerank" in res:
             rr = res["rerank"]
+            n = rr["vs_base"]["ndcg@10"]
             print(f"  reranked {rr['base']} top-{rr['depth']}: nDCG@10 {rr['table']['ndcg@10']:.4f} "
-                  f"MRR {rr['table']['mrr']:.4f} (Fisher p vs base {rr['vs_base']['fisher']['ndcg@10']:.3g})")
+                  f"({n['diff']:+.4f}, Fisher p={n['fisher_p']:.3g}) MRR {rr['table']['mrr']:.4f}; {rr['seconds']:.1f} s")
+    if s["ranx_check"]:
+        rc = s["ranx_check"]
+        print(f"\nranx cross-check ({rc['gt']}, {rc['run']}): metrics max |diff| {rc['metric_max_abs_diff']:.2e}; "
+              f"Fisher p nDCG@10 ranx {rc['fisher']['ndcg@10']['ranx']:.3g} vs ours {rc['fisher']['ndcg@10']['ours']:.3g}; "
+              f"t p ranx {rc['student']['ndcg@10']['ranx']:.3g} vs ours {rc['student']['ndcg@10']['ours']:.3g}")
     out = Path(cfg.out_dir)
     print(f"\nwrote {out / 'study.md'}, study.csv, study.json, study_alpha.png, qrels/, runs/")
 
@@ -150,7 +162,7 @@ def cmd_build_gt(args) -> None:
     out = Path(args.out)
     cfg = StudyConfig(data=args.data, schema=_schema(args), preset=None, seed=args.seed, encoder=args.encoder,
                       cache_dir=args.cache_dir, gts=[args.kind], tfidf_top_n=args.top_n,
-                      tfidf_threshold=args.threshold, judge=_judge(args, out), judge_queries=args.judge_queries,
+                      tfidf_threshold=args.threshold, judge=_judge(args, out), judge_queries=args.judge_queries, judge_pool=args.judge_pool,
                       out_dir=str(out))
     runs = retriever_runs(bank, cfg, not args.no_progress)[0] if args.kind in ("llm", "hybrid") else {}
     g = build_gts(bank, cfg, runs, out, not args.no_progress)[args.kind]
@@ -205,6 +217,7 @@ def add_commands(sub) -> None:
     st.add_argument("--gt", nargs="+", choices=["label", "tfidf", "llm", "hybrid"])
     st.add_argument("--alphas", type=float, nargs="+")
     st.add_argument("--reranker", help="hf-cross-encoder:<dir> (a local Hugging Face cross-encoder)")
+    st.add_argument("--no-ranx-check", action="store_true", help="skip recomputing the winner with ranx (saves ~20 s)")
     st.set_defaults(func=cmd_study)
 
     se = isub.add_parser("search", help="similar questions to a text or an item of the bank")

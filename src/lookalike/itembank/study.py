@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lookalike.errors import LookalikeError
 from lookalike.itembank import groundtruth as gt
-from lookalike.itembank.evaluate import REPORTED, paired_test, per_class, run_metrics, summarise
+from lookalike.itembank.evaluate import REPORTED, compare_runs, per_class, run_metrics, summarise
 from lookalike.itembank.judge import JudgeConfig
 from lookalike.itembank.loading import PRESETS, ItemBank, ItemBankSchema, load_item_bank
 
@@ -47,6 +47,7 @@ class StudyConfig(BaseModel):
     reranker: str | None = Field(None, description="hf-cross-encoder:<dir>; reranks the winner's top rerank_depth")
     rerank_depth: int = Field(20, ge=2)
     dev_fraction: float = Field(0.5, gt=0, lt=1)
+    ranx_check: bool = Field(True, description="recompute the winner's metrics and p-values with ranx (~20 s of JIT)")
     out_dir: str = "runs/itembank-study"
 
     def item_schema(self) -> ItemBankSchema:
@@ -140,52 +141,63 @@ def _split_rows(rows: np.ndarray, ids: list[str], seed: int, dev_fraction: float
     return u < dev_fraction
 
 
-def evaluate_all(bank: ItemBank, runs: dict, gts: dict, cfg: StudyConfig) -> dict:
+def evaluate_all(bank: ItemBank, runs: dict, gts: dict, cfg: StudyConfig) -> tuple[dict, dict]:
+    """(results per GT, per-query metrics per GT and run — kept for the reranker and the ranx check)."""
     ids, labels = bank.ids, bank.label_of()
-    results = {}
+    results, per_query = {}, {}
     for gname, g in gts.items():
         q = g["qrels"]
         table, pq_all, classes = {}, {}, {}
-        rows = None
+        rows = np.zeros(0, np.int64)
         for rname, (idx, _) in runs.items():
             rows, pq = run_metrics(idx, ids, q)
             pq_all[rname] = pq
             table[rname] = summarise(pq)
             classes[rname] = per_class(pq, [labels[i] for i in rows])
-        dev = _split_rows(rows, ids, cfg.seed, cfg.dev_fraction)
+        per_query[gname] = (rows, pq_all)
+        res = {"gt": {k: v for k, v in g.items() if k != "qrels"}, "n_queries": int(len(rows)), "table": table,
+               "per_class": classes}
+        results[gname] = res
+        if len(rows) < 2:
+            res["note"] = "fewer than 2 queries have a relevant item in this GT: no ranking or tests"
+            continue
         ranked = sorted(table, key=lambda r: (-table[r]["ndcg@10"], -table[r]["mrr"], r))
         best, second = ranked[0], ranked[1]
+        dev = _split_rows(rows, ids, cfg.seed, cfg.dev_fraction)
         hybrids = [r for r in runs if r not in ("dense", "bm25")]
-        best_hybrid_dev = max(hybrids, key=lambda r: (summarise(pq_all[r], dev)["ndcg@10"], r))
-        test_rows = rows[~dev]
-        res = {"gt": {k: v for k, v in g.items() if k != "qrels"}, "n_queries": int(len(rows)),
-               "table": table, "per_class": classes, "ranking": ranked,
-               "winner": best, "best_two_test": paired_test(q, {best: runs[best][0], second: runs[second][0]}, ids, rows),
-               "best_hybrid_on_dev": best_hybrid_dev, "n_dev": int(dev.sum()), "n_test": int(len(test_rows)),
-               "hybrid_vs_single_on_test": {}}
-        for single in ("dense", "bm25"):
-            cmp = paired_test(q, {best_hybrid_dev: runs[best_hybrid_dev][0], single: runs[single][0]}, ids, test_rows)
-            cmp["gain"] = {m: cmp["scores"][best_hybrid_dev][m] - cmp["scores"][single][m] for m in ("ndcg@10", "mrr")}
-            res["hybrid_vs_single_on_test"][single] = cmp
-        results[gname] = res
-    return results
+        best_hybrid = max(hybrids, key=lambda r: (summarise(pq_all[r], dev)["ndcg@10"], r)) if dev.any() else hybrids[0]
+        res.update({"ranking": ranked, "winner": best,
+                    "best_two": {"a": best, "b": second, "tests": compare_runs(pq_all[best], pq_all[second],
+                                                                                seed=cfg.seed)},
+                    "best_hybrid_on_dev": best_hybrid, "n_dev": int(dev.sum()), "n_test": int((~dev).sum()),
+                    "hybrid_vs_single_on_test": {
+                        single: compare_runs(pq_all[best_hybrid], pq_all[single], ~dev, seed=cfg.seed)
+                        for single in ("dense", "bm25")}})
+    return results, per_query
 
 
-def cross_check_ranx(bank: ItemBank, runs: dict, gts: dict) -> float:
-    """Largest |ours − ranx| over metrics for the dense run on the first GT: the figures are ranx's too."""
-    from ranx import Qrels as RQ, evaluate
+def cross_check_ranx(bank: ItemBank, runs: dict, gts: dict, results: dict) -> dict:
+    """The first GT's winner and runner-up recomputed by ranx (metrics, and `compare` p-values)."""
+    from ranx import Qrels as RQ, compare, evaluate
 
     from lookalike.itembank.evaluate import ranx_run
 
-    name, g = next(iter(gts.items()))
-    rows, pq = run_metrics(runs["dense"][0], bank.ids, g["qrels"])
+    gname = next(g for g in results if "winner" in results[g])
+    res, q = results[gname], gts[gname]["qrels"]
+    rows, pq = run_metrics(runs[res["winner"]][0], bank.ids, q)
+    qr = RQ.from_dict({bank.ids[i]: q[bank.ids[i]] for i in rows})
+    a, b = (ranx_run(runs[n][0], bank.ids, rows, n) for n in (res["winner"], res["best_two"]["b"]))
+    names = {"hit@1": "hit_rate@1", "hit@10": "hit_rate@10", "recall@10": "recall@10", "mrr": "mrr@100",
+             "map": "map@100", "ndcg@10": "ndcg@10"}
+    theirs = evaluate(qr, a, list(names.values()))
     ours = summarise(pq)
-    theirs = evaluate(RQ.from_dict({bank.ids[i]: g["qrels"][bank.ids[i]] for i in rows}),
-                      ranx_run(runs["dense"][0], bank.ids, rows, "dense"),
-                      ["hit_rate@1", "hit_rate@10", "recall@10", "mrr@100", "map@100", "ndcg@10"])
-    pairs = [("hit@1", "hit_rate@1"), ("hit@10", "hit_rate@10"), ("recall@10", "recall@10"), ("mrr", "mrr@100"),
-             ("map", "map@100"), ("ndcg@10", "ndcg@10")]
-    return max(abs(ours[a] - float(theirs[b])) for a, b in pairs)
+    out = {"gt": gname, "run": res["winner"],
+           "metric_max_abs_diff": max(abs(ours[m] - float(theirs[r])) for m, r in names.items())}
+    for test, key in (("fisher", "fisher_p"), ("student", "t_p")):
+        d = compare(qr, [a, b], metrics=["ndcg@10", "mrr"], stat_test=test, n_permutations=10000).to_dict()
+        out[test] = {m: {"ranx": float(d[a.name]["comparisons"][b.name][m]), "ours": res["best_two"]["tests"][m][key]}
+                     for m in ("ndcg@10", "mrr")}
+    return out
 
 
 def _chart(results: dict, cfg: StudyConfig, path: Path) -> None:
@@ -220,6 +232,11 @@ def _p(p: float) -> str:
     return "<1e-4" if p == 0 else f"{p:.3g}"
 
 
+def _test_line(metric: str, t: dict) -> str:
+    return (f"{metric} {t['mean_a']:.4f} vs {t['mean_b']:.4f} ({t['diff']:+.4f}; Fisher p={_p(t['fisher_p'])}, "
+            f"paired t p={_p(t['t_p'])}, W/T/L {'/'.join(map(str, t['win_tie_loss']))})")
+
+
 def _markdown(results: dict, cfg: StudyConfig) -> str:
     lines = [f"# Item-bank retrieval study\n\ndata `{cfg.data}`, encoder `{cfg.encoder}`, seed {cfg.seed}; "
              f"α = dense weight; every item queries the bank with itself excluded.\n"]
@@ -227,20 +244,24 @@ def _markdown(results: dict, cfg: StudyConfig) -> str:
         g = res["gt"]
         lines.append(f"## GT `{gname}` — qrels `{g['path']}` (sha1 {g['sha1'][:12]}), {g['queries']} queries, "
                      f"{g['pairs']} pairs; rule: {g['rule']}\n")
+        if "winner" not in res:
+            lines.append(res.get("note", "") + "\n")
+            continue
         lines.append("| run | " + " | ".join(REPORTED) + " |")
         lines.append("|---|" + "---|" * len(REPORTED))
         for r in res["ranking"]:
             lines.append(f"| {r} | " + " | ".join(f"{res['table'][r][m]:.4f}" for m in REPORTED) + " |")
-        bt = res["best_two_test"]
-        lines.append(f"\nWinner (nDCG@10, all queries): **{res['winner']}**. vs runner-up {bt['b']}: "
-                     f"nDCG@10 {bt['scores'][bt['a']]['ndcg@10']:.4f} vs {bt['scores'][bt['b']]['ndcg@10']:.4f}, "
-                     f"Fisher p={_p(bt['fisher']['ndcg@10'])}, paired t p={_p(bt['student']['ndcg@10'])}.")
+        bt = res["best_two"]
+        lines.append(f"\nWinner (nDCG@10, all {res['n_queries']} queries): **{bt['a']}**; vs runner-up {bt['b']}: "
+                     + "; ".join(_test_line(m, t) for m, t in bt["tests"].items()) + ".")
         lines.append(f"\nBest hybrid chosen on {res['n_dev']} dev queries: **{res['best_hybrid_on_dev']}**; "
-                     f"on the {res['n_test']} test queries:\n")
-        for single, c in res["hybrid_vs_single_on_test"].items():
-            lines.append(f"- vs {single}: nDCG@10 {c['gain']['ndcg@10']:+.4f} (Fisher p={_p(c['fisher']['ndcg@10'])}, "
-                         f"t p={_p(c['student']['ndcg@10'])}), MRR {c['gain']['mrr']:+.4f} "
-                         f"(Fisher p={_p(c['fisher']['mrr'])}, t p={_p(c['student']['mrr'])})")
+                     f"on the other {res['n_test']} (test) queries:\n")
+        for single, tests in res["hybrid_vs_single_on_test"].items():
+            lines.append(f"- vs {single}: " + "; ".join(_test_line(m, t) for m, t in tests.items()))
+        if "rerank" in res:
+            rr = res["rerank"]
+            lines.append(f"\nReranked {rr['base']} top-{rr['depth']} with {rr['reranker']['reranker']}: "
+                         + "; ".join(_test_line(m, t) for m, t in rr["vs_base"].items()))
         lines.append(f"\nPer class (nDCG@10 / MRR / n) for {res['winner']}, dense, bm25:\n")
         lines.append("| class | " + " | ".join([res["winner"], "dense", "bm25"]) + " |\n|---|---|---|---|")
         for c in res["per_class"]["dense"]:
@@ -260,38 +281,42 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     bank = load_bank(cfg)
     runs, retrievers, timings = retriever_runs(bank, cfg, progress)
+    t = time.perf_counter()
     gts = build_gts(bank, cfg, runs, out, progress)
-    results = evaluate_all(bank, runs, gts, cfg)
-    ranx_diff = cross_check_ranx(bank, runs, gts)
+    timings["ground_truth_s"] = time.perf_counter() - t
+    results, per_query = evaluate_all(bank, runs, gts, cfg)
     if cfg.reranker:
         from lookalike.retrieval.rerank.cross_encoder import create_reranker, rerank
 
         rr = create_reranker(cfg.reranker)
         for gname, res in results.items():
+            if "winner" not in res:
+                continue
             base = res["winner"]
             t = time.perf_counter()
             rer = rerank(runs[base], bank.texts, bank.texts, rr, cfg.rerank_depth)
             secs = time.perf_counter() - t
-            rows, pq = run_metrics(rer[0], bank.ids, gts[gname]["qrels"])
-            test = paired_test(gts[gname]["qrels"], {f"{base}+rerank": rer[0], base: runs[base][0]}, bank.ids, rows)
-            res["rerank"] = {"reranker": rr.config(), "base": base, "depth": cfg.rerank_depth,
-                             "table": summarise(pq), "vs_base": test, "seconds": secs}
+            _, pq = run_metrics(rer[0], bank.ids, gts[gname]["qrels"])
+            res["rerank"] = {"reranker": rr.config(), "base": base, "depth": cfg.rerank_depth, "table": summarise(pq),
+                             "vs_base": compare_runs(pq, per_query[gname][1][base], seed=cfg.seed), "seconds": secs}
+    ranx_check = cross_check_ranx(bank, runs, gts, results) if cfg.ranx_check and any(
+        "winner" in r for r in results.values()) else None
     timings["total_s"] = time.perf_counter() - t0
     ids = bank.ids
     runs_dir = out / "runs"
     runs_dir.mkdir(exist_ok=True)
-    for name in {"dense", "bm25", *(r["winner"] for r in results.values())}:
+    for name in {"dense", "bm25", *(r["winner"] for r in results.values() if "winner" in r)}:
         write_run(runs_dir / f"{name}.run", ids, ids, runs[name][0], runs[name][1], name)
     summary = {"config": json.loads(cfg.model_dump_json(by_alias=True)), "seed": cfg.seed,
                "provenance": provenance(), "load_report": bank.report.to_dict(), "n_items": len(bank),
-               "retrievers": retrievers, "timings": timings, "ranx_max_abs_diff": ranx_diff, "results": results,
+               "retrievers": retrievers, "timings": timings, "ranx_check": ranx_check, "results": results,
                "runs_dir": str(runs_dir)}
     (out / "study.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
     (out / "study.md").write_text(_markdown(results, cfg), encoding="utf-8")
     with open(out / "study.csv", "w", encoding="utf-8") as f:
         f.write("gt,qrels,run," + ",".join(REPORTED) + ",n_queries\n")
         for gname, res in results.items():
-            for r in res["ranking"]:
+            for r in res.get("ranking", res["table"]):
                 f.write(f"{gname},{res['gt']['path']},{r}," + ",".join(f"{res['table'][r][m]:.6f}" for m in REPORTED)
                         + f",{res['table'][r]['n_queries']}\n")
     _chart(results, cfg, out / "study_alpha.png")

@@ -7,13 +7,21 @@ drops particles, endings and punctuation. Scoring is bm25s (Lucene BM25, k1=1.5,
 
 from __future__ import annotations
 
-from functools import cached_property
+from functools import cache
 
 import numpy as np
 
 # Kiwi (Sejong) tags kept: nouns NN*, NR numerals, NP pronouns, verb/adjective stems VV/VA, roots XR,
 # foreign SL, Chinese characters SH, numbers SN, determiners MM ("몇", "한"), adverbs MAG.
 CONTENT_TAGS = ("NN", "NR", "NP", "VV", "VA", "XR", "SL", "SH", "SN", "MM", "MAG")
+
+
+@cache
+def _kiwi():
+    """One analyser per process: loading Kiwi's model takes ~3 s."""
+    from kiwipiepy import Kiwi
+
+    return Kiwi(num_workers=1)
 
 
 class KiwiTokenizer:
@@ -23,11 +31,9 @@ class KiwiTokenizer:
         self.keep_tags = tuple(t for t in keep_tags if numbers or t != "SN")
         self.numbers = numbers
 
-    @cached_property
+    @property
     def _kiwi(self):
-        from kiwipiepy import Kiwi
-
-        return Kiwi(num_workers=1)
+        return _kiwi()
 
     def config(self) -> dict:
         import kiwipiepy
