@@ -219,3 +219,28 @@ def test_store_urls_are_checked(tmp_path):
     with pytest.raises(LookalikeError, match="table name"):
         open_store(pg_url().split("?")[0] + "?table=Robert'); DROP", dim=4)
     assert open_store(str(tmp_path / "plain"), dim=4).dim == 4
+
+
+def test_pgvector_bulk_upsert_rebuilds_the_index_in_its_transaction(monkeypatch):
+    import psycopg
+
+    from lookalike.retrieval.stores import pgvector
+
+    monkeypatch.setattr(pgvector, "BULK", 100)  # the bulk path, at test size
+    url = pg_url("bulk")
+    pg = open_store(url, dim=DIM)
+    items = _items(300, seed=8)
+    pg.upsert(items[:150])
+    table = url.rsplit("table=", 1)[1]
+
+    def has_index() -> bool:
+        return pg._conn().execute("SELECT count(*) FROM pg_indexes WHERE indexname = %s",
+                                  (f"{table}_hnsw",)).fetchone()[0] == 1
+
+    assert has_index()
+    with pytest.raises(psycopg.Error):
+        pg.upsert(items[150:] + [StoreItem("zz\x00", np.ones(DIM))])
+    assert has_index() and len(pg) == 150  # the failed bulk load dropped nothing, added nothing
+    q = np.stack([it.vector for it in items[:20]])
+    exact, approx = pg.search(q, 5), pg.search(q, 5, exact=False)
+    assert np.mean([len({i for i, _ in a} & {i for i, _ in e}) / 5 for a, e in zip(approx, exact)]) >= 0.9
