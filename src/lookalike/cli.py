@@ -12,7 +12,8 @@ from lookalike.errors import LookalikeError
 
 DEFAULT_CATALOG = "../shared/data/fashion-products"
 # Feature packages bring their own subcommands: each module listed has `add_commands(subparsers)`.
-COMMAND_MODULES: list[str] = ["lookalike.service.commands", "lookalike.classify.commands", "lookalike.itembank.commands"]
+COMMAND_MODULES: list[str] = ["lookalike.service.commands", "lookalike.classify.commands", "lookalike.itembank.commands",
+                              "lookalike.comparison.commands"]
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
