@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -105,24 +106,51 @@ def main() -> None:
     ap.add_argument("--cold-field", default="articleType")
     ap.add_argument("--cold-fraction", type=float, default=0.1)
     ap.add_argument("--rerank-steps", type=int, default=300)
+    ap.add_argument("--splits", nargs="+", default=["regular", "cold-start"], choices=["regular", "cold-start"])
+    ap.add_argument("--tower", help="only this tower (used by --parallel's child processes)")
+    ap.add_argument("--parallel", action="store_true", help="one process per split and tower")
     args = ap.parse_args()
+    forward = ["--catalog", args.catalog, "--out", args.out, "--epochs", str(args.epochs),
+               "--adapter-epochs", str(args.adapter_epochs), "--cold-field", args.cold_field,
+               "--cold-fraction", str(args.cold_fraction), *(["--cache-dir", args.cache_dir] if args.cache_dir else []),
+               *(["--limit", str(args.limit)] if args.limit else [])]
     sys.path.insert(0, str(ROOT / "src"))
     from lookalike.config import ColdStartConfig
     from lookalike.training.adapter import AdapterConfig
 
+    import torch
+
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     cfg = base_config(args)
     t0 = time.perf_counter()
-    if args.stage in ("all", "towers"):
-        from lookalike.comparison.towers import compare_towers
+    torch.set_num_threads(1)  # on a few shared cores, intra-op threads thrash: 1 thread per process is ~10× faster
+    from lookalike.comparison.towers import TOWERS, compare_towers, merge_results
 
-        compare_towers(cfg, out, AdapterConfig(epochs=args.adapter_epochs),
-                       ColdStartConfig(field=args.cold_field, fraction=args.cold_fraction))
+    runs = [(split, tower) for split in args.splits for tower in TOWERS]
+    if args.stage in ("all", "towers") and args.parallel:
+        # One process per (split, tower): the fair scheduler then gives this study more of a shared machine.
+        procs = [subprocess.Popen([sys.executable, __file__, "--stage", "towers", "--splits", split, "--tower", tower,
+                                   *forward], stdout=open(out / f"log-{split}-{tower}.txt", "w"), stderr=subprocess.STDOUT)
+                 for split, tower in runs]
+        if any(p.wait() for p in procs):
+            sys.exit("a tower run failed; see the logs in " + str(out))
+    elif args.stage in ("all", "towers"):
+        for split in args.splits:
+            for tower in ([args.tower] if args.tower else TOWERS):
+                compare_towers(cfg, out / f"{split}-{tower}", AdapterConfig(epochs=args.adapter_epochs),
+                               ColdStartConfig(field=args.cold_field, fraction=args.cold_fraction), (tower,), (split,))
+    if args.tower:
+        return
+    done = [out / f"{s}-{t}" for s, t in runs if (out / f"{s}-{t}" / "results.json").exists()]
+    if done:
+        (out / "results.json").write_text(json.dumps(merge_results(done), indent=2, ensure_ascii=False))
     if args.stage in ("all", "rerank"):
         from lookalike.comparison.rerankers import compare_rerankers
         from lookalike.training.listwise import ListwiseConfig
 
-        compare_rerankers(cfg, out / "regular/mlp/checkpoints/best_model.pt", out, ListwiseConfig(steps=args.rerank_steps))
+        compare_rerankers(cfg, out / "regular-mlp/regular/mlp/checkpoints/best_model.pt", out,
+                          ListwiseConfig(steps=args.rerank_steps))
     if (out / "results.json").exists():
         report_towers(json.loads((out / "results.json").read_text()))
     if (out / "rerank.json").exists():

@@ -159,3 +159,30 @@ def compare_towers(cfg: RunConfig, out_dir: Path, adapter_cfg: AdapterConfig, co
         (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     np.savez(out_dir / "per_query.npz", **per_query)
     return results
+
+
+def merge_results(dirs: list[Path]) -> dict:
+    """Merge runs made in separate processes (e.g. one per split and tower, to use more cores) into one
+    result, with the paired tests computed from their per-query scores."""
+    merged: dict = {}
+    per_query: dict[str, np.ndarray] = {}
+    for d in dirs:
+        r = json.loads((Path(d) / "results.json").read_text(encoding="utf-8"))
+        with np.load(Path(d) / "per_query.npz") as z:
+            per_query.update({k: z[k] for k in z.files})
+        if not merged:
+            merged = {**r, "splits": {}}
+        for split, block in r["splits"].items():
+            into = merged["splits"].setdefault(split, {**block, "towers": {}})
+            into["towers"].update(block["towers"])
+    for split, block in merged["splits"].items():
+        names = [t for t in TOWERS if t in block["towers"]]
+        block.pop("significance", None)
+        if len(names) == 2:
+            a, b = names
+            block["significance"] = {
+                f"{b} vs {a}": paired_test(per_query[f"{split}/{a}"], per_query[f"{split}/{b}"]),
+                f"{b}+adapter vs {a}+adapter": paired_test(per_query[f"{split}/{a}+adapter"], per_query[f"{split}/{b}+adapter"]),
+            }
+    return merged
+

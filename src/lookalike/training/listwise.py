@@ -51,31 +51,34 @@ def list_reward(picks: torch.Tensor, relevant: torch.Tensor, n_relevant: torch.T
     return ndcg + mu * ild
 
 
-def train_listwise(queries: np.ndarray, candidates: np.ndarray, scores: np.ndarray, relevant: np.ndarray,
-                   n_relevant: np.ndarray, cfg: ListwiseConfig,
+def train_listwise(queries: np.ndarray, gallery: np.ndarray, candidates: np.ndarray, scores: np.ndarray,
+                   relevant: np.ndarray, n_relevant: np.ndarray, cfg: ListwiseConfig,
                    validate: Callable[[ListwiseReranker], float]) -> tuple[ListwiseReranker, list[dict]]:
-    """queries (n, D); candidates (n, N, D) candidate vectors; scores (n, N); relevant (n, N) bool;
-    n_relevant (n,) relevant items in the whole gallery. `validate` returns the validation reward."""
+    """queries (n, D); gallery (m, D) unit rows; candidates (n, N) gallery rows of each query's first-stage
+    list; scores (n, N); relevant (n, N) bool; n_relevant (n,) relevant items in the whole gallery.
+    `validate` returns the validation reward of greedy decoding."""
     seed_everything(cfg.seed)
     model = ListwiseReranker(queries.shape[1], cfg.dim, layers=cfg.layers, initial_lambda=cfg.initial_lambda)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    q, c, s = (torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in (queries, candidates, scores))
+    q, g, s = (torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in (queries, gallery, scores))
+    cand = torch.from_numpy(np.asarray(candidates, np.int64))
     rel, nrel = torch.from_numpy(relevant), torch.from_numpy(np.asarray(n_relevant, np.int64))
     history = [{"step": 0, "val_reward": validate(model)}]
     best, best_state, t0 = history[0]["val_reward"], copy.deepcopy(model.state_dict()), time.perf_counter()
     for step in range(1, cfg.steps + 1):
         model.train()
         i = torch.randint(len(q), (cfg.batch_size,), generator=gen)
-        r, sim, lam = model(q[i], c[i], s[i])
+        c = g[cand[i]]  # (B, N, D) candidate vectors
+        r, sim, lam = model(q[i], c, s[i])
         with torch.no_grad():
             greedy, _ = decode(r, sim, lam, cfg.k)
-            baseline = list_reward(greedy, rel[i], nrel[i], c[i], cfg.diversity_weight)
+            baseline = list_reward(greedy, rel[i], nrel[i], c, cfg.diversity_weight)
         loss = 0.0
         for _ in range(cfg.samples):
             picks, log_prob = decode(r, sim, lam, cfg.k, sample=True, generator=gen)
             with torch.no_grad():
-                advantage = list_reward(picks, rel[i], nrel[i], c[i], cfg.diversity_weight) - baseline
+                advantage = list_reward(picks, rel[i], nrel[i], c, cfg.diversity_weight) - baseline
             loss = loss - (advantage * log_prob).mean() / cfg.samples
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -78,13 +78,16 @@ def decode(relevance: torch.Tensor, similarity: torch.Tensor, lam: torch.Tensor,
 
 
 @torch.inference_mode()
-def rerank(model: ListwiseReranker, queries: np.ndarray, candidate_vectors: np.ndarray, scores: np.ndarray, k: int = 10,
-           batch_size: int = 256) -> np.ndarray:
-    """(n, k) positions into each query's candidate list, in reranked order."""
+def rerank(model: ListwiseReranker, queries: np.ndarray, gallery: np.ndarray, candidates: np.ndarray, scores: np.ndarray,
+           k: int = 10, batch_size: int = 256) -> np.ndarray:
+    """(n, k) positions into each query's candidate list, reranked. candidates: (n, N) gallery rows of
+    each query's first-stage list; scores: (n, N) their first-stage similarities."""
     model.eval()
     out = []
     for s in range(0, len(queries), batch_size):
-        rel, sim, lam = model(*(torch.from_numpy(np.ascontiguousarray(a[s:s + batch_size], np.float32))
-                                for a in (queries, candidate_vectors, scores)))
+        sl = slice(s, s + batch_size)
+        rel, sim, lam = model(torch.from_numpy(np.ascontiguousarray(queries[sl], np.float32)),
+                              torch.from_numpy(np.ascontiguousarray(gallery[candidates[sl]], np.float32)),
+                              torch.from_numpy(np.ascontiguousarray(scores[sl], np.float32)))
         out.append(decode(rel, sim, lam, k)[0].numpy())
     return np.concatenate(out) if out else np.zeros((0, k), np.int64)

@@ -1,0 +1,150 @@
+"""Diversity reranking study: plain top-10 vs MMR (a λ sweep) vs the learned list-wise reranker (a μ
+sweep), all reordering the same top-100 candidate lists of JSON → image search on the test gallery.
+
+Metrics: attribute nDCG@10 (as the core evaluator), intra-list diversity@10 of the gallery image
+vectors, catalogue coverage over the test gallery and novelty (`lookalike.evaluation.diversity`, the
+Microsoft Recommenders definitions). Novelty needs a popularity model; a look-alike catalogue has no
+interaction log, so an item's popularity is the number of training products of its article type.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from lookalike.config import RunConfig
+from lookalike.evaluation.diversity import catalogue_coverage, mean_intra_list_diversity, novelty
+from lookalike.evaluation.evaluator import relevance_keys
+from lookalike.evaluation.metrics import per_query_metrics
+from lookalike.model import LookalikeModel
+from lookalike.pipeline import log, prepare
+from lookalike.provenance import provenance
+from lookalike.retrieval.exact import exact_topk
+from lookalike.retrieval.rerank.listwise import rerank
+from lookalike.retrieval.rerank.mmr import mmr
+from lookalike.training.listwise import ListwiseConfig, train_listwise
+
+
+class CandidateLists:
+    """Top-N candidates of each query of one split, with what the metrics need."""
+
+    def __init__(self, model: LookalikeModel, products: list, features: np.ndarray, fields: list[str], depth: int):
+        self.ids = [p.id for p in products]
+        self.queries = model.encode_attributes([p.attributes for p in products])
+        self.gallery = model.space.transform(features)
+        self.top, self.scores = exact_topk(self.queries, self.gallery, depth)
+        keys = np.unique(relevance_keys(products, fields), return_inverse=True)[1]
+        self.relevant = keys[self.top] == keys[:, None]
+        self.n_relevant = np.bincount(keys)[keys]
+
+    def subset(self, rows: np.ndarray) -> tuple:
+        return (self.queries[rows], self.gallery, self.top[rows], self.scores[rows], self.relevant[rows],
+                self.n_relevant[rows])
+
+    def metrics(self, picks: np.ndarray, popularity: dict[str, int] | None = None) -> dict:
+        """picks: (n, k) positions into each candidate list."""
+        rows = np.arange(len(picks))[:, None]
+        chosen = self.top[rows, picks]
+        out = {"ndcg@10": float(per_query_metrics(self.relevant[rows, picks], self.n_relevant, [10])["ndcg@10"].mean()),
+               "ild@10": mean_intra_list_diversity(chosen, self.gallery)}
+        lists = [[self.ids[j] for j in row] for row in chosen]
+        out["coverage"] = catalogue_coverage(lists, self.ids)
+        if popularity is not None:
+            out["novelty"] = novelty(lists, popularity)
+        return out
+
+
+def mmr_picks(c: CandidateLists, lam: float, k: int = 10) -> np.ndarray:
+    return np.stack([mmr(c.scores[i], c.gallery[c.top[i]], k, lam) for i in range(len(c.top))])
+
+
+def _at_same_diversity(sweep: list[dict], ild: float) -> float | None:
+    """MMR's nDCG@10 at diversity `ild`, linearly interpolated along its λ sweep (None outside it)."""
+    pts = sorted((m["ild@10"], m["ndcg@10"]) for m in sweep)
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    return float(np.interp(ild, xs, ys)) if xs[0] <= ild <= xs[-1] else None
+
+
+def compare_rerankers(cfg: RunConfig, checkpoint: Path, out_dir: Path, lcfg: ListwiseConfig,
+                      mmr_lambdas: tuple[float, ...] = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3),
+                      mus: tuple[float, ...] = (0.25, 0.5, 1.0), train_queries: int = 8000, depth: int = 100,
+                      progress: bool = False) -> dict:
+    """μ is chosen on validation: the best validation nDCG@10 among rerankers that raise validation
+    diversity by ≥ 20%; everything is then reported on test."""
+    model, _ = LookalikeModel.load(checkpoint)
+    prep = prepare(cfg, progress)
+    emb = prep.emb
+    fields = cfg.eval.attribute_fields or emb.catalogue.schema.fields
+    lists = {}
+    for split in ("train", "val", "test"):
+        idx = prep.idx[split]
+        lists[split] = CandidateLists(model, [emb.products[i] for i in idx], emb.features[idx], fields, depth)
+    type_field = "articleType" if "articleType" in emb.catalogue.schema.fields else emb.catalogue.schema.category_field
+    type_counts = Counter(emb.products[i].value(type_field) for i in prep.idx["train"])
+    popularity = {emb.products[i].id: type_counts[emb.products[i].value(type_field)] for i in prep.idx["test"]}
+    test, val = lists["test"], lists["val"]
+    rng = np.random.default_rng(lcfg.seed)
+    train_rows = rng.choice(len(lists["train"].top), min(train_queries, len(lists["train"].top)), replace=False)
+    val_rows = rng.choice(len(val.top), min(1500, len(val.top)), replace=False)
+    plain = np.tile(np.arange(10), (len(test.top), 1))
+    methods = {"top-10": {**test.metrics(plain, popularity), "ms_per_query": 0.0}}
+    sweep = []
+    for lam in mmr_lambdas:
+        t = time.perf_counter()
+        picks = mmr_picks(test, lam)
+        m = {**test.metrics(picks, popularity), "ms_per_query": (time.perf_counter() - t) * 1000 / len(picks), "lambda": lam}
+        methods[f"MMR λ={lam}"] = m
+        sweep.append(m)
+    base_val = val.metrics(np.tile(np.arange(10), (len(val.top), 1)))
+    candidates = []
+    for mu in mus:
+        mcfg = lcfg.model_copy(update={"diversity_weight": mu})
+        q, g, top, scores, rel, nrel = val.subset(val_rows)
+
+        def validate(reranker, q=q, g=g, top=top, scores=scores, rel=rel, nrel=nrel, mu=mu) -> float:
+            picks = rerank(reranker, q, g, top, scores)
+            rows = np.arange(len(picks))[:, None]
+            ndcg = per_query_metrics(rel[rows, picks], nrel, [10])["ndcg@10"].mean()
+            return float(ndcg + mu * mean_intra_list_diversity(top[rows, picks], g))
+
+        log(f"training the list-wise reranker, μ = {mu}")
+        t = time.perf_counter()
+        reranker, history = train_listwise(*lists["train"].subset(train_rows), mcfg, validate)
+        train_s = time.perf_counter() - t
+        v = val.metrics(rerank(reranker, val.queries, val.gallery, val.top, val.scores))
+        t = time.perf_counter()
+        picks = rerank(reranker, test.queries, test.gallery, test.top, test.scores)
+        ms = (time.perf_counter() - t) * 1000 / len(picks)
+        m = {**test.metrics(picks, popularity), "ms_per_query": ms, "mu": mu, "train_s": round(train_s, 1),
+             "val": v, "history": history, "params": sum(p.numel() for p in reranker.parameters())}
+        m["mmr_ndcg_at_same_ild"] = _at_same_diversity(sweep, m["ild@10"])
+        methods[f"list-wise μ={mu}"] = m
+        if v["ild@10"] >= 1.2 * base_val["ild@10"]:
+            candidates.append((v["ndcg@10"], mu))
+    base = methods["top-10"]
+    verdict = []
+    if candidates:
+        mu = max(candidates)[1]
+        m = methods[f"list-wise μ={mu}"]
+        same = m["mmr_ndcg_at_same_ild"]
+        verdict = [
+            f"chosen on validation: μ={mu} (best validation nDCG@10 among those raising validation ILD ≥ 20%)",
+            f"  test ILD@10 {m['ild@10'] / base['ild@10'] - 1:+.1%} (target ≥ +20%): "
+            f"{'MET' if m['ild@10'] >= 1.2 * base['ild@10'] else 'NOT MET'}",
+            f"  test nDCG@10 {m['ndcg@10'] / base['ndcg@10'] - 1:+.1%} (target ≥ −5%): "
+            f"{'MET' if m['ndcg@10'] >= 0.95 * base['ndcg@10'] else 'NOT MET'}",
+            f"  MMR at the same ILD: nDCG@10 {same:.4f} vs list-wise {m['ndcg@10']:.4f}: "
+            f"{'list-wise ≥ MMR' if m['ndcg@10'] >= same else 'MMR better'}" if same is not None else
+            "  MMR sweep does not reach that ILD",
+        ]
+    else:
+        verdict = ["no μ raised validation ILD by ≥ 20%: target NOT MET"]
+    result = {**provenance(), "model": str(checkpoint), "candidates": depth, "n_queries": len(test.top),
+              "train_queries": len(train_rows), "val_queries": len(val_rows), "listwise_config": lcfg.model_dump(),
+              "popularity": f"training products of the same {type_field}", "methods": methods, "verdict": verdict}
+    (out_dir / "rerank.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    return result
