@@ -21,7 +21,7 @@ def small_csv(tmp_path_factory):
     rows = []
     for sub, label in (("positives", 1), ("negatives", 0)):
         files = sorted((SHARED / "smiles" / sub).glob("*.jpg"))
-        rows += [f"{files[i]},{label}" for i in rng.choice(len(files), 80, replace=False)]
+        rows += [f"{files[i]},{label}" for i in rng.choice(len(files), 60, replace=False)]
     path = tmp_path_factory.mktemp("smiles") / "labels.csv"
     path.write_text("path,label\n" + "\n".join(rows) + "\n")
     return path
@@ -30,7 +30,7 @@ def small_csv(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained(small_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("ft")
-    cfg = FinetuneConfig(data=str(small_csv), out_dir=str(out), image_size=(96, 96), encoder_runtime="torch",
+    cfg = FinetuneConfig(data=str(small_csv), out_dir=str(out), image_size=(64, 64), encoder_runtime="torch",
                          epochs=40, patience=5, lr=3e-3)
     return out, finetune(cfg, progress=False)
 
@@ -43,7 +43,7 @@ def test_finetune_early_stops_exports_a_matching_onnx_and_records_its_split(trai
     assert s["history"][s["best_epoch"] - 1]["val_auc"] == best
     if s["epochs_run"] < 40:  # stopped by patience: nothing better in the last `patience` epochs
         assert s["epochs_run"] - s["best_epoch"] == 5
-    assert s["val_at_kept"]["auc"] > 0.6  # 112 training faces already carry signal
+    assert s["val_at_kept"]["auc"] > 0.6  # 84 training faces already carry signal
     split = json.loads((out / "split.json").read_text())
     assert not set(split["train"]) & set(split["test"]) and not set(split["val"]) & set(split["test"])
     side = json.loads((out / "model.onnx.json").read_text())
@@ -68,7 +68,7 @@ def test_ab_compares_three_models_on_the_held_out_split(trained, small_csv, tmp_
         blo, bhi = t["bootstrap_ci"]["at_tuned"]["accuracy"]
         assert blo <= t["at_tuned"]["accuracy"] <= bhi
         assert t["at_tuned"]["tp"] + t["at_tuned"]["fn"] == res["data"]["test"]["positives"]
-    # 24 test images cannot separate these models, and the report must say so
+    # 18 test images cannot separate these models, and the report must say so
     assert any("sample too small" in f for p in res["pairs"] for f in p["flags"])
     assert any("small validation set" in f for f in res["flags"])
     page = (tmp_path / "report.html").read_text()
@@ -92,8 +92,8 @@ def test_ab_user_mistakes_exit_2(small_csv, tmp_path, capsys):
 
 
 def test_unfreezing_the_last_block_trains_it_and_exports_it(small_csv, tmp_path):
-    cfg = FinetuneConfig(data=str(small_csv), out_dir=str(tmp_path), image_size=(64, 64), encoder_runtime="torch",
-                         unfreeze_last_block=True, epochs=2, train_limit=40, val_limit=12)
+    cfg = FinetuneConfig(data=str(small_csv), out_dir=str(tmp_path), image_size=(32, 32), encoder_runtime="torch",
+                         unfreeze_last_block=True, epochs=2, train_limit=24, val_limit=8)
     s = finetune(cfg, progress=False)
     assert s["onnx"]["max_abs_diff_vs_torch"] < 1e-4  # the tuned block is inside the exported graph
     import torch
@@ -101,7 +101,7 @@ def test_unfreezing_the_last_block_trains_it_and_exports_it(small_csv, tmp_path)
     saved = torch.load(tmp_path / "best.pt", weights_only=True)
     from lookalike.encoders.registry import create_image_encoder
 
-    frozen = create_image_encoder("efficientnet-lite0", image_size=(64, 64), runtime="torch").model.net
+    frozen = create_image_encoder("efficientnet-lite0", image_size=(32, 32), runtime="torch").model.net
     tuned = saved["last_block"]
     changed = [k for k, v in tuned.items() if k.startswith("block.") and v.dtype.is_floating_point
                and not torch.equal(v, frozen._blocks[-1].state_dict()[k[len("block."):]])]

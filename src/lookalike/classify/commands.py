@@ -20,9 +20,10 @@ def _validated(cls, values: dict):
 def cmd_ab(args) -> None:
     from lookalike.classify.compare import ABConfig, run_ab
 
-    cfg = _validated(ABConfig, {"data": args.data, "models": args.models, "out_dir": args.out, "split": args.split,
-                                "val_fraction": args.val_fraction, "limit": args.limit, "seed": args.seed,
-                                "fixed_threshold": args.threshold, "n_boot": args.n_boot})
+    cfg = _validated(ABConfig, {
+        "data": args.data, "models": args.models, "out_dir": args.out, "split": args.split,
+        "val_fraction": args.val_fraction, "limit": args.limit, "test_limit": args.test_limit, "seed": args.seed,
+        "fixed_threshold": args.threshold, "n_boot": args.n_boot})
     t = time.perf_counter()
     res = run_ab(cfg, progress=not args.no_progress)
     wall = time.perf_counter() - t
@@ -80,6 +81,7 @@ def add_commands(sub) -> None:
     a.add_argument("--split", help="split.json from finetune-classifier: thresholds on its val, metrics on its test")
     a.add_argument("--val-fraction", type=float, help="without --split: share of images used to tune thresholds (0.3)")
     a.add_argument("--limit", type=int, help="stratified subsample of N images (validation + test)")
+    a.add_argument("--test-limit", type=int, help="stratified subsample of N test images")
     a.add_argument("--threshold", type=float, help="the fixed threshold reported besides the tuned one (0.5)")
     a.add_argument("--n-boot", type=int, help="bootstrap resamples (1000)")
     a.add_argument("--seed", type=int)

@@ -34,6 +34,7 @@ class ABConfig(BaseModel):
     split: str | None = Field(None, description="split.json from finetune-classifier: use its val/test files")
     val_fraction: float = Field(0.3, gt=0, lt=1, description="without --split: share of images for thresholds")
     limit: int | None = Field(None, ge=20, description="stratified subsample of N images (val + test)")
+    test_limit: int | None = Field(None, ge=10, description="stratified subsample of N test images")
     seed: int = 0
     fixed_threshold: float = Field(0.5, gt=0, lt=1)
     n_boot: int = Field(1000, ge=100)
@@ -55,6 +56,8 @@ def _val_test(cfg: ABConfig, data: LabelledImages) -> tuple[LabelledImages, Labe
         n_val = max(2, int(round(cfg.limit * share)))
         val = val.subset(stratified_subsample(val.labels, n_val, cfg.seed))
         test = test.subset(stratified_subsample(test.labels, cfg.limit - n_val, cfg.seed))
+    if cfg.test_limit and cfg.test_limit < len(test):
+        test = test.subset(stratified_subsample(test.labels, cfg.test_limit, cfg.seed))
     for name, part in (("validation", val), ("test", test)):
         if len(set(part.labels.tolist())) < 2:
             raise LookalikeError(f"the {name} images need both positives and negatives (got {len(part)} of one class)")
