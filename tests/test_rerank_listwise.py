@@ -18,12 +18,16 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
+def _lists(seed: int, n: int, N: int, D: int, m: int):
+    """n random queries, a gallery of m unit vectors, and N distinct random candidates per query."""
+    rng = np.random.default_rng(seed)
+    gallery, queries = _unit(rng.normal(size=(m, D))), _unit(rng.normal(size=(n, D)))
+    return rng, gallery, queries, np.stack([rng.choice(m, N, replace=False) for _ in range(n)])
+
+
 def test_untrained_reranker_is_mmr_on_standardised_scores():
-    rng = np.random.default_rng(0)
     n, N, D = 12, 30, 8
-    gallery = _unit(rng.normal(size=(200, D)))
-    queries = _unit(rng.normal(size=(n, D)))
-    cand = np.stack([rng.choice(200, N, replace=False) for _ in range(n)])
+    _, gallery, queries, cand = _lists(0, n, N, D, 200)
     scores = np.einsum("nd,nkd->nk", queries, gallery[cand]).astype(np.float32)
     torch.manual_seed(0)
     model = ListwiseReranker(D, dim=16, initial_lambda=0.5)
@@ -51,11 +55,8 @@ def test_reward_is_ndcg_plus_weighted_ild():
 
 def test_training_learns_relevance_the_scores_miss():
     """Relevant candidates are those with a positive first coordinate; first-stage scores are noise."""
-    rng = np.random.default_rng(2)
     n, N, D = 600, 20, 8
-    gallery = _unit(rng.normal(size=(3000, D)))
-    queries = _unit(rng.normal(size=(n, D)))
-    cand = np.stack([rng.choice(3000, N, replace=False) for _ in range(n)])
+    rng, gallery, queries, cand = _lists(2, n, N, D, 3000)
     scores = rng.normal(size=(n, N)).astype(np.float32)
     relevant = gallery[cand][..., 0] > 0
     n_rel = relevant.sum(axis=1)
