@@ -40,7 +40,7 @@ class ABConfig(BaseModel):
     n_boot: int = Field(1000, ge=100)
     alpha: float = Field(0.05, gt=0, lt=0.5)
     power: float = Field(0.8, gt=0.5, lt=1)
-    degenerate_eps: float = Field(0.01, gt=0, lt=0.5, description="a tuned threshold within eps of 0 or 1 is flagged")
+    degenerate_eps: float = Field(0.05, gt=0, lt=0.5, description="a tuned threshold within eps of 0 or 1 is flagged")
     gap_tolerance: float = Field(0.05, gt=0, description="flag |val − test| above this (AUC, accuracy)")
 
 
