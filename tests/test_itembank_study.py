@@ -27,8 +27,8 @@ def study(tmp_path_factory):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        main(["itembank", "study", "--data", str(KMWP), "--limit", "160", "--out", str(out), "--no-progress",
-              "--gt", "label", "tfidf", "llm", "hybrid", "--alphas", "0", "0.5", "1", "--judge-queries", "12", "--judge-pool", "4", "--no-ranx-check",
+        main(["itembank", "study", "--data", str(KMWP), "--limit", "120", "--out", str(out), "--no-progress",
+              "--gt", "label", "tfidf", "llm", "hybrid", "--alphas", "0", "0.5", "1", "--judge-queries", "12", "--judge-pool", "4", "--reranker", "learned", "--no-ranx-check",
               "--judge-url", f"http://127.0.0.1:{srv.server_address[1]}/v1"])
     finally:
         srv.shutdown()
@@ -39,8 +39,8 @@ def test_study_writes_everything_with_provenance(study):
     out, s = study
     for f in ("study.md", "study.csv", "study_alpha.png", "runs/dense.run", "runs/bm25.run"):
         assert (out / f).stat().st_size > 0
-    assert s["seed"] == 42 and s["config"]["limit"] == 160 and s["provenance"]["versions"]["numpy"]
-    assert s["n_items"] == 160 and s["ranx_check"] is None  # ranx agreement: benchmark + test_metrics.py
+    assert s["seed"] == 42 and s["config"]["limit"] == 120 and s["provenance"]["versions"]["numpy"]
+    assert s["n_items"] == 120 and s["ranx_check"] is None  # ranx agreement: benchmark + test_metrics.py
     md = (out / "study.md").read_text()
     for name, res in s["results"].items():
         g = res["gt"]  # every evaluation names its qrels file, and the file is the one it scored
@@ -57,11 +57,15 @@ def test_study_tables_are_consistent(study):
         assert t["minmax-a0.00"][m] == pytest.approx(t["bm25"][m], abs=1e-12)
     assert res["winner"] == max(t, key=lambda r: (t[r]["ndcg@10"], t[r]["mrr"]))
     # A query whose class has no other item in the slice has nothing relevant: left out, not scored 0.
-    assert res["n_dev"] + res["n_test"] == res["n_queries"] == res["gt"]["queries"] > 150
+    assert res["n_dev"] + res["n_test"] == res["n_queries"] == res["gt"]["queries"] > 110
     assert sum(c["n_queries"] for c in res["per_class"]["dense"].values()) == res["n_queries"]
     for c in res["hybrid_vs_single_on_test"].values():
         assert 0 <= c["ndcg@10"]["fisher_p"] <= 1 and c["ndcg@10"]["n"] == res["n_test"]
     assert res["best_two"]["tests"]["ndcg@10"]["mean_a"] == pytest.approx(t[res["winner"]]["ndcg@10"])
+    rr = res["rerank"]  # the learned reranker is fitted on dev queries and scored on the test queries only
+    assert rr["n_test"] == res["n_test"] == rr["vs_base"]["ndcg@10"]["n"]
+    assert rr["base_table"]["ndcg@10"] == pytest.approx(rr["vs_base"]["ndcg@10"]["mean_b"])
+    assert len(rr["reranker"]["coef"][0]) == 6
     hybrid = s["results"]["hybrid"]["gt"]
     assert hybrid["pairs"] <= min(s["results"]["tfidf"]["gt"]["pairs"], s["results"]["llm"]["gt"]["pairs"])
 

@@ -106,8 +106,9 @@ def cmd_study(args) -> None:
         if "rerank" in res:
             rr = res["rerank"]
             n = rr["vs_base"]["ndcg@10"]
-            print(f"  reranked {rr['base']} top-{rr['depth']}: nDCG@10 {rr['table']['ndcg@10']:.4f} "
-                  f"({n['diff']:+.4f}, Fisher p={n['fisher_p']:.3g}) MRR {rr['table']['mrr']:.4f}; {rr['seconds']:.1f} s")
+            print(f"  reranked {rr['base']} top-{rr['depth']} ({rr['n_test']} test queries): nDCG@10 "
+                  f"{rr['table']['ndcg@10']:.4f} vs {rr['base_table']['ndcg@10']:.4f} ({n['diff']:+.4f}, Fisher "
+                  f"p={n['fisher_p']:.3g}), MRR {rr['table']['mrr']:.4f} vs {rr['base_table']['mrr']:.4f}; {rr['rerank_s']:.1f} s")
     if s["ranx_check"]:
         rc = s["ranx_check"]
         print(f"\nranx cross-check ({rc['gt']}, {rc['run']}): metrics max |diff| {rc['metric_max_abs_diff']:.2e}; "
@@ -201,7 +202,8 @@ def _search_options(p: argparse.ArgumentParser) -> None:
                                    "(default: in-process exact search)")
     p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid")
     p.add_argument("--alpha", type=float, default=0.3, help="dense weight in the hybrid (default: study winner)")
-    p.add_argument("--normalisation", choices=["minmax", "zscore"], default="minmax")
+    p.add_argument("--normalisation", choices=["minmax", "zscore", "rrf"], default="minmax",
+                   help="hybrid fusion: weighted sum after min-max or z-score normalisation, or RRF (ignores --alpha)")
     p.add_argument("-k", type=int, default=10)
 
 
@@ -216,7 +218,7 @@ def add_commands(sub) -> None:
     st.add_argument("--out", help="output directory (default runs/itembank-study)")
     st.add_argument("--gt", nargs="+", choices=["label", "tfidf", "llm", "hybrid"])
     st.add_argument("--alphas", type=float, nargs="+")
-    st.add_argument("--reranker", help="hf-cross-encoder:<dir> (a local Hugging Face cross-encoder)")
+    st.add_argument("--reranker", help="'learned' (pair features, fitted on dev queries) or hf-cross-encoder:<dir>")
     st.add_argument("--no-ranx-check", action="store_true", help="skip recomputing the winner with ranx (saves ~20 s)")
     st.set_defaults(func=cmd_study)
 

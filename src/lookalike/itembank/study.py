@@ -44,7 +44,8 @@ class StudyConfig(BaseModel):
     judge: JudgeConfig | None = None
     judge_pool: int = Field(10, ge=1, description="LLM-judged candidates per query: top-n of dense ∪ BM25 ∪ TF-IDF")
     judge_queries: int | None = Field(200, ge=1, description="judge a seeded sample of queries (LLM cost)")
-    reranker: str | None = Field(None, description="hf-cross-encoder:<dir>; reranks the winner's top rerank_depth")
+    reranker: str | None = Field(None, description="'learned' (pair-feature model fitted on dev queries) or "
+                                 "hf-cross-encoder:<dir>; reranks the winner's top rerank_depth, scored on test queries")
     rerank_depth: int = Field(20, ge=2)
     dev_fraction: float = Field(0.5, gt=0, lt=1)
     ranx_check: bool = Field(True, description="recompute the winner's metrics and p-values with ranx (~20 s of JIT)")
@@ -79,7 +80,8 @@ def retriever_runs(bank: ItemBank, cfg: StudyConfig, progress: bool = True) -> t
     timings["bm25_index_and_search_s"] = time.perf_counter() - t
     t = time.perf_counter()
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    dense = DenseRetriever(create_item_text_encoder(cfg.encoder), texts, cache, progress=progress)
+    # One encoder thread: on the shared 2-core box it embeds as fast as two and is shared with the searcher.
+    dense = DenseRetriever(create_item_text_encoder(cfg.encoder, 1), texts, cache, progress=progress)
     runs["dense"] = dense.search(query_vectors=dense.vectors, k=cfg.depth, exclude=self_ex)
     timings["dense_embed_and_search_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -154,7 +156,8 @@ def evaluate_all(bank: ItemBank, runs: dict, gts: dict, cfg: StudyConfig) -> tup
             pq_all[rname] = pq
             table[rname] = summarise(pq)
             classes[rname] = per_class(pq, [labels[i] for i in rows])
-        per_query[gname] = (rows, pq_all)
+        dev = _split_rows(rows, ids, cfg.seed, cfg.dev_fraction)
+        per_query[gname] = (rows, pq_all, dev)
         res = {"gt": {k: v for k, v in g.items() if k != "qrels"}, "n_queries": int(len(rows)), "table": table,
                "per_class": classes}
         results[gname] = res
@@ -163,7 +166,6 @@ def evaluate_all(bank: ItemBank, runs: dict, gts: dict, cfg: StudyConfig) -> tup
             continue
         ranked = sorted(table, key=lambda r: (-table[r]["ndcg@10"], -table[r]["mrr"], r))
         best, second = ranked[0], ranked[1]
-        dev = _split_rows(rows, ids, cfg.seed, cfg.dev_fraction)
         hybrids = [r for r in runs if r not in ("dense", "bm25")]
         best_hybrid = max(hybrids, key=lambda r: (summarise(pq_all[r], dev)["ndcg@10"], r)) if dev.any() else hybrids[0]
         res.update({"ranking": ranked, "winner": best,
@@ -174,6 +176,42 @@ def evaluate_all(bank: ItemBank, runs: dict, gts: dict, cfg: StudyConfig) -> tup
                         single: compare_runs(pq_all[best_hybrid], pq_all[single], ~dev, seed=cfg.seed)
                         for single in ("dense", "bm25")}})
     return results, per_query
+
+
+def _rerank_effect(bank: ItemBank, runs: dict, qrels: gt.Qrels, base: str, per_query: tuple, cfg: StudyConfig) -> dict:
+    """Rerank `base`'s top rerank_depth for the test queries and compare with `base` on those queries.
+    The learned reranker is fitted on the dev queries' candidates first (never on test queries)."""
+    from lookalike.retrieval.rerank.cross_encoder import create_reranker, rerank
+
+    rows, pq_all, dev = per_query
+    ids, pos = bank.ids, {i: n for n, i in enumerate(bank.ids)}
+    idx, sc = runs[base]
+    t = time.perf_counter()
+    if cfg.reranker == "learned":
+        from lookalike.itembank.rerank import PairFeatureReranker
+        from lookalike.retrieval.bm25 import BM25Retriever
+        from lookalike.retrieval.dense import DenseRetriever
+        from lookalike.retrieval.text_encoders import create_item_text_encoder
+        from lookalike.encoders.efficientnet import default_cache_dir
+
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+        rr = PairFeatureReranker(bank.texts, DenseRetriever(create_item_text_encoder(cfg.encoder, 1), bank.texts, cache),
+                                 BM25Retriever(bank.texts), cfg.seed)
+        train = rows[dev]
+        rr.fit(list(train), idx[train, :cfg.rerank_depth], [{pos[d] for d in qrels[ids[i]]} for i in train])
+    else:
+        rr = create_reranker(cfg.reranker)
+    fit_s = time.perf_counter() - t
+    test = rows[~dev]
+    t = time.perf_counter()
+    new_idx, _ = rerank((idx[test], sc[test]), [bank.texts[i] for i in test], bank.texts, rr, cfg.rerank_depth)
+    secs = time.perf_counter() - t
+    full = idx.copy()
+    full[test] = new_idx
+    _, pq = run_metrics(full, ids, qrels)
+    return {"reranker": rr.config(), "base": base, "depth": cfg.rerank_depth, "n_test": int(len(test)),
+            "table": summarise(pq, ~dev), "base_table": summarise(pq_all[base], ~dev),
+            "vs_base": compare_runs(pq, pq_all[base], ~dev, seed=cfg.seed), "fit_s": fit_s, "rerank_s": secs}
 
 
 def cross_check_ranx(bank: ItemBank, runs: dict, gts: dict, results: dict) -> dict:
@@ -260,7 +298,8 @@ def _markdown(results: dict, cfg: StudyConfig) -> str:
             lines.append(f"- vs {single}: " + "; ".join(_test_line(m, t) for m, t in tests.items()))
         if "rerank" in res:
             rr = res["rerank"]
-            lines.append(f"\nReranked {rr['base']} top-{rr['depth']} with {rr['reranker']['reranker']}: "
+            lines.append(f"\nReranked {rr['base']} top-{rr['depth']} with {rr['reranker']['reranker']} "
+                         f"(on the {rr['n_test']} test queries): "
                          + "; ".join(_test_line(m, t) for m, t in rr["vs_base"].items()))
         lines.append(f"\nPer class (nDCG@10 / MRR / n) for {res['winner']}, dense, bm25:\n")
         lines.append("| class | " + " | ".join([res["winner"], "dense", "bm25"]) + " |\n|---|---|---|---|")
@@ -286,19 +325,9 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict:
     timings["ground_truth_s"] = time.perf_counter() - t
     results, per_query = evaluate_all(bank, runs, gts, cfg)
     if cfg.reranker:
-        from lookalike.retrieval.rerank.cross_encoder import create_reranker, rerank
-
-        rr = create_reranker(cfg.reranker)
         for gname, res in results.items():
-            if "winner" not in res:
-                continue
-            base = res["winner"]
-            t = time.perf_counter()
-            rer = rerank(runs[base], bank.texts, bank.texts, rr, cfg.rerank_depth)
-            secs = time.perf_counter() - t
-            _, pq = run_metrics(rer[0], bank.ids, gts[gname]["qrels"])
-            res["rerank"] = {"reranker": rr.config(), "base": base, "depth": cfg.rerank_depth, "table": summarise(pq),
-                             "vs_base": compare_runs(pq, per_query[gname][1][base], seed=cfg.seed), "seconds": secs}
+            if "winner" in res:
+                res["rerank"] = _rerank_effect(bank, runs, gts[gname]["qrels"], res["winner"], per_query[gname], cfg)
     ranx_check = cross_check_ranx(bank, runs, gts, results) if cfg.ranx_check and any(
         "winner" in r for r in results.values()) else None
     timings["total_s"] = time.perf_counter() - t0
