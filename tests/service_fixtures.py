@@ -8,8 +8,10 @@ the CLI.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import functools
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -23,6 +25,7 @@ def trained() -> dict:
     from lookalike.pipeline import run_main
 
     root = Path(tempfile.mkdtemp(prefix="lookalike-service-test-"))
+    atexit.register(shutil.rmtree, root, True)
     cat = root / "catalog"
     cat.mkdir()
     (cat / "images").symlink_to(FASHION / "images")

@@ -171,7 +171,9 @@ def test_catalogue_add_update_delete(env):
         == upd.json()  # idempotent
     assert "n-1" not in [h["id"] for h in c.post("/api/recommend/customer_input",
                                                   data={"product_id": src, "k": 20}).json()["items"]]
+    assert (tmp / "uploads" / "n-1.jpg").exists()
     assert c.delete("/api/items/n-1").status_code == 200
+    assert not (tmp / "uploads" / "n-1.jpg").exists() and (trained()["catalog"] / "images" / f"{src}.jpg").exists()
     assert c.get("/api/items/n-1").status_code == 404 and c.delete("/api/items/n-1").status_code == 404
     assert len(c.get("/api/items", params={"limit": 1000}).json()["items"]) == n0
 

@@ -103,6 +103,31 @@ class Service:
         self.recent.appendleft({"query": label, "items": self.render_list(res)["items"][:10]})
 
 
+class TimingMiddleware:
+    """Counts and times every request by route template (plain ASGI: cheaper than BaseHTTPMiddleware)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t = time.perf_counter()
+        status = 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(endpoint, scope["method"], status, time.perf_counter() - t)
+
+
 def _json_field(raw: str | None, name: str, kind: type = dict):
     if raw is None or raw == "":
         return None
@@ -147,18 +172,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def user_error(request: Request, exc: LookalikeError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    @app.middleware("http")
-    async def timing(request: Request, call_next):
-        t = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            svc.metrics.observe_request(endpoint, request.method, status, time.perf_counter() - t)
+    app.add_middleware(TimingMiddleware, metrics=svc.metrics)
 
     # --- recommenders ------------------------------------------------------------------------------
     @app.post("/api/recommend/customer_input", tags=["recommend"])
@@ -332,16 +346,20 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def delete_item(product_id: str) -> dict:
         """Remove a product; it is gone from search at once."""
         with svc.write_lock:
+            image = Path(os.path.abspath(str(svc.item(product_id).metadata.get("image", ""))))
             if not svc.store.delete([product_id]):
                 raise HTTPException(404, f"unknown product id {product_id!r}")
             svc.rec.version += 1
+        if image.parent == svc.upload_dir:  # an image the API stored; catalogue images are never touched
+            image.unlink(missing_ok=True)
         return {"deleted": product_id}
 
     # --- monitoring --------------------------------------------------------------------------------
     def kpi() -> dict:
         counts = svc.rec.catalogue_counts()
         snap = svc.rec.snapshot()
-        new_ids = [i for i, n in zip(snap.ids, snap.new_mask) if n]
+        new_ids = {i for i, n in zip(snap.ids, snap.new_mask) if n}
+        served = [[i for i in lst if i in new_ids] for lst in list(svc.metrics.lists)]  # deleted since: not coverage
         health = embedding_health(snap.vectors) if len(snap.ids) > 1 else {}
         norms = np.asarray(svc.enc.last_norms)
         req = svc.metrics.summary()
@@ -350,7 +368,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return {"requests": req["endpoints"], "mean_top1_similarity": req["mean_top1_similarity"],
                 "mean_intra_list_diversity": req["mean_intra_list_diversity"],
                 "catalogue": counts,
-                "catalogue_coverage": round(catalogue_coverage(svc.metrics.lists, new_ids), 4) if new_ids else None,
+                "catalogue_coverage": round(catalogue_coverage(served, new_ids), 4) if new_ids else None,
                 "lists_served": req["lists_served"],
                 "embedding_health": {"catalogue": health,
                                      "query_norms": {"n": len(norms), "mean": round(float(norms.mean()), 4),

@@ -11,6 +11,7 @@ built lazily, saved next to the snapshot and rebuilt after writes.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import tempfile
@@ -26,6 +27,22 @@ from lookalike.retrieval.stores.base import (Filters, StoreItem, VectorStore, ch
                                              normalize_filters, value_key)
 
 SNAPSHOT = "store.npz"
+
+
+@functools.cache
+def _blas():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _scores(q: np.ndarray, vecs: np.ndarray) -> np.ndarray:
+    """q @ vecs.T. A few queries run on one BLAS thread: a matrix-vector product is memory-bound, and
+    with requests in parallel (or other load) a multi-threaded BLAS waits on its slowest thread."""
+    if len(q) > 8:
+        return q @ vecs.T
+    with _blas().limit(limits=1, user_api="blas"):
+        return q @ vecs.T
 
 
 def topk_rows(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +255,7 @@ class EmbeddedStore(VectorStore):
                 return self._search_hnsw(q, k, flt, excluded)
             sub = self._subset(flt)
             rows, vecs = (np.arange(len(self._ids)), self._vectors) if sub is None else sub
-            sims = q @ vecs.T
+            sims = _scores(q, vecs)
             if excluded:
                 sims[:, np.isin(rows, excluded)] = -np.inf
             out = []
