@@ -89,6 +89,12 @@ def test_bad_input_is_a_4xx_naming_the_problem(env, data, files, status, message
     assert message in json.dumps(r.json())
 
 
+def test_a_body_announced_too_large_is_refused_before_reading(env):
+    big = b"x" * (9 * int(0.05 * 1024 * 1024) + 1024 * 1024)
+    r = env["client"].post("/api/recommend/customer_input", files={"image": ("big.jpg", big, "image/jpeg")})
+    assert r.status_code == 413 and "exceeds the" in r.json()["detail"]
+
+
 def test_top10_to_new_centrality_proxy_and_trends(env):
     body = env["client"].post("/api/recommend/top10_to_new", data={"k": 4, "limit": 5}).json()
     assert body["basis"].startswith("centrality proxy")

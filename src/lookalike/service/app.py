@@ -70,6 +70,7 @@ class Service:
         self.metrics = Metrics()
         self.recent: deque = deque(maxlen=6)  # recent result lists for the dashboard's image grids
         self.write_lock = threading.Lock()
+        self.health: tuple = (None, {})  # (snapshot, its embedding health)
         self.max_bytes = int(s.max_upload_mb * 1024 * 1024)
 
     # --- helpers -----------------------------------------------------------------------------------
@@ -103,17 +104,25 @@ class Service:
         self.recent.appendleft({"query": label, "items": self.render_list(res)["items"][:10]})
 
 
-class TimingMiddleware:
-    """Counts and times every request by route template (plain ASGI: cheaper than BaseHTTPMiddleware)."""
+class RequestGuard:
+    """Counts and times every request by route template, and refuses a body announced larger than the
+    upload limit before anything is read (plain ASGI: cheaper than BaseHTTPMiddleware)."""
 
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app, metrics: Metrics, max_body: int):
+        self.app, self.metrics, self.max_body = app, metrics, max_body
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t = time.perf_counter()
         status = 500
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.max_body:
+            status = 413
+            detail = f"request body of {int(length)} bytes exceeds the {self.max_body} byte limit"
+            await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+            self.metrics.observe_request("oversized", scope["method"], status, time.perf_counter() - t)
+            return
 
         async def send_status(message):
             nonlocal status
@@ -172,7 +181,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def user_error(request: Request, exc: LookalikeError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    app.add_middleware(TimingMiddleware, metrics=svc.metrics)
+    # images, plus room for the other form fields and several images in one top10_to_new request
+    app.add_middleware(RequestGuard, metrics=svc.metrics, max_body=8 * svc.max_bytes + 1024 * 1024)
 
     # --- recommenders ------------------------------------------------------------------------------
     @app.post("/api/recommend/customer_input", tags=["recommend"])
@@ -358,9 +368,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def kpi() -> dict:
         counts = svc.rec.catalogue_counts()
         snap = svc.rec.snapshot()
+        if svc.health[0] is not snap:  # 40k × 512 statistics: once per catalogue version
+            svc.health = (snap, embedding_health(snap.vectors) if len(snap.ids) > 1 else {})
         new_ids = {i for i, n in zip(snap.ids, snap.new_mask) if n}
         served = [[i for i in lst if i in new_ids] for lst in list(svc.metrics.lists)]  # deleted since: not coverage
-        health = embedding_health(snap.vectors) if len(snap.ids) > 1 else {}
         norms = np.asarray(svc.enc.last_norms)
         req = svc.metrics.summary()
         for kind in ("size", "new", "established"):
@@ -370,7 +381,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 "catalogue": counts,
                 "catalogue_coverage": round(catalogue_coverage(served, new_ids), 4) if new_ids else None,
                 "lists_served": req["lists_served"],
-                "embedding_health": {"catalogue": health,
+                "embedding_health": {"catalogue": svc.health[1],
                                      "query_norms": {"n": len(norms), "mean": round(float(norms.mean()), 4),
                                                      "min": round(float(norms.min()), 4),
                                                      "max": round(float(norms.max()), 4)} if len(norms) else None},
