@@ -96,7 +96,7 @@ def add_commands(sub) -> None:
     f.add_argument("--val-limit", type=int, help="use only N validation images")
     f.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
     f.add_argument("--unfreeze-last-block", action="store_true", help="also train the encoder's last block")
-    f.add_argument("--hidden", type=int, help="hidden units of the head (0 = linear)")
+    f.add_argument("--hidden", type=int, help="hidden units of the head (0 = linear; default 256)")
     f.add_argument("--epochs", type=int)
     f.add_argument("--batch-size", type=int)
     f.add_argument("--lr", type=float)

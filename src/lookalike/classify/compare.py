@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from lookalike.classify import stats
+from lookalike.classify import stats, versions
 from lookalike.classify.data import LabelledImages, load_labelled, read_split, stratified_split, stratified_subsample
 from lookalike.classify.models import ImageClassifier, load_classifier
 from lookalike.errors import LookalikeError
@@ -182,7 +182,7 @@ def run_ab(cfg: ABConfig, progress: bool = True) -> dict:
         flags.append(f"thresholds were tuned on a small validation set ({len(yv)} images, {n_small} in the smaller "
                      f"class): expect them to move on new data")
     out = {
-        "config": cfg.model_dump(), "provenance": provenance(),
+        "config": cfg.model_dump(), "provenance": {**provenance(), "classify_versions": versions()},
         "data": {"source": cfg.data, "load_report": data.report.to_dict(),
                  "val": {"n": len(val), "positives": int(yv.sum())}, "test": {"n": len(test), "positives": int(yt.sum())}},
         "split": {"val": val.keys, "test": test.keys},

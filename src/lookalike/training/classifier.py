@@ -41,7 +41,8 @@ class FinetuneConfig(BaseModel):
     encoder_runtime: Literal["onnx", "torch"] = Field("onnx", description="torch skips the one-off ONNX export: "
                                                       "quicker for a few hundred images")
     unfreeze_last_block: bool = False
-    hidden: int = Field(0, ge=0, description="0: linear head on the features; >0: one hidden layer")
+    # Chosen on the smiles validation split (test untouched): linear head val AUC 0.9492, 256 hidden 0.9583.
+    hidden: int = Field(256, ge=0, description="0: linear head on the features; >0: one hidden layer")
     dropout: float = Field(0.2, ge=0, lt=1)
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(64, ge=2)
@@ -165,6 +166,7 @@ def _predict(model: nn.Module, x: torch.Tensor, batch: int = 512) -> np.ndarray:
 
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     """Train, keep the best epoch, export ONNX, write everything a rerun needs. Returns the summary."""
+    from lookalike.classify import versions
     from lookalike.classify.onnx_export import export_onnx, ort_session
     from lookalike.classify.stats import youden_threshold
     from lookalike.provenance import provenance
@@ -252,7 +254,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     if len(tr) < 500:
         warnings.append(f"only {len(tr)} training images")
     summary = {
-        "config": cfg.model_dump(), "provenance": provenance(), "load_report": data.report.to_dict(),
+        "config": cfg.model_dump(), "provenance": {**provenance(), "classify_versions": versions()},
+        "load_report": data.report.to_dict(),
         "n": {"train": len(tr), "val": len(va), "test_held_out": len(te)},
         "class_balance_train": {"positive": int(n_pos), "negative": int(n_neg)}, "pos_weight": float(pos_weight),
         "epochs_run": len(history), "best_epoch": best_epoch, "kept_epoch": kept_epoch,
