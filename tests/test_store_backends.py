@@ -244,3 +244,18 @@ def test_pgvector_bulk_upsert_rebuilds_the_index_in_its_transaction(monkeypatch)
     q = np.stack([it.vector for it in items[:20]])
     exact, approx = pg.search(q, 5), pg.search(q, 5, exact=False)
     assert np.mean([len({i for i, _ in a} & {i for i, _ in e}) / 5 for a, e in zip(approx, exact)]) >= 0.9
+
+
+def test_long_ties_are_cut_by_id_on_both_backends(tmp_path):
+    """30 identical vectors tie at the k-th score far past the scan's margin: the cut is still by id."""
+    items = _items(60, seed=9)
+    for it in items[10:40]:
+        it.vector = items[10].vector
+    want = [it.id for it in items[10:40]]
+    emb, pg = open_store(f"embedded://{tmp_path}/e", dim=DIM), open_store(pg_url(), dim=DIM)
+    for s in (emb, pg):
+        s.upsert(items)
+        assert [i for i, _ in s.search(items[10].vector, 5)[0]] == want[:5]
+        assert [i for i, _ in s.search(items[10].vector, 5, exclude_ids=want[:2])[0]] == want[2:7]
+        batch = s.search(np.stack([items[10].vector] * 10), 3)  # the batched path
+        assert all([i for i, _ in r] == want[:3] for r in batch)

@@ -30,19 +30,41 @@ SNAPSHOT = "store.npz"
 
 
 @functools.cache
-def _blas():
+def _threads():
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
 
 
-def _scores(q: np.ndarray, vecs: np.ndarray) -> np.ndarray:
-    """q @ vecs.T. A few queries run on one BLAS thread: a matrix-vector product is memory-bound, and
-    with requests in parallel (or other load) a multi-threaded BLAS waits on its slowest thread."""
-    if len(q) > 8:
-        return q @ vecs.T
-    with _blas().limit(limits=1, user_api="blas"):
-        return q @ vecs.T
+def exact_search(q: np.ndarray, vecs: np.ndarray, k: int, excluded: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Exact top-k rows of `vecs` for each query, ties by row, `excluded` rows left out.
+
+    A few queries use FAISS's SIMD scan on one thread (a matrix-vector product is memory-bound, and
+    with parallel requests or other load a multi-threaded scan waits on its slowest thread); its top
+    k + margin is exact unless the tie at the k-th score runs past the margin, when the whole row is
+    scored instead. Batches use one matrix product."""
+    import faiss
+
+    if len(q) > 8 or len(vecs) == 0:
+        sims = q @ vecs.T
+        sims[:, excluded] = -np.inf
+        return [topk_rows(row, k) for row in sims]
+    kk = min(len(vecs), k + len(excluded) + 8)
+    with _threads().limit(limits=1):
+        scores, idx = faiss.knn(q, vecs, kk, metric=faiss.METRIC_INNER_PRODUCT)
+    out = []
+    for qi, (srow, irow) in enumerate(zip(scores, idx)):
+        keep = (irow >= 0) & ~np.isin(irow, excluded)
+        srow, irow = srow[keep], irow[keep]
+        order = np.lexsort((irow, -srow))[:k]
+        if kk < len(vecs) and (len(order) < k or scores[qi, -1] >= srow[order[-1]]):
+            with _threads().limit(limits=1):
+                row = vecs @ q[qi]
+            row[excluded] = -np.inf
+            out.append(topk_rows(row, k))
+        else:
+            out.append((irow[order].astype(np.int64), srow[order]))
+    return out
 
 
 def topk_rows(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -255,14 +277,9 @@ class EmbeddedStore(VectorStore):
                 return self._search_hnsw(q, k, flt, excluded)
             sub = self._subset(flt)
             rows, vecs = (np.arange(len(self._ids)), self._vectors) if sub is None else sub
-            sims = _scores(q, vecs)
-            if excluded:
-                sims[:, np.isin(rows, excluded)] = -np.inf
-            out = []
-            for row in sims:
-                idx, sc = topk_rows(row, k)
-                out.append([(str(self._ids[rows[j]]), float(s)) for j, s in zip(idx, sc)])
-            return out
+            skip = np.flatnonzero(np.isin(rows, excluded)) if excluded else np.zeros(0, np.int64)
+            return [[(str(self._ids[rows[j]]), float(s)) for j, s in zip(idx, sc)]
+                    for idx, sc in exact_search(q, vecs, k, skip)]
 
     def _search_hnsw(self, q: np.ndarray, k: int, flt: dict, excluded: list[int]) -> list[list[tuple[str, float]]]:
         import faiss
