@@ -287,12 +287,13 @@ class EmbeddedStore(VectorStore):
         graph = self._graph()
         params = faiss.SearchParametersHNSW()
         params.efSearch = max(self.ef_search, k)
-        allowed = None
         if flt or excluded:
             mask = self._mask(flt)
             mask[excluded] = False
             allowed = np.flatnonzero(mask).astype(np.int64)
             params.sel = faiss.IDSelectorBatch(allowed)
+            # a selective filter leaves few allowed nodes on the graph's paths: widen the beam in proportion
+            params.efSearch = int(min(params.efSearch * len(mask) / max(len(allowed), 1), 4096))
         scores, idx = graph.search(q, min(k, len(self._ids)), params=params)
         out = []
         for srow, irow in zip(scores, idx):

@@ -63,6 +63,8 @@ class PgVectorStore(VectorStore):
                 conn.execute(sql.SQL('CREATE TABLE IF NOT EXISTS {} (id text COLLATE "C" PRIMARY KEY, '
                                      "embedding vector({}) NOT NULL, metadata jsonb NOT NULL)")
                              .format(t, sql.Literal(self.dim)))
+                # 512 floats just pass the TOAST threshold; kept inline, a scan need not fetch them from elsewhere
+                conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN embedding SET STORAGE PLAIN").format(t))
                 conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (field text PRIMARY KEY)").format(self._sql["fields"]))
                 conn.execute(self._sql["create_index"])
         except psycopg.Error as e:
@@ -174,25 +176,28 @@ class PgVectorStore(VectorStore):
 
         return self._conn().execute(sql.SQL("SELECT count(*) FROM {}").format(self._sql["t"])).fetchone()[0]
 
-    def _where(self, filters: dict[str, list], exclude_ids: list[str] | None) -> tuple[object, list]:
-        """WHERE clause and its parameters. A filter value matches a scalar field equal to it or a list
-        field containing it (JSONB containment, as the embedded store does)."""
+    def _where(self, filters: dict[str, list], exclude_ids: list[str] | None) -> tuple[object, dict]:
+        """WHERE clause and its named parameters. A filter value matches a scalar field equal to it or a
+        list field containing it (JSONB containment, as the embedded store does)."""
         from psycopg import sql
         from psycopg.types.json import Jsonb
 
-        parts, params = [], []
+        parts, params = [], {}
+
+        def param(value) -> sql.Composable:
+            name = f"p{len(params)}"
+            params[name] = value
+            return sql.Placeholder(name)
+
         for f, vals in filters.items():
             alts = []
             for v in vals:
-                alts.append(sql.SQL("metadata @> %s"))
-                params.append(Jsonb({f: v}))
+                alts.append(sql.SQL("metadata @> {}").format(param(Jsonb({f: v}))))
                 if isinstance(v, str):
-                    alts.append(sql.SQL("metadata @> %s"))
-                    params.append(Jsonb({f: [v]}))
+                    alts.append(sql.SQL("metadata @> {}").format(param(Jsonb({f: [v]}))))
             parts.append(sql.SQL("(") + sql.SQL(" OR ").join(alts) + sql.SQL(")"))
         if exclude_ids:
-            parts.append(sql.SQL("NOT (id = ANY(%s))"))
-            params.append(list(exclude_ids))
+            parts.append(sql.SQL("NOT (id = ANY({}))").format(param(list(exclude_ids))))
         if not parts:
             return sql.SQL(""), params
         return sql.SQL("WHERE ") + sql.SQL(" AND ").join(parts), params
@@ -205,9 +210,10 @@ class PgVectorStore(VectorStore):
         if any(f not in self._field_cache for f in (filters or {})):
             self._field_cache = self._read_fields()
         where, params = self._where(normalize_filters(filters, self._field_cache), exclude_ids)
-        # Exact: every row, ties by id. Approximate: the HNSW index; iterative scans keep filtered results full.
-        order = sql.SQL("ORDER BY embedding <#> %s, id LIMIT %s" if exact else "ORDER BY embedding <#> %s LIMIT %s")
-        stmt = sql.SQL("SELECT id, (embedding <#> %s) * -1 FROM {} ").format(self._sql["t"]) + where + sql.SQL(" ") + order
+        # Exact: every row, ties by id, each distance computed once. Approximate: the HNSW index (it needs
+        # ORDER BY the distance expression itself); iterative scans keep filtered results full.
+        order = sql.SQL("ORDER BY 2 DESC, id LIMIT %(k)s" if exact else "ORDER BY embedding <#> %(q)s LIMIT %(k)s")
+        stmt = sql.SQL("SELECT id, (embedding <#> %(q)s) * -1 FROM {} ").format(self._sql["t"]) + where + sql.SQL(" ") + order
         conn = self._conn()
         out = []
         with conn.transaction():
@@ -218,7 +224,7 @@ class PgVectorStore(VectorStore):
                 conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
             with conn.cursor(binary=True) as cur:
                 for v in q:
-                    rows = cur.execute(stmt, [v, *params, v, int(k)]).fetchall()
+                    rows = cur.execute(stmt, {**params, "q": v, "k": int(k)}).fetchall()
                     out.append(sorted(((r[0], float(r[1])) for r in rows), key=lambda h: (-h[1], h[0])))
         return out
 
