@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from lookalike.itembank.judge import JudgeConfig  # noqa: E402
 from lookalike.itembank.search import ItemSearcher, latency_bench  # noqa: E402
-from lookalike.itembank.study import StudyConfig, load_bank, run_study  # noqa: E402
+from lookalike.itembank.study import StudyConfig, fmt_p, load_bank, run_study  # noqa: E402
 from lookalike.provenance import provenance  # noqa: E402
 
 
@@ -74,17 +74,17 @@ def main() -> None:
         bt = res["best_two"]
         n = bt["tests"]["ndcg@10"]
         print(f"  best setting: {w} (nDCG@10 {t_[w]['ndcg@10']:.4f}, MRR {t_[w]['mrr']:.4f}); vs runner-up {bt['b']}: "
-              f"nDCG@10 {n['diff']:+.4f}, Fisher p={n['fisher_p']:.3g}, paired t p={n['t_p']:.3g}")
+              f"nDCG@10 {n['diff']:+.4f}, Fisher p={fmt_p(n['fisher_p'])}, paired t p={fmt_p(n['t_p'])}")
         for single, c in res["hybrid_vs_single_on_test"].items():
             print(f"  hybrid {res['best_hybrid_on_dev']} (α from {res['n_dev']} dev queries) − {single} on {res['n_test']} test queries: "
                   + "; ".join(f"{m} {c[m]['mean_a']:.4f} vs {c[m]['mean_b']:.4f} = {c[m]['diff']:+.4f} "
-                              f"(Fisher p={c[m]['fisher_p']:.3g}, t p={c[m]['t_p']:.3g}, W/T/L {'/'.join(map(str, c[m]['win_tie_loss']))})"
+                              f"(Fisher p={fmt_p(c[m]['fisher_p'])}, t p={fmt_p(c[m]['t_p'])}, W/T/L {'/'.join(map(str, c[m]['win_tie_loss']))})"
                               for m in ("ndcg@10", "mrr")))
         if "rerank" in res:
             r = res["rerank"]
             print(f"  reranker {r['reranker']['reranker']} on {r['base']} top-{r['depth']}, {r['n_test']} test queries: "
-                  + "; ".join(f"{m} {v['mean_a']:.4f} vs {v['mean_b']:.4f} ({v['diff']:+.4f}, Fisher p={v['fisher_p']:.3g}, "
-                              f"t p={v['t_p']:.3g})" for m, v in r["vs_base"].items()) + f"; {r['rerank_s']:.0f} s")
+                  + "; ".join(f"{m} {v['mean_a']:.4f} vs {v['mean_b']:.4f} ({v['diff']:+.4f}, Fisher p={fmt_p(v['fisher_p'])}, "
+                              f"t p={fmt_p(v['t_p'])})" for m, v in r["vs_base"].items()) + f"; {r['rerank_s']:.0f} s")
     rc = s["ranx_check"]
     if rc:
         print(f"\nranx cross-check on {rc['gt']} / {rc['run']}: metrics max |ours − ranx| = {rc['metric_max_abs_diff']:.2e}; "

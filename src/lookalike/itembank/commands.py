@@ -79,7 +79,7 @@ def _study_config(args):
 
 
 def cmd_study(args) -> None:
-    from lookalike.itembank.study import run_study
+    from lookalike.itembank.study import fmt_p, run_study
 
     cfg = _study_config(args)
     s = run_study(cfg, progress=not args.no_progress)
@@ -97,18 +97,18 @@ def cmd_study(args) -> None:
                   f"hit@10 {t[r]['hit@10']:.4f}  recall@10 {t[r]['recall@10']:.4f}  MAP {t[r]['map']:.4f}")
         bt = res["best_two"]["tests"]["ndcg@10"]
         print(f"  winner {w}; vs runner-up {res['best_two']['b']}: nDCG@10 {bt['diff']:+.4f}, "
-              f"Fisher p={bt['fisher_p']:.3g}, paired t p={bt['t_p']:.3g}")
+              f"Fisher p={fmt_p(bt['fisher_p'])}, paired t p={fmt_p(bt['t_p'])}")
         for single, c in res["hybrid_vs_single_on_test"].items():
             n, m = c["ndcg@10"], c["mrr"]
             print(f"  hybrid {res['best_hybrid_on_dev']} (α chosen on {res['n_dev']} dev queries) vs {single} on "
-                  f"{res['n_test']} test queries: nDCG@10 {n['diff']:+.4f} (Fisher p={n['fisher_p']:.3g}, t p={n['t_p']:.3g}), "
-                  f"MRR {m['diff']:+.4f} (Fisher p={m['fisher_p']:.3g}, t p={m['t_p']:.3g})")
+                  f"{res['n_test']} test queries: nDCG@10 {n['diff']:+.4f} (Fisher p={fmt_p(n['fisher_p'])}, t p={fmt_p(n['t_p'])}), "
+                  f"MRR {m['diff']:+.4f} (Fisher p={fmt_p(m['fisher_p'])}, t p={fmt_p(m['t_p'])})")
         if "rerank" in res:
             rr = res["rerank"]
             n = rr["vs_base"]["ndcg@10"]
             print(f"  reranked {rr['base']} top-{rr['depth']} ({rr['n_test']} test queries): nDCG@10 "
                   f"{rr['table']['ndcg@10']:.4f} vs {rr['base_table']['ndcg@10']:.4f} ({n['diff']:+.4f}, Fisher "
-                  f"p={n['fisher_p']:.3g}), MRR {rr['table']['mrr']:.4f} vs {rr['base_table']['mrr']:.4f}; {rr['rerank_s']:.1f} s")
+                  f"p={fmt_p(n['fisher_p'])}), MRR {rr['table']['mrr']:.4f} vs {rr['base_table']['mrr']:.4f}; {rr['rerank_s']:.1f} s")
     if s["ranx_check"]:
         rc = s["ranx_check"]
         print(f"\nranx cross-check ({rc['gt']}, {rc['run']}): metrics max |diff| {rc['metric_max_abs_diff']:.2e}; "

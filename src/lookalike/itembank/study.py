@@ -64,9 +64,10 @@ def load_bank(cfg: StudyConfig) -> ItemBank:
 
 
 def retriever_runs(bank: ItemBank, cfg: StudyConfig, progress: bool = True) -> tuple[dict, dict, dict]:
-    """(runs name → (idx, scores), retriever configs, timings). Every item queries the bank, itself excluded."""
-    from lookalike.encoders.efficientnet import default_cache_dir
+    """(runs name → (idx, scores), retrievers {"bm25", "dense"}, timings). Every item queries the bank,
+    itself excluded."""
     from lookalike.retrieval.bm25 import BM25Retriever
+    from lookalike.encoders.efficientnet import default_cache_dir
     from lookalike.retrieval.dense import DenseRetriever
     from lookalike.retrieval.fusion import fuse
     from lookalike.retrieval.text_encoders import create_item_text_encoder
@@ -91,7 +92,7 @@ def retriever_runs(bank: ItemBank, cfg: StudyConfig, progress: bool = True) -> t
             runs[f"{norm}-a{a:.2f}"] = fuse(pair, [a, 1 - a], n, cfg.depth, norm, exclude=self_ex)
     runs["rrf"] = fuse(pair, [1, 1], n, cfg.depth, "rrf", rrf_k=cfg.rrf_k, exclude=self_ex)
     timings["fusion_s"] = time.perf_counter() - t
-    return runs, {"bm25": bm25.config(), "dense": dense.config()}, timings
+    return runs, {"bm25": bm25, "dense": dense}, timings
 
 
 def build_gts(bank: ItemBank, cfg: StudyConfig, runs: dict, out: Path, progress: bool = True) -> dict:
@@ -178,7 +179,8 @@ def evaluate_all(bank: ItemBank, runs: dict, gts: dict, cfg: StudyConfig) -> tup
     return results, per_query
 
 
-def _rerank_effect(bank: ItemBank, runs: dict, qrels: gt.Qrels, base: str, per_query: tuple, cfg: StudyConfig) -> dict:
+def _rerank_effect(bank: ItemBank, runs: dict, retrievers: dict, qrels: gt.Qrels, base: str, per_query: tuple,
+                   cfg: StudyConfig) -> dict:
     """Rerank `base`'s top rerank_depth for the test queries and compare with `base` on those queries.
     The learned reranker is fitted on the dev queries' candidates first (never on test queries)."""
     from lookalike.retrieval.rerank.cross_encoder import create_reranker, rerank
@@ -189,14 +191,8 @@ def _rerank_effect(bank: ItemBank, runs: dict, qrels: gt.Qrels, base: str, per_q
     t = time.perf_counter()
     if cfg.reranker == "learned":
         from lookalike.itembank.rerank import PairFeatureReranker
-        from lookalike.retrieval.bm25 import BM25Retriever
-        from lookalike.retrieval.dense import DenseRetriever
-        from lookalike.retrieval.text_encoders import create_item_text_encoder
-        from lookalike.encoders.efficientnet import default_cache_dir
 
-        cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-        rr = PairFeatureReranker(bank.texts, DenseRetriever(create_item_text_encoder(cfg.encoder, 1), bank.texts, cache),
-                                 BM25Retriever(bank.texts), cfg.seed)
+        rr = PairFeatureReranker(bank.texts, retrievers["dense"], retrievers["bm25"], cfg.seed)
         train = rows[dev]
         rr.fit(list(train), idx[train, :cfg.rerank_depth], [{pos[d] for d in qrels[ids[i]]} for i in train])
     else:
@@ -265,14 +261,14 @@ def _chart(results: dict, cfg: StudyConfig, path: Path) -> None:
     plt.close(fig)
 
 
-def _p(p: float) -> str:
+def fmt_p(p: float) -> str:
     """A randomization p of 0 means no permutation beat the observed gap: p < 1/n_permutations."""
     return "<1e-4" if p == 0 else f"{p:.3g}"
 
 
 def _test_line(metric: str, t: dict) -> str:
-    return (f"{metric} {t['mean_a']:.4f} vs {t['mean_b']:.4f} ({t['diff']:+.4f}; Fisher p={_p(t['fisher_p'])}, "
-            f"paired t p={_p(t['t_p'])}, W/T/L {'/'.join(map(str, t['win_tie_loss']))})")
+    return (f"{metric} {t['mean_a']:.4f} vs {t['mean_b']:.4f} ({t['diff']:+.4f}; Fisher p={fmt_p(t['fisher_p'])}, "
+            f"paired t p={fmt_p(t['t_p'])}, W/T/L {'/'.join(map(str, t['win_tie_loss']))})")
 
 
 def _markdown(results: dict, cfg: StudyConfig) -> str:
@@ -327,7 +323,8 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict:
     if cfg.reranker:
         for gname, res in results.items():
             if "winner" in res:
-                res["rerank"] = _rerank_effect(bank, runs, gts[gname]["qrels"], res["winner"], per_query[gname], cfg)
+                res["rerank"] = _rerank_effect(bank, runs, retrievers, gts[gname]["qrels"], res["winner"],
+                                               per_query[gname], cfg)
     ranx_check = cross_check_ranx(bank, runs, gts, results) if cfg.ranx_check and any(
         "winner" in r for r in results.values()) else None
     timings["total_s"] = time.perf_counter() - t0
@@ -338,7 +335,7 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict:
         write_run(runs_dir / f"{name}.run", ids, ids, runs[name][0], runs[name][1], name)
     summary = {"config": json.loads(cfg.model_dump_json(by_alias=True)), "seed": cfg.seed,
                "provenance": provenance(), "load_report": bank.report.to_dict(), "n_items": len(bank),
-               "retrievers": retrievers, "timings": timings, "ranx_check": ranx_check, "results": results,
+               "retrievers": {k: r.config() for k, r in retrievers.items()}, "timings": timings, "ranx_check": ranx_check, "results": results,
                "runs_dir": str(runs_dir)}
     (out / "study.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
     (out / "study.md").write_text(_markdown(results, cfg), encoding="utf-8")
