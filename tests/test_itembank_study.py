@@ -109,3 +109,21 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["itembank", "search", "--data", str(KMWP), "--limit", "20", "--id", "row-999999"])
     assert "no item with id 'row-999999'" in capsys.readouterr().err
+
+
+def test_config_mistakes_fail_before_any_work(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["itembank", "study", "--data", str(KMWP), "--alphas", "0.5", "2", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "alphas.1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["itembank", "build-gt", "--data", str(KMWP), "--kind", "hybrid", "--out", str(tmp_path)])
+    assert "needs a judge endpoint (--judge-url)" in capsys.readouterr().err
+
+
+def test_build_gt_writes_qrels_with_its_config(tmp_path):
+    main(["itembank", "build-gt", "--data", str(KMWP), "--kind", "label", "--limit", "50", "--out", str(tmp_path),
+          "--no-progress"])
+    meta = json.loads((tmp_path / "qrels" / "label.json").read_text())
+    assert meta["config"]["limit"] == 50 and meta["provenance"]["versions"]["numpy"]
+    lines = (tmp_path / "qrels" / "label.qrels").read_text().splitlines()
+    assert len(lines) == meta["pairs"] and all(q != d for q, _, d, _ in map(str.split, lines))

@@ -58,11 +58,20 @@ def _judge(args, out: Path):
                        timeout_s=args.judge_timeout, cache=args.judge_cache or str(out / "judge_cache.jsonl"))
 
 
-def _study_config(args):
+def _validated(values: dict):
+    """A StudyConfig, or the first validation problem as one CLI error line."""
     from pydantic import ValidationError
 
     from lookalike.itembank.study import StudyConfig
 
+    try:
+        return StudyConfig(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise LookalikeError(f"invalid study config: {'.'.join(map(str, err['loc'])) or 'study'}: {err['msg']}") from None
+
+
+def _study_config(args):
     raw = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
     out = Path(args.out or raw.get("out_dir", "runs/itembank-study"))
     flags = {"data": args.data, "schema": _schema(args).model_dump(), "preset": None, "limit": args.limit,
@@ -72,10 +81,7 @@ def _study_config(args):
     judge = _judge(args, out)
     if judge:
         flags["judge"] = judge.model_dump()
-    try:
-        return StudyConfig(**{**raw, **{k: v for k, v in flags.items() if v is not None}})
-    except ValidationError as e:
-        raise LookalikeError(f"invalid study config: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+    return _validated({**raw, **{k: v for k, v in flags.items() if v is not None}})
 
 
 def cmd_study(args) -> None:
@@ -157,17 +163,21 @@ def cmd_search(args) -> None:
 
 
 def cmd_build_gt(args) -> None:
-    from lookalike.itembank.study import StudyConfig, build_gts, retriever_runs
+    from lookalike.itembank.study import build_gts, retriever_runs
+    from lookalike.provenance import provenance
 
-    bank = _load(args)
     out = Path(args.out)
-    cfg = StudyConfig(data=args.data, schema=_schema(args), preset=None, seed=args.seed, encoder=args.encoder,
-                      cache_dir=args.cache_dir, gts=[args.kind], tfidf_top_n=args.top_n,
-                      tfidf_threshold=args.threshold, judge=_judge(args, out), judge_queries=args.judge_queries, judge_pool=args.judge_pool,
-                      out_dir=str(out))
+    judge = _judge(args, out)
+    cfg = _validated(dict(data=args.data, schema=_schema(args).model_dump(), preset=None, limit=args.limit,
+                          seed=args.seed, encoder=args.encoder, cache_dir=args.cache_dir, gts=[args.kind],
+                          tfidf_top_n=args.top_n, tfidf_threshold=args.threshold,
+                          judge=judge.model_dump() if judge else None, judge_queries=args.judge_queries,
+                          judge_pool=args.judge_pool, out_dir=str(out)))
+    bank = _load(args)
     runs = retriever_runs(bank, cfg, not args.no_progress)[0] if args.kind in ("llm", "hybrid") else {}
     g = build_gts(bank, cfg, runs, out, not args.no_progress)[args.kind]
-    meta = {k: v for k, v in g.items() if k != "qrels"}
+    meta = {**{k: v for k, v in g.items() if k != "qrels"}, "config": json.loads(cfg.model_dump_json(by_alias=True)),
+            "provenance": provenance()}
     (out / "qrels" / f"{args.kind}.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
     print(f"GT {args.kind}: {g['queries']} queries, {g['pairs']} pairs → {g['path']} (sha1 {g['sha1'][:12]})")
 

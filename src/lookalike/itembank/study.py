@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lookalike.errors import LookalikeError
 from lookalike.itembank import groundtruth as gt
@@ -34,7 +34,8 @@ class StudyConfig(BaseModel):
     seed: int = 42
     encoder: str = "usem3"
     cache_dir: str | None = None
-    alphas: list[float] = Field(default_factory=lambda: [round(a / 10, 1) for a in range(11)])
+    alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [round(a / 10, 1) for a in range(11)], min_length=1)
     normalisations: list[Literal["minmax", "zscore"]] = Field(default_factory=lambda: ["minmax", "zscore"])
     rrf_k: int = Field(60, ge=1)
     depth: int = Field(100, ge=10, description="ranked list length per retriever (fusion candidates, MAP depth)")
@@ -50,6 +51,12 @@ class StudyConfig(BaseModel):
     dev_fraction: float = Field(0.5, gt=0, lt=1)
     ranx_check: bool = Field(True, description="recompute the winner's metrics and p-values with ranx (~20 s of JIT)")
     out_dir: str = "runs/itembank-study"
+
+    @model_validator(mode="after")
+    def _judge_given(self) -> "StudyConfig":
+        if {"llm", "hybrid"} & set(self.gts) and self.judge is None:
+            raise ValueError("the llm / hybrid ground truth needs a judge endpoint (--judge-url)")
+        return self
 
     def item_schema(self) -> ItemBankSchema:
         return self.schema_ or (PRESETS[self.preset] if self.preset else ItemBankSchema())
