@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write at the reports' resolution and free the figure."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -32,7 +33,7 @@ def _curves(res: dict, scores: dict, yt: np.ndarray, charts: Path) -> dict[str, 
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
     ax.legend(fontsize=7, loc="lower right")
-    out["roc"] = _save(fig, charts / "roc.png")
+    out["roc"] = save_figure(fig, charts / "roc.png")
 
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     for m in res["models"]:
@@ -41,7 +42,7 @@ def _curves(res: dict, scores: dict, yt: np.ndarray, charts: Path) -> dict[str, 
     ax.axhline(yt.mean(), color="k", ls=":", lw=0.8, label=f"prevalence {yt.mean():.3f}")
     ax.set(xlabel="recall", ylabel="precision", title="Precision–recall (test)")
     ax.legend(fontsize=7)
-    out["pr"] = _save(fig, charts / "pr.png")
+    out["pr"] = save_figure(fig, charts / "pr.png")
 
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     for m in res["models"]:
@@ -51,7 +52,7 @@ def _curves(res: dict, scores: dict, yt: np.ndarray, charts: Path) -> dict[str, 
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="mean score in bin", ylabel="fraction positive", title="Calibration (test)")
     ax.legend(fontsize=7)
-    out["calibration"] = _save(fig, charts / "calibration.png")
+    out["calibration"] = save_figure(fig, charts / "calibration.png")
     return out
 
 
@@ -67,7 +68,7 @@ def _histograms(res: dict, scores: dict, yt: np.ndarray, charts: Path) -> Path:
         ax.axvline(m["threshold"]["fixed"], color="grey", ls=":", lw=1, label=f"fixed {m['threshold']['fixed']}")
         ax.set(title=m["name"], xlabel="score (test)")
         ax.legend(fontsize=6)
-    return _save(fig, charts / "histograms.png")
+    return save_figure(fig, charts / "histograms.png")
 
 
 def _confusions(res: dict, charts: Path) -> Path:
@@ -85,7 +86,7 @@ def _confusions(res: dict, charts: Path) -> Path:
             thr = m["threshold"]["fixed" if which == "at_fixed" else "tuned"]
             ax.set(title=f"{m['name']} @ {thr:.3g}", xticks=[0, 1], yticks=[0, 1],
                    xticklabels=["pred −", "pred +"], yticklabels=["true −", "true +"])
-    return _save(fig, charts / "confusion.png")
+    return save_figure(fig, charts / "confusion.png")
 
 
 def _metric_bars(res: dict, charts: Path) -> Path:
@@ -103,7 +104,7 @@ def _metric_bars(res: dict, charts: Path) -> Path:
         ax.bar(names, est, yerr=err, capsize=4, color="tab:blue", alpha=0.7)
         ax.set(title=title + " (95% CI)", ylim=(max(0, est.min() - 0.15), 1))
         ax.tick_params(axis="x", rotation=30, labelsize=7)
-    return _save(fig, charts / "metrics.png")
+    return save_figure(fig, charts / "metrics.png")
 
 
 def _table(header: list[str], rows: list[list]) -> str:

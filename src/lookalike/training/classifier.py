@@ -332,19 +332,17 @@ class _ExportFeatures(nn.Module):
 
 
 def _charts(history: list[dict], kept: int, path: Path, title: str) -> None:
-    import matplotlib
+    from lookalike.classify.report import save_figure  # sets the headless backend first
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-    ax[0].plot(ep, [h["train_loss_eval"] for h in history], label="train")
-    ax[0].plot(ep, [h["val_loss"] for h in history], label="validation")
-    ax[0].set(title="log-loss (unweighted)", yscale="log")
-    ax[1].plot(ep, [h["train_auc"] for h in history], label="train")
-    ax[1].plot(ep, [h["val_auc"] for h in history], label="validation")
-    ax[1].set(title="ROC AUC")
+    for a, key, name in ((ax[0], "loss", "log-loss (unweighted)"), (ax[1], "auc", "ROC AUC")):
+        a.plot(ep, [h[f"train_{key}" + ("_eval" if key == "loss" else "")] for h in history], label="train")
+        a.plot(ep, [h[f"val_{key}"] for h in history], label="validation")
+        a.set_title(name)
+    ax[0].set_yscale("log")
     ax[2].plot(ep, [h["lr"] for h in history])
     ax[2].set(title="learning rate", yscale="log")
     for a in ax:
@@ -352,6 +350,4 @@ def _charts(history: list[dict], kept: int, path: Path, title: str) -> None:
         a.set_xlabel("epoch")
         a.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
