@@ -111,6 +111,13 @@ def test_wrong_directories_are_named(models, tmp_path):
         create_item_text_encoder(f"qwen3-vl:{models['clip']}")
     with pytest.raises(LookalikeError, match="unknown reranker"):
         create_reranker("bge")
+    bare = tmp_path / "bert-without-head"  # a plain encoder is not a cross-encoder: its head would be random
+    bare.mkdir()
+    _, n = _tokenizer(bare)
+    transformers.BertModel(transformers.BertConfig(vocab_size=n, hidden_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=37)).save_pretrained(bare)
+    with pytest.raises(LookalikeError, match="weights missing.*classifier"):
+        HFCrossEncoder(str(bare))
 
 
 def test_cross_encoder_scores_pairs_and_rerank_reorders_only_the_top(models):

@@ -18,6 +18,16 @@ from lookalike.encoders.clip import _files_identity
 from lookalike.errors import LookalikeError
 
 
+def load_checked(cls, path: str, ignore: tuple[str, ...] = ()):
+    """`cls.from_pretrained(path)`, refusing a checkpoint that leaves weights randomly initialised
+    (transformers only warns), apart from parts we never run (`ignore`: e.g. the vision tower)."""
+    model, info = cls.from_pretrained(path, output_loading_info=True)
+    missing = [k for k in info.get("missing_keys", []) if not any(part in k for part in ignore)]
+    if missing:
+        raise LookalikeError(f"{path}: weights missing from the checkpoint (they would be random): {sorted(missing)[:5]}")
+    return model
+
+
 def _local_dir(source: str) -> str:
     path = os.path.expanduser(source)
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -80,7 +90,7 @@ class HFClipTextEncoder(_HFText):
         if cls is None:
             raise LookalikeError(f"{self.source}: model type {cfg.model_type!r} is not CLIP/SigLIP")
         self.model_type = cfg.model_type
-        return getattr(transformers, cls).from_pretrained(self.source)
+        return load_checked(getattr(transformers, cls), self.source, ignore=("vision", "visual"))
 
     def _inputs(self, texts: list[str]) -> dict:
         # SigLIP was trained on max_length padding; CLIP's position table bounds the length.
@@ -108,7 +118,7 @@ class Qwen3VLTextEncoder(_HFText):
         if cfg.model_type != "qwen3_vl":
             raise LookalikeError(f"{self.source}: model type {cfg.model_type!r} is not qwen3_vl")
         self.tokenizer.padding_side = "right"
-        return transformers.Qwen3VLModel.from_pretrained(self.source)
+        return load_checked(transformers.Qwen3VLModel, self.source, ignore=("visual",))
 
     def _inputs(self, texts: list[str]) -> dict:
         if self.tokenizer.chat_template:

@@ -35,6 +35,7 @@ class HFCrossEncoder:
         except ImportError as e:
             raise LookalikeError(f"cross-encoder reranking needs transformers: pip install 'lookalike[clip]' ({e})") from e
         from lookalike.encoders.base import freeze
+        from lookalike.retrieval.text_encoders import load_checked
 
         path = os.path.expanduser(directory)
         if not os.path.isfile(os.path.join(path, "config.json")):
@@ -43,7 +44,7 @@ class HFCrossEncoder:
             torch.set_num_threads(threads)
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-            self.model = transformers.AutoModelForSequenceClassification.from_pretrained(path)
+            self.model = load_checked(transformers.AutoModelForSequenceClassification, path)
         except (OSError, ValueError) as e:
             raise LookalikeError(f"could not load a cross-encoder from {path}: {e}") from e
         if self.model.config.num_labels not in (1, 2):
