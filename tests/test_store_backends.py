@@ -188,13 +188,18 @@ def test_embedded_store_sees_writes_from_another_handle(tmp_path):
     assert a.get("p0001") is None
 
 
-def test_hnsw_recall_against_exact(tmp_path, capsys):
+def test_hnsw_recall_against_exact(tmp_path, capsys, monkeypatch):
+    from lookalike.retrieval.stores import embedded
+
     items = _items(1500, seed=5)
     q = np.random.default_rng(6).standard_normal((40, DIM)).astype(np.float32)
     emb = open_store(f"embedded://{tmp_path}/h?index=hnsw&m=16&ef_search=64", dim=DIM)
     pg = open_store(pg_url(), dim=DIM)
     pg.upsert(items[:400])
     emb.upsert(items)
+    q_bags = emb.search(q, 10, {"category": "bags"}, exact=False)  # 500 rows pass: scanned exactly
+    assert q_bags == emb.search(q, 10, {"category": "bags"})
+    monkeypatch.setattr(embedded, "FULL_SCAN", 100)  # now the filtered search walks the graph
     for name, s, flt in (("embedded", emb, None), ("embedded+filter", emb, {"category": "bags"}),
                          ("pgvector", pg, None), ("pgvector+filter", pg, {"category": "bags"})):
         exact = s.search(q, 10, flt)

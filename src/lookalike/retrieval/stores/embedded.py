@@ -5,7 +5,8 @@ file and renamed over the old one, so a failed or interrupted write leaves the s
 readers never see half a write. Rows are kept sorted by id, which makes "ties broken by id" a plain
 index tie-break. An advisory file lock plus a stat check let a CLI process and a server share the
 directory. Exact search is a matrix product (the ground truth); `index=hnsw` adds a FAISS HNSW graph
-built lazily, saved next to the snapshot and rebuilt after writes.
+built lazily, saved next to the snapshot and rebuilt after writes; a filter that leaves few rows is
+scanned exactly instead (a graph walk finds too few allowed nodes, and the scan is cheap).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from lookalike.retrieval.stores.base import (Filters, StoreItem, VectorStore, ch
                                              normalize_filters, value_key)
 
 SNAPSHOT = "store.npz"
+FULL_SCAN = 10_000  # a filter leaving at most this many rows is searched exactly even when HNSW is asked for
 
 
 @functools.cache
@@ -273,9 +275,9 @@ class EmbeddedStore(VectorStore):
             self._sync()
             flt = normalize_filters(filters, self._fields)
             excluded = [self._row[i] for i in (exclude_ids or []) if i in self._row]
-            if not exact and self.index == "hnsw" and len(self._ids):
-                return self._search_hnsw(q, k, flt, excluded)
             sub = self._subset(flt)
+            if not exact and self.index == "hnsw" and len(self._ids) and (sub is None or len(sub[0]) > FULL_SCAN):
+                return self._search_hnsw(q, k, flt, excluded)
             rows, vecs = (np.arange(len(self._ids)), self._vectors) if sub is None else sub
             skip = np.flatnonzero(np.isin(rows, excluded)) if excluded else np.zeros(0, np.int64)
             return [[(str(self._ids[rows[j]]), float(s)) for j, s in zip(idx, sc)]
