@@ -96,7 +96,7 @@ def report_rerank(r: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=["all", "towers", "rerank", "report"], default="all")
+    ap.add_argument("--stage", choices=["all", "towers", "adapters", "rerank", "report"], default="all")
     ap.add_argument("--catalog", default=str(ROOT.parent / "shared/data/fashion-products"))
     ap.add_argument("--cache-dir", default=None, help="embedding cache (e.g. a prepared /tmp/lookalike-bench-cache-*)")
     ap.add_argument("--out", default=str(ROOT / "runs/bench-towers"))
@@ -105,10 +105,11 @@ def main() -> None:
     ap.add_argument("--adapter-epochs", type=int, default=6)
     ap.add_argument("--cold-field", default="articleType")
     ap.add_argument("--cold-fraction", type=float, default=0.1)
-    ap.add_argument("--rerank-steps", type=int, default=300)
+    ap.add_argument("--rerank-steps", type=int, default=200)
     ap.add_argument("--splits", nargs="+", default=["regular", "cold-start"], choices=["regular", "cold-start"])
     ap.add_argument("--tower", help="only this tower (used by --parallel's child processes)")
     ap.add_argument("--parallel", action="store_true", help="one process per split and tower")
+    ap.add_argument("--ablation", action="store_true", help="(adapters stage) sampler / loss variants")
     args = ap.parse_args()
     forward = ["--catalog", args.catalog, "--out", args.out, "--epochs", str(args.epochs),
                "--adapter-epochs", str(args.adapter_epochs), "--cold-field", args.cold_field,
@@ -140,11 +141,33 @@ def main() -> None:
             for tower in ([args.tower] if args.tower else TOWERS):
                 compare_towers(cfg, out / f"{split}-{tower}", AdapterConfig(epochs=args.adapter_epochs),
                                ColdStartConfig(field=args.cold_field, fraction=args.cold_fraction), (tower,), (split,))
+    if args.stage == "adapters" and args.tower:
+        from lookalike.comparison.towers import adapter_ablation, split_config
+
+        split = args.splits[0]
+        scfg = split_config(cfg, split, ColdStartConfig(field=args.cold_field, fraction=args.cold_fraction))
+        variants = {"hierarchical": AdapterConfig(epochs=args.adapter_epochs)}
+        if split == "regular" and args.tower == "mlp" and args.ablation:
+            variants = {"random-sampler": AdapterConfig(epochs=args.adapter_epochs, sampler="random"),
+                        "distill-only": AdapterConfig(epochs=args.adapter_epochs, loss="none"),
+                        "multi-similarity": AdapterConfig(epochs=args.adapter_epochs, loss="multi-similarity")}
+        res = adapter_ablation(scfg, out / f"{split}-{args.tower}/{split}/{args.tower}/checkpoints/best_model.pt", variants)
+        name = f"adapters-{split}-{args.tower}{'-ablation' if args.ablation else ''}.json"
+        (out / name).write_text(json.dumps(res, indent=2, ensure_ascii=False))
+        return
     if args.tower:
         return
     done = [out / f"{s}-{t}" for s, t in runs if (out / f"{s}-{t}" / "results.json").exists()]
     if done:
         (out / "results.json").write_text(json.dumps(merge_results(done), indent=2, ensure_ascii=False))
+    if args.stage == "adapters":
+        jobs = [[*forward, "--splits", s, "--tower", t] for s, t in runs] + [[*forward, "--splits", "regular",
+                                                                            "--tower", "mlp", "--ablation"]]
+        procs = [subprocess.Popen([sys.executable, __file__, "--stage", "adapters", *j],
+                                  stdout=open(out / f"log-adapters-{'-'.join(j[-3:])}.txt", "w"), stderr=subprocess.STDOUT)
+                 for j in jobs]
+        if any(p.wait() for p in procs):
+            sys.exit("an adapter run failed; see the logs in " + str(out))
     if args.stage in ("all", "rerank"):
         from lookalike.comparison.rerankers import compare_rerankers
         from lookalike.training.listwise import ListwiseConfig

@@ -79,6 +79,25 @@ def _train_tower(cfg: RunConfig, prep: Prepared, out: Path, progress: bool) -> t
                   "tower_params": sum(p.numel() for p in best.attribute_tower.parameters())}
 
 
+def fit_adapter(model: LookalikeModel, prep: Prepared, keys: np.ndarray, cfg: AdapterConfig) -> tuple[Adapter, list[dict], float]:
+    """Stage 2 on frozen tower queries and frozen gallery images of the training split, early-stopped on
+    validation attribute nDCG@10. Returns the adapter, its history and the training seconds."""
+    emb, idx = prep.emb, prep.idx
+    tr, val = idx["train"], idx["val"]
+    paths = [tuple(emb.products[i].value(f) for f in cfg.hierarchy if f in emb.catalogue.schema.fields) for i in tr]
+    q_train = model.encode_attributes([emb.products[i].attributes for i in tr])
+    q_val = model.encode_attributes([emb.products[i].attributes for i in val])
+    val_gallery = model.space.transform(emb.features[val])
+    val_keys = np.unique(keys[val], return_inverse=True)[1]
+
+    def validate(adapter: Adapter) -> float:
+        return float(ndcg_per_query(adapter.encode(q_val), adapter.encode(val_gallery), val_keys).mean())
+
+    t = time.perf_counter()
+    adapter, history = train_adapter(q_train, prep.data.images.numpy(), keys[tr], paths, cfg, validate)
+    return adapter, history, time.perf_counter() - t
+
+
 def compare_towers(cfg: RunConfig, out_dir: Path, adapter_cfg: AdapterConfig, cold: ColdStartConfig,
                    towers: tuple[str, ...] = TOWERS, splits: tuple[str, ...] = ("regular", "cold-start"),
                    progress: bool = False) -> dict:
@@ -95,13 +114,10 @@ def compare_towers(cfg: RunConfig, out_dir: Path, adapter_cfg: AdapterConfig, co
         emb, idx = prep.emb, prep.idx
         fields = scfg.eval.attribute_fields or emb.catalogue.schema.fields
         keys = relevance_keys(emb.products, fields)
-        test, train_idx, val = idx["test"], idx["train"], idx["val"]
+        test = idx["test"]
         test_keys = np.unique(keys[test], return_inverse=True)[1]
-        val_keys = np.unique(keys[val], return_inverse=True)[1]
         cat_field = emb.catalogue.schema.category_field
         categories = np.array([emb.products[i].value(cat_field) for i in test]) if cat_field else None
-        paths = [tuple(emb.products[i].value(f) for f in adapter_cfg.hierarchy if f in emb.catalogue.schema.fields)
-                 for i in train_idx]
         (out_dir / split).mkdir(parents=True, exist_ok=True)
         (out_dir / split / "split.json").write_text(json.dumps({"seed": scfg.split.seed, **prep.split}), encoding="utf-8")
         block: dict = {"sizes": prep.sizes, "split_file": f"{split}/split.json", "towers": {}}
@@ -120,21 +136,11 @@ def compare_towers(cfg: RunConfig, out_dir: Path, adapter_cfg: AdapterConfig, co
             if categories is not None:
                 info["per_category"] = {c: {"n": int((categories == c).sum()), "ndcg@10": float(pq[categories == c].mean())}
                                         for c in sorted(set(categories.tolist()))}
-            # Stage 2: the adapter on frozen tower queries and frozen gallery images of the training split.
-            q_train = model.encode_attributes([emb.products[i].attributes for i in train_idx])
-            im_train = prep.data.images.numpy()
-            val_gallery = model.space.transform(emb.features[val])
-            q_val = model.encode_attributes([emb.products[i].attributes for i in val])
-
-            def validate(adapter: Adapter) -> float:
-                return float(ndcg_per_query(adapter.encode(q_val), adapter.encode(val_gallery), val_keys).mean())
-
             log(f"[{split}] training the {adapter_cfg.out_dim}-d adapter on the {tower} tower")
-            t = time.perf_counter()
-            adapter, history = train_adapter(q_train, im_train, keys[train_idx], paths, adapter_cfg, validate)
-            adapter_s = time.perf_counter() - t
+            adapter, history, adapter_s = fit_adapter(model, prep, keys, adapter_cfg)
             save_adapter(adapter, adapter_cfg, tdir / "adapter.pt", history=history)
-            pca = Adapter(q_train.shape[1], adapter_cfg.out_dim).init_pca(im_train)
+            im_train = prep.data.images.numpy()
+            pca = Adapter(im_train.shape[1], adapter_cfg.out_dim).init_pca(im_train)
             q_small, g_small = adapter.encode(q_test), adapter.encode(gallery)
             pq_ad = ndcg_per_query(q_small, g_small, test_keys)
             pq_pca = ndcg_per_query(pca.encode(q_test), pca.encode(gallery), test_keys)
@@ -185,4 +191,31 @@ def merge_results(dirs: list[Path]) -> dict:
                 f"{b}+adapter vs {a}+adapter": paired_test(per_query[f"{split}/{a}+adapter"], per_query[f"{split}/{b}+adapter"]),
             }
     return merged
+
+
+def adapter_ablation(cfg: RunConfig, checkpoint: Path, variants: dict[str, AdapterConfig], progress: bool = False) -> dict:
+    """Test nDCG@10 of adapters trained differently (sampler, mining, loss) on one trained tower."""
+    model, _ = LookalikeModel.load(checkpoint)
+    prep = prepare(cfg, progress)
+    emb, test = prep.emb, prep.idx["test"]
+    keys = relevance_keys(emb.products, cfg.eval.attribute_fields or emb.catalogue.schema.fields)
+    test_keys = np.unique(keys[test], return_inverse=True)[1]
+    gallery = model.space.transform(emb.features[test])
+    q_test = model.encode_attributes([emb.products[i].attributes for i in test])
+    full = ndcg_per_query(q_test, gallery, test_keys)
+    pca = Adapter(gallery.shape[1], next(iter(variants.values())).out_dim).init_pca(prep.data.images.numpy())
+    out = {"model": str(checkpoint), "full_512_ndcg@10": float(full.mean()),
+           "pca_ndcg@10": float(ndcg_per_query(pca.encode(q_test), pca.encode(gallery), test_keys).mean()), "variants": {}}
+    for name, acfg in variants.items():
+        log(f"adapter variant {name}")
+        adapter, history, secs = fit_adapter(model, prep, keys, acfg)
+        save_adapter(adapter, acfg, Path(checkpoint).parent.parent / f"adapter-{name}.pt", history=history)
+        q_small, g_small = adapter.encode(q_test), adapter.encode(gallery)
+        pq = ndcg_per_query(q_small, g_small, test_keys)
+        out["variants"][name] = {"test_ndcg@10": float(pq.mean()), "kept_of_full": float(pq.mean() / max(full.mean(), 1e-12)),
+                                 "train_s": round(secs, 1), "history": history, "config": acfg.model_dump(mode="json"),
+                                 "vs_full": paired_test(full, pq), "search_full": search_cost(q_test, gallery),
+                                 "search_adapted": search_cost(q_small, g_small)}
+        np.save(Path(checkpoint).parent.parent / f"adapter-{name}-per_query.npy", pq)
+    return out
 

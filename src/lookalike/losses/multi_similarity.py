@@ -9,18 +9,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lookalike.losses.triplet import _pairs
+
 
 class MultiSimilarityLoss(nn.Module):
     def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5, epsilon: float = 0.1):
         super().__init__()
         self.alpha, self.beta, self.base, self.epsilon = alpha, beta, base, epsilon
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """embeddings: (B, D) L2-normalised; labels: (B,) ints."""
-        sim = embeddings @ embeddings.T
-        same = labels[:, None] == labels[None, :]
-        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-        pos, neg = same & ~eye, ~same
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, candidates: torch.Tensor | None = None,
+                candidate_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """embeddings: (B, D) L2-normalised anchors; labels: (B,) ints; optional candidates as in TripletLoss."""
+        pos, neg, sim = _pairs(embeddings, labels, candidates, candidate_labels)
         big = torch.tensor(float("inf"), device=sim.device)
         # Mining: keep negatives harder than the easiest positive + ε, positives harder than the hardest negative − ε.
         min_pos = torch.where(pos, sim, big).min(dim=1, keepdim=True).values

@@ -19,12 +19,13 @@ class TripletLoss(nn.Module):
             raise ValueError(f"mining must be 'semi-hard' or 'hardest', got {mining!r}")
         self.margin, self.mining = margin, mining
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """embeddings: (B, D) L2-normalised; labels: (B,) ints, equal = same kind of product."""
-        dist = 1 - embeddings @ embeddings.T
-        same = labels[:, None] == labels[None, :]
-        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-        pos, neg = same & ~eye, ~same
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, candidates: torch.Tensor | None = None,
+                candidate_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """embeddings: (B, D) L2-normalised anchors; labels: (B,) ints, equal = same kind of product.
+        Positives and negatives come from the batch itself, or from `candidates` (e.g. anchors = queries,
+        candidates = images) with their `candidate_labels`."""
+        pos, neg, sim = _pairs(embeddings, labels, candidates, candidate_labels)
+        dist = 1 - sim
         inf = torch.tensor(float("inf"), device=dist.device)
         if self.mining == "hardest":
             d_ap = torch.where(pos, dist, -inf).max(dim=1).values
@@ -39,3 +40,15 @@ class TripletLoss(nn.Module):
         d_an = torch.where(torch.isinf(semi), hardest, semi)
         valid = ~torch.isinf(d_an)
         return torch.relu(d_ap - d_an + self.margin)[valid].mean() if valid.any() else dist.sum() * 0
+
+
+def _pairs(embeddings: torch.Tensor, labels: torch.Tensor, candidates: torch.Tensor | None,
+           candidate_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(positive mask, negative mask, cosine similarity) of anchors × candidates (the batch itself by default)."""
+    if candidates is None:
+        same = labels[:, None] == labels[None, :]
+        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+        return same & ~eye, ~same, embeddings @ embeddings.T
+    same = labels[:, None] == candidate_labels[None, :]
+    return same, ~same, embeddings @ candidates.T
+

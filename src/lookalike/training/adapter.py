@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from lookalike.losses import MultiSimilarityLoss, TripletLoss
@@ -33,7 +34,11 @@ class AdapterConfig(BaseModel):
     out_dim: int = Field(128, ge=2)
     hidden_dim: int = Field(512, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
-    loss: Literal["triplet", "multi-similarity"] = "triplet"
+    loss: Literal["triplet", "multi-similarity", "none"] = "triplet"
+    pairs: Literal["cross", "all"] = Field("cross", description="cross: query anchors against image candidates "
+                                           "(the retrieval task); all: every query and image against every other")
+    distill_weight: float = Field(1.0, ge=0, description="weight of keeping the 512-d query→image ranking (KL)")
+    distill_temperature: float = Field(0.05, gt=0)
     margin: float = Field(0.2, gt=0)
     mining: Literal["semi-hard", "hardest"] = "semi-hard"
     hierarchy: list[str] = Field(["masterCategory", "subCategory", "articleType"], description="category tree, root first")
@@ -41,14 +46,22 @@ class AdapterConfig(BaseModel):
     classes_per_batch: int = Field(32, ge=2)
     samples_per_class: int = Field(4, ge=1)
     epochs: int = Field(8, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(3, ge=1)
     seed: int = 42
 
 
-def make_loss(cfg: AdapterConfig) -> torch.nn.Module:
-    return TripletLoss(cfg.margin, cfg.mining) if cfg.loss == "triplet" else MultiSimilarityLoss()
+def make_loss(cfg: AdapterConfig) -> torch.nn.Module | None:
+    return {"triplet": lambda: TripletLoss(cfg.margin, cfg.mining), "multi-similarity": MultiSimilarityLoss,
+            "none": lambda: None}[cfg.loss]()
+
+
+def distillation(q_small: torch.Tensor, im_small: torch.Tensor, q: torch.Tensor, im: torch.Tensor, t: float) -> torch.Tensor:
+    """KL from the full-size query→image softmax over the batch's images to the compact one: the adapter
+    keeps the ranking stage 1 learned while the metric loss sharpens it."""
+    teacher = torch.softmax(q @ im.T / t, dim=1)
+    return F.kl_div(torch.log_softmax(q_small @ im_small.T / t, dim=1), teacher, reduction="batchmean")
 
 
 def train_adapter(queries: np.ndarray, images: np.ndarray, labels: np.ndarray, paths: Sequence[tuple[str, ...]],
@@ -71,8 +84,12 @@ def train_adapter(queries: np.ndarray, images: np.ndarray, labels: np.ndarray, p
         total_loss = 0.0
         for idx in sampler:
             i = torch.from_numpy(idx)
-            emb = adapter(torch.cat([q[i], im[i]]))
-            loss = loss_fn(emb, torch.cat([lab[i], lab[i]]))
+            aq, aim = adapter(q[i]), adapter(im[i])
+            loss = cfg.distill_weight * distillation(aq, aim, q[i], im[i], cfg.distill_temperature)
+            if loss_fn is not None and cfg.pairs == "cross":
+                loss = loss + loss_fn(aq, lab[i], aim, lab[i])
+            elif loss_fn is not None:
+                loss = loss + loss_fn(torch.cat([aq, aim]), torch.cat([lab[i], lab[i]]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -26,11 +26,12 @@ class ListwiseConfig(BaseModel):
     diversity_weight: float = Field(1.0, ge=0, description="μ in the reward nDCG@k + μ·ILD@k")
     k: int = Field(10, ge=2)
     dim: int = Field(64, ge=8)
-    layers: int = Field(2, ge=1)
-    initial_lambda: float = Field(0.5, gt=0)
+    layers: int = Field(1, ge=1)
+    initial_lambdas: list[float] = Field([0.25, 0.5, 1.0, 2.0, 4.0], min_length=1,
+                                         description="trade-off weights tried untrained on validation; the best starts training")
     samples: int = Field(4, ge=1, description="sampled lists per query and step")
-    batch_size: int = Field(64, ge=1)
-    steps: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1)
+    steps: int = Field(200, ge=1)
     lr: float = Field(1e-3, gt=0)
     eval_every: int = Field(50, ge=1)
     seed: int = 42
@@ -58,13 +59,21 @@ def train_listwise(queries: np.ndarray, gallery: np.ndarray, candidates: np.ndar
     list; scores (n, N); relevant (n, N) bool; n_relevant (n,) relevant items in the whole gallery.
     `validate` returns the validation reward of greedy decoding."""
     seed_everything(cfg.seed)
-    model = ListwiseReranker(queries.shape[1], cfg.dim, layers=cfg.layers, initial_lambda=cfg.initial_lambda)
+    model = ListwiseReranker(queries.shape[1], cfg.dim, layers=cfg.layers)
+    # Untrained, the reranker is MMR with trade-off λ: start from the λ that validates best for this μ.
+    tried = {}
+    for lam in cfg.initial_lambdas:
+        with torch.no_grad():
+            model.lambda_bias.fill_(float(np.log(np.expm1(lam))))
+        tried[lam] = validate(model)
+    with torch.no_grad():
+        model.lambda_bias.fill_(float(np.log(np.expm1(max(tried, key=tried.get)))))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     q, g, s = (torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in (queries, gallery, scores))
     cand = torch.from_numpy(np.asarray(candidates, np.int64))
     rel, nrel = torch.from_numpy(relevant), torch.from_numpy(np.asarray(n_relevant, np.int64))
-    history = [{"step": 0, "val_reward": validate(model)}]
+    history = [{"step": 0, "val_reward": max(tried.values()), "initial_lambda_rewards": tried}]
     best, best_state, t0 = history[0]["val_reward"], copy.deepcopy(model.state_dict()), time.perf_counter()
     for step in range(1, cfg.steps + 1):
         model.train()

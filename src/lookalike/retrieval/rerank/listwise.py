@@ -3,8 +3,8 @@
 MMR trades relevance against redundancy with one fixed λ and raw cosine similarity. This reranker
 reads the whole candidate list at once (a small self-attention encoder over the candidates, each
 token built from the query, the candidate vector and its first-stage score) and produces, per
-candidate, a relevance score, a redundancy embedding and, per query, its own trade-off weight. The
-list is then decoded greedily like MMR: each step picks the candidate maximising
+candidate, a relevance score and a low-rank correction to the pairwise cosine, and per query its own
+trade-off weight. The list is then decoded greedily like MMR: each step picks the candidate maximising
 relevance − λ(query) · max similarity to those already picked. Trained by `lookalike.training.listwise`
 to maximise nDCG@10 + μ · intra-list diversity of the decoded list.
 
@@ -22,7 +22,7 @@ from torch import nn
 
 class ListwiseReranker(nn.Module):
     def __init__(self, vector_dim: int, dim: int = 64, heads: int = 4, layers: int = 2, dropout: float = 0.0,
-                 initial_lambda: float = 0.5):
+                 initial_lambda: float = 0.5, redundancy_dim: int = 32):
         super().__init__()
         self.vector_dim = vector_dim
         self.embed = nn.Linear(2 * vector_dim + 2, dim)
@@ -30,7 +30,7 @@ class ListwiseReranker(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.relevance = nn.Linear(dim, 1)
-        self.redundancy = nn.Linear(dim, vector_dim)
+        self.redundancy = nn.Linear(dim, redundancy_dim)
         self.trade_off = nn.Linear(dim, 1)
         for head in (self.relevance, self.redundancy, self.trade_off):
             nn.init.zeros_(head.weight)
@@ -46,8 +46,8 @@ class ListwiseReranker(nn.Module):
         tokens = self.embed(torch.cat([candidates, candidates * query[:, None], z[..., None], top_gap[..., None]], dim=-1))
         h = self.norm(self.encoder(tokens))
         relevance = self.score_scale * z + self.relevance(h).squeeze(-1)
-        keys = F.normalize(candidates + self.redundancy(h), dim=-1)
-        similarity = keys @ keys.transpose(1, 2)
+        keys = self.redundancy(h)  # a learned low-rank correction to the raw cosine (cheap to train)
+        similarity = candidates @ candidates.transpose(1, 2) + keys @ keys.transpose(1, 2)
         lam = F.softplus(self.lambda_bias + self.trade_off(h.mean(dim=1)).squeeze(-1))
         return relevance, similarity, lam
 
