@@ -107,3 +107,14 @@ def test_training_beats_pca_where_pca_drops_the_labels():
     assert history[0]["epoch"] == 0  # PCA alone
     assert recall_at_1(adapter) == max(h["val_metric"] for h in history)
     assert recall_at_1(adapter) > history[0]["val_metric"] + 0.15
+
+
+def test_cross_modal_triplets_and_distillation():
+    from lookalike.training.adapter import distillation
+
+    anchors, images = X[:1], X[1:3]  # the query x0 against the images x1 (same label) and x2 (other label)
+    for mining in ("hardest", "semi-hard"):
+        assert TripletLoss(0.2, mining)(anchors, Y[:1], images, Y[1:3]).item() == pytest.approx(0.4, abs=1e-6)
+    q, im = torch.nn.functional.normalize(torch.randn(6, 8), dim=1), torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    assert distillation(q, im, q, im, 0.05).item() == pytest.approx(0.0, abs=1e-6)  # same ranking: nothing to learn
+    assert distillation(q, im.flip(0), q, im, 0.05).item() > 0.1
