@@ -94,7 +94,7 @@ def test_pgvector_path_equals_exact_path_and_stability(bank):
             dense = pg.dense.search(query_vectors=qv, k=100, exclude=ex)  # exact, in process
             assert [h for h, _ in pg.search(q, 10, "dense", me)] == [bank.ids[j] for j in dense[0][0, :10]]
             hyb = pg.search(q, 10, "hybrid", me)
-            expected = fuse([dense, pg.bm25.search([q], 100, ex)], [0.3, 0.7], len(bank), 10, "minmax", exclude=ex)
+            expected = fuse([dense, pg.bm25.search([q], 100, ex)], [0.2, 0.8], len(bank), 10, "minmax", exclude=ex)
             assert [h for h, _ in hyb] == [bank.ids[j] for j in expected[0][0]] and me not in {h for h, _ in hyb}
         res = latency_bench(pg, n_queries=30, k=10, warmup=2)
         assert res["success_rate"] == 1.0 and res["store_matches_exact_top_k"] == 1.0 and res["p95_ms"] > 0
