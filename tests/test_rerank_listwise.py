@@ -67,8 +67,8 @@ def test_training_learns_relevance_the_scores_miss():
         rows = np.arange(len(picks))[:, None]
         return float(per_query_metrics(relevant[va][rows, picks], n_rel[va], [5])["ndcg@10"].mean())
 
-    cfg = ListwiseConfig(diversity_weight=0.0, k=5, dim=16, layers=1, samples=4, batch_size=32, steps=60, lr=3e-3,
-                         eval_every=20)
+    cfg = ListwiseConfig(diversity_weight=0.0, k=5, dim=16, layers=1, samples=4, batch_size=32, steps=30, lr=1e-2,
+                         eval_every=10)
     model, history = train_listwise(queries[tr], gallery, cand[tr], scores[tr], relevant[tr], n_rel[tr], cfg, val_ndcg)
     assert history[0]["step"] == 0 and len(history) == 4
     assert val_ndcg(model) > history[0]["val_reward"] + 0.2
