@@ -43,6 +43,8 @@ def p_str(p: float) -> str:
 
 def report_towers(r: dict) -> None:
     print("\n== Towers: attribute-relevance nDCG@10 on the test gallery (all 7 fields must match) ==")
+    print("(+adapter128 here: the first adapter recipe, triplets over queries and images together, no distillation;"
+          " see the stage-2 table below for the final one)")
     print(f"{'split':<11} {'tower':<15} {'nDCG@10':>8} {'+adapter128':>11} {'kept':>6} {'PCA128':>7} "
           f"{'params':>9} {'train s':>8} {'s/epoch':>8} {'best ep':>7} {'adapter s':>9}")
     for split, block in r["splits"].items():
@@ -69,7 +71,7 @@ def report_towers(r: dict) -> None:
             print(f"{split:<11} {tower:<15} 512-d {f['search_s'] * 1000:7.1f} ms {f['gallery_mb']:6.2f} MiB   "
                   f"128-d {a['search_s'] * 1000:7.1f} ms {a['gallery_mb']:6.2f} MiB   speed-up ×{f['search_s'] / a['search_s']:.2f}, "
                   f"memory ×{f['gallery_mb'] / a['gallery_mb']:.1f} smaller")
-    print("\n== Per category (regular split; categories with ≥ 30 test products) ==")
+    print("\n== Per category (categories with ≥ 30 test products; +ad = adapter of the tower stage) ==")
     for split, block in r["splits"].items():
         towers = list(block["towers"])
         cats = block["towers"][towers[0]].get("per_category", {})
@@ -81,6 +83,44 @@ def report_towers(r: dict) -> None:
             print(f"{c[:26]:<26} {v['n']:>5} " + " ".join(
                 f"{block['towers'][t]['per_category'][c]['ndcg@10']:>15.4f} {block['towers'][t]['per_category'][c]['adapter_ndcg@10']:>7.4f}"
                 for t in towers))
+
+
+def report_adapters(out: Path) -> None:
+    """The adapters of the `adapters` stage (cross-modal triplets + ranking distillation, hierarchical batches)."""
+    import numpy as np
+
+    from lookalike.comparison.towers import paired_test
+
+    found = {(s, t): json.loads((out / f"adapters-{s}-{t}.json").read_text())
+             for s in ("regular", "cold-start") for t in ("mlp", "coarse-to-fine") if (out / f"adapters-{s}-{t}.json").exists()}
+    if not found:
+        return
+    print("\n== Stage-2 adapter 512 → 128 (cross-modal multi-similarity + ranking distillation, hierarchical batches) ==")
+    print(f"{'split':<11} {'tower':<15} {'512-d':>7} {'PCA128':>7} {'adapter':>8} {'kept':>6} {'p (vs 512)':>10} "
+          f"{'train s':>7} {'search 512':>10} {'search 128':>10} {'MiB 512→128':>12}")
+    for (split, tower), r in found.items():
+        v = r["variants"]["hierarchical"]
+        f, a = v["search_full"], v["search_adapted"]
+        print(f"{split:<11} {tower:<15} {r['full_512_ndcg@10']:>7.4f} {r['pca_ndcg@10']:>7.4f} {v['test_ndcg@10']:>8.4f} "
+              f"{v['kept_of_full']:>6.1%} {p_str(v['vs_full']['t_test_p']):>10} {v['train_s']:>7.0f} "
+              f"{f['search_s'] * 1000:>8.0f}ms {a['search_s'] * 1000:>8.0f}ms {f['gallery_mb']:>5.2f}→{a['gallery_mb']:.2f}")
+    for split in ("regular", "cold-start"):
+        pq = {t: out / f"{split}-{t}/{split}/{t}/adapter-hierarchical-per_query.npy" for t in ("mlp", "coarse-to-fine")}
+        if all(x.exists() for x in pq.values()):
+            s = paired_test(np.load(pq["mlp"]), np.load(pq["coarse-to-fine"]))
+            print(f"{split:<11} coarse-to-fine+adapter vs mlp+adapter: Δ={s['mean_diff']:+.4f}  p_t={p_str(s['t_test_p'])}  "
+                  f"p_w={p_str(s['wilcoxon_p'])}")
+    abl = out / "adapters-regular-mlp-ablation.json"
+    if abl.exists():
+        r = json.loads(abl.read_text())
+        main = found.get(("regular", "mlp"))
+        print("\n-- adapter ablation (regular split, MLP tower; same epochs)")
+        rows = ({"hierarchical sampler, multi-similarity + distill": main["variants"]["hierarchical"]} if main else {}) | {
+            {"random-sampler": "random sampler, multi-similarity + distill", "distill-only": "distillation only (no metric loss)",
+             "triplet": "hierarchical, semi-hard triplet + distill"}.get(k, k): v for k, v in r["variants"].items()}
+        for name, v in rows.items():
+            print(f"{name:<50} test nDCG@10 {v['test_ndcg@10']:.4f}  kept {v['kept_of_full']:.1%}  "
+                  f"best validation {max(h['val_metric'] for h in v['history']):.4f}  train {v['train_s']:.0f} s")
 
 
 def report_rerank(r: dict) -> None:
@@ -102,7 +142,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs/bench-towers"))
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--adapter-epochs", type=int, default=6)
+    ap.add_argument("--adapter-epochs", type=int, default=6)  # the first, 4-epoch adapter runs were still improving
     ap.add_argument("--cold-field", default="articleType")
     ap.add_argument("--cold-fraction", type=float, default=0.1)
     ap.add_argument("--rerank-steps", type=int, default=200)
@@ -149,8 +189,8 @@ def main() -> None:
         variants = {"hierarchical": AdapterConfig(epochs=args.adapter_epochs)}
         if split == "regular" and args.tower == "mlp" and args.ablation:
             variants = {"random-sampler": AdapterConfig(epochs=args.adapter_epochs, sampler="random"),
-                        "distill-only": AdapterConfig(epochs=args.adapter_epochs, loss="none"),
-                        "multi-similarity": AdapterConfig(epochs=args.adapter_epochs, loss="multi-similarity")}
+                        "triplet": AdapterConfig(epochs=args.adapter_epochs, loss="triplet"),
+                        "distill-only": AdapterConfig(epochs=args.adapter_epochs, loss="none")}
         res = adapter_ablation(scfg, out / f"{split}-{args.tower}/{split}/{args.tower}/checkpoints/best_model.pt", variants)
         name = f"adapters-{split}-{args.tower}{'-ablation' if args.ablation else ''}.json"
         (out / name).write_text(json.dumps(res, indent=2, ensure_ascii=False))
@@ -176,6 +216,7 @@ def main() -> None:
                           ListwiseConfig(steps=args.rerank_steps))
     if (out / "results.json").exists():
         report_towers(json.loads((out / "results.json").read_text()))
+    report_adapters(out)
     if (out / "rerank.json").exists():
         report_rerank(json.loads((out / "rerank.json").read_text()))
     print(f"\n(wall {time.perf_counter() - t0:.0f} s; 2 shared CPU cores under load from other jobs)")
