@@ -16,6 +16,15 @@ from conftest import SHARED
 SMILES = SHARED / "smiles"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """A few dozen small images: thread hand-offs cost more CPU than they save (and the cores are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def faces():
     """60 smiling and 60 non-smiling real faces, decoded once."""

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from lookalike.cli import main
 from lookalike.classify.compare import ABConfig, run_ab
@@ -15,7 +16,16 @@ from conftest import SHARED
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """A few dozen small images: thread hand-offs cost more CPU than they save (and the cores are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def small_csv(tmp_path_factory):
     rng = np.random.default_rng(1)
     rows = []
@@ -27,8 +37,8 @@ def small_csv(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def trained(small_csv, tmp_path_factory):
+@pytest.fixture(scope="module")
+def trained(one_torch_thread, small_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("ft")
     cfg = FinetuneConfig(data=str(small_csv), out_dir=str(out), image_size=(64, 64), encoder_runtime="torch",
                          epochs=40, patience=5, lr=3e-3)
@@ -96,8 +106,6 @@ def test_unfreezing_the_last_block_trains_it_and_exports_it(small_csv, tmp_path)
                          unfreeze_last_block=True, epochs=2, train_limit=24, val_limit=8)
     s = finetune(cfg, progress=False)
     assert s["onnx"]["max_abs_diff_vs_torch"] < 1e-4  # the tuned block is inside the exported graph
-    import torch
-
     saved = torch.load(tmp_path / "best.pt", weights_only=True)
     from lookalike.encoders.registry import create_image_encoder
 
