@@ -2,6 +2,7 @@
 
     python benchmarks/smiles.py                 # everything below, printing the figures
     python benchmarks/smiles.py --size-study    # also: linear-probe AUC and speed per encoder input size
+    python benchmarks/smiles.py --unfreeze-study  # also: head-only vs last block unfrozen, 2,000 training images
 
 Steps (each a `lookalike` subprocess, so wall times are what a user sees):
  1. finetune-classifier with the defaults (70/15/15 stratified split by file, early stopping on val AUC);
@@ -98,10 +99,25 @@ def size_study(out: Path) -> None:
         print(f"    {size[0]}×{size[1]}: {len(d) / r.seconds:.0f} img/s, probe AUC {auc:.4f}", flush=True)
 
 
+def unfreeze_study(out: Path, good: Path) -> None:
+    """Same split, 2,000 training images: head on frozen features vs the encoder's last block trained too."""
+    print("6. unfreezing the last block (2,000 training images; same validation and test images):")
+    runs = {"head2000": [], "unfrozen2000": ["--unfreeze-last-block", "--epochs", "30", "--patience", "5"]}
+    for name, extra in runs.items():
+        run(["finetune-classifier", "--data", str(DATA), "--out", str(out / name), "--train-limit", "2000",
+             "--no-progress", *extra], out / f"{name}.log")
+        training(json.loads((out / name / "summary.json").read_text()), name)
+    run(["ab", "--data", str(DATA), "--split", str(good / "split.json"), "--models", "fer", f"ours={good / 'model.onnx'}",
+         *[f"{n}={out / n / 'model.onnx'}" for n in runs], "--out", str(out / "ab-unfreeze"), "--no-progress"],
+        out / "ab-unfreeze.log")
+    table(json.loads((out / "ab-unfreeze" / "ab.json").read_text()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "runs" / "smiles"))
     ap.add_argument("--size-study", action="store_true")
+    ap.add_argument("--unfreeze-study", action="store_true")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +150,8 @@ def main() -> None:
     print(f"    {ab['data']['val']['n'] + ab['data']['test']['n']} images, wall {wall:.1f} s (target < 120 s); "
           + ", ".join(f"{m['name']} scoring {m['seconds']:.1f} s" for m in ab["models"])
           + f"; load {ab['timings']['load_s']:.1f} s, report {ab['timings']['report_s']:.1f} s")
+    if a.unfreeze_study:
+        unfreeze_study(out, good)
     print(f"reports: {out}/ab-full/report.html, {out}/ab-80/report.html, {out}/ab-2000/report.html")
 
 
