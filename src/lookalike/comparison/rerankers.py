@@ -71,7 +71,7 @@ def _at_same_diversity(sweep: list[dict], ild: float) -> float | None:
 
 def compare_rerankers(cfg: RunConfig, checkpoint: Path, out_dir: Path, lcfg: ListwiseConfig,
                       mmr_lambdas: tuple[float, ...] = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3),
-                      mus: tuple[float, ...] = (0.5, 1.0, 1.5), train_queries: int = 8000, depth: int = 100,
+                      mus: tuple[float, ...] = (0.5, 0.75, 1.0), train_queries: int = 8000, depth: int = 100,
                       progress: bool = False) -> dict:
     """μ is chosen on validation: the best validation nDCG@10 among rerankers that raise validation
     diversity by ≥ 20%; everything is then reported on test."""

@@ -27,7 +27,7 @@ class ListwiseConfig(BaseModel):
     k: int = Field(10, ge=2)
     dim: int = Field(64, ge=8)
     layers: int = Field(1, ge=1)
-    initial_lambdas: list[float] = Field([0.25, 0.5, 1.0, 2.0, 4.0], min_length=1,
+    initial_lambdas: list[float] = Field([0.5, 1.0, 2.0, 4.0, 8.0, 16.0], min_length=1,
                                          description="trade-off weights tried untrained on validation; the best starts training")
     samples: int = Field(4, ge=1, description="sampled lists per query and step")
     batch_size: int = Field(32, ge=1)
