@@ -132,6 +132,9 @@ def report_rerank(r: dict) -> None:
               f"{m['ild@10'] / base['ild@10'] - 1:>+7.1%} {m['coverage']:>8.4f} {m['novelty']:>8.3f} {m['ms_per_query']:>8.3f}")
     for line in r.get("verdict", []):
         print(line)
+    ok = [name for name, m in r["methods"].items() if name.startswith("MMR")
+          and m["ild@10"] >= 1.2 * base["ild@10"] and m["ndcg@10"] >= 0.95 * base["ndcg@10"]]
+    print(f"MMR settings meeting both targets (ILD ≥ +20%, nDCG ≥ −5%) on test: {', '.join(ok) or 'none'}")
 
 
 def main() -> None:
