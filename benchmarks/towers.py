@@ -43,8 +43,10 @@ def p_str(p: float) -> str:
 
 def report_towers(r: dict) -> None:
     print("\n== Towers: attribute-relevance nDCG@10 on the test gallery (all 7 fields must match) ==")
-    print("(+adapter128 here: the first adapter recipe, triplets over queries and images together, no distillation;"
-          " see the stage-2 table below for the final one)")
+    a = r.get("adapter_config", {})
+    recipe = (f"{a.get('loss')} over {a.get('pairs')} pairs + distillation ×{a.get('distill_weight')}" if "pairs" in a
+              else f"{a.get('loss')} ({a.get('mining')}) over queries and images together, no distillation")
+    print(f"(+adapter128 here: {recipe}, {a.get('epochs')} epochs; 'kept' = adapter / 512-d)")
     print(f"{'split':<11} {'tower':<15} {'nDCG@10':>8} {'+adapter128':>11} {'kept':>6} {'PCA128':>7} "
           f"{'params':>9} {'train s':>8} {'s/epoch':>8} {'best ep':>7} {'adapter s':>9}")
     for split, block in r["splits"].items():
