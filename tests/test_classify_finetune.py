@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from lookalike.cli import main
 from lookalike.classify.compare import ABConfig, run_ab
@@ -12,17 +11,9 @@ from lookalike.errors import LookalikeError
 from lookalike.training.classifier import FinetuneConfig, finetune
 
 from conftest import SHARED
+from test_classify_data_models import one_torch_thread  # noqa: F401  (module-scoped, autouse)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A few dozen small images: thread hand-offs cost more CPU than they save (and the cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +97,8 @@ def test_unfreezing_the_last_block_trains_it_and_exports_it(small_csv, tmp_path)
                          unfreeze_last_block=True, epochs=2, train_limit=24, val_limit=8)
     s = finetune(cfg, progress=False)
     assert s["onnx"]["max_abs_diff_vs_torch"] < 1e-4  # the tuned block is inside the exported graph
+    import torch
+
     saved = torch.load(tmp_path / "best.pt", weights_only=True)
     from lookalike.encoders.registry import create_image_encoder
 
