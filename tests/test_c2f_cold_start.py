@@ -41,3 +41,9 @@ def test_season_cold_start_with_explicit_values(catalogue):
 def test_config_option():
     cfg = RunConfig.model_validate({"split": {"cold_start": {"field": "season", "values": ["Spring"]}}})
     assert cfg.split.cold_start.values == ["Spring"] and RunConfig().split.cold_start is None
+
+
+def test_few_large_values_still_hold_one_out(synthetic):
+    s = cold_start_split(synthetic, "category", 0.15, seed=1, fraction=0.1)  # 5 categories of ~48: each > 10%
+    held = {p.value("category") for p in synthetic.products if p.id in set(s["test"])}
+    assert len(held) == 1 and s["test"] and s["train"]

@@ -49,6 +49,8 @@ def cold_start_values(catalogue: Catalogue, field: str, fraction: float, seed: i
         if counts[v] <= target:
             chosen.append(v)
             covered += counts[v]
+    if not chosen and len(counts) > 1:  # every value is bigger than the target: hold out the smallest one
+        chosen = [min(counts, key=lambda v: (counts[v], _u(seed, f"value:{v}")))]
     return sorted(chosen)
 
 
@@ -60,9 +62,11 @@ def cold_start_split(catalogue: Catalogue, field: str, val_fraction: float, seed
         raise LookalikeError(f"cold-start field {field!r} is not an attribute field {catalogue.schema.fields}")
     present = {p.value(field) for p in catalogue.products}
     values = cold_start_values(catalogue, field, fraction, seed) if values is None else values
+    if not values:
+        raise LookalikeError(f"cold-start field {field!r} has a single value; nothing can be held out")
     missing = sorted(set(values) - present)
-    if missing or not values:
-        raise LookalikeError(f"cold-start values {missing or values} of {field!r} are not in the catalogue; "
+    if missing:
+        raise LookalikeError(f"cold-start values {missing} of {field!r} are not in the catalogue; "
                              f"it has {sorted(present)[:20]}")
     held = set(values)
     test = [p.id for p in catalogue.products if p.value(field) in held]
