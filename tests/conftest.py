@@ -25,3 +25,14 @@ def synthetic(tmp_path_factory):
     from lookalike.catalogue.synthetic import synthetic_catalogue
 
     return synthetic_catalogue(n=240, seed=3, image_dir=tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture
+def one_thread():
+    """Toy-sized torch training: intra-op threads only add synchronisation (10× slower on a busy 2-core box)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -86,14 +86,6 @@ def test_adapter_starts_as_pca_and_round_trips(tmp_path):
     b, payload = load_adapter(tmp_path / "a.pt")
     np.testing.assert_allclose(b.encode(x), a.encode(x), atol=1e-6)
 
-@pytest.fixture
-def one_thread():
-    """Toy-sized training: intra-op threads only add synchronisation (10× slower on a busy 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_training_beats_pca_where_pca_drops_the_labels(one_thread):
     """Class information lives in low-variance directions; PCA to 4-d keeps the loud noise instead."""

@@ -67,14 +67,6 @@ def test_padding_is_masked_and_list_order_is_irrelevant(vocab):
     torch.testing.assert_close(padded[:1], alone, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(padded[0], padded[1])
 
-@pytest.fixture
-def one_thread():
-    """Toy-sized training: intra-op threads only add synchronisation (10× slower on a busy 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_learns_a_toy_mapping(vocab, one_thread):
     """Trained with the same InfoNCE as the MLP tower, it must pull each product to its own target."""

@@ -52,14 +52,6 @@ def test_reward_is_ndcg_plus_weighted_ild():
     ild = np.array([intra_list_diversity(vectors[b, picks[b]]) for b in range(B)])
     np.testing.assert_allclose(got, ndcg + 0.7 * ild, atol=1e-5)
 
-@pytest.fixture
-def one_thread():
-    """Toy-sized training: intra-op threads only add synchronisation (10× slower on a busy 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_training_learns_relevance_the_scores_miss(one_thread):
     """Relevant candidates are those with a positive first coordinate; first-stage scores are noise."""
