@@ -53,7 +53,7 @@ def report_towers(r: dict) -> None:
         for tower, t in block["towers"].items():
             a = t["adapter"]
             print(f"{split:<11} {tower:<15} {fmt(t['test_ndcg@10']):>8} {fmt(a['test_ndcg@10']):>11} "
-                  f"{a['kept_of_full']:>6.1%} {fmt(a['pca_test_ndcg@10']):>7} {t['tower_params']:>9,} {t['train_s']:>8.0f} "
+                  f"{a['kept_of_full']:>7.2%} {fmt(a['pca_test_ndcg@10']):>7} {t['tower_params']:>9,} {t['train_s']:>8.0f} "
                   f"{t['s_per_epoch']:>8.1f} {t['best_epoch']:>7} {a['train_s']:>9.0f}")
         print(f"{'':<11} sizes {block['sizes']}" + (f"  held out {block['held_out']['field']}: "
               f"{len(block['held_out']['values'])} values" if "held_out" in block else ""))
@@ -104,7 +104,7 @@ def report_adapters(out: Path) -> None:
         v = r["variants"]["hierarchical"]
         f, a = v["search_full"], v["search_adapted"]
         print(f"{split:<11} {tower:<15} {r['full_512_ndcg@10']:>7.4f} {r['pca_ndcg@10']:>7.4f} {v['test_ndcg@10']:>8.4f} "
-              f"{v['kept_of_full']:>6.1%} {p_str(v['vs_full']['t_test_p']):>10} {v['train_s']:>7.0f} "
+              f"{v['kept_of_full']:>7.2%} {p_str(v['vs_full']['t_test_p']):>10} {v['train_s']:>7.0f} "
               f"{f['search_s'] * 1000:>8.0f}ms {a['search_s'] * 1000:>8.0f}ms {f['gallery_mb']:>5.2f}→{a['gallery_mb']:.2f}")
     for split in ("regular", "cold-start"):
         pq = {t: out / f"{split}-{t}/{split}/{t}/adapter-hierarchical-per_query.npy" for t in ("mlp", "coarse-to-fine")}
@@ -121,7 +121,7 @@ def report_adapters(out: Path) -> None:
             {"random-sampler": "random sampler, multi-similarity + distill", "distill-only": "distillation only (no metric loss)",
              "triplet": "hierarchical, semi-hard triplet + distill"}.get(k, k): v for k, v in r["variants"].items()}
         for name, v in rows.items():
-            print(f"{name:<50} test nDCG@10 {v['test_ndcg@10']:.4f}  kept {v['kept_of_full']:.1%}  "
+            print(f"{name:<50} test nDCG@10 {v['test_ndcg@10']:.4f}  kept {v['kept_of_full']:.2%}  "
                   f"best validation {max(h['val_metric'] for h in v['history']):.4f}  train {v['train_s']:.0f} s")
 
 
