@@ -68,6 +68,9 @@ class TrainConfig(_Strict):
     val_metric: str = "json_to_image/attribute/ndcg@10"
     seed: int = 42
     train_text: bool = True
+    # The towers are small: one intra-op thread ran a training step in 38 ms against 82-98 ms with two
+    # when another process held one of the 2 cores (benchmarks/core.py's machine); 0 keeps torch's default.
+    threads: int = Field(1, ge=0, description="torch intra-op threads while training the towers (0: torch default)")
 
     @field_validator("val_metric")
     @classmethod

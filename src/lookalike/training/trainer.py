@@ -52,6 +52,17 @@ def train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeMo
     # The image side is frozen: its vectors are constants here, never parameters.
     assert not data.images.requires_grad, "image embeddings must not require gradients"
     seed_everything(cfg.seed)
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(model, data, validate, cfg, checkpoint_dir, resume, progress, checkpoint_extra)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeModel], dict], cfg: TrainConfig,
+           checkpoint_dir: Path, resume: bool, progress: bool, checkpoint_extra: dict | None) -> list[dict]:
     losses = torch.nn.ModuleDict({
         "attribute": InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.positives),
         "text": InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.positives),
