@@ -132,7 +132,8 @@ def main() -> None:
     cache = tempfile.mkdtemp(prefix="lookalike-bench-cache-") if not args.skip_cold else None
     job_env = {**env, **({"LOOKALIKE_CACHE": cache} if cache else {})}
     base = ["train", "--config", args.config, "--catalog", args.catalog, "--no-progress"]
-    for label in () if args.skip_main else ("first run (empty cache)", "second run (warm cache)"):
+    first = "first run (empty cache)" if cache else "first run (existing cache)"
+    for label in () if args.skip_main else (first, "second run (warm cache)"):
         wall, rss, rc = run_job([*base, "--out", f"{args.out}/main"], job_env)
         report[label] = {"wall_s": round(wall, 1), "peak_rss_gib": round(rss, 2), "exit_code": rc}
         print(f"main job, {label}: {wall:.0f} s wall, peak RSS {rss:.2f} GiB, exit {rc}", flush=True)
