@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from lookalike.errors import LookalikeError  # noqa: E402
 from lookalike.retrieval.rerank.cross_encoder import HFCrossEncoder, create_reranker, rerank  # noqa: E402
-from lookalike.retrieval.text_encoders import create_item_text_encoder  # noqa: E402
+from lookalike.encoders.hf_text import create_item_text_encoder  # noqa: E402
 
 TEXTS = ["사과 3개와 배 2개", "정사각형의 둘레를 구하시오", "몇 개입니까", "사과"]
 CHAT = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"

@@ -27,7 +27,7 @@ class ItemSearcher:
         from lookalike.encoders.efficientnet import default_cache_dir
         from lookalike.retrieval.bm25 import BM25Retriever
         from lookalike.retrieval.dense import DenseRetriever
-        from lookalike.retrieval.text_encoders import create_item_text_encoder
+        from lookalike.encoders.hf_text import create_item_text_encoder
 
         if not 0 <= alpha <= 1:
             raise LookalikeError(f"alpha must be in [0, 1], got {alpha}")

@@ -77,7 +77,7 @@ def retriever_runs(bank: ItemBank, cfg: StudyConfig, progress: bool = True) -> t
     from lookalike.encoders.efficientnet import default_cache_dir
     from lookalike.retrieval.dense import DenseRetriever
     from lookalike.retrieval.fusion import fuse
-    from lookalike.retrieval.text_encoders import create_item_text_encoder
+    from lookalike.encoders.hf_text import create_item_text_encoder
 
     texts, n = bank.texts, len(bank)
     self_ex = np.arange(n)

@@ -35,7 +35,7 @@ class HFCrossEncoder:
         except ImportError as e:
             raise LookalikeError(f"cross-encoder reranking needs transformers: pip install 'lookalike[clip]' ({e})") from e
         from lookalike.encoders.base import freeze
-        from lookalike.retrieval.text_encoders import load_checked
+        from lookalike.encoders.hf_text import load_checked
 
         path = os.path.expanduser(directory)
         if not os.path.isfile(os.path.join(path, "config.json")):
