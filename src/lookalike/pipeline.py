@@ -158,6 +158,8 @@ def validator(emb: Embedded, idx: np.ndarray, cfg: RunConfig):
 
 def sample_grids(model: LookalikeModel, emb: Embedded, idx: np.ndarray, results_dir: Path, n: int) -> list[str]:
     """Top-5 grids for a few test queries spread over categories (JSON, text and image queries)."""
+    if n == 0:
+        return []
     out = results_dir / "similarity_search"
     out.mkdir(parents=True, exist_ok=True)
     products = [emb.products[i] for i in idx]

@@ -61,6 +61,8 @@ def load_table(path: Path, schema: CatalogueSchema, image_root: Path | None = No
     report = LoadReport(source=str(path))
     products: list[Product] = []
     seen: set[str] = set()
+    fields = [(name, name in schema.list_fields) for name in schema.fields]  # hoisted: this loop runs 40k times
+    sep = schema.list_separator
     for where, row in _rows(path, report):
         pid = str(row.get(schema.id_field, "") or "").strip()
         if not pid:
@@ -70,8 +72,8 @@ def load_table(path: Path, schema: CatalogueSchema, image_root: Path | None = No
             report.skip("duplicate id", f"{where} ({pid})")
             continue
         attrs = {}
-        for name in schema.fields:
-            v = _values(row.get(name), name in schema.list_fields, schema.list_separator)
+        for name, is_list in fields:
+            v = _values(row.get(name), is_list, sep)
             if v is not None:
                 attrs[name] = v
         if not attrs:

@@ -58,24 +58,29 @@ class EfficientNetLite0Encoder(ImageEncoder):
 
     def __init__(self, spec: ModelSpec, image_size: tuple[int, int] = (224, 176), runtime: str = "onnx",
                  threads: int | None = None, cache_dir: Path | None = None):
-        from efficientnet_lite_pytorch import EfficientNet
-
         if runtime not in ("onnx", "torch"):
             raise LookalikeError(f"runtime must be 'onnx' or 'torch', got {runtime!r}")
         self.name = spec.name
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.runtime = runtime
         self.threads = threads or min(os.cpu_count() or 1, 8)
-        weights = _weights_path()
-        self._weights_sha = file_sha1(weights)[:12]
-        net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-        self.model = _Pooled(net, self.image_size)
-        freeze(self.model)
+        self._weights = _weights_path()
+        self._weights_sha = file_sha1(self._weights)[:12]
+        self._onnx_dir = Path(cache_dir or default_cache_dir()) / "onnx"
+        self._model: _Pooled | None = None
         self._session = None
-        if runtime == "onnx":
-            self._session = self._onnx_session(Path(cache_dir or default_cache_dir()) / "onnx")
+
+    @property
+    def model(self) -> _Pooled:
+        """Built on first use: a run whose images are all cached never pays for the network (~1.5 s)."""
+        if self._model is None:
+            from efficientnet_lite_pytorch import EfficientNet
+
+            net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+            net.load_state_dict(torch.load(self._weights, map_location="cpu", weights_only=True))
+            self._model = _Pooled(net, self.image_size)
+            freeze(self._model)
+        return self._model
 
     def config(self) -> dict:
         # The runtime is deliberately not part of the key: ONNX and PyTorch agree to 1e-5.
@@ -94,7 +99,9 @@ class EfficientNetLite0Encoder(ImageEncoder):
         return np.asarray(image, dtype=np.uint8)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        if self._session is not None:
+        if self.runtime == "onnx":
+            if self._session is None:
+                self._session = self._onnx_session(self._onnx_dir)
             return self._session.run(None, {"pixels": np.ascontiguousarray(batch, np.uint8)})[0]
         torch.set_num_threads(self.threads)
         with torch.inference_mode():

