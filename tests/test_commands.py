@@ -14,7 +14,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 def test_sanity_check_passes_and_writes_its_log(tmp_path, capsys):
     out = tmp_path / "temp_logs/sanity_check_results.json"
-    main(["sanity-check", "--out-file", str(out), "--n", "360", "--epochs", "6", "--no-progress"])
+    main(["sanity-check", "--out-file", str(out), "--n", "240", "--epochs", "6", "--no-progress"])
     assert "SANITY CHECK PASS" in capsys.readouterr().out
     res = json.loads(out.read_text())
     assert res["status"] == "PASS" and len(res["checks"]) >= 9
@@ -62,7 +62,7 @@ def test_centrality_command_with_a_sales_csv(tmp_path, fashion_dir, capsys):
 
 def test_temperature_study_compares_on_one_split(tmp_path, fashion_dir):
     (tmp_path / "cfg.json").write_text(json.dumps({"eval": {"sample_queries": 0}}))
-    main(["temperature-study", "--config", str(tmp_path / "cfg.json"), "--catalog", str(fashion_dir), "--limit", "300",
+    main(["temperature-study", "--config", str(tmp_path / "cfg.json"), "--catalog", str(fashion_dir), "--limit", "200",
           "--epochs", "1", "--batch-size", "64", "--temperatures", "0.05", "--projection", "none",
           "--out", str(tmp_path), "--no-progress"])
     summary = json.loads((tmp_path / "temperature_study.json").read_text())

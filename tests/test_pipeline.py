@@ -20,7 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def trained(tmp_path_factory, fashion_dir):
     out = tmp_path_factory.mktemp("run")
     cfg = RunConfig.model_validate({
-        "out_dir": str(out), "data": {"catalog": str(fashion_dir), "limit": 700},
+        "out_dir": str(out), "data": {"catalog": str(fashion_dir), "limit": 400},
         "train": {"epochs": 3, "batch_size": 64, "patience": 3},
         "eval": {"extra_relevance": {"articleType": ["articleType"]}, "sample_queries": 1},
         "encoder": {"projection": "pca", "projection_dim": 128}})
@@ -37,7 +37,7 @@ def test_main_job_writes_every_artifact_with_provenance(trained):
     assert len(list((out / "results/similarity_search").glob("*.png"))) == 3  # 1 query × 3 tasks
     tr = json.loads((out / "results/training_results.json").read_text())
     assert tr["seed"] == 42 and tr["versions"]["torch"] and tr["timestamp"]
-    assert tr["config"]["train"]["epochs"] == 3 and tr["split"]["sizes"]["test"] > 100
+    assert tr["config"]["train"]["epochs"] == 3 and tr["split"]["sizes"]["test"] > 50
     assert [h["epoch"] for h in tr["history"]] == [1, 2, 3]
     assert tr["history"][-1]["loss"] < tr["history"][0]["loss"]
     ev = json.loads((out / "results/evaluation.json").read_text())
@@ -45,7 +45,7 @@ def test_main_job_writes_every_artifact_with_provenance(trained):
     n_test = tr["split"]["sizes"]["test"]
     assert ev["json_to_image"]["gallery_size"] == n_test  # the whole test gallery, not a batch
     assert ja["all"]["n_queries"] == n_test and ja["anchor"]["n_queries"] == round(0.1 * n_test)
-    assert ja["all"]["hit@10"] > 0.3  # far above chance on ~135 gallery items with a trained tower
+    assert ja["all"]["hit@10"] > 0.3  # far above chance on ~60 gallery items with a trained tower
     assert "per_category" in ja and "attribute:articleType" in ev["json_to_image"]
     assert ev["centrality"]["check_anchor_mean_exceeds_overall"]
     assert ev["json_to_image"]["query_health"]["unit_norm_ok"]

@@ -71,7 +71,14 @@ def cmd_train(args) -> None:
         print(f"  {k:<18} {s[k]}")
 
 
+def _require_checkpoint(path: str) -> None:
+    """Checked before the heavy imports, so a mistyped path fails at once."""
+    if not Path(path).is_file():
+        raise LookalikeError(f"checkpoint not found: {path}")
+
+
 def cmd_evaluate(args) -> None:
+    _require_checkpoint(args.model)
     from lookalike.catalogue.loading import read_schema
     from lookalike.pipeline import evaluate_checkpoint
 
@@ -83,11 +90,12 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_search(args) -> None:
-    from lookalike.search import Searcher
-
     given = [x for x in (args.json, args.text, args.image, args.product) if x is not None]
     if len(given) != 1:
         raise LookalikeError("give exactly one query: --json, --text, --image or --product")
+    _require_checkpoint(args.model)
+    from lookalike.search import Searcher
+
     s = Searcher.open(args.model, args.catalog, args.cache_dir, progress=not args.no_progress)
     unknown = {}
     if args.json is not None:
@@ -121,12 +129,13 @@ def cmd_centrality(args) -> None:
 
     cfg = _config(args)
     cat = load_catalogue(cfg.data.catalog, cfg.data.schema_, cfg.data.format)
-    emb = embed_catalogue(cat, cfg, progress=not args.no_progress)
+    sales_by_id = _read_sales(Path(args.sales)) if args.sales else None  # a bad file fails before minutes of embedding
+    emb = embed_catalogue(cat, cfg, progress=not args.no_progress, texts=False)
     scores = centrality_scores(emb.features)
     field = emb.catalogue.schema.category_field
     sales = None
-    if args.sales:
-        sales = _read_sales(Path(args.sales), [p.id for p in emb.products])
+    if sales_by_id is not None:
+        sales = np.array([sales_by_id.get(p.id, np.nan) for p in emb.products])
     elif any(p.sales is not None for p in emb.products):
         sales = np.array([np.nan if p.sales is None else p.sales for p in emb.products])
     rep = centrality_report(scores, [p.value(field) if field else "" for p in emb.products], args.fraction, sales,
@@ -148,10 +157,8 @@ def cmd_centrality(args) -> None:
     print(f"wrote {out / 'centrality.json'} and {out / 'centrality.csv'}")
 
 
-def _read_sales(path: Path, ids: list[str]):
+def _read_sales(path: Path) -> dict[str, float]:
     import csv
-
-    import numpy as np
 
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -166,7 +173,7 @@ def _read_sales(path: Path, ids: list[str]):
             by_id[r["id"]] = float(r["sales"])
         except ValueError:
             raise LookalikeError(f"{path}:{n}: sales value {r['sales']!r} is not a number") from None
-    return np.array([by_id.get(i, np.nan) for i in ids])
+    return by_id
 
 
 def cmd_temperature_study(args) -> None:

@@ -60,7 +60,8 @@ def image_encoder(cfg: RunConfig):
     return create_image_encoder(e.image_model, **extra)
 
 
-def embed_catalogue(cat: Catalogue, cfg: RunConfig, progress: bool = True) -> Embedded:
+def embed_catalogue(cat: Catalogue, cfg: RunConfig, progress: bool = True, texts: bool = True) -> Embedded:
+    """Image vectors (and, with `texts`, the frozen text encoder's vectors) of every product, cached."""
     timings = {}
     t = time.perf_counter()
     enc = image_encoder(cfg)
@@ -82,7 +83,7 @@ def embed_catalogue(cat: Catalogue, cfg: RunConfig, progress: bool = True) -> Em
     else:
         features = res.vectors
     sentences = None
-    if cat.schema.text_field or any(p.text for p in cat.products):
+    if texts and (cat.schema.text_field or any(p.text for p in cat.products)):
         t = time.perf_counter()
         sentences = embed_texts([p.text for p in cat.products], create_text_encoder(cfg.encoder.text_model),
                                 cache_root(cfg), progress=progress)

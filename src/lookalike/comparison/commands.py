@@ -79,5 +79,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike or $LOOKALIKE_CACHE)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--steps", type=int, default=200, help="training steps of each list-wise reranker")
-    r.add_argument("--mu", type=float, nargs="+", default=[0.5, 0.75, 1.0], help="diversity weights to train")
+    r.add_argument("--mu", type=float, nargs="+", default=[0.2, 0.3, 0.5], help="diversity weights to train")
     r.set_defaults(func=cmd_compare_rerankers)

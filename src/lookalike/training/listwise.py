@@ -1,40 +1,74 @@
-"""Training of the list-wise diversity reranker: self-critical policy gradient (Rennie et al., 2017).
+"""Training of the list-wise diversity reranker: self-critical policy gradient (Rennie et al., 2017)
+plus a supervised relevance loss, with the operating point chosen under a diversity constraint.
 
 The reward of a decoded top-k list is nDCG@k + μ · intra-list diversity (mean pairwise 1 − cosine of
-the listed items' vectors, as `lookalike.evaluation.diversity` measures it), so μ sets the trade-off.
-Lists are sampled from the Plackett-Luce policy of the reranker's step-wise scores; the greedy
-list's reward is the baseline, so only samples that beat the reranker's own choice are reinforced.
+the listed items' vectors, as `lookalike.evaluation.diversity` measures it). Lists are sampled from
+the Plackett-Luce policy of the reranker's step-wise scores; the greedy list's reward is the
+baseline, so only samples that beat the reranker's own choice are reinforced. The relevance head
+also gets a binary cross-entropy on the candidates' relevance labels (`relevance_weight`), which is
+far more sample-efficient than the policy gradient alone.
+
+The target is constrained ("raise diversity by ≥ X% while losing as little nDCG as possible"), so
+selection is too: the starting λ and the kept checkpoint are those with the best validation nDCG@k
+among the ones whose validation ILD@k is at least (1 + `min_ild_gain`) × that of the plain top-k.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from lookalike.retrieval.rerank.listwise import ListwiseReranker, decode
+from lookalike.evaluation.diversity import mean_intra_list_diversity
+from lookalike.evaluation.metrics import per_query_metrics
+from lookalike.retrieval.rerank.listwise import ListwiseReranker, decode, rerank
 from lookalike.training.trainer import seed_everything
 
 
 class ListwiseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    diversity_weight: float = Field(1.0, ge=0, description="μ in the reward nDCG@k + μ·ILD@k")
+    diversity_weight: float = Field(0.3, ge=0, description="μ in the reward nDCG@k + μ·ILD@k")
+    min_ild_gain: float | None = Field(0.21, ge=0, description="selection floor: validation ILD@k ≥ (1 + this) × plain "
+                                       "top-k's; the best validation nDCG@k above it is kept (None: the best reward)")
+    relevance_weight: float = Field(0.5, ge=0, description="weight of the supervised relevance (BCE) loss")
     k: int = Field(10, ge=2)
-    dim: int = Field(64, ge=8)
+    dim: int = Field(32, ge=8)
     layers: int = Field(1, ge=1)
-    initial_lambdas: list[float] = Field([0.5, 1.0, 2.0, 4.0, 8.0, 16.0], min_length=1,
+    initial_lambdas: list[float] = Field([1.0, 2.0, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0], min_length=1,
                                          description="trade-off weights tried untrained on validation; the best starts training")
+    lambda_scales: list[float] = Field([0.8, 1.0, 1.25, 1.5, 2.0], min_length=1,
+                                       description="multipliers of the learned λ tried at each evaluation (operating point)")
     samples: int = Field(4, ge=1, description="sampled lists per query and step")
     batch_size: int = Field(32, ge=1)
     steps: int = Field(200, ge=1)
     lr: float = Field(1e-3, gt=0)
-    eval_every: int = Field(50, ge=1)
+    eval_every: int = Field(25, ge=1)
     seed: int = 42
+
+
+@dataclass
+class Lists:
+    """First-stage candidate lists of some queries: gallery (m, D) unit rows; candidates (n, N) gallery
+    rows of each list; scores (n, N) first-stage similarities; relevant (n, N) bool; n_relevant (n,)
+    relevant items in the whole gallery."""
+
+    gallery: np.ndarray
+    candidates: np.ndarray
+    scores: np.ndarray
+    relevant: np.ndarray
+    n_relevant: np.ndarray
+
+    def evaluate(self, picks: np.ndarray) -> dict[str, float]:
+        """nDCG@k and ILD@k of (n, k) positions into the lists."""
+        rows = np.arange(len(picks))[:, None]
+        return {"ndcg": float(per_query_metrics(self.relevant[rows, picks], self.n_relevant, [picks.shape[1]])["ndcg@10"].mean()),
+                "ild": mean_intra_list_diversity(self.candidates[rows, picks], self.gallery)}
 
 
 def list_reward(picks: torch.Tensor, relevant: torch.Tensor, n_relevant: torch.Tensor, vectors: torch.Tensor,
@@ -52,38 +86,62 @@ def list_reward(picks: torch.Tensor, relevant: torch.Tensor, n_relevant: torch.T
     return ndcg + mu * ild
 
 
-def train_listwise(queries: np.ndarray, gallery: np.ndarray, candidates: np.ndarray, scores: np.ndarray,
-                   relevant: np.ndarray, n_relevant: np.ndarray, cfg: ListwiseConfig,
-                   validate: Callable[[ListwiseReranker], float]) -> tuple[ListwiseReranker, list[dict]]:
-    """queries (n, D); gallery (m, D) unit rows; candidates (n, N) gallery rows of each query's first-stage
-    list; scores (n, N); relevant (n, N) bool; n_relevant (n,) relevant items in the whole gallery.
-    `validate` returns the validation reward of greedy decoding."""
+def constrained_best(evaluations: list[dict], min_ild: float | None, mu: float) -> int:
+    """Index of the evaluation to keep: the best nDCG among those with ILD ≥ min_ild; if none reaches
+    the floor, the most diverse one; with no floor, the best reward nDCG + μ·ILD."""
+    if min_ild is None:
+        return max(range(len(evaluations)), key=lambda i: evaluations[i]["ndcg"] + mu * evaluations[i]["ild"])
+    ok = [i for i, e in enumerate(evaluations) if e["ild"] >= min_ild]
+    if not ok:
+        return max(range(len(evaluations)), key=lambda i: evaluations[i]["ild"])
+    return max(ok, key=lambda i: evaluations[i]["ndcg"])
+
+
+def train_listwise(train: Lists, val: Lists, cfg: ListwiseConfig) -> tuple[ListwiseReranker, list[dict]]:
+    """Train on `train`'s lists, select on `val`'s (see the module doc). History: one entry per evaluation."""
     seed_everything(cfg.seed)
-    model = ListwiseReranker(queries.shape[1], cfg.dim, layers=cfg.layers)
-    # Untrained, the reranker is MMR with trade-off λ: start from the λ that validates best for this μ.
-    tried = {}
+    model = ListwiseReranker(cfg.k, cfg.dim, layers=cfg.layers)
+    plain = val.evaluate(np.tile(np.arange(cfg.k), (len(val.candidates), 1)))
+    min_ild = None if cfg.min_ild_gain is None else (1 + cfg.min_ild_gain) * plain["ild"]
+
+    def validate() -> dict[str, float]:
+        return val.evaluate(rerank(model, val.gallery, val.candidates, val.scores))
+
+    def validate_scales() -> dict[str, float]:
+        """The constrained-best of the λ multipliers; leaves the model at multiplier 1 for training."""
+        tried = []
+        for scale in cfg.lambda_scales:
+            model.lambda_scale.fill_(scale)
+            tried.append({**validate(), "lambda_scale": scale})
+        model.lambda_scale.fill_(1.0)
+        return tried[constrained_best(tried, min_ild, cfg.diversity_weight)]
+
+    # Untrained, the reranker is mean-redundancy MMR with trade-off λ: start from the λ selection keeps.
+    tried = []
     for lam in cfg.initial_lambdas:
-        with torch.no_grad():
-            model.lambda_bias.fill_(float(np.log(np.expm1(lam))))
-        tried[lam] = validate(model)
-    with torch.no_grad():
-        model.lambda_bias.fill_(float(np.log(np.expm1(max(tried, key=tried.get)))))
+        model.set_lambda(lam)
+        tried.append({"lambda": lam, **validate()})
+    start = tried[constrained_best(tried, min_ild, cfg.diversity_weight)]
+    model.set_lambda(start["lambda"])
+    history = [{"step": 0, "lambda": start["lambda"], "ndcg": start["ndcg"], "ild": start["ild"], "plain": plain, "min_ild": min_ild,
+                "initial_lambdas": tried}]
+    best_state = copy.deepcopy(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    q, g, s = (torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in (queries, gallery, scores))
-    cand = torch.from_numpy(np.asarray(candidates, np.int64))
-    rel, nrel = torch.from_numpy(relevant), torch.from_numpy(np.asarray(n_relevant, np.int64))
-    history = [{"step": 0, "val_reward": max(tried.values()), "initial_lambda_rewards": tried}]
-    best, best_state, t0 = history[0]["val_reward"], copy.deepcopy(model.state_dict()), time.perf_counter()
+    g, s = (torch.from_numpy(np.ascontiguousarray(a, np.float32)) for a in (train.gallery, train.scores))
+    cand = torch.from_numpy(np.asarray(train.candidates, np.int64))
+    rel, nrel = torch.from_numpy(train.relevant), torch.from_numpy(np.asarray(train.n_relevant, np.int64))
+    t0 = time.perf_counter()
     for step in range(1, cfg.steps + 1):
         model.train()
-        i = torch.randint(len(q), (cfg.batch_size,), generator=gen)
+        i = torch.randint(len(cand), (cfg.batch_size,), generator=gen)
         c = g[cand[i]]  # (B, N, D) candidate vectors
-        r, sim, lam = model(q[i], c, s[i])
+        r, sim, lam = model(c, s[i])
         with torch.no_grad():
             greedy, _ = decode(r, sim, lam, cfg.k)
             baseline = list_reward(greedy, rel[i], nrel[i], c, cfg.diversity_weight)
-        loss = 0.0
+        loss = cfg.relevance_weight * F.binary_cross_entropy_with_logits(
+            model.calibration(r[..., None]).squeeze(-1), rel[i].float())
         for _ in range(cfg.samples):
             picks, log_prob = decode(r, sim, lam, cfg.k, sample=True, generator=gen)
             with torch.no_grad():
@@ -94,9 +152,10 @@ def train_listwise(queries: np.ndarray, gallery: np.ndarray, candidates: np.ndar
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            reward = validate(model)
-            history.append({"step": step, "val_reward": reward, "elapsed_s": round(time.perf_counter() - t0, 2)})
-            if reward > best:
-                best, best_state = reward, copy.deepcopy(model.state_dict())
+            history.append({"step": step, **validate_scales(), "elapsed_s": round(time.perf_counter() - t0, 2)})
+            if constrained_best(history, min_ild, cfg.diversity_weight) == len(history) - 1:
+                best_state = copy.deepcopy(model.state_dict())
+                best_state["lambda_scale"].fill_(history[-1]["lambda_scale"])
+    history[0]["kept_step"] = history[constrained_best(history, min_ild, cfg.diversity_weight)]["step"]
     model.load_state_dict(best_state)
     return model.eval(), history
