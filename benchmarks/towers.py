@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument("--cold-field", default="articleType")
     ap.add_argument("--cold-fraction", type=float, default=0.1)
     ap.add_argument("--rerank-steps", type=int, default=200)
-    ap.add_argument("--mu", type=float, nargs="+", default=[0.5, 0.75, 1.0], help="diversity weights of the reranker")
+    ap.add_argument("--mu", type=float, nargs="+", default=[0.2, 0.3, 0.5], help="diversity weights of the reranker")
     ap.add_argument("--splits", nargs="+", default=["regular", "cold-start"], choices=["regular", "cold-start"])
     ap.add_argument("--tower", help="only this tower (used by --parallel's child processes)")
     ap.add_argument("--parallel", action="store_true", help="one process per split and tower")
