@@ -45,15 +45,19 @@ def cmd_compare_rerankers(args) -> None:
     from lookalike.model import LookalikeModel
     from lookalike.training.listwise import ListwiseConfig
 
+    try:
+        lcfg = ListwiseConfig(steps=args.steps, min_ild_gain=args.min_ild_gain)
+    except ValueError as e:
+        raise LookalikeError(f"invalid reranker option: {e}".replace("\n", "; ")) from None
     cfg = LookalikeModel.load(args.model)[0].config.apply_quick()  # the split and data the model was trained on
     updates = {"encoder": cfg.encoder.model_copy(update={"cache_dir": args.cache_dir})} if args.cache_dir else {}
     cfg = cfg.model_copy(update=updates)
     out = Path(args.out or "runs/compare-rerankers")
     out.mkdir(parents=True, exist_ok=True)
-    r = compare_rerankers(cfg, Path(args.model), out, ListwiseConfig(steps=args.steps), mus=tuple(args.mu),
+    r = compare_rerankers(cfg, Path(args.model), out, lcfg, mus=tuple(args.mu),
                           progress=not args.no_progress)
     for name, m in r["methods"].items():
-        print(f"{name:<22} nDCG@10 {m['ndcg@10']:.4f}  ILD@10 {m['ild@10']:.4f}  coverage {m['coverage']:.4f}  "
+        print(f"{name:<30} nDCG@10 {m['ndcg@10']:.4f}  ILD@10 {m['ild@10']:.4f}  coverage {m['coverage']:.4f}  "
               f"novelty {m['novelty']:.3f}")
     print("\n".join(r["verdict"]))
     print(f"wrote {out / 'rerank.json'}")
@@ -80,4 +84,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--steps", type=int, default=200, help="training steps of each list-wise reranker")
     r.add_argument("--mu", type=float, nargs="+", default=[0.2, 0.3, 0.5], help="diversity weights to train")
+    r.add_argument("--min-ild-gain", type=float, default=0.21,
+                   help="selection floor: validation ILD@10 at least (1 + this) × plain top-10's (default 0.21)")
     r.set_defaults(func=cmd_compare_rerankers)
