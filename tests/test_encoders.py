@@ -1,4 +1,6 @@
+import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -76,6 +78,26 @@ def test_cache_reembeds_only_what_changed(encoder, images, tmp_path):
     bigger = create_image_encoder("efficientnet-lite0", image_size=(192, 160), runtime="torch")
     assert bigger.fingerprint() != encoder.fingerprint()
     assert embed_images(refs, bigger, root, progress=False).computed == 5
+
+
+def test_unchanged_files_are_not_read_again(encoder, images, tmp_path):
+    refs = [ImageRef(p) for p in images]
+    root = tmp_path / "cache"
+    assert embed_images(refs, encoder, root, progress=False).hashed == 5  # just written: too young to trust their mtime
+    for p in images:
+        os.utime(p, (time.time() - 3600, time.time() - 3600))
+    first = embed_images(refs, encoder, root, progress=False)
+    assert (first.hashed, first.cached) == (5, 5)
+    again = embed_images(refs, encoder, root, progress=False)
+    assert (again.hashed, again.cached, again.computed) == (0, 5, 0)  # known by (path, size, mtime)
+    np.testing.assert_array_equal(first.vectors, again.vectors)
+    Image.open(images[1]).transpose(Image.FLIP_LEFT_RIGHT).save(images[1])  # a new mtime: read, hashed, re-embedded
+    changed = embed_images(refs, encoder, root, progress=False)
+    assert (changed.hashed, changed.cached, changed.computed) == (1, 4, 1)
+    assert not np.allclose(changed.vectors[1], first.vectors[1])
+    other = create_image_encoder("efficientnet-lite0", image_size=(192, 160), runtime="torch")
+    fresh = embed_images(refs, other, root, progress=False)  # a new model reads the bytes it needs to embed
+    assert (fresh.hashed, fresh.computed) == (1, 5) and not fresh.failed
 
 
 def test_corrupt_and_missing_images_are_counted_not_fatal(encoder, images, tmp_path):

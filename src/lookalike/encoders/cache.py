@@ -1,15 +1,22 @@
 """On-disk embedding cache keyed by content, so only changed images (or a changed model) are re-embedded.
 
-Layout: `{root}/{namespace}-{encoder fingerprint}/shard-*.npz`, each shard holding `keys` and `vectors`.
+Layout: `{root}/{namespace}-{encoder fingerprint}/shard-*.npz`, each shard holding `keys` and `vectors`,
+and `{root}/file-keys.sqlite` (see `FileKeys`).
 A key is the SHA-1 of the image bytes plus the crop box, or of the text: a changed file gets a new
 key, a changed model or preprocessing a new directory. New vectors go to a new shard written to a
 temporary name and renamed, so an interrupted run never leaves a half-written shard behind.
+
+Reading and hashing 40k images costs more than everything else in a warm run, so `FileKeys`
+remembers each file's content hash under its (path, size, mtime) — git's index does the same — and a
+file whose stat is unchanged is not read again. A file modified within the last seconds is never
+remembered (its mtime could still repeat), so the content hash stays the key that decides.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -67,3 +74,35 @@ def text_key(text: str) -> str:
 
 def bytes_key(data: bytes, suffix: str = "") -> str:
     return hashlib.sha1(data).hexdigest() + suffix
+
+
+class FileKeys:
+    """(path, size, mtime_ns) → SHA-1 of the file's bytes, in one SQLite file beside the caches
+    (safe for several processes sharing a cache)."""
+
+    RACY_S = 2.0  # files younger than this may change again within the same mtime tick
+
+    def __init__(self, root: Path):
+        root.mkdir(parents=True, exist_ok=True)
+        self.path = root / "file-keys.sqlite"
+        with self._connect() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha1 TEXT)")
+            self._known = {p: (size, mtime, sha) for p, size, mtime, sha in db.execute("SELECT * FROM files")}
+        self._new: list[tuple[str, int, int, str]] = []
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=60)
+
+    def lookup(self, path: str, st: os.stat_result) -> str | None:
+        known = self._known.get(path)
+        return known[2] if known is not None and known[:2] == (st.st_size, st.st_mtime_ns) else None
+
+    def remember(self, path: str, st: os.stat_result, sha1: str) -> None:
+        if time.time() - st.st_mtime > self.RACY_S:
+            self._new.append((path, st.st_size, st.st_mtime_ns, sha1))
+
+    def save(self) -> None:
+        if self._new:
+            with self._connect() as db:
+                db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", self._new)
+            self._new = []

@@ -8,6 +8,7 @@ A missing or undecodable image is reported by index and reason; it never stops t
 from __future__ import annotations
 
 import io
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from lookalike.catalogue.schema import ImageRef
 from lookalike.encoders.base import ImageEncoder, TextEncoder
-from lookalike.encoders.cache import EmbeddingCache, bytes_key, text_key
+from lookalike.encoders.cache import EmbeddingCache, FileKeys, bytes_key, text_key
 
 
 @dataclass
@@ -28,23 +29,36 @@ class EmbedResult:
     cached: int = 0
     computed: int = 0
     seconds: float = 0.0
+    hashed: int = 0  # files read and hashed; the rest were known by their unchanged (size, mtime)
 
 
-def _read(ref: ImageRef) -> tuple[str | None, bytes | None, str | None]:
+def _read(ref: ImageRef, keys: FileKeys) -> tuple[str | None, bytes | None, str | None]:
+    """(cache key, bytes or None when the key was known from the file's stat, error)."""
+    path = str(ref.path)
     try:
+        st = os.stat(path)  # before the read: a file changed after it gets a new mtime, so a stale entry never matches
+        known = keys.lookup(path, st)
+        if known is not None:
+            return known + ref.cache_suffix(), None, None
         data = ref.path.read_bytes()
     except OSError:
         return None, None, "missing image"
-    return bytes_key(data, ref.cache_suffix()), data, None
+    key = bytes_key(data)
+    keys.remember(path, st, key)
+    return key + ref.cache_suffix(), data, None
 
 
-def _decode(encoder: ImageEncoder, ref: ImageRef, data: bytes) -> np.ndarray | str:
+def _decode(encoder: ImageEncoder, ref: ImageRef, data: bytes | None) -> np.ndarray | str:
     try:
+        if data is None:
+            data = ref.path.read_bytes()
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             if ref.box is not None:
                 im = im.crop(ref.box)
             return encoder.preprocess(im)
+    except FileNotFoundError:
+        return "missing image"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return "corrupt image"
 
@@ -55,10 +69,12 @@ def embed_images(refs: list[ImageRef], encoder: ImageEncoder, cache_root: Path, 
 
     t0 = time.perf_counter()
     cache = EmbeddingCache(cache_root, "image", encoder.fingerprint(), encoder.dim)
+    keys = FileKeys(Path(cache_root))
     out = np.zeros((len(refs), encoder.dim), np.float32)
     failed: dict[int, str] = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        reads = list(pool.map(_read, refs, chunksize=256))
+        reads = [_read(ref, keys) for ref in refs]  # mostly stat calls once the files are known
+        hashed = sum(1 for _, data, _ in reads if data is not None)
         todo: list[int] = []
         hit_idx, hit_keys = [], []
         for i, (key, _, err) in enumerate(reads):
@@ -101,8 +117,10 @@ def embed_images(refs: list[ImageRef], encoder: ImageEncoder, cache_root: Path, 
                 reads[i] = (reads[i][0], None, None)  # free the bytes
             bar.update(len(batch))
         bar.close()
+    keys.save()
     computed = len(todo) - sum(1 for i in todo if i in failed)
-    return EmbedResult(out, failed, cached=len(hit_idx), computed=computed, seconds=time.perf_counter() - t0)
+    return EmbedResult(out, failed, cached=len(hit_idx), computed=computed, seconds=time.perf_counter() - t0,
+                       hashed=hashed)
 
 
 def embed_texts(texts: list[str], encoder: TextEncoder, cache_root: Path, progress: bool = True,
