@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lookalike.losses.infonce import InfoNCELoss
+from lookalike.training.trainer import shared_fraction
 from lookalike.towers.attribute import AttributeTower
 from lookalike.towers.text import TextTower
 from lookalike.towers.vocab import PAD, UNK, AttributeVocab
@@ -232,6 +233,29 @@ def test_infonce_multi_uses_uniform_soft_targets():
 
     expected = 0.5 * (direction(logits, same) + direction(logits.T, same.T))
     torch.testing.assert_close(InfoNCELoss(temperature=t, positives="multi")(q, x, groups), expected)
+
+
+def test_infonce_soft_targets_mix_in_graded_relatedness():
+    q, x = _embeddings()
+    t, soft = 0.1, 0.4
+    groups = torch.tensor([3, 3, 1, 2, 2, 2])
+    attrs = {"a": torch.tensor([[0], [0], [0], [1], [1], [2]]), "b": torch.tensor([[5], [5], [6], [6], [6], [6]])}
+    related = shared_fraction(attrs, ["a", "b"]) ** 2
+    assert related[0, 2] == 0.25 and related[2, 5] == 0.25 and related[0, 5] == 0  # (1 of 2 fields shared)²
+    logits = q @ x.T / t
+    same = (groups[:, None] == groups[None, :]).double()
+
+    def direction(lg: torch.Tensor, s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        target = (1 - soft) * s / s.sum(dim=1, keepdim=True) + soft * r / r.sum(dim=1, keepdim=True)
+        return -(target * torch.log_softmax(lg, dim=1)).sum(dim=1).mean()
+
+    r = related.double()
+    expected = 0.5 * (direction(logits, same, r) + direction(logits.T, same.T, r.T))
+    loss = InfoNCELoss(temperature=t, positives="multi", soft=soft)
+    torch.testing.assert_close(loss(q, x, groups, r), expected)
+    assert not torch.isclose(loss(q, x, groups, r), loss(q, x, groups))  # without relatedness: plain multi-positive
+    with pytest.raises(ValueError):
+        InfoNCELoss(positives="mask", soft=0.3)
 
 
 def test_infonce_rejects_unknown_positives():

@@ -64,6 +64,9 @@ class TrainConfig(_Strict):
     temperature: float = Field(0.07, gt=0, description="InfoNCE temperature (the initial value when learnable)")
     learnable_temperature: bool = True
     positives: Literal["mask", "multi"] = "multi"
+    soft_targets: float = Field(0.0, ge=0, lt=1, description="share of each InfoNCE target spread over in-batch "
+                                "products by the fraction of single-valued fields they share (0: exact matches only)")
+    soft_sharpness: float = Field(4.0, gt=0, description="that fraction is raised to this power: near matches count most")
     patience: int = Field(6, ge=1)
     val_metric: str = "json_to_image/attribute/ndcg@10"
     seed: int = 42

@@ -61,11 +61,17 @@ def train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeMo
         torch.set_num_threads(threads)
 
 
+def shared_fraction(batch: dict[str, torch.Tensor], single_fields: list[str]) -> torch.Tensor:
+    """(B, B) fraction of the single-valued fields ((B, 1) id tensors) on which two products agree."""
+    ids = torch.cat([batch[f] for f in single_fields], dim=1)  # (B, F)
+    return (ids[:, None, :] == ids[None, :, :]).float().mean(dim=2)
+
+
 def _train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeModel], dict], cfg: TrainConfig,
            checkpoint_dir: Path, resume: bool, progress: bool, checkpoint_extra: dict | None) -> list[dict]:
     losses = torch.nn.ModuleDict({
-        "attribute": InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.positives),
-        "text": InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.positives),
+        "attribute": InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.positives, soft=cfg.soft_targets),
+        "text": InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.positives, soft=cfg.soft_targets),
     })
     params = [*model.parameters(), *losses.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -99,11 +105,13 @@ def _train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeM
         for step in bar:
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             images, groups = data.images[idx], data.groups[idx]
-            q = model.attribute_tower({f: v[idx] for f, v in data.attributes.items()})
-            attr_loss = losses["attribute"](q, images, groups)
+            batch = {f: v[idx] for f, v in data.attributes.items()}
+            related = shared_fraction(batch, model.vocab.single_fields) ** cfg.soft_sharpness if cfg.soft_targets else None
+            q = model.attribute_tower(batch)
+            attr_loss = losses["attribute"](q, images, groups, related)
             loss = attr_loss
             if use_text:
-                text_loss = losses["text"](model.text_tower(data.sentences[idx]), images, groups)
+                text_loss = losses["text"](model.text_tower(data.sentences[idx]), images, groups, related)
                 loss = loss + text_loss
                 sums["text_loss"] += text_loss.item()
             opt.zero_grad(set_to_none=True)
