@@ -54,7 +54,8 @@ class TowerConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(25, ge=1)
+    # The validation metric levels off after ~16 epochs on fashion-products (best epoch 18-20 of 20-25).
+    epochs: int = Field(20, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -64,9 +65,11 @@ class TrainConfig(_Strict):
     temperature: float = Field(0.07, gt=0, description="InfoNCE temperature (the initial value when learnable)")
     learnable_temperature: bool = True
     positives: Literal["mask", "multi"] = "multi"
-    soft_targets: float = Field(0.0, ge=0, lt=1, description="share of each InfoNCE target spread over in-batch "
+    # Chosen on validation nDCG@10 (fashion-products, 20 epochs, text tower off): 0 → 0.4165, 0.3 with
+    # sharpness 2 / 4 / 8 → 0.4238 / 0.4196 / 0.4177, 0.5 with sharpness 4 → 0.4043.
+    soft_targets: float = Field(0.3, ge=0, lt=1, description="share of each InfoNCE target spread over in-batch "
                                 "products by the fraction of single-valued fields they share (0: exact matches only)")
-    soft_sharpness: float = Field(4.0, gt=0, description="that fraction is raised to this power: near matches count most")
+    soft_sharpness: float = Field(2.0, gt=0, description="that fraction is raised to this power: near matches count most")
     patience: int = Field(6, ge=1)
     val_metric: str = "json_to_image/attribute/ndcg@10"
     seed: int = 42
