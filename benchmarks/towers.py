@@ -132,6 +132,12 @@ def report_rerank(r: dict) -> None:
     for name, m in r["methods"].items():
         print(f"{name:<34} {fmt(m['ndcg@10']):>8} {m['ndcg@10'] / base['ndcg@10'] - 1:>+7.1%} {fmt(m['ild@10']):>7} "
               f"{m['ild@10'] / base['ild@10'] - 1:>+7.1%} {m['coverage']:>8.4f} {m['novelty']:>8.3f} {m['ms_per_query']:>8.3f}")
+    for name, m in r["methods"].items():
+        if "history" in m:  # the list-wise rerankers: what selection saw on its half of validation
+            h0, kept = m["history"][0], next(h for h in m["history"] if h["step"] == m["history"][0]["kept_step"])
+            print(f"  {name}: selection half nDCG@10 {kept['ndcg'] / h0['plain']['ndcg'] - 1:+.1%}, ILD@10 "
+                  f"{kept['ild'] / h0['plain']['ild'] - 1:+.1%} (kept step {h0['kept_step']} of {m['history'][-1]['step']}, "
+                  f"start λ={h0['lambda']}, λ ×{kept.get('lambda_scale', 1.0)}; train {m['train_s']:.0f} s)")
     for line in r.get("verdict", []):
         print(line)
     ok = [name for name, m in r["methods"].items() if name.startswith("MMR")

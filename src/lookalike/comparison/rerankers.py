@@ -57,8 +57,8 @@ class CandidateLists:
         return out
 
 
-def mmr_picks(c: CandidateLists, lam: float, k: int = 10) -> np.ndarray:
-    return np.stack([mmr(c.scores[i], c.gallery[c.top[i]], k, lam) for i in range(len(c.top))])
+def mmr_picks(lists: Lists, lam: float, k: int = 10) -> np.ndarray:
+    return np.stack([mmr(lists.scores[i], lists.gallery[lists.candidates[i]], k, lam) for i in range(len(lists.candidates))])
 
 
 def _at_same_diversity(sweep: list[dict], ild: float) -> float | None:
@@ -100,20 +100,22 @@ def compare_rerankers(cfg: RunConfig, checkpoint: Path, out_dir: Path, lcfg: Lis
     popularity = {emb.products[i].id: type_counts[emb.products[i].value(type_field)] for i in prep.idx["test"]}
     test, val = lists["test"], lists["val"]
     fit_rows, select_rows = split_by_key(val.keys, fit_fraction, lcfg.seed)
+    select = val.subset(select_rows)
     plain = np.tile(np.arange(10), (len(test.top), 1))
     methods = {"top-10": {**test.metrics(plain, popularity), "ms_per_query": 0.0}}
     sweep = []
     for lam in mmr_lambdas:
         t = time.perf_counter()
-        picks = mmr_picks(test, lam)
-        m = {**test.metrics(picks, popularity), "ms_per_query": (time.perf_counter() - t) * 1000 / len(picks), "lambda": lam}
+        picks = mmr_picks(test.subset(np.arange(len(test.top))), lam)
+        m = {**test.metrics(picks, popularity), "ms_per_query": (time.perf_counter() - t) * 1000 / len(picks), "lambda": lam,
+             "select": select.evaluate(mmr_picks(select, lam))}
         methods[f"MMR λ={lam}"] = m
         sweep.append(m)
     selected = {}
     for mu in mus:
         log(f"training the list-wise reranker, μ = {mu}")
         t = time.perf_counter()
-        reranker, history = train_listwise(val.subset(fit_rows), val.subset(select_rows),
+        reranker, history = train_listwise(val.subset(fit_rows), select,
                                            lcfg.model_copy(update={"diversity_weight": mu}))
         train_s = time.perf_counter() - t
         if not selected:  # the untrained start does not depend on μ: report it once, as the ablation of training
@@ -133,8 +135,8 @@ def compare_rerankers(cfg: RunConfig, checkpoint: Path, out_dir: Path, lcfg: Lis
         methods[f"list-wise μ={mu}"] = {**test.metrics(picks, popularity), "ms_per_query": ms, "mu": mu,
                                         "train_s": round(train_s, 1), "select": selected[mu], "history": history,
                                         "params": sum(p.numel() for p in reranker.parameters())}
-    for m in methods.values():
-        if "select" in m:
+    for name, m in methods.items():
+        if name.startswith("list-wise"):
             m["mmr_ndcg_at_same_ild"] = _at_same_diversity(sweep, m["ild@10"])
     base = methods["top-10"]
     mu = list(selected)[constrained_best(list(selected.values()), history[0]["min_ild"], 0.0)]
@@ -154,6 +156,9 @@ def compare_rerankers(cfg: RunConfig, checkpoint: Path, out_dir: Path, lcfg: Lis
         f"{'list-wise ≥ MMR' if m['ndcg@10'] >= same else 'MMR better'}" if same is not None else
         "  MMR sweep does not reach that ILD",
     ]
+    mmr_chosen = sweep[constrained_best([m["select"] for m in sweep], start["min_ild"], 0.0)]
+    verdict.append(f"  MMR chosen the same way on validation: λ={mmr_chosen['lambda']}, test nDCG@10 "
+                   f"{mmr_chosen['ndcg@10'] / base['ndcg@10'] - 1:+.1%}, ILD@10 {mmr_chosen['ild@10'] / base['ild@10'] - 1:+.1%}")
     result = {**provenance(), "model": str(checkpoint), "candidates": depth, "n_queries": len(test.top),
               "fit_queries": len(fit_rows), "select_queries": len(select_rows), "listwise_config": lcfg.model_dump(),
               "popularity": f"training products of the same {type_field}", "methods": methods, "verdict": verdict}
