@@ -5,7 +5,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 
 from lookalike.classify.data import load_labelled, stratified_split
 from lookalike.classify.models import FerHappy, HaarSmile, OnnxClassifier, load_classifier
@@ -81,6 +80,8 @@ def test_stratified_split_is_disjoint_and_keeps_the_ratio():
 
 
 def test_fer_port_matches_the_shipped_tflite_and_separates_smiles(faces):
+    from sklearn.metrics import roc_auc_score  # ~1.5 s to import: only on the worker that runs it
+
     from ai_edge_litert.interpreter import Interpreter
 
     from lookalike.classify.fer_net import HAPPY, fer_data_dir, load_fer_model, preprocess_faces
@@ -104,6 +105,8 @@ def test_fer_port_matches_the_shipped_tflite_and_separates_smiles(faces):
 
 
 def test_haar_cascades_score_smiles(faces):
+    from sklearn.metrics import roc_auc_score  # ~1.5 s to import: only on the worker that runs it
+
     images, y = faces
     h = load_classifier("haar")
     assert isinstance(h, HaarSmile) and h.files["smile"].name == "haarcascade_smile.xml"

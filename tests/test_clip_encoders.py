@@ -6,13 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
 
-from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel  # noqa: E402
-
-from lookalike.encoders.registry import create_image_encoder, list_models  # noqa: E402
-from lookalike.errors import LookalikeError  # noqa: E402
+from lookalike.encoders.registry import create_image_encoder, list_models
+from lookalike.errors import LookalikeError
 
 VISION = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
               intermediate_size=37)
@@ -21,6 +18,8 @@ TEXT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_he
 
 
 def _image_processor(kind: str):
+    import transformers
+
     # transformers 5 without torchvision falls back to the PIL backend (with a warning); name it directly.
     if kind == "clip":
         cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
@@ -30,6 +29,8 @@ def _image_processor(kind: str):
 
 
 def _save(kind: str, directory, seed: int):
+    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel  # 2-3 s: only on the worker that runs these
+
     torch.manual_seed(seed)
     if kind == "clip":
         model = CLIPModel(CLIPConfig(vision_config=VISION, text_config=TEXT, projection_dim=16))

@@ -1,9 +1,7 @@
-"""End to end on the real catalogue (a small stratified subset): train, artifacts, resume, evaluate, search, CLI."""
+"""End to end on the real catalogue (a small stratified subset): train, artifacts, resume, evaluate, search."""
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def trained(tmp_path_factory, fashion_dir):
     out = tmp_path_factory.mktemp("run")
     cfg = RunConfig.model_validate({
-        "out_dir": str(out), "data": {"catalog": str(fashion_dir), "limit": 400},
+        "out_dir": str(out), "data": {"catalog": str(fashion_dir), "limit": 300},
         "train": {"epochs": 3, "batch_size": 64, "patience": 3},
         "eval": {"extra_relevance": {"articleType": ["articleType"]}, "sample_queries": 1},
         "encoder": {"projection": "pca", "projection_dim": 128}})
@@ -37,7 +35,7 @@ def test_main_job_writes_every_artifact_with_provenance(trained):
     assert len(list((out / "results/similarity_search").glob("*.png"))) == 3  # 1 query × 3 tasks
     tr = json.loads((out / "results/training_results.json").read_text())
     assert tr["seed"] == 42 and tr["versions"]["torch"] and tr["timestamp"]
-    assert tr["config"]["train"]["epochs"] == 3 and tr["split"]["sizes"]["test"] > 50
+    assert tr["config"]["train"]["epochs"] == 3 and tr["split"]["sizes"]["test"] > 30
     assert [h["epoch"] for h in tr["history"]] == [1, 2, 3]
     assert tr["history"][-1]["loss"] < tr["history"][0]["loss"]
     ev = json.loads((out / "results/evaluation.json").read_text())
@@ -45,7 +43,7 @@ def test_main_job_writes_every_artifact_with_provenance(trained):
     n_test = tr["split"]["sizes"]["test"]
     assert ev["json_to_image"]["gallery_size"] == n_test  # the whole test gallery, not a batch
     assert ja["all"]["n_queries"] == n_test and ja["anchor"]["n_queries"] == round(0.1 * n_test)
-    assert ja["all"]["hit@10"] > 0.3  # far above chance on ~60 gallery items with a trained tower
+    assert ja["all"]["hit@10"] > 0.3  # far above chance on ~45 gallery items with a trained tower
     assert "per_category" in ja and "attribute:articleType" in ev["json_to_image"]
     assert ev["centrality"]["check_anchor_mean_exceeds_overall"]
     assert ev["json_to_image"]["query_health"]["unit_norm_ok"]
@@ -57,7 +55,8 @@ def test_main_job_writes_every_artifact_with_provenance(trained):
 def test_resume_continues_from_last_checkpoint(trained, tmp_path):
     out, cfg, _ = trained
     shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
-    more = cfg.model_copy(update={"out_dir": str(tmp_path), "train": cfg.train.model_copy(update={"epochs": 4, "patience": 9})})
+    more = cfg.model_copy(update={"out_dir": str(tmp_path), "train": cfg.train.model_copy(update={"epochs": 4, "patience": 9}),
+                                  "eval": cfg.eval.model_copy(update={"sample_queries": 0})})
     run_main(more, resume=True, progress=False)
     tr = json.loads((tmp_path / "results/training_results.json").read_text())
     assert [h["epoch"] for h in tr["history"]] == [1, 2, 3, 4]
@@ -71,11 +70,11 @@ def test_same_seed_same_numbers(trained, tmp_path):
 
 @pytest.fixture(scope="module")
 def new_catalog(trained, tmp_path_factory, fashion_dir):
-    """150 products never seen in training (plus product 1163), in the fashion-products layout."""
+    """100 products never seen in training (plus product 1163), in the fashion-products layout."""
     out, _, _ = trained
     seen = set(json.loads((out / "results/split.json").read_text())["train"])
     rows = (fashion_dir / "styles.csv").read_text().splitlines()
-    body = [r for r in rows[1:] if r.split(",")[0] not in seen and r.split(",")[0] != "1163"][-149:]
+    body = [r for r in rows[1:] if r.split(",")[0] not in seen and r.split(",")[0] != "1163"][-99:]
     body += [r for r in rows[1:] if r.startswith("1163,")]
     cat = tmp_path_factory.mktemp("new")
     (cat / "styles.csv").write_text("\n".join([rows[0], *body]) + "\n")
@@ -88,7 +87,7 @@ def test_evaluate_on_a_catalogue_never_seen_in_training(trained, new_catalog, tm
     main(["evaluate", "--model", str(out / "checkpoints/best_model.pt"), "--catalog", str(new_catalog), "--out",
           str(tmp_path / "ev"), "--no-progress"])
     ev = json.loads((tmp_path / "ev/evaluation.json").read_text())
-    assert ev["json_to_image"]["n_queries"] == 150 and ev["json_to_image"]["gallery_size"] == 150
+    assert ev["json_to_image"]["n_queries"] == 100 and ev["json_to_image"]["gallery_size"] == 100
     for name in ("json_to_image.run", "text_to_image.run", "image_to_image.run", "attribute.qrels"):
         assert (tmp_path / "ev" / name).exists()
     first = (tmp_path / "ev/image_to_image.run").read_text().splitlines()[0].split()
@@ -123,30 +122,3 @@ def test_checkpoint_round_trip(trained):
     v = model.encode_attributes([{"gender": "Women", "articleType": "Kurtas"}])
     assert v.shape == (1, 128) and abs(np.linalg.norm(v) - 1) < 1e-5
     assert payload["schema"]["category_field"] == "subCategory"
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--catalog", "/definitely/not/here", "--no-progress"], "catalogue path does not exist: /definitely/not/here"),
-    (["evaluate", "--model", "/nope.pt", "--catalog", "x", "--out", "y"], "checkpoint not found: /nope.pt"),
-    (["train", "--config", "/nope.json"], "config file not found: /nope.json"),
-    (["train", "--quick", "--catalog", "synthetic:40", "--no-progress"], "PCA to 512 dims needs at least 512 training images"),
-])
-def test_user_errors_are_one_line_and_exit_2(argv, message, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
-
-
-def test_cli_process_prints_no_traceback():
-    r = subprocess.run([sys.executable, "-m", "lookalike.cli", "search", "--model", "/nope.pt", "--text", "x"],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == "lookalike: error: checkpoint not found: /nope.pt"
-
-
-def test_help_everywhere(capsys):
-    for cmd in ("train", "evaluate", "search", "centrality", "temperature-study", "sanity-check", "models"):
-        with pytest.raises(SystemExit) as e:
-            main([cmd, "--help"])
-        assert e.value.code == 0 and "usage: lookalike" in capsys.readouterr().out

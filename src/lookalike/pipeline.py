@@ -97,6 +97,12 @@ def load_and_embed(cfg: RunConfig, progress: bool = True) -> Embedded:
     if cfg.data.limit and cfg.data.limit < len(cat):
         cat = subsample(cat, cfg.data.limit, cfg.split.seed)
         log(f"using a stratified random subset of {len(cat)} products (limit={cfg.data.limit})")
+    at_most = round(len(cat) * (1 - cfg.split.val_fraction - cfg.split.test_fraction))
+    if cfg.encoder.projection == "pca" and cfg.split.cold_start is None and at_most < cfg.encoder.projection_dim:
+        # Said before embedding: the training split cannot be larger than this whatever the images hold.
+        raise LookalikeError(f"PCA to {cfg.encoder.projection_dim} dims needs at least {cfg.encoder.projection_dim} "
+                             f"training images, and {len(cat)} products leave about {at_most} for training; "
+                             "use --projection none or a smaller encoder.projection_dim")
     return embed_catalogue(cat, cfg, progress)
 
 

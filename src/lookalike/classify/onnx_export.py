@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from lookalike.encoders.base import default_threads
+
 
 def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
                 dynamic: dict[int, str]) -> Path:
@@ -33,7 +35,7 @@ def ort_session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 8)
+    opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave cores to the image decoders
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from abc import ABC, abstractmethod
 
 import numpy as np
 from PIL import Image
+
+
+def default_threads() -> int:
+    """Inference threads per process: $LOOKALIKE_THREADS, else the cores (at most 8). Several processes on
+    one machine (API workers, test workers) should share the cores rather than each claim all of them."""
+    env = os.environ.get("LOOKALIKE_THREADS", "").strip()
+    return int(env) if env.isdigit() and int(env) > 0 else min(os.cpu_count() or 1, 8)
 
 
 class ImageEncoder(ABC):

@@ -7,6 +7,7 @@ features match PyTorch's to 1e-5. The ONNX file is exported once and cached next
 
 from __future__ import annotations
 
+import fcntl
 import os
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lookalike.encoders.base import ImageEncoder, file_sha1, freeze
+from lookalike.encoders.base import ImageEncoder, default_threads, file_sha1, freeze
 from lookalike.encoders.registry import ModelSpec, register_family, register_model
 from lookalike.errors import LookalikeError
 
@@ -63,7 +64,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
         self.name = spec.name
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.runtime = runtime
-        self.threads = threads or min(os.cpu_count() or 1, 8)
+        self.threads = threads or default_threads()
         self._weights = _weights_path()
         self._weights_sha = file_sha1(self._weights)[:12]
         self._onnx_dir = Path(cache_dir or default_cache_dir()) / "onnx"
@@ -113,14 +114,18 @@ class EfficientNetLite0Encoder(ImageEncoder):
         path = onnx_dir / f"efficientnet-lite0-{self._weights_sha}-{self.image_size[0]}x{self.image_size[1]}-u8.onnx"
         if not path.exists():
             onnx_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            dummy = torch.zeros(2, *self.image_size, 3, dtype=torch.uint8)
-            with warnings.catch_warnings():  # the exporter's constant-folding notes are not actionable
-                warnings.simplefilter("ignore")
-                torch.onnx.export(self.model, (dummy,), str(tmp), input_names=["pixels"], output_names=["features"],
-                                  dynamic_axes={"pixels": {0: "batch", 1: "height", 2: "width"}},
-                                  opset_version=17, dynamo=False)
-            os.replace(tmp, path)
+            # One exporter at a time: processes sharing a cache (API workers, test workers) wait for it.
+            with open(path.with_suffix(".lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not path.exists():
+                    tmp = path.with_suffix(f".tmp{os.getpid()}")
+                    dummy = torch.zeros(2, *self.image_size, 3, dtype=torch.uint8)
+                    with warnings.catch_warnings():  # the exporter's constant-folding notes are not actionable
+                        warnings.simplefilter("ignore")
+                        torch.onnx.export(self.model, (dummy,), str(tmp), input_names=["pixels"], output_names=["features"],
+                                          dynamic_axes={"pixels": {0: "batch", 1: "height", 2: "width"}},
+                                          opset_version=17, dynamo=False)
+                    os.replace(tmp, path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
-from lookalike.encoders.base import TextEncoder
+from lookalike.encoders.base import TextEncoder, default_threads
 from lookalike.encoders.registry import ModelSpec, register_family, register_model
 
 
@@ -16,7 +15,7 @@ class USEM3Encoder(TextEncoder):
     def __init__(self, spec: ModelSpec, threads: int | None = None, batch_size: int = 256):
         self.name = spec.name
         self.batch_size = batch_size
-        self.threads = threads or min(os.cpu_count() or 1, 8)
+        self.threads = threads or default_threads()
         self._model = None  # loaded on first encode: a run whose texts are all cached never loads it
 
     def config(self) -> dict:
