@@ -87,24 +87,6 @@ def test_adapter_starts_as_pca_and_round_trips(tmp_path):
     np.testing.assert_allclose(b.encode(x), a.encode(x), atol=1e-6)
 
 
-def test_query_branch_starts_silent_moves_only_queries_and_round_trips(tmp_path, one_thread):
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(64, 16)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    shared, branched = Adapter(16, 4, 8).init_pca(x), Adapter(16, 4, 8, query_branch=True).init_pca(x)
-    np.testing.assert_allclose(branched.encode(x, query=True), shared.encode(x), atol=1e-6)  # zero-initialised
-    opt = torch.optim.SGD(branched.query_mlp.parameters(), lr=0.5)
-    for _ in range(3):  # pull the queries toward a fixed direction
-        opt.zero_grad()
-        (-branched(torch.from_numpy(x), query=True)[:, 0].mean()).backward()
-        opt.step()
-    np.testing.assert_allclose(branched.encode(x), shared.encode(x), atol=1e-6)  # images untouched
-    assert np.abs(branched.encode(x, query=True) - shared.encode(x)).max() > 1e-3
-    save_adapter(branched, AdapterConfig(out_dim=4, hidden_dim=8, query_branch=True), tmp_path / "q.pt")
-    back, _ = load_adapter(tmp_path / "q.pt")
-    np.testing.assert_allclose(back.encode(x, query=True), branched.encode(x, query=True), atol=1e-6)
-
-
 def test_training_beats_pca_where_pca_drops_the_labels(one_thread):
     """Class information lives in low-variance directions; PCA to 4-d keeps the loud noise instead."""
     rng = np.random.default_rng(0)
@@ -116,7 +98,7 @@ def test_training_beats_pca_where_pca_drops_the_labels(one_thread):
     q, im, val = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (sample(), sample(), sample()))
 
     def recall_at_1(adapter: Adapter) -> float:
-        a, b = adapter.encode(val, query=True), adapter.encode(im)
+        a, b = adapter.encode(val), adapter.encode(im)
         return float((labels[np.argmax(a @ b.T, axis=1)] == labels).mean())
 
     cfg = AdapterConfig(out_dim=4, hidden_dim=32, classes_per_batch=6, samples_per_class=4, epochs=5, lr=1e-2,

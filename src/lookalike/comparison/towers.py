@@ -91,7 +91,7 @@ def fit_adapter(model: LookalikeModel, prep: Prepared, keys: np.ndarray, cfg: Ad
     val_keys = np.unique(keys[val], return_inverse=True)[1]
 
     def validate(adapter: Adapter) -> float:
-        return float(ndcg_per_query(adapter.encode(q_val, query=True), adapter.encode(val_gallery), val_keys).mean())
+        return float(ndcg_per_query(adapter.encode(q_val), adapter.encode(val_gallery), val_keys).mean())
 
     t = time.perf_counter()
     adapter, history = train_adapter(q_train, prep.data.images.numpy(), keys[tr], paths, cfg, validate)
@@ -141,7 +141,7 @@ def compare_towers(cfg: RunConfig, out_dir: Path, adapter_cfg: AdapterConfig, co
             save_adapter(adapter, adapter_cfg, tdir / "adapter.pt", history=history)
             im_train = prep.data.images.numpy()
             pca = Adapter(im_train.shape[1], adapter_cfg.out_dim).init_pca(im_train)
-            q_small, g_small = adapter.encode(q_test, query=True), adapter.encode(gallery)
+            q_small, g_small = adapter.encode(q_test), adapter.encode(gallery)
             pq_ad = ndcg_per_query(q_small, g_small, test_keys)
             pq_pca = ndcg_per_query(pca.encode(q_test), pca.encode(gallery), test_keys)
             per_query[f"{split}/{tower}+adapter"] = pq_ad
@@ -210,7 +210,7 @@ def adapter_ablation(cfg: RunConfig, checkpoint: Path, variants: dict[str, Adapt
         log(f"adapter variant {name}")
         adapter, history, secs = fit_adapter(model, prep, keys, acfg)
         save_adapter(adapter, acfg, Path(checkpoint).parent.parent / f"adapter-{name}.pt", history=history)
-        q_small, g_small = adapter.encode(q_test, query=True), adapter.encode(gallery)
+        q_small, g_small = adapter.encode(q_test), adapter.encode(gallery)
         pq = ndcg_per_query(q_small, g_small, test_keys)
         out["variants"][name] = {"test_ndcg@10": float(pq.mean()), "kept_of_full": float(pq.mean() / max(full.mean(), 1e-12)),
                                  "train_s": round(secs, 1), "history": history, "config": acfg.model_dump(mode="json"),

@@ -14,24 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _residual(in_dim: int, hidden_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
-    mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim))
-    nn.init.zeros_(mlp[-1].weight)  # starts as no correction at all
-    nn.init.zeros_(mlp[-1].bias)
-    return mlp
-
-
 class Adapter(nn.Module):
-    """With `query_branch`, queries get one more residual correction of their own: tower outputs sit
-    near class centroids, photos around them, and one shared map cannot compress both equally well."""
-
-    def __init__(self, in_dim: int = 512, out_dim: int = 128, hidden_dim: int = 512, dropout: float = 0.1,
-                 query_branch: bool = False):
+    def __init__(self, in_dim: int = 512, out_dim: int = 128, hidden_dim: int = 512, dropout: float = 0.1):
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
         self.linear = nn.Linear(in_dim, out_dim, bias=False)
-        self.mlp = _residual(in_dim, hidden_dim, out_dim, dropout)
-        self.query_mlp = _residual(in_dim, hidden_dim, out_dim, dropout) if query_branch else None
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
 
     @torch.no_grad()
     def init_pca(self, vectors: np.ndarray) -> "Adapter":
@@ -42,18 +32,14 @@ class Adapter(nn.Module):
         self.linear.weight.copy_(torch.from_numpy(top.astype(np.float32)))
         return self
 
-    def forward(self, x: torch.Tensor, query: bool = False) -> torch.Tensor:
-        y = self.linear(x) + self.mlp(x)
-        if query and self.query_mlp is not None:
-            y = y + self.query_mlp(x)
-        return F.normalize(y, dim=-1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.linear(x) + self.mlp(x), dim=-1)
 
     @torch.inference_mode()
-    def encode(self, vectors: np.ndarray, batch_size: int = 8192, query: bool = False) -> np.ndarray:
-        """Compact unit vectors of gallery images (or, with `query`, of tower queries)."""
+    def encode(self, vectors: np.ndarray, batch_size: int = 8192) -> np.ndarray:
         was = self.training
         self.eval()
-        out = np.concatenate([self(torch.from_numpy(np.ascontiguousarray(vectors[s:s + batch_size], np.float32)), query).numpy()
+        out = np.concatenate([self(torch.from_numpy(np.ascontiguousarray(vectors[s:s + batch_size], np.float32))).numpy()
                               for s in range(0, len(vectors), batch_size)]) if len(vectors) else np.zeros((0, self.out_dim), np.float32)
         self.train(was)
         return out

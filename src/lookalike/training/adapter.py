@@ -34,7 +34,6 @@ class AdapterConfig(BaseModel):
     out_dim: int = Field(128, ge=2)
     hidden_dim: int = Field(512, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
-    query_branch: bool = Field(False, description="a residual correction for the query side only")
     # Multi-similarity won on validation (benchmarks/towers.py ablation: 0.362 vs triplet 0.360, distillation alone 0.358).
     loss: Literal["triplet", "multi-similarity", "none"] = "multi-similarity"
     pairs: Literal["cross", "all"] = Field("cross", description="cross: query anchors against image candidates "
@@ -71,7 +70,7 @@ def train_adapter(queries: np.ndarray, images: np.ndarray, labels: np.ndarray, p
     """queries, images: (n, d) unit rows of the training products; labels: (n,) relevance classes;
     paths: each product's category path. Returns the best adapter (by `validate`) and the history."""
     seed_everything(cfg.seed)
-    adapter = Adapter(queries.shape[1], cfg.out_dim, cfg.hidden_dim, cfg.dropout, cfg.query_branch).init_pca(images)
+    adapter = Adapter(queries.shape[1], cfg.out_dim, cfg.hidden_dim, cfg.dropout).init_pca(images)
     loss_fn = make_loss(cfg)
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     flat = [()] * len(labels) if cfg.sampler == "random" else paths  # a flat tree: any class may sit beside any other
@@ -86,7 +85,7 @@ def train_adapter(queries: np.ndarray, images: np.ndarray, labels: np.ndarray, p
         total_loss = 0.0
         for idx in sampler:
             i = torch.from_numpy(idx)
-            aq, aim = adapter(q[i], query=True), adapter(im[i])
+            aq, aim = adapter(q[i]), adapter(im[i])
             loss = cfg.distill_weight * distillation(aq, aim, q[i], im[i], cfg.distill_temperature)
             if loss_fn is not None and cfg.pairs == "cross":
                 loss = loss + loss_fn(aq, lab[i], aim, lab[i])
@@ -119,6 +118,6 @@ def save_adapter(adapter: Adapter, cfg: AdapterConfig, path: Path, **extra) -> N
 def load_adapter(path: Path) -> tuple[Adapter, dict]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     cfg = AdapterConfig.model_validate(payload["config"])
-    adapter = Adapter(payload["in_dim"], cfg.out_dim, cfg.hidden_dim, cfg.dropout, cfg.query_branch)
+    adapter = Adapter(payload["in_dim"], cfg.out_dim, cfg.hidden_dim, cfg.dropout)
     adapter.load_state_dict(payload["state_dict"])
     return adapter.eval(), payload
