@@ -74,7 +74,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cold-values", nargs="+", help="values to hold out (default: chosen by hash to cover --cold-fraction)")
     p.add_argument("--cold-fraction", type=float, default=0.1)
     p.add_argument("--adapter-dim", type=int, default=128)
-    p.add_argument("--adapter-epochs", type=int, default=6)
+    p.add_argument("--adapter-epochs", type=int, default=36, help="stage-2 adapter epochs (early-stopped on validation)")
     p.set_defaults(func=cmd_compare_towers)
 
     r = sub.add_parser("compare-rerankers", help="plain top-10 vs MMR vs the learned list-wise diversity reranker")
