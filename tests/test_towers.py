@@ -258,6 +258,15 @@ def test_infonce_soft_targets_mix_in_graded_relatedness():
         InfoNCELoss(positives="mask", soft=0.3)
 
 
+def test_soft_targets_with_masking_is_a_config_error():
+    from lookalike.config import load_config
+    from lookalike.errors import LookalikeError
+
+    with pytest.raises(LookalikeError, match="train.soft_targets > 0 .* needs train.positives 'multi'"):
+        load_config(None, {"train.positives": "mask"})
+    assert load_config(None, {"train.positives": "mask", "train.soft_targets": 0}).train.positives == "mask"
+
+
 def test_infonce_rejects_unknown_positives():
     with pytest.raises(ValueError):
         InfoNCELoss(positives="soft")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lookalike.catalogue.schema import CatalogueSchema
 from lookalike.errors import LookalikeError
@@ -85,6 +85,13 @@ class TrainConfig(_Strict):
         if len(parts) != 3 or parts[0] != "json_to_image" or not parts[1].startswith("attribute"):
             raise ValueError(f"val_metric must look like json_to_image/attribute[:NAME]/METRIC, got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _soft_needs_multi(self) -> "TrainConfig":
+        if self.soft_targets and self.positives != "multi":
+            raise ValueError("train.soft_targets > 0 mixes into multi-positive targets: it needs train.positives "
+                             "'multi' (or set train.soft_targets to 0 to use 'mask')")
+        return self
 
     @field_validator("batch_size")
     @classmethod
