@@ -1,6 +1,7 @@
 """Batch embedding of catalogue images and texts through a frozen encoder, with the cache in front.
 
-Images are read, hashed, decoded and preprocessed on a thread pool (PIL releases the GIL) while the
+Every image is first keyed (a stat when `FileKeys` knows the file, else a read and a hash); those
+not in the cache are then decoded and preprocessed on a thread pool (PIL releases the GIL) while the
 encoder runs the previous batch, so the embedder keeps close to the bare forward pass's throughput.
 A missing or undecodable image is reported by index and reason; it never stops the run.
 """
