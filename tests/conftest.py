@@ -32,9 +32,9 @@ def synthetic(tmp_path_factory):
     return synthetic_catalogue(n=240, seed=3, image_dir=tmp_path_factory.mktemp("synthetic"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """Toy-sized torch training: intra-op threads only add synchronisation (10× slower on a busy 2-core box)."""
+    """Toy-sized torch work: intra-op threads only add synchronisation (10× slower on a busy 2-core box)."""
     import torch
 
     n = torch.get_num_threads()

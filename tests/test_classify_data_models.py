@@ -13,15 +13,7 @@ from lookalike.errors import LookalikeError
 from conftest import SHARED
 
 SMILES = SHARED / "smiles"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A few dozen small images: thread hand-offs cost more CPU than they save (and the cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # a few dozen small images
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,8 @@ from lookalike.errors import LookalikeError
 from lookalike.training.classifier import FinetuneConfig, finetune
 
 from conftest import SHARED
-from test_classify_data_models import one_torch_thread  # noqa: F401  (module-scoped, autouse)
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,7 @@ def small_csv(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(one_torch_thread, small_csv, tmp_path_factory):
+def trained(one_thread, small_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("ft")
     cfg = FinetuneConfig(data=str(small_csv), out_dir=str(out), image_size=(64, 64), encoder_runtime="torch",
                          epochs=40, patience=5, lr=3e-3)
