@@ -14,6 +14,7 @@ from lookalike.evaluation.evaluator import SELF_EXCLUDED, RetrievalEvaluator, re
 from lookalike.evaluation.metrics import aggregate, per_query_metrics
 from lookalike.evaluation.trec import write_run
 from lookalike.retrieval.exact import exact_topk
+from lookalike.retrieval.hubness import hub_penalty
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -63,6 +64,35 @@ def test_exact_topk_exclude(chunk):
         else:
             assert idx[i, 0] == i  # not excluded → its own (near-duplicate) item comes first
     assert np.isfinite(sc).all()
+
+
+@pytest.mark.parametrize("chunk", [1024, 7])
+def test_exact_topk_bias_ranks_by_shifted_scores(chunk):
+    rng = np.random.default_rng(3)
+    q, g = _unit(rng, 30, 16), _unit(rng, 90, 16)
+    bias = (0.3 * rng.standard_normal(90)).astype(np.float32)
+    idx, sc = exact_topk(q, g, 12, chunk=chunk, bias=bias)
+    ref_idx, ref_sc = _reference_topk(np.hstack([q, np.ones((30, 1), np.float32)]), np.hstack([g, bias[:, None]]), 12)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(sc, ref_sc, atol=1e-5)
+    assert not np.array_equal(idx, exact_topk(q, g, 12, chunk=chunk)[0])
+
+
+def test_hub_penalty_is_mean_of_k_nearest_bank_cosines_and_demotes_hubs():
+    rng = np.random.default_rng(4)
+    bank, g = _unit(rng, 400, 32), _unit(rng, 60, 32)
+    bank[:200] = g[0] + 0.15 * _unit(rng, 200, 32)  # many queries crowd around gallery item 0: a hub
+    bank[:200] /= np.linalg.norm(bank[:200], axis=1, keepdims=True)
+    pen = hub_penalty(g, bank, k=10, chunk=7)
+    ref = np.sort(g.astype(np.float64) @ bank.T.astype(np.float64), axis=1)[:, -10:].mean(axis=1)
+    np.testing.assert_allclose(pen, ref, atol=1e-5)
+    assert pen.argmax() == 0
+    assert hub_penalty(g, bank, k=10_000).shape == (60,)  # k beyond the bank: every bank query counts
+    # The hub has the largest penalty, so for any query it can only lose places, and it does for some.
+    q = bank[200:]
+    rank_plain = np.argwhere(exact_topk(q, g, 60)[0] == 0)[:, 1]
+    rank_corrected = np.argwhere(exact_topk(q, g, 60, bias=-1.0 * pen)[0] == 0)[:, 1]
+    assert (rank_corrected >= rank_plain).all() and (rank_corrected > rank_plain).any()
 
 
 def test_exact_topk_clamps_k():
@@ -157,7 +187,10 @@ def evaluated(tmp_path_factory):
     ev = RetrievalEvaluator(products, {"instance": None, "attribute": list(FIELDS)}, KS, depth=DEPTH,
                             anchors=anchors, category_field="colour")
     out = tmp_path_factory.mktemp("eval")
-    results = ev({"json_to_image": queries, "image_to_image": gallery}, gallery, out_dir=out)
+    # text → image gets the same queries ranked with a per-image score offset (as the hubness correction does).
+    bias = (0.2 * rng.standard_normal(n)).astype(np.float32)
+    results = ev({"json_to_image": queries, "image_to_image": gallery, "text_to_image": queries}, gallery, out_dir=out,
+                 biases={"text_to_image": bias})
     return results, out, anchors, products
 
 
@@ -177,7 +210,7 @@ def _trec_eval_per_query(out: Path, task: str, qrels_file: str) -> dict[str, dic
     return {m: {q: v[m] for q, v in per_query.items()} for m in TREC_NAME.values()}
 
 
-@pytest.mark.parametrize("task", ["json_to_image", "image_to_image"])
+@pytest.mark.parametrize("task", ["json_to_image", "image_to_image", "text_to_image"])
 def test_evaluator_matches_trec_eval(evaluated, task):
     results, out, anchors, products = evaluated
     res = results[task]
@@ -217,6 +250,13 @@ def test_evaluator_matches_trec_eval(evaluated, task):
         assert sum(sub["n_queries"] for sub in block["per_category"].values()) == len(products)
         # Not a degenerate fixture: some queries succeed, some fail.
         assert 0 < block["all"]["hit@10"] < 1 and 0 < block["all"]["map"] < 1
+
+
+def test_evaluator_ranks_a_biased_task_by_the_shifted_scores(evaluated):
+    results, out, _, _ = evaluated
+    plain, biased = ((out / f"{t}.run").read_text().split("\n")[:-1] for t in ("json_to_image", "text_to_image"))
+    assert [ln.split()[2] for ln in plain] != [ln.split()[2] for ln in biased]
+    assert results["text_to_image"]["attribute"]["all"] != results["json_to_image"]["attribute"]["all"]
 
 
 def test_qrels_files(evaluated):

@@ -10,6 +10,7 @@ from lookalike.cli import main
 from lookalike.config import RunConfig
 from lookalike.model import LookalikeModel
 from lookalike.pipeline import run_main
+from lookalike.search import Searcher
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -50,6 +51,12 @@ def test_main_job_writes_every_artifact_with_provenance(trained):
     assert ev["json_to_image"]["similarity"]["positive_mean"] > ev["json_to_image"]["similarity"]["negative_mean"]
     run_lines = (out / "results/runs/json_to_image.run").read_text().splitlines()
     assert len(run_lines) == n_test * min(100, n_test)
+    # JSON and text queries rank with the hubness correction; the plain-cosine ranking is reported beside it.
+    assert ev["ranking"]["corrected_tasks"] == ["json_to_image", "text_to_image"] and ev["ranking"]["hubness_weight"] > 0
+    assert ev["json_to_image_cosine"]["attribute"]["all"]["n_queries"] == n_test
+    assert run_lines != (out / "results/runs/json_to_image_cosine.run").read_text().splitlines()
+    bank = LookalikeModel.load(out / "checkpoints/best_model.pt")[0].query_bank
+    assert bank is not None and len(bank["articleType"]) == tr["split"]["sizes"]["train"]
 
 
 def test_resume_continues_from_last_checkpoint(trained, tmp_path):
@@ -93,6 +100,13 @@ def test_evaluate_on_a_catalogue_never_seen_in_training(trained, new_catalog, tm
     first = (tmp_path / "ev/image_to_image.run").read_text().splitlines()[0].split()
     assert first[0] != first[2] and first[3] == "1"  # product ids; the query photo itself is never a result
     assert "json_to_image/attribute/hit@10" in capsys.readouterr().out
+    # `search` ranks a JSON query exactly as the evaluation did (same hubness correction, same gallery).
+    searcher = Searcher.open(str(out / "checkpoints/best_model.pt"), str(new_catalog), progress=False)
+    query = searcher.emb.products[0]
+    hits, _ = searcher.by_attributes(query.attributes, k=5)
+    run = [ln.split() for ln in (tmp_path / "ev/json_to_image.run").read_text().splitlines() if ln.split()[0] == query.id]
+    assert [h.id for h in hits] == [r[2] for r in run[:5]]
+    np.testing.assert_allclose([h.score for h in hits], [float(r[4]) for r in run[:5]], atol=1e-4)
 
 
 def test_search_cli_json_text_image_and_product(trained, new_catalog, fashion_dir, capsys):

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lookalike.losses.infonce import InfoNCELoss
-from lookalike.training.trainer import shared_fraction
 from lookalike.towers.attribute import AttributeTower
 from lookalike.towers.text import TextTower
 from lookalike.towers.vocab import PAD, UNK, AttributeVocab
+from lookalike.training.relatedness import relatedness, value_information
 
 TRAIN = [
     {"colour": "red", "fit": "loose", "tags": ["cotton", "summer"]},
@@ -235,13 +237,33 @@ def test_infonce_multi_uses_uniform_soft_targets():
     torch.testing.assert_close(InfoNCELoss(temperature=t, positives="multi")(q, x, groups), expected)
 
 
+def test_relatedness_weighs_shared_values_by_their_information():
+    vocab = AttributeVocab(["a", "b"], [], {"a": ["x", "y", "z"], "b": ["p", "q"]})
+    attrs = vocab.encode([{"a": a, "b": b} for a, b in zip("xxxyyz", "ppqqqq")])
+    info = value_information(attrs, vocab)
+    assert torch.allclose(info["a"][2:], torch.tensor([math.log(2), math.log(3), math.log(6)]))  # p(x)=1/2, y 1/3, z 1/6
+    r = relatedness(attrs, info)
+    ix, iy, iz, ip, iq = math.log(2), math.log(3), math.log(6), math.log(3), math.log(1.5)
+    # Lin: information of the shared values over the information of all values of both products.
+    assert r[0, 2].item() == pytest.approx(2 * ix / (2 * ix + ip + iq), rel=1e-5)  # share a=x (fairly rare)
+    assert r[2, 5].item() == pytest.approx(2 * iq / (ix + iz + 2 * iq), rel=1e-5)  # share b=q (common): less related
+    assert r[0, 2] > r[2, 5] and r[0, 5] == 0 and torch.allclose(r.diagonal(), torch.ones(6))
+    mixed = relatedness(attrs, info, "a", 0.5)
+    assert mixed[0, 2].item() == pytest.approx(0.5 * r[0, 2].item() + 0.5, rel=1e-5)
+    assert mixed[2, 5].item() == pytest.approx(0.5 * r[2, 5].item(), rel=1e-5)
+    # A field with one value carries no information: products equal on every field are still fully related.
+    flat = AttributeVocab(["a"], [], {"a": ["x"]})
+    assert torch.equal(relatedness(flat.encode([{"a": "x"}] * 3), value_information(flat.encode([{"a": "x"}] * 3), flat)),
+                       torch.ones(3, 3))
+
+
 def test_infonce_soft_targets_mix_in_graded_relatedness():
     q, x = _embeddings()
     t, soft = 0.1, 0.4
     groups = torch.tensor([3, 3, 1, 2, 2, 2])
-    attrs = {"a": torch.tensor([[0], [0], [0], [1], [1], [2]]), "b": torch.tensor([[5], [5], [6], [6], [6], [6]])}
-    related = shared_fraction(attrs, ["a", "b"]) ** 2
-    assert related[0, 2] == 0.25 and related[2, 5] == 0.25 and related[0, 5] == 0  # (1 of 2 fields shared)²
+    vocab = AttributeVocab(["a", "b"], [], {"a": ["x", "y", "z"], "b": ["p", "q"]})
+    attrs = vocab.encode([{"a": a, "b": b} for a, b in zip("xxxyyz", "ppqqqq")])
+    related = relatedness(attrs, value_information(attrs, vocab)) ** 2
     logits = q @ x.T / t
     same = (groups[:, None] == groups[None, :]).double()
 

@@ -15,6 +15,7 @@ import torch
 from lookalike.config import RunConfig
 from lookalike.encoders.projection import ImageSpace
 from lookalike.errors import LookalikeError
+from lookalike.retrieval.hubness import hub_penalty
 from lookalike.towers import AttributeVocab, TextTower
 from lookalike.towers.registry import create_attribute_tower
 
@@ -29,15 +30,31 @@ class LookalikeModel(torch.nn.Module):
         self.out_dim, self.text_dim = out_dim, text_dim
         self.attribute_tower = create_attribute_tower(t, vocab, out_dim)
         self.text_tower = TextTower(text_dim, out_dim, t.text_hidden_dim, t.dropout)
+        # The training products' encoded attributes: the query bank of the hubness correction.
+        self.query_bank: dict[str, torch.Tensor] | None = None
+
+    def encode_attributes(self, attributes: list[dict], batch_size: int = 4096) -> np.ndarray:
+        parts = [self.encode_ids(self.vocab.encode(attributes[s:s + batch_size])) for s in range(0, len(attributes), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.out_dim), np.float32)
 
     @torch.inference_mode()
-    def encode_attributes(self, attributes: list[dict], batch_size: int = 4096) -> np.ndarray:
+    def encode_ids(self, encoded: dict[str, torch.Tensor], batch_size: int = 4096) -> np.ndarray:
+        """Attribute tower on already encoded attributes (`AttributeVocab.encode`)."""
         was = self.training
         self.eval()
-        parts = [self.attribute_tower(self.vocab.encode(attributes[s:s + batch_size])).numpy()
-                 for s in range(0, len(attributes), batch_size)]
+        n = len(next(iter(encoded.values())))
+        parts = [self.attribute_tower({f: v[s:s + batch_size] for f, v in encoded.items()}).numpy()
+                 for s in range(0, n, batch_size)]
         self.train(was)
         return np.concatenate(parts) if parts else np.zeros((0, self.out_dim), np.float32)
+
+    def gallery_bias(self, gallery: np.ndarray) -> np.ndarray | None:
+        """Score offset per gallery image for JSON and text queries: −weight × its hub penalty against the
+        training queries (retrieval/hubness.py); None when the correction is off or there is no bank."""
+        r = self.config.retrieval
+        if not r.hubness_weight or self.query_bank is None or len(gallery) == 0:
+            return None
+        return -r.hubness_weight * hub_penalty(gallery, self.encode_ids(self.query_bank), r.hubness_k)
 
     @torch.inference_mode()
     def encode_sentence_vectors(self, vectors: np.ndarray) -> np.ndarray:
@@ -51,7 +68,7 @@ class LookalikeModel(torch.nn.Module):
         space = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in self.space.state().items()}
         payload = {"format": CHECKPOINT_FORMAT, "config": self.config.model_dump(mode="json", by_alias=True),
                    "vocab": self.vocab.to_dict(), "space": space, "out_dim": self.out_dim, "text_dim": self.text_dim,
-                   "state_dict": self.state_dict(), **extra}
+                   "state_dict": self.state_dict(), "query_bank": self.query_bank, **extra}
         tmp = Path(path).with_suffix(".tmp")
         torch.save(payload, tmp)
         tmp.replace(path)
@@ -71,6 +88,7 @@ class LookalikeModel(torch.nn.Module):
         model = cls(AttributeVocab.from_dict(payload["vocab"]), space, payload["out_dim"], payload["text_dim"],
                     RunConfig.model_validate(payload["config"]))
         model.load_state_dict(payload["state_dict"])
+        model.query_bank = payload.get("query_bank")
         model.eval()
         return model, payload
 

@@ -117,6 +117,9 @@ def eval_definitions(cfg: RunConfig, schema: CatalogueSchema, instance: bool = T
     return defs
 
 
+BIASED_TASKS = ("json_to_image", "text_to_image")  # the hubness correction's bank holds training JSON queries
+
+
 def query_vectors(model: LookalikeModel, emb: Embedded, idx: np.ndarray, gallery: np.ndarray) -> dict[str, np.ndarray]:
     products = [emb.products[i] for i in idx]
     queries = {"json_to_image": model.encode_attributes([p.attributes for p in products])}
@@ -137,7 +140,17 @@ def evaluate_split(model: LookalikeModel, emb: Embedded, idx: np.ndarray, cfg: R
                                    cfg.eval.run_depth, anchors, emb.catalogue.schema.category_field)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    results = evaluator(query_vectors(model, emb, idx, gallery), gallery, out_dir, per_category=per_category)
+    queries = query_vectors(model, emb, idx, gallery)
+    bias = model.gallery_bias(gallery)
+    biases = {}
+    if bias is not None:  # ranked with the hubness correction; the plain-cosine ranking is reported beside it
+        for task in [t for t in queries if t in BIASED_TASKS]:
+            queries[f"{task}_cosine"] = queries[task]
+            biases[task] = bias
+    results = evaluator(queries, gallery, out_dir, per_category=per_category, biases=biases)
+    results["ranking"] = {"hubness_weight": model.config.retrieval.hubness_weight if bias is not None else 0.0,
+                          "hubness_k": model.config.retrieval.hubness_k,
+                          "corrected_tasks": sorted(biases), "note": "TASK_cosine: the same queries ranked by plain cosine"}
     results["relevance_definitions"] = evaluator.definitions
     results["anchor_fraction"] = cfg.eval.anchor_fraction
     results["metric_depth_note"] = (f"MRR and MAP are computed on the top-{cfg.eval.run_depth} run (as trec_eval "
@@ -182,9 +195,12 @@ def sample_grids(model: LookalikeModel, emb: Embedded, idx: np.ndarray, results_
             break
     keys = relevance_keys(products, emb.catalogue.schema.fields)
     queries = query_vectors(model, emb, idx[picks], gallery[picks])
+    bias = model.gallery_bias(gallery)
     written = []
     for task, q in queries.items():
         scores = q @ gallery.T
+        if bias is not None and task in BIASED_TASKS:
+            scores = scores + bias[None, :]
         for row, j in enumerate(picks):
             s = scores[row].copy()
             if task == "image_to_image":
@@ -230,15 +246,24 @@ def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
     tr = idx["train"]
     vocab = AttributeVocab.build([emb.products[i].attributes for i in tr], schema.single_fields, schema.list_fields)
     groups = relevance_keys(emb.products, schema.fields)
+    category = cfg.train.soft_category_field
+    if category is not None and category not in schema.single_fields:
+        raise LookalikeError(f"train.soft_category_field {category!r} is not a single-valued field of the catalogue; "
+                             f"those are {schema.single_fields}")
+    if category is None and schema.category_field in schema.single_fields:
+        category = schema.category_field
     data = TrainSet(attributes=vocab.encode([emb.products[i].attributes for i in tr]),
                     images=torch.from_numpy(images[tr]), groups=torch.from_numpy(groups[tr]),
-                    sentences=torch.from_numpy(emb.sentences[tr]) if emb.sentences is not None else None)
+                    sentences=torch.from_numpy(emb.sentences[tr]) if emb.sentences is not None else None,
+                    category=category)
     return Prepared(emb, split, idx, space, vocab, data)
 
 
 def new_model(cfg: RunConfig, prep: Prepared) -> LookalikeModel:
     text_dim = prep.emb.sentences.shape[1] if prep.emb.sentences is not None else 512
-    return create_model(cfg, prep.vocab, prep.space, prep.emb.features.shape[1], text_dim)
+    model = create_model(cfg, prep.vocab, prep.space, prep.emb.features.shape[1], text_dim)
+    model.query_bank = prep.data.attributes
+    return model
 
 
 def run_main(cfg: RunConfig, resume: bool = False, progress: bool = True, prep: Prepared | None = None) -> dict:

@@ -29,6 +29,7 @@ class Searcher:
         self.gallery = model.space.transform(emb.features)
         self._text = None
         self._image = None
+        self._bias: np.ndarray | None = None
 
     @classmethod
     def open(cls, checkpoint: str, catalog: str, cache_dir: str | None = None, progress: bool = True) -> "Searcher":
@@ -36,10 +37,17 @@ class Searcher:
         emb, cfg = load_for_checkpoint(model, payload, catalog, cache_dir=cache_dir, progress=progress)
         return cls(model, emb, cfg)
 
-    def _hits(self, q: np.ndarray, k: int, exclude: int = -1) -> list[Hit]:
+    def bias(self) -> np.ndarray | None:
+        """The gallery's hubness correction for JSON and text queries (as in evaluation), computed once."""
+        if self._bias is None:
+            self._bias = self.model.gallery_bias(self.gallery)
+        return self._bias
+
+    def _hits(self, q: np.ndarray, k: int, exclude: int = -1, bias: np.ndarray | None = None) -> list[Hit]:
         if not 1 <= k <= len(self.gallery):
             raise LookalikeError(f"k must be between 1 and {len(self.gallery)}, got {k}")
-        idx, scores = exact_topk(q[None, :], self.gallery, k, exclude=np.array([exclude]) if exclude >= 0 else None)
+        idx, scores = exact_topk(q[None, :], self.gallery, k, exclude=np.array([exclude]) if exclude >= 0 else None,
+                                 bias=bias)
         return [Hit(self.emb.products[j].id, float(s), self.emb.products[j].attributes, str(self.emb.products[j].image.path))
                 for j, s in zip(idx[0], scores[0])]
 
@@ -51,14 +59,15 @@ class Searcher:
         stray = sorted(set(attributes) - fields)
         if stray and not (set(attributes) & fields):
             raise LookalikeError(f"query has no known field; got {stray}, expected some of {sorted(fields)}")
-        return self._hits(self.model.encode_attributes([attributes])[0], k), self.model.vocab.unknown_values(attributes)
+        hits = self._hits(self.model.encode_attributes([attributes])[0], k, bias=self.bias())
+        return hits, self.model.vocab.unknown_values(attributes)
 
     def by_text(self, text: str, k: int = 10) -> list[Hit]:
         if not text.strip():
             raise LookalikeError("text query is empty")
         if self._text is None:
             self._text = create_text_encoder(self.cfg.encoder.text_model)
-        return self._hits(self.model.encode_sentence_vectors(self._text.encode([text]))[0], k)
+        return self._hits(self.model.encode_sentence_vectors(self._text.encode([text]))[0], k, bias=self.bias())
 
     def by_image(self, image: str | Path | Image.Image, k: int = 10) -> list[Hit]:
         if not isinstance(image, Image.Image):

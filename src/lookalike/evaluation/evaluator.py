@@ -82,16 +82,18 @@ class RetrievalEvaluator:
             groups["anchor"] = self.anchors
         return groups
 
-    def rank(self, task: str, queries: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def rank(self, task: str, queries: np.ndarray, gallery: np.ndarray,
+             bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         exclude = np.arange(len(queries)) if task in SELF_EXCLUDED else None
-        return exact_topk(queries, gallery, self.depth, exclude=exclude)
+        return exact_topk(queries, gallery, self.depth, exclude=exclude, bias=bias)
 
     def __call__(self, queries: dict[str, np.ndarray], gallery: np.ndarray, out_dir: Path | None = None,
-                 per_category: bool = True) -> dict:
+                 per_category: bool = True, biases: dict[str, np.ndarray] | None = None) -> dict:
+        """`biases[task]`: a per-gallery-image score offset that task ranks with (e.g. hubness correction)."""
         results: dict = {}
         written: set[str] = set()
         for task, q in queries.items():
-            top_idx, top_scores = self.rank(task, q, gallery)
+            top_idx, top_scores = self.rank(task, q, gallery, (biases or {}).get(task))
             self_excluded = task in SELF_EXCLUDED
             task_res: dict = {"n_queries": len(q), "gallery_size": len(gallery), "run_depth": top_idx.shape[1],
                               "self_excluded": self_excluded}

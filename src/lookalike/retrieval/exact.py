@@ -10,15 +10,18 @@ import numpy as np
 
 
 def exact_topk(queries: np.ndarray, gallery: np.ndarray, k: int, exclude: np.ndarray | None = None,
-               chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+               chunk: int = 1024, bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(indices, scores), each (n_queries, k), best first. `exclude[i]` is a gallery index to leave
-    out of query i's ranking (the query's own image in image → image search), or -1."""
+    out of query i's ranking (the query's own image in image → image search), or -1. `bias` (n_gallery,)
+    is added to every query's scores (e.g. a hubness penalty)."""
     k = min(k, len(gallery) - (1 if exclude is not None else 0))
     idx_out = np.empty((len(queries), k), np.int64)
     sc_out = np.empty((len(queries), k), np.float32)
     g = np.ascontiguousarray(gallery, np.float32)
     for s in range(0, len(queries), chunk):
         sims = np.ascontiguousarray(queries[s:s + chunk], np.float32) @ g.T
+        if bias is not None:
+            sims += bias.astype(np.float32)[None, :]
         if exclude is not None:
             rows = np.arange(len(sims))
             ex = exclude[s:s + chunk]

@@ -18,6 +18,7 @@ from lookalike.config import TrainConfig
 from lookalike.evaluation.evaluator import get_metric
 from lookalike.losses import InfoNCELoss
 from lookalike.model import LookalikeModel
+from lookalike.training.relatedness import relatedness, value_information
 
 
 @dataclass
@@ -26,6 +27,7 @@ class TrainSet:
     images: torch.Tensor  # (N, D) unit vectors in the frozen image space
     groups: torch.Tensor  # (N,) equal for identical attribute values
     sentences: torch.Tensor | None = None  # (N, text_dim) frozen sentence vectors
+    category: str | None = None  # the single-valued field whose shared value adds to soft-target relatedness
 
     def __len__(self) -> int:
         return len(self.images)
@@ -61,12 +63,6 @@ def train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeMo
         torch.set_num_threads(threads)
 
 
-def shared_fraction(batch: dict[str, torch.Tensor], single_fields: list[str]) -> torch.Tensor:
-    """(B, B) fraction of the single-valued fields ((B, 1) id tensors) on which two products agree."""
-    ids = torch.cat([batch[f] for f in single_fields], dim=1)  # (B, F)
-    return (ids[:, None, :] == ids[None, :, :]).float().mean(dim=2)
-
-
 def _train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeModel], dict], cfg: TrainConfig,
            checkpoint_dir: Path, resume: bool, progress: bool, checkpoint_extra: dict | None) -> list[dict]:
     losses = torch.nn.ModuleDict({
@@ -93,6 +89,7 @@ def _train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeM
         torch.set_rng_state(state["torch_rng"])
         history, best, best_epoch, start_epoch = state["history"], state["best"], state["best_epoch"], state["epoch"] + 1
     use_text = cfg.train_text and data.sentences is not None
+    information = value_information(data.attributes, model.vocab) if cfg.soft_targets else {}
     t0 = time.perf_counter()
     stale = start_epoch - 1 - best_epoch if history else 0
     for epoch in range(start_epoch, cfg.epochs):
@@ -106,7 +103,8 @@ def _train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeM
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             images, groups = data.images[idx], data.groups[idx]
             batch = {f: v[idx] for f, v in data.attributes.items()}
-            related = shared_fraction(batch, model.vocab.single_fields) ** cfg.soft_sharpness if cfg.soft_targets else None
+            related = relatedness(batch, information, data.category, cfg.soft_category_weight) ** cfg.soft_sharpness \
+                if cfg.soft_targets else None
             q = model.attribute_tower(batch)
             attr_loss = losses["attribute"](q, images, groups, related)
             loss = attr_loss
