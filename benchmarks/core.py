@@ -144,13 +144,20 @@ def main() -> None:
         tr = json.loads((out / "main/results/training_results.json").read_text())
         report["timings"] = tr["timings"]
         print(f"second-run timings: {json.dumps(tr['timings'])}")
-        print(f"\nquality on the test split ({ev['json_to_image']['gallery_size']} products never seen in training, whole gallery):")
-        report["quality"] = {}
+        print(f"\nquality on the test split ({ev['json_to_image']['gallery_size']} products never seen in training, whole gallery;"
+              f" JSON and text ranked with hubness weight {ev['ranking']['hubness_weight']}, plain cosine in brackets):")
+        report["quality"], report["quality_plain_cosine"] = {}, {}
         for label, path, floor in TARGETS:
             v = lookup(ev, path)
             report["quality"][path] = v
+            task, rest = path.split("/", 1)
+            plain = f"{task}_cosine/{rest}"
+            cos = ""
+            if f"{task}_cosine" in ev:
+                report["quality_plain_cosine"][plain] = lookup(ev, plain)
+                cos = f" ({lookup(ev, plain):.4f})"
             verdict = "" if floor is None else (f"  floor {floor:.2f}: " + ("MET" if v >= floor else "NOT MET"))
-            print(f"  {label:<66} {v:.4f}{verdict}")
+            print(f"  {label:<66} {v:.4f}{cos:<9}{verdict}")
 
     variants = [(f"input {s}", ["--image-size", *s.lower().split("x")]) for s in args.sizes]
     variants += [(f"projection {p}", ["--projection", p]) for p in args.projections]
