@@ -33,7 +33,7 @@ TARGETS = [  # (label, metric path, floor)
     ("JSON→image nDCG@10, all seven columns", "json_to_image/attribute/all/ndcg@10", None),
     ("text→image hit@10, relevance gender+articleType+baseColour", "text_to_image/attribute:gender+articleType+baseColour/all/hit@10", None),
     ("text→image precision@10, relevance articleType", "text_to_image/attribute:articleType/all/precision@10", None),
-    ("text→image instance hit@10 / MRR", "text_to_image/instance/all/hit@10", None),
+    ("text→image instance hit@10", "text_to_image/instance/all/hit@10", None),
     ("text→image instance MRR", "text_to_image/instance/all/mrr", None),
     ("image→image precision@10, relevance articleType", "image_to_image/attribute:articleType/all/precision@10", None),
 ]

@@ -71,7 +71,8 @@ class TrainConfig(_Strict):
                                 "products by how related their attributes are (0: exact matches only)")
     soft_sharpness: float = Field(2.0, gt=0, description="relatedness is raised to this power: near matches count most")
     # Relatedness is Lin's information-weighted share of attribute values (training/relatedness.py), mixed with
-    # sharing the category field; weight 0.5 on articleType raised validation articleType precision@10 0.8346 → 0.8599.
+    # sharing the category field; weight 0.5 on articleType raised validation articleType precision@10
+    # 0.8346 → 0.8599.
     soft_category_field: str | None = Field(None, description="single-valued field whose shared value adds to "
                                             "relatedness (default: the catalogue schema's category field)")
     soft_category_weight: float = Field(0.5, ge=0, le=1, description="weight of sharing that field in relatedness")
@@ -133,7 +134,8 @@ class EvalConfig(_Strict):
 
 class RetrievalConfig(_Strict):
     """How JSON and text queries rank the gallery (evaluation and `search` alike); see retrieval/hubness.py."""
-    # Chosen on validation (fashion-products): 0.5 meets every quality floor there; 0.75 trades articleType precision for nDCG.
+    # Chosen on validation (fashion-products): 0.5 meets every quality floor there; 0.75 trades articleType
+    # precision for nDCG.
     hubness_weight: float = Field(0.5, ge=0, description="score = cosine − weight × the image's mean cosine to its "
                                   "k nearest training queries (0: plain cosine)")
     hubness_k: int = Field(50, ge=1)

@@ -34,7 +34,8 @@ class LookalikeModel(torch.nn.Module):
         self.query_bank: dict[str, torch.Tensor] | None = None
 
     def encode_attributes(self, attributes: list[dict], batch_size: int = 4096) -> np.ndarray:
-        parts = [self.encode_ids(self.vocab.encode(attributes[s:s + batch_size])) for s in range(0, len(attributes), batch_size)]
+        parts = [self.encode_ids(self.vocab.encode(attributes[s:s + batch_size]))
+                 for s in range(0, len(attributes), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, self.out_dim), np.float32)
 
     @torch.inference_mode()

@@ -7,7 +7,7 @@ information-theoretic similarity (Lin, ICML 1998) weighs each shared value by ho
 −log p(value) on the training set, so sharing a rare article type counts more than sharing the
 common usage "Casual"; the category field can be given extra weight on top.
 
-Chosen on validation (fashion-products, whole validation gallery, JSON → image, 20 epochs): with
+Chosen on validation (fashion-products, whole validation gallery, JSON → image, 20 epochs, text tower off): with
 the category (articleType) at weight 0.5, articleType precision@10 0.8346 → 0.8599, while nDCG@10
 over all seven fields went 0.4209 → 0.4039 (hubness correction at query time more than restores it).
 """
