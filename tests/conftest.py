@@ -26,6 +26,17 @@ def fashion_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def fashion_subset(fashion_dir, tmp_path_factory) -> Path:
+    """Every 8th product of the real catalogue (~5,000), same layout: tests that train on a few hundred
+    products need not read all 39,653 rows (1.8 s a load) each time."""
+    lines = (fashion_dir / "styles.csv").read_text(encoding="utf-8").splitlines()
+    out = tmp_path_factory.mktemp("fashion-subset")
+    (out / "styles.csv").write_text("\n".join([lines[0], *lines[1::8]]) + "\n", encoding="utf-8")
+    (out / "images").symlink_to(fashion_dir / "images")
+    return out
+
+
+@pytest.fixture(scope="session")
 def synthetic(tmp_path_factory):
     from lookalike.catalogue.synthetic import synthetic_catalogue
 

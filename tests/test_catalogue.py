@@ -8,8 +8,13 @@ from lookalike.catalogue.split import split_ids, subsample
 from lookalike.errors import LookalikeError
 
 
-def test_fashion_products_preset_loads_the_real_catalogue(fashion_dir):
-    cat = load_catalogue(fashion_dir)
+@pytest.fixture(scope="module")
+def full(fashion_dir):
+    return load_catalogue(fashion_dir)
+
+
+def test_fashion_products_preset_loads_the_real_catalogue(full):
+    cat = full
     assert len(cat) == 39653
     assert sum(cat.report.skipped.values()) == 0
     p = cat.products[0]
@@ -81,8 +86,8 @@ def test_schema_validation():
         CatalogueSchema(image_field="p", single_fields=["a"], category_field="b")
 
 
-def test_split_is_deterministic_disjoint_and_stratified(fashion_dir):
-    cat = load_catalogue(fashion_dir)
+def test_split_is_deterministic_disjoint_and_stratified(full):
+    cat = full
     a = split_ids(cat, 0.15, 0.15, seed=7)
     b = split_ids(cat.subset(list(reversed([p.id for p in cat.products]))), 0.15, 0.15, seed=7)
     assert a == b  # independent of reading order

@@ -60,9 +60,9 @@ def test_centrality_command_with_a_sales_csv(tmp_path, fashion_dir, capsys):
     assert e.value.code == 2 and "'lots' is not a number" in capsys.readouterr().err
 
 
-def test_temperature_study_compares_on_one_split(tmp_path, fashion_dir):
+def test_temperature_study_compares_on_one_split(tmp_path, fashion_subset):
     (tmp_path / "cfg.json").write_text(json.dumps({"eval": {"sample_queries": 0}}))
-    main(["temperature-study", "--config", str(tmp_path / "cfg.json"), "--catalog", str(fashion_dir), "--limit", "200",
+    main(["temperature-study", "--config", str(tmp_path / "cfg.json"), "--catalog", str(fashion_subset), "--limit", "200",
           "--epochs", "1", "--batch-size", "64", "--temperatures", "0.05", "--projection", "none",
           "--out", str(tmp_path), "--no-progress"])
     summary = json.loads((tmp_path / "temperature_study.json").read_text())

@@ -42,10 +42,10 @@ def test_efficientnet_weights_are_real_frozen_and_onnx_matches_torch(encoder, im
     assert encoder.fingerprint() == torch_enc.fingerprint()
 
 
-def test_image_space_separates_categories(encoder, fashion_dir):
+def test_image_space_separates_categories(encoder, fashion_subset):
     from lookalike.catalogue import load_catalogue
 
-    cat = load_catalogue(fashion_dir)
+    cat = load_catalogue(fashion_subset)
     shoes = [p for p in cat.products if p.value("subCategory") == "Shoes"][:20]
     tops = [p for p in cat.products if p.value("subCategory") == "Topwear"][:20]
     f = encoder.encode_images([Image.open(p.image.path) for p in shoes + tops])

