@@ -251,6 +251,10 @@ def test_relatedness_weighs_shared_values_by_their_information():
     mixed = relatedness(attrs, info, "a", 0.5)
     assert mixed[0, 2].item() == pytest.approx(0.5 * r[0, 2].item() + 0.5, rel=1e-5)
     assert mixed[2, 5].item() == pytest.approx(0.5 * r[2, 5].item(), rel=1e-5)
+    # Only list-valued fields: nothing to grade by, each product is related to itself only.
+    tags = AttributeVocab([], ["t"], {"t": ["u", "v"]})
+    assert torch.equal(relatedness(tags.encode([{"t": ["u"]}, {"t": ["v"]}]), value_information(tags.encode([]), tags)),
+                       torch.eye(2))
     # A field with one value carries no information: products equal on every field are still fully related.
     flat = AttributeVocab(["a"], [], {"a": ["x"]})
     assert torch.equal(relatedness(flat.encode([{"a": "x"}] * 3), value_information(flat.encode([{"a": "x"}] * 3), flat)),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def hub_penalty(gallery: np.ndarray, bank: np.ndarray, k: int = 50, chunk: int = 2048) -> np.ndarray:
+def hub_penalty(gallery: np.ndarray, bank: np.ndarray, k: int = 50, chunk: int = 512) -> np.ndarray:
     """(n_gallery,) mean of each gallery vector's k highest cosines to the bank's query vectors."""
     k = min(k, len(bank))
     if k == 0:

@@ -35,6 +35,8 @@ def relatedness(batch: dict[str, torch.Tensor], information: dict[str, torch.Ten
     """(B, B) in [0, 1], 1 on the diagonal: the information in the single-valued attributes two
     products share over the information in all of them (Lin), mixed with [same `category` value]."""
     fields = list(information)
+    if not fields:  # only list-valued attributes: nothing to grade by, each product is related to itself
+        return torch.eye(len(next(iter(batch.values()))))
     ids = torch.cat([batch[f][:, :1] for f in fields], dim=1)  # (B, F)
     info = torch.stack([information[f][batch[f][:, 0]] for f in fields], dim=1)
     same = ids[:, None, :] == ids[None, :, :]
@@ -43,5 +45,8 @@ def relatedness(batch: dict[str, torch.Tensor], information: dict[str, torch.Ten
     lin = torch.where(total > 0, (pair * same).sum(dim=2) / total.clamp(min=1e-12), same.all(dim=2).float())
     if category is None or category_weight == 0:
         return lin
-    cat = batch[category][:, 0]
-    return (1 - category_weight) * lin + category_weight * (cat[:, None] == cat[None, :]).float()
+    return (1 - category_weight) * lin + category_weight * _same(batch[category][:, 0])
+
+
+def _same(ids: torch.Tensor) -> torch.Tensor:
+    return (ids[:, None] == ids[None, :]).float()
