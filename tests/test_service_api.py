@@ -139,8 +139,21 @@ def test_top10_to_new_from_ids_and_images(env):
 
 def test_search_by_json_text_and_image(env):
     c = env["client"]
-    attrs = c.post("/api/search", data={"attributes": json.dumps({"articleType": "Tshirts", "gender": "Men"}), "k": 5})
+    query = {"articleType": "Tshirts", "gender": "Men"}
+    attrs = c.post("/api/search", data={"attributes": json.dumps(query), "k": 5})
     assert attrs.status_code == 200 and len(attrs.json()["items"]) == 5
+    # JSON queries rank as evaluation and `lookalike search` do: cosine minus each item's hubness offset.
+    from lookalike.model import LookalikeModel
+    from lookalike.retrieval.exact import exact_topk
+    from lookalike.retrieval.stores import open_store
+
+    model, _ = LookalikeModel.load(trained()["checkpoint"])
+    ids, vectors, _ = open_store(env["url"]).items()
+    bias = model.gallery_bias(vectors)
+    assert bias is not None and np.ptp(bias) > 0
+    top, scores = exact_topk(model.encode_attributes([query]), vectors, 5, bias=bias)
+    assert [h["id"] for h in attrs.json()["items"]] == [ids[j] for j in top[0]]
+    np.testing.assert_allclose([h["score"] for h in attrs.json()["items"]], scores[0], atol=1e-4)
     assert c.post("/api/search", data={"text": "black leather shoes", "k": 3}).json()["items"]
     pid = env["old"][2]
     img = c.post("/api/search", files={"image": ("q.jpg", image_bytes(pid), "image/jpeg")}, data={"k": 1}).json()

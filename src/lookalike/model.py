@@ -49,13 +49,18 @@ class LookalikeModel(torch.nn.Module):
         self.train(was)
         return np.concatenate(parts) if parts else np.zeros((0, self.out_dim), np.float32)
 
-    def gallery_bias(self, gallery: np.ndarray) -> np.ndarray | None:
+    def query_bank_vectors(self) -> np.ndarray | None:
+        return None if self.query_bank is None else self.encode_ids(self.query_bank)
+
+    def gallery_bias(self, gallery: np.ndarray, bank: np.ndarray | None = None) -> np.ndarray | None:
         """Score offset per gallery image for JSON and text queries: −weight × its hub penalty against the
-        training queries (retrieval/hubness.py); None when the correction is off or there is no bank."""
+        training queries (retrieval/hubness.py); None when the correction is off or there is no bank.
+        `bank`: the bank's vectors if already computed (a service computes them once)."""
         r = self.config.retrieval
         if not r.hubness_weight or self.query_bank is None or len(gallery) == 0:
             return None
-        return -r.hubness_weight * hub_penalty(gallery, self.encode_ids(self.query_bank), r.hubness_k)
+        bank = self.query_bank_vectors() if bank is None else bank
+        return -r.hubness_weight * hub_penalty(gallery, bank, r.hubness_k)
 
     @torch.inference_mode()
     def encode_sentence_vectors(self, vectors: np.ndarray) -> np.ndarray:

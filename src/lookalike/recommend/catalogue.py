@@ -40,6 +40,7 @@ class QueryEncoder:
         self.cfg = cfg
         self.schema: CatalogueSchema | None = checkpoint_schema(payload)
         self._image = self._text = None
+        self._bank: np.ndarray | None = None
         self.last_norms: list[float] = []  # raw tower output norms, for the embedding-health KPI
 
     @classmethod
@@ -50,6 +51,13 @@ class QueryEncoder:
     @property
     def dim(self) -> int:
         return self.model.out_dim
+
+    def hub_bias(self, vectors: np.ndarray) -> np.ndarray | None:
+        """Score offsets of stored vectors for JSON and text queries: the hubness correction evaluation and
+        `lookalike search` rank with (None when the checkpoint has it off or carries no training queries)."""
+        if self._bank is None and self.model.query_bank is not None:
+            self._bank = self.model.query_bank_vectors()
+        return self.model.gallery_bias(vectors, self._bank)
 
     def _record(self, v: np.ndarray) -> np.ndarray:
         self.last_norms = [*self.last_norms[-999:], *np.linalg.norm(v, axis=1).tolist()]

@@ -272,7 +272,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             q = svc.enc.text(text)
         else:
             q = svc.image_vector(image)
-        res = svc.rec.rank(q[None, :], k, _json_field(filters, "filters"), diversity)[0]
+        bias = None if image else svc.enc.hub_bias  # JSON and text rank as in evaluation; images by plain cosine
+        res = svc.rec.rank(q[None, :], k, _json_field(filters, "filters"), diversity, bias=bias)[0]
         svc.metrics.observe_results("search", [res], recommended_new=False)
         svc.remember(f"search: {attributes or text or 'image ' + str(image.filename)}", res)
         return {"query": given[0], "unknown_values": unknown, **svc.render_list(res)}
