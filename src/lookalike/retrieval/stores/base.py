@@ -106,6 +106,12 @@ class VectorStore(ABC):
     def upsert(self, items: Iterable[StoreItem]) -> int:
         """Insert or replace items in one transaction; returns how many were written."""
 
+    def load(self, batches: Iterable[Iterable[StoreItem]], total: int | None = None) -> int:
+        """Bulk ingest: every batch is one all-or-nothing upsert, so a crash midway keeps whole batches
+        only and a rerun (upserts are idempotent) completes the rest. Backends override it to defer
+        their index work to after the last batch; `total`, when known, tells them how big the load is."""
+        return sum(self.upsert(b) for b in batches)
+
     @abstractmethod
     def delete(self, ids: Iterable[str]) -> int:
         """Remove items (gone from search at once); returns how many existed."""

@@ -178,17 +178,39 @@ class EmbeddedStore(VectorStore):
     # --- writes ------------------------------------------------------------------------------------
     def upsert(self, items: Iterable[StoreItem]) -> int:
         new = check_items(items, self.dim)
-        if not new:
+        if new:
+            self._merge([it.id for it in new], np.stack([it.vector for it in new]), [it.metadata for it in new])
+        return len(new)
+
+    def load(self, batches: Iterable[Iterable[StoreItem]], total: int | None = None) -> int:
+        """All batches in one snapshot rewrite (a rewrite per batch would copy the whole store each time);
+        a crash before the end leaves the store as it was."""
+        ids: list[str] = []
+        vecs: list[np.ndarray] = []
+        meta: list[dict] = []
+        for batch in batches:
+            new = check_items(batch, self.dim)
+            if new:
+                ids += [it.id for it in new]
+                vecs.append(np.stack([it.vector for it in new]))
+                meta += [it.metadata for it in new]
+        if not ids:
             return 0
+        last = {i: r for r, i in enumerate(ids)}  # a repeated id keeps its last version, as in upsert
+        rows = np.fromiter(last.values(), np.int64, len(last))
+        self._merge(list(last), np.concatenate(vecs)[rows], [meta[r] for r in rows])
+        return len(rows)
+
+    def _merge(self, new_ids: list[str], new_vecs: np.ndarray, new_meta: list[dict]) -> None:
+        """Replace or add rows (ids unique) and commit one sorted snapshot."""
         with self._writing():
-            new_ids = {it.id for it in new}
-            keep = [r for r, i in enumerate(self._ids) if str(i) not in new_ids]
-            ids = np.concatenate([self._ids[keep].astype(str), np.array([it.id for it in new], dtype=str)])
-            vectors = np.concatenate([self._vectors[keep], np.stack([it.vector for it in new])])
-            meta = [self._meta[r] for r in keep] + [it.metadata for it in new]
+            added = np.array(new_ids, dtype=str)
+            keep = np.flatnonzero(~np.isin(self._ids.astype(str), added)) if len(self._ids) else np.zeros(0, np.int64)
+            ids = np.concatenate([self._ids[keep].astype(str), added])
+            vectors = np.concatenate([self._vectors[keep], new_vecs.astype(np.float32, copy=False)])
+            meta = [self._meta[r] for r in keep] + new_meta
             order = np.argsort(ids, kind="stable")
             self._commit(ids[order], np.ascontiguousarray(vectors[order]), [meta[r] for r in order])
-        return len(new)
 
     def delete(self, ids: Iterable[str]) -> int:
         gone = set(ids)

@@ -30,13 +30,15 @@ def _array(v) -> np.ndarray:
 
 class PgVectorStore(VectorStore):
     def __init__(self, conninfo: str, dim: int | None = None, table: str = "lookalike_items", m: int = 16,
-                 ef_construction: int = 64, ef_search: int = 100, keepalive=None):
+                 ef_construction: int = 64, ef_search: int = 100, keepalive=None,
+                 maintenance_work_mem: str = "1GB", build_workers: int = 2):
         import psycopg
         from psycopg import sql
 
         if not _TABLE.match(table):
             raise LookalikeError(f"table name must match {_TABLE.pattern}, got {table!r}")
         self.conninfo, self.ef_search = conninfo, ef_search
+        self.maintenance_work_mem, self.build_workers = maintenance_work_mem, build_workers
         self._keepalive = keepalive  # a pgserver handle: the database lives as long as the store
         self._local = threading.local()
         self._conns: list = []
@@ -66,7 +68,7 @@ class PgVectorStore(VectorStore):
                 # 512 floats just pass the TOAST threshold; kept inline, a scan need not fetch them from elsewhere
                 conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN embedding SET STORAGE PLAIN").format(t))
                 conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (field text PRIMARY KEY)").format(self._sql["fields"]))
-                conn.execute(self._sql["create_index"])
+                self._build_index(conn)  # no-op when it exists; after a crashed bulk load, rebuilds it
         except psycopg.Error as e:
             raise LookalikeError(f"cannot set up table {table}: {e}") from None
         from pgvector.psycopg import register_vector
@@ -101,33 +103,72 @@ class PgVectorStore(VectorStore):
     # --- writes ------------------------------------------------------------------------------------
     def upsert(self, items: Iterable[StoreItem]) -> int:
         from psycopg import sql
-        from psycopg.types.json import Jsonb
 
         new = sorted(check_items(items, self.dim), key=lambda it: it.id)
         if not new:
             return 0
         conn = self._conn()
-        bulk = len(new) >= BULK
+        # Rebuilding the HNSW graph over all rows beats inserting into it only when the batch is a large
+        # share of the table (pgvector builds far faster over loaded rows than row by row).
+        rebuild = len(new) >= BULK and len(new) >= len(self) // 4
         with conn.transaction():
-            if bulk:  # pgvector builds an HNSW graph far faster over loaded rows than row by row
+            if rebuild:
                 conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self._sql["index"]))
-            conn.execute(sql.SQL("CREATE TEMP TABLE lookalike_upsert (id text, embedding vector({}), metadata jsonb) "
-                                 "ON COMMIT DROP").format(sql.Literal(self.dim)))
-            with conn.cursor().copy("COPY lookalike_upsert (id, embedding, metadata) FROM STDIN WITH (FORMAT BINARY)") as cp:
-                cp.set_types(["text", "vector", "jsonb"])
-                for it in new:
-                    cp.write_row([it.id, it.vector, Jsonb(it.metadata)])
-            conn.execute(sql.SQL("INSERT INTO {} (id, embedding, metadata) SELECT id, embedding, metadata "
-                                 'FROM lookalike_upsert ORDER BY id COLLATE "C" ON CONFLICT (id) DO UPDATE '
-                                 "SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata")
-                         .format(self._sql["t"]))
-            conn.execute(sql.SQL("INSERT INTO {} (field) SELECT DISTINCT jsonb_object_keys(metadata) FROM lookalike_upsert "
-                                 "ORDER BY 1 ON CONFLICT DO NOTHING").format(self._sql["fields"]))
-            if bulk:
-                conn.execute("SELECT set_config('maintenance_work_mem', '1GB', true)")
-                conn.execute(self._sql["create_index"])
+            self._write(conn, new)
+            if rebuild:
+                self._build_index(conn)
         self._field_cache |= {f for it in new for f in it.metadata}
         return len(new)
+
+    def load(self, batches: Iterable[Iterable[StoreItem]], total: int | None = None) -> int:
+        """Each batch COPYs (binary) and merges in its own transaction; when the load is large against the
+        table, the HNSW index is dropped first and built once after the last batch. A crash midway keeps
+        the committed batches (each row whole: id, vector and metadata together) and the next open of the
+        store rebuilds a missing index."""
+        from psycopg import sql
+
+        conn = self._conn()
+        defer = total is None or (total >= BULK and total >= len(self) // 4)
+        dropped, n = False, 0
+        for batch in batches:
+            new = sorted(check_items(batch, self.dim), key=lambda it: it.id)
+            if not new:
+                continue
+            if defer and not dropped:
+                conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self._sql["index"]))
+                dropped = True
+            with conn.transaction():
+                self._write(conn, new)
+            self._field_cache |= {f for it in new for f in it.metadata}
+            n += len(new)
+        if dropped:
+            with conn.transaction():
+                self._build_index(conn)
+        return n
+
+    def _write(self, conn, new: list[StoreItem]) -> None:
+        """COPY (binary) into a temp table, then one merge in id order (concurrent writers cannot deadlock)."""
+        from psycopg import sql
+        from psycopg.types.json import Jsonb
+
+        conn.execute(sql.SQL("CREATE TEMP TABLE lookalike_upsert (id text, embedding vector({}), metadata jsonb) "
+                             "ON COMMIT DROP").format(sql.Literal(self.dim)))
+        with conn.cursor().copy("COPY lookalike_upsert (id, embedding, metadata) FROM STDIN WITH (FORMAT BINARY)") as cp:
+            cp.set_types(["text", "vector", "jsonb"])
+            for it in new:
+                cp.write_row([it.id, it.vector, Jsonb(it.metadata)])
+        conn.execute(sql.SQL("INSERT INTO {} (id, embedding, metadata) SELECT id, embedding, metadata "
+                             'FROM lookalike_upsert ORDER BY id COLLATE "C" ON CONFLICT (id) DO UPDATE '
+                             "SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata")
+                     .format(self._sql["t"]))
+        conn.execute(sql.SQL("INSERT INTO {} (field) SELECT DISTINCT jsonb_object_keys(metadata) FROM lookalike_upsert "
+                             "ORDER BY 1 ON CONFLICT DO NOTHING").format(self._sql["fields"]))
+
+    def _build_index(self, conn) -> None:
+        """The HNSW graph over all loaded rows, with the memory and parallel workers a 1M-row build needs."""
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (self.maintenance_work_mem,))
+        conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, true)", (str(self.build_workers),))
+        conn.execute(self._sql["create_index"])
 
     def delete(self, ids: Iterable[str]) -> int:
         from psycopg import sql
