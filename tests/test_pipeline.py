@@ -104,7 +104,7 @@ def test_evaluate_on_a_catalogue_never_seen_in_training(trained, new_catalog, tm
     # `search` ranks a JSON query exactly as the evaluation did (same hubness correction, same gallery).
     searcher = Searcher.open(str(out / "checkpoints/best_model.pt"), str(new_catalog), progress=False)
     query = searcher.emb.products[0]
-    hits, _ = searcher.by_attributes(query.attributes, k=5)
+    hits, _, _ = searcher.by_attributes(query.attributes, k=5)
     run = [ln.split() for ln in (tmp_path / "ev/json_to_image.run").read_text().splitlines() if ln.split()[0] == query.id]
     assert [h.id for h in hits] == [r[2] for r in run[:5]]
     np.testing.assert_allclose([h.score for h in hits], [float(r[4]) for r in run[:5]], atol=1e-4)

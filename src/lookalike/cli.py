@@ -97,14 +97,14 @@ def cmd_search(args) -> None:
     from lookalike.search import Searcher
 
     s = Searcher.open(args.model, args.catalog, args.cache_dir, progress=not args.no_progress)
-    unknown = {}
+    unknown, ignored = {}, []
     if args.json is not None:
         raw = Path(args.json).read_text(encoding="utf-8") if Path(args.json).is_file() else args.json
         try:
             query = json.loads(raw)
         except json.JSONDecodeError as e:
             raise LookalikeError(f"--json is neither a file nor valid JSON: {e}") from None
-        hits, unknown = s.by_attributes(query, args.k)
+        hits, unknown, ignored = s.by_attributes(query, args.k)
     elif args.text is not None:
         hits = s.by_text(args.text, args.k)
     elif args.image is not None:
@@ -113,6 +113,8 @@ def cmd_search(args) -> None:
         hits = s.by_product(args.product, args.k)
     if unknown:
         print(f"note: values unseen in training were searched as unknown: {unknown}", file=sys.stderr)
+    if ignored:
+        print(f"note: fields the model does not use were ignored: {ignored}", file=sys.stderr)
     if args.format == "json":
         print(json.dumps([h.__dict__ for h in hits], ensure_ascii=False, indent=1))
     else:

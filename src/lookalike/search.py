@@ -51,16 +51,14 @@ class Searcher:
         return [Hit(self.emb.products[j].id, float(s), self.emb.products[j].attributes, str(self.emb.products[j].image.path))
                 for j, s in zip(idx[0], scores[0])]
 
-    def by_attributes(self, attributes: dict, k: int = 10) -> tuple[list[Hit], dict[str, list[str]]]:
-        """Top-k for an attribute JSON, plus the values the model never saw (searched as unknown)."""
-        if not isinstance(attributes, dict):
-            raise LookalikeError("an attribute query must be a JSON object of field → value(s)")
-        fields = set(self.model.vocab.fields)
-        stray = sorted(set(attributes) - fields)
-        if stray and not (set(attributes) & fields):
-            raise LookalikeError(f"query has no known field; got {stray}, expected some of {sorted(fields)}")
-        hits = self._hits(self.model.encode_attributes([attributes])[0], k, bias=self.bias())
-        return hits, self.model.vocab.unknown_values(attributes)
+    def by_attributes(self, attributes: dict, k: int = 10) -> tuple[list[Hit], dict[str, list[str]], list[str]]:
+        """Top-k for an attribute JSON, the values the model never saw (searched as unknown) and the fields
+        it ignored, read exactly as the service reads a query (`query_attributes`)."""
+        from lookalike.recommend.catalogue import query_attributes
+
+        query, ignored = query_attributes(attributes, self.model.vocab.fields)
+        hits = self._hits(self.model.encode_attributes([query])[0], k, bias=self.bias())
+        return hits, self.model.vocab.unknown_values(query), ignored
 
     def by_text(self, text: str, k: int = 10) -> list[Hit]:
         if not text.strip():

@@ -87,18 +87,12 @@ class QueryEncoder:
         """Frozen backbone features (e.g. from the embedding cache) → the served space."""
         return unit(self.model.space.transform(features))
 
-    def attributes(self, attributes: dict) -> tuple[np.ndarray, dict[str, list[str]]]:
-        """Vector of an attribute JSON query, plus the values the model never saw (searched as unknown)."""
-        if not isinstance(attributes, dict) or not attributes:
-            raise LookalikeError("an attribute query must be a non-empty JSON object of field → value(s)")
-        fields = set(self.model.vocab.fields)
-        if not set(attributes) & fields:
-            raise LookalikeError(f"attribute query has no known field; got {sorted(attributes)}, "
-                                 f"expected some of {sorted(fields)}")
-        for f, v in attributes.items():
-            if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
-                raise LookalikeError(f"attribute {f!r} must be a string or a list of strings, got {v!r}")
-        return self._record(self.model.encode_attributes([attributes]))[0], self.model.vocab.unknown_values(attributes)
+    def attributes(self, attributes: dict) -> tuple[np.ndarray, dict[str, list[str]], list[str]]:
+        """Vector of an attribute JSON query, the values the model never saw (searched as unknown), and
+        the fields it ignored (see `query_attributes`)."""
+        query, ignored = query_attributes(attributes, self.model.vocab.fields)
+        vector = self._record(self.model.encode_attributes([query]))[0]
+        return vector, self.model.vocab.unknown_values(query), ignored
 
     def text(self, text: str) -> np.ndarray:
         if not isinstance(text, str) or not text.strip():
@@ -108,6 +102,28 @@ class QueryEncoder:
 
             self._text = create_text_encoder(self.cfg.encoder.text_model)
         return self._record(self.model.encode_sentence_vectors(self._text.encode([text])))[0]
+
+
+def query_attributes(attributes: dict, fields: list[str]) -> tuple[dict, list[str]]:
+    """The part of a JSON query the towers use, and the fields left out, so a product's own JSON (with
+    year, is_new, name …) is a valid query. Fields the towers do not use are ignored whatever their value,
+    as are nulls; a number in a used field means its text, as when the product was stored (2017 → "2017")."""
+    if not isinstance(attributes, dict) or not attributes:
+        raise LookalikeError("an attribute query must be a non-empty JSON object of field → value(s)")
+    used, query, ignored = set(fields), {}, []
+    for f, v in attributes.items():
+        if f not in used or v is None:
+            ignored.append(f)
+        elif isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            query[f] = v
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            query[f] = str(v)
+        else:
+            raise LookalikeError(f"attribute {f!r} must be a string, a number or a list of strings, got {v!r}")
+    if not query:
+        raise LookalikeError(f"attribute query has no known field; got {sorted(attributes)}, "
+                             f"expected some of {sorted(used)}")
+    return query, sorted(ignored)
 
 
 def decode_image(data: bytes, what: str = "upload") -> Image.Image:
