@@ -2,8 +2,10 @@
 
 Every endpoint takes multipart form fields (files and JSON-in-a-field alike), so one curl style works
 everywhere and the browser posts FormData. User mistakes answer 4xx with a message naming the field
-and value; a failed write changes nothing (the image file is renamed into place only after the store
-transaction commits).
+and value; a failed write changes nothing. An added image is in place under its final name before the
+store commit that refers to it, and an old one is removed only after (see uploads.py), so no product is
+ever served without its image. With an auth file, writes need a bearer token (auth.py); a rate limit
+answers 429 per client (ratelimit.py).
 """
 
 
@@ -11,7 +13,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 import threading
 import time
 from collections import deque
@@ -21,9 +22,10 @@ from typing import Annotated
 
 import numpy as np
 from PIL import Image
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, Security, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel, Field, model_validator
 
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.diversity import catalogue_coverage
@@ -33,7 +35,10 @@ from lookalike.recommend.catalogue import (RESERVED, QueryEncoder, check_id, dec
 from lookalike.recommend.newness import NewRule
 from lookalike.recommend.recommender import Recommender
 from lookalike.retrieval.stores import StoreItem, open_store
+from lookalike.service.auth import TokenFile, bearer, require
 from lookalike.service.metrics import Metrics
+from lookalike.service.ratelimit import Rate, RateLimit
+from lookalike.service.uploads import UploadDir
 
 
 class ServiceSettings(BaseModel):
@@ -49,6 +54,17 @@ class ServiceSettings(BaseModel):
     max_k: int = Field(100, ge=1, le=1000)
     cache_dir: str | None = None
     colour_field: str | None = Field(None, description="attribute for the colour mix (default: baseColour if present)")
+    auth_file: str | None = Field(None, description="token file from `lookalike auth add`: writes need a write token")
+    auth_reads: bool = Field(False, description="reads need a read token too (requires auth_file)")
+    rate_limit: str | None = Field(None, description="per-client request rate, e.g. 600/minute (None: unlimited)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ServiceSettings":
+        if self.auth_reads and not self.auth_file:
+            raise ValueError("auth_reads needs an auth_file")
+        if self.rate_limit:
+            Rate.parse(self.rate_limit)
+        return self
 
 
 class Service:
@@ -63,7 +79,10 @@ class Service:
         fields = schema.fields if schema else self.enc.model.vocab.fields
         colour = s.colour_field or ("baseColour" if "baseColour" in fields else None)
         self.rec = Recommender(self.store, schema.category_field if schema else None, colour)
-        self.upload_dir = Path(os.path.abspath(s.upload_dir))
+        self.uploads = UploadDir(s.upload_dir)
+        self.upload_dir = self.uploads.path
+        self.swept = self.uploads.sweep(self.store)  # leftovers of a crashed writer, counted in the log
+        self.tokens = TokenFile(s.auth_file) if s.auth_file else None
         catalog = s.catalog or self.enc.cfg.data.catalog
         self.image_roots = [self.upload_dir] + ([Path(os.path.abspath(catalog))] if Path(catalog).is_dir() else [])
         self.run_dir = Path(s.checkpoint).resolve().parent.parent
@@ -176,16 +195,21 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                                          '{"masterCategory": "Apparel", "baseColour": ["Red", "Blue"]}')]
     app = FastAPI(title="lookalike", version="1", description="Look-alike product recommendations on a learned space.")
     app.state.service = svc
+    # Security dependencies: they check the bearer token and put the scheme into the OpenAPI schema.
+    writes = [Depends(require(svc.tokens, "write"))] if svc.tokens else []
+    reads = [Depends(require(svc.tokens, "read"))] if svc.tokens and settings.auth_reads else []
 
     @app.exception_handler(LookalikeError)
     async def user_error(request: Request, exc: LookalikeError):
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    if settings.rate_limit:  # inside RequestGuard, so refused requests are counted too
+        app.add_middleware(RateLimit, rate=Rate.parse(settings.rate_limit))
     # images, plus room for the other form fields and several images in one top10_to_new request
     app.add_middleware(RequestGuard, metrics=svc.metrics, max_body=8 * svc.max_bytes + 1024 * 1024)
 
     # --- recommenders ------------------------------------------------------------------------------
-    @app.post("/api/recommend/customer_input", tags=["recommend"])
+    @app.post("/api/recommend/customer_input", tags=["recommend"], dependencies=reads)
     def customer_input(image: Annotated[UploadFile | None, File(description="a customer's photo")] = None,
                        product_id: Annotated[str | None, Form(description="a clicked product")] = None,
                        k: K = 10, filters: Filters = None, diversity: Diversity = 0.0) -> dict:
@@ -200,7 +224,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return {"query": {"product_id": product_id} if product_id else {"image": image.filename},
                 **svc.render_list(res)}
 
-    @app.post("/api/recommend/top10_to_new", tags=["recommend"])
+    @app.post("/api/recommend/top10_to_new", tags=["recommend"], dependencies=reads)
     def top10_to_new(product_ids: Annotated[str | None, Form(description="best sellers, comma-separated ids")] = None,
                      images: Annotated[list[UploadFile] | None, File(description="best sellers' photos")] = None,
                      sales: Annotated[str | None, Form(description='units sold, JSON {"id": units, ...}')] = None,
@@ -256,7 +280,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                             "best_rank": m["best_rank"]} for m in res["merged"]],
                 "trend": res["trend"]}
 
-    @app.post("/api/search", tags=["search"])
+    @app.post("/api/search", tags=["search"], dependencies=reads)
     def search(attributes: Annotated[str | None, Form(description='attribute JSON, e.g. {"baseColour": "Red"}')] = None,
                text: Annotated[str | None, Form(description="free-text query")] = None,
                image: Annotated[UploadFile | None, File(description="query image")] = None,
@@ -265,9 +289,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         given = [n for n, v in (("attributes", attributes), ("text", text), ("image", image)) if v]
         if len(given) != 1:
             raise LookalikeError(f"give exactly one of attributes, text or image; got {given or 'none'}")
-        unknown = {}
+        unknown, ignored = {}, []
         if attributes:
-            q, unknown = svc.enc.attributes(_json_field(attributes, "attributes"))
+            q, unknown, ignored = svc.enc.attributes(_json_field(attributes, "attributes"))
         elif text:
             q = svc.enc.text(text)
         else:
@@ -276,10 +300,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         res = svc.rec.rank(q[None, :], k, _json_field(filters, "filters"), diversity, bias=bias)[0]
         svc.metrics.observe_results("search", [res], recommended_new=False)
         svc.remember(f"search: {attributes or text or 'image ' + str(image.filename)}", res)
-        return {"query": given[0], "unknown_values": unknown, **svc.render_list(res)}
+        return {"query": given[0], "unknown_values": unknown, "ignored_fields": ignored, **svc.render_list(res)}
 
     # --- catalogue ---------------------------------------------------------------------------------
-    @app.get("/api/items", tags=["catalogue"])
+    @app.get("/api/items", tags=["catalogue"], dependencies=reads)
     def list_items(offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
         ids = svc.store.ids()
         page = ids[offset:offset + limit]
@@ -287,12 +311,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return {"total": len(ids), "offset": offset,
                 "items": [svc.render(it.id, it.metadata) for it in items if it is not None]}
 
-    @app.get("/api/items/{product_id}", tags=["catalogue"])
+    @app.get("/api/items/{product_id}", tags=["catalogue"], dependencies=reads)
     def get_item(product_id: str) -> dict:
         it = svc.item(product_id)
         return svc.render(it.id, it.metadata)
 
-    @app.get("/api/items/{product_id}/image", tags=["catalogue"], response_class=FileResponse,
+    @app.get("/api/items/{product_id}/image", tags=["catalogue"], dependencies=reads, response_class=FileResponse,
              responses={200: {"content": {"image/*": {}}}})
     def item_image(product_id: str):
         # Lexical check (no symlink resolution): a catalogue's image folder may itself be a link.
@@ -303,67 +327,85 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise HTTPException(404, f"image of {product_id!r} is missing on disk")
         return FileResponse(path)
 
-    def write_product(pid: str, attributes: str, image: UploadFile | None, text: str | None, existing: StoreItem | None):
+    def write_product(pid: str, attributes: str, image: UploadFile | None, text: str | None, adding: bool) -> dict:
+        """Validate and embed outside the lock; place the image, commit, then drop the replaced image."""
         attrs = _json_field(attributes, "attributes")
         if attrs is None:
             raise LookalikeError("attributes (a JSON object) is required")
-        tmp = None
-        try:
-            if image is not None:
-                data = svc.read_upload(image, "image")
-                im = decode_image(data, f"image {image.filename!r}")
-                ext = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}.get(
-                    Image.open(io.BytesIO(data)).format, ".img")
-                final = svc.upload_dir / f"{pid}{ext}"
-                svc.upload_dir.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=svc.upload_dir, prefix=".upload-")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                vector = svc.enc.images([im])[0]
+        staged = None
+        if image is not None:
+            data = svc.read_upload(image, "image")
+            im = decode_image(data, f"image {image.filename!r}")
+            ext = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}.get(
+                Image.open(io.BytesIO(data)).format, ".img")
+            final = svc.uploads.final_path(pid, data, ext)
+            md = product_metadata(product_from_json(pid, attrs, final, text, svc.enc.schema), svc.rule)
+            staged = (final, data, svc.enc.images([im])[0])
+        with svc.write_lock:  # the existence check and the commit see the same state
+            current = svc.store.get(pid)
+            if adding and current is not None:
+                raise HTTPException(409, f"product {pid!r} exists; update it with PUT /api/items/{pid}")
+            if not adding and current is None:
+                raise HTTPException(404, f"unknown product id {pid!r}")
+            old = str(current.metadata.get("image", "")) if current else None
+            if staged is None:
+                md = product_metadata(product_from_json(pid, attrs, Path(old), text, svc.enc.schema), svc.rule)
+                svc.store.upsert([StoreItem(pid, current.vector, md)])
             else:
-                final, vector = Path(existing.metadata["image"]), existing.vector
-            product = product_from_json(pid, attrs, final, text, svc.enc.schema)
-            md = product_metadata(product, svc.rule)
-            with svc.write_lock:
-                svc.store.upsert([StoreItem(pid, vector, md)])
-                svc.rec.version += 1
-            if tmp:
-                os.replace(tmp, final)
-                tmp = None
-            return svc.render(pid, md)
-        finally:
-            if tmp:
-                Path(tmp).unlink(missing_ok=True)
+                final, data, vector = staged
+                with svc.uploads.staged(final, data, keep=old):
+                    svc.store.upsert([StoreItem(pid, vector, md)])
+            svc.rec.version += 1
+        if staged is not None and old and os.path.abspath(old) != str(staged[0]):
+            svc.uploads.remove(old)  # the replaced image, only once the new row is committed
+        return svc.render(pid, md)
 
-    @app.post("/api/items", tags=["catalogue"], status_code=201)
+    @app.post("/api/items", tags=["catalogue"], dependencies=writes, status_code=201)
     def add_item(product_id: Annotated[str, Form(description="new product id")],
                  attributes: Annotated[str, Form(description="attribute JSON (catalogue fields, plus e.g. year)")],
                  image: Annotated[UploadFile, File(description="product image")],
                  text: Annotated[str | None, Form(description="product name / description")] = None) -> dict:
         """Add a product: its image is embedded with the frozen encoder; vector + metadata in one transaction."""
-        pid = check_id(product_id)
-        if svc.store.get(pid) is not None:
-            raise HTTPException(409, f"product {pid!r} exists; update it with PUT /api/items/{pid}")
-        return write_product(pid, attributes, image, text, None)
+        return write_product(check_id(product_id), attributes, image, text, adding=True)
 
-    @app.put("/api/items/{product_id}", tags=["catalogue"])
+    @app.put("/api/items/{product_id}", tags=["catalogue"], dependencies=writes)
     def update_item(product_id: str, attributes: Annotated[str, Form(description="attribute JSON (replaces all)")],
                     image: Annotated[UploadFile | None, File(description="new image (optional)")] = None,
                     text: Annotated[str | None, Form()] = None) -> dict:
         """Replace a product's attributes (and image, if given). Idempotent."""
-        return write_product(product_id, attributes, image, text, svc.item(product_id))
+        return write_product(product_id, attributes, image, text, adding=False)
 
-    @app.delete("/api/items/{product_id}", tags=["catalogue"])
+    @app.delete("/api/items/{product_id}", tags=["catalogue"], dependencies=writes)
     def delete_item(product_id: str) -> dict:
         """Remove a product; it is gone from search at once."""
         with svc.write_lock:
-            image = Path(os.path.abspath(str(svc.item(product_id).metadata.get("image", ""))))
+            image = str(svc.item(product_id).metadata.get("image", ""))
             if not svc.store.delete([product_id]):
                 raise HTTPException(404, f"unknown product id {product_id!r}")
             svc.rec.version += 1
-        if image.parent == svc.upload_dir:  # an image the API stored; catalogue images are never touched
-            image.unlink(missing_ok=True)
+        svc.uploads.remove(image)  # only an image the API stored; catalogue images are never touched
         return {"deleted": product_id}
+
+    # --- auth --------------------------------------------------------------------------------------
+    @app.get("/api/auth", tags=["auth"])
+    def auth_info(cred: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None) -> dict:
+        """What this server asks for, and which token (id and scope, never the token) a request carries."""
+        token = None
+        if svc.tokens and cred is not None:
+            rec = svc.tokens.match(cred.credentials)
+            if rec is None:
+                raise HTTPException(401, "the bearer token is not valid (unknown or revoked)",
+                                    headers={"WWW-Authenticate": 'Bearer realm="lookalike", error="invalid_token"'})
+            token = {"id": rec.id, "scope": rec.scope, "name": rec.name}
+        return {"writes_need_token": svc.tokens is not None, "reads_need_token": bool(reads), "token": token,
+                "rate_limit": settings.rate_limit}
+
+    if svc.tokens:
+        @app.get("/api/auth/tokens", tags=["auth"], dependencies=[Depends(require(svc.tokens, "admin"))])
+        def auth_tokens() -> dict:
+            """The accepted tokens' ids, scopes, names and creation times (admin scope; hashes never shown)."""
+            return {"tokens": [{"id": r.id, "scope": r.scope, "name": r.name, "created": r.created}
+                               for r in svc.tokens.records]}
 
     # --- monitoring --------------------------------------------------------------------------------
     def kpi() -> dict:
@@ -388,17 +430,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                                                      "max": round(float(norms.max()), 4)} if len(norms) else None},
                 "training": training_summary(svc)}
 
-    @app.get("/api/kpi", tags=["monitoring"])
+    @app.get("/api/kpi", tags=["monitoring"], dependencies=reads)
     def get_kpi() -> dict:
         """Requests and latency per endpoint, similarity, diversity, coverage, embedding health, catalogue size."""
         return kpi()
 
-    @app.get("/metrics", tags=["monitoring"], response_class=Response)
+    @app.get("/metrics", tags=["monitoring"], dependencies=reads, response_class=Response)
     def metrics() -> Response:
         kpi()  # refresh the gauges
         return Response(svc.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/api/dashboard", tags=["monitoring"])
+    @app.get("/api/dashboard", tags=["monitoring"], dependencies=reads)
     def dashboard_data() -> dict:
         """Everything the dashboard shows: {kpi, loss_curve, top_k_images, hyperparams, augmented_samples}."""
         results = _training_results(svc)

@@ -1,16 +1,18 @@
-"""`lookalike serve` and `lookalike catalog ingest|add|update|delete|list` (the same operations as the API)."""
+"""`lookalike serve`, `lookalike catalog ingest|add|update|delete|list` (the same operations as the API) and
+`lookalike auth add|list|revoke` (the service's bearer tokens)."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
-import shutil
 from pathlib import Path
 
 from lookalike.errors import LookalikeError
 
 DEFAULT_STORE = "embedded://runs/service/store"
+OPEN_HOST_RATE = "600/minute"  # the default per-client limit once the service listens beyond loopback
 
 
 def _store_opts(p: argparse.ArgumentParser) -> None:
@@ -41,22 +43,48 @@ def _open(args):
     return enc, open_store(_url(args.store), enc.dim), rule
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def cmd_serve(args) -> None:
     import uvicorn
 
     from lookalike.service.app import ServiceSettings, create_app
 
+    local = is_loopback(args.host)
+    if not local and not args.auth_file and not args.allow_open_writes:
+        raise LookalikeError(f"--host {args.host} is reachable beyond this machine and no --auth-file is given: anyone "
+                             "could add, replace and delete products. Create a token (`lookalike auth add --scope write "
+                             "--file FILE`) and pass --auth-file FILE, or say --allow-open-writes")
+    rate = args.rate_limit or (None if local else OPEN_HOST_RATE)
     try:
         settings = ServiceSettings(checkpoint=args.model, store=_url(args.store), catalog=args.catalog,
                                    upload_dir=args.upload_dir, new_rule=args.new_rule, max_upload_mb=args.max_upload_mb,
-                                   max_k=args.max_k, cache_dir=args.cache_dir)
+                                   max_k=args.max_k, cache_dir=args.cache_dir, auth_file=args.auth_file,
+                                   auth_reads=args.auth_reads, rate_limit=None if rate == "off" else rate)
     except ValueError as e:
         raise LookalikeError(f"invalid service settings: {e}") from None
     app = create_app(settings)
-    n = len(app.state.service.store)
+    svc = app.state.service
+    n = len(svc.store)
     print(f"serving {n} products from {settings.store} on http://{args.host}:{args.port} (dashboard at /, API at /docs)")
     if n == 0:
         print("the store is empty: fill it with `lookalike catalog ingest`")
+    swept = svc.swept
+    print(f"upload folder {svc.upload_dir}: swept {swept['temp_files']} temp file(s) and {swept['orphan_images']} "
+          f"unreferenced image(s) left by interrupted writes")
+    if svc.tokens:
+        print(f"auth: {len(svc.tokens.records)} token(s) from {args.auth_file}; writes need a write token, reads "
+              + ("a read token" if args.auth_reads else "none"))
+    else:
+        print("auth: none (no --auth-file): anyone who reaches this port may write")
+    print(f"rate limit: {settings.rate_limit + ' per client' if settings.rate_limit else 'none'}")
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="warning")
 
 
@@ -87,6 +115,7 @@ def _attributes(raw: str) -> dict:
 def cmd_add(args, update: bool = False) -> None:
     from lookalike.recommend.catalogue import check_id, decode_image, product_from_json, product_metadata
     from lookalike.retrieval.stores import StoreItem
+    from lookalike.service.uploads import UploadDir
 
     enc, store, rule = _open(args)
     pid = check_id(args.id)
@@ -96,31 +125,29 @@ def cmd_add(args, update: bool = False) -> None:
     if not update and existing is not None:
         raise LookalikeError(f"product {pid!r} exists; use `lookalike catalog update`")
     attributes = _attributes(args.attributes)
-    if args.image:
+    old = str(existing.metadata.get("image", "")) if existing else None
+    if not args.image:
+        if existing is None:
+            raise LookalikeError("--image is required to add a product")
+        md = product_metadata(product_from_json(pid, attributes, Path(old), args.text, enc.schema), rule)
+        store.upsert([StoreItem(pid, existing.vector, md)])
+    else:  # the same order as the API: image in place, then the commit, then the replaced image removed
         src = Path(args.image)
         try:
             data = src.read_bytes()
         except OSError as e:
             raise LookalikeError(f"cannot read image {src}: {e}") from None
         vector = enc.images([decode_image(data, f"image {src}")])[0]
-        upload_dir = Path(os.path.abspath(args.upload_dir))
-        upload_dir.mkdir(parents=True, exist_ok=True)
-        image = upload_dir / f"{pid}{src.suffix.lower() or '.img'}"
-    elif existing is not None:
-        vector, image = existing.vector, Path(existing.metadata["image"])
-    else:
-        raise LookalikeError("--image is required to add a product")
-    md = product_metadata(product_from_json(pid, attributes, image, args.text, enc.schema), rule)
-    if args.image:  # the copy is written before the store commit and removed if the commit fails
-        tmp = image.with_name(f".{image.name}.tmp")
-        shutil.copyfile(args.image, tmp)
+        uploads = UploadDir(args.upload_dir)
         try:
-            store.upsert([StoreItem(pid, vector, md)])
-            tmp.replace(image)
+            final = uploads.final_path(pid, data, src.suffix.lower() or ".img")
+            md = product_metadata(product_from_json(pid, attributes, final, args.text, enc.schema), rule)
+            with uploads.staged(final, data, keep=old):
+                store.upsert([StoreItem(pid, vector, md)])
+            if old and os.path.abspath(old) != str(final):
+                uploads.remove(old)
         finally:
-            tmp.unlink(missing_ok=True)
-    else:
-        store.upsert([StoreItem(pid, vector, md)])
+            uploads.close()
     print(f"{'updated' if update else 'added'} {pid} (new: {md['is_new']}); store has {len(store)} products")
 
 
@@ -146,6 +173,32 @@ def cmd_list(args) -> None:
     print(f"({len(ids)} products)")
 
 
+def cmd_auth_add(args) -> None:
+    from lookalike.service.auth import add_token
+
+    rec, token = add_token(args.file, args.scope, args.name or "")
+    print(f"added token {rec.id} (scope {rec.scope}{', ' + rec.name if rec.name else ''}) to {args.file}; "
+          "only its SHA-256 is stored")
+    print("the token follows; it is shown this once (send it as: Authorization: Bearer TOKEN)")
+    print(token)
+
+
+def cmd_auth_list(args) -> None:
+    from lookalike.service.auth import read_tokens
+
+    records = read_tokens(args.file)
+    for r in records:
+        print(f"{r.id:<10} {r.scope:<6} {r.created:<26} {r.name}")
+    print(f"({len(records)} token(s) in {args.file})")
+
+
+def cmd_auth_revoke(args) -> None:
+    from lookalike.service.auth import revoke_token
+
+    rec = revoke_token(args.file, args.id)
+    print(f"revoked token {rec.id} (scope {rec.scope}); a running server stops accepting it at its next request")
+
+
 def add_commands(sub) -> None:
     s = sub.add_parser("serve", help="HTTP API + dashboard: recommendations, search, catalogue, KPIs")
     _store_opts(s)
@@ -155,7 +208,29 @@ def add_commands(sub) -> None:
     s.add_argument("--max-k", type=int, default=100, help="largest K a request may ask for (default 100)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--auth-file", help="token file from `lookalike auth add`: writes then need a write token")
+    s.add_argument("--auth-reads", action="store_true", help="reads need a read token too (with --auth-file)")
+    s.add_argument("--allow-open-writes", action="store_true",
+                   help="serve a non-loopback --host without --auth-file (anyone reaching it may write)")
+    s.add_argument("--rate-limit", help=f"per-client requests, e.g. 20/second or 600/minute, or 'off' (default: off "
+                                        f"on loopback, {OPEN_HOST_RATE} otherwise)")
     s.set_defaults(func=cmd_serve)
+
+    a = sub.add_parser("auth", help="bearer tokens for `lookalike serve --auth-file`: add, list, revoke")
+    asub = a.add_subparsers(dest="auth_command", required=True)
+    aa = asub.add_parser("add", help="create a token; prints it once, as the last line, and stores only its hash")
+    aa.add_argument("--scope", choices=["read", "write", "admin"], required=True,
+                    help="read: reads under --auth-reads; write: also add/update/delete; admin: also list tokens")
+    aa.add_argument("--file", required=True, help="token file (created if missing, rewritten atomically)")
+    aa.add_argument("--name", help="who or what the token is for (shown by auth list)")
+    aa.set_defaults(func=cmd_auth_add)
+    al = asub.add_parser("list", help="the tokens' ids, scopes, creation times and names (never the tokens)")
+    al.add_argument("--file", required=True)
+    al.set_defaults(func=cmd_auth_list)
+    ar = asub.add_parser("revoke", help="remove a token by id (a running server notices at once)")
+    ar.add_argument("id")
+    ar.add_argument("--file", required=True)
+    ar.set_defaults(func=cmd_auth_revoke)
 
     c = sub.add_parser("catalog", help="manage the served catalogue: ingest, add, update, delete, list")
     csub = c.add_subparsers(dest="catalog_command", required=True)
