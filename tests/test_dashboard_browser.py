@@ -1,4 +1,7 @@
-"""The dashboard page driven end to end in headless Chromium (Debian's, through Playwright)."""
+"""The dashboard page driven end to end in headless Chromium (Debian's, through Playwright).
+
+The server needs a write token (reads stay open), as an operator would run it. Every console error and
+page error fails the test it happens in, except the 4xx answers a test provokes on purpose and names."""
 
 from __future__ import annotations
 
@@ -17,7 +20,15 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def token(tmp_path_factory) -> tuple[str, str]:
+    from lookalike.service.auth import add_token
+
+    auth = tmp_path_factory.mktemp("auth") / "tokens.json"
+    return str(auth), add_token(auth, "write")[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, token):
     import uvicorn
 
     tmp = tmp_path_factory.mktemp("dashboard")
@@ -26,7 +37,8 @@ def server(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(make_app(url, tmp), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(make_app(url, tmp, auth_file=token[0]), host="127.0.0.1", port=port,
+                                        log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -38,21 +50,48 @@ def server(tmp_path_factory):
     thread.join(10)
 
 
+class Console:
+    """Console messages of type error and uncaught page errors, as (text, url)."""
+
+    def __init__(self):
+        self.errors: list[tuple[str, str]] = []
+
+    def expect(self, status: int, path: str) -> None:
+        """Take the one 'Failed to load resource' error a test provoked on purpose (status on path)."""
+        hit = [e for e in self.errors if f"status of {status}" in e[0] and e[1].split("?")[0].endswith(path)]
+        assert hit, (status, path, self.errors)
+        self.errors.remove(hit[0])
+
+
 @pytest.fixture(scope="module")
-def page(server):
+def browser_page(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         # Debian's chromium when installed, else Playwright's own build (./run test installs one of them).
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
         pg = browser.new_page()
-        errors = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
+        console = Console()
+        pg.on("console", lambda m: m.type == "error" and console.errors.append((m.text, m.location.get("url", ""))))
+        pg.on("pageerror", lambda e: console.errors.append((str(e), "")))
         pg.goto(server + "/")
         pg.wait_for_selector("#catalogue-size .v")
-        yield pg
+        pg.wait_for_load_state("networkidle")
+        yield pg, console
         browser.close()
-        assert not errors, errors
+
+
+@pytest.fixture
+def console(browser_page):
+    yield browser_page[1]
+    browser_page[0].wait_for_load_state("networkidle")
+    errors, browser_page[1].errors[:] = list(browser_page[1].errors), []
+    assert not errors, f"console errors: {errors}"
+
+
+@pytest.fixture
+def page(browser_page, console):
+    return browser_page[0]
 
 
 def _images_loaded(page, selector: str) -> list[int]:
@@ -77,7 +116,7 @@ def test_kpi_cards_charts_hyperparameters_and_samples(page):
     assert all(w > 0 for w in _images_loaded(page, "#recent"))
 
 
-def test_search_box_json_and_text_show_image_grids(page):
+def test_search_box_json_and_text_show_image_grids(page, console):
     page.fill("#search-input", json.dumps({"masterCategory": "Footwear", "gender": "Men"}))
     page.fill("#search-k", "6")
     page.click("#search-button")
@@ -96,9 +135,10 @@ def test_search_box_json_and_text_show_image_grids(page):
     page.click("#search-button")
     page.wait_for_function("document.getElementById('search-error').textContent.length > 0")
     assert "400: attribute query has no known field" in page.inner_text("#search-error")
+    console.expect(400, "/api/search")
 
 
-def test_upload_box_recommends_new_products_for_a_photo(page, tmp_path):
+def test_upload_box_recommends_new_products_for_a_photo(page, console, tmp_path):
     pid = next(r["id"] for r in trained()["rows"] if int(r["year"]) >= 2016)
     photo = tmp_path / "photo.jpg"
     photo.write_bytes((trained()["catalog"] / "images" / f"{pid}.jpg").read_bytes())
@@ -112,3 +152,27 @@ def test_upload_box_recommends_new_products_for_a_photo(page, tmp_path):
     page.set_input_files("#upload-input", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"})
     page.click("#upload-button")
     page.wait_for_function("document.getElementById('search-error').textContent.includes('not a readable image')")
+    console.expect(400, "/api/recommend/customer_input")
+
+
+def test_writes_ask_for_a_token_and_work_with_one(page, console, token, tmp_path):
+    pid = trained()["rows"][0]["id"]
+    photo = tmp_path / "new.jpg"
+    photo.write_bytes((trained()["catalog"] / "images" / f"{pid}.jpg").read_bytes())
+    page.fill("#write-id", "dash-1")
+    page.set_input_files("#write-image", str(photo))  # the default JSON has no subCategory: category "(none)"
+    page.click("#add-button")
+    page.wait_for_function("document.getElementById('write-error').textContent.length > 0")
+    assert page.inner_text("#write-error").startswith("401: this endpoint needs a bearer token with scope 'write'")
+    assert "paste it in the token field" in page.inner_text("#write-error")
+    console.expect(401, "/api/items")
+    page.fill("#token", token[1])
+    page.click("#add-button")
+    page.wait_for_function("document.getElementById('write-result').textContent === 'added dash-1'")
+    n = len(trained()["rows"]) + 1
+    page.wait_for_function(f"document.querySelector('#catalogue-size .v').textContent === '{n}'")
+    rows = page.eval_on_selector_all("#categories tr", "rs => rs.map(r => r.textContent)")
+    assert any(r.startswith("(none)1") for r in rows), rows
+    page.click("#delete-button")
+    page.wait_for_function("document.getElementById('write-result').textContent === 'deleted dash-1'")
+    page.wait_for_function(f"document.querySelector('#catalogue-size .v').textContent === '{n - 1}'")

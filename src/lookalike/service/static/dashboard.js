@@ -1,6 +1,28 @@
-// The dashboard: one GET /api/dashboard for everything shown, the API for searches. No external libraries.
+// The dashboard: one GET /api/dashboard for everything shown, the API for searches and writes. No external
+// libraries. Reads need no token unless the server says so (GET /api/auth); a token typed into the write form
+// is kept for this tab only (sessionStorage) and sent as a bearer header.
 "use strict";
 const $ = (id) => document.getElementById(id);
+let auth = {writes_need_token: false, reads_need_token: false};
+const token = () => $("token").value.trim() || sessionStorage.getItem("lookalike-token") || "";
+
+function api(url, opts = {}) {
+  const t = token();
+  return fetch(url, t ? {...opts, headers: {...(opts.headers || {}), Authorization: `Bearer ${t}`}} : opts);
+}
+
+// With --auth-reads an <img src> cannot carry the token, so images are fetched with it.
+function loadImages(root) {
+  if (!auth.reads_need_token) return;
+  root.querySelectorAll("img[data-src]").forEach(async (img) => {
+    const r = await api(img.dataset.src);
+    if (r.ok) img.src = URL.createObjectURL(await r.blob());
+  });
+}
+
+function image(url, attrs = {}) {
+  return el("img", {...attrs, ...(auth.reads_need_token ? {"data-src": url} : {src: url})});
+}
 const fmt = (v, d = 4) => (v === null || v === undefined || Number.isNaN(v)) ? "–" : (typeof v === "number" ? +v.toFixed(d) : v);
 
 function el(tag, attrs = {}, ...children) {
@@ -26,7 +48,8 @@ function cards(kpi) {
     el("div", {class: "v"}, v ?? "–"), el("div", {class: "k"}, k))));
   $("categories").replaceChildren(el("tr", {}, el("th", {}, "category"), el("th", {}, "all"), el("th", {}, "new")),
     ...Object.entries(kpi.catalogue.per_category).map(([c, n]) =>
-      el("tr", {}, el("td", {}, c), el("td", {}, n), el("td", {}, kpi.catalogue.new_per_category[c] || 0))));
+      el("tr", {}, el("td", {}, c === "" ? "(none)" : c), el("td", {}, n),
+        el("td", {}, kpi.catalogue.new_per_category[c] || 0))));
   $("latency").replaceChildren(el("tr", {}, ...["endpoint", "requests", "p50 ms", "p95 ms", "p99 ms"].map(x => el("th", {}, x))),
     ...Object.entries(kpi.requests).map(([ep, r]) => el("tr", {}, el("td", {}, ep), el("td", {}, r.requests),
       el("td", {}, r.p50_ms), el("td", {}, r.p95_ms), el("td", {}, r.p99_ms))));
@@ -54,7 +77,7 @@ function chart(canvas, history, series) {
 
 function grid(items) {
   return el("div", {class: "grid"}, ...items.map(h => el("div", {class: "hit"},
-    el("img", {src: h.image_url, alt: h.id, loading: "lazy"}),
+    image(h.image_url, {alt: h.id, loading: "lazy"}),
     el("div", {}, `${h.id} · ${fmt(h.score, 3)}`),
     el("div", {}, (h.attributes && (h.attributes.name || h.attributes.articleType)) || ""))));
 }
@@ -69,7 +92,8 @@ function tableOf(obj, prefix = "") {
 }
 
 async function refresh() {
-  const r = await fetch("/api/dashboard");
+  const r = await api("/api/dashboard");
+  if (r.status === 401) { $("status").textContent = "this server needs a read token: enter it in the token field"; return; }
   if (!r.ok) { $("status").textContent = `dashboard data failed: ${r.status}`; return; }
   const d = await r.json();
   cards(d.kpi);
@@ -78,9 +102,10 @@ async function refresh() {
   $("recent").replaceChildren(...d.top_k_images.map(l => el("div", {}, el("h3", {}, l.query), grid(l.items))));
   $("hyperparams").replaceChildren(...tableOf(d.hyperparams));
   $("augmented").replaceChildren(...d.augmented_samples.map(s => el("div", {class: "row"},
-    el("img", {src: s.image_url, alt: s.id, style: "max-width:60px;flex:0 0 60px"}),
+    image(s.image_url, {alt: s.id, style: "max-width:60px;flex:0 0 60px"}),
     el("pre", {}, `original:  ${JSON.stringify(s.original)}\naugmented: ${JSON.stringify(s.augmented)}\ndropped: ${s.dropped.join(", ") || "none"}`))));
   $("status").textContent = `${d.kpi.catalogue.size} products · updated ${new Date().toLocaleTimeString()}`;
+  loadImages(document);
 }
 
 async function show(response) {
@@ -94,6 +119,7 @@ async function show(response) {
   $("search-error").textContent = "";
   $("search-results").replaceChildren(el("div", {id: "result-summary"},
     `${body.items.length} results · intra-list diversity ${fmt(body.intra_list_diversity, 3)}`), grid(body.items));
+  loadImages($("search-results"));
   refresh();
 }
 
@@ -105,7 +131,7 @@ $("search-form").addEventListener("submit", async (ev) => {
   form.append(isJson ? "attributes" : "text", text);
   form.append("k", $("search-k").value);
   form.append("diversity", $("search-div").value);
-  await show(await fetch("/api/search", {method: "POST", body: form}));
+  await show(await api("/api/search", {method: "POST", body: form}));
 });
 
 $("upload-form").addEventListener("submit", async (ev) => {
@@ -115,8 +141,43 @@ $("upload-form").addEventListener("submit", async (ev) => {
   const form = new FormData();
   form.append("image", file);
   form.append("k", $("search-k").value);
-  await show(await fetch("/api/recommend/customer_input", {method: "POST", body: form}));
+  await show(await api("/api/recommend/customer_input", {method: "POST", body: form}));
 });
 
-refresh();
+async function write(request, done) {
+  $("write-result").textContent = ""; $("write-error").textContent = "";
+  const r = await request();
+  const body = await r.json();
+  if (r.ok) {
+    if (token()) sessionStorage.setItem("lookalike-token", token());
+    $("write-result").textContent = done(body);
+    refresh();
+    return;
+  }
+  const msg = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+  const hint = r.status === 401 ? " — this server needs a write token: paste it in the token field"
+    : r.status === 403 ? " — this token may not write" : "";
+  $("write-error").textContent = `${r.status}: ${msg}${hint}`;
+  if (r.status === 401) $("token").focus();
+}
+
+$("write-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const form = new FormData(), file = $("write-image").files[0];
+  form.append("product_id", $("write-id").value.trim());
+  form.append("attributes", $("write-attributes").value);
+  if (file) form.append("image", file);
+  await write(() => api("/api/items", {method: "POST", body: form}), b => `added ${b.id}`);
+});
+
+$("delete-button").addEventListener("click", async () => {
+  const id = encodeURIComponent($("write-id").value.trim());
+  await write(() => api(`/api/items/${id}`, {method: "DELETE"}), b => `deleted ${b.deleted}`);
+});
+
+(async () => {
+  const r = await fetch("/api/auth");
+  if (r.ok) auth = await r.json();
+  refresh();
+})();
 setInterval(refresh, 15000);
