@@ -302,3 +302,24 @@ def test_bulk_load_keeps_whole_batches_and_a_rerun_completes_it(tmp_path, monkey
                               (f"{table}_hnsw",)).fetchone()[0] == 1
     exact, approx = pg.search(q, 5), pg.search(q, 5, exact=False)
     assert np.mean([len({i for i, _ in a} & {i for i, _ in e}) / 5 for a, e in zip(approx, exact)]) >= 0.9
+
+
+def test_version_moves_with_every_write_from_any_handle(tmp_path):
+    """Whole-catalogue caches (snapshot, centrality) in one API worker key on it, so another worker's write
+    must move it, and a write that failed must not."""
+    for url in (f"embedded://{tmp_path}/v", pg_url("ver")):
+        a = open_store(url, dim=DIM)
+        b = open_store(url)  # a second worker's handle
+        v0 = b.version()
+        a.upsert(_items(5))
+        v1 = b.version()
+        assert v1 != v0
+        with pytest.raises(LookalikeError):
+            a.upsert([StoreItem("bad", np.zeros(DIM))])
+        assert b.version() == v1
+        a.upsert([StoreItem("p0001", np.ones(DIM), {"category": "hats"})])  # same size, new contents
+        v2 = b.version()
+        assert v2 != v1 and len(b) == 5
+        assert a.delete(["missing"]) == 0 and b.version() == v2
+        a.delete(["p0001"])
+        assert b.version() != v2

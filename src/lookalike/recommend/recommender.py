@@ -64,7 +64,7 @@ class Recommender:
 
     # --- catalogue view ----------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        key = (self.version, len(self.store))
+        key = self.store.version()  # moves with writes made by any worker or process
         with self._lock:
             if self._snap is None or self._snap_key != key:
                 self._snap = Snapshot(*self.store.items())

@@ -124,6 +124,11 @@ class VectorStore(ABC):
         return [self.get(i) for i in ids]
 
     @abstractmethod
+    def version(self) -> int:
+        """A number that changes whenever the stored contents change, whichever process or worker wrote
+        them: caches of whole-catalogue statistics are keyed by it."""
+
+    @abstractmethod
     def ids(self) -> list[str]: ...
 
     @abstractmethod

@@ -228,6 +228,11 @@ class EmbeddedStore(VectorStore):
             r = self._row.get(id)
             return None if r is None else StoreItem(id, self._vectors[r].copy(), dict(self._meta[r]))
 
+    def version(self) -> int:
+        with self._lock:
+            self._sync()
+            return self._generation
+
     def ids(self) -> list[str]:
         with self._lock:
             self._sync()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from typing import Iterable
 
 import numpy as np
@@ -39,12 +40,14 @@ class PgVectorStore(VectorStore):
             raise LookalikeError(f"table name must match {_TABLE.pattern}, got {table!r}")
         self.conninfo, self.ef_search = conninfo, ef_search
         self.maintenance_work_mem, self.build_workers = maintenance_work_mem, build_workers
+        self.last_load: dict = {}  # timings of the last bulk load, for the CLI and benchmarks
         self._keepalive = keepalive  # a pgserver handle: the database lives as long as the store
         self._local = threading.local()
         self._conns: list = []
         self._conns_lock = threading.Lock()
         t = sql.Identifier(table)
         self._sql = {"t": t, "fields": sql.Identifier(table + "_fields"), "index": sql.Identifier(table + "_hnsw"),
+                     "version": sql.Identifier(table + "_version"),
                      "create_index": sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_ip_ops) "
                                              "WITH (m = {}, ef_construction = {})")
                      .format(sql.Identifier(table + "_hnsw"), t, sql.Literal(m), sql.Literal(ef_construction))}
@@ -68,6 +71,9 @@ class PgVectorStore(VectorStore):
                 # 512 floats just pass the TOAST threshold; kept inline, a scan need not fetch them from elsewhere
                 conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN embedding SET STORAGE PLAIN").format(t))
                 conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (field text PRIMARY KEY)").format(self._sql["fields"]))
+                conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
+                                     "v bigint NOT NULL)").format(self._sql["version"]))
+                conn.execute(sql.SQL("INSERT INTO {} VALUES (true, 0) ON CONFLICT DO NOTHING").format(self._sql["version"]))
                 self._build_index(conn)  # no-op when it exists; after a crashed bulk load, rebuilds it
         except psycopg.Error as e:
             raise LookalikeError(f"cannot set up table {table}: {e}") from None
@@ -129,7 +135,7 @@ class PgVectorStore(VectorStore):
 
         conn = self._conn()
         defer = total is None or (total >= BULK and total >= len(self) // 4)
-        dropped, n = False, 0
+        dropped, n, t0 = False, 0, time.perf_counter()
         for batch in batches:
             new = sorted(check_items(batch, self.dim), key=lambda it: it.id)
             if not new:
@@ -141,9 +147,12 @@ class PgVectorStore(VectorStore):
                 self._write(conn, new)
             self._field_cache |= {f for it in new for f in it.metadata}
             n += len(new)
+        t1 = time.perf_counter()
         if dropped:
             with conn.transaction():
                 self._build_index(conn)
+        self.last_load = {"rows": n, "load_s": round(t1 - t0, 2), "index_build_s": round(time.perf_counter() - t1, 2),
+                          "index_deferred": dropped}
         return n
 
     def _write(self, conn, new: list[StoreItem]) -> None:
@@ -163,6 +172,18 @@ class PgVectorStore(VectorStore):
                      .format(self._sql["t"]))
         conn.execute(sql.SQL("INSERT INTO {} (field) SELECT DISTINCT jsonb_object_keys(metadata) FROM lookalike_upsert "
                              "ORDER BY 1 ON CONFLICT DO NOTHING").format(self._sql["fields"]))
+        self._bump(conn)
+
+    def _bump(self, conn) -> None:
+        """Count a write inside its own transaction, so `version()` moves exactly when the rows do."""
+        from psycopg import sql
+
+        conn.execute(sql.SQL("UPDATE {} SET v = v + 1").format(self._sql["version"]))
+
+    def version(self) -> int:
+        from psycopg import sql
+
+        return self._conn().execute(sql.SQL("SELECT v FROM {}").format(self._sql["version"])).fetchone()[0]
 
     def _build_index(self, conn) -> None:
         """The HNSW graph over all loaded rows, with the memory and parallel workers a 1M-row build needs."""
@@ -176,8 +197,12 @@ class PgVectorStore(VectorStore):
         ids = sorted(set(ids))
         if not ids:
             return 0
-        cur = self._conn().execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self._sql["t"]), (ids,))
-        return cur.rowcount
+        conn = self._conn()
+        with conn.transaction():
+            n = conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self._sql["t"]), (ids,)).rowcount
+            if n:
+                self._bump(conn)
+        return n
 
     # --- reads -------------------------------------------------------------------------------------
     def get(self, id: str) -> StoreItem | None:
