@@ -53,10 +53,11 @@ def is_loopback(host: str) -> bool:
 
 
 def cmd_serve(args) -> None:
-    import uvicorn
-
     from lookalike.service.app import ServiceSettings, create_app
+    from lookalike.service.workers import serve
 
+    if args.workers < 1:
+        raise LookalikeError(f"--workers must be at least 1, got {args.workers}")
     local = is_loopback(args.host)
     if not local and not args.auth_file and not args.allow_open_writes:
         raise LookalikeError(f"--host {args.host} is reachable beyond this machine and no --auth-file is given: anyone "
@@ -85,7 +86,9 @@ def cmd_serve(args) -> None:
     else:
         print("auth: none (no --auth-file): anyone who reaches this port may write")
     print(f"rate limit: {settings.rate_limit + ' per client' if settings.rate_limit else 'none'}")
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="warning")
+    if args.workers > 1:
+        print(f"workers: {args.workers} processes on one store (each loads the model; rate limits count per worker)")
+    serve(settings, args.host, args.port, args.workers, app=app)
 
 
 def cmd_ingest(args) -> None:
@@ -208,6 +211,8 @@ def add_commands(sub) -> None:
     s.add_argument("--max-k", type=int, default=100, help="largest K a request may ask for (default 100)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1,
+                   help="API worker processes (default 1); use a PostgreSQL store to share one catalogue between them")
     s.add_argument("--auth-file", help="token file from `lookalike auth add`: writes then need a write token")
     s.add_argument("--auth-reads", action="store_true", help="reads need a read token too (with --auth-file)")
     s.add_argument("--allow-open-writes", action="store_true",

@@ -1,0 +1,59 @@
+"""Several API worker processes on one store: `lookalike serve --workers N`.
+
+uvicorn's supervisor starts N processes sharing the listening socket (and restarts one that dies);
+each builds its own app from the validated settings handed over in the environment, since a loaded
+model cannot be inherited across a process spawn. On a PostgreSQL store every worker reads and
+writes the same database, so a write through one worker is visible to the next search on any other.
+The embedded store works too (file lock + snapshot check) but keeps a full copy in every worker.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lookalike.errors import LookalikeError
+
+ENV = "LOOKALIKE_SERVICE_SETTINGS"
+HEADER = b"x-lookalike-worker"
+
+
+class WorkerHeader:
+    """Names the worker process that answered (operators tell workers apart in logs and load tests)."""
+
+    def __init__(self, app):
+        self.app, self.pid = app, str(os.getpid()).encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_pid(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (HEADER, self.pid)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_pid)
+
+
+def app_from_env():
+    """The app factory each worker process calls (uvicorn `factory=True`)."""
+    from lookalike.service.app import ServiceSettings, create_app
+
+    raw = os.environ.get(ENV)
+    if not raw:
+        raise LookalikeError(f"{ENV} is not set: start workers with `lookalike serve --workers N`")
+    return WorkerHeader(create_app(ServiceSettings.model_validate_json(raw)))
+
+
+def serve(settings, host: str, port: int, workers: int = 1, app=None, log_level: str = "warning") -> None:
+    """Run the service in this process (workers=1, `app` if already built) or under uvicorn's supervisor."""
+    import uvicorn
+
+    if workers == 1:
+        from lookalike.service.app import create_app
+
+        uvicorn.run(app or create_app(settings), host=host, port=port, workers=1, log_level=log_level)
+        return
+    os.environ[ENV] = settings.model_dump_json()
+    uvicorn.run("lookalike.service.workers:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level)
