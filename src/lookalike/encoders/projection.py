@@ -39,14 +39,20 @@ class ImageSpace:
     def out_dim(self) -> int | None:
         return self.dim if self.kind == "pca" else None
 
-    def transform(self, features: np.ndarray) -> np.ndarray:
-        x = features.astype(np.float32)
-        if self.mean is not None:
-            x = x - self.mean.astype(np.float32)
-        if self.components is not None:
-            x = x @ self.components.T.astype(np.float32)
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        return x / np.maximum(norms, 1e-12)
+    def transform(self, features: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        """Unit vectors in the space, computed a chunk of rows at a time: a million 1280-d features need
+        only their 512-d output beside them, not three full-size temporaries."""
+        out = np.empty((len(features), self.out_dim or features.shape[1]), np.float32)
+        mean = None if self.mean is None else self.mean.astype(np.float32)
+        comps = None if self.components is None else self.components.T.astype(np.float32)
+        for s in range(0, len(features), chunk):
+            x = features[s:s + chunk].astype(np.float32)
+            if mean is not None:
+                x -= mean
+            if comps is not None:
+                x = x @ comps
+            out[s:s + chunk] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return out
 
     def state(self) -> dict:
         return {"kind": self.kind, "dim": self.dim, "mean": self.mean, "components": self.components}

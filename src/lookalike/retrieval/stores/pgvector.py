@@ -1,11 +1,13 @@
 """PostgreSQL + pgvector store: several API workers can share it, and it outgrows one process.
 
-One row per item (id, vector, metadata as JSONB) and an HNSW index (inner product). Exact search
-turns index scans off for its transaction so PostgreSQL scans every row: the same ground truth as
-the embedded store. Upserts copy into a temp table and merge with `ON CONFLICT DO UPDATE` in one
-transaction, rows locked in id order so concurrent writers cannot deadlock; a bulk upsert drops and
-rebuilds the HNSW index inside its transaction (pgvector builds it far faster over loaded rows). Filter fields and
-values reach SQL only as parameters (JSONB containment), never as SQL text.
+One row per item (id, vector, metadata as JSONB), an HNSW index (inner product) and a GIN index on
+the metadata (a selective filter then ranks only its own rows). Exact search turns index scans off for
+its transaction so PostgreSQL scans every row that passes the filter: the same ground truth as the
+embedded store. Writes COPY (binary) into a temp table and merge with `ON CONFLICT DO UPDATE` in one
+transaction, rows locked in id order so concurrent writers cannot deadlock. A write that is a large
+share of the table, and a bulk `load`, drop the indexes and build them once over the loaded rows
+(pgvector builds HNSW far faster that way than row by row). Filter fields and values reach SQL only as
+parameters (JSONB containment), never as SQL text.
 """
 
 from __future__ import annotations
@@ -50,7 +52,12 @@ class PgVectorStore(VectorStore):
                      "version": sql.Identifier(table + "_version"),
                      "create_index": sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_ip_ops) "
                                              "WITH (m = {}, ef_construction = {})")
-                     .format(sql.Identifier(table + "_hnsw"), t, sql.Literal(m), sql.Literal(ef_construction))}
+                     .format(sql.Identifier(table + "_hnsw"), t, sql.Literal(m), sql.Literal(ef_construction)),
+                     # metadata filters (JSONB containment) by index: a selective filter ranks only its rows
+                     "create_meta_index": sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gin (metadata jsonb_path_ops)")
+                     .format(sql.Identifier(table + "_meta"), t),
+                     "drop_indexes": sql.SQL("DROP INDEX IF EXISTS {}, {}").format(sql.Identifier(table + "_hnsw"),
+                                                                                  sql.Identifier(table + "_meta"))}
         conn = self._conn(register=False)
         try:
             with conn.transaction():
@@ -119,7 +126,7 @@ class PgVectorStore(VectorStore):
         rebuild = len(new) >= BULK and len(new) >= len(self) // 4
         with conn.transaction():
             if rebuild:
-                conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self._sql["index"]))
+                conn.execute(self._sql["drop_indexes"])
             self._write(conn, new)
             if rebuild:
                 self._build_index(conn)
@@ -141,7 +148,7 @@ class PgVectorStore(VectorStore):
             if not new:
                 continue
             if defer and not dropped:
-                conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(self._sql["index"]))
+                conn.execute(self._sql["drop_indexes"])
                 dropped = True
             with conn.transaction():
                 self._write(conn, new)
@@ -186,10 +193,12 @@ class PgVectorStore(VectorStore):
         return self._conn().execute(sql.SQL("SELECT v FROM {}").format(self._sql["version"])).fetchone()[0]
 
     def _build_index(self, conn) -> None:
-        """The HNSW graph over all loaded rows, with the memory and parallel workers a 1M-row build needs."""
+        """The HNSW graph (and the metadata index) over all loaded rows, with the memory and parallel workers
+        a 1M-row build needs."""
         conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (self.maintenance_work_mem,))
         conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, true)", (str(self.build_workers),))
         conn.execute(self._sql["create_index"])
+        conn.execute(self._sql["create_meta_index"])
 
     def delete(self, ids: Iterable[str]) -> int:
         from psycopg import sql
