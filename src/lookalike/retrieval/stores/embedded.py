@@ -101,6 +101,7 @@ class EmbeddedStore(VectorStore):
         except OSError as e:
             raise LookalikeError(f"cannot create store directory {self.path}: {e}") from None
         self._lockfile = open(self.path / ".lock", "a")
+        self._sweep()
         if (self.path / SNAPSHOT).exists():
             self._load()
             if dim is not None and dim != self.dim:
@@ -115,6 +116,16 @@ class EmbeddedStore(VectorStore):
                     self._commit(self._ids, self._vectors, [])
 
     # --- persistence -------------------------------------------------------------------------------
+    def _sweep(self) -> None:
+        """Remove snapshot temp files a killed writer left; holding the write lock, no live writer has one."""
+        with self._lock:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX)
+            try:
+                for f in self.path.glob(".store-*.npz"):
+                    f.unlink(missing_ok=True)
+            finally:
+                fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+
     def _set(self, ids: np.ndarray, vectors: np.ndarray, meta: list[dict], generation: int) -> None:
         self._ids, self._vectors, self._meta, self._generation = ids, vectors, meta, generation
         self._row = {str(i): r for r, i in enumerate(ids)}
