@@ -197,6 +197,38 @@ def cmd_sanity(args) -> None:
         sys.exit(1)
 
 
+def cmd_embed(args) -> None:
+    """Fill the embedding cache for a whole catalogue (no checkpoint needed): what train, evaluate and
+    ingest then read instead of embedding; on Ray for catalogues one machine cannot embed in time."""
+    from lookalike.catalogue import load_catalogue
+    from lookalike.catalogue.loading import read_schema
+    from lookalike.config import load_config
+    from lookalike.distributed import RayOptions
+    from lookalike.pipeline import cache_root, embed_catalogue, image_encoder
+    from lookalike.provenance import provenance
+
+    cfg = load_config(args.config, {"data.catalog": args.catalog, "encoder.cache_dir": args.cache_dir,
+                                    "encoder.batch_size": args.batch_size})
+    ray = RayOptions.from_args(args, cfg.encoder.batch_size)
+    cat = load_catalogue(cfg.data.catalog, read_schema(Path(args.schema)) if args.schema else cfg.data.schema_,
+                         cfg.data.format)
+    print(cat.report.summary())
+    emb = embed_catalogue(cat, cfg, progress=not args.no_progress, texts=False, ray=ray)
+    t = emb.timings
+    failed = len(cat) - len(emb.products)
+    print(f"cache hits {t['images_cached']}, new embeddings {t['images_computed']}, skipped {failed}"
+          + (f", {t['images_per_s']} images/s" if "images_per_s" in t else "") + f" ({args.engine} engine)")
+    if args.report:
+        enc = image_encoder(cfg)
+        report = {"engine": args.engine, "ray": ray.__dict__ if ray else None, "catalog": cfg.data.catalog,
+                  "products": len(cat), "embedded": len(emb.products), "skipped": failed, **t,
+                  "encoder": {"name": enc.name, "fingerprint": enc.fingerprint(), **cfg.encoder.model_dump()},
+                  "cache": str(cache_root(cfg)), "provenance": provenance()}
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+        print(f"wrote {args.report}")
+
+
 def cmd_models(args) -> None:
     from lookalike.encoders import list_models
 
@@ -254,6 +286,19 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--cache-dir")
     sc.add_argument("--no-progress", action="store_true")
     sc.set_defaults(func=cmd_sanity)
+
+    em = sub.add_parser("embed", help="fill the embedding cache for a catalogue's images, locally or on Ray")
+    em.add_argument("--catalog", "--data", dest="catalog", default=DEFAULT_CATALOG,
+                    help=f"catalogue directory or file (default {DEFAULT_CATALOG})")
+    em.add_argument("--config", help="JSON run config: its encoder section says which frozen encoder and cache")
+    em.add_argument("--schema", help="JSON schema of a CSV/JSONL catalogue")
+    em.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike or $LOOKALIKE_CACHE)")
+    em.add_argument("--report", help="also write the counts, config and versions to this JSON file")
+    em.add_argument("--no-progress", action="store_true")
+    from lookalike.distributed import add_engine_options
+
+    add_engine_options(em)
+    em.set_defaults(func=cmd_embed)
 
     m = sub.add_parser("models", help="list the registered frozen encoders")
     m.set_defaults(func=cmd_models)

@@ -10,6 +10,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from lookalike.config import RunConfig
 from lookalike.encoders.efficientnet import default_cache_dir
 from lookalike.encoders.embedder import embed_images, embed_texts
 from lookalike.encoders.projection import ImageSpace
-from lookalike.encoders.registry import create_image_encoder, create_text_encoder
+from lookalike.encoders.registry import create_text_encoder, image_encoder_for
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.centrality import anchor_mask, centrality_report, centrality_scores
 from lookalike.evaluation.evaluator import RetrievalEvaluator, get_metric, relevance_keys
@@ -29,6 +30,9 @@ from lookalike.model import LookalikeModel, create_model
 from lookalike.provenance import provenance
 from lookalike.towers import AttributeVocab
 from lookalike.training.trainer import TrainSet, train
+
+if TYPE_CHECKING:
+    from lookalike.distributed import RayOptions
 
 
 def log(msg: str) -> None:
@@ -54,18 +58,24 @@ def cache_root(cfg: RunConfig) -> Path:
 
 
 def image_encoder(cfg: RunConfig):
-    e = cfg.encoder
-    extra = {"image_size": e.image_size, "runtime": e.runtime, "cache_dir": cache_root(cfg)} \
-        if e.image_model == "efficientnet-lite0" else {}
-    return create_image_encoder(e.image_model, **extra)
+    return image_encoder_for(cfg.encoder, cache_root(cfg))
 
 
-def embed_catalogue(cat: Catalogue, cfg: RunConfig, progress: bool = True, texts: bool = True) -> Embedded:
-    """Image vectors (and, with `texts`, the frozen text encoder's vectors) of every product, cached."""
+def embed_catalogue(cat: Catalogue, cfg: RunConfig, progress: bool = True, texts: bool = True,
+                    ray: RayOptions | None = None) -> Embedded:
+    """Image vectors (and, with `texts`, the frozen text encoder's vectors) of every product, cached;
+    with `ray`, the images the cache lacks are embedded on Ray (same cache, same vectors)."""
     timings = {}
     t = time.perf_counter()
-    enc = image_encoder(cfg)
-    res = embed_images([p.image for p in cat.products], enc, cache_root(cfg), cfg.encoder.batch_size, progress=progress)
+    refs = [p.image for p in cat.products]
+    if ray is None:
+        res = embed_images(refs, image_encoder(cfg), cache_root(cfg), cfg.encoder.batch_size, progress=progress)
+    else:
+        from lookalike.distributed.ray_engine import embed_images_ray
+
+        res = embed_images_ray(refs, cfg.encoder, cache_root(cfg), address=ray.address, num_cpus=ray.num_cpus,
+                               num_actors=ray.num_actors, batch_size=ray.batch_size, shard_size=ray.shard_size,
+                               progress=progress)
     timings["image_embedding_s"] = round(time.perf_counter() - t, 2)
     timings["images_cached"], timings["images_computed"] = res.cached, res.computed
     if res.computed:

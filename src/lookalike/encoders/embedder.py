@@ -1,9 +1,11 @@
 """Batch embedding of catalogue images and texts through a frozen encoder, with the cache in front.
 
-Every image is first keyed (a stat when `FileKeys` knows the file, else a read and a hash); those
-not in the cache are then decoded and preprocessed on a thread pool (PIL releases the GIL) while the
-encoder runs the previous batch, so the embedder keeps close to the bare forward pass's throughput.
-A missing or undecodable image is reported by index and reason; it never stops the run.
+Every image is first keyed (`plan_images`: a stat when `FileKeys` knows the file, else a read and a
+hash); those not in the cache are then decoded and preprocessed on a thread pool (PIL releases the
+GIL) while the encoder runs the previous batch, so the embedder keeps close to the bare forward pass's
+throughput.
+A missing or undecodable image is reported by index and reason; it never stops the run. The keying,
+decoding and failure reasons here are shared with the Ray engine (lookalike.distributed.ray_engine).
 """
 
 from __future__ import annotations
@@ -33,23 +35,57 @@ class EmbedResult:
     hashed: int = 0  # files read and hashed; the rest were known by their unchanged (size, mtime)
 
 
-def _read(ref: ImageRef, keys: FileKeys) -> tuple[str | None, bytes | None, str | None]:
-    """(cache key, bytes or None when the key was known from the file's stat, error)."""
+# Why an image has no vector; every engine reports failures with these reasons.
+MISSING = "missing image"
+CORRUPT = "corrupt image"
+ACTOR_CRASHED = "actor crashed"
+
+
+def _read(ref: ImageRef, keys: FileKeys, keep_bytes: bool) -> tuple[str | None, bytes | None, str | None, bool]:
+    """(cache key, the bytes when read and `keep_bytes`, error, whether the file was read and hashed)."""
     path = str(ref.path)
     try:
         st = os.stat(path)  # before the read: a file changed after it gets a new mtime, so a stale entry never matches
         known = keys.lookup(path, st)
         if known is not None:
-            return known + ref.cache_suffix(), None, None
+            return known + ref.cache_suffix(), None, None, False
         data = ref.path.read_bytes()
     except OSError:
-        return None, None, "missing image"
+        return None, None, MISSING, False
     key = bytes_key(data)
     keys.remember(path, st, key)
-    return key + ref.cache_suffix(), data, None
+    return key + ref.cache_suffix(), data if keep_bytes else None, None, True
 
 
-def _decode(encoder: ImageEncoder, ref: ImageRef, data: bytes | None) -> np.ndarray | str:
+@dataclass
+class KeyPlan:
+    """Every image keyed as all engines key it (content SHA-1 + crop suffix) and sorted into cache hits,
+    images still to embed and failures, so a rerun after an interruption embeds only what is missing."""
+
+    keys: list[str | None]
+    data: list[bytes | None]  # bytes read while hashing, kept for the decoder (local engine only)
+    failed: dict[int, str]
+    hits: list[int]
+    todo: list[int]
+    hashed: int
+
+
+def plan_images(refs: list[ImageRef], cache: EmbeddingCache, keys: FileKeys, keep_bytes: bool = True) -> KeyPlan:
+    reads = [_read(ref, keys, keep_bytes) for ref in refs]  # mostly stat calls once the files are known
+    keys.save()  # now, not at the end: a killed run need not hash the files again
+    plan = KeyPlan([r[0] for r in reads], [r[1] for r in reads], {}, [], [], hashed=sum(r[3] for r in reads))
+    for i, (key, _, err, _) in enumerate(reads):
+        if err:
+            plan.failed[i] = err
+        elif key in cache:
+            plan.hits.append(i)
+        else:
+            plan.todo.append(i)
+    return plan
+
+
+def load_pixels(encoder: ImageEncoder, ref: ImageRef, data: bytes | None = None) -> np.ndarray | str:
+    """The encoder's input array for one image (read from disk when `data` is None), or a failure reason."""
     try:
         if data is None:
             data = ref.path.read_bytes()
@@ -59,9 +95,20 @@ def _decode(encoder: ImageEncoder, ref: ImageRef, data: bytes | None) -> np.ndar
                 im = im.crop(ref.box)
             return encoder.preprocess(im)
     except FileNotFoundError:
-        return "missing image"
+        return MISSING
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return "corrupt image"
+        return CORRUPT
+
+
+def forward_grouped(encoder: ImageEncoder, arrays: list[np.ndarray]) -> np.ndarray:
+    """Vectors of preprocessed arrays, in order; arrays of equal shape share one forward pass."""
+    out = np.zeros((len(arrays), encoder.dim), np.float32)
+    by_shape: dict[tuple, list[int]] = {}
+    for j, a in enumerate(arrays):
+        by_shape.setdefault(a.shape, []).append(j)
+    for idx in by_shape.values():
+        out[idx] = encoder.forward(np.stack([arrays[j] for j in idx]))
+    return out
 
 
 def embed_images(refs: list[ImageRef], encoder: ImageEncoder, cache_root: Path, batch_size: int = 64,
@@ -70,28 +117,17 @@ def embed_images(refs: list[ImageRef], encoder: ImageEncoder, cache_root: Path, 
 
     t0 = time.perf_counter()
     cache = EmbeddingCache(cache_root, "image", encoder.fingerprint(), encoder.dim)
-    keys = FileKeys(Path(cache_root))
+    plan = plan_images(refs, cache, FileKeys(Path(cache_root)))
     out = np.zeros((len(refs), encoder.dim), np.float32)
-    failed: dict[int, str] = {}
+    failed = plan.failed
+    if plan.hits:
+        out[plan.hits] = cache.get([plan.keys[i] for i in plan.hits])
+    todo = plan.todo
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        reads = [_read(ref, keys) for ref in refs]  # mostly stat calls once the files are known
-        hashed = sum(1 for _, data, _ in reads if data is not None)
-        todo: list[int] = []
-        hit_idx, hit_keys = [], []
-        for i, (key, _, err) in enumerate(reads):
-            if err:
-                failed[i] = err
-            elif key in cache:
-                hit_idx.append(i)
-                hit_keys.append(key)
-            else:
-                todo.append(i)
-        if hit_idx:
-            out[hit_idx] = cache.get(hit_keys)
         batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
 
         def prepare(batch: list[int]):
-            return [pool.submit(_decode, encoder, refs[i], reads[i][1]) for i in batch]
+            return [pool.submit(load_pixels, encoder, refs[i], plan.data[i]) for i in batch]
 
         bar = tqdm(total=len(todo), desc=f"embedding images ({encoder.name})", unit="img", disable=not progress or not todo)
         pending = prepare(batches[0]) if batches else []
@@ -99,29 +135,23 @@ def embed_images(refs: list[ImageRef], encoder: ImageEncoder, cache_root: Path, 
         for b, batch in enumerate(batches):
             arrays = [f.result() for f in pending]
             pending = prepare(batches[b + 1]) if b + 1 < len(batches) else []
-            ok = [(i, a) for i, a in zip(batch, arrays) if not isinstance(a, str)]
+            ok = [i for i, a in zip(batch, arrays) if not isinstance(a, str)]
             for i, a in zip(batch, arrays):
                 if isinstance(a, str):
                     failed[i] = a
-            by_shape: dict[tuple, list[tuple[int, np.ndarray]]] = {}
-            for i, a in ok:
-                by_shape.setdefault(a.shape, []).append((i, a))
-            for group in by_shape.values():
-                idx = [i for i, _ in group]
-                vecs = encoder.forward(np.stack([a for _, a in group]))
-                out[idx] = vecs
-                new_idx.extend(idx)
+            if ok:
+                out[ok] = forward_grouped(encoder, [a for a in arrays if not isinstance(a, str)])
+                new_idx.extend(ok)
             if len(new_idx) >= flush_every or b + 1 == len(batches):
-                cache.put([reads[i][0] for i in new_idx], out[new_idx])
+                cache.put([plan.keys[i] for i in new_idx], out[new_idx])
                 new_idx = []
             for i in batch:
-                reads[i] = (reads[i][0], None, None)  # free the bytes
+                plan.data[i] = None  # free the bytes
             bar.update(len(batch))
         bar.close()
-    keys.save()
     computed = len(todo) - sum(1 for i in todo if i in failed)
-    return EmbedResult(out, failed, cached=len(hit_idx), computed=computed, seconds=time.perf_counter() - t0,
-                       hashed=hashed)
+    return EmbedResult(out, failed, cached=len(plan.hits), computed=computed, seconds=time.perf_counter() - t0,
+                       hashed=plan.hashed)
 
 
 def embed_texts(texts: list[str], encoder: TextEncoder, cache_root: Path, progress: bool = True,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from lookalike.encoders.base import ImageEncoder, TextEncoder
 from lookalike.errors import LookalikeError
+
+if TYPE_CHECKING:
+    from lookalike.config import EncoderConfig
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,16 @@ def _resolve(name: str, kind: str) -> ModelSpec:
 def create_image_encoder(name: str, **overrides) -> ImageEncoder:
     spec = _resolve(name, "image")
     return _BUILDERS[spec.family](spec, **{**spec.defaults, **overrides})
+
+
+def image_encoder_for(config: "EncoderConfig", cache_dir: Path, threads: int | None = None) -> ImageEncoder:
+    """The run config's frozen image encoder; one definition for the local path and every Ray actor, so
+    both compute (and key) exactly the same vectors. `threads`: its inference threads (an actor's CPUs)."""
+    extra: dict = {"image_size": config.image_size, "runtime": config.runtime, "cache_dir": cache_dir} \
+        if config.image_model == "efficientnet-lite0" else {}
+    if threads:
+        extra["threads"] = threads
+    return create_image_encoder(config.image_model, **extra)
 
 
 def create_text_encoder(name: str, **overrides) -> TextEncoder:

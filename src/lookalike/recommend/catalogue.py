@@ -1,8 +1,8 @@
 """The served catalogue: queries and products embedded into the trained space, and kept in a vector store.
 
 Catalogue images go through the frozen image encoder the checkpoint was trained with (cached, as in
-training) and the checkpoint's frozen projection; each product is stored as one item (vector +
-attributes + is_new + image path) in one transaction, so a failed ingest leaves the store as it was.
+training, locally or on Ray) and the checkpoint's frozen projection; each product is stored as one item
+(vector + attributes + is_new + image path), loaded in all-or-nothing batches (`VectorStore.load`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lookalike.catalogue import Catalogue, CatalogueSchema, ImageRef, Product
+from lookalike.distributed import RayOptions
 from lookalike.errors import LookalikeError
 from lookalike.model import LookalikeModel
 from lookalike.recommend.newness import NewRule
@@ -164,6 +165,9 @@ def product_from_json(pid: str, attributes: dict, image_path: Path, text: str | 
     """A product from the API/CLI: schema fields become attributes (strings / lists), other keys extras."""
     if not isinstance(attributes, dict):
         raise LookalikeError("attributes must be a JSON object")
+    clash = RESERVED & set(attributes)
+    if clash:  # the service sets these itself; accepting them would silently drop the caller's value
+        raise LookalikeError(f"product {pid}: attribute names {sorted(clash)} are reserved by the service")
     list_fields = set(schema.list_fields) if schema else set()
     fields = set(schema.fields) if schema else set(attributes)
     attrs, extra = {}, {}
@@ -194,14 +198,23 @@ def check_id(pid: str) -> str:
 
 
 def ingest_catalogue(store: VectorStore, cat: Catalogue, enc: QueryEncoder, rule: NewRule,
-                     progress: bool = True) -> dict:
-    """Embed every product image (frozen encoder, cached) and upsert all of them in one transaction."""
+                     progress: bool = True, ray: RayOptions | None = None, load_batch: int = 10_000) -> dict:
+    """Embed every product image (frozen encoder, cached; on Ray with `ray`) and load them into the store in
+    transactions of `load_batch` products: a product is stored with its vector and metadata or not at all,
+    and a rerun after a failure re-embeds nothing (the cache) and upserts the rest."""
     from lookalike.pipeline import embed_catalogue
 
-    emb = embed_catalogue(cat, enc.cfg, progress)
-    vectors = enc.features(emb.features)
-    items = [StoreItem(p.id, v, product_metadata(p, rule)) for p, v in zip(emb.products, vectors)]
-    store.upsert(items)
-    n_new = sum(it.metadata["is_new"] for it in items)
-    return {"ingested": len(items), "new": n_new, "established": len(items) - n_new, "rule": str(rule),
-            "skipped": dict(emb.catalogue.report.skipped), "store_size": len(store)}
+    emb = embed_catalogue(cat, enc.cfg, progress, texts=False, ray=ray)
+    products = emb.products
+    metadata = [product_metadata(p, rule) for p in products]  # a reserved name fails before any write
+
+    def batches():
+        for s in range(0, len(products), load_batch):
+            vectors = enc.features(emb.features[s:s + load_batch])
+            yield [StoreItem(p.id, v, md) for p, v, md in zip(products[s:s + load_batch], vectors, metadata[s:s + load_batch])]
+
+    written = store.load(batches(), total=len(products))
+    n_new = sum(md["is_new"] for md in metadata)
+    return {"ingested": written, "new": n_new, "established": len(products) - n_new, "rule": str(rule),
+            "skipped": dict(emb.catalogue.report.skipped), "store_size": len(store),
+            "engine": "ray" if ray else "local", "embedding": emb.timings}

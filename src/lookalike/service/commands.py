@@ -96,11 +96,16 @@ def cmd_ingest(args) -> None:
     from lookalike.catalogue.loading import read_schema
     from lookalike.recommend.catalogue import ingest_catalogue
 
+    from lookalike.distributed import RayOptions
+
     enc, store, rule = _open(args)
+    ray = RayOptions.from_args(args, args.batch_size or enc.cfg.encoder.batch_size)
+    if args.batch_size:
+        enc.cfg = enc.cfg.model_copy(update={"encoder": enc.cfg.encoder.model_copy(update={"batch_size": args.batch_size})})
     cat = load_catalogue(args.catalog, read_schema(Path(args.schema)) if args.schema else None,
                          fallback_schema=enc.schema)
     print(cat.report.summary())
-    rep = ingest_catalogue(store, cat, enc, rule, progress=not args.no_progress)
+    rep = ingest_catalogue(store, cat, enc, rule, progress=not args.no_progress, ray=ray)
     print(json.dumps(rep, indent=1))
 
 
@@ -203,6 +208,8 @@ def cmd_auth_revoke(args) -> None:
 
 
 def add_commands(sub) -> None:
+    from lookalike.distributed import add_engine_options
+
     s = sub.add_parser("serve", help="HTTP API + dashboard: recommendations, search, catalogue, KPIs")
     _store_opts(s)
     s.add_argument("--catalog", help="catalogue directory whose images are served (default: the model's)")
@@ -239,11 +246,12 @@ def add_commands(sub) -> None:
 
     c = sub.add_parser("catalog", help="manage the served catalogue: ingest, add, update, delete, list")
     csub = c.add_subparsers(dest="catalog_command", required=True)
-    i = csub.add_parser("ingest", help="embed a whole catalogue and upsert it (one transaction)")
+    i = csub.add_parser("ingest", help="embed a whole catalogue (locally or on Ray) and load it in batched transactions")
     _store_opts(i)
     i.add_argument("--catalog", required=True, help="catalogue directory or file")
     i.add_argument("--schema", help="JSON schema of a CSV/JSONL catalogue")
     i.add_argument("--no-progress", action="store_true")
+    add_engine_options(i)
     i.set_defaults(func=cmd_ingest)
     for name, update in (("add", False), ("update", True)):
         a = csub.add_parser(name, help=f"{name} one product (image + attributes JSON)")

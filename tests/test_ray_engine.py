@@ -1,0 +1,169 @@
+"""The Ray engine on a real local Ray (2 CPUs, started once for the module) over real fashion products:
+the same vectors and the same store as the local path, a job killed midway resumes from the cache, bad
+images are counted by reason, and an unreachable cluster fails in one line."""
+
+from __future__ import annotations
+
+import csv
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lookalike.catalogue.schema import ImageRef
+from lookalike.cli import main
+from lookalike.config import EncoderConfig
+from lookalike.distributed.ray_engine import embed_images_ray
+from lookalike.encoders.embedder import embed_images
+from lookalike.encoders.registry import image_encoder_for
+from lookalike.errors import LookalikeError
+
+from service_fixtures import FASHION, trained
+from store_servers import pg_url
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+SMALL = EncoderConfig(image_size=(64, 48))  # ONNX Runtime, as by default; small images keep the test cheap
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """One local Ray for the whole module (starting one costs seconds); the engine reuses it."""
+    import ray
+
+    ctx = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 ** 2, log_to_driver=False)
+    yield ctx.address_info["gcs_address"]
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory) -> Path:
+    """The small model exported to ONNX once; every cache of this module links to it."""
+    root = tmp_path_factory.mktemp("onnx-cache")
+    enc = image_encoder_for(SMALL, root)
+    enc.forward(np.zeros((1, 64, 48, 3), np.uint8))
+    return root / "onnx"
+
+
+def fresh_cache(tmp_path: Path, name: str, onnx_dir: Path) -> Path:
+    root = tmp_path / name
+    root.mkdir()
+    (root / "onnx").symlink_to(onnx_dir)
+    return root
+
+
+@pytest.fixture(scope="module")
+def catalog300(tmp_path_factory) -> Path:
+    """Every 130th real product (about 300), same layout as fashion-products."""
+    out = tmp_path_factory.mktemp("fashion-300")
+    with open(FASHION / "styles.csv", newline="", encoding="utf-8") as f, \
+            open(out / "styles.csv", "w", newline="", encoding="utf-8") as g:
+        reader = csv.DictReader(f)
+        writer = csv.DictWriter(g, reader.fieldnames)
+        writer.writeheader()
+        writer.writerows(r for n, r in enumerate(reader) if n % 130 == 0 and (FASHION / "images" / f"{r['id']}.jpg").exists())
+    (out / "images").symlink_to(FASHION / "images")
+    return out
+
+
+def cached(root: Path, cfg: EncoderConfig) -> dict[str, np.ndarray]:
+    """Everything the cache's shards on disk hold for the encoder, by key."""
+    out: dict[str, np.ndarray] = {}
+    for shard in (root / f"image-{image_encoder_for(cfg, root).fingerprint()}").glob("shard-*.npz"):
+        with np.load(shard) as z:
+            out.update(zip(z["keys"].tolist(), z["vectors"]))
+    return out
+
+
+def test_ray_vectors_equal_local_and_bad_images_are_counted(ray_address, onnx_dir, tmp_path):
+    images = sorted((FASHION / "images").glob("1*.jpg"))[:150]
+    (tmp_path / "corrupt.jpg").write_bytes(images[0].read_bytes()[:200])  # a truncated copy of a real photo
+    refs = [ImageRef(p) for p in images] + [ImageRef(tmp_path / "corrupt.jpg"), ImageRef(tmp_path / "gone.jpg"),
+                                            ImageRef(images[1], (0, 0, 30, 40))]
+    local_root, ray_root = fresh_cache(tmp_path, "local", onnx_dir), fresh_cache(tmp_path, "ray", onnx_dir)
+    local = embed_images(refs, image_encoder_for(SMALL, local_root), local_root, progress=False)
+    res = embed_images_ray(refs, SMALL, ray_root, batch_size=32)
+    assert res.failed == local.failed == {150: "corrupt image", 151: "missing image"}
+    assert (res.cached, res.computed) == (0, 151)
+    assert np.abs(res.vectors - local.vectors).max() <= 1e-5
+    assert np.abs(res.vectors[152] - res.vectors[1]).max() > 1e-3  # the crop is its own image
+    a, b = cached(local_root, SMALL), cached(ray_root, SMALL)
+    assert sorted(a) == sorted(b) and len(a) > 140  # duplicate photos share a key
+    assert max(np.abs(a[k] - b[k]).max() for k in a) <= 1e-5
+    again = embed_images_ray(refs, SMALL, ray_root)  # everything cached: Ray is not even asked
+    assert (again.cached, again.computed) == (151, 0) and np.array_equal(again.vectors, res.vectors)
+
+
+def _store(url: str) -> dict:
+    from lookalike.retrieval.stores import open_store
+
+    with open_store(url, None) as s:
+        ids, vectors, metadata = s.items()
+    return {"ids": ids, "vectors": vectors, "metadata": metadata}
+
+
+def test_ingest_on_ray_fills_embedded_and_pgvector_stores_like_local(ray_address, tmp_path, capsys):
+    t = trained()
+    args = ["catalog", "ingest", "--model", t["checkpoint"], "--catalog", str(t["catalog"]), "--no-progress"]
+    main([*args, "--store", f"embedded://{tmp_path / 'local'}"])
+    ray_cache = str(tmp_path / "ray-cache")  # cold: the Ray actors embed every image
+    main([*args, "--store", f"embedded://{tmp_path / 'ray'}", "--engine", "ray", "--batch-size", "16",
+          "--cache-dir", ray_cache])
+    pg = pg_url("ray_ingest")
+    main([*args, "--store", pg, "--engine", "ray", "--cache-dir", ray_cache])
+    out = capsys.readouterr().out
+    assert out.count('"engine": "ray"') == 2 and '"images_computed": %d' % len(t["rows"]) in out
+    local, ray_emb, ray_pg = _store(f"embedded://{tmp_path / 'local'}"), _store(f"embedded://{tmp_path / 'ray'}"), _store(pg)
+    assert local["ids"] == sorted(r["id"] for r in t["rows"])
+    for other in (ray_emb, ray_pg):
+        assert other["ids"] == local["ids"] and other["metadata"] == local["metadata"]
+        assert np.abs(other["vectors"] - local["vectors"]).max() <= 1e-5
+
+
+def _counts(text: str) -> tuple[int, int, int]:
+    m = re.search(r"cache hits (\d+), new embeddings (\d+), skipped (\d+)", text)
+    assert m, text
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+def test_a_job_killed_midway_resumes_from_the_cache(ray_address, onnx_dir, catalog300, tmp_path, capsys):
+    root = fresh_cache(tmp_path, "cache", onnx_dir)
+    cfg = tmp_path / "config.json"
+    cfg.write_text('{"encoder": {"image_size": [64, 48]}}')
+    argv = ["embed", "--catalog", str(catalog300), "--config", str(cfg), "--cache-dir", str(root), "--engine", "ray",
+            "--address", ray_address, "--num-actors", "1", "--batch-size", "4", "--shard-size", "4", "--no-progress"]
+    job = subprocess.Popen([sys.executable, "-m", "lookalike.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not list(root.glob("image-*/shard-*.npz")) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    job.send_signal(signal.SIGKILL)
+    job.wait(30)
+    assert job.returncode == -signal.SIGKILL, job.stdout.read().decode()  # killed, not finished
+    main(argv)
+    out = capsys.readouterr().out
+    hits, new, skipped = _counts(out)
+    total = int(re.search(r"loaded (\d+) products", out)[1])
+    assert hits > 0 and new > 0 and hits + new + skipped == total
+    local_root = fresh_cache(tmp_path, "local", onnx_dir)
+    main(["embed", "--catalog", str(catalog300), "--config", str(cfg), "--cache-dir", str(local_root), "--no-progress"])
+    assert _counts(capsys.readouterr().out) == (0, hits + new, skipped)
+    a, b = cached(local_root, SMALL), cached(root, SMALL)
+    assert sorted(a) == sorted(b) and max(np.abs(a[k] - b[k]).max() for k in a) <= 1e-5
+    assert not list(root.glob("image-*/*.tmp*"))  # no half-written shard
+
+
+def test_unreachable_cluster_and_misplaced_options_fail_in_one_line(ray_address, tmp_path, capsys):
+    with pytest.raises(LookalikeError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1: "):
+        embed_images_ray([ImageRef(tmp_path / "x.jpg")], SMALL, tmp_path, address="127.0.0.1:1")
+    for extra, message in ((["--engine", "ray", "--address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+                           (["--address", "127.0.0.1:1"], "--address, --num-actors and --num-cpus need --engine ray"),
+                           (["--engine", "ray", "--address", "nowhere"], "Ray address 'nowhere' must be host:port")):
+        with pytest.raises(SystemExit) as e:
+            main(["embed", "--catalog", str(tmp_path / "none"), "--cache-dir", str(tmp_path), "--no-progress", *extra])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and message in err and err.startswith("lookalike: error: ")
