@@ -17,8 +17,6 @@ import argparse
 import json
 import os
 import resource
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import Server, schemathesis  # noqa: E402
 
 
 def pct(ms: list[float]) -> dict:
@@ -197,28 +197,14 @@ def main() -> None:
 
     # 5. schemathesis ---------------------------------------------------------------------------------
     if not args.skip_fuzz:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {**os.environ, **({"LOOKALIKE_CACHE": args.cache_dir} if args.cache_dir else {})}
-        server = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", "--model", args.model, "--store", url,
-                                   "--catalog", args.catalog, "--upload-dir", str(work / "fuzz-uploads"),
-                                   "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        server = Server(args.model, url, args.catalog, work / "fuzz-uploads", cache_dir=args.cache_dir).started()
         try:
-            st = Path(sys.executable).with_name("st")
-            t = time.perf_counter()
-            run = subprocess.run([str(st), "run", f"http://127.0.0.1:{port}/openapi.json", "--checks", "not_a_server_error",
-                                  "-n", str(args.fuzz_examples), "--seed", "1", "--wait-for-schema", "120"],
-                                 capture_output=True, text=True)
-            tail = run.stdout.strip().splitlines()
-            summary = [ln for ln in tail if "generated" in ln or "passed" in ln or "failed" in ln][-3:]
-            res["schemathesis"] = {"exit_code": run.returncode, "summary": summary, "seconds": round(time.perf_counter() - t, 1)}
-            log(f"schemathesis (checks not_a_server_error, {args.fuzz_examples} examples/operation): exit {run.returncode}; "
-                + " | ".join(summary))
-            (work / "schemathesis.txt").write_text(run.stdout + run.stderr)
+            res["schemathesis"] = schemathesis(server.url, args.fuzz_examples, work)
+            log(f"schemathesis (checks not_a_server_error, {args.fuzz_examples} examples/operation): exit "
+                f"{res['schemathesis']['exit_code']}, {res['schemathesis']['requests']} requests, "
+                f"{res['schemathesis']['5xx']} answered 5xx; " + " | ".join(res["schemathesis"]["summary"]))
         finally:
-            server.terminate()
-            server.wait(30)
+            server.stop()
 
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     res["load_average_at_end"] = os.getloadavg()

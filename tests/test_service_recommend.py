@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,7 +81,9 @@ def test_catalog_cli_add_update_delete_list(tmp_path, capsys):
     store = open_store(url)
     item = store.get("cli-1")
     assert item.metadata["is_new"] is True and item.metadata["name"] == "copy of the first product"
-    assert (tmp_path / "up" / "cli-1.jpg").read_bytes() == image.read_bytes()
+    stored = Path(item.metadata["image"])  # under its final, content-unique name, committed after it was in place
+    assert stored.parent == tmp_path / "up" and stored.name.startswith("cli-1-") and stored.suffix == ".jpg"
+    assert stored.read_bytes() == image.read_bytes()
     assert store.search(store.get(src["id"]).vector, 1, {"is_new": True}, exclude_ids=[src["id"]])[0][0][0] == "cli-1"
     main(["catalog", "update", *base, *up, "--id", "cli-1", "--attributes", json.dumps({**attrs, "year": 2011})])
     assert store.get("cli-1").metadata["is_new"] is False
@@ -120,7 +123,8 @@ def test_catalog_cli_mistakes_are_one_line_and_write_nothing(one_product, capsys
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("lookalike: error: ") and message in err and err.count("\n") == 1
     assert open_store(f"embedded://{o['tmp']}/store").ids() == [o["existing"]]
-    assert [p.name for p in (o["tmp"] / "up").iterdir()] == [f"{o['existing']}.jpg"]
+    left = [p.name for p in (o["tmp"] / "up").iterdir() if p.name != ".lock"]
+    assert len(left) == 1 and left[0].startswith(f"{o['existing']}-") and left[0].endswith(".jpg")
 
 
 def test_delete_of_unknown_ids_and_unknown_store_scheme_are_errors(tmp_path, capsys):
