@@ -5,6 +5,7 @@ images are counted by reason, and an unreachable cluster fails in one line."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from lookalike.encoders.embedder import embed_images
 from lookalike.encoders.registry import image_encoder_for
 from lookalike.errors import LookalikeError
 
-from service_fixtures import FASHION, trained
+from service_fixtures import FASHION
 from store_servers import pg_url
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -45,8 +46,7 @@ def ray_address():
 def onnx_dir(tmp_path_factory) -> Path:
     """The small model exported to ONNX once; every cache of this module links to it."""
     root = tmp_path_factory.mktemp("onnx-cache")
-    enc = image_encoder_for(SMALL, root)
-    enc.forward(np.zeros((1, 64, 48, 3), np.uint8))
+    image_encoder_for(SMALL, root).forward(np.zeros((1, 64, 48, 3), np.uint8))
     return root / "onnx"
 
 
@@ -99,30 +99,30 @@ def test_ray_vectors_equal_local_and_bad_images_are_counted(ray_address, onnx_di
     assert (again.cached, again.computed) == (151, 0) and np.array_equal(again.vectors, res.vectors)
 
 
+@pytest.fixture(scope="module")
+def checkpoint(catalog300, tmp_path_factory) -> str:
+    """A real checkpoint of an untrained model over the catalogue's schema: ingest stores frozen image
+    vectors through the checkpoint's (here: identity) projection, so training would only cost time."""
+    from lookalike.catalogue import load_catalogue
+    from lookalike.config import RunConfig
+    from lookalike.encoders.projection import ImageSpace
+    from lookalike.model import create_model
+    from lookalike.towers import AttributeVocab
+
+    cat = load_catalogue(str(catalog300))
+    cfg = RunConfig.model_validate({"encoder": {**SMALL.model_dump(), "projection": "none"}})
+    vocab = AttributeVocab.build([p.attributes for p in cat.products], cat.schema.single_fields, cat.schema.list_fields)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    create_model(cfg, vocab, ImageSpace("none"), 1280, 512).save(path, schema=cat.schema.model_dump())
+    return str(path)
+
+
 def _store(url: str) -> dict:
     from lookalike.retrieval.stores import open_store
 
-    with open_store(url, None) as s:
+    with open_store(url) as s:
         ids, vectors, metadata = s.items()
     return {"ids": ids, "vectors": vectors, "metadata": metadata}
-
-
-def test_ingest_on_ray_fills_embedded_and_pgvector_stores_like_local(ray_address, tmp_path, capsys):
-    t = trained()
-    args = ["catalog", "ingest", "--model", t["checkpoint"], "--catalog", str(t["catalog"]), "--no-progress"]
-    main([*args, "--store", f"embedded://{tmp_path / 'local'}"])
-    ray_cache = str(tmp_path / "ray-cache")  # cold: the Ray actors embed every image
-    main([*args, "--store", f"embedded://{tmp_path / 'ray'}", "--engine", "ray", "--batch-size", "16",
-          "--cache-dir", ray_cache])
-    pg = pg_url("ray_ingest")
-    main([*args, "--store", pg, "--engine", "ray", "--cache-dir", ray_cache])
-    out = capsys.readouterr().out
-    assert out.count('"engine": "ray"') == 2 and '"images_computed": %d' % len(t["rows"]) in out
-    local, ray_emb, ray_pg = _store(f"embedded://{tmp_path / 'local'}"), _store(f"embedded://{tmp_path / 'ray'}"), _store(pg)
-    assert local["ids"] == sorted(r["id"] for r in t["rows"])
-    for other in (ray_emb, ray_pg):
-        assert other["ids"] == local["ids"] and other["metadata"] == local["metadata"]
-        assert np.abs(other["vectors"] - local["vectors"]).max() <= 1e-5
 
 
 def _counts(text: str) -> tuple[int, int, int]:
@@ -131,30 +131,46 @@ def _counts(text: str) -> tuple[int, int, int]:
     return int(m[1]), int(m[2]), int(m[3])
 
 
-def test_a_job_killed_midway_resumes_from_the_cache(ray_address, onnx_dir, catalog300, tmp_path, capsys):
-    root = fresh_cache(tmp_path, "cache", onnx_dir)
+def test_a_killed_job_resumes_and_ray_ingest_stores_exactly_the_catalogue(ray_address, onnx_dir, catalog300, checkpoint,
+                                                                          tmp_path, capsys):
+    """`embed --engine ray` killed (SIGKILL) after its first cache shard; `catalog ingest --engine ray` then
+    embeds only what is missing, into an embedded store and into pgvector, equal to a local ingest."""
+    ray_cache = fresh_cache(tmp_path, "ray-cache", onnx_dir)
     cfg = tmp_path / "config.json"
-    cfg.write_text('{"encoder": {"image_size": [64, 48]}}')
-    argv = ["embed", "--catalog", str(catalog300), "--config", str(cfg), "--cache-dir", str(root), "--engine", "ray",
-            "--address", ray_address, "--num-actors", "1", "--batch-size", "4", "--shard-size", "4", "--no-progress"]
-    job = subprocess.Popen([sys.executable, "-m", "lookalike.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while not list(root.glob("image-*/shard-*.npz")) and job.poll() is None and time.monotonic() < deadline:
+    cfg.write_text(json.dumps({"encoder": SMALL.model_dump()}))
+    job = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "embed", "--catalog", str(catalog300), "--config", str(cfg),
+                            "--cache-dir", str(ray_cache), "--engine", "ray", "--address", ray_address, "--num-actors", "1",
+                            "--batch-size", "4", "--shard-size", "4", "--no-progress"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while not list(ray_cache.glob("image-*/shard-*.npz")) and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     job.send_signal(signal.SIGKILL)
     job.wait(30)
     assert job.returncode == -signal.SIGKILL, job.stdout.read().decode()  # killed, not finished
-    main(argv)
+
+    args = ["catalog", "ingest", "--model", checkpoint, "--catalog", str(catalog300), "--no-progress"]
+    main([*args, "--store", f"embedded://{tmp_path / 'ray'}", "--engine", "ray", "--address", ray_address,
+          "--num-actors", "1", "--batch-size", "16", "--cache-dir", str(ray_cache)])
     out = capsys.readouterr().out
     hits, new, skipped = _counts(out)
     total = int(re.search(r"loaded (\d+) products", out)[1])
-    assert hits > 0 and new > 0 and hits + new + skipped == total
-    local_root = fresh_cache(tmp_path, "local", onnx_dir)
-    main(["embed", "--catalog", str(catalog300), "--config", str(cfg), "--cache-dir", str(local_root), "--no-progress"])
-    assert _counts(capsys.readouterr().out) == (0, hits + new, skipped)
-    a, b = cached(local_root, SMALL), cached(root, SMALL)
+    assert hits > 0 and new > 0 and hits + new == total > 250 and skipped == 0
+    assert not list(ray_cache.glob("image-*/*.tmp*"))  # no half-written shard
+    pg = pg_url("ray_ingest")
+    main([*args, "--store", pg, "--engine", "ray", "--cache-dir", str(ray_cache)])
+    assert _counts(capsys.readouterr().out) == (total, 0, 0)  # warm: the cache answers, Ray is not started
+    local_cache = fresh_cache(tmp_path, "local-cache", onnx_dir)
+    main([*args, "--store", f"embedded://{tmp_path / 'local'}", "--cache-dir", str(local_cache)])
+    assert _counts(capsys.readouterr().out) == (0, total, 0)
+
+    a, b = cached(local_cache, SMALL), cached(ray_cache, SMALL)
     assert sorted(a) == sorted(b) and max(np.abs(a[k] - b[k]).max() for k in a) <= 1e-5
-    assert not list(root.glob("image-*/*.tmp*"))  # no half-written shard
+    local, ray_emb, ray_pg = _store(f"embedded://{tmp_path / 'local'}"), _store(f"embedded://{tmp_path / 'ray'}"), _store(pg)
+    assert len(local["ids"]) == total
+    for other in (ray_emb, ray_pg):
+        assert other["ids"] == local["ids"] and other["metadata"] == local["metadata"]
+        assert np.abs(other["vectors"] - local["vectors"]).max() <= 1e-5
 
 
 def test_unreachable_cluster_and_misplaced_options_fail_in_one_line(ray_address, tmp_path, capsys):

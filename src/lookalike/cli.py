@@ -213,11 +213,9 @@ def cmd_embed(args) -> None:
     cat = load_catalogue(cfg.data.catalog, read_schema(Path(args.schema)) if args.schema else cfg.data.schema_,
                          cfg.data.format)
     print(cat.report.summary())
-    emb = embed_catalogue(cat, cfg, progress=not args.no_progress, texts=False, ray=ray)
+    emb = embed_catalogue(cat, cfg, progress=not args.no_progress, texts=False, ray=ray)  # prints the counts
     t = emb.timings
     failed = len(cat) - len(emb.products)
-    print(f"cache hits {t['images_cached']}, new embeddings {t['images_computed']}, skipped {failed}"
-          + (f", {t['images_per_s']} images/s" if "images_per_s" in t else "") + f" ({args.engine} engine)")
     if args.report:
         enc = image_encoder(cfg)
         report = {"engine": args.engine, "ray": ray.__dict__ if ray else None, "catalog": cfg.data.catalog,

@@ -80,6 +80,8 @@ def embed_catalogue(cat: Catalogue, cfg: RunConfig, progress: bool = True, texts
     timings["images_cached"], timings["images_computed"] = res.cached, res.computed
     if res.computed:
         timings["images_per_s"] = round(res.computed / max(res.seconds, 1e-9), 1)
+    log(f"cache hits {res.cached}, new embeddings {res.computed}, skipped {len(res.failed)}"
+        + (f", {timings['images_per_s']} images/s" if res.computed else "") + f" ({'ray' if ray else 'local'} engine)")
     if res.failed:
         by_reason: dict[str, set[str]] = {}
         for i, reason in res.failed.items():
