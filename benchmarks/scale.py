@@ -1,0 +1,435 @@
+"""Scale benchmark: prints the figures of issue 13 in one run on this machine.
+
+    python benchmarks/scale.py [--parts embedding,stores,memory] [--n 1000000] [--work runs/scale]
+
+1. embedding: images/s of the local engine and of Ray Data at equal cores, and Ray at 1 vs 2 CPUs, on the
+   same real fashion-products images with a cold cache each time; then a labelled projection of hours for
+   1M and 10M images per CPU core.
+2. stores: N synthetic clustered unit vectors (512-d) plus the real 39,653 fashion-products image vectors
+   (EfficientNet-Lite0 features, PCA-512), bulk-loaded into pgvector (COPY binary, one transaction per
+   batch, HNSW built after the load) and into the embedded store (one snapshot, FAISS HNSW): load and
+   build time, recall@10 against exact search (FAISS flat, the ground truth), p50/p95 single-query latency
+   without and with a metadata filter (is_new; one category), memory and disk.
+3. memory: peak RSS of the whole-catalogue computations at N products — centrality, hubness offsets,
+   evaluation's exact ranking and top10_to_new — each in its own process, so each peak is its own.
+Figures are also written to WORK/scale.json with the arguments, seed and package versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CATALOG = ROOT.parent / "shared" / "data" / "fashion-products"
+DIM = 512
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def pct(ms: list[float]) -> dict:
+    a = np.asarray(ms)
+    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2)}
+
+
+def _status_gib(key: str) -> float:
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith(key))
+    return round(kb / 2**20, 2)
+
+
+def rss_gib() -> float:
+    return _status_gib("VmRSS:")
+
+
+def peak_rss_gib() -> float:
+    """This process's own high-water mark (VmHWM restarts at exec; a child's ru_maxrss includes its parent's)."""
+    return _status_gib("VmHWM:")
+
+
+def du_gib(path: Path) -> float:
+    return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**30, 2)
+
+
+def recall(approx: list[list], exact: list[np.ndarray], ids: np.ndarray) -> float:
+    return float(np.mean([len({i for i, _ in a} & set(ids[e].tolist())) / max(len(e), 1) for a, e in zip(approx, exact)]))
+
+
+# --- data ------------------------------------------------------------------------------------------
+def real_vectors(cache_dir: str | None) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+    """The real catalogue's frozen image vectors in the 512-d space the towers follow (PCA fitted on them)."""
+    from lookalike.catalogue import load_catalogue
+    from lookalike.config import RunConfig
+    from lookalike.encoders.projection import ImageSpace
+    from lookalike.pipeline import embed_catalogue
+    from lookalike.recommend.newness import NewRule
+
+    cfg = RunConfig.model_validate({"data": {"catalog": str(CATALOG)}, "encoder": {"cache_dir": cache_dir}})
+    emb = embed_catalogue(load_catalogue(cfg.data.catalog), cfg, progress=False, texts=False)
+    x = ImageSpace("pca", DIM).fit(emb.features).transform(emb.features)
+    ps = emb.products
+    rule = NewRule.parse("year>=2016")  # the service's default rule
+    new = np.array([rule.is_new(p) for p in ps])
+    return x, [p.id for p in ps], new, [p.value("articleType") or "" for p in ps]
+
+
+def synthetic(n: int, seed: int, clusters: int = 2000, subspace: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around `clusters` random centres, varying along a shared 32-d subspace (as styles, poses and
+    backgrounds do) plus isotropic noise; each one's cluster. At 40k vectors these settings match the real
+    catalogue's neighbour statistics (mean cosine of a query's 10th neighbour 0.480 vs 0.491 real, HNSW
+    m=16 recall@10 0.997 for both), so the 1M figures are not made easy or hard by the generator."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, DIM), dtype=np.float32) / np.sqrt(DIM)
+    basis = np.linalg.qr(rng.standard_normal((DIM, subspace)))[0].T.astype(np.float32) / np.sqrt(subspace)
+    label = rng.integers(0, clusters, n)
+    x = np.empty((n, DIM), np.float32)
+    for s in range(0, n, 100_000):
+        e = min(n, s + 100_000)
+        x[s:e] = (centres[label[s:e]] + 0.6 * rng.standard_normal((e - s, subspace), dtype=np.float32) @ basis
+                  + 0.2 / np.sqrt(DIM) * rng.standard_normal((e - s, DIM), dtype=np.float32))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, label
+
+
+def dataset(n: int, seed: int, work: Path, cache_dir: str | None) -> dict:
+    """N synthetic + the real catalogue, saved once under WORK (vectors.npy, meta.npz) and reused."""
+    f, m = work / "vectors.npy", work / "meta.npz"
+    if f.exists() and m.exists():
+        with np.load(m, allow_pickle=False) as z:
+            meta = {k: z[k] for k in z.files}
+        if int(meta["n_synthetic"]) == n:
+            return {"vectors": np.load(f), **meta}
+    rx, rids, rnew, rcat = real_vectors(cache_dir)
+    sx, label = synthetic(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    cats = np.array([f"cat-{c % 50:02d}" for c in label] + rcat)
+    ids = np.array([f"s{i:08d}" for i in range(n)] + [f"r{i}" for i in rids])
+    meta = {"ids": ids, "is_new": np.concatenate([rng.random(n) < 0.2, rnew]), "category": cats,
+            "n_synthetic": np.int64(n), "n_real": np.int64(len(rids))}
+    vectors = np.concatenate([sx, rx])
+    del sx
+    work.mkdir(parents=True, exist_ok=True)
+    np.save(f, vectors)
+    np.savez(m, **meta)
+    return {"vectors": vectors, **meta}
+
+
+def queries(d: dict, n: int, seed: int) -> np.ndarray:
+    """Fresh draws near stored vectors (80% synthetic, 20% real), none of them stored themselves."""
+    rng = np.random.default_rng(seed + 2)
+    ns, nr = int(d["n_synthetic"]), int(d["n_real"])
+    rows = np.concatenate([rng.integers(0, ns, n - n // 5), ns + rng.integers(0, nr, n // 5)])
+    q = d["vectors"][rows] + 0.05 * rng.standard_normal((n, DIM), dtype=np.float32)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def batches(d: dict, size: int = 10_000):
+    from lookalike.retrieval.stores import StoreItem
+
+    ids, x, new, cat = d["ids"], d["vectors"], d["is_new"], d["category"]
+    for s in range(0, len(ids), size):
+        yield [StoreItem(str(ids[i]), x[i], {"is_new": bool(new[i]), "category": str(cat[i])})
+               for i in range(s, min(len(ids), s + size))]
+
+
+def ground_truth(d: dict, q: np.ndarray, k: int, mask: np.ndarray | None) -> list[np.ndarray]:
+    """Exact top-k rows (FAISS flat inner product over the rows the filter lets through)."""
+    import faiss
+
+    rows = np.arange(len(d["ids"])) if mask is None else np.flatnonzero(mask)
+    x = d["vectors"] if mask is None else np.ascontiguousarray(d["vectors"][rows])
+    _, idx = faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return [rows[r] for r in idx]
+
+
+# --- part 2: stores --------------------------------------------------------------------------------
+def bench_store(name: str, store, d: dict, q: np.ndarray, k: int, exact_n: int, category: str) -> dict:
+    """Recall@k of approximate search against the exact ground truth, and single-query latency after a
+    warm-up pass (steady state), for no filter and two filters; exact search's latency on a few queries."""
+    flts = {"none": None, "is_new": {"is_new": True}, "category": {"category": category}}
+    masks = {"none": None, "is_new": d["is_new"].astype(bool), "category": d["category"] == category}
+    out: dict = {}
+    for fname, flt in flts.items():
+        truth = ground_truth(d, q, k, masks[fname])
+        for v in q[:100]:
+            store.search(v, k, flt, exact=False)
+        ms, got = [], []
+        for v in q:
+            t = time.perf_counter()
+            got.append(store.search(v, k, flt, exact=False)[0])
+            ms.append((time.perf_counter() - t) * 1000)
+        exact_ms = []
+        for v in q[:exact_n]:
+            t = time.perf_counter()
+            store.search(v, k, flt)
+            exact_ms.append((time.perf_counter() - t) * 1000)
+        r = out[fname] = {"recall@10": round(recall(got, truth, d["ids"]), 4), **pct(ms),
+                          "exact": pct(exact_ms),
+                          "rows_passing": int(len(d["ids"]) if masks[fname] is None else masks[fname].sum())}
+        log(f"  {name:<9} filter {fname:<8} ({r['rows_passing']:>9,} rows pass): HNSW recall@10 {r['recall@10']:.4f}, "
+            f"p50 {r['p50_ms']:.2f} ms, p95 {r['p95_ms']:.2f} ms; exact search p50 {r['exact']['p50_ms']:.1f} ms "
+            f"({exact_n} queries)")
+    return out
+
+
+def ef_sweep(name: str, store, d: dict, q: np.ndarray, k: int, values: list[int]) -> dict:
+    """Recall@k and p50 latency of unfiltered HNSW search as ef_search varies (the operator's dial)."""
+    truth = ground_truth(d, q, k, None)
+    default, out = store.ef_search, {}
+    for ef in values:
+        store.ef_search = ef
+        ms, got = [], []
+        for v in q:
+            t = time.perf_counter()
+            got.append(store.search(v, k, exact=False)[0])
+            ms.append((time.perf_counter() - t) * 1000)
+        out[ef] = {"recall@10": round(recall(got, truth, d["ids"]), 4), **pct(ms)}
+    store.ef_search = default
+    log(f"  {name:<9} ef_search sweep, no filter: " + "; ".join(
+        f"{ef}: recall {r['recall@10']:.4f}, p50 {r['p50_ms']:.2f} ms" for ef, r in out.items()))
+    return out
+
+
+def neighbour_stats(d: dict, q: np.ndarray, k: int = 10) -> dict:
+    """Mean cosine of a query's 1st and 10th neighbour, synthetic vs real queries (see `synthetic`)."""
+    import faiss
+
+    D, _ = faiss.knn(q, d["vectors"], k, metric=faiss.METRIC_INNER_PRODUCT)
+    real = np.arange(len(q)) >= len(q) - len(q) // 5
+    return {kind: {"top1": round(float(D[m, 0].mean()), 3), "top10": round(float(D[m, k - 1].mean()), 3)}
+            for kind, m in (("synthetic", ~real), ("real", real))}
+
+
+def part_stores(args, d: dict) -> dict:
+    from lookalike.retrieval.stores import open_store
+
+    n = len(d["ids"])
+    q = queries(d, args.queries, args.seed)
+    cats, counts = np.unique(d["category"][: int(d["n_synthetic"])], return_counts=True)
+    category = str(cats[np.argmin(np.abs(counts - np.median(counts)))])  # a typical ~2% category
+    res: dict = {"n_vectors": n, "dim": DIM, "queries": len(q), "category_filter": category,
+                 "neighbours": neighbour_stats(d, q)}
+    log(f"queries: {len(q)} ({len(q) // 5} near real products); mean cosine of the 1st / 10th exact neighbour: "
+        + ", ".join(f"{kind} {v['top1']} / {v['top10']}" for kind, v in res["neighbours"].items()))
+
+    # pgvector
+    pgdir = Path(args.work) / "pgdata"
+    shutil.rmtree(pgdir, ignore_errors=True)
+    url = (f"pgserver://{pgdir}?table=scale&maintenance_work_mem={args.maintenance_work_mem}"
+           f"&build_workers={args.build_workers}&m=16&ef_construction=64&ef_search={args.ef_search}")
+    pg = open_store(url, dim=DIM)
+    # As on a real server: shared_buffers sized for the index (pgserver's initdb leaves 128 MB); takes a restart.
+    pg._conn().execute(f"ALTER SYSTEM SET shared_buffers = '{args.shared_buffers}'")
+    pg.close()
+    pg._keepalive.cleanup()
+    pg = open_store(url)
+    t = time.perf_counter()
+    pg.load(batches(d), total=n)
+    wall = time.perf_counter() - t
+    sizes = pg._conn().execute("SELECT pg_table_size('scale'), pg_indexes_size('scale'), "
+                               "pg_relation_size('scale_hnsw')").fetchone()
+    r = {"load_wall_s": round(wall, 1), **pg.last_load, "table_gib": round(sizes[0] / 2**30, 2),
+         "indexes_gib": round(sizes[1] / 2**30, 2), "hnsw_gib": round(sizes[2] / 2**30, 2),
+         "pgdata_disk_gib": du_gib(pgdir), "m": 16, "ef_construction": 64, "ef_search": args.ef_search,
+         "shared_buffers": pg._conn().execute("SHOW shared_buffers").fetchone()[0]}
+    log(f"pgvector: {n:,} rows bulk-loaded in {r['load_s']} s (COPY binary, 10k rows a transaction), HNSW built "
+        f"after the load in {r['index_build_s']} s ({args.build_workers} parallel workers, maintenance_work_mem "
+        f"{args.maintenance_work_mem}, shared_buffers {r['shared_buffers']}); table {r['table_gib']} GiB, HNSW {r['hnsw_gib']} GiB, pgdata {r['pgdata_disk_gib']} GiB on disk")
+    r["search"] = bench_store("pgvector", pg, d, q, 10, args.exact_queries, category)
+    r["ef_search_sweep"] = ef_sweep("pgvector", pg, d, q, 10, [40, 100, 200, 400])
+    res["pgvector"] = r
+    pg.close()
+    del pg
+
+    # embedded (FAISS HNSW)
+    edir = Path(args.work) / "embedded"
+    shutil.rmtree(edir, ignore_errors=True)
+    before = rss_gib()
+    store = open_store(f"embedded://{edir}?index=hnsw&m=32&ef_construction=80&ef_search={args.ef_search}", dim=DIM)
+    t = time.perf_counter()
+    store.load(batches(d), total=n)
+    load_s = time.perf_counter() - t
+    t = time.perf_counter()
+    store.search(q[0], 10, exact=False)  # builds the graph and saves it beside the snapshot
+    build_s = time.perf_counter() - t
+    r = {"load_s": round(load_s, 1), "index_build_s": round(build_s, 1), "process_rss_gib": rss_gib(),
+         "rss_before_gib": before, "disk_gib": du_gib(edir), "m": 32, "ef_construction": 80, "ef_search": args.ef_search}
+    log(f"embedded: {n:,} rows loaded in {r['load_s']} s (one snapshot), FAISS HNSW built in {r['index_build_s']} s; "
+        f"process RSS {r['process_rss_gib']} GiB (the benchmark's own copy of the data included), "
+        f"{r['disk_gib']} GiB on disk (snapshot + graph)")
+    r["search"] = bench_store("embedded", store, d, q, 10, args.exact_queries, category)
+    r["ef_search_sweep"] = ef_sweep("embedded", store, d, q, 10, [40, 100, 200, 400])
+    res["embedded"] = r
+    store.close()
+    return res
+
+
+# --- part 3: memory --------------------------------------------------------------------------------
+def stage(name: str, work: Path, bank: int, eval_queries: int) -> dict:
+    """One whole-catalogue computation at full size; runs in its own process (see `part_memory`)."""
+    x = np.load(work / "vectors.npy")
+    with np.load(work / "meta.npz") as z:
+        new = z["is_new"].astype(bool)
+    base = rss_gib()
+    t = time.perf_counter()
+    if name == "centrality":
+        from lookalike.evaluation.centrality import anchor_mask, centrality_scores
+
+        anchor_mask(centrality_scores(x))
+        what = f"centrality of {len(x):,} vectors + anchor set"
+    elif name == "hubness":
+        from lookalike.retrieval.hubness import hub_penalty
+
+        rng = np.random.default_rng(5)
+        b = x[rng.integers(0, len(x), bank)] + 0.05 * rng.standard_normal((bank, x.shape[1]), dtype=np.float32)
+        hub_penalty(x, b / np.linalg.norm(b, axis=1, keepdims=True), 50)
+        what = f"hubness offsets of {len(x):,} vectors against a {bank:,}-query bank (k=50)"
+    elif name == "evaluation":
+        from lookalike.evaluation.metrics import per_query_metrics
+        from lookalike.retrieval.exact import exact_topk
+
+        rows = np.random.default_rng(6).choice(len(x), eval_queries, replace=False)
+        idx, _ = exact_topk(x[rows], x, 100)
+        with np.load(work / "meta.npz") as z:
+            keys = np.unique(z["category"], return_inverse=True)[1]
+        per_query_metrics(keys[idx] == keys[rows][:, None], np.bincount(keys)[keys[rows]], [1, 5, 10])
+        what = f"evaluation ranking (exact top-100 over all {len(x):,}) of {eval_queries:,} queries + metrics"
+    elif name == "top10_to_new":
+        from lookalike.recommend.recommender import Recommender
+        from lookalike.retrieval.stores import open_store
+
+        del x
+        store = open_store(f"embedded://{work / 'embedded'}")
+        base = rss_gib()
+        rec = Recommender(store, "category")
+        picked, _ = rec.best_by_centrality(0.1, 20)
+        items = store.get_many([i for i, _ in picked])
+        rec.top10_to_new([{"id": i} for i, _ in picked], np.stack([it.vector for it in items]), 10, 50)
+        what = f"top10_to_new: 20 best sellers by centrality over the {len(store):,}-product embedded store"
+    else:
+        raise SystemExit(f"unknown stage {name}")
+    return {"what": what, "seconds": round(time.perf_counter() - t, 1), "rss_after_load_gib": base,
+            "peak_rss_gib": peak_rss_gib(), "new_share": round(float(new.mean()), 3)}
+
+
+def part_memory(args) -> dict:
+    out = {}
+    for name in ("centrality", "hubness", "evaluation", "top10_to_new"):
+        if name == "top10_to_new" and not (Path(args.work) / "embedded" / "store.npz").exists():
+            log("  top10_to_new: skipped, no embedded store yet (run the stores part first)")
+            continue
+        res_file = Path(args.work) / f"stage-{name}.json"
+        cmd = [sys.executable, __file__, "--stage", name, "--work", args.work, "--bank", str(args.bank),
+               "--eval-queries", str(args.eval_queries)]
+        with open(res_file, "w") as f:
+            rc = subprocess.run(cmd, stdout=f).returncode
+        if rc != 0:
+            raise SystemExit(f"stage {name} failed (exit {rc})")
+        out[name] = r = json.loads(res_file.read_text())
+        log(f"  {r['what']}: {r['seconds']} s, peak RSS {r['peak_rss_gib']} GiB "
+            f"(data alone {r['rss_after_load_gib']} GiB)")
+    return out
+
+
+# --- part 1: embedding -----------------------------------------------------------------------------
+def part_embedding(args) -> dict:
+    from lookalike.catalogue import load_catalogue
+    from lookalike.config import RunConfig
+    from lookalike.distributed.ray_engine import embed_images_ray
+    from lookalike.encoders.embedder import embed_images
+    from lookalike.pipeline import image_encoder
+
+    cat = load_catalogue(str(CATALOG))
+    refs = [p.image for p in cat.products[: args.images]]
+    cfg = RunConfig.model_validate({"data": {"catalog": str(CATALOG)}})
+    res: dict = {"images": len(refs), "image_size": list(cfg.encoder.image_size), "batch_size": cfg.encoder.batch_size}
+
+    def cold(fn) -> float:
+        d = Path(tempfile.mkdtemp(prefix="lookalike-scale-cache-"))
+        try:
+            t = time.perf_counter()
+            r = fn(d)
+            wall = time.perf_counter() - t
+            assert r.computed == len(refs) - len(r.failed), (r.computed, len(r.failed))
+            return round(r.computed / wall, 1)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    os.environ["LOOKALIKE_THREADS"] = str(os.cpu_count())
+    enc = image_encoder(cfg)
+    res["local_2cpu"] = cold(lambda d: embed_images(refs, enc, d, cfg.encoder.batch_size, progress=False))
+    for cpus in (1, 2):
+        res[f"ray_{cpus}cpu"] = cold(lambda d: embed_images_ray(refs, cfg.encoder, d, num_cpus=cpus,
+                                                                batch_size=cfg.encoder.batch_size))
+    res["ray_vs_local"] = round(res["ray_2cpu"] / res["local_2cpu"], 3)
+    res["ray_2_vs_1cpu"] = round(res["ray_2cpu"] / res["ray_1cpu"], 3)
+    log(f"embedding {len(refs)} real images at {tuple(cfg.encoder.image_size)} (wall clock, cold cache, Ray start-up "
+        f"included): local 2 CPUs {res['local_2cpu']} img/s, Ray 2 CPUs {res['ray_2cpu']} img/s = "
+        f"{res['ray_vs_local']}× local (goal ≥ 0.9×); Ray 1 CPU {res['ray_1cpu']} img/s, 2 vs 1 CPU {res['ray_2_vs_1cpu']}×")
+    per_core = res["ray_1cpu"]
+    res["projection"] = {"basis_img_s_per_core": per_core,
+                         "core_hours_1M": round(1e6 / per_core / 3600, 1), "core_hours_10M": round(1e7 / per_core / 3600, 1)}
+    log(f"PROJECTION (not measured at that size; linear in images, from Ray at 1 CPU = {per_core} img/s per core): "
+        f"1M images ≈ {res['projection']['core_hours_1M']} core-hours, 10M ≈ {res['projection']['core_hours_10M']} "
+        f"core-hours (divide by the cluster's cores; e.g. 64 cores: {res['projection']['core_hours_10M'] / 64:.1f} h for 10M)")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="embedding,stores,memory")
+    ap.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors (the real 39,653 are added)")
+    ap.add_argument("--work", default=str(ROOT / "runs" / "scale"))
+    ap.add_argument("--cache-dir", help="embedding cache with the real catalogue's vectors (else the default)")
+    ap.add_argument("--images", type=int, default=2048, help="images per embedding measurement")
+    ap.add_argument("--queries", type=int, default=1000, help="queries for recall and HNSW latency")
+    ap.add_argument("--exact-queries", type=int, default=20, help="of those, how many time exact search too")
+    ap.add_argument("--ef-search", type=int, default=100)
+    ap.add_argument("--maintenance-work-mem", default="6GB")
+    ap.add_argument("--build-workers", type=int, default=2)
+    ap.add_argument("--shared-buffers", default="6GB", help="pgvector server's shared_buffers")
+    ap.add_argument("--bank", type=int, default=28_000, help="hubness query-bank size (fashion-products: ~28k)")
+    ap.add_argument("--eval-queries", type=int, default=10_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stage", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.stage:
+        print(json.dumps(stage(args.stage, Path(args.work), args.bank, args.eval_queries)))
+        return
+    from lookalike.provenance import provenance
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict = {"args": vars(args), "provenance": provenance()}
+    parts = args.parts.split(",")
+    if "embedding" in parts:
+        report["embedding"] = part_embedding(args)
+    if "stores" in parts or "memory" in parts:
+        t = time.perf_counter()
+        d = dataset(args.n, args.seed, work, args.cache_dir)
+        log(f"data: {int(d['n_synthetic']):,} synthetic clustered + {int(d['n_real']):,} real fashion-products vectors, "
+            f"{DIM}-d ({time.perf_counter() - t:.0f} s to make or read)")
+        if "stores" in parts:
+            report["stores"] = part_stores(args, d)
+        del d
+        if "memory" in parts:
+            log(f"peak memory at {args.n + 39_653:,} products (each computation in its own process):")
+            report["memory"] = part_memory(args)
+    report["peak_rss_gib_this_process"] = peak_rss_gib()
+    (work / "scale.json").write_text(json.dumps(report, indent=2, default=str))
+    log(f"figures written to {work / 'scale.json'}")
+
+
+if __name__ == "__main__":
+    main()
