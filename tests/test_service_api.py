@@ -262,3 +262,16 @@ def test_openapi_lists_every_endpoint(env):
               "/api/items/{product_id}/image", "/api/kpi", "/metrics", "/api/dashboard"):
         assert p in paths
     assert env["client"].get("/docs").status_code == 200
+
+
+def test_approximate_search_setting_ranks_with_the_store_index(env, tmp_path):
+    """`serve --search approximate` (for a million products) goes through the HNSW graph; on a small catalogue
+    the graph's answer equals the exact one."""
+    url = f"embedded://{tmp_path}/hnsw?index=hnsw"
+    ingest(url)
+    approx = TestClient(make_app(url, tmp_path, search="approximate"))
+    photo = {"image": ("q.jpg", image_bytes(env["old"][0]), "image/jpeg")}
+    a = approx.post("/api/search", data={"k": 5}, files=photo).json()
+    assert list((tmp_path / "hnsw").glob("hnsw-*.faiss")), "no HNSW graph was built: the search was exact"
+    e = env["client"].post("/api/search", data={"k": 5}, files=photo).json()
+    assert [h["id"] for h in a["items"]] == [h["id"] for h in e["items"]] and len(a["items"]) == 5

@@ -54,13 +54,14 @@ def mix(values: list, base: Counter | None = None, top: int = 12) -> list[dict]:
 
 
 class Recommender:
-    def __init__(self, store: VectorStore, category_field: str | None = None, colour_field: str | None = None):
+    def __init__(self, store: VectorStore, category_field: str | None = None, colour_field: str | None = None,
+                 exact: bool = True):
         self.store, self.category_field, self.colour_field = store, category_field, colour_field
+        self.exact = exact  # False: the store's HNSW index ranks (a million products), as `serve --search approximate`
         self._snap: Snapshot | None = None
         self._snap_key = None
         self._centrality = None
         self._lock = threading.Lock()
-        self.version = 0  # bumped by the service after each catalogue write
 
     # --- catalogue view ----------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -94,7 +95,7 @@ class Recommender:
         if bias is not None:
             depth = max(depth, 10 * k, 200)
         out = []
-        for hits in self.store.search(queries, depth, filters, exclude_ids=exclude_ids):
+        for hits in self.store.search(queries, depth, filters, exact=self.exact, exclude_ids=exclude_ids):
             items = self.store.get_many([i for i, _ in hits])
             vecs = np.stack([it.vector for it in items]) if items else np.zeros((0, self.store.dim), np.float32)
             offsets = bias(vecs) if bias is not None and len(hits) else None

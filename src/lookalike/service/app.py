@@ -18,7 +18,7 @@ import time
 from collections import deque
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from PIL import Image
@@ -57,6 +57,9 @@ class ServiceSettings(BaseModel):
     auth_file: str | None = Field(None, description="token file from `lookalike auth add`: writes need a write token")
     auth_reads: bool = Field(False, description="reads need a read token too (requires auth_file)")
     rate_limit: str | None = Field(None, description="per-client request rate, e.g. 600/minute (None: unlimited)")
+    search: Literal["exact", "approximate"] = Field(
+        "exact", description="exact: every stored vector is scored (the ground truth; fine to ~100k products); "
+        "approximate: the store's HNSW index (for a million products; see benchmarks/scale.py)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServiceSettings":
@@ -78,7 +81,8 @@ class Service:
         schema = self.enc.schema
         fields = schema.fields if schema else self.enc.model.vocab.fields
         colour = s.colour_field or ("baseColour" if "baseColour" in fields else None)
-        self.rec = Recommender(self.store, schema.category_field if schema else None, colour)
+        self.rec = Recommender(self.store, schema.category_field if schema else None, colour,
+                               exact=s.search == "exact")
         self.uploads = UploadDir(s.upload_dir)
         self.upload_dir = self.uploads.path
         self.swept = self.uploads.sweep(self.store)  # leftovers of a crashed writer, counted in the log
@@ -355,7 +359,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 final, data, vector = staged
                 with svc.uploads.staged(final, data, keep=old):
                     svc.store.upsert([StoreItem(pid, vector, md)])
-            svc.rec.version += 1
         if staged is not None and old and os.path.abspath(old) != str(staged[0]):
             svc.uploads.remove(old)  # the replaced image, only once the new row is committed
         return svc.render(pid, md)
@@ -382,7 +385,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             image = str(svc.item(product_id).metadata.get("image", ""))
             if not svc.store.delete([product_id]):
                 raise HTTPException(404, f"unknown product id {product_id!r}")
-            svc.rec.version += 1
         svc.uploads.remove(image)  # only an image the API stored; catalogue images are never touched
         return {"deleted": product_id}
 

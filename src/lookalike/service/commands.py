@@ -68,7 +68,8 @@ def cmd_serve(args) -> None:
         settings = ServiceSettings(checkpoint=args.model, store=_url(args.store), catalog=args.catalog,
                                    upload_dir=args.upload_dir, new_rule=args.new_rule, max_upload_mb=args.max_upload_mb,
                                    max_k=args.max_k, cache_dir=args.cache_dir, auth_file=args.auth_file,
-                                   auth_reads=args.auth_reads, rate_limit=None if rate == "off" else rate)
+                                   auth_reads=args.auth_reads, rate_limit=None if rate == "off" else rate,
+                                   search=args.search)
     except ValueError as e:
         raise LookalikeError(f"invalid service settings: {e}") from None
     app = create_app(settings)
@@ -218,6 +219,9 @@ def add_commands(sub) -> None:
     s.add_argument("--max-k", type=int, default=100, help="largest K a request may ask for (default 100)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--search", choices=["exact", "approximate"], default="exact",
+                   help="exact: score every stored product (default; the ground truth, fine to ~100k); approximate: "
+                        "the store's HNSW index (for a million products)")
     s.add_argument("--workers", type=int, default=1,
                    help="API worker processes (default 1); use a PostgreSQL store to share one catalogue between them")
     s.add_argument("--auth-file", help="token file from `lookalike auth add`: writes then need a write token")
