@@ -323,3 +323,10 @@ def test_version_moves_with_every_write_from_any_handle(tmp_path):
         assert a.delete(["missing"]) == 0 and b.version() == v2
         a.delete(["p0001"])
         assert b.version() != v2
+
+
+def test_unreachable_database_fails_in_one_line_naming_it():
+    with pytest.raises(LookalikeError) as e:
+        open_store("postgresql://someone:hunter2@127.0.0.1:1/catalogue", dim=DIM)
+    msg = str(e.value)
+    assert "\n" not in msg and "127.0.0.1:1/catalogue" in msg and "refused" in msg and "hunter2" not in msg

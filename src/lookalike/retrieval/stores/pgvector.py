@@ -27,6 +27,23 @@ _TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 BULK = 5000  # upserts this large rebuild the HNSW index after loading, in the same transaction
 
 
+def _one_line(e: Exception) -> str:
+    """libpq's messages span lines (a hint after a tab); an error here is one line."""
+    return " ".join(str(e).split())
+
+
+def _where(conninfo: str) -> str:
+    """host:port/db of a connection string, never its password."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        d = conninfo_to_dict(conninfo)
+    except psycopg.Error:  # a malformed string: psycopg's own error says what is wrong with it
+        return "the given address"
+    return f"{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', d.get('user', ''))}"
+
+
 def _array(v) -> np.ndarray:
     return np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, np.float32)
 
@@ -83,7 +100,7 @@ class PgVectorStore(VectorStore):
                 conn.execute(sql.SQL("INSERT INTO {} VALUES (true, 0) ON CONFLICT DO NOTHING").format(self._sql["version"]))
                 self._build_index(conn)  # no-op when it exists; after a crashed bulk load, rebuilds it
         except psycopg.Error as e:
-            raise LookalikeError(f"cannot set up table {table}: {e}") from None
+            raise LookalikeError(f"cannot set up table {table}: {_one_line(e)}") from None
         from pgvector.psycopg import register_vector
 
         register_vector(conn)
@@ -98,7 +115,7 @@ class PgVectorStore(VectorStore):
             try:
                 conn = psycopg.connect(self.conninfo, autocommit=True)
             except psycopg.Error as e:
-                raise LookalikeError(f"cannot connect to PostgreSQL: {e}") from None
+                raise LookalikeError(f"cannot connect to PostgreSQL at {_where(self.conninfo)}: {_one_line(e)}") from None
             if register:
                 from pgvector.psycopg import register_vector
 
