@@ -155,7 +155,7 @@ def test_a_killed_job_resumes_and_ray_ingest_stores_exactly_the_catalogue(ray_ad
     out = capsys.readouterr().out
     hits, new, skipped = _counts(out)
     total = int(re.search(r"loaded (\d+) products", out)[1])
-    assert hits > 0 and new > 0 and hits + new == total > 250 and skipped == 0
+    assert hits > 0 and new > 0 and hits + new == total > 250 and skipped == 0, out
     assert not list(ray_cache.glob("image-*/*.tmp*"))  # no half-written shard
     pg = pg_url("ray_ingest")
     main([*args, "--store", pg, "--engine", "ray", "--cache-dir", str(ray_cache)])

@@ -8,12 +8,12 @@ features match PyTorch's to 1e-5. The ONNX file is exported once and cached next
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from lookalike.encoders.base import ImageEncoder, default_threads, file_sha1, freeze
@@ -25,25 +25,32 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 
 
-class _Pooled(torch.nn.Module):
-    """uint8 NHWC pixels → resize → normalise → backbone → global-average-pooled 1280-d features.
+@functools.cache
+def _pooled_class():
+    """Defined on first use: the ONNX path (every Ray actor, every API worker) never imports torch (~2 s)."""
+    import torch
 
-    Resizing and normalising inside the graph costs little next to the convolutions, while doing it
-    per image in PIL/numpy cost 0.55 ms of the 2.4 ms per image budget (measured on 60×80 JPEGs).
-    """
+    class _Pooled(torch.nn.Module):
+        """uint8 NHWC pixels → resize → normalise → backbone → global-average-pooled 1280-d features.
 
-    def __init__(self, net: torch.nn.Module, size: tuple[int, int]):
-        super().__init__()
-        self.net = net
-        self.size = size
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255.0)
+        Resizing and normalising inside the graph costs little next to the convolutions, while doing it
+        per image in PIL/numpy cost 0.55 ms of the 2.4 ms per image budget (measured on 60×80 JPEGs).
+        """
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.permute(0, 3, 1, 2).float()
-        x = torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
-        x = (x - self.mean) / self.std
-        return self.net.extract_features(x).mean(dim=(2, 3))
+        def __init__(self, net: torch.nn.Module, size: tuple[int, int]):
+            super().__init__()
+            self.net = net
+            self.size = size
+            self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255.0)
+            self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255.0)
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            x = pixels.permute(0, 3, 1, 2).float()
+            x = torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+            x = (x - self.mean) / self.std
+            return self.net.extract_features(x).mean(dim=(2, 3))
+
+    return _Pooled
 
 
 def _weights_path() -> Path:
@@ -68,18 +75,19 @@ class EfficientNetLite0Encoder(ImageEncoder):
         self._weights = _weights_path()
         self._weights_sha = file_sha1(self._weights)[:12]
         self._onnx_dir = Path(cache_dir or default_cache_dir()) / "onnx"
-        self._model: _Pooled | None = None
+        self._model = None
         self._session = None
 
     @property
-    def model(self) -> _Pooled:
+    def model(self):
         """Built on first use: a run whose images are all cached never pays for the network (~1.5 s)."""
         if self._model is None:
+            import torch
             from efficientnet_lite_pytorch import EfficientNet
 
             net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
             net.load_state_dict(torch.load(self._weights, map_location="cpu", weights_only=True))
-            self._model = _Pooled(net, self.image_size)
+            self._model = _pooled_class()(net, self.image_size)
             freeze(self._model)
         return self._model
 
@@ -104,6 +112,8 @@ class EfficientNetLite0Encoder(ImageEncoder):
             if self._session is None:
                 self._session = self._onnx_session(self._onnx_dir)
             return self._session.run(None, {"pixels": np.ascontiguousarray(batch, np.uint8)})[0]
+        import torch
+
         torch.set_num_threads(self.threads)
         with torch.inference_mode():
             return self.model(torch.from_numpy(batch)).numpy()
@@ -118,6 +128,8 @@ class EfficientNetLite0Encoder(ImageEncoder):
             with open(path.with_suffix(".lock"), "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 if not path.exists():
+                    import torch
+
                     tmp = path.with_suffix(f".tmp{os.getpid()}")
                     dummy = torch.zeros(2, *self.image_size, 3, dtype=torch.uint8)
                     with warnings.catch_warnings():  # the exporter's constant-folding notes are not actionable
