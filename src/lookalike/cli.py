@@ -204,7 +204,7 @@ def cmd_embed(args) -> None:
     from lookalike.catalogue.loading import read_schema
     from lookalike.config import load_config
     from lookalike.distributed import RayOptions
-    from lookalike.pipeline import cache_root, embed_catalogue, image_encoder
+    from lookalike.pipeline import cache_root, embed_catalogue, embedding_counts, image_encoder
     from lookalike.provenance import provenance
 
     cfg = load_config(args.config, {"data.catalog": args.catalog, "encoder.cache_dir": args.cache_dir,
@@ -213,9 +213,10 @@ def cmd_embed(args) -> None:
     cat = load_catalogue(cfg.data.catalog, read_schema(Path(args.schema)) if args.schema else cfg.data.schema_,
                          cfg.data.format)
     print(cat.report.summary())
-    emb = embed_catalogue(cat, cfg, progress=not args.no_progress, texts=False, ray=ray)  # prints the counts
+    emb = embed_catalogue(cat, cfg, progress=not args.no_progress, texts=False, ray=ray)
     t = emb.timings
     failed = len(cat) - len(emb.products)
+    print(embedding_counts(t, args.engine))
     if args.report:
         enc = image_encoder(cfg)
         report = {"engine": args.engine, "ray": ray.__dict__ if ray else None, "catalog": cfg.data.catalog,

@@ -80,8 +80,7 @@ def embed_catalogue(cat: Catalogue, cfg: RunConfig, progress: bool = True, texts
     timings["images_cached"], timings["images_computed"] = res.cached, res.computed
     if res.computed:
         timings["images_per_s"] = round(res.computed / max(res.seconds, 1e-9), 1)
-    log(f"cache hits {res.cached}, new embeddings {res.computed}, skipped {len(res.failed)}"
-        + (f", {timings['images_per_s']} images/s" if res.computed else "") + f" ({'ray' if ray else 'local'} engine)")
+    timings["images_skipped"] = len(res.failed)
     if res.failed:
         by_reason: dict[str, set[str]] = {}
         for i, reason in res.failed.items():
@@ -101,6 +100,13 @@ def embed_catalogue(cat: Catalogue, cfg: RunConfig, progress: bool = True, texts
                                 cache_root(cfg), progress=progress)
         timings["text_embedding_s"] = round(time.perf_counter() - t, 2)
     return Embedded(cat, features, sentences, timings)
+
+
+def embedding_counts(timings: dict, engine: str) -> str:
+    """The line `embed` and `catalog ingest` print: what the cache answered and what was computed."""
+    rate = f", {timings['images_per_s']} images/s" if timings.get("images_per_s") else ""
+    return (f"cache hits {timings['images_cached']}, new embeddings {timings['images_computed']}, "
+            f"skipped {timings['images_skipped']}{rate} ({engine} engine)")
 
 
 def load_and_embed(cfg: RunConfig, progress: bool = True) -> Embedded:

@@ -95,9 +95,9 @@ def cmd_serve(args) -> None:
 def cmd_ingest(args) -> None:
     from lookalike.catalogue import load_catalogue
     from lookalike.catalogue.loading import read_schema
-    from lookalike.recommend.catalogue import ingest_catalogue
-
     from lookalike.distributed import RayOptions
+    from lookalike.pipeline import embedding_counts
+    from lookalike.recommend.catalogue import ingest_catalogue
 
     enc, store, rule = _open(args)
     ray = RayOptions.from_args(args, args.batch_size or enc.cfg.encoder.batch_size)
@@ -107,6 +107,7 @@ def cmd_ingest(args) -> None:
                          fallback_schema=enc.schema)
     print(cat.report.summary())
     rep = ingest_catalogue(store, cat, enc, rule, progress=not args.no_progress, ray=ray)
+    print(embedding_counts(rep["embedding"], args.engine))
     print(json.dumps(rep, indent=1))
 
 
