@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -80,14 +82,33 @@ def cached(root: Path, cfg: EncoderConfig) -> dict[str, np.ndarray]:
     return out
 
 
+def _kill_an_embedding_actor() -> int:
+    """SIGKILL one of this test's own Ray Data encoder actors (a descendant of this process): a crash."""
+    import psutil
+
+    actors = [p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] and "MapWorker" in p.cmdline()[0]]
+    assert actors, "no encoder actor to kill"
+    os.kill(actors[0].pid, signal.SIGKILL)
+    return actors[0].pid
+
+
 def test_ray_vectors_equal_local_and_bad_images_are_counted(ray_address, onnx_dir, tmp_path):
+    """Also with an actor killed mid-run: Ray restarts it and retries its batch, and the job goes on."""
     images = sorted((FASHION / "images").glob("1*.jpg"))[:150]
     (tmp_path / "corrupt.jpg").write_bytes(images[0].read_bytes()[:200])  # a truncated copy of a real photo
     refs = [ImageRef(p) for p in images] + [ImageRef(tmp_path / "corrupt.jpg"), ImageRef(tmp_path / "gone.jpg"),
                                             ImageRef(images[1], (0, 0, 30, 40))]
     local_root, ray_root = fresh_cache(tmp_path, "local", onnx_dir), fresh_cache(tmp_path, "ray", onnx_dir)
     local = embed_images(refs, image_encoder_for(SMALL, local_root), local_root, progress=False)
-    res = embed_images_ray(refs, SMALL, ray_root, batch_size=32)
+    done: dict = {}
+    job = threading.Thread(target=lambda: done.update(res=embed_images_ray(refs, SMALL, ray_root, batch_size=4,
+                                                                           shard_size=4)))
+    job.start()
+    while not list(ray_root.glob("image-*/shard-*.npz")) and job.is_alive():
+        time.sleep(0.01)
+    _kill_an_embedding_actor()
+    job.join(120)
+    res = done["res"]
     assert res.failed == local.failed == {150: "corrupt image", 151: "missing image"}
     assert (res.cached, res.computed) == (0, 151)
     assert np.abs(res.vectors - local.vectors).max() <= 1e-5
