@@ -7,9 +7,12 @@ imports Ray only when it runs, so `import lookalike` never needs Ray.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from dataclasses import dataclass
 
 from lookalike.errors import LookalikeError
+
+NEEDS_RAY = "the Ray engine needs Ray: pip install 'lookalike[scale]'"
 
 
 @dataclass(frozen=True)
@@ -26,11 +29,13 @@ class RayOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace, batch_size: int) -> "RayOptions | None":
         """From the options `add_engine_options` adds (`batch_size` unless --batch-size): None for local.
-        An unreachable --address fails here, at once."""
+        A missing Ray or an unreachable --address fails here, before the catalogue is read."""
         if args.engine != "ray":
             if args.address or args.num_actors or args.num_cpus:
                 raise LookalikeError("--address, --num-actors and --num-cpus need --engine ray")
             return None
+        if importlib.util.find_spec("ray") is None:
+            raise LookalikeError(NEEDS_RAY)
         if args.address:
             from lookalike.distributed.ray_engine import check_reachable
 

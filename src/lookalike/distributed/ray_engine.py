@@ -30,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lookalike.catalogue.schema import ImageRef
+from lookalike.distributed import NEEDS_RAY
 from lookalike.encoders.cache import EmbeddingCache, FileKeys
 from lookalike.encoders.embedder import ACTOR_CRASHED, EmbedResult, forward_grouped, load_pixels, plan_images
 from lookalike.encoders.registry import image_encoder_for
@@ -48,7 +49,7 @@ def _import_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise LookalikeError("the Ray engine needs Ray: pip install 'lookalike[scale]'") from None
+        raise LookalikeError(NEEDS_RAY) from None
     return ray
 
 
