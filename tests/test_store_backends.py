@@ -14,6 +14,10 @@ from lookalike.retrieval.stores import StoreItem, open_store
 DIM = 32
 
 
+def pg_table(store) -> str:
+    return store._sql["t"].as_string(store._conn())
+
+
 def _items(n: int, seed: int = 0, prefix: str = "p") -> list[StoreItem]:
     """Clustered vectors (like product images) with a few exact duplicates, so ties by id are exercised."""
     rng = np.random.default_rng(seed)
@@ -199,7 +203,15 @@ def test_hnsw_recall_against_exact(tmp_path, capsys, monkeypatch):
     emb.upsert(items)
     q_bags = emb.search(q, 10, {"category": "bags"}, exact=False)  # 500 rows pass: scanned exactly
     assert q_bags == emb.search(q, 10, {"category": "bags"})
+    from lookalike.retrieval.stores import pgvector
+
+    # a filter the planner expects to pass few rows is ranked exactly (about a third of the 400 rows are bags;
+    # the estimate comes from the statistics autovacuum and `load` keep)
+    pg._conn().execute(f"ANALYZE {pg_table(pg)}")
+    assert 60 <= pg._estimated_rows({"category": ["bags"]}) <= 270
+    assert pg.search(q, 10, {"category": "bags"}, exact=False) == pg.search(q, 10, {"category": "bags"})
     monkeypatch.setattr(embedded, "FULL_SCAN", 100)  # now the filtered search walks the graph
+    monkeypatch.setattr(pgvector, "EXACT_BELOW", 10)  # on both backends
     for name, s, flt in (("embedded", emb, None), ("embedded+filter", emb, {"category": "bags"}),
                          ("pgvector", pg, None), ("pgvector+filter", pg, {"category": "bags"})):
         exact = s.search(q, 10, flt)

@@ -25,6 +25,9 @@ from lookalike.retrieval.stores.base import (Filters, StoreItem, VectorStore, ch
 
 _TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 BULK = 5000  # upserts this large rebuild the HNSW index after loading, in the same transaction
+# Approximate search with a filter the planner expects to pass at most this many rows ranks them exactly:
+# at 1M rows a 2% filter (20k rows) gave HNSW recall@10 0.31-0.41 (iterative scans), exact 1.0 in ~0.27 s.
+EXACT_BELOW = 50_000
 
 
 def _one_line(e: Exception) -> str:
@@ -50,13 +53,14 @@ def _array(v) -> np.ndarray:
 
 class PgVectorStore(VectorStore):
     def __init__(self, conninfo: str, dim: int | None = None, table: str = "lookalike_items", m: int = 16,
-                 ef_construction: int = 64, ef_search: int = 100, keepalive=None,
+                 ef_construction: int = 64, ef_search: int = 400, keepalive=None,
                  maintenance_work_mem: str = "1GB", build_workers: int = 2):
         import psycopg
         from psycopg import sql
 
         if not _TABLE.match(table):
             raise LookalikeError(f"table name must match {_TABLE.pattern}, got {table!r}")
+        # ef_search 400: recall@10 0.944 on 1M × 512 at p50 9.9 ms on 2 cores (100: 0.705; benchmarks/scale.py)
         self.conninfo, self.ef_search = conninfo, ef_search
         self.maintenance_work_mem, self.build_workers = maintenance_work_mem, build_workers
         self.last_load: dict = {}  # timings of the last bulk load, for the CLI and benchmarks
@@ -175,6 +179,8 @@ class PgVectorStore(VectorStore):
         if dropped:
             with conn.transaction():
                 self._build_index(conn)
+        if n:
+            conn.execute(sql.SQL("ANALYZE {}").format(self._sql["t"]))  # the planner's estimates see the new rows
         self.last_load = {"rows": n, "load_s": round(t1 - t0, 2), "index_build_s": round(time.perf_counter() - t1, 2),
                           "index_deferred": dropped}
         return n
@@ -301,7 +307,10 @@ class PgVectorStore(VectorStore):
         q = check_queries(queries, self.dim, k)
         if any(f not in self._field_cache for f in (filters or {})):
             self._field_cache = self._read_fields()
-        where, params = self._where(normalize_filters(filters, self._field_cache), exclude_ids)
+        flt = normalize_filters(filters, self._field_cache)
+        where, params = self._where(flt, exclude_ids)
+        if not exact and flt and self._estimated_rows(flt) <= EXACT_BELOW:
+            exact = True  # a selective filter: its rows ranked exactly (GIN) beat an HNSW walk that finds few of them
         # Exact: every row, ties by id, each distance computed once. Approximate: the HNSW index (it needs
         # ORDER BY the distance expression itself); iterative scans keep filtered results full.
         order = sql.SQL("ORDER BY 2 DESC, id LIMIT %(k)s" if exact else "ORDER BY embedding <#> %(q)s LIMIT %(k)s")
@@ -319,6 +328,15 @@ class PgVectorStore(VectorStore):
                     rows = cur.execute(stmt, {**params, "q": v, "k": int(k)}).fetchall()
                     out.append(sorted(((r[0], float(r[1])) for r in rows), key=lambda h: (-h[1], h[0])))
         return out
+
+    def _estimated_rows(self, flt: dict[str, list]) -> float:
+        """The planner's estimate of the rows passing the filters (statistics; ~1 ms, nothing is scanned)."""
+        from psycopg import sql
+
+        where, params = self._where(flt, None)
+        plan = self._conn().execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} ").format(self._sql["t"]) + where,
+                                    params).fetchone()[0]
+        return float(plan[0]["Plan"]["Plan Rows"])
 
     def close(self) -> None:
         with self._conns_lock:
