@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ROOT.parent / "shared" / "data" / "fashion-products"
@@ -223,29 +223,38 @@ def part_stores(args, d: dict) -> dict:
     log(f"queries: {len(q)} ({len(q) // 5} near real products); mean cosine of the 1st / 10th exact neighbour: "
         + ", ".join(f"{kind} {v['top1']} / {v['top10']}" for kind, v in res["neighbours"].items()))
 
-    # pgvector
+    ef = f"&ef_search={args.ef_search}" if args.ef_search else ""  # else each store's default
     pgdir = Path(args.work) / "pgdata"
-    shutil.rmtree(pgdir, ignore_errors=True)
     url = (f"pgserver://{pgdir}?table=scale&maintenance_work_mem={args.maintenance_work_mem}"
-           f"&build_workers={args.build_workers}&m=16&ef_construction=64&ef_search={args.ef_search}")
-    pg = open_store(url, dim=DIM)
-    # As on a real server: shared_buffers sized for the index (pgserver's initdb leaves 128 MB); takes a restart.
-    pg._conn().execute(f"ALTER SYSTEM SET shared_buffers = '{args.shared_buffers}'")
-    pg.close()
-    pg._keepalive.cleanup()
-    pg = open_store(url)
-    t = time.perf_counter()
-    pg.load(batches(d), total=n)
-    wall = time.perf_counter() - t
+           f"&build_workers={args.build_workers}&m=16&ef_construction=64{ef}")
+    if args.reuse and pgdir.exists():
+        pg = open_store(url)
+        assert len(pg) == n, f"{pgdir} holds {len(pg)} rows, not {n}: run without --reuse"
+        r = {"reused": True}
+        log(f"pgvector: reusing the {n:,} rows and indexes built by an earlier run in {pgdir}")
+    else:
+        shutil.rmtree(pgdir, ignore_errors=True)
+        pg = open_store(url, dim=DIM)
+        # As on a real server: shared_buffers sized for the index (pgserver's initdb leaves 128 MB); takes a restart.
+        pg._conn().execute(f"ALTER SYSTEM SET shared_buffers = '{args.shared_buffers}'")
+        pg.close()
+        pg._keepalive.cleanup()
+        pg = open_store(url)
+        t = time.perf_counter()
+        pg.load(batches(d), total=n)
+        r = {"load_wall_s": round(time.perf_counter() - t, 1), **pg.last_load}
     sizes = pg._conn().execute("SELECT pg_table_size('scale'), pg_indexes_size('scale'), "
                                "pg_relation_size('scale_hnsw')").fetchone()
-    r = {"load_wall_s": round(wall, 1), **pg.last_load, "table_gib": round(sizes[0] / 2**30, 2),
-         "indexes_gib": round(sizes[1] / 2**30, 2), "hnsw_gib": round(sizes[2] / 2**30, 2),
-         "pgdata_disk_gib": du_gib(pgdir), "m": 16, "ef_construction": 64, "ef_search": args.ef_search,
-         "shared_buffers": pg._conn().execute("SHOW shared_buffers").fetchone()[0]}
-    log(f"pgvector: {n:,} rows bulk-loaded in {r['load_s']} s (COPY binary, 10k rows a transaction), HNSW built "
-        f"after the load in {r['index_build_s']} s ({args.build_workers} parallel workers, maintenance_work_mem "
-        f"{args.maintenance_work_mem}, shared_buffers {r['shared_buffers']}); table {r['table_gib']} GiB, HNSW {r['hnsw_gib']} GiB, pgdata {r['pgdata_disk_gib']} GiB on disk")
+    r.update({"table_gib": round(sizes[0] / 2**30, 2), "indexes_gib": round(sizes[1] / 2**30, 2),
+              "hnsw_gib": round(sizes[2] / 2**30, 2), "pgdata_disk_gib": du_gib(pgdir), "m": 16,
+              "ef_construction": 64, "ef_search": pg.ef_search,
+              "shared_buffers": pg._conn().execute("SHOW shared_buffers").fetchone()[0]})
+    if "load_s" in r:
+        log(f"pgvector: {n:,} rows bulk-loaded in {r['load_s']} s (COPY binary, 10k rows a transaction); HNSW and the "
+            f"GIN metadata index built after the load in {r['index_build_s']} s ({args.build_workers} parallel "
+            f"workers, maintenance_work_mem {args.maintenance_work_mem})")
+    log(f"pgvector: table {r['table_gib']} GiB, indexes {r['indexes_gib']} GiB (HNSW {r['hnsw_gib']} GiB), pgdata "
+        f"{r['pgdata_disk_gib']} GiB on disk; shared_buffers {r['shared_buffers']}, ef_search {r['ef_search']}")
     r["search"] = bench_store("pgvector", pg, d, q, 10, args.exact_queries, category)
     r["ef_search_sweep"] = ef_sweep("pgvector", pg, d, q, 10, [40, 100, 200, 400])
     res["pgvector"] = r
@@ -254,20 +263,29 @@ def part_stores(args, d: dict) -> dict:
 
     # embedded (FAISS HNSW)
     edir = Path(args.work) / "embedded"
-    shutil.rmtree(edir, ignore_errors=True)
+    url = f"embedded://{edir}?index=hnsw&m=32&ef_construction=80{ef}"
     before = rss_gib()
-    store = open_store(f"embedded://{edir}?index=hnsw&m=32&ef_construction=80&ef_search={args.ef_search}", dim=DIM)
-    t = time.perf_counter()
-    store.load(batches(d), total=n)
-    load_s = time.perf_counter() - t
-    t = time.perf_counter()
-    store.search(q[0], 10, exact=False)  # builds the graph and saves it beside the snapshot
-    build_s = time.perf_counter() - t
-    r = {"load_s": round(load_s, 1), "index_build_s": round(build_s, 1), "process_rss_gib": rss_gib(),
-         "rss_before_gib": before, "disk_gib": du_gib(edir), "m": 32, "ef_construction": 80, "ef_search": args.ef_search}
-    log(f"embedded: {n:,} rows loaded in {r['load_s']} s (one snapshot), FAISS HNSW built in {r['index_build_s']} s; "
-        f"process RSS {r['process_rss_gib']} GiB (the benchmark's own copy of the data included), "
-        f"{r['disk_gib']} GiB on disk (snapshot + graph)")
+    if args.reuse and (edir / "store.npz").exists():
+        store = open_store(url)
+        assert len(store) == n, f"{edir} holds {len(store)} rows, not {n}: run without --reuse"
+        store.search(q[0], 10, exact=False)  # reads the saved graph
+        r = {"reused": True}
+        log(f"embedded: reusing the {n:,} rows and graph saved by an earlier run in {edir}")
+    else:
+        shutil.rmtree(edir, ignore_errors=True)
+        store = open_store(url, dim=DIM)
+        t = time.perf_counter()
+        store.load(batches(d), total=n)
+        load_s = time.perf_counter() - t
+        t = time.perf_counter()
+        store.search(q[0], 10, exact=False)  # builds the graph and saves it beside the snapshot
+        r = {"load_s": round(load_s, 1), "index_build_s": round(time.perf_counter() - t, 1)}
+        log(f"embedded: {n:,} rows loaded in {r['load_s']} s (one snapshot), FAISS HNSW built in {r['index_build_s']} s")
+    r.update({"process_rss_gib": rss_gib(), "rss_before_gib": before, "disk_gib": du_gib(edir), "m": 32,
+              "ef_construction": 80, "ef_search": store.ef_search})
+    log(f"embedded: process RSS {r['rss_before_gib']} → {r['process_rss_gib']} GiB with the store open (the "
+        f"benchmark's own copy of the data is in both), {r['disk_gib']} GiB on disk (snapshot + graph), "
+        f"ef_search {r['ef_search']}")
     r["search"] = bench_store("embedded", store, d, q, 10, args.exact_queries, category)
     r["ef_search_sweep"] = ef_sweep("embedded", store, d, q, 10, [40, 100, 200, 400])
     res["embedded"] = r
@@ -352,11 +370,16 @@ def part_embedding(args) -> dict:
 
     cat = load_catalogue(str(CATALOG))
     refs = [p.image for p in cat.products[: args.images]]
-    cfg = RunConfig.model_validate({"data": {"catalog": str(CATALOG)}})
+    onnx_home = Path(args.cache_dir or tempfile.mkdtemp(prefix="lookalike-scale-onnx-"))
+    cfg = RunConfig.model_validate({"data": {"catalog": str(CATALOG)}, "encoder": {"cache_dir": str(onnx_home)}})
+    enc = image_encoder(cfg)
+    enc.forward(np.stack([enc.preprocess(Image.open(refs[0].path))]))  # the one-time ONNX export, outside the timing
     res: dict = {"images": len(refs), "image_size": list(cfg.encoder.image_size), "batch_size": cfg.encoder.batch_size}
 
     def cold(fn) -> float:
+        """images/s into an empty embedding cache (the exported ONNX model shared, not re-exported)."""
         d = Path(tempfile.mkdtemp(prefix="lookalike-scale-cache-"))
+        (d / "onnx").symlink_to(onnx_home / "onnx", target_is_directory=True)
         try:
             t = time.perf_counter()
             r = fn(d)
@@ -366,8 +389,6 @@ def part_embedding(args) -> dict:
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
-    os.environ["LOOKALIKE_THREADS"] = str(os.cpu_count())
-    enc = image_encoder(cfg)
     res["local_2cpu"] = cold(lambda d: embed_images(refs, enc, d, cfg.encoder.batch_size, progress=False))
     for cpus in (1, 2):
         res[f"ray_{cpus}cpu"] = cold(lambda d: embed_images_ray(refs, cfg.encoder, d, num_cpus=cpus,
@@ -395,7 +416,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2048, help="images per embedding measurement")
     ap.add_argument("--queries", type=int, default=1000, help="queries for recall and HNSW latency")
     ap.add_argument("--exact-queries", type=int, default=20, help="of those, how many time exact search too")
-    ap.add_argument("--ef-search", type=int, default=100)
+    ap.add_argument("--ef-search", type=int, help="HNSW ef_search for both stores (default: each store's own)")
+    ap.add_argument("--reuse", action="store_true", help="search the stores an earlier run built in WORK")
     ap.add_argument("--maintenance-work-mem", default="6GB")
     ap.add_argument("--build-workers", type=int, default=2)
     ap.add_argument("--shared-buffers", default="6GB", help="pgvector server's shared_buffers")
@@ -409,7 +431,8 @@ def main() -> None:
         return
     from lookalike.provenance import provenance
 
-    work = Path(args.work)
+    work = Path(args.work).resolve()  # store URLs need absolute paths
+    args.work = str(work)
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {"args": vars(args), "provenance": provenance()}
     parts = args.parts.split(",")
