@@ -315,25 +315,30 @@ class EmbeddedStore(VectorStore):
             excluded = [self._row[i] for i in (exclude_ids or []) if i in self._row]
             sub = self._subset(flt)
             if not exact and self.index == "hnsw" and len(self._ids) and (sub is None or len(sub[0]) > FULL_SCAN):
-                return self._search_hnsw(q, k, flt, excluded)
+                return self._search_hnsw(q, k, None if sub is None else sub[0], excluded)
             rows, vecs = (np.arange(len(self._ids)), self._vectors) if sub is None else sub
             skip = np.flatnonzero(np.isin(rows, excluded)) if excluded else np.zeros(0, np.int64)
             return [[(str(self._ids[rows[j]]), float(s)) for j, s in zip(idx, sc)]
                     for idx, sc in exact_search(q, vecs, k, skip)]
 
-    def _search_hnsw(self, q: np.ndarray, k: int, flt: dict, excluded: list[int]) -> list[list[tuple[str, float]]]:
+    def _search_hnsw(self, q: np.ndarray, k: int, allowed: np.ndarray | None,
+                     excluded: list[int]) -> list[list[tuple[str, float]]]:
+        """`allowed`: the rows the filters let through (cached per filter), None = all."""
         import faiss
 
         graph = self._graph()
         params = faiss.SearchParametersHNSW()
         params.efSearch = max(self.ef_search, k)
-        if flt or excluded:
-            mask = self._mask(flt)
+        if allowed is not None or excluded:
+            mask = np.zeros(len(self._ids), bool) if allowed is not None else np.ones(len(self._ids), bool)
+            if allowed is not None:
+                mask[allowed] = True
             mask[excluded] = False
-            allowed = np.flatnonzero(mask).astype(np.int64)
-            params.sel = faiss.IDSelectorBatch(allowed)
+            bitmap = np.packbits(mask, bitorder="little")  # a bit per row: O(n/8) to build, O(1) a lookup
+            selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))  # kept alive while searching
+            params.sel = selector
             # a selective filter leaves few allowed nodes on the graph's paths: widen the beam in proportion
-            params.efSearch = int(min(params.efSearch * len(mask) / max(len(allowed), 1), 4096))
+            params.efSearch = int(min(params.efSearch * len(mask) / max(int(mask.sum()), 1), 4096))
         scores, idx = graph.search(q, min(k, len(self._ids)), params=params)
         out = []
         for srow, irow in zip(scores, idx):
