@@ -212,8 +212,6 @@ def neighbour_stats(d: dict, q: np.ndarray, k: int = 10) -> dict:
 
 
 def part_stores(args, d: dict) -> dict:
-    from lookalike.retrieval.stores import open_store
-
     n = len(d["ids"])
     q = queries(d, args.queries, args.seed)
     cats, counts = np.unique(d["category"][: int(d["n_synthetic"])], return_counts=True)
@@ -223,6 +221,17 @@ def part_stores(args, d: dict) -> dict:
     log(f"queries: {len(q)} ({len(q) // 5} near real products); mean cosine of the 1st / 10th exact neighbour: "
         + ", ".join(f"{kind} {v['top1']} / {v['top10']}" for kind, v in res["neighbours"].items()))
 
+    if "pgvector" in args.stores.split(","):
+        res["pgvector"] = store_pgvector(args, d, q, category)
+    if "embedded" in args.stores.split(","):
+        res["embedded"] = store_embedded(args, d, q, category)
+    return res
+
+
+def store_pgvector(args, d: dict, q: np.ndarray, category: str) -> dict:
+    from lookalike.retrieval.stores import open_store
+
+    n = len(d["ids"])
     ef = f"&ef_search={args.ef_search}" if args.ef_search else ""  # else each store's default
     pgdir = Path(args.work) / "pgdata"
     url = (f"pgserver://{pgdir}?table=scale&maintenance_work_mem={args.maintenance_work_mem}"
@@ -257,11 +266,15 @@ def part_stores(args, d: dict) -> dict:
         f"{r['pgdata_disk_gib']} GiB on disk; shared_buffers {r['shared_buffers']}, ef_search {r['ef_search']}")
     r["search"] = bench_store("pgvector", pg, d, q, 10, args.exact_queries, category)
     r["ef_search_sweep"] = ef_sweep("pgvector", pg, d, q, 10, [40, 100, 200, 400])
-    res["pgvector"] = r
     pg.close()
-    del pg
+    return r
 
-    # embedded (FAISS HNSW)
+
+def store_embedded(args, d: dict, q: np.ndarray, category: str) -> dict:
+    from lookalike.retrieval.stores import open_store
+
+    n = len(d["ids"])
+    ef = f"&ef_search={args.ef_search}" if args.ef_search else ""
     edir = Path(args.work) / "embedded"
     url = f"embedded://{edir}?index=hnsw&m=32&ef_construction=80{ef}"
     before = rss_gib()
@@ -288,9 +301,8 @@ def part_stores(args, d: dict) -> dict:
         f"ef_search {r['ef_search']}")
     r["search"] = bench_store("embedded", store, d, q, 10, args.exact_queries, category)
     r["ef_search_sweep"] = ef_sweep("embedded", store, d, q, 10, [40, 100, 200, 400])
-    res["embedded"] = r
     store.close()
-    return res
+    return r
 
 
 # --- part 3: memory --------------------------------------------------------------------------------
@@ -418,6 +430,7 @@ def main() -> None:
     ap.add_argument("--exact-queries", type=int, default=20, help="of those, how many time exact search too")
     ap.add_argument("--ef-search", type=int, help="HNSW ef_search for both stores (default: each store's own)")
     ap.add_argument("--reuse", action="store_true", help="search the stores an earlier run built in WORK")
+    ap.add_argument("--stores", default="pgvector,embedded", help="which stores the stores part measures")
     ap.add_argument("--maintenance-work-mem", default="6GB")
     ap.add_argument("--build-workers", type=int, default=2)
     ap.add_argument("--shared-buffers", default="6GB", help="pgvector server's shared_buffers")

@@ -28,7 +28,9 @@ from lookalike.retrieval.stores.base import (Filters, StoreItem, VectorStore, ch
                                              normalize_filters, value_key)
 
 SNAPSHOT = "store.npz"
-FULL_SCAN = 10_000  # a filter leaving at most this many rows is searched exactly even when HNSW is asked for
+# A filter leaving at most this many rows is searched exactly even when HNSW is asked for: at 1M rows a 2%
+# filter (20k rows) scanned exactly in 3.4 ms, while the graph walk took 18.5 ms for recall@10 0.50.
+FULL_SCAN = 50_000
 
 
 @functools.cache
@@ -87,10 +89,11 @@ def topk_rows(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 class EmbeddedStore(VectorStore):
     def __init__(self, path: str | Path, dim: int | None = None, index: str = "flat", m: int = 32,
-                 ef_construction: int = 80, ef_search: int = 64):
+                 ef_construction: int = 80, ef_search: int = 200):
         if index not in ("flat", "hnsw"):
             raise LookalikeError(f"embedded store index must be 'flat' or 'hnsw', got {index!r}")
         self.path = Path(path)
+        # ef_search 200: recall@10 0.957 on 1M × 512 at p50 0.81 ms on 2 cores (64: 0.81; benchmarks/scale.py)
         self.index, self.m, self.ef_construction, self.ef_search = index, m, ef_construction, ef_search
         self._lock = threading.RLock()
         self._stat = None
