@@ -19,6 +19,20 @@ from pathlib import Path
 FASHION = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-products"
 
 
+def every_nth_product(out: Path, n: int) -> list[dict]:
+    """A catalogue of every n-th real product that has its photo (styles.csv + a link to the image folder)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "images").symlink_to(FASHION / "images")
+    with open(FASHION / "styles.csv", newline="", encoding="utf-8") as f, \
+            open(out / "styles.csv", "w", newline="", encoding="utf-8") as g:
+        reader = csv.DictReader(f)
+        writer = csv.DictWriter(g, reader.fieldnames)
+        writer.writeheader()
+        rows = [r for i, r in enumerate(reader) if i % n == 0 and (FASHION / "images" / f"{r['id']}.jpg").exists()]
+        writer.writerows(rows)
+    return rows
+
+
 @functools.cache
 def trained() -> dict:
     from lookalike.config import RunConfig
@@ -27,15 +41,7 @@ def trained() -> dict:
     root = Path(tempfile.mkdtemp(prefix="lookalike-service-test-"))
     atexit.register(shutil.rmtree, root, True)
     cat = root / "catalog"
-    cat.mkdir()
-    (cat / "images").symlink_to(FASHION / "images")
-    with open(FASHION / "styles.csv", newline="", encoding="utf-8") as f, \
-            open(cat / "styles.csv", "w", newline="", encoding="utf-8") as g:
-        reader = csv.DictReader(f)
-        writer = csv.DictWriter(g, reader.fieldnames)
-        writer.writeheader()
-        rows = [r for n, r in enumerate(reader) if n % 330 == 0 and (FASHION / "images" / f"{r['id']}.jpg").exists()]
-        writer.writerows(rows)
+    rows = every_nth_product(cat, 330)
     cfg = RunConfig.model_validate({
         "out_dir": str(root / "run"), "data": {"catalog": str(cat)},
         "train": {"epochs": 1, "batch_size": 64}, "eval": {"sample_queries": 0},

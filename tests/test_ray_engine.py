@@ -4,7 +4,6 @@ images are counted by reason, and an unreachable cluster fails in one line."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from lookalike.encoders.embedder import embed_images
 from lookalike.encoders.registry import image_encoder_for
 from lookalike.errors import LookalikeError
 
-from service_fixtures import FASHION
+from service_fixtures import FASHION, every_nth_product
 from store_servers import pg_url
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -62,14 +61,8 @@ def fresh_cache(tmp_path: Path, name: str, onnx_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def catalog300(tmp_path_factory) -> Path:
     """Every 130th real product (about 300), same layout as fashion-products."""
-    out = tmp_path_factory.mktemp("fashion-300")
-    with open(FASHION / "styles.csv", newline="", encoding="utf-8") as f, \
-            open(out / "styles.csv", "w", newline="", encoding="utf-8") as g:
-        reader = csv.DictReader(f)
-        writer = csv.DictWriter(g, reader.fieldnames)
-        writer.writeheader()
-        writer.writerows(r for n, r in enumerate(reader) if n % 130 == 0 and (FASHION / "images" / f"{r['id']}.jpg").exists())
-    (out / "images").symlink_to(FASHION / "images")
+    out = tmp_path_factory.mktemp("fashion-300") / "catalog"
+    every_nth_product(out, 130)
     return out
 
 
