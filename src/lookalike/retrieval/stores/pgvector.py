@@ -155,14 +155,14 @@ class PgVectorStore(VectorStore):
         return len(new)
 
     def load(self, batches: Iterable[Iterable[StoreItem]], total: int | None = None) -> int:
-        """Each batch COPYs (binary) and merges in its own transaction; when the load is large against the
-        table, the HNSW index is dropped first and built once after the last batch. A crash midway keeps
+        """Each batch COPYs (binary) and merges in its own transaction; when the load (`total`) is large against
+        the table, the indexes are dropped first and built once after the last batch. A crash midway keeps
         the committed batches (each row whole: id, vector and metadata together) and the next open of the
         store rebuilds a missing index."""
         from psycopg import sql
 
         conn = self._conn()
-        defer = total is None or (total >= BULK and total >= len(self) // 4)
+        defer = total is not None and total >= BULK and total >= len(self) // 4  # unknown size: keep the index
         dropped, n, t0 = False, 0, time.perf_counter()
         for batch in batches:
             new = sorted(check_items(batch, self.dim), key=lambda it: it.id)
