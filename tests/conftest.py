@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("LOOKALIKE_CACHE", tempfile.mkdtemp(prefix="lookalike-test-cache-"))
+# One scratch folder per test run, made by the process that starts it; the xdist workers inherit it
+# through the environment, so they share one embedding cache and one copy of what service_fixtures
+# trains. The starting process removes it when the run ends.
+if "LOOKALIKE_TEST_RUN" not in os.environ:
+    os.environ["LOOKALIKE_TEST_RUN"] = tempfile.mkdtemp(prefix="lookalike-test-run-")
+    atexit.register(shutil.rmtree, os.environ["LOOKALIKE_TEST_RUN"], True)
+os.environ.setdefault("LOOKALIKE_CACHE", os.path.join(os.environ["LOOKALIKE_TEST_RUN"], "cache"))
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # The workers split the cores: each runs its inference and BLAS on one thread instead of all fighting
     # over all of them (that oversubscription made the suite ~20% slower on 2 cores).
@@ -53,3 +61,14 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
+
+# The longest modules (measured with --durations) start first: xdist hands whole modules to the workers in
+# collection order (`--dist loadscope --no-loadscope-reorder` in pyproject.toml), so started last one of
+# them kept a single worker busy for half a minute after the other had finished.
+LONGEST_FIRST = ("test_ray_engine.py", "test_service_api.py", "test_pipeline.py", "test_itembank_study.py",
+                 "test_dashboard_browser.py", "test_classify_finetune.py", "test_commands.py", "test_encoders.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order

@@ -1,18 +1,20 @@
-"""A tiny trained model and a small real catalogue, built once per test session for the service tests.
+"""A tiny trained model and a small real catalogue, built once per test run for the service tests.
 
 The catalogue is a styles.csv of every 330th fashion product (about 120, old and new) beside a link
 to the real image folder. The model is trained on it by the real main job (`run_main`) with small
 images for one epoch (the service tests check mechanics, not quality); the store is filled through
-the CLI.
+the CLI. The first test process to need the model trains it under a file lock in the run's scratch
+folder (see conftest); the other xdist workers wait for it and load the same files.
 """
 
 from __future__ import annotations
 
-import atexit
 import csv
+import fcntl
 import functools
+import json
+import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -35,12 +37,25 @@ def every_nth_product(out: Path, n: int) -> list[dict]:
 
 @functools.cache
 def trained() -> dict:
+    root = Path(os.environ["LOOKALIKE_TEST_RUN"]) / "service-model"
+    root.mkdir(exist_ok=True)
+    done = root / "trained.json"
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            done_tmp = root / "trained.json.tmp"
+            done_tmp.write_text(json.dumps(_train(root)))
+            os.replace(done_tmp, done)
+    t = json.loads(done.read_text())
+    return {"root": root, "checkpoint": t["checkpoint"], "catalog": root / "catalog", "rows": t["rows"]}
+
+
+def _train(root: Path) -> dict:
     from lookalike.config import RunConfig
     from lookalike.pipeline import run_main
 
-    root = Path(tempfile.mkdtemp(prefix="lookalike-service-test-"))
-    atexit.register(shutil.rmtree, root, True)
     cat = root / "catalog"
+    shutil.rmtree(cat, ignore_errors=True)  # what a process that failed here left
     rows = every_nth_product(cat, 330)
     cfg = RunConfig.model_validate({
         "out_dir": str(root / "run"), "data": {"catalog": str(cat)},
@@ -49,7 +64,7 @@ def trained() -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         summary = run_main(cfg, progress=False)
-    return {"root": root, "checkpoint": summary["checkpoint"], "catalog": cat, "rows": rows}
+    return {"checkpoint": summary["checkpoint"], "rows": rows}
 
 
 def ingest(store_url: str) -> None:

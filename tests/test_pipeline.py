@@ -22,7 +22,8 @@ def trained(tmp_path_factory, fashion_subset):
         "out_dir": str(out), "data": {"catalog": str(fashion_subset), "limit": 300},
         "train": {"epochs": 3, "batch_size": 64, "patience": 3},
         "eval": {"extra_relevance": {"articleType": ["articleType"]}, "sample_queries": 1},
-        "encoder": {"projection": "pca", "projection_dim": 128}})
+        # Small images: these tests check the job's mechanics; the encoder's own tests use its full size.
+        "encoder": {"projection": "pca", "projection_dim": 128, "image_size": [64, 48]}})
     return out, cfg, run_main(cfg, progress=False)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -316,6 +317,10 @@ def workers_server(tmp_path_factory):
     yield base, t
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(30)
+    # Stopped by SIGTERM, a worker never runs its exit handlers: unless it let go of the in-process
+    # PostgreSQL at shutdown, its stale entry would keep the server running after every test has left.
+    holders = json.loads((Path(os.environ["LOOKALIKE_TEST_RUN"]) / "pgdata" / ".handle_pids.json").read_text())
+    assert os.getpid() in holders and all(psutil.pid_exists(p) for p in holders), holders
 
 
 def _on_every_worker(base: str, path: str, tries: int = 80) -> dict[str, httpx.Response]:

@@ -192,7 +192,7 @@ def cmd_sanity(args) -> None:
     from lookalike.sanity import sanity_check
 
     res = sanity_check(Path(args.out_file), n=args.n, epochs=args.epochs, cache_dir=args.cache_dir,
-                       progress=not args.no_progress)
+                       image_size=args.image_size, progress=not args.no_progress)
     if res["status"] != "PASS":
         sys.exit(1)
 
@@ -283,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--n", type=int, default=600, help="synthetic products")
     sc.add_argument("--epochs", type=int, default=8)
     sc.add_argument("--cache-dir")
+    sc.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                    help="the image encoder's input size (default: the encoder's own, 224 176)")
     sc.add_argument("--no-progress", action="store_true")
     sc.set_defaults(func=cmd_sanity)
 

@@ -25,7 +25,6 @@ from lookalike.encoders.registry import create_text_encoder, image_encoder_for
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.centrality import anchor_mask, centrality_report, centrality_scores
 from lookalike.evaluation.evaluator import RetrievalEvaluator, get_metric, relevance_keys
-from lookalike.evaluation.plots import result_grid, similarity_histogram, training_charts
 from lookalike.model import LookalikeModel, create_model
 from lookalike.provenance import provenance
 from lookalike.towers import AttributeVocab
@@ -203,6 +202,8 @@ def validator(emb: Embedded, idx: np.ndarray, cfg: RunConfig):
 def sample_grids(model: LookalikeModel, emb: Embedded, idx: np.ndarray, ranked: tuple[np.ndarray, np.ndarray | None],
                  results_dir: Path, n: int) -> list[str]:
     """Top-5 grids for a few test queries spread over categories (JSON, text and image queries)."""
+    from lookalike.evaluation.plots import result_grid  # matplotlib: only a training run draws (see run_main)
+
     if n == 0:
         return []
     out = results_dir / "similarity_search"
@@ -292,6 +293,9 @@ def new_model(cfg: RunConfig, prep: Prepared) -> LookalikeModel:
 
 def run_main(cfg: RunConfig, resume: bool = False, progress: bool = True, prep: Prepared | None = None) -> dict:
     """Train and evaluate; returns a summary with the artifact paths."""
+    # matplotlib costs over a second to import; the service, search and ingest import this module but never draw.
+    from lookalike.evaluation.plots import similarity_histogram, training_charts
+
     cfg = cfg.apply_quick()
     t_start = time.perf_counter()
     out = Path(cfg.out_dir)

@@ -21,10 +21,12 @@ from lookalike.training.trainer import seed_everything, train
 
 
 def sanity_check(out_file: Path = Path("temp_logs/sanity_check_results.json"), n: int = 600, epochs: int = 8,
-                 cache_dir: str | None = None, progress: bool = False) -> dict:
+                 cache_dir: str | None = None, image_size: tuple[int, int] | None = None, progress: bool = False) -> dict:
+    encoder = {"projection": "pca", "projection_dim": 64, "cache_dir": cache_dir}
+    if image_size:  # a smaller input makes a quick smoke run (the synthetic shapes survive it)
+        encoder["image_size"] = list(image_size)
     cfg = RunConfig.model_validate({"out_dir": tempfile.mkdtemp(prefix="lookalike-sanity-"),
-                                    "data": {"catalog": f"synthetic:{n}"},
-                                    "encoder": {"projection": "pca", "projection_dim": 64, "cache_dir": cache_dir},
+                                    "data": {"catalog": f"synthetic:{n}"}, "encoder": encoder,
                                     "train": {"epochs": epochs, "batch_size": 64, "patience": epochs, "lr": 2e-3}})
     seed_everything(cfg.train.seed)
     prep = prepare(cfg, progress)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-from scipy.stats import spearmanr
 
 
 def centrality_scores(image_vectors: np.ndarray) -> np.ndarray:
@@ -51,6 +50,8 @@ def centrality_report(scores: np.ndarray, categories: list[str], fraction: float
     if sales is not None:
         known = ~np.isnan(sales)
         if known.sum() >= 3:
+            from scipy.stats import spearmanr  # here: scipy.stats costs ~1 s to import, and every API worker imports this module
+
             rho, p = spearmanr(scores[known], sales[known])
             report["sales"] = {"n": int(known.sum()), "spearman_rho": float(rho), "p_value": float(p)}
     return report

@@ -17,13 +17,22 @@ ENV = "LOOKALIKE_SERVICE_SETTINGS"
 HEADER = b"x-lookalike-worker"
 
 
-class WorkerHeader:
-    """Names the worker process that answered (operators tell workers apart in logs and load tests)."""
+class ServedApp:
+    """The app as a served process runs it: names the worker process that answered (operators tell
+    workers apart in logs and load tests), and at shutdown releases the store, since uvicorn ends a
+    process stopped by SIGTERM without running its exit handlers."""
 
     def __init__(self, app):
         self.app, self.pid = app, str(os.getpid()).encode()
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            async def send_and_release(message):
+                if message["type"] == "lifespan.shutdown.complete":
+                    self.app.state.service.store.release()
+                await send(message)
+
+            return await self.app(scope, receive, send_and_release)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
@@ -42,7 +51,7 @@ def app_from_env():
     raw = os.environ.get(ENV)
     if not raw:
         raise LookalikeError(f"{ENV} is not set: start workers with `lookalike serve --workers N`")
-    return WorkerHeader(create_app(ServiceSettings.model_validate_json(raw)))
+    return ServedApp(create_app(ServiceSettings.model_validate_json(raw)))
 
 
 def serve(settings, host: str, port: int, workers: int = 1, app=None, log_level: str = "warning") -> None:
@@ -52,7 +61,7 @@ def serve(settings, host: str, port: int, workers: int = 1, app=None, log_level:
     if workers == 1:
         from lookalike.service.app import create_app
 
-        uvicorn.run(app or create_app(settings), host=host, port=port, workers=1, log_level=log_level)
+        uvicorn.run(ServedApp(app or create_app(settings)), host=host, port=port, workers=1, log_level=log_level)
         return
     os.environ[ENV] = settings.model_dump_json()
     uvicorn.run("lookalike.service.workers:app_from_env", factory=True, host=host, port=port, workers=workers,

@@ -149,6 +149,10 @@ class VectorStore(ABC):
     def close(self) -> None:
         pass
 
+    def release(self) -> None:
+        """Close, and give up this process's hold on a database it started (see PgVectorStore)."""
+        self.close()
+
     def __enter__(self):
         return self
 

@@ -343,3 +343,13 @@ class PgVectorStore(VectorStore):
             for c in self._conns:
                 c.close()
             self._conns.clear()
+
+    def release(self) -> None:
+        """Close, and drop this process from an in-process pgserver's holders (stopping it if it was the last).
+        pgserver does that at exit, but a process killed by its signal's default action (uvicorn re-raises
+        SIGTERM after a graceful shutdown) never runs its exit handlers, and its stale entry would keep
+        the server running forever."""
+        self.close()
+        if self._keepalive is not None:
+            self._keepalive.cleanup()
+            self._keepalive = None
