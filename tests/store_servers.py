@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import itertools
 import os
+from pathlib import Path
 
 _tables = itertools.count()
 
 
+def pgdata() -> Path:
+    """The run's server's data folder (in the run's scratch folder, see conftest)."""
+    return Path(os.environ["LOOKALIKE_TEST_RUN"]) / "pgdata"
+
+
 def pg_url(prefix: str = "t") -> str:
-    """A fresh table on the run's server (in the run's scratch folder, see conftest)."""
+    """A fresh table on the run's server."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    return f"pgserver://{os.environ['LOOKALIKE_TEST_RUN']}/pgdata?table={prefix}_{worker}_{next(_tables)}"
+    return f"pgserver://{pgdata()}?table={prefix}_{worker}_{next(_tables)}"

@@ -89,7 +89,7 @@ def _kill_an_embedding_actor() -> int:
 
 def test_ray_vectors_equal_local_and_bad_images_are_counted(ray_address, onnx_dir, tmp_path):
     """Also with an actor killed mid-run: Ray restarts it and retries its batch, and the job goes on."""
-    n = 48  # six batches of eight: the kill lands mid-run
+    n = 48  # six batches of eight: the job is still running when its first shard appears
     images = sorted((FASHION / "images").glob("1*.jpg"))[:n]
     (tmp_path / "corrupt.jpg").write_bytes(images[0].read_bytes()[:200])  # a truncated copy of a real photo
     refs = [ImageRef(p) for p in images] + [ImageRef(tmp_path / "corrupt.jpg"), ImageRef(tmp_path / "gone.jpg"),

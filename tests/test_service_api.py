@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from service_fixtures import ingest, make_app, trained
-from store_servers import pg_url
+from store_servers import pg_url, pgdata
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -319,7 +319,7 @@ def workers_server(tmp_path_factory):
     proc.wait(30)
     # Stopped by SIGTERM, a worker never runs its exit handlers: unless it let go of the in-process
     # PostgreSQL at shutdown, its stale entry would keep the server running after every test has left.
-    holders = json.loads((Path(os.environ["LOOKALIKE_TEST_RUN"]) / "pgdata" / ".handle_pids.json").read_text())
+    holders = json.loads((pgdata() / ".handle_pids.json").read_text())
     assert os.getpid() in holders and all(psutil.pid_exists(p) for p in holders), holders
 
 
