@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import shutil
 import tempfile
@@ -69,6 +70,29 @@ LONGEST_FIRST = ("test_ray_engine.py", "test_service_api.py", "test_pipeline.py"
                  "test_dashboard_browser.py", "test_classify_finetune.py", "test_commands.py", "test_encoders.py")
 
 
+# Modules that pay the same costly per-process start-up run on one worker, as one unit: both users of Kiwi's
+# morphological analyser load its model (2 s of CPU) once.
+SAME_WORKER = {"test_itembank_study.py": "kiwi", "test_bm25_korean.py": "kiwi"}
+
+
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's module scheduling (`--dist loadscope`), with the modules of SAME_WORKER joined into one unit."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SAME_WORKER.get(module.rsplit("/", 1)[-1], module)
+
+    return ModuleGroups(config, log)
+
+
+def pytest_unconfigure(config):
+    """The process is about to end: its last garbage collections would walk every object that torch, Ray,
+    Kiwi … made (about 2 s a worker, while the run waits for it), so they skip what exists now."""
+    gc.freeze()

@@ -99,6 +99,9 @@ def test_upsert_is_idempotent_and_updates_in_place(store):
     np.testing.assert_allclose(got.vector, items[0].vector / np.linalg.norm(items[0].vector), atol=1e-6)
     assert len(store) == 30 and store.search(items[0].vector, 2, {"category": "hats"})[0][0][0] == "p0001"
     assert store.get("nope") is None
+    ids, vectors, metadata = store.items()
+    store.upsert([StoreItem(i, v, {**m, "year": 1999}) for i, v, m in zip(ids, vectors, metadata)])
+    assert np.array_equal(store.items()[1], vectors)  # a metadata edit keeps every stored vector bit for bit
 
 
 def test_delete_removes_from_search_at_once(store):

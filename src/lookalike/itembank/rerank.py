@@ -41,8 +41,9 @@ class PairFeatureReranker:
 
     def features(self, query: str, docs: np.ndarray) -> np.ndarray:
         """(len(docs), len(FEATURES)) for one query against bank rows `docs`."""
-        qv = self.dense.embed([query])[0]
-        qtok = self.bm25.tokenizer([query])[0]
+        j = self._pos.get(query)  # a bank item as the query (item-to-item): its vector and morphemes are known
+        qv = self.dense.embed([query])[0] if j is None else self.dense.vectors[j]
+        qtok = self.bm25.tokenizer([query])[0] if j is None else self.bm25.doc_tokens[j]
         qset, qnum = set(qtok), {t for t in qtok if t[:1].isdigit()}
         bm = self.bm25.score_tokens([qtok])[0][docs]
         tf = (self._doc_tfidf[docs] @ self._tfidf.transform([query]).T).toarray()[:, 0]

@@ -53,7 +53,9 @@ def check_items(items: Iterable[StoreItem], dim: int) -> list[StoreItem]:
             if not ok:
                 raise LookalikeError(f"item {it.id!r}: metadata field {k!r} has unsupported value {val!r} "
                                      "(string, number, boolean or list of strings)")
-        out[it.id] = StoreItem(it.id, v / norm, dict(it.metadata))
+        # A vector that is already unit (one read back from a store) is kept bit for bit: dividing it by its
+        # norm again moves it by an ulp, so an update that keeps the image would change its vector.
+        out[it.id] = StoreItem(it.id, v if abs(norm - 1.0) <= 1e-6 else v / norm, dict(it.metadata))
     return list(out.values())
 
 
