@@ -70,9 +70,10 @@ LONGEST_FIRST = ("test_ray_engine.py", "test_service_api.py", "test_pipeline.py"
                  "test_dashboard_browser.py", "test_classify_finetune.py", "test_commands.py", "test_encoders.py")
 
 
-# Modules that pay the same costly per-process start-up run on one worker, as one unit: both users of Kiwi's
-# morphological analyser load its model (2 s of CPU) once.
-SAME_WORKER = {"test_itembank_study.py": "kiwi", "test_bm25_korean.py": "kiwi"}
+# Modules that pay the same costly per-process start-up run on one worker, as one unit, so it is paid once:
+# loading Kiwi's morphological analyser (2 s of CPU), importing transformers' model classes (2.5 s).
+SAME_WORKER = {"test_itembank_study.py": "kiwi", "test_bm25_korean.py": "kiwi",
+               "test_clip_encoders.py": "transformers", "test_itembank_models.py": "transformers"}
 
 
 def pytest_collection_modifyitems(items):
