@@ -76,15 +76,13 @@ def cached(root: Path, cfg: EncoderConfig) -> dict[str, np.ndarray]:
     return out
 
 
-def _kill_an_embedding_actor() -> int:
+def _kill_an_embedding_actor() -> None:
     """SIGKILL the newest Ray Data encoder actor on this test's Ray (its workers descend from this process)."""
     import psutil
 
     actors = [p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] and "MapWorker" in p.cmdline()[0]]
     assert actors, "no encoder actor to kill"
-    newest = max(actors, key=lambda p: p.create_time())
-    os.kill(newest.pid, signal.SIGKILL)
-    return newest.pid
+    os.kill(max(actors, key=lambda p: p.create_time()).pid, signal.SIGKILL)
 
 
 def _until(done, seconds: float = 90) -> None:
@@ -160,6 +158,7 @@ def test_a_killed_job_resumes_and_ray_ingest_stores_exactly_the_catalogue(ray_ad
                             "--cache-dir", str(ray_cache), "--engine", "ray", "--address", ray_address, "--num-actors", "1",
                             "--batch-size", "4", "--shard-size", "4", "--no-progress"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
     def shards() -> int:
         return len(list(ray_cache.glob("image-*/shard-*.npz")))
 
