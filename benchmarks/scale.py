@@ -64,7 +64,9 @@ def du_gib(path: Path) -> float:
 
 
 def recall(approx: list[list], exact: list[np.ndarray], ids: np.ndarray) -> float:
-    return float(np.mean([len({i for i, _ in a} & set(ids[e].tolist())) / max(len(e), 1) for a, e in zip(approx, exact)]))
+    return float(
+        np.mean([len({i for i, _ in a} & set(ids[e].tolist())) / max(len(e), 1) for a, e in zip(approx, exact)])
+    )
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -72,8 +74,8 @@ def real_vectors(cache_dir: str | None) -> tuple[np.ndarray, list[str], np.ndarr
     """The real catalogue's frozen image vectors in the 512-d space the towers follow (PCA fitted on them)."""
     from lookalike.catalogue import load_catalogue
     from lookalike.config import RunConfig
+    from lookalike.encoders.embedding import embed_catalogue
     from lookalike.encoders.projection import ImageSpace
-    from lookalike.pipeline import embed_catalogue
     from lookalike.recommend.newness import NewRule
 
     cfg = RunConfig.model_validate({"data": {"catalog": str(CATALOG)}, "encoder": {"cache_dir": cache_dir}})
@@ -97,8 +99,11 @@ def synthetic(n: int, seed: int, clusters: int = 2000, subspace: int = 32) -> tu
     x = np.empty((n, DIM), np.float32)
     for s in range(0, n, 100_000):
         e = min(n, s + 100_000)
-        x[s:e] = (centres[label[s:e]] + 0.6 * rng.standard_normal((e - s, subspace), dtype=np.float32) @ basis
-                  + 0.2 / np.sqrt(DIM) * rng.standard_normal((e - s, DIM), dtype=np.float32))
+        x[s:e] = (
+            centres[label[s:e]]
+            + 0.6 * rng.standard_normal((e - s, subspace), dtype=np.float32) @ basis
+            + 0.2 / np.sqrt(DIM) * rng.standard_normal((e - s, DIM), dtype=np.float32)
+        )
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x, label
 
@@ -116,8 +121,13 @@ def dataset(n: int, seed: int, work: Path, cache_dir: str | None) -> dict:
     rng = np.random.default_rng(seed + 1)
     cats = np.array([f"cat-{c % 50:02d}" for c in label] + rcat)
     ids = np.array([f"s{i:08d}" for i in range(n)] + [f"r{i}" for i in rids])
-    meta = {"ids": ids, "is_new": np.concatenate([rng.random(n) < 0.2, rnew]), "category": cats,
-            "n_synthetic": np.int64(n), "n_real": np.int64(len(rids))}
+    meta = {
+        "ids": ids,
+        "is_new": np.concatenate([rng.random(n) < 0.2, rnew]),
+        "category": cats,
+        "n_synthetic": np.int64(n),
+        "n_real": np.int64(len(rids)),
+    }
     vectors = np.concatenate([sx, rx])
     del sx
     work.mkdir(parents=True, exist_ok=True)
@@ -140,8 +150,10 @@ def batches(d: dict, size: int = 10_000):
 
     ids, x, new, cat = d["ids"], d["vectors"], d["is_new"], d["category"]
     for s in range(0, len(ids), size):
-        yield [StoreItem(str(ids[i]), x[i], {"is_new": bool(new[i]), "category": str(cat[i])})
-               for i in range(s, min(len(ids), s + size))]
+        yield [
+            StoreItem(str(ids[i]), x[i], {"is_new": bool(new[i]), "category": str(cat[i])})
+            for i in range(s, min(len(ids), s + size))
+        ]
 
 
 def ground_truth(d: dict, q: np.ndarray, k: int, mask: np.ndarray | None) -> list[np.ndarray]:
@@ -175,12 +187,17 @@ def bench_store(name: str, store, d: dict, q: np.ndarray, k: int, exact_n: int, 
             t = time.perf_counter()
             store.search(v, k, flt)
             exact_ms.append((time.perf_counter() - t) * 1000)
-        r = out[fname] = {"recall@10": round(recall(got, truth, d["ids"]), 4), **pct(ms),
-                          "exact": pct(exact_ms),
-                          "rows_passing": int(len(d["ids"]) if masks[fname] is None else masks[fname].sum())}
-        log(f"  {name:<9} filter {fname:<8} ({r['rows_passing']:>9,} rows pass): HNSW recall@10 {r['recall@10']:.4f}, "
+        r = out[fname] = {
+            "recall@10": round(recall(got, truth, d["ids"]), 4),
+            **pct(ms),
+            "exact": pct(exact_ms),
+            "rows_passing": int(len(d["ids"]) if masks[fname] is None else masks[fname].sum()),
+        }
+        log(
+            f"  {name:<9} filter {fname:<8} ({r['rows_passing']:>9,} rows pass): HNSW recall@10 {r['recall@10']:.4f}, "
             f"p50 {r['p50_ms']:.2f} ms, p95 {r['p95_ms']:.2f} ms; exact search p50 {r['exact']['p50_ms']:.1f} ms "
-            f"({exact_n} queries)")
+            f"({exact_n} queries)"
+        )
     return out
 
 
@@ -197,8 +214,10 @@ def ef_sweep(name: str, store, d: dict, q: np.ndarray, k: int, values: list[int]
             ms.append((time.perf_counter() - t) * 1000)
         out[ef] = {"recall@10": round(recall(got, truth, d["ids"]), 4), **pct(ms)}
     store.ef_search = default
-    log(f"  {name:<9} ef_search sweep, no filter: " + "; ".join(
-        f"{ef}: recall {r['recall@10']:.4f}, p50 {r['p50_ms']:.2f} ms" for ef, r in out.items()))
+    log(
+        f"  {name:<9} ef_search sweep, no filter: "
+        + "; ".join(f"{ef}: recall {r['recall@10']:.4f}, p50 {r['p50_ms']:.2f} ms" for ef, r in out.items())
+    )
     return out
 
 
@@ -208,8 +227,10 @@ def neighbour_stats(d: dict, q: np.ndarray, k: int = 10) -> dict:
 
     D, _ = faiss.knn(q, d["vectors"], k, metric=faiss.METRIC_INNER_PRODUCT)
     real = np.arange(len(q)) >= len(q) - len(q) // 5
-    return {kind: {"top1": round(float(D[m, 0].mean()), 3), "top10": round(float(D[m, k - 1].mean()), 3)}
-            for kind, m in (("synthetic", ~real), ("real", real))}
+    return {
+        kind: {"top1": round(float(D[m, 0].mean()), 3), "top10": round(float(D[m, k - 1].mean()), 3)}
+        for kind, m in (("synthetic", ~real), ("real", real))
+    }
 
 
 def part_stores(args, d: dict) -> dict:
@@ -217,10 +238,17 @@ def part_stores(args, d: dict) -> dict:
     q = queries(d, args.queries, args.seed)
     cats, counts = np.unique(d["category"][: int(d["n_synthetic"])], return_counts=True)
     category = str(cats[np.argmin(np.abs(counts - np.median(counts)))])  # a typical ~2% category
-    res: dict = {"n_vectors": n, "dim": DIM, "queries": len(q), "category_filter": category,
-                 "neighbours": neighbour_stats(d, q)}
-    log(f"queries: {len(q)} ({len(q) // 5} near real products); mean cosine of the 1st / 10th exact neighbour: "
-        + ", ".join(f"{kind} {v['top1']} / {v['top10']}" for kind, v in res["neighbours"].items()))
+    res: dict = {
+        "n_vectors": n,
+        "dim": DIM,
+        "queries": len(q),
+        "category_filter": category,
+        "neighbours": neighbour_stats(d, q),
+    }
+    log(
+        f"queries: {len(q)} ({len(q) // 5} near real products); mean cosine of the 1st / 10th exact neighbour: "
+        + ", ".join(f"{kind} {v['top1']} / {v['top10']}" for kind, v in res["neighbours"].items())
+    )
 
     if "pgvector" in args.stores.split(","):
         res["pgvector"] = store_pgvector(args, d, q, category)
@@ -235,8 +263,10 @@ def store_pgvector(args, d: dict, q: np.ndarray, category: str) -> dict:
     n = len(d["ids"])
     ef = f"&ef_search={args.ef_search}" if args.ef_search else ""  # else each store's default
     pgdir = Path(args.work) / "pgdata"
-    url = (f"pgserver://{pgdir}?table=scale&maintenance_work_mem={args.maintenance_work_mem}"
-           f"&build_workers={args.build_workers}&m=16&ef_construction=64{ef}")
+    url = (
+        f"pgserver://{pgdir}?table=scale&maintenance_work_mem={args.maintenance_work_mem}"
+        f"&build_workers={args.build_workers}&m=16&ef_construction=64{ef}"
+    )
     if args.reuse and pgdir.exists():
         pg = open_store(url)
         assert len(pg) == n, f"{pgdir} holds {len(pg)} rows, not {n}: run without --reuse"
@@ -253,18 +283,33 @@ def store_pgvector(args, d: dict, q: np.ndarray, category: str) -> dict:
         t = time.perf_counter()
         pg.load(batches(d), total=n)
         r = {"load_wall_s": round(time.perf_counter() - t, 1), **pg.last_load}
-    sizes = pg._conn().execute("SELECT pg_table_size('scale'), pg_indexes_size('scale'), "
-                               "pg_relation_size('scale_hnsw')").fetchone()
-    r.update({"table_gib": round(sizes[0] / 2**30, 2), "indexes_gib": round(sizes[1] / 2**30, 2),
-              "hnsw_gib": round(sizes[2] / 2**30, 2), "pgdata_disk_gib": du_gib(pgdir), "m": 16,
-              "ef_construction": 64, "ef_search": pg.ef_search,
-              "shared_buffers": pg._conn().execute("SHOW shared_buffers").fetchone()[0]})
+    sizes = (
+        pg._conn()
+        .execute("SELECT pg_table_size('scale'), pg_indexes_size('scale'), pg_relation_size('scale_hnsw')")
+        .fetchone()
+    )
+    r.update(
+        {
+            "table_gib": round(sizes[0] / 2**30, 2),
+            "indexes_gib": round(sizes[1] / 2**30, 2),
+            "hnsw_gib": round(sizes[2] / 2**30, 2),
+            "pgdata_disk_gib": du_gib(pgdir),
+            "m": 16,
+            "ef_construction": 64,
+            "ef_search": pg.ef_search,
+            "shared_buffers": pg._conn().execute("SHOW shared_buffers").fetchone()[0],
+        }
+    )
     if "load_s" in r:
-        log(f"pgvector: {n:,} rows bulk-loaded in {r['load_s']} s (COPY binary, 10k rows a transaction); HNSW and the "
+        log(
+            f"pgvector: {n:,} rows bulk-loaded in {r['load_s']} s (COPY binary, 10k rows a transaction); HNSW and the "
             f"GIN metadata index built after the load in {r['index_build_s']} s ({args.build_workers} parallel "
-            f"workers, maintenance_work_mem {args.maintenance_work_mem})")
-    log(f"pgvector: table {r['table_gib']} GiB, indexes {r['indexes_gib']} GiB (HNSW {r['hnsw_gib']} GiB), pgdata "
-        f"{r['pgdata_disk_gib']} GiB on disk; shared_buffers {r['shared_buffers']}, ef_search {r['ef_search']}")
+            f"workers, maintenance_work_mem {args.maintenance_work_mem})"
+        )
+    log(
+        f"pgvector: table {r['table_gib']} GiB, indexes {r['indexes_gib']} GiB (HNSW {r['hnsw_gib']} GiB), pgdata "
+        f"{r['pgdata_disk_gib']} GiB on disk; shared_buffers {r['shared_buffers']}, ef_search {r['ef_search']}"
+    )
     r["search"] = bench_store("pgvector", pg, d, q, 10, args.exact_queries, category)
     r["ef_search_sweep"] = ef_sweep("pgvector", pg, d, q, 10, [40, 100, 200, 400])
     pg.close()
@@ -294,12 +339,24 @@ def store_embedded(args, d: dict, q: np.ndarray, category: str) -> dict:
         t = time.perf_counter()
         store.search(q[0], 10, exact=False)  # builds the graph and saves it beside the snapshot
         r = {"load_s": round(load_s, 1), "index_build_s": round(time.perf_counter() - t, 1)}
-        log(f"embedded: {n:,} rows loaded in {r['load_s']} s (one snapshot), FAISS HNSW built in {r['index_build_s']} s")
-    r.update({"process_rss_gib": rss_gib(), "rss_before_gib": before, "disk_gib": du_gib(edir), "m": 32,
-              "ef_construction": 80, "ef_search": store.ef_search})
-    log(f"embedded: process RSS {r['rss_before_gib']} → {r['process_rss_gib']} GiB with the store open (the "
+        log(
+            f"embedded: {n:,} rows loaded in {r['load_s']} s (one snapshot), FAISS HNSW built in {r['index_build_s']} s"
+        )
+    r.update(
+        {
+            "process_rss_gib": rss_gib(),
+            "rss_before_gib": before,
+            "disk_gib": du_gib(edir),
+            "m": 32,
+            "ef_construction": 80,
+            "ef_search": store.ef_search,
+        }
+    )
+    log(
+        f"embedded: process RSS {r['rss_before_gib']} → {r['process_rss_gib']} GiB with the store open (the "
         f"benchmark's own copy of the data is in both), {r['disk_gib']} GiB on disk (snapshot + graph), "
-        f"ef_search {r['ef_search']}")
+        f"ef_search {r['ef_search']}"
+    )
     r["search"] = bench_store("embedded", store, d, q, 10, args.exact_queries, category)
     r["ef_search_sweep"] = ef_sweep("embedded", store, d, q, 10, [40, 100, 200, 400])
     store.close()
@@ -350,8 +407,13 @@ def stage(name: str, work: Path, bank: int, eval_queries: int) -> dict:
         what = f"top10_to_new: 20 best sellers by centrality over the {len(store):,}-product embedded store"
     else:
         raise SystemExit(f"unknown stage {name}")
-    return {"what": what, "seconds": round(time.perf_counter() - t, 1), "rss_after_load_gib": base,
-            "peak_rss_gib": peak_rss_gib(), "new_share": round(float(new.mean()), 3)}
+    return {
+        "what": what,
+        "seconds": round(time.perf_counter() - t, 1),
+        "rss_after_load_gib": base,
+        "peak_rss_gib": peak_rss_gib(),
+        "new_share": round(float(new.mean()), 3),
+    }
 
 
 def part_memory(args) -> dict:
@@ -361,15 +423,27 @@ def part_memory(args) -> dict:
             log("  top10_to_new: skipped, no embedded store yet (run the stores part first)")
             continue
         res_file = Path(args.work) / f"stage-{name}.json"
-        cmd = [sys.executable, __file__, "--stage", name, "--work", args.work, "--bank", str(args.bank),
-               "--eval-queries", str(args.eval_queries)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--stage",
+            name,
+            "--work",
+            args.work,
+            "--bank",
+            str(args.bank),
+            "--eval-queries",
+            str(args.eval_queries),
+        ]
         with open(res_file, "w") as f:
             rc = subprocess.run(cmd, stdout=f).returncode
         if rc != 0:
             raise SystemExit(f"stage {name} failed (exit {rc})")
         out[name] = r = json.loads(res_file.read_text())
-        log(f"  {r['what']}: {r['seconds']} s, peak RSS {r['peak_rss_gib']} GiB "
-            f"(data alone {r['rss_after_load_gib']} GiB)")
+        log(
+            f"  {r['what']}: {r['seconds']} s, peak RSS {r['peak_rss_gib']} GiB "
+            f"(data alone {r['rss_after_load_gib']} GiB)"
+        )
     return out
 
 
@@ -379,7 +453,7 @@ def part_embedding(args) -> dict:
     from lookalike.config import RunConfig
     from lookalike.distributed.ray_engine import embed_images_ray
     from lookalike.encoders.embedder import embed_images
-    from lookalike.pipeline import image_encoder
+    from lookalike.encoders.embedding import image_encoder
 
     cat = load_catalogue(str(CATALOG))
     refs = [p.image for p in cat.products[: args.images]]
@@ -428,7 +502,9 @@ def part_embedding(args) -> dict:
         ray.data.range(8, override_num_blocks=2).map_batches(Nop, compute=ray.data.ActorPoolStrategy(size=1)).take_all()
         res.setdefault(f"ray_start_{cpus}cpu_s", []).append(round(time.perf_counter() - t, 1))
         try:
-            return cold(lambda d: embed_images_ray(refs, cfg.encoder, d, num_cpus=cpus, batch_size=cfg.encoder.batch_size))
+            return cold(
+                lambda d: embed_images_ray(refs, cfg.encoder, d, num_cpus=cpus, batch_size=cfg.encoder.batch_size)
+            )
         finally:
             ray.shutdown()
 
@@ -437,7 +513,9 @@ def part_embedding(args) -> dict:
     for r in range(args.rounds):
         local, on2 = cold(lambda d: embed_images(refs, enc, d, cfg.encoder.batch_size, progress=False)), on_ray(2)
         res["rounds"].append({"local_2cpu": local, "ray_2cpu": on2, "ray_vs_local": round(on2 / local, 3)})
-        log(f"round {r + 1}/{args.rounds}: local 2 CPUs {local} img/s, Ray 2 CPUs {on2} img/s = {on2 / local:.3f}× local")
+        log(
+            f"round {r + 1}/{args.rounds}: local 2 CPUs {local} img/s, Ray 2 CPUs {on2} img/s = {on2 / local:.3f}× local"
+        )
     res["ray_1cpu"] = on_ray(1)
 
     def overall(key: str) -> float:
@@ -450,17 +528,24 @@ def part_embedding(args) -> dict:
     for cpus in (1, 2):
         start = float(np.mean(res[f"ray_start_{cpus}cpu_s"]))
         res[f"ray_{cpus}cpu_with_start"] = round(len(refs) / (len(refs) / res[f"ray_{cpus}cpu"] + start), 1)
-    log(f"embedding {len(refs)} real images at {tuple(cfg.encoder.image_size)} (wall clock, cold embedding cache, warm page "
+    log(
+        f"embedding {len(refs)} real images at {tuple(cfg.encoder.image_size)} (wall clock, cold embedding cache, warm page "
         f"cache, {args.rounds} alternating rounds): local 2 CPUs {res['local_2cpu']} img/s; Ray 2 CPUs {res['ray_2cpu']} "
         f"img/s = {res['ray_vs_local']}× local (goal ≥ 0.9×), Ray 1 CPU {res['ray_1cpu']} img/s, 2 vs 1 CPU "
         f"{res['ray_2_vs_1cpu']}×. Ray's start-up, not in those: {res['ray_start_2cpu_s']} s (2 CPUs), "
-        f"{res['ray_start_1cpu_s']} s (1 CPU); with it, {res['ray_2cpu_with_start']} and {res['ray_1cpu_with_start']} img/s")
+        f"{res['ray_start_1cpu_s']} s (1 CPU); with it, {res['ray_2cpu_with_start']} and {res['ray_1cpu_with_start']} img/s"
+    )
     per_core = res["ray_1cpu"]
-    res["projection"] = {"basis_img_s_per_core": per_core,
-                         "core_hours_1M": round(1e6 / per_core / 3600, 1), "core_hours_10M": round(1e7 / per_core / 3600, 1)}
-    log(f"PROJECTION (not measured at that size; linear in images, from Ray at 1 CPU = {per_core} img/s per core): "
+    res["projection"] = {
+        "basis_img_s_per_core": per_core,
+        "core_hours_1M": round(1e6 / per_core / 3600, 1),
+        "core_hours_10M": round(1e7 / per_core / 3600, 1),
+    }
+    log(
+        f"PROJECTION (not measured at that size; linear in images, from Ray at 1 CPU = {per_core} img/s per core): "
         f"1M images ≈ {res['projection']['core_hours_1M']} core-hours, 10M ≈ {res['projection']['core_hours_10M']} "
-        f"core-hours (divide by the cluster's cores; e.g. 64 cores: {res['projection']['core_hours_10M'] / 64:.1f} h for 10M)")
+        f"core-hours (divide by the cluster's cores; e.g. 64 cores: {res['projection']['core_hours_10M'] / 64:.1f} h for 10M)"
+    )
     return res
 
 
@@ -500,8 +585,10 @@ def main() -> None:
     if "stores" in parts or "memory" in parts:
         t = time.perf_counter()
         d = dataset(args.n, args.seed, work, args.cache_dir)
-        log(f"data: {int(d['n_synthetic']):,} synthetic clustered + {int(d['n_real']):,} real fashion-products vectors, "
-            f"{DIM}-d ({time.perf_counter() - t:.0f} s to make or read)")
+        log(
+            f"data: {int(d['n_synthetic']):,} synthetic clustered + {int(d['n_real']):,} real fashion-products vectors, "
+            f"{DIM}-d ({time.perf_counter() - t:.0f} s to make or read)"
+        )
         if "stores" in parts:
             report["stores"] = part_stores(args, d)
         del d

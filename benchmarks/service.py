@@ -32,8 +32,11 @@ from serving import Server, schemathesis  # noqa: E402
 
 def pct(ms: list[float]) -> dict:
     a = np.asarray(ms)
-    return {"n": len(a), "mean_ms": round(float(a.mean()), 2),
-            **{f"p{q}_ms": round(float(np.percentile(a, q)), 2) for q in (50, 95, 99)}}
+    return {
+        "n": len(a),
+        "mean_ms": round(float(a.mean()), 2),
+        **{f"p{q}_ms": round(float(np.percentile(a, q)), 2) for q in (50, 95, 99)},
+    }
 
 
 def timed(fn, queries) -> tuple[list, list[float]]:
@@ -77,16 +80,22 @@ def main() -> None:
     from fastapi.testclient import TestClient
 
     from lookalike.catalogue import load_catalogue
+    from lookalike.inference import QueryEncoder
     from lookalike.provenance import provenance
-    from lookalike.recommend.catalogue import QueryEncoder, ingest_catalogue
+    from lookalike.recommend.catalogue import ingest_catalogue
     from lookalike.recommend.newness import FASHION_PRODUCTS_NEW
     from lookalike.retrieval.stores import open_store
     from lookalike.service.app import ServiceSettings, create_app
 
     work = Path(args.work or tempfile.mkdtemp(prefix="lookalike-service-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    res: dict = {**provenance(), "model": args.model, "catalog": args.catalog, "cpu_count": os.cpu_count(),
-                 "load_average_at_start": os.getloadavg()}
+    res: dict = {
+        **provenance(),
+        "model": args.model,
+        "catalog": args.catalog,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+    }
     rng = np.random.default_rng(0)
 
     # 1. ingest --------------------------------------------------------------------------------------
@@ -97,14 +106,23 @@ def main() -> None:
     t = time.perf_counter()
     rep = ingest_catalogue(store, cat, enc, FASHION_PRODUCTS_NEW, progress=True)
     res["ingest_embedded"] = {**rep, "seconds": round(time.perf_counter() - t, 1)}
-    log(f"ingested {rep['ingested']} products ({rep['new']} new by {rep['rule']}) into {url} "
-        f"in {res['ingest_embedded']['seconds']} s")
+    log(
+        f"ingested {rep['ingested']} products ({rep['new']} new by {rep['rule']}) into {url} "
+        f"in {res['ingest_embedded']['seconds']} s"
+    )
     ids, vectors, meta = store.items()
     new_mask = np.array([m["is_new"] for m in meta])
 
     # 2. service latency -----------------------------------------------------------------------------
-    app = create_app(ServiceSettings(checkpoint=args.model, store=url, catalog=args.catalog,
-                                     upload_dir=str(work / "uploads"), cache_dir=args.cache_dir))
+    app = create_app(
+        ServiceSettings(
+            checkpoint=args.model,
+            store=url,
+            catalog=args.catalog,
+            upload_dir=str(work / "uploads"),
+            cache_dir=args.cache_dir,
+        )
+    )
     client = TestClient(app)
     by_id = rng.choice(ids, args.requests)
     images = [cat.products[i].image.path for i in rng.integers(0, len(cat.products), args.requests)]
@@ -116,9 +134,13 @@ def main() -> None:
     def ok(r) -> bool:
         return r.status_code == 200 and len(r.json()["items"]) == 10
 
-    for name, payloads in (("by_product_id", [{"data": {"product_id": pid, "k": 10}} for pid in by_id]),
-                           ("by_uploaded_image", [{"files": {"image": ("q.jpg", p.read_bytes(), "image/jpeg")},
-                                                   "data": {"k": 10}} for p in images])):
+    for name, payloads in (
+        ("by_product_id", [{"data": {"product_id": pid, "k": 10}} for pid in by_id]),
+        (
+            "by_uploaded_image",
+            [{"files": {"image": ("q.jpg", p.read_bytes(), "image/jpeg")}, "data": {"k": 10}} for p in images],
+        ),
+    ):
         responses, ms = timed(lambda kw: client.post("/api/recommend/customer_input", **kw), payloads)
         succ = sum(ok(r) for r in responses) / len(responses)
         res[f"customer_input_{name}"] = {**pct(ms), "success_rate": succ}
@@ -136,10 +158,19 @@ def main() -> None:
     flat_new.add(new_vecs)
     cmp = {}
     for label, store_fn, np_fn, faiss_fn in (
-            ("whole catalogue", lambda q: store.search(q, 10)[0], lambda q: topk_numpy(q, vectors, 10),
-             lambda q: flat.search(q[None, :], 10)),
-            ("new products (is_new filter)", lambda q: store.search(q, 10, {"is_new": True})[0],
-             lambda q: topk_numpy(q, new_vecs, 10), lambda q: flat_new.search(q[None, :], 10))):
+        (
+            "whole catalogue",
+            lambda q: store.search(q, 10)[0],
+            lambda q: topk_numpy(q, vectors, 10),
+            lambda q: flat.search(q[None, :], 10),
+        ),
+        (
+            "new products (is_new filter)",
+            lambda q: store.search(q, 10, {"is_new": True})[0],
+            lambda q: topk_numpy(q, new_vecs, 10),
+            lambda q: flat_new.search(q[None, :], 10),
+        ),
+    ):
         for fn in (store_fn, np_fn, faiss_fn):  # warm-up
             fn(qs[0])
         got, ms_store = timed(store_fn, qs)
@@ -148,13 +179,20 @@ def main() -> None:
         rows = vectors if label == "whole catalogue" else new_vecs
         id_list = ids if label == "whole catalogue" else [ids[r] for r in new_rows]
         same = np.mean([{i for i, _ in g} == {id_list[j] for j in w} for g, w in zip(got, want)])
-        cmp[label] = {"store_exact": pct(ms_store), "numpy": pct(ms_np), "faiss_flat": pct(ms_faiss),
-                      "ratio_store_vs_numpy_mean": round(np.mean(ms_store) / np.mean(ms_np), 3),
-                      "ratio_store_vs_faiss_mean": round(np.mean(ms_store) / np.mean(ms_faiss), 3),
-                      "same_top10_as_numpy": float(same), "gallery": len(rows)}
-        log(f"exact search, {label} ({len(rows)} vectors): store {np.mean(ms_store):.2f} ms, numpy {np.mean(ms_np):.2f} ms, "
+        cmp[label] = {
+            "store_exact": pct(ms_store),
+            "numpy": pct(ms_np),
+            "faiss_flat": pct(ms_faiss),
+            "ratio_store_vs_numpy_mean": round(np.mean(ms_store) / np.mean(ms_np), 3),
+            "ratio_store_vs_faiss_mean": round(np.mean(ms_store) / np.mean(ms_faiss), 3),
+            "same_top10_as_numpy": float(same),
+            "gallery": len(rows),
+        }
+        log(
+            f"exact search, {label} ({len(rows)} vectors): store {np.mean(ms_store):.2f} ms, numpy {np.mean(ms_np):.2f} ms, "
             f"FAISS flat {np.mean(ms_faiss):.2f} ms per query; store/numpy {cmp[label]['ratio_store_vs_numpy_mean']}×, "
-            f"store/FAISS {cmp[label]['ratio_store_vs_faiss_mean']}×; same top-10 {same:.1%}")
+            f"store/FAISS {cmp[label]['ratio_store_vs_faiss_mean']}×; same top-10 {same:.1%}"
+        )
     res["exact_vs_brute_force"] = cmp
 
     # 4. HNSW recall and speed-up --------------------------------------------------------------------
@@ -166,13 +204,22 @@ def main() -> None:
     approx, ms_hnsw = timed(lambda q: hn.search(q, 10, exact=False)[0], qs)
     exact_new = [store.search(q, 10, {"is_new": True})[0] for q in qs]
     approx_new, ms_hnsw_new = timed(lambda q: hn.search(q, 10, {"is_new": True}, exact=False)[0], qs)
-    res["hnsw_embedded"] = {"m": 32, "ef_search": 64, "build_s": round(build, 1),
-                            "recall@10": recall(approx, exact_all), "recall@10_is_new_filter": recall(approx_new, exact_new),
-                            "exact": pct(ms_exact), "hnsw": pct(ms_hnsw), "hnsw_is_new_filter": pct(ms_hnsw_new),
-                            "speedup_mean": round(np.mean(ms_exact) / np.mean(ms_hnsw), 2)}
-    log(f"embedded HNSW (FAISS, M=32, efSearch=64, built in {build:.1f} s): recall@10 {res['hnsw_embedded']['recall@10']:.4f} "
+    res["hnsw_embedded"] = {
+        "m": 32,
+        "ef_search": 64,
+        "build_s": round(build, 1),
+        "recall@10": recall(approx, exact_all),
+        "recall@10_is_new_filter": recall(approx_new, exact_new),
+        "exact": pct(ms_exact),
+        "hnsw": pct(ms_hnsw),
+        "hnsw_is_new_filter": pct(ms_hnsw_new),
+        "speedup_mean": round(np.mean(ms_exact) / np.mean(ms_hnsw), 2),
+    }
+    log(
+        f"embedded HNSW (FAISS, M=32, efSearch=64, built in {build:.1f} s): recall@10 {res['hnsw_embedded']['recall@10']:.4f} "
         f"(is_new filter {res['hnsw_embedded']['recall@10_is_new_filter']:.4f}); {np.mean(ms_hnsw):.3f} ms vs exact "
-        f"{np.mean(ms_exact):.3f} ms per query = {res['hnsw_embedded']['speedup_mean']}× speed-up")
+        f"{np.mean(ms_exact):.3f} ms per query = {res['hnsw_embedded']['speedup_mean']}× speed-up"
+    )
 
     if not args.skip_pg:
         from lookalike.retrieval.stores import StoreItem
@@ -185,14 +232,22 @@ def main() -> None:
         pg_approx, ms_pg_hnsw = timed(lambda q: pg.search(q, 10, exact=False)[0], qs)
         pg_approx_new = [pg.search(q, 10, {"is_new": True}, exact=False)[0] for q in qs]
         same = np.mean([[i for i, _ in a] == [i for i, _ in b] for a, b in zip(pg_exact, exact_all)])
-        res["pgvector"] = {"load_with_index_build_s": round(load_s, 1), "exact_same_top10_as_embedded": float(same),
-                           "recall@10": recall(pg_approx, exact_all), "recall@10_is_new_filter": recall(pg_approx_new, exact_new),
-                           "exact": pct(ms_pg_exact), "hnsw": pct(ms_pg_hnsw),
-                           "speedup_mean": round(np.mean(ms_pg_exact) / np.mean(ms_pg_hnsw), 2), "ef_search": pg.ef_search}
-        log(f"pgvector: loaded {len(ids)} rows + HNSW index in {load_s:.1f} s; exact top-10 identical to embedded on "
+        res["pgvector"] = {
+            "load_with_index_build_s": round(load_s, 1),
+            "exact_same_top10_as_embedded": float(same),
+            "recall@10": recall(pg_approx, exact_all),
+            "recall@10_is_new_filter": recall(pg_approx_new, exact_new),
+            "exact": pct(ms_pg_exact),
+            "hnsw": pct(ms_pg_hnsw),
+            "speedup_mean": round(np.mean(ms_pg_exact) / np.mean(ms_pg_hnsw), 2),
+            "ef_search": pg.ef_search,
+        }
+        log(
+            f"pgvector: loaded {len(ids)} rows + HNSW index in {load_s:.1f} s; exact top-10 identical to embedded on "
             f"{same:.1%} of queries; HNSW recall@10 {res['pgvector']['recall@10']:.4f} (is_new filter "
             f"{res['pgvector']['recall@10_is_new_filter']:.4f}); {np.mean(ms_pg_hnsw):.2f} ms vs exact {np.mean(ms_pg_exact):.2f} ms "
-            f"= {res['pgvector']['speedup_mean']}× speed-up")
+            f"= {res['pgvector']['speedup_mean']}× speed-up"
+        )
         pg.close()
 
     # 5. schemathesis ---------------------------------------------------------------------------------
@@ -200,16 +255,20 @@ def main() -> None:
         server = Server(args.model, url, args.catalog, work / "fuzz-uploads", cache_dir=args.cache_dir).started()
         try:
             res["schemathesis"] = schemathesis(server.url, args.fuzz_examples, work)
-            log(f"schemathesis (checks not_a_server_error, {args.fuzz_examples} examples/operation): exit "
+            log(
+                f"schemathesis (checks not_a_server_error, {args.fuzz_examples} examples/operation): exit "
                 f"{res['schemathesis']['exit_code']}, {res['schemathesis']['requests']} requests, "
-                f"{res['schemathesis']['5xx']} answered 5xx; " + " | ".join(res["schemathesis"]["summary"]))
+                f"{res['schemathesis']['5xx']} answered 5xx; " + " | ".join(res["schemathesis"]["summary"])
+            )
         finally:
             server.stop()
 
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     res["load_average_at_end"] = os.getloadavg()
     (work / "service_benchmark.json").write_text(json.dumps(res, indent=2, default=str))
-    log(f"peak RSS {res['peak_rss_mb']} MB; load average {res['load_average_at_end']}; wrote {work / 'service_benchmark.json'}")
+    log(
+        f"peak RSS {res['peak_rss_mb']} MB; load average {res['load_average_at_end']}; wrote {work / 'service_benchmark.json'}"
+    )
 
 
 if __name__ == "__main__":

@@ -66,14 +66,26 @@ def one_thread():
 # The longest modules (measured with --durations) start first: xdist hands whole modules to the workers in
 # collection order (`--dist loadscope --no-loadscope-reorder` in pyproject.toml), so started last one of
 # them kept a single worker busy for half a minute after the other had finished.
-LONGEST_FIRST = ("test_ray_engine.py", "test_service_api.py", "test_pipeline.py", "test_itembank_study.py",
-                 "test_dashboard_browser.py", "test_classify_finetune.py", "test_commands.py", "test_encoders.py")
+LONGEST_FIRST = (
+    "test_ray_engine.py",
+    "test_service_api.py",
+    "test_pipeline.py",
+    "test_itembank_study.py",
+    "test_dashboard_browser.py",
+    "test_classify_finetune.py",
+    "test_commands.py",
+    "test_encoders.py",
+)
 
 
 # Modules that pay the same costly per-process start-up run on one worker, as one unit, so it is paid once:
 # loading Kiwi's morphological analyser (2 s of CPU), importing transformers' model classes (2.5 s).
-SAME_WORKER = {"test_itembank_study.py": "kiwi", "test_bm25_korean.py": "kiwi",
-               "test_clip_encoders.py": "transformers", "test_itembank_models.py": "transformers"}
+SAME_WORKER = {
+    "test_itembank_study.py": "kiwi",
+    "test_bm25_korean.py": "kiwi",
+    "test_clip_encoders.py": "transformers",
+    "test_itembank_models.py": "transformers",
+}
 
 
 def pytest_collection_modifyitems(items):

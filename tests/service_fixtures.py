@@ -25,8 +25,10 @@ def every_nth_product(out: Path, n: int) -> list[dict]:
     """A catalogue of every n-th real product that has its photo (styles.csv + a link to the image folder)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "images").symlink_to(FASHION / "images")
-    with open(FASHION / "styles.csv", newline="", encoding="utf-8") as f, \
-            open(out / "styles.csv", "w", newline="", encoding="utf-8") as g:
+    with (
+        open(FASHION / "styles.csv", newline="", encoding="utf-8") as f,
+        open(out / "styles.csv", "w", newline="", encoding="utf-8") as g,
+    ):
         reader = csv.DictReader(f)
         writer = csv.DictWriter(g, reader.fieldnames)
         writer.writeheader()
@@ -57,10 +59,15 @@ def _train(root: Path) -> dict:
     cat = root / "catalog"
     shutil.rmtree(cat, ignore_errors=True)  # what a process that failed here left
     rows = every_nth_product(cat, 330)
-    cfg = RunConfig.model_validate({
-        "out_dir": str(root / "run"), "data": {"catalog": str(cat)},
-        "train": {"epochs": 1, "batch_size": 64}, "eval": {"sample_queries": 0},
-        "encoder": {"projection": "center", "image_size": [64, 48], "runtime": "torch"}})
+    cfg = RunConfig.model_validate(
+        {
+            "out_dir": str(root / "run"),
+            "data": {"catalog": str(cat)},
+            "train": {"epochs": 1, "batch_size": 64},
+            "eval": {"sample_queries": 0},
+            "encoder": {"projection": "center", "image_size": [64, 48], "runtime": "torch"},
+        }
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         summary = run_main(cfg, progress=False)
@@ -71,13 +78,31 @@ def ingest(store_url: str) -> None:
     from lookalike.cli import main
 
     t = trained()
-    main(["catalog", "ingest", "--model", t["checkpoint"], "--store", store_url, "--catalog", str(t["catalog"]),
-          "--no-progress"])
+    main(
+        [
+            "catalog",
+            "ingest",
+            "--model",
+            t["checkpoint"],
+            "--store",
+            store_url,
+            "--catalog",
+            str(t["catalog"]),
+            "--no-progress",
+        ]
+    )
 
 
 def make_app(store_url: str, tmp: Path, **settings):
     from lookalike.service.app import ServiceSettings, create_app
 
     t = trained()
-    return create_app(ServiceSettings(checkpoint=t["checkpoint"], store=store_url, catalog=str(t["catalog"]),
-                                      upload_dir=str(tmp / "uploads"), **settings))
+    return create_app(
+        ServiceSettings(
+            checkpoint=t["checkpoint"],
+            store=store_url,
+            catalog=str(t["catalog"]),
+            upload_dir=str(tmp / "uploads"),
+            **settings,
+        )
+    )

@@ -83,7 +83,7 @@ def test_adapter_starts_as_pca_and_round_trips(tmp_path):
     expect /= np.linalg.norm(expect, axis=1, keepdims=True)
     np.testing.assert_allclose(a.encode(x), expect, atol=1e-5)
     save_adapter(a, AdapterConfig(out_dim=4, hidden_dim=8), tmp_path / "a.pt")
-    b, payload = load_adapter(tmp_path / "a.pt")
+    b, _payload = load_adapter(tmp_path / "a.pt")
     np.testing.assert_allclose(b.encode(x), a.encode(x), atol=1e-6)
 
 
@@ -93,16 +93,29 @@ def test_training_beats_pca_where_pca_drops_the_labels(one_thread):
     labels, paths = _tree(per_class=8)
     n, n_cls = len(labels), labels.max() + 1
     centres = rng.normal(size=(n_cls, 6))
+
     def sample():
-        return np.concatenate([centres[labels] + rng.normal(size=(n, 6)) * 0.1, rng.normal(size=(n, 10)) * 1.2], 1).astype(np.float32)
+        return np.concatenate(
+            [centres[labels] + rng.normal(size=(n, 6)) * 0.1, rng.normal(size=(n, 10)) * 1.2], 1
+        ).astype(np.float32)
+
     q, im, val = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (sample(), sample(), sample()))
 
     def recall_at_1(adapter: Adapter) -> float:
         a, b = adapter.encode(val), adapter.encode(im)
         return float((labels[np.argmax(a @ b.T, axis=1)] == labels).mean())
 
-    cfg = AdapterConfig(out_dim=4, hidden_dim=32, classes_per_batch=6, samples_per_class=4, epochs=5, lr=1e-2,
-                        patience=6, dropout=0.0, distill_weight=0.0)
+    cfg = AdapterConfig(
+        out_dim=4,
+        hidden_dim=32,
+        classes_per_batch=6,
+        samples_per_class=4,
+        epochs=5,
+        lr=1e-2,
+        patience=6,
+        dropout=0.0,
+        distill_weight=0.0,
+    )
     adapter, history = train_adapter(q, im, labels, paths, cfg, recall_at_1)
     assert history[0]["epoch"] == 0  # PCA alone
     assert recall_at_1(adapter) == max(h["val_metric"] for h in history)
@@ -115,6 +128,9 @@ def test_cross_modal_triplets_and_distillation():
     anchors, images = X[:1], X[1:3]  # the query x0 against the images x1 (same label) and x2 (other label)
     for mining in ("hardest", "semi-hard"):
         assert TripletLoss(0.2, mining)(anchors, Y[:1], images, Y[1:3]).item() == pytest.approx(0.4, abs=1e-6)
-    q, im = torch.nn.functional.normalize(torch.randn(6, 8), dim=1), torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    q, im = (
+        torch.nn.functional.normalize(torch.randn(6, 8), dim=1),
+        torch.nn.functional.normalize(torch.randn(6, 8), dim=1),
+    )
     assert distillation(q, im, q, im, 0.05).item() == pytest.approx(0.0, abs=1e-6)  # same ranking: nothing to learn
     assert distillation(q, im.flip(0), q, im, 0.05).item() > 0.1

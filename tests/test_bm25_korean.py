@@ -7,10 +7,12 @@ import pytest
 
 from lookalike.retrieval.bm25 import BM25Retriever, KiwiTokenizer
 
-DOCS = ["정팔각형의 둘레는 몇 cm입니까?",
-        "사과가 3개 있고 배가 5개 있습니다. 과일은 모두 몇 개입니까?",
-        "한 변이 4cm인 정팔각형이 있습니다. 둘레를 구하시오.",
-        "민수는 구슬을 12개 가지고 있었습니다."]
+DOCS = [
+    "정팔각형의 둘레는 몇 cm입니까?",
+    "사과가 3개 있고 배가 5개 있습니다. 과일은 모두 몇 개입니까?",
+    "한 변이 4cm인 정팔각형이 있습니다. 둘레를 구하시오.",
+    "민수는 구슬을 12개 가지고 있었습니다.",
+]
 
 
 @pytest.fixture(scope="module")

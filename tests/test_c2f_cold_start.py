@@ -24,7 +24,9 @@ def test_article_type_cold_start(catalogue):
     assert sum(len(v) for v in s.values()) == len(catalogue)
     assert 0.08 < len(s["test"]) / len(catalogue) < 0.2
     assert 0.1 < len(s["val"]) / (len(s["train"]) + len(s["val"])) < 0.2
-    assert s == cold_start_split(catalogue.subset(list(reversed(list(by_id)))), "articleType", 0.15, seed=42, fraction=0.1)
+    assert s == cold_start_split(
+        catalogue.subset(list(reversed(list(by_id)))), "articleType", 0.15, seed=42, fraction=0.1
+    )
 
 
 def test_season_cold_start_with_explicit_values(catalogue):

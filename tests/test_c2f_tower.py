@@ -30,8 +30,9 @@ def vocab() -> AttributeVocab:
 
 def _tower(vocab, **kw) -> CoarseToFineTower:
     torch.manual_seed(0)
-    return CoarseToFineTower({f: vocab.size(f) for f in vocab.fields}, vocab.list_fields, 16,
-                             embed_dim=8, heads=2, pyramid_dim=32, **kw).eval()
+    return CoarseToFineTower(
+        {f: vocab.size(f) for f in vocab.fields}, vocab.list_fields, 16, embed_dim=8, heads=2, pyramid_dim=32, **kw
+    ).eval()
 
 
 def test_default_split_and_explicit_split(vocab):
@@ -60,7 +61,9 @@ def test_padding_is_masked_and_list_order_is_irrelevant(vocab):
     with torch.no_grad():
         alone = t(vocab.encode([{**base, "material": ["wool", "zip"]}]))
         swapped = t(vocab.encode([{**base, "material": ["zip", "wool"]}]))
-        enc = vocab.encode([{**base, "material": ["wool", "zip"]}, {**base, "material": ["lace", "cotton", "zip", "wool"]}])
+        enc = vocab.encode(
+            [{**base, "material": ["wool", "zip"]}, {**base, "material": ["lace", "cotton", "zip", "wool"]}]
+        )
         assert enc["material"][0].tolist()[2:] == [PAD, PAD]
         padded = t(enc)
     torch.testing.assert_close(swapped, alone, atol=1e-5, rtol=1e-5)
@@ -95,8 +98,13 @@ def test_registry_default_is_mlp_and_checkpoint_round_trip(vocab, tmp_path):
     assert cfg.tower.name == "mlp"
     assert isinstance(create_attribute_tower(cfg.tower, vocab, 16), AttributeTower)
     c2f = cfg.model_copy(update={"tower": cfg.tower.model_copy(update={"name": "coarse-to-fine"})})
-    bad = c2f.model_copy(update={"tower": c2f.tower.model_copy(
-        update={"coarse_to_fine": c2f.tower.coarse_to_fine.model_copy(update={"standard_fields": ["sleeve"]})})})
+    bad = c2f.model_copy(
+        update={
+            "tower": c2f.tower.model_copy(
+                update={"coarse_to_fine": c2f.tower.coarse_to_fine.model_copy(update={"standard_fields": ["sleeve"]})}
+            )
+        }
+    )
     with pytest.raises(LookalikeError, match="sleeve"):
         create_attribute_tower(bad.tower, vocab, 16)
     space = ImageSpace("none").fit(np.eye(16, dtype=np.float32))

@@ -19,7 +19,15 @@ def test_fashion_products_preset_loads_the_real_catalogue(full):
     assert sum(cat.report.skipped.values()) == 0
     p = cat.products[0]
     assert p.image.path.exists() and p.image.path.name == f"{p.id}.jpg"
-    assert set(p.attributes) == {"gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"}
+    assert set(p.attributes) == {
+        "gender",
+        "masterCategory",
+        "subCategory",
+        "articleType",
+        "baseColour",
+        "season",
+        "usage",
+    }
     assert p.text  # productDisplayName feeds the text tower
 
 
@@ -42,26 +50,37 @@ def test_csv_table_skips_bad_rows_and_counts_them(tmp_path, fashion_dir):
         "d,img/1165.jpg,,,\n"
         "a,img/1165.jpg,red,x,Duplicate\n"
         "e,img/1165.jpg,red,x,too,many,columns\n"
-        ",img/1165.jpg,red,x,No id\n")
-    schema = CatalogueSchema(id_field="sku", image_field="path", single_fields=["colour"], list_fields=["tags"],
-                             text_field="title")
+        ",img/1165.jpg,red,x,No id\n"
+    )
+    schema = CatalogueSchema(
+        id_field="sku", image_field="path", single_fields=["colour"], list_fields=["tags"], text_field="title"
+    )
     cat = load_catalogue(tmp_path / "cat.csv", schema)
     assert [p.id for p in cat.products] == ["a", "b"]
     assert cat.products[0].attributes == {"colour": "red", "tags": ["cotton", "summer"]}
     assert cat.products[1].attributes == {"colour": "blue"}
-    assert cat.report.skipped == {"missing image": 1, "empty attributes": 1, "duplicate id": 1,
-                                  "wrong number of columns": 1, "missing sku": 1}
+    assert cat.report.skipped == {
+        "missing image": 1,
+        "empty attributes": 1,
+        "duplicate id": 1,
+        "wrong number of columns": 1,
+        "missing sku": 1,
+    }
     assert "missing image" in cat.report.summary()
 
 
 def test_jsonl_table_with_sidecar_schema_and_malformed_lines(tmp_path, fashion_dir):
     _table_fixture(tmp_path, fashion_dir)
-    rows = [json.dumps({"id": "a", "image": "img/1163.jpg", "colour": "red", "tags": ["x", "y"]}),
-            "{not json", json.dumps([1, 2]),
-            json.dumps({"id": "b", "image": "img/1164.jpg", "colour": "blue", "tags": []})]
+    rows = [
+        json.dumps({"id": "a", "image": "img/1163.jpg", "colour": "red", "tags": ["x", "y"]}),
+        "{not json",
+        json.dumps([1, 2]),
+        json.dumps({"id": "b", "image": "img/1164.jpg", "colour": "blue", "tags": []}),
+    ]
     (tmp_path / "cat.jsonl").write_text("\n".join(rows) + "\n")
-    (tmp_path / "lookalike-schema.json").write_text(json.dumps(
-        {"image_field": "image", "single_fields": ["colour"], "list_fields": ["tags"]}))
+    (tmp_path / "lookalike-schema.json").write_text(
+        json.dumps({"image_field": "image", "single_fields": ["colour"], "list_fields": ["tags"]})
+    )
     cat = load_catalogue(tmp_path / "cat.jsonl")
     assert [p.id for p in cat.products] == ["a", "b"]
     assert cat.products[0].attributes["tags"] == ["x", "y"]

@@ -5,12 +5,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED
 
 from lookalike.classify.data import load_labelled, stratified_split
 from lookalike.classify.models import FerHappy, HaarSmile, OnnxClassifier, load_classifier
 from lookalike.errors import LookalikeError
-
-from conftest import SHARED
 
 SMILES = SHARED / "smiles"
 pytestmark = pytest.mark.usefixtures("one_thread")  # a few dozen small images
@@ -43,8 +42,11 @@ def test_folder_loading_skips_and_counts_bad_files(tmp_path):
     (tmp_path / "negatives" / "notes.txt").write_text("hello")
     d = load_labelled(tmp_path)
     assert len(d) == 6 and d.labels.sum() == 2  # 100.jpg dropped from both sides
-    assert d.report.skipped == {"same image labelled both positive and negative": 2, "corrupt image": 1,
-                                "not an image file name": 1}
+    assert d.report.skipped == {
+        "same image labelled both positive and negative": 2,
+        "corrupt image": 1,
+        "not an image file name": 1,
+    }
     assert d.images[0].shape == (64, 64, 3) and d.images[0].dtype == np.uint8
 
 
@@ -72,9 +74,8 @@ def test_stratified_split_is_disjoint_and_keeps_the_ratio():
 
 
 def test_fer_port_matches_the_shipped_tflite_and_separates_smiles(faces):
-    from sklearn.metrics import roc_auc_score  # ~1.5 s to import: only on the worker that runs it
-
     from ai_edge_litert.interpreter import Interpreter
+    from sklearn.metrics import roc_auc_score  # ~1.5 s to import: only on the worker that runs it
 
     from lookalike.classify.fer_net import HAPPY, fer_data_dir, load_fer_model, preprocess_faces
 
@@ -117,8 +118,7 @@ class _Brightness(torch.nn.Module):
 def test_onnx_adapter_reads_layout_and_output_from_the_graph(tmp_path, faces):
     from lookalike.classify.onnx_export import export_onnx
 
-    path = export_onnx(_Brightness(), torch.zeros(2, 3, 32, 32), tmp_path / "bright.onnx", "x", "logits",
-                       {0: "batch"})
+    path = export_onnx(_Brightness(), torch.zeros(2, 3, 32, 32), tmp_path / "bright.onnx", "x", "logits", {0: "batch"})
     clf = load_classifier(f"bright={path}")
     assert isinstance(clf, OnnxClassifier) and clf.name == "bright"
     assert clf.layout == "NCHW" and clf.size == [32, 32] and not clf.uint8

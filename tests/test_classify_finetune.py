@@ -4,13 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SHARED
 
 from lookalike.cli import main
-from lookalike.classify.compare import ABConfig, run_ab
 from lookalike.errors import LookalikeError
+from lookalike.studies.classifier_ab import ABConfig, run_ab
 from lookalike.training.classifier import FinetuneConfig, finetune
-
-from conftest import SHARED
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
@@ -30,8 +29,15 @@ def small_csv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(one_thread, small_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("ft")
-    cfg = FinetuneConfig(data=str(small_csv), out_dir=str(out), image_size=(64, 64), encoder_runtime="torch",
-                         epochs=40, patience=5, lr=3e-3)
+    cfg = FinetuneConfig(
+        data=str(small_csv),
+        out_dir=str(out),
+        image_size=(64, 64),
+        encoder_runtime="torch",
+        epochs=40,
+        patience=5,
+        lr=3e-3,
+    )
     return out, finetune(cfg, progress=False)
 
 
@@ -53,8 +59,24 @@ def test_finetune_early_stops_exports_a_matching_onnx_and_records_its_split(trai
 
 def test_ab_compares_three_models_on_the_held_out_split(trained, small_csv, tmp_path, capsys):
     out, _ = trained
-    main(["ab", "--data", str(small_csv), "--split", str(out / "split.json"), "--models", "haar", "fer",
-          f"ours={out / 'model.onnx'}", "--out", str(tmp_path), "--n-boot", "200", "--no-progress"])
+    main(
+        [
+            "ab",
+            "--data",
+            str(small_csv),
+            "--split",
+            str(out / "split.json"),
+            "--models",
+            "haar",
+            "fer",
+            f"ours={out / 'model.onnx'}",
+            "--out",
+            str(tmp_path),
+            "--n-boot",
+            "200",
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "wall time" in printed and "fer vs ours" in printed
     res = json.loads((tmp_path / "ab.json").read_text())
@@ -92,8 +114,16 @@ def test_ab_user_mistakes_exit_2(small_csv, tmp_path, capsys):
 
 
 def test_unfreezing_the_last_block_trains_it_and_exports_it(small_csv, tmp_path):
-    cfg = FinetuneConfig(data=str(small_csv), out_dir=str(tmp_path), image_size=(32, 32), encoder_runtime="torch",
-                         unfreeze_last_block=True, epochs=2, train_limit=24, val_limit=8)
+    cfg = FinetuneConfig(
+        data=str(small_csv),
+        out_dir=str(tmp_path),
+        image_size=(32, 32),
+        encoder_runtime="torch",
+        unfreeze_last_block=True,
+        epochs=2,
+        train_limit=24,
+        val_limit=8,
+    )
     s = finetune(cfg, progress=False)
     assert s["onnx"]["max_abs_diff_vs_torch"] < 1e-4  # the tuned block is inside the exported graph
     import torch
@@ -103,6 +133,11 @@ def test_unfreezing_the_last_block_trains_it_and_exports_it(small_csv, tmp_path)
 
     frozen = create_image_encoder("efficientnet-lite0", image_size=(32, 32), runtime="torch").model.net
     tuned = saved["last_block"]
-    changed = [k for k, v in tuned.items() if k.startswith("block.") and v.dtype.is_floating_point
-               and not torch.equal(v, frozen._blocks[-1].state_dict()[k[len("block."):]])]
+    changed = [
+        k
+        for k, v in tuned.items()
+        if k.startswith("block.")
+        and v.dtype.is_floating_point
+        and not torch.equal(v, frozen._blocks[-1].state_dict()[k[len("block.") :]])
+    ]
     assert changed  # the last block's weights moved

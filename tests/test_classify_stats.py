@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 from scipy.stats import binomtest
-from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from lookalike.classify import stats
 
@@ -74,8 +81,11 @@ def test_bootstrap_is_stratified_and_its_auc_exact():
     boots = stats.bootstrap_auc(y, s, idx)
     np.testing.assert_allclose(boots[:5], [roc_auc_score(y[r], s[r]) for r in idx[:5]], atol=1e-12)
     s_ties = np.round(s, 1)  # average precision with tied scores, against sklearn's definition
-    np.testing.assert_allclose(stats.bootstrap_average_precision(y, s_ties, idx[:10]),
-                               [average_precision_score(y[r], s_ties[r]) for r in idx[:10]], atol=1e-12)
+    np.testing.assert_allclose(
+        stats.bootstrap_average_precision(y, s_ties, idx[:10]),
+        [average_precision_score(y[r], s_ties[r]) for r in idx[:10]],
+        atol=1e-12,
+    )
     ident = np.concatenate([np.flatnonzero(y == 1), np.flatnonzero(y == 0)])[None]
     assert stats.bootstrap_auc(y, s, ident)[0] == pytest.approx(roc_auc_score(y, s))
 

@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import torch
+from PIL import Image
 
 from lookalike.encoders.registry import create_image_encoder, list_models
 from lookalike.errors import LookalikeError
 
-VISION = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-              intermediate_size=37)
-TEXT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-            max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+VISION = {
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 37,
+}
+TEXT = {
+    "vocab_size": 99,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 37,
+    "max_position_embeddings": 16,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "pad_token_id": 1,
+}
 
 
 def _image_processor(kind: str):
@@ -29,7 +43,12 @@ def _image_processor(kind: str):
 
 
 def _save(kind: str, directory, seed: int):
-    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel  # 2-3 s: only on the worker that runs these
+    from transformers import (
+        CLIPConfig,
+        CLIPModel,
+        SiglipConfig,
+        SiglipModel,
+    )  # 2-3 s: only on the worker that runs these
 
     torch.manual_seed(seed)
     if kind == "clip":
@@ -49,8 +68,12 @@ def tiny(tmp_path_factory):
     for kind in ("clip", "siglip"):
         d = root / kind
         model, processor = _save(kind, d, seed=0)
-        out[kind] = {"dir": str(d), "model": model, "processor": processor,
-                     "encoder": create_image_encoder("hf:" + str(d))}
+        out[kind] = {
+            "dir": str(d),
+            "model": model,
+            "processor": processor,
+            "encoder": create_image_encoder("hf:" + str(d)),
+        }
     return out
 
 
@@ -135,8 +158,9 @@ def test_config_and_fingerprint(tiny, tmp_path):
     _save("clip", other, seed=1)
     enc2 = create_image_encoder("hf:" + str(other))
     assert enc2.fingerprint() != fp
-    assert not np.allclose(enc2.forward(np.zeros((1, 3, 32, 32), np.float32)),
-                           enc.forward(np.zeros((1, 3, 32, 32), np.float32)))
+    assert not np.allclose(
+        enc2.forward(np.zeros((1, 3, 32, 32), np.float32)), enc.forward(np.zeros((1, 3, 32, 32), np.float32))
+    )
 
     # the same directory re-saved with new weights
     _save("clip", other, seed=2)
@@ -182,9 +206,15 @@ class _FakeOpenClipModel(torch.nn.Module):
         super().__init__()
         self.visual = torch.nn.Linear(3, 8)
         self.visual.output_dim = 8
-        self.visual.preprocess_cfg = {"size": (24, 24), "mode": "RGB", "mean": (0.5, 0.5, 0.5),
-                                      "std": (0.25, 0.25, 0.25), "interpolation": "bicubic",
-                                      "resize_mode": resize_mode, "fill_color": 0}
+        self.visual.preprocess_cfg = {
+            "size": (24, 24),
+            "mode": "RGB",
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.25, 0.25, 0.25),
+            "interpolation": "bicubic",
+            "resize_mode": resize_mode,
+            "fill_color": 0,
+        }
 
     def encode_image(self, x):
         return self.visual(x.mean(dim=(2, 3)))

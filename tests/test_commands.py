@@ -14,8 +14,21 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 def test_sanity_check_passes_and_writes_its_log(tmp_path, capsys):
     out = tmp_path / "temp_logs/sanity_check_results.json"
-    main(["sanity-check", "--out-file", str(out), "--n", "240", "--epochs", "6", "--image-size", "64", "48",
-          "--no-progress"])
+    main(
+        [
+            "sanity-check",
+            "--out-file",
+            str(out),
+            "--n",
+            "240",
+            "--epochs",
+            "6",
+            "--image-size",
+            "64",
+            "48",
+            "--no-progress",
+        ]
+    )
     assert "SANITY CHECK PASS" in capsys.readouterr().out
     res = json.loads(out.read_text())
     assert res["status"] == "PASS" and len(res["checks"]) >= 9
@@ -49,28 +62,77 @@ def test_centrality_command_with_a_sales_csv(tmp_path, fashion_dir, capsys):
     with open(tmp_path / "c/centrality.csv") as f:
         table = list(csv.DictReader(f))
     # Sales that follow centrality exactly must give rho = 1 on the sales path.
-    (tmp_path / "sales.csv").write_text("id,sales\n" + "".join(f"{r['id']},{float(r['centrality']) * 1000:.3f}\n" for r in table))
-    main(["centrality", "--catalog", str(cat), "--out", str(tmp_path / "c2"), "--sales", str(tmp_path / "sales.csv"),
-          *small, "--no-progress"])
+    (tmp_path / "sales.csv").write_text(
+        "id,sales\n" + "".join(f"{r['id']},{float(r['centrality']) * 1000:.3f}\n" for r in table)
+    )
+    main(
+        [
+            "centrality",
+            "--catalog",
+            str(cat),
+            "--out",
+            str(tmp_path / "c2"),
+            "--sales",
+            str(tmp_path / "sales.csv"),
+            *small,
+            "--no-progress",
+        ]
+    )
     rep2 = json.loads((tmp_path / "c2/centrality.json").read_text())
     assert rep2["sales"]["n"] == 200 and rep2["sales"]["spearman_rho"] > 0.999
     assert "Spearman" in capsys.readouterr().out
     (tmp_path / "bad.csv").write_text("id,sales\n1163,lots\n")
     with pytest.raises(SystemExit) as e:
-        main(["centrality", "--catalog", str(cat), "--out", str(tmp_path / "c3"), "--sales", str(tmp_path / "bad.csv"),
-              *small, "--no-progress"])
+        main(
+            [
+                "centrality",
+                "--catalog",
+                str(cat),
+                "--out",
+                str(tmp_path / "c3"),
+                "--sales",
+                str(tmp_path / "bad.csv"),
+                *small,
+                "--no-progress",
+            ]
+        )
     assert e.value.code == 2 and "'lots' is not a number" in capsys.readouterr().err
 
 
 def test_temperature_study_compares_on_one_split(tmp_path, fashion_subset):
     (tmp_path / "cfg.json").write_text(json.dumps({"eval": {"sample_queries": 0}}))
-    main(["temperature-study", "--config", str(tmp_path / "cfg.json"), "--catalog", str(fashion_subset), "--limit", "200",
-          "--epochs", "1", "--batch-size", "64", "--temperatures", "0.05", "--projection", "none", "--image-size", "64", "48",
-          "--out", str(tmp_path), "--no-progress"])
+    main(
+        [
+            "temperature-study",
+            "--config",
+            str(tmp_path / "cfg.json"),
+            "--catalog",
+            str(fashion_subset),
+            "--limit",
+            "200",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--temperatures",
+            "0.05",
+            "--projection",
+            "none",
+            "--image-size",
+            "64",
+            "48",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     summary = json.loads((tmp_path / "temperature_study.json").read_text())
     assert [r["temperature"] for r in summary["rows"]] == ["0.05", "learnable"]
     assert summary["best"] in summary["rows"]
     assert (tmp_path / "temperature_study.png").stat().st_size > 0
     assert "Best on validation" in (tmp_path / "temperature_study.md").read_text()
-    splits = {json.dumps(json.loads((tmp_path / f"t={t}/results/split.json").read_text())["test"]) for t in ("0.05", "learnable")}
+    splits = {
+        json.dumps(json.loads((tmp_path / f"t={t}/results/split.json").read_text())["test"])
+        for t in ("0.05", "learnable")
+    }
     assert len(splits) == 1  # the same split for every temperature

@@ -15,8 +15,15 @@ import pytest
 from service_fixtures import ingest, make_app, trained
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +44,9 @@ def server(tmp_path_factory, token):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(make_app(url, tmp, auth_file=token[0]), host="127.0.0.1", port=port,
-                                        log_level="warning"))
+    srv = uvicorn.Server(
+        uvicorn.Config(make_app(url, tmp, auth_file=token[0]), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -124,13 +132,16 @@ def test_search_box_json_and_text_show_image_grids(page, console):
     assert page.inner_text("#result-summary").startswith("6 results")
     widths = _images_loaded(page, "#search-results")
     assert len(widths) == 6 and all(w > 0 for w in widths)
-    scores = [float(t.split("·")[1]) for t in page.eval_on_selector_all("#search-results .hit div:nth-child(2)",
-                                                                         "ds => ds.map(d => d.textContent)")]
+    scores = [
+        float(t.split("·")[1])
+        for t in page.eval_on_selector_all("#search-results .hit div:nth-child(2)", "ds => ds.map(d => d.textContent)")
+    ]
     assert scores == sorted(scores, reverse=True)
     page.fill("#search-input", "blue denim jeans")
     page.click("#search-button")
-    page.wait_for_function("document.querySelector('#result-summary') && "
-                           "document.querySelectorAll('#search-results img').length === 6")
+    page.wait_for_function(
+        "document.querySelector('#result-summary') && document.querySelectorAll('#search-results img').length === 6"
+    )
     page.fill("#search-input", '{"shape": "round"}')
     page.click("#search-button")
     page.wait_for_function("document.getElementById('search-error').textContent.length > 0")
@@ -144,8 +155,9 @@ def test_upload_box_recommends_new_products_for_a_photo(page, console, tmp_path)
     photo.write_bytes((trained()["catalog"] / "images" / f"{pid}.jpg").read_bytes())
     page.set_input_files("#upload-input", str(photo))
     page.click("#upload-button")
-    page.wait_for_function("document.querySelector('#search-results .hit') && "
-                           "document.getElementById('search-error').textContent === ''")
+    page.wait_for_function(
+        "document.querySelector('#search-results .hit') && document.getElementById('search-error').textContent === ''"
+    )
     first = page.inner_text("#search-results .hit div:nth-child(2)")
     assert first.startswith(f"{pid} · 1")
     assert all(w > 0 for w in _images_loaded(page, "#search-results"))

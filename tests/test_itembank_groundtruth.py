@@ -11,26 +11,35 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from lookalike.catalogue.schema import LoadReport
 from lookalike.errors import LookalikeError
-from lookalike.itembank.groundtruth import (intersect_qrels, label_qrels, qrels_stats, read_qrels, tfidf_qrels,
-                                            write_qrels)
+from lookalike.itembank.groundtruth import (
+    intersect_qrels,
+    label_qrels,
+    qrels_stats,
+    read_qrels,
+    tfidf_qrels,
+    write_qrels,
+)
 from lookalike.itembank.judge import JudgeConfig, LLMJudge, judge_qrels, parse_answer
 from lookalike.itembank.loading import Item, ItemBank, ItemBankSchema
-from lookalike.catalogue.schema import LoadReport
 
-TEXTS = {"a": "사과 3개와 배 2개가 있습니다. 과일은 모두 몇 개입니까?",
-         "b": "사과 5개와 배 4개가 있습니다. 과일은 모두 몇 개입니까?",
-         "c": "한 변이 4cm인 정사각형의 둘레를 구하시오.",
-         "d": "한 변이 7cm인 정사각형의 둘레를 구하시오.",
-         "e": "느림 사과 한 상자에 몇 개가 들어 있습니까?",
-         "f": "깨짐 정사각형 그리기",
-         "g": "오류 사과를 나누어 줍니다"}
+TEXTS = {
+    "a": "사과 3개와 배 2개가 있습니다. 과일은 모두 몇 개입니까?",
+    "b": "사과 5개와 배 4개가 있습니다. 과일은 모두 몇 개입니까?",
+    "c": "한 변이 4cm인 정사각형의 둘레를 구하시오.",
+    "d": "한 변이 7cm인 정사각형의 둘레를 구하시오.",
+    "e": "느림 사과 한 상자에 몇 개가 들어 있습니까?",
+    "f": "깨짐 정사각형 그리기",
+    "g": "오류 사과를 나누어 줍니다",
+}
 
 
 def _bank() -> ItemBank:
     labels = {"a": "add", "b": "add", "c": "geo", "d": "geo", "e": "add", "f": "geo", "g": "add"}
-    return ItemBank([Item(i, t, [], (labels[i],)) for i, t in TEXTS.items()], ItemBankSchema(label_field="l"),
-                    LoadReport("made-up"))
+    return ItemBank(
+        [Item(i, t, [], (labels[i],)) for i, t in TEXTS.items()], ItemBankSchema(label_field="l"), LoadReport("made-up")
+    )
 
 
 class _Judge(BaseHTTPRequestHandler):

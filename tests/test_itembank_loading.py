@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import SHARED
+
 from lookalike.errors import LookalikeError
 from lookalike.itembank.loading import PRESETS, ItemBankSchema, load_item_bank
 
@@ -24,29 +24,40 @@ def test_kmwp_loads_with_row_ids_and_class_labels():
 
 def test_bad_csv_records_are_skipped_and_counted(tmp_path):
     (tmp_path / "fig1.png").write_bytes(b"png")
-    rows = [b"id,text,figure,label",
-            b"a,\xec\x82\xac\xea\xb3\xbc 3\xea\xb0\x9c,fig1.png,x",   # 사과 3개 + an existing figure
-            b"b,,,x",                                                   # empty text
-            b"c,\xff\xfe broken,,y",                                    # not UTF-8
-            b"a,duplicate id,,y",
-            b"d,needs a figure,missing.png,y",
-            b"e,two labels,,x|y",
-            b"f,too,many,columns,here"]
+    rows = [
+        b"id,text,figure,label",
+        b"a,\xec\x82\xac\xea\xb3\xbc 3\xea\xb0\x9c,fig1.png,x",  # 사과 3개 + an existing figure
+        b"b,,,x",  # empty text
+        b"c,\xff\xfe broken,,y",  # not UTF-8
+        b"a,duplicate id,,y",
+        b"d,needs a figure,missing.png,y",
+        b"e,two labels,,x|y",
+        b"f,too,many,columns,here",
+    ]
     path = tmp_path / "bank.csv"
     path.write_bytes(b"\n".join(rows) + b"\n")
     bank = load_item_bank(path, ItemBankSchema(image_field="figure", label_field="label"))
     assert bank.ids == ["a", "e"]
     assert bank.items[0].text == "사과 3개" and bank.items[0].images == [tmp_path / "fig1.png"]
     assert bank.items[1].labels == ("x", "y")
-    assert dict(bank.report.skipped) == {"empty text": 1, "non-UTF-8 text": 1, "duplicate id": 1,
-                                         "missing image": 1, "wrong number of columns": 1}
+    assert dict(bank.report.skipped) == {
+        "empty text": 1,
+        "non-UTF-8 text": 1,
+        "duplicate id": 1,
+        "missing image": 1,
+        "wrong number of columns": 1,
+    }
     assert "missing.png" in bank.report.examples["missing image"][0]
 
 
 def test_jsonl_with_image_lists(tmp_path):
     (tmp_path / "f.png").write_bytes(b"png")
-    lines = [json.dumps({"id": 1, "text": "넓이를 구하시오", "images": ["f.png"], "label": ["geo"]}, ensure_ascii=False),
-             "{not json", json.dumps([1, 2]), json.dumps({"id": 2, "text": "   "})]
+    lines = [
+        json.dumps({"id": 1, "text": "넓이를 구하시오", "images": ["f.png"], "label": ["geo"]}, ensure_ascii=False),
+        "{not json",
+        json.dumps([1, 2]),
+        json.dumps({"id": 2, "text": "   "}),
+    ]
     path = tmp_path / "bank.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     bank = load_item_bank(path, ItemBankSchema(image_field="images", label_field="label"))

@@ -9,23 +9,33 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from lookalike.encoders.hf_text import create_item_text_encoder  # noqa: E402
 from lookalike.errors import LookalikeError  # noqa: E402
 from lookalike.retrieval.rerank.cross_encoder import HFCrossEncoder, create_reranker, rerank  # noqa: E402
-from lookalike.encoders.hf_text import create_item_text_encoder  # noqa: E402
 
 TEXTS = ["사과 3개와 배 2개", "정사각형의 둘레를 구하시오", "몇 개입니까", "사과"]
-CHAT = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 def _tokenizer(directory, chat_template=None):
     """A WordPiece tokenizer over the test texts' syllables (Korean words split into known pieces)."""
-    chars = sorted({c for t in TEXTS + ["Represent the user's input.", "system user assistant"] for c in t if not c.isspace()})
-    vocab = ["[PAD]", "[SEP]", "[UNK]", "[CLS]", "[MASK]", "<|system|>", "<|user|>", "<|assistant|>"] + chars + \
-        [f"##{c}" for c in chars]
+    chars = sorted(
+        {c for t in [*TEXTS, "Represent the user's input.", "system user assistant"] for c in t if not c.isspace()}
+    )
+    vocab = (
+        ["[PAD]", "[SEP]", "[UNK]", "[CLS]", "[MASK]", "<|system|>", "<|user|>", "<|assistant|>"]
+        + chars
+        + [f"##{c}" for c in chars]
+    )
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tok = transformers.BertTokenizerFast(str(directory / "vocab.txt"), do_lower_case=False,
-                                         additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"])
+    tok = transformers.BertTokenizerFast(
+        str(directory / "vocab.txt"),
+        do_lower_case=False,
+        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
+    )
     if chat_template:
         tok.chat_template = chat_template
     tok.save_pretrained(directory)
@@ -40,28 +50,70 @@ def models(tmp_path_factory):
     d = root / "clip"
     d.mkdir()
     _, n = _tokenizer(d)
-    text = dict(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                max_position_embeddings=64, bos_token_id=3, eos_token_id=1, pad_token_id=0)
-    vision = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                  intermediate_size=37)
-    transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(d)
+    text = {
+        "vocab_size": n,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 37,
+        "max_position_embeddings": 64,
+        "bos_token_id": 3,
+        "eos_token_id": 1,
+        "pad_token_id": 0,
+    }
+    vision = {
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 37,
+    }
+    transformers.CLIPModel(
+        transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    ).save_pretrained(d)
     out["clip"] = d
     d = root / "qwen3vl"
     d.mkdir()
     _, n = _tokenizer(d, CHAT)
     cfg = transformers.Qwen3VLConfig(
-        text_config=dict(vocab_size=n, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
-                         rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True}),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=37, num_heads=2, out_hidden_size=32,
-                           deepstack_visual_indexes=[0], patch_size=4, spatial_merge_size=1, temporal_patch_size=1))
+        text_config={
+            "vocab_size": n,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "max_position_embeddings": 256,
+            "rope_scaling": {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_heads": 2,
+            "out_hidden_size": 32,
+            "deepstack_visual_indexes": [0],
+            "patch_size": 4,
+            "spatial_merge_size": 1,
+            "temporal_patch_size": 1,
+        },
+    )
     transformers.Qwen3VLModel(cfg).save_pretrained(d)
     out["qwen3vl"] = d
     d = root / "cross"
     d.mkdir()
     _, n = _tokenizer(d)
-    bert = transformers.BertConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                   intermediate_size=37, max_position_embeddings=128, num_labels=1)
+    bert = transformers.BertConfig(
+        vocab_size=n,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=128,
+        num_labels=1,
+    )
     transformers.BertForSequenceClassification(bert).save_pretrained(d)
     out["cross"] = d
     return out
@@ -83,8 +135,9 @@ def test_clip_text_side_matches_get_text_features(models):
     model = transformers.CLIPModel.from_pretrained(models["clip"]).eval()
     tok = transformers.AutoTokenizer.from_pretrained(models["clip"])
     with torch.no_grad():
-        ref = model.get_text_features(**{k: v for k, v in tok(TEXTS[:1], return_tensors="pt").items()
-                                         if k != "token_type_ids"})
+        ref = model.get_text_features(
+            **{k: v for k, v in tok(TEXTS[:1], return_tensors="pt").items() if k != "token_type_ids"}
+        )
     ref = getattr(ref, "pooler_output", ref)[0].numpy()
     np.testing.assert_allclose(enc.encode(TEXTS[:1])[0], ref / np.linalg.norm(ref), atol=1e-5)
 
@@ -94,8 +147,11 @@ def test_qwen3_vl_embedding_is_last_token_of_chat_formatted_input(models):
     assert enc.dim == 32
     _padding_invariant(enc)
     tok = transformers.AutoTokenizer.from_pretrained(models["qwen3vl"])
-    prompt = tok.apply_chat_template([{"role": "system", "content": "Represent the user's input."},
-                                      {"role": "user", "content": TEXTS[1]}], tokenize=False, add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "system", "content": "Represent the user's input."}, {"role": "user", "content": TEXTS[1]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     assert prompt.startswith("<|system|>") and prompt.endswith("<|assistant|>")
     model = transformers.Qwen3VLModel.from_pretrained(models["qwen3vl"]).eval()
     batch = tok([prompt], return_tensors="pt")
@@ -114,8 +170,11 @@ def test_wrong_directories_are_named(models, tmp_path):
     bare = tmp_path / "bert-without-head"  # a plain encoder is not a cross-encoder: its head would be random
     bare.mkdir()
     _, n = _tokenizer(bare)
-    transformers.BertModel(transformers.BertConfig(vocab_size=n, hidden_size=32, num_hidden_layers=1,
-                                                   num_attention_heads=2, intermediate_size=37)).save_pretrained(bare)
+    transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=n, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37
+        )
+    ).save_pretrained(bare)
     with pytest.raises(LookalikeError, match="weights missing.*classifier"):
         HFCrossEncoder(str(bare))
 

@@ -10,13 +10,13 @@ from http.server import ThreadingHTTPServer
 
 import numpy as np
 import pytest
-
 from conftest import SHARED
+from store_servers import pg_url
+from test_itembank_groundtruth import _Judge
+
 from lookalike.cli import main
 from lookalike.itembank.loading import PRESETS, load_item_bank
 from lookalike.itembank.search import ItemSearcher, latency_bench
-from store_servers import pg_url
-from test_itembank_groundtruth import _Judge
 
 KMWP = SHARED / "kmwp" / "train.csv"
 
@@ -27,9 +27,37 @@ def study(tmp_path_factory):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        main(["itembank", "study", "--data", str(KMWP), "--limit", "120", "--out", str(out), "--no-progress",
-              "--gt", "label", "tfidf", "llm", "hybrid", "--alphas", "0", "0.5", "1", "--judge-queries", "12", "--judge-pool", "4", "--reranker", "learned", "--no-ranx-check",
-              "--judge-url", f"http://127.0.0.1:{srv.server_address[1]}/v1"])
+        main(
+            [
+                "itembank",
+                "study",
+                "--data",
+                str(KMWP),
+                "--limit",
+                "120",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--gt",
+                "label",
+                "tfidf",
+                "llm",
+                "hybrid",
+                "--alphas",
+                "0",
+                "0.5",
+                "1",
+                "--judge-queries",
+                "12",
+                "--judge-pool",
+                "4",
+                "--reranker",
+                "learned",
+                "--no-ranx-check",
+                "--judge-url",
+                f"http://127.0.0.1:{srv.server_address[1]}/v1",
+            ]
+        )
     finally:
         srv.shutdown()
     return out, json.loads((out / "study.json").read_text())
@@ -121,8 +149,21 @@ def test_config_mistakes_fail_before_any_work(capsys, tmp_path):
 
 
 def test_build_gt_writes_qrels_with_its_config(tmp_path):
-    main(["itembank", "build-gt", "--data", str(KMWP), "--kind", "label", "--limit", "50", "--out", str(tmp_path),
-          "--no-progress"])
+    main(
+        [
+            "itembank",
+            "build-gt",
+            "--data",
+            str(KMWP),
+            "--kind",
+            "label",
+            "--limit",
+            "50",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     meta = json.loads((tmp_path / "qrels" / "label.json").read_text())
     assert meta["config"]["limit"] == 50 and meta["provenance"]["versions"]["numpy"]
     lines = (tmp_path / "qrels" / "label.qrels").read_text().splitlines()

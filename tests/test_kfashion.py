@@ -38,8 +38,9 @@ def _edit(path: Path, change) -> dict:
 
 def _poly_box(image_id: str, slot: str, size: tuple[int, int]) -> tuple[int, int, int, int]:
     """Expected box straight from the sample's polygon: min/max, rounded, clipped."""
-    poly = json.loads((SAMPLES / f"{image_id}.json").read_text(encoding="utf-8"))[
-        "데이터셋 정보"]["데이터셋 상세설명"]["폴리곤좌표"][slot][0]
+    poly = json.loads((SAMPLES / f"{image_id}.json").read_text(encoding="utf-8"))["데이터셋 정보"]["데이터셋 상세설명"][
+        "폴리곤좌표"
+    ][slot][0]
     xs = [v for k, v in poly.items() if k.startswith("X")]
     ys = [v for k, v in poly.items() if k.startswith("Y")]
     w, h = size
@@ -69,7 +70,9 @@ def test_flat_samples_load_one_product_per_labelled_slot(tmp_path: Path) -> None
     assert top.text.startswith("로맨틱 화이트 블라우스") and "루즈" in top.text
     assert "상의" in by_id["1092253_상의"].text and "그레이" in by_id["1092253_상의"].text
 
-    assert cat.schema.single_fields[0] == "slot" and cat.schema.single_fields[1:] == sorted(cat.schema.single_fields[1:])
+    assert cat.schema.single_fields[0] == "slot" and cat.schema.single_fields[1:] == sorted(
+        cat.schema.single_fields[1:]
+    )
     assert {"카테고리", "색상", "소매기장"} <= set(cat.schema.single_fields)
     assert cat.schema.list_fields == ["style", "소재", "프린트", "디테일"] and cat.schema.category_field == "slot"
     assert cat.report.counts["style"] == {"로맨틱": 2, "(none)": 4}
@@ -81,8 +84,12 @@ def test_style_folder_layout(tmp_path: Path) -> None:
     _copy("1070263", tmp_path / "기타")
     cat = load_kfashion(tmp_path)
     paths = {p.id: p.image.path for p in cat.products}
-    assert paths == {"100026_상의": tmp_path / "로맨틱/100026.jpg", "100026_하의": tmp_path / "로맨틱/100026.jpg",
-                     "1070263_상의": tmp_path / "기타/1070263.jpg", "1070263_하의": tmp_path / "기타/1070263.jpg"}
+    assert paths == {
+        "100026_상의": tmp_path / "로맨틱/100026.jpg",
+        "100026_하의": tmp_path / "로맨틱/100026.jpg",
+        "1070263_상의": tmp_path / "기타/1070263.jpg",
+        "1070263_하의": tmp_path / "기타/1070263.jpg",
+    }
 
 
 @pytest.mark.parametrize("from_labels_dir", [False, True])

@@ -24,6 +24,7 @@ def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- exact_topk
 
+
 def _reference_topk(q: np.ndarray, g: np.ndarray, k: int, exclude: np.ndarray | None = None):
     sims = q.astype(np.float64) @ g.astype(np.float64).T
     if exclude is not None:
@@ -108,15 +109,22 @@ def test_exact_topk_clamps_k():
 
 # --------------------------------------------------------------------------------------- per_query_metrics
 
+
 def test_per_query_metrics_hand_computed():
     rel = np.zeros((2, 10), bool)
     rel[0, [1, 3]] = True  # relevant at ranks 2 and 4, 3 relevant in the gallery
     n_rel = np.array([3, 0])  # second query: nothing relevant anywhere
     m = per_query_metrics(rel, n_rel, [1, 5, 10])
     expected = {
-        "hit@1": 0.0, "hit@5": 1.0, "hit@10": 1.0,
-        "precision@1": 0.0, "precision@5": 2 / 5, "precision@10": 2 / 10,
-        "recall@1": 0.0, "recall@5": 2 / 3, "recall@10": 2 / 3,
+        "hit@1": 0.0,
+        "hit@5": 1.0,
+        "hit@10": 1.0,
+        "precision@1": 0.0,
+        "precision@5": 2 / 5,
+        "precision@10": 2 / 10,
+        "recall@1": 0.0,
+        "recall@5": 2 / 3,
+        "recall@10": 2 / 3,
         "mrr": 1 / 2,
         "ndcg@10": (1 / np.log2(3) + 1 / np.log2(5)) / (1 + 1 / np.log2(3) + 1 / np.log2(4)),
         "map": (1 / 2 + 2 / 4) / 3,
@@ -142,6 +150,7 @@ def test_per_query_metrics_precision_beyond_depth_divides_by_k():
 
 # --------------------------------------------------------------- evaluator vs trec_eval on exported files
 
+
 def test_write_run_keeps_close_float32_scores_distinct(tmp_path):
     # Adjacent float32 values (one ulp apart) must stay distinct and ordered in the file, else ranx and
     # trec_eval re-sort them by their own tie rules and no longer see the ranking we scored.
@@ -155,8 +164,11 @@ def test_write_run_keeps_close_float32_scores_distinct(tmp_path):
     assert np.all(np.diff(parsed) < 0)
 
 
-FIELDS = {"colour": ["red", "blue", "black"], "fit": ["loose", "tight", "regular", "oversized"],
-          "style": ["casual", "formal", "sport", "street", "retro"]}
+FIELDS = {
+    "colour": ["red", "blue", "black"],
+    "fit": ["loose", "tight", "regular", "oversized"],
+    "style": ["casual", "formal", "sport", "street", "retro"],
+}
 KS = [1, 5, 10]
 DEPTH = 100
 
@@ -167,8 +179,10 @@ def _products(rng: np.random.Generator, n: int) -> list[Product]:
     # photo excluded (trec_eval scores only queries with a relevant item); the rest random.
     rows = combos * 2 + [combos[i] for i in rng.integers(0, len(combos), n - 2 * len(combos))]
     rows = [rows[i] for i in rng.permutation(n)]
-    return [Product(id=f"p{i:04d}", image=ImageRef(Path(f"/nonexistent/p{i:04d}.jpg")),
-                    attributes=dict(zip(FIELDS, row))) for i, row in enumerate(rows)]
+    return [
+        Product(id=f"p{i:04d}", image=ImageRef(Path(f"/nonexistent/p{i:04d}.jpg")), attributes=dict(zip(FIELDS, row)))
+        for i, row in enumerate(rows)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -184,19 +198,35 @@ def evaluated(tmp_path_factory):
     queries = centres[keys] + 1.5 * rng.standard_normal((n, d))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     anchors = rng.random(n) < 0.3
-    ev = RetrievalEvaluator(products, {"instance": None, "attribute": list(FIELDS)}, KS, depth=DEPTH,
-                            anchors=anchors, category_field="colour")
+    ev = RetrievalEvaluator(
+        products,
+        {"instance": None, "attribute": list(FIELDS)},
+        KS,
+        depth=DEPTH,
+        anchors=anchors,
+        category_field="colour",
+    )
     out = tmp_path_factory.mktemp("eval")
     # text → image gets the same queries ranked with a per-image score offset (as the hubness correction does).
     bias = (0.2 * rng.standard_normal(n)).astype(np.float32)
-    results = ev({"json_to_image": queries, "image_to_image": gallery, "text_to_image": queries}, gallery, out_dir=out,
-                 biases={"text_to_image": bias})
+    results = ev(
+        {"json_to_image": queries, "image_to_image": gallery, "text_to_image": queries},
+        gallery,
+        out_dir=out,
+        biases={"text_to_image": bias},
+    )
     return results, out, anchors, products
 
 
 # trec_eval's names; the run holds the top-DEPTH, so its MRR and MAP are MRR@DEPTH and MAP@DEPTH.
-TREC_NAME = {**{f"hit@{k}": f"success_{k}" for k in KS}, **{f"precision@{k}": f"P_{k}" for k in KS},
-             **{f"recall@{k}": f"recall_{k}" for k in KS}, "mrr": "recip_rank", "ndcg@10": "ndcg_cut_10", "map": "map"}
+TREC_NAME = {
+    **{f"hit@{k}": f"success_{k}" for k in KS},
+    **{f"precision@{k}": f"P_{k}" for k in KS},
+    **{f"recall@{k}": f"recall_{k}" for k in KS},
+    "mrr": "recip_rank",
+    "ndcg@10": "ndcg_cut_10",
+    "map": "map",
+}
 
 
 def _trec_eval_per_query(out: Path, task: str, qrels_file: str) -> dict[str, dict[str, float]]:
@@ -206,7 +236,8 @@ def _trec_eval_per_query(out: Path, task: str, qrels_file: str) -> dict[str, dic
     with open(out / qrels_file) as q, open(out / f"{task}.run") as r:
         qrels, run = pytrec_eval.parse_qrel(q), pytrec_eval.parse_run(r)
     per_query = pytrec_eval.RelevanceEvaluator(
-        qrels, {"success.1,5,10", "P.1,5,10", "recall.1,5,10", "recip_rank", "ndcg_cut.10", "map"}).evaluate(run)
+        qrels, {"success.1,5,10", "P.1,5,10", "recall.1,5,10", "recip_rank", "ndcg_cut.10", "map"}
+    ).evaluate(run)
     return {m: {q: v[m] for q, v in per_query.items()} for m in TREC_NAME.values()}
 
 

@@ -10,7 +10,7 @@ from lookalike.cli import main
 from lookalike.config import RunConfig
 from lookalike.model import LookalikeModel
 from lookalike.pipeline import run_main
-from lookalike.search import Searcher
+from lookalike.retrieval.search import Searcher
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -18,21 +18,34 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, fashion_subset):
     out = tmp_path_factory.mktemp("run")
-    cfg = RunConfig.model_validate({
-        "out_dir": str(out), "data": {"catalog": str(fashion_subset), "limit": 300},
-        "train": {"epochs": 3, "batch_size": 64, "patience": 3},
-        "eval": {"extra_relevance": {"articleType": ["articleType"]}, "sample_queries": 1},
-        # Small images: these tests check the job's mechanics; the encoder's own tests use its full size.
-        "encoder": {"projection": "pca", "projection_dim": 128, "image_size": [64, 48]}})
+    cfg = RunConfig.model_validate(
+        {
+            "out_dir": str(out),
+            "data": {"catalog": str(fashion_subset), "limit": 300},
+            "train": {"epochs": 3, "batch_size": 64, "patience": 3},
+            "eval": {"extra_relevance": {"articleType": ["articleType"]}, "sample_queries": 1},
+            # Small images: these tests check the job's mechanics; the encoder's own tests use its full size.
+            "encoder": {"projection": "pca", "projection_dim": 128, "image_size": [64, 48]},
+        }
+    )
     return out, cfg, run_main(cfg, progress=False)
 
 
 def test_main_job_writes_every_artifact_with_provenance(trained):
-    out, cfg, summary = trained
-    for rel in ("checkpoints/best_model.pt", "checkpoints/last.pt", "results/training_results.json",
-                "results/training_charts.png", "results/evaluation.json", "results/split.json",
-                "results/runs/json_to_image.run", "results/runs/text_to_image.run", "results/runs/image_to_image.run",
-                "results/runs/attribute.qrels", "results/runs/instance.qrels"):
+    out, _cfg, _summary = trained
+    for rel in (
+        "checkpoints/best_model.pt",
+        "checkpoints/last.pt",
+        "results/training_results.json",
+        "results/training_charts.png",
+        "results/evaluation.json",
+        "results/split.json",
+        "results/runs/json_to_image.run",
+        "results/runs/text_to_image.run",
+        "results/runs/image_to_image.run",
+        "results/runs/attribute.qrels",
+        "results/runs/instance.qrels",
+    ):
         assert (out / rel).stat().st_size > 0, rel
     assert len(list((out / "results/similarity_search").glob("*.png"))) == 3  # 1 query × 3 tasks
     tr = json.loads((out / "results/training_results.json").read_text())
@@ -53,7 +66,9 @@ def test_main_job_writes_every_artifact_with_provenance(trained):
     run_lines = (out / "results/runs/json_to_image.run").read_text().splitlines()
     assert len(run_lines) == n_test * min(100, n_test)
     # JSON and text queries rank with the hubness correction; the plain-cosine ranking is reported beside it.
-    assert ev["ranking"]["corrected_tasks"] == ["json_to_image", "text_to_image"] and ev["ranking"]["hubness_weight"] > 0
+    assert (
+        ev["ranking"]["corrected_tasks"] == ["json_to_image", "text_to_image"] and ev["ranking"]["hubness_weight"] > 0
+    )
     assert ev["json_to_image_cosine"]["attribute"]["all"]["n_queries"] == n_test
     assert run_lines != (out / "results/runs/json_to_image_cosine.run").read_text().splitlines()
     bank = LookalikeModel.load(out / "checkpoints/best_model.pt")[0].query_bank
@@ -63,17 +78,24 @@ def test_main_job_writes_every_artifact_with_provenance(trained):
 def test_resume_continues_from_last_checkpoint(trained, tmp_path):
     out, cfg, _ = trained
     shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
-    more = cfg.model_copy(update={"out_dir": str(tmp_path), "train": cfg.train.model_copy(update={"epochs": 4, "patience": 9}),
-                                  "eval": cfg.eval.model_copy(update={"sample_queries": 0})})
+    more = cfg.model_copy(
+        update={
+            "out_dir": str(tmp_path),
+            "train": cfg.train.model_copy(update={"epochs": 4, "patience": 9}),
+            "eval": cfg.eval.model_copy(update={"sample_queries": 0}),
+        }
+    )
     run_main(more, resume=True, progress=False)
     tr = json.loads((tmp_path / "results/training_results.json").read_text())
     assert [h["epoch"] for h in tr["history"]] == [1, 2, 3, 4]
 
 
 def test_same_seed_same_numbers(trained, tmp_path):
-    out, cfg, summary = trained
-    again = run_main(cfg.model_copy(update={"out_dir": str(tmp_path), "eval": cfg.eval.model_copy(update={"sample_queries": 0})}),
-                     progress=False)
+    _out, cfg, summary = trained
+    again = run_main(
+        cfg.model_copy(update={"out_dir": str(tmp_path), "eval": cfg.eval.model_copy(update={"sample_queries": 0})}),
+        progress=False,
+    )
     assert again["headline"] == summary["headline"]
 
 
@@ -92,9 +114,19 @@ def new_catalog(trained, tmp_path_factory, fashion_dir):
 
 
 def test_evaluate_on_a_catalogue_never_seen_in_training(trained, new_catalog, tmp_path, capsys):
-    out, cfg, _ = trained
-    main(["evaluate", "--model", str(out / "checkpoints/best_model.pt"), "--catalog", str(new_catalog), "--out",
-          str(tmp_path / "ev"), "--no-progress"])
+    out, _cfg, _ = trained
+    main(
+        [
+            "evaluate",
+            "--model",
+            str(out / "checkpoints/best_model.pt"),
+            "--catalog",
+            str(new_catalog),
+            "--out",
+            str(tmp_path / "ev"),
+            "--no-progress",
+        ]
+    )
     ev = json.loads((tmp_path / "ev/evaluation.json").read_text())
     assert ev["json_to_image"]["n_queries"] == 100 and ev["json_to_image"]["gallery_size"] == 100
     for name in ("json_to_image.run", "text_to_image.run", "image_to_image.run", "attribute.qrels"):
@@ -106,29 +138,72 @@ def test_evaluate_on_a_catalogue_never_seen_in_training(trained, new_catalog, tm
     searcher = Searcher.open(str(out / "checkpoints/best_model.pt"), str(new_catalog), progress=False)
     query = searcher.emb.products[0]
     hits, _, _ = searcher.by_attributes(query.attributes, k=5)
-    run = [ln.split() for ln in (tmp_path / "ev/json_to_image.run").read_text().splitlines() if ln.split()[0] == query.id]
+    run = [
+        ln.split() for ln in (tmp_path / "ev/json_to_image.run").read_text().splitlines() if ln.split()[0] == query.id
+    ]
     assert [h.id for h in hits] == [r[2] for r in run[:5]]
     np.testing.assert_allclose([h.score for h in hits], [float(r[4]) for r in run[:5]], atol=1e-4)
 
 
 def test_search_cli_json_text_image_and_product(trained, new_catalog, fashion_dir, capsys):
-    out, cfg, _ = trained
+    out, _cfg, _ = trained
     model = str(out / "checkpoints/best_model.pt")
     catalog = str(new_catalog)
-    main(["search", "--model", model, "--catalog", catalog, "--json",
-          '{"gender": "Men", "articleType": "Tshirts", "baseColour": "Black", "usage": "Martian"}', "-k", "3",
-          "--format", "json", "--no-progress"])
+    main(
+        [
+            "search",
+            "--model",
+            model,
+            "--catalog",
+            catalog,
+            "--json",
+            '{"gender": "Men", "articleType": "Tshirts", "baseColour": "Black", "usage": "Martian"}',
+            "-k",
+            "3",
+            "--format",
+            "json",
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     hits = json.loads(captured.out)
     assert len(hits) == 3 and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     assert "Martian" in captured.err  # unknown value searched as unknown, and said so
     main(["search", "--model", model, "--catalog", catalog, "--text", "blue denim jeans", "-k", "2", "--no-progress"])
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
-    main(["search", "--model", model, "--catalog", catalog, "--image", str(fashion_dir / "images/1163.jpg"), "-k", "1",
-          "--format", "json", "--no-progress"])
+    main(
+        [
+            "search",
+            "--model",
+            model,
+            "--catalog",
+            catalog,
+            "--image",
+            str(fashion_dir / "images/1163.jpg"),
+            "-k",
+            "1",
+            "--format",
+            "json",
+            "--no-progress",
+        ]
+    )
     assert json.loads(capsys.readouterr().out)[0]["id"] == "1163"  # its own photo is the nearest
-    main(["search", "--model", model, "--catalog", catalog, "--product", "1163", "-k", "2", "--format", "json",
-          "--no-progress"])
+    main(
+        [
+            "search",
+            "--model",
+            model,
+            "--catalog",
+            catalog,
+            "--product",
+            "1163",
+            "-k",
+            "2",
+            "--format",
+            "json",
+            "--no-progress",
+        ]
+    )
     assert "1163" not in [h["id"] for h in json.loads(capsys.readouterr().out)]
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from service_fixtures import FASHION, every_nth_product
+from store_servers import pg_url
 
 from lookalike.catalogue.schema import ImageRef
 from lookalike.cli import main
@@ -24,9 +26,6 @@ from lookalike.encoders.efficientnet import default_cache_dir
 from lookalike.encoders.embedder import embed_images
 from lookalike.encoders.registry import image_encoder_for
 from lookalike.errors import LookalikeError
-
-from service_fixtures import FASHION, every_nth_product
-from store_servers import pg_url
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -38,7 +37,7 @@ def ray_address():
     """One local Ray for the whole module (starting one costs seconds); the engine reuses it."""
     import ray
 
-    ctx = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 ** 2, log_to_driver=False)
+    ctx = ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False)
     yield ctx.address_info["gcs_address"]
     ray.shutdown()
 
@@ -96,8 +95,11 @@ def test_ray_vectors_equal_local_and_bad_images_are_counted(ray_address, onnx_di
     n = 48  # six batches of eight over the two actors
     images = sorted((FASHION / "images").glob("1*.jpg"))[:n]
     (tmp_path / "corrupt.jpg").write_bytes(images[0].read_bytes()[:200])  # a truncated copy of a real photo
-    refs = [ImageRef(p) for p in images] + [ImageRef(tmp_path / "corrupt.jpg"), ImageRef(tmp_path / "gone.jpg"),
-                                            ImageRef(images[1], (0, 0, 30, 40))]
+    refs = [ImageRef(p) for p in images] + [
+        ImageRef(tmp_path / "corrupt.jpg"),
+        ImageRef(tmp_path / "gone.jpg"),
+        ImageRef(images[1], (0, 0, 30, 40)),
+    ]
     local_root, ray_root = fresh_cache(tmp_path, "local", onnx_dir), fresh_cache(tmp_path, "ray", onnx_dir)
     local = embed_images(refs, image_encoder_for(SMALL, local_root), local_root, progress=False)
     res = embed_images_ray(refs, SMALL, ray_root, batch_size=8, shard_size=4)
@@ -108,7 +110,7 @@ def test_ray_vectors_equal_local_and_bad_images_are_counted(ray_address, onnx_di
     a, b = cached(local_root, SMALL), cached(ray_root, SMALL)
     assert sorted(a) == sorted(b) and len(a) > n - 5  # duplicate photos share a key
     assert max(np.abs(a[k] - b[k]).max() for k in a) <= 1e-5
-    good = refs[:n] + refs[n + 2:]  # without the bad images, which a rerun tries again: everything is cached
+    good = refs[:n] + refs[n + 2 :]  # without the bad images, which a rerun tries again: everything is cached
     again = embed_images_ray(good, SMALL, ray_root)
     assert (again.cached, again.computed, again.failed) == (n + 1, 0, {})
     assert np.array_equal(again.vectors, res.vectors[[*range(n), n + 2]])
@@ -146,18 +148,42 @@ def _counts(text: str) -> tuple[int, int, int]:
     return int(m[1]), int(m[2]), int(m[3])
 
 
-def test_a_killed_job_resumes_and_ray_ingest_stores_exactly_the_catalogue(ray_address, onnx_dir, catalog200, checkpoint,
-                                                                          tmp_path, capsys):
+def test_a_killed_job_resumes_and_ray_ingest_stores_exactly_the_catalogue(
+    ray_address, onnx_dir, catalog200, checkpoint, tmp_path, capsys
+):
     """`embed --engine ray` loses its actor (SIGKILL) after its first cache shard, goes on (Ray restarts the
     actor and retries its batch), and is itself killed a few shards later; `catalog ingest --engine ray`
     then embeds only what is missing, into an embedded store and into pgvector, equal to a local ingest."""
     ray_cache = fresh_cache(tmp_path, "ray-cache", onnx_dir)
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"encoder": SMALL.model_dump()}))
-    job = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "embed", "--catalog", str(catalog200), "--config", str(cfg),
-                            "--cache-dir", str(ray_cache), "--engine", "ray", "--address", ray_address, "--num-actors", "1",
-                            "--batch-size", "4", "--shard-size", "4", "--no-progress"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lookalike.cli",
+            "embed",
+            "--catalog",
+            str(catalog200),
+            "--config",
+            str(cfg),
+            "--cache-dir",
+            str(ray_cache),
+            "--engine",
+            "ray",
+            "--address",
+            ray_address,
+            "--num-actors",
+            "1",
+            "--batch-size",
+            "4",
+            "--shard-size",
+            "4",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
     def shards() -> int:
         return len(list(ray_cache.glob("image-*/shard-*.npz")))
@@ -172,8 +198,23 @@ def test_a_killed_job_resumes_and_ray_ingest_stores_exactly_the_catalogue(ray_ad
     assert job.returncode == -signal.SIGKILL, job.stdout.read().decode()  # killed, not finished
 
     args = ["catalog", "ingest", "--model", checkpoint, "--catalog", str(catalog200), "--no-progress"]
-    main([*args, "--store", f"embedded://{tmp_path / 'ray'}", "--engine", "ray", "--address", ray_address,
-          "--num-actors", "1", "--batch-size", "32", "--cache-dir", str(ray_cache)])
+    main(
+        [
+            *args,
+            "--store",
+            f"embedded://{tmp_path / 'ray'}",
+            "--engine",
+            "ray",
+            "--address",
+            ray_address,
+            "--num-actors",
+            "1",
+            "--batch-size",
+            "32",
+            "--cache-dir",
+            str(ray_cache),
+        ]
+    )
     out = capsys.readouterr().out
     hits, new, skipped = _counts(out)
     total = int(re.search(r"loaded (\d+) products", out)[1])
@@ -188,7 +229,11 @@ def test_a_killed_job_resumes_and_ray_ingest_stores_exactly_the_catalogue(ray_ad
 
     a, b = cached(local_cache, SMALL), cached(ray_cache, SMALL)
     assert sorted(a) == sorted(b) and max(np.abs(a[k] - b[k]).max() for k in a) <= 1e-5
-    local, ray_emb, ray_pg = _store(f"embedded://{tmp_path / 'local'}"), _store(f"embedded://{tmp_path / 'ray'}"), _store(pg)
+    local, ray_emb, ray_pg = (
+        _store(f"embedded://{tmp_path / 'local'}"),
+        _store(f"embedded://{tmp_path / 'ray'}"),
+        _store(pg),
+    )
     assert len(local["ids"]) == total
     for other in (ray_emb, ray_pg):
         assert other["ids"] == local["ids"] and other["metadata"] == local["metadata"]
@@ -198,9 +243,11 @@ def test_a_killed_job_resumes_and_ray_ingest_stores_exactly_the_catalogue(ray_ad
 def test_unreachable_cluster_and_misplaced_options_fail_in_one_line(ray_address, tmp_path, capsys):
     with pytest.raises(LookalikeError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1: "):
         embed_images_ray([ImageRef(tmp_path / "x.jpg")], SMALL, tmp_path, address="127.0.0.1:1")
-    for extra, message in ((["--engine", "ray", "--address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
-                           (["--address", "127.0.0.1:1"], "--address, --num-actors and --num-cpus need --engine ray"),
-                           (["--engine", "ray", "--address", "nowhere"], "Ray address 'nowhere' must be host:port")):
+    for extra, message in (
+        (["--engine", "ray", "--address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+        (["--address", "127.0.0.1:1"], "--address, --num-actors and --num-cpus need --engine ray"),
+        (["--engine", "ray", "--address", "nowhere"], "Ray address 'nowhere' must be host:port"),
+    ):
         with pytest.raises(SystemExit) as e:
             main(["embed", "--catalog", str(tmp_path / "none"), "--cache-dir", str(tmp_path), "--no-progress", *extra])
         err = capsys.readouterr().err

@@ -10,7 +10,7 @@ import torch
 from lookalike.evaluation.diversity import intra_list_diversity
 from lookalike.evaluation.metrics import per_query_metrics
 from lookalike.retrieval.rerank.listwise import ListwiseReranker, rerank
-from lookalike.training.listwise import ListwiseConfig, Lists, constrained_best, list_reward, train_listwise
+from lookalike.training.listwise import Lists, ListwiseConfig, constrained_best, list_reward, train_listwise
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -48,8 +48,9 @@ def test_reward_is_ndcg_plus_weighted_ild():
     relevant = rng.random((B, N)) < 0.3
     n_rel = relevant.sum(axis=1) + rng.integers(0, 3, B)  # some relevant items beyond the candidates
     picks = np.stack([rng.choice(N, k, replace=False) for _ in range(B)])
-    got = list_reward(torch.from_numpy(picks), torch.from_numpy(relevant), torch.from_numpy(n_rel),
-                      torch.from_numpy(vectors), mu=0.7).numpy()
+    got = list_reward(
+        torch.from_numpy(picks), torch.from_numpy(relevant), torch.from_numpy(n_rel), torch.from_numpy(vectors), mu=0.7
+    ).numpy()
     rows = np.arange(B)[:, None]
     ndcg = per_query_metrics(relevant[rows, picks], n_rel, [k])["ndcg@10"]  # depth k < 10: nDCG@k
     ild = np.array([intra_list_diversity(vectors[b, picks[b]]) for b in range(B)])
@@ -57,7 +58,12 @@ def test_reward_is_ndcg_plus_weighted_ild():
 
 
 def test_constrained_best_is_the_best_ndcg_above_the_diversity_floor():
-    evals = [{"ndcg": 0.40, "ild": 0.40}, {"ndcg": 0.38, "ild": 0.50}, {"ndcg": 0.36, "ild": 0.55}, {"ndcg": 0.39, "ild": 0.47}]
+    evals = [
+        {"ndcg": 0.40, "ild": 0.40},
+        {"ndcg": 0.38, "ild": 0.50},
+        {"ndcg": 0.36, "ild": 0.55},
+        {"ndcg": 0.39, "ild": 0.47},
+    ]
     assert constrained_best(evals, 0.48, mu=1.0) == 1
     assert constrained_best(evals, 0.60, mu=1.0) == 2  # nothing reaches the floor: the most diverse
     assert constrained_best(evals, None, mu=1.0) == 2  # no floor: the best reward ndcg + μ·ild
@@ -70,21 +76,39 @@ def _clustered_lists(seed: int, n: int, spread: float = 0.25, N: int = 20, D: in
     recognisable only from the list (their closeness to the top candidate), and they are redundant."""
     rng = np.random.default_rng(seed)
     u = _unit(rng.normal(size=(n, 1, D)))
-    vectors = np.concatenate([_unit(u + spread * rng.normal(size=(n, n_rel, D))), _unit(rng.normal(size=(n, N - n_rel, D)))], 1)
+    vectors = np.concatenate(
+        [_unit(u + spread * rng.normal(size=(n, n_rel, D))), _unit(rng.normal(size=(n, N - n_rel, D)))], 1
+    )
     relevant = np.zeros((n, N), bool)
     relevant[:, :n_rel] = True
     scores = rng.normal(size=(n, N)).astype(np.float32)
     scores[:, 0] = scores.max(axis=1) + 1.0
     order = np.argsort(-scores, axis=1)  # candidate lists come sorted by first-stage score
     rows = np.arange(n)[:, None]
-    return Lists(vectors.reshape(n * N, D), (np.arange(n * N).reshape(n, N))[rows, order], scores[rows, order],
-                 relevant[rows, order], np.full(n, n_rel))
+    return Lists(
+        vectors.reshape(n * N, D),
+        (np.arange(n * N).reshape(n, N))[rows, order],
+        scores[rows, order],
+        relevant[rows, order],
+        np.full(n, n_rel),
+    )
 
 
 def test_training_learns_relevance_and_keeps_the_diversity_floor(one_thread):
     fit, val = _clustered_lists(2, 300, spread=0.5), _clustered_lists(3, 100, spread=0.5)
-    cfg = ListwiseConfig(diversity_weight=0.3, min_ild_gain=0.0, k=5, dim=16, initial_lambdas=[0.5, 1.0, 2.0, 4.0],
-                         lambda_scales=[1.0, 1.5], samples=4, batch_size=32, steps=40, lr=1e-2, eval_every=10)
+    cfg = ListwiseConfig(
+        diversity_weight=0.3,
+        min_ild_gain=0.0,
+        k=5,
+        dim=16,
+        initial_lambdas=[0.5, 1.0, 2.0, 4.0],
+        lambda_scales=[1.0, 1.5],
+        samples=4,
+        batch_size=32,
+        steps=40,
+        lr=1e-2,
+        eval_every=10,
+    )
     model, history = train_listwise(fit, val, cfg)
     start, floor = history[0], history[0]["min_ild"]
     assert floor == pytest.approx(start["plain"]["ild"])

@@ -75,8 +75,10 @@ def bearer(token: str) -> dict:
 
 def product_form(env, src: str, pid: str) -> dict:
     attrs = {k: env["rows"][src][k] for k in ("gender", "masterCategory", "articleType", "baseColour")}
-    return {"data": {"product_id": pid, "attributes": json.dumps({**attrs, "year": 2018})},
-            "files": {"image": ("p.jpg", image_bytes(src), "image/jpeg")}}
+    return {
+        "data": {"product_id": pid, "attributes": json.dumps({**attrs, "year": 2018})},
+        "files": {"image": ("p.jpg", image_bytes(src), "image/jpeg")},
+    }
 
 
 # --- tokens ------------------------------------------------------------------------------------------
@@ -110,8 +112,11 @@ def test_writes_need_a_write_token_and_reads_stay_open(env, secured, caplog):
     n0 = len(store)
     src, form = env["ids"][5], product_form(env, env["ids"][5], "auth-1")
     caplog.set_level(logging.DEBUG)
-    for method, path, kw in (("post", "/api/items", form), ("put", f"/api/items/{src}", {"data": form["data"]}),
-                             ("delete", f"/api/items/{src}", {})):
+    for method, path, kw in (
+        ("post", "/api/items", form),
+        ("put", f"/api/items/{src}", {"data": form["data"]}),
+        ("delete", f"/api/items/{src}", {}),
+    ):
         none = getattr(c, method)(path, **kw)
         assert none.status_code == 401 and none.headers["www-authenticate"].startswith('Bearer realm="lookalike"')
         assert "needs a bearer token with scope 'write'" in none.json()["detail"]
@@ -140,10 +145,16 @@ def test_writes_need_a_write_token_and_reads_stay_open(env, secured, caplog):
 def test_openapi_declares_the_bearer_scheme_on_write_endpoints(secured):
     spec = secured["client"].get("/openapi.json").json()
     assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
-        "type": "http", "scheme": "bearer",
-        "description": "a token from `lookalike auth add` (scopes read, write, admin)"}
+        "type": "http",
+        "scheme": "bearer",
+        "description": "a token from `lookalike auth add` (scopes read, write, admin)",
+    }
     paths = spec["paths"]
-    for path, method in (("/api/items", "post"), ("/api/items/{product_id}", "put"), ("/api/items/{product_id}", "delete")):
+    for path, method in (
+        ("/api/items", "post"),
+        ("/api/items/{product_id}", "put"),
+        ("/api/items/{product_id}", "delete"),
+    ):
         assert paths[path][method]["security"] == [{"HTTPBearer": []}]
     assert "security" not in paths["/api/search"]["post"]  # reads are open unless --auth-reads
 
@@ -228,9 +239,8 @@ def test_a_failed_commit_removes_the_placed_image_and_changes_nothing(env, tmp_p
     store = open_store(env["url"])
     n0, up = len(store), UploadDir(tmp_path)
     final = up.final_path("x", b"bytes", ".jpg")
-    with pytest.raises(LookalikeError, match="dimensions"):
-        with up.staged(final, b"bytes"):
-            store.upsert([StoreItem("x", np.ones(3), {"image": str(final)})])  # wrong dimension: refused
+    with pytest.raises(LookalikeError, match="dimensions"), up.staged(final, b"bytes"):
+        store.upsert([StoreItem("x", np.ones(3), {"image": str(final)})])  # wrong dimension: refused
     assert not final.exists() and len(store) == n0 and store.get("x") is None
     with pytest.raises(LookalikeError):
         with up.staged(final, b"bytes", keep=str(final)):  # the current row's own image stays
@@ -245,10 +255,23 @@ def test_update_replaces_the_image_only_after_the_commit(env, secured):
     store = open_store(env["url"])
     first = Path(store.get("img-1").metadata["image"])
     attrs = product_form(env, a, "img-1")["data"]["attributes"]
-    same = c.put("/api/items/img-1", headers=w, data={"attributes": attrs},
-                 files={"image": ("p.jpg", image_bytes(a), "image/jpeg")})
-    assert same.status_code == 200 and first.exists() and Path(open_store(env["url"]).get("img-1").metadata["image"]) == first
-    c.put("/api/items/img-1", headers=w, data={"attributes": attrs}, files={"image": ("p.jpg", image_bytes(b), "image/jpeg")})
+    same = c.put(
+        "/api/items/img-1",
+        headers=w,
+        data={"attributes": attrs},
+        files={"image": ("p.jpg", image_bytes(a), "image/jpeg")},
+    )
+    assert (
+        same.status_code == 200
+        and first.exists()
+        and Path(open_store(env["url"]).get("img-1").metadata["image"]) == first
+    )
+    c.put(
+        "/api/items/img-1",
+        headers=w,
+        data={"attributes": attrs},
+        files={"image": ("p.jpg", image_bytes(b), "image/jpeg")},
+    )
     second = Path(open_store(env["url"]).get("img-1").metadata["image"])
     assert second != first and second.read_bytes() == image_bytes(b) and not first.exists()
     assert c.get("/api/items/img-1/image").content == image_bytes(b)
@@ -262,8 +285,9 @@ def test_a_products_json_is_a_valid_query(env, secured):
     r = c.post("/api/search", data={"attributes": json.dumps(product), "k": 5})
     assert r.status_code == 200, r.text
     assert r.json()["ignored_fields"] == ["year"] and r.json()["unknown_values"] == {}
-    plain = c.post("/api/search", data={"attributes": json.dumps({k: v for k, v in product.items() if k != "year"}),
-                                        "k": 5}).json()
+    plain = c.post(
+        "/api/search", data={"attributes": json.dumps({k: v for k, v in product.items() if k != "year"}), "k": 5}
+    ).json()
     assert [h["id"] for h in r.json()["items"]] == [h["id"] for h in plain["items"]] and plain["ignored_fields"] == []
     stored = c.get(f"/api/items/{env['ids'][3]}").json()["attributes"]  # is_new, year …: all as the API returns them
     again = c.post("/api/search", data={"attributes": json.dumps(stored), "k": 3}).json()
@@ -274,7 +298,21 @@ def test_a_products_json_is_a_valid_query(env, secured):
 
 def test_lookalike_search_reads_a_product_json_the_same_way(capsys):
     t = trained()
-    main(["search", "--model", t["checkpoint"], "--catalog", str(t["catalog"]), "--no-progress", "-k", "3",
-          "--format", "json", "--json", json.dumps({"gender": "Men", "articleType": "Tshirts", "year": 2017})])
+    main(
+        [
+            "search",
+            "--model",
+            t["checkpoint"],
+            "--catalog",
+            str(t["catalog"]),
+            "--no-progress",
+            "-k",
+            "3",
+            "--format",
+            "json",
+            "--json",
+            json.dumps({"gender": "Men", "articleType": "Tshirts", "year": 2017}),
+        ]
+    )
     out = capsys.readouterr()
     assert "fields the model does not use were ignored: ['year']" in out.err and len(json.loads(out.out)) == 3

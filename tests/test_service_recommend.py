@@ -71,13 +71,28 @@ def test_catalog_cli_add_update_delete_list(tmp_path, capsys):
     ingest(url)
     n = len(t["rows"])
     src = t["rows"][0]
-    attrs = {k: src[k] for k in ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season",
-                                 "usage")}
+    attrs = {
+        k: src[k] for k in ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
+    }
     image = t["catalog"] / "images" / f"{src['id']}.jpg"
     base = ["--model", t["checkpoint"], "--store", url]
     up = ["--upload-dir", str(tmp_path / "up")]
-    main(["catalog", "add", *base, *up, "--id", "cli-1", "--attributes", json.dumps({**attrs, "year": 2018}),
-          "--image", str(image), "--text", "copy of the first product"])
+    main(
+        [
+            "catalog",
+            "add",
+            *base,
+            *up,
+            "--id",
+            "cli-1",
+            "--attributes",
+            json.dumps({**attrs, "year": 2018}),
+            "--image",
+            str(image),
+            "--text",
+            "copy of the first product",
+        ]
+    )
     store = open_store(url)
     item = store.get("cli-1")
     assert item.metadata["is_new"] is True and item.metadata["name"] == "copy of the first product"
@@ -107,13 +122,16 @@ def one_product(tmp_path_factory):
     return {"common": common, "existing": existing, "jpg": jpg, "txt": str(tmp / "notes.txt"), "tmp": tmp}
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["add", "--id", "x", "--attributes", "{}", "--image", "IMG_TXT"], "is not a readable image"),
-    (["add", "--id", "x", "--attributes", "[1]", "--image", "IMG_JPG"], "--attributes must be a JSON object"),
-    (["add", "--id", "EXISTING", "--attributes", '{"usage": "Casual"}', "--image", "IMG_JPG"], "exists"),
-    (["update", "--id", "nope", "--attributes", '{"usage": "Casual"}'], "unknown product id 'nope'"),
-    (["add", "--id", "x", "--attributes", "{}", "--new-rule", "new"], "must look like FIELD>=NUMBER"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["add", "--id", "x", "--attributes", "{}", "--image", "IMG_TXT"], "is not a readable image"),
+        (["add", "--id", "x", "--attributes", "[1]", "--image", "IMG_JPG"], "--attributes must be a JSON object"),
+        (["add", "--id", "EXISTING", "--attributes", '{"usage": "Casual"}', "--image", "IMG_JPG"], "exists"),
+        (["update", "--id", "nope", "--attributes", '{"usage": "Casual"}'], "unknown product id 'nope'"),
+        (["add", "--id", "x", "--attributes", "{}", "--new-rule", "new"], "must look like FIELD>=NUMBER"),
+    ],
+)
 def test_catalog_cli_mistakes_are_one_line_and_write_nothing(one_product, capsys, argv, message):
     o = one_product
     argv = [{"IMG_TXT": o["txt"], "IMG_JPG": o["jpg"], "EXISTING": o["existing"]}.get(a, a) for a in argv]

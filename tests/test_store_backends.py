@@ -25,10 +25,19 @@ def _items(n: int, seed: int = 0, prefix: str = "p") -> list[StoreItem]:
     x = centres[rng.integers(0, 12, n)] + 0.35 * rng.standard_normal((n, DIM))
     if n > 7:
         x[5] = x[7]  # identical images under different ids
-    return [StoreItem(f"{prefix}{i:04d}", x[i].astype(np.float32),
-                      {"category": ["shirts", "shoes", "bags"][i % 3], "is_new": i % 4 == 0, "year": 2010 + i % 8,
-                       "tags": ["summer", "sale"] if i % 5 == 0 else ["winter"]})
-            for i in range(n)]
+    return [
+        StoreItem(
+            f"{prefix}{i:04d}",
+            x[i].astype(np.float32),
+            {
+                "category": ["shirts", "shoes", "bags"][i % 3],
+                "is_new": i % 4 == 0,
+                "year": 2010 + i % 8,
+                "tags": ["summer", "sale"] if i % 5 == 0 else ["winter"],
+            },
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(params=["embedded", "pgvector"])
@@ -45,8 +54,13 @@ def test_both_backends_return_the_same_exact_topk(tmp_path):
     emb.upsert(items)
     pg.upsert(items)
     q = np.stack([items[5].vector, *np.random.default_rng(1).standard_normal((6, DIM))])
-    for filters in (None, {"category": "shoes"}, {"is_new": True, "year": [2014, 2016]}, {"tags": "summer"},
-                    {"year": 2011.0}):
+    for filters in (
+        None,
+        {"category": "shoes"},
+        {"is_new": True, "year": [2014, 2016]},
+        {"tags": "summer"},
+        {"year": 2011.0},
+    ):
         for exclude in (None, ["p0003", "p0007"]):
             a = emb.search(q, 10, filters, exclude_ids=exclude)
             b = pg.search(q, 10, filters, exclude_ids=exclude)
@@ -117,7 +131,7 @@ def test_delete_removes_from_search_at_once(store):
 def test_failed_upsert_writes_nothing(store):
     items = _items(10)
     store.upsert(items)
-    bad = _items(5, seed=2, prefix="n") + [StoreItem("bad", np.zeros(DIM))]
+    bad = [*_items(5, seed=2, prefix="n"), StoreItem("bad", np.zeros(DIM))]
     with pytest.raises(LookalikeError, match="'bad': vector is zero"):
         store.upsert(bad)
     with pytest.raises(LookalikeError, match="metadata field 'x'"):
@@ -133,7 +147,7 @@ def test_database_error_mid_upsert_rolls_back_everything():
     import psycopg
 
     with pytest.raises(psycopg.Error):  # PostgreSQL refuses NUL in text: the whole batch must roll back
-        pg.upsert(_items(8, seed=3, prefix="n") + [StoreItem("zz\x00", np.ones(DIM))])
+        pg.upsert([*_items(8, seed=3, prefix="n"), StoreItem("zz\x00", np.ones(DIM))])
     assert len(pg) == 5 and all(i.startswith("p") for i in pg.ids())
 
 
@@ -215,8 +229,12 @@ def test_hnsw_recall_against_exact(tmp_path, capsys, monkeypatch):
     assert pg.search(q, 10, {"category": "bags"}, exact=False) == pg.search(q, 10, {"category": "bags"})
     monkeypatch.setattr(embedded, "FULL_SCAN", 100)  # now the filtered search walks the graph
     monkeypatch.setattr(pgvector, "EXACT_BELOW", 10)  # on both backends
-    for name, s, flt in (("embedded", emb, None), ("embedded+filter", emb, {"category": "bags"}),
-                         ("pgvector", pg, None), ("pgvector+filter", pg, {"category": "bags"})):
+    for name, s, flt in (
+        ("embedded", emb, None),
+        ("embedded+filter", emb, {"category": "bags"}),
+        ("pgvector", pg, None),
+        ("pgvector+filter", pg, {"category": "bags"}),
+    ):
         exact = s.search(q, 10, flt)
         approx = s.search(q, 10, flt, exact=False)
         recall = np.mean([len({i for i, _ in a} & {i for i, _ in e}) / len(e) for a, e in zip(approx, exact)])
@@ -254,12 +272,14 @@ def test_pgvector_bulk_upsert_rebuilds_the_index_in_its_transaction(monkeypatch)
     table = url.rsplit("table=", 1)[1]
 
     def has_index() -> bool:
-        return pg._conn().execute("SELECT count(*) FROM pg_indexes WHERE indexname = %s",
-                                  (f"{table}_hnsw",)).fetchone()[0] == 1
+        return (
+            pg._conn().execute("SELECT count(*) FROM pg_indexes WHERE indexname = %s", (f"{table}_hnsw",)).fetchone()[0]
+            == 1
+        )
 
     assert has_index()
     with pytest.raises(psycopg.Error):
-        pg.upsert(items[150:] + [StoreItem("zz\x00", np.ones(DIM))])
+        pg.upsert([*items[150:], StoreItem("zz\x00", np.ones(DIM))])
     assert has_index() and len(pg) == 150  # the failed bulk load dropped nothing, added nothing
     q = np.stack([it.vector for it in items[:20]])
     exact, approx = pg.search(q, 5), pg.search(q, 5, exact=False)
@@ -293,7 +313,7 @@ def test_bulk_load_keeps_whole_batches_and_a_rerun_completes_it(tmp_path, monkey
         for b in range(0, len(items), 30):
             if stop_at is not None and b >= stop_at:
                 raise KeyboardInterrupt("killed")
-            yield items[b:b + 30]
+            yield items[b : b + 30]
 
     pg_table = pg_url("load")
     for url, kept in ((f"embedded://{tmp_path}/e", 0), (pg_table, 60)):
@@ -313,8 +333,10 @@ def test_bulk_load_keeps_whole_batches_and_a_rerun_completes_it(tmp_path, monkey
         assert [s.get(i).metadata for i in s.ids()] == [it.metadata for it in items]
     pg = open_store(pg_table)
     table = pg_table.rsplit("table=", 1)[1]
-    assert pg._conn().execute("SELECT count(*) FROM pg_indexes WHERE indexname = %s",
-                              (f"{table}_hnsw",)).fetchone()[0] == 1
+    assert (
+        pg._conn().execute("SELECT count(*) FROM pg_indexes WHERE indexname = %s", (f"{table}_hnsw",)).fetchone()[0]
+        == 1
+    )
     exact, approx = pg.search(q, 5), pg.search(q, 5, exact=False)
     assert np.mean([len({i for i, _ in a} & {i for i, _ in e}) / 5 for a, e in zip(approx, exact)]) >= 0.9
 

@@ -29,6 +29,7 @@ def vocab() -> AttributeVocab:
 
 # ------------------------------------------------------------------------------------------------- vocab
 
+
 def test_vocab_build_and_ids(vocab):
     assert (PAD, UNK) == (0, 1)
     assert vocab.fields == ["colour", "fit", "tags"]
@@ -72,7 +73,9 @@ def test_vocab_encode_shapes_and_unknowns(vocab):
 def test_vocab_unknown_values(vocab):
     assert vocab.unknown_values({"colour": "red", "fit": "loose", "tags": ["wool"]}) == {}
     assert vocab.unknown_values({"colour": "purple", "tags": ["wool", "glitter", "sequins"]}) == {
-        "colour": ["purple"], "tags": ["glitter", "sequins"]}
+        "colour": ["purple"],
+        "tags": ["glitter", "sequins"],
+    }
     assert vocab.unknown_values({"tags": "glitter"}) == {"tags": ["glitter"]}
     assert vocab.unknown_values({}) == {}  # missing fields are UNK but not "unknown values"
 
@@ -90,6 +93,7 @@ def test_vocab_round_trip(vocab):
 
 # ---------------------------------------------------------------------------------------------- towers
 
+
 def _tower(vocab: AttributeVocab, **kw) -> AttributeTower:
     torch.manual_seed(0)
     kw = {"field_dim": 8, "hidden_dim": 32, **kw}
@@ -98,7 +102,7 @@ def _tower(vocab: AttributeVocab, **kw) -> AttributeTower:
 
 def test_attribute_tower_shape_and_norm(vocab):
     tower = _tower(vocab).eval()
-    out = tower(vocab.encode(TRAIN + [{"colour": "purple"}]))
+    out = tower(vocab.encode([*TRAIN, {"colour": "purple"}]))
     assert out.shape == (4, 16)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(4))
 
@@ -109,7 +113,9 @@ def test_attribute_tower_list_pooling_order_invariant_and_ignores_pad(vocab):
     with torch.no_grad():
         alone = tower(vocab.encode([{**base, "tags": ["cotton", "wool"]}]))
         swapped = tower(vocab.encode([{**base, "tags": ["wool", "cotton"]}]))
-        enc = vocab.encode([{**base, "tags": ["cotton", "wool"]}, {**base, "tags": ["summer", "wool", "zip", "cotton"]}])
+        enc = vocab.encode(
+            [{**base, "tags": ["cotton", "wool"]}, {**base, "tags": ["summer", "wool", "zip", "cotton"]}]
+        )
         assert enc["tags"][0].tolist()[2:] == [PAD, PAD]
         padded = tower(enc)
     torch.testing.assert_close(swapped, alone)
@@ -153,12 +159,25 @@ def test_attribute_tower_field_dropout_keeps_pad(vocab):
 
 
 def test_attribute_tower_has_no_attention(vocab):
-    banned = (nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoder, nn.TransformerEncoderLayer,
-              nn.TransformerDecoder, nn.TransformerDecoderLayer)
+    banned = (
+        nn.MultiheadAttention,
+        nn.Transformer,
+        nn.TransformerEncoder,
+        nn.TransformerEncoderLayer,
+        nn.TransformerDecoder,
+        nn.TransformerDecoderLayer,
+    )
     tower = _tower(vocab)
     assert not any(isinstance(m, banned) for m in tower.modules())
-    assert {type(m) for m in tower.modules()} <= {AttributeTower, nn.ModuleDict, nn.Embedding, nn.Sequential,
-                                                   nn.Linear, nn.GELU, nn.Dropout}
+    assert {type(m) for m in tower.modules()} <= {
+        AttributeTower,
+        nn.ModuleDict,
+        nn.Embedding,
+        nn.Sequential,
+        nn.Linear,
+        nn.GELU,
+        nn.Dropout,
+    }
     assert all(e.padding_idx == PAD for e in tower.embeddings.values())
 
 
@@ -171,6 +190,7 @@ def test_text_tower_shape_and_norm():
 
 
 # ---------------------------------------------------------------------------------------------- InfoNCE
+
 
 def _embeddings(b: int = 6, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -199,8 +219,9 @@ def test_infonce_distinct_groups_is_symmetric_cross_entropy():
         torch.testing.assert_close(loss(q, x), expected)
         torch.testing.assert_close(loss(q, x, torch.arange(6) * 10), expected)
     target = torch.arange(6)
-    torch.testing.assert_close(InfoNCELoss(t)(q, x),
-                               0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)))
+    torch.testing.assert_close(
+        InfoNCELoss(t)(q, x), 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    )
 
 
 def test_infonce_mask_removes_same_group_negatives():
@@ -241,9 +262,11 @@ def test_relatedness_weighs_shared_values_by_their_information():
     vocab = AttributeVocab(["a", "b"], [], {"a": ["x", "y", "z"], "b": ["p", "q"]})
     attrs = vocab.encode([{"a": a, "b": b} for a, b in zip("xxxyyz", "ppqqqq")])
     info = value_information(attrs, vocab)
-    assert torch.allclose(info["a"][2:], torch.tensor([math.log(2), math.log(3), math.log(6)]))  # p(x)=1/2, y 1/3, z 1/6
+    assert torch.allclose(
+        info["a"][2:], torch.tensor([math.log(2), math.log(3), math.log(6)])
+    )  # p(x)=1/2, y 1/3, z 1/6
     r = relatedness(attrs, info)
-    ix, iy, iz, ip, iq = math.log(2), math.log(3), math.log(6), math.log(3), math.log(1.5)
+    ix, _iy, iz, ip, iq = math.log(2), math.log(3), math.log(6), math.log(3), math.log(1.5)
     # Lin: information of the shared values over the information of all values of both products.
     assert r[0, 2].item() == pytest.approx(2 * ix / (2 * ix + ip + iq), rel=1e-5)  # share a=x (fairly rare)
     assert r[2, 5].item() == pytest.approx(2 * iq / (ix + iz + 2 * iq), rel=1e-5)  # share b=q (common): less related
@@ -253,12 +276,15 @@ def test_relatedness_weighs_shared_values_by_their_information():
     assert mixed[2, 5].item() == pytest.approx(0.5 * r[2, 5].item(), rel=1e-5)
     # Only list-valued fields: nothing to grade by, each product is related to itself only.
     tags = AttributeVocab([], ["t"], {"t": ["u", "v"]})
-    assert torch.equal(relatedness(tags.encode([{"t": ["u"]}, {"t": ["v"]}]), value_information(tags.encode([]), tags)),
-                       torch.eye(2))
+    assert torch.equal(
+        relatedness(tags.encode([{"t": ["u"]}, {"t": ["v"]}]), value_information(tags.encode([]), tags)), torch.eye(2)
+    )
     # A field with one value carries no information: products equal on every field are still fully related.
     flat = AttributeVocab(["a"], [], {"a": ["x"]})
-    assert torch.equal(relatedness(flat.encode([{"a": "x"}] * 3), value_information(flat.encode([{"a": "x"}] * 3), flat)),
-                       torch.ones(3, 3))
+    assert torch.equal(
+        relatedness(flat.encode([{"a": "x"}] * 3), value_information(flat.encode([{"a": "x"}] * 3), flat)),
+        torch.ones(3, 3),
+    )
 
 
 def test_infonce_soft_targets_mix_in_graded_relatedness():

@@ -35,8 +35,11 @@ class EncoderConfig(_Strict):
 
 
 class CoarseToFineConfig(_Strict):
-    standard_fields: list[str] | None = Field(None, description="fields giving a product's essence (default: the "
-                                              "first two-thirds in schema order); the others are reinforced")
+    standard_fields: list[str] | None = Field(
+        None,
+        description="fields giving a product's essence (default: the "
+        "first two-thirds in schema order); the others are reinforced",
+    )
     heads: int = Field(4, ge=1)
     layers: int = Field(1, ge=1, description="self-attention layers per field group")
     pyramid_dim: int = Field(256, ge=1)
@@ -67,14 +70,22 @@ class TrainConfig(_Strict):
     positives: Literal["mask", "multi"] = "multi"
     # Chosen on validation nDCG@10 (fashion-products, 20 epochs, text tower off): 0 → 0.4165, 0.3 with
     # sharpness 2 / 4 / 8 → 0.4238 / 0.4196 / 0.4177, 0.5 with sharpness 4 → 0.4043.
-    soft_targets: float = Field(0.3, ge=0, lt=1, description="share of each InfoNCE target spread over in-batch "
-                                "products by how related their attributes are (0: exact matches only)")
+    soft_targets: float = Field(
+        0.3,
+        ge=0,
+        lt=1,
+        description="share of each InfoNCE target spread over in-batch "
+        "products by how related their attributes are (0: exact matches only)",
+    )
     soft_sharpness: float = Field(2.0, gt=0, description="relatedness is raised to this power: near matches count most")
     # Relatedness is Lin's information-weighted share of attribute values (training/relatedness.py), mixed with
     # sharing the category field; weight 0.5 on articleType raised validation articleType precision@10
     # 0.8346 → 0.8599.
-    soft_category_field: str | None = Field(None, description="single-valued field whose shared value adds to "
-                                            "relatedness (default: the catalogue schema's category field)")
+    soft_category_field: str | None = Field(
+        None,
+        description="single-valued field whose shared value adds to "
+        "relatedness (default: the catalogue schema's category field)",
+    )
     soft_category_weight: float = Field(0.5, ge=0, le=1, description="weight of sharing that field in relatedness")
     patience: int = Field(6, ge=1)
     val_metric: str = "json_to_image/attribute/ndcg@10"
@@ -93,10 +104,12 @@ class TrainConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _soft_needs_multi(self) -> "TrainConfig":
+    def _soft_needs_multi(self) -> TrainConfig:
         if self.soft_targets and self.positives != "multi":
-            raise ValueError("train.soft_targets > 0 mixes into multi-positive targets: it needs train.positives "
-                             "'multi' (or set train.soft_targets to 0 to use 'mask')")
+            raise ValueError(
+                "train.soft_targets > 0 mixes into multi-positive targets: it needs train.positives "
+                "'multi' (or set train.soft_targets to 0 to use 'mask')"
+            )
         return self
 
     @field_validator("batch_size")
@@ -111,8 +124,11 @@ class TrainConfig(_Strict):
 
 class ColdStartConfig(_Strict):
     """Zero-shot cold start: the test split is every product whose `field` has one of `values`."""
+
     field: str = "articleType"
-    values: list[str] | None = Field(None, description="values to hold out (default: chosen by hash to cover `fraction`)")
+    values: list[str] | None = Field(
+        None, description="values to hold out (default: chosen by hash to cover `fraction`)"
+    )
     fraction: float = Field(0.1, gt=0, lt=0.5)
 
 
@@ -126,18 +142,27 @@ class SplitConfig(_Strict):
 class EvalConfig(_Strict):
     ks: list[int] = [1, 5, 10]
     run_depth: int = Field(100, ge=10)
-    attribute_fields: list[str] | None = Field(None, description="fields compared by the 'attribute' relevance (default: all)")
-    extra_relevance: dict[str, list[str]] = Field(default_factory=dict, description="more named attribute relevance definitions")
+    attribute_fields: list[str] | None = Field(
+        None, description="fields compared by the 'attribute' relevance (default: all)"
+    )
+    extra_relevance: dict[str, list[str]] = Field(
+        default_factory=dict, description="more named attribute relevance definitions"
+    )
     anchor_fraction: float = Field(0.1, gt=0, le=1)
     sample_queries: int = Field(6, ge=0)
 
 
 class RetrievalConfig(_Strict):
     """How JSON and text queries rank the gallery (evaluation and `search` alike); see retrieval/hubness.py."""
+
     # Chosen on validation (fashion-products): 0.5 meets every quality floor there; 0.75 trades articleType
     # precision for nDCG.
-    hubness_weight: float = Field(0.5, ge=0, description="score = cosine − weight × the image's mean cosine to its "
-                                  "k nearest training queries (0: plain cosine)")
+    hubness_weight: float = Field(
+        0.5,
+        ge=0,
+        description="score = cosine − weight × the image's mean cosine to its "
+        "k nearest training queries (0: plain cosine)",
+    )
     hubness_k: int = Field(50, ge=1)
 
 
@@ -152,14 +177,16 @@ class RunConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
 
-    def apply_quick(self) -> "RunConfig":
+    def apply_quick(self) -> RunConfig:
         """`--quick`: a tiny stratified subset and two epochs, for demos and tests."""
         if not self.quick:
             return self
-        return self.model_copy(update={
-            "data": self.data.model_copy(update={"limit": self.data.limit or 1500}),
-            "train": self.train.model_copy(update={"epochs": min(self.train.epochs, 2), "batch_size": 128}),
-        })
+        return self.model_copy(
+            update={
+                "data": self.data.model_copy(update={"limit": self.data.limit or 1500}),
+                "train": self.train.model_copy(update={"epochs": min(self.train.epochs, 2), "batch_size": 128}),
+            }
+        )
 
     def save(self, path: Path) -> None:
         Path(path).write_text(self.model_dump_json(indent=2, by_alias=True), encoding="utf-8")

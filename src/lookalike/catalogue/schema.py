@@ -26,7 +26,7 @@ class CatalogueSchema(BaseModel):
     sales_field: str | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "CatalogueSchema":
+    def _check(self) -> CatalogueSchema:
         overlap = set(self.single_fields) & set(self.list_fields)
         if overlap:
             raise ValueError(f"fields declared both single and list: {sorted(overlap)}")
@@ -111,11 +111,11 @@ class Catalogue:
     def __len__(self) -> int:
         return len(self.products)
 
-    def subset(self, ids: list[str] | set[str]) -> "Catalogue":
+    def subset(self, ids: list[str] | set[str]) -> Catalogue:
         keep = set(ids)
         return Catalogue([p for p in self.products if p.id in keep], self.schema, self.root, self.report)
 
-    def drop(self, ids: set[str], reason: str) -> "Catalogue":
+    def drop(self, ids: set[str], reason: str) -> Catalogue:
         """Remove products (e.g. whose image failed to decode), counting them in the report."""
         for pid in sorted(ids):
             self.report.skip(reason, pid)
@@ -128,5 +128,9 @@ class Catalogue:
     def to_jsonl(self, path: Path) -> None:
         with open(path, "w", encoding="utf-8") as f:
             for p in self.products:
-                f.write(json.dumps({"id": p.id, "image": str(p.image.path), **p.attributes, "text": p.text},
-                                   ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps(
+                        {"id": p.id, "image": str(p.image.path), **p.attributes, "text": p.text}, ensure_ascii=False
+                    )
+                    + "\n"
+                )

@@ -31,8 +31,8 @@ def split_ids(catalogue: Catalogue, val_fraction: float, test_fraction: float, s
         if n >= 3:  # every category with 3+ products appears in every split (that is asked for)
             n_test, n_val = (max(n_test, 1) if test_fraction else 0), max(n_val, 1)
         out["test"] += ids[:n_test]
-        out["val"] += ids[n_test:n_test + n_val]
-        out["train"] += ids[n_test + n_val:]
+        out["val"] += ids[n_test : n_test + n_val]
+        out["train"] += ids[n_test + n_val :]
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -54,8 +54,14 @@ def cold_start_values(catalogue: Catalogue, field: str, fraction: float, seed: i
     return sorted(chosen)
 
 
-def cold_start_split(catalogue: Catalogue, field: str, val_fraction: float, seed: int,
-                     values: list[str] | None = None, fraction: float = 0.1) -> dict[str, list[str]]:
+def cold_start_split(
+    catalogue: Catalogue,
+    field: str,
+    val_fraction: float,
+    seed: int,
+    values: list[str] | None = None,
+    fraction: float = 0.1,
+) -> dict[str, list[str]]:
     """Zero-shot cold start: every product whose `field` (article type, season …) has one of `values` is
     test; training and validation never see those values. `values=None` picks them by hash (`fraction`)."""
     if field not in catalogue.schema.fields:
@@ -66,12 +72,14 @@ def cold_start_split(catalogue: Catalogue, field: str, val_fraction: float, seed
         raise LookalikeError(f"cold-start field {field!r} has a single value; nothing can be held out")
     missing = sorted(set(values) - present)
     if missing:
-        raise LookalikeError(f"cold-start values {missing} of {field!r} are not in the catalogue; "
-                             f"it has {sorted(present)[:20]}")
+        raise LookalikeError(
+            f"cold-start values {missing} of {field!r} are not in the catalogue; it has {sorted(present)[:20]}"
+        )
     held = set(values)
     test = [p.id for p in catalogue.products if p.value(field) in held]
-    rest = split_ids(catalogue.subset([p.id for p in catalogue.products if p.value(field) not in held]),
-                     val_fraction, 0.0, seed)
+    rest = split_ids(
+        catalogue.subset([p.id for p in catalogue.products if p.value(field) not in held]), val_fraction, 0.0, seed
+    )
     return {"train": rest["train"], "val": rest["val"], "test": sorted(test)}
 
 

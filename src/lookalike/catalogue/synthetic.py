@@ -15,14 +15,26 @@ from PIL import Image, ImageDraw
 
 from lookalike.catalogue.schema import Catalogue, CatalogueSchema, ImageRef, LoadReport, Product
 
-COLOURS = {"red": (200, 30, 30), "green": (30, 160, 60), "blue": (40, 60, 200), "yellow": (230, 200, 40),
-           "black": (20, 20, 20), "white": (245, 245, 245)}
+COLOURS = {
+    "red": (200, 30, 30),
+    "green": (30, 160, 60),
+    "blue": (40, 60, 200),
+    "yellow": (230, 200, 40),
+    "black": (20, 20, 20),
+    "white": (245, 245, 245),
+}
 CATEGORIES = ["shirt", "dress", "coat", "shoe", "bag"]
 MATERIALS = ["denim", "knit", "leather", "lace"]
 STYLES = {"casual": (200, 200, 200), "formal": (90, 90, 120), "street": (150, 110, 80)}
 
-SCHEMA = CatalogueSchema(id_field="id", image_field="image", single_fields=["category", "colour", "style"],
-                         list_fields=["material"], text_field="text", category_field="category")
+SCHEMA = CatalogueSchema(
+    id_field="id",
+    image_field="image",
+    single_fields=["category", "colour", "style"],
+    list_fields=["material"],
+    text_field="text",
+    category_field="category",
+)
 
 
 def _draw(category: str, colour: str, materials: list[str], style: str, rng: np.random.Generator) -> Image.Image:
@@ -35,7 +47,10 @@ def _draw(category: str, colour: str, materials: list[str], style: str, rng: np.
         "dress": lambda: d.polygon([(32, 6 + j), (54, 58), (10, 58)], fill=fill),
         "coat": lambda: d.rectangle([14, 8 + j, 50, 60], fill=fill),
         "shoe": lambda: d.ellipse([6, 30 + j, 58, 52 + j], fill=fill),
-        "bag": lambda: (d.rectangle([16, 24 + j, 48, 56], fill=fill), d.arc([22, 10 + j, 42, 34 + j], 180, 360, fill=fill, width=3)),
+        "bag": lambda: (
+            d.rectangle([16, 24 + j, 48, 56], fill=fill),
+            d.arc([22, 10 + j, 42, 34 + j], 180, 360, fill=fill, width=3),
+        ),
     }
     shapes[category]()
     ink = (255 - fill[0], 255 - fill[1], 255 - fill[2])

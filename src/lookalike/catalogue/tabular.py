@@ -6,8 +6,8 @@ import csv
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from lookalike.catalogue.schema import Catalogue, CatalogueSchema, ImageRef, LoadReport, Product
 from lookalike.errors import LookalikeError

@@ -41,13 +41,19 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def subset(self, idx) -> "LabelledImages":
+    def subset(self, idx) -> LabelledImages:
         idx = [int(i) for i in idx]
-        return LabelledImages(self.root, [self.keys[i] for i in idx], [self.paths[i] for i in idx],
-                              self.labels[idx], [self.images[i] for i in idx], [self.sha1[i] for i in idx],
-                              self.report)
+        return LabelledImages(
+            self.root,
+            [self.keys[i] for i in idx],
+            [self.paths[i] for i in idx],
+            self.labels[idx],
+            [self.images[i] for i in idx],
+            [self.sha1[i] for i in idx],
+            self.report,
+        )
 
-    def select(self, keys: list[str]) -> "LabelledImages":
+    def select(self, keys: list[str]) -> LabelledImages:
         pos = {k: i for i, k in enumerate(self.keys)}
         missing = [k for k in keys if k not in pos]
         if missing:
@@ -129,7 +135,9 @@ def load_labelled(source: str | Path) -> LabelledImages:
         paths.append(path), labels.append(label), images.append(arr), shas.append(h)
     report.loaded = len(keys)
     labels_arr = np.asarray(labels, np.int64)
-    report.counts["label"] = Counter({"positive": int(labels_arr.sum()), "negative": int(len(labels_arr) - labels_arr.sum())})
+    report.counts["label"] = Counter(
+        {"positive": int(labels_arr.sum()), "negative": int(len(labels_arr) - labels_arr.sum())}
+    )
     if report.loaded == 0:
         raise LookalikeError(f"{source}: no readable labelled images ({report.summary()})")
     return LabelledImages(root, keys, paths, labels_arr, images, shas, report)
@@ -143,8 +151,8 @@ def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], 
     parts: list[list[int]] = [[], [], []]
     for c in (0, 1):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        a = int(round(fractions[0] * len(idx)))
-        b = a + int(round(fractions[1] * len(idx)))
+        a = round(fractions[0] * len(idx))
+        b = a + round(fractions[1] * len(idx))
         for part, chunk in zip(parts, (idx[:a], idx[a:b], idx[b:])):
             part.extend(chunk.tolist())
     return tuple(np.sort(np.asarray(p, np.int64)) for p in parts)

@@ -91,14 +91,38 @@ class MiniXception(nn.Module):
 
 # Keras layer names, in the order the HDF5 graph wires them (see the model_config attribute).
 _KERAS = [  # (sep1, bn1, sep2, bn2, shortcut conv, shortcut bn) per residual module
-    ("separable_conv2d_1", "batch_normalization_4", "separable_conv2d_2", "batch_normalization_5", "conv2d_3",
-     "batch_normalization_3"),
-    ("separable_conv2d_3", "batch_normalization_7", "separable_conv2d_4", "batch_normalization_8", "conv2d_4",
-     "batch_normalization_6"),
-    ("separable_conv2d_5", "batch_normalization_10", "separable_conv2d_6", "batch_normalization_11", "conv2d_5",
-     "batch_normalization_9"),
-    ("separable_conv2d_7", "batch_normalization_13", "separable_conv2d_8", "batch_normalization_14", "conv2d_6",
-     "batch_normalization_12"),
+    (
+        "separable_conv2d_1",
+        "batch_normalization_4",
+        "separable_conv2d_2",
+        "batch_normalization_5",
+        "conv2d_3",
+        "batch_normalization_3",
+    ),
+    (
+        "separable_conv2d_3",
+        "batch_normalization_7",
+        "separable_conv2d_4",
+        "batch_normalization_8",
+        "conv2d_4",
+        "batch_normalization_6",
+    ),
+    (
+        "separable_conv2d_5",
+        "batch_normalization_10",
+        "separable_conv2d_6",
+        "batch_normalization_11",
+        "conv2d_5",
+        "batch_normalization_9",
+    ),
+    (
+        "separable_conv2d_7",
+        "batch_normalization_13",
+        "separable_conv2d_8",
+        "batch_normalization_14",
+        "conv2d_6",
+        "batch_normalization_12",
+    ),
 ]
 
 

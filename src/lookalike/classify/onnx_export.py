@@ -16,17 +16,30 @@ import torch
 from lookalike.encoders.base import default_threads
 
 
-def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
-                dynamic: dict[int, str]) -> Path:
+def export_onnx(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    input_name: str,
+    output_name: str,
+    dynamic: dict[int, str],
+) -> Path:
     """Write `path` via a temporary file, so a failed export never leaves a half-written model."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     with warnings.catch_warnings():  # the exporter's constant-folding notes are not actionable
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (example,), str(tmp), input_names=[input_name], output_names=[output_name],
-                          dynamic_axes={input_name: dynamic, output_name: {0: dynamic[0]}}, opset_version=17,
-                          dynamo=False)
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            str(tmp),
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: dynamic, output_name: {0: dynamic[0]}},
+            opset_version=17,
+            dynamo=False,
+        )
     os.replace(tmp, path)
     return path
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -48,8 +48,13 @@ def _curves(res: dict, scores: dict, yt: np.ndarray, charts: Path) -> dict[str, 
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     for m in res["models"]:
         bins = m["test"]["calibration"]["bins"]
-        ax.plot([b["mean_score"] for b in bins], [b["fraction_positive"] for b in bins], "o-", ms=3,
-                label=f"{m['name']} ECE {m['test']['calibration']['ece']:.3f}")
+        ax.plot(
+            [b["mean_score"] for b in bins],
+            [b["fraction_positive"] for b in bins],
+            "o-",
+            ms=3,
+            label=f"{m['name']} ECE {m['test']['calibration']['ece']:.3f}",
+        )
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="mean score in bin", ylabel="fraction positive", title="Calibration (test)")
     ax.legend(fontsize=7)
@@ -82,21 +87,31 @@ def _confusions(res: dict, charts: Path) -> Path:
             ax = axes[row][col]
             ax.imshow(mat, cmap="Blues")
             for (i, j), v in np.ndenumerate(mat):
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=9,
-                        color="white" if v > mat.max() / 2 else "black")
+                ax.text(
+                    j, i, str(v), ha="center", va="center", fontsize=9, color="white" if v > mat.max() / 2 else "black"
+                )
             thr = m["threshold"]["fixed" if which == "at_fixed" else "tuned"]
-            ax.set(title=f"{m['name']} @ {thr:.3g}", xticks=[0, 1], yticks=[0, 1],
-                   xticklabels=["pred −", "pred +"], yticklabels=["true −", "true +"])
+            ax.set(
+                title=f"{m['name']} @ {thr:.3g}",
+                xticks=[0, 1],
+                yticks=[0, 1],
+                xticklabels=["pred −", "pred +"],
+                yticklabels=["true −", "true +"],
+            )
     return save_figure(fig, charts / "confusion.png")
 
 
 def _metric_bars(res: dict, charts: Path) -> Path:
     names = [m["name"] for m in res["models"]]
-    rows = [("ROC AUC", lambda m: (m["test"]["roc_auc"], m["test"]["roc_auc_delong_ci"])),
-            ("accuracy @ tuned", lambda m: (m["test"]["at_tuned"]["accuracy"],
-                                            m["test"]["bootstrap_ci"]["at_tuned"]["accuracy"])),
-            ("F1 @ tuned", lambda m: (m["test"]["at_tuned"]["f1"], m["test"]["bootstrap_ci"]["at_tuned"]["f1"])),
-            ("PR AUC", lambda m: (m["test"]["pr_auc"], m["test"]["bootstrap_ci"]["pr_auc"]))]
+    rows = [
+        ("ROC AUC", lambda m: (m["test"]["roc_auc"], m["test"]["roc_auc_delong_ci"])),
+        (
+            "accuracy @ tuned",
+            lambda m: (m["test"]["at_tuned"]["accuracy"], m["test"]["bootstrap_ci"]["at_tuned"]["accuracy"]),
+        ),
+        ("F1 @ tuned", lambda m: (m["test"]["at_tuned"]["f1"], m["test"]["bootstrap_ci"]["at_tuned"]["f1"])),
+        ("PR AUC", lambda m: (m["test"]["pr_auc"], m["test"]["bootstrap_ci"]["pr_auc"])),
+    ]
     fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2))
     for ax, (title, get) in zip(axes, rows):
         vals = [get(m) for m in res["models"]]
@@ -126,55 +141,116 @@ def write_report(res: dict, scores: dict, yv: np.ndarray, yt: np.ndarray, out_di
     """charts/*.png and report.html (charts embedded, so the page can be mailed alone)."""
     charts = out_dir / "charts"
     charts.mkdir(parents=True, exist_ok=True)
-    pngs = {**_curves(res, scores, yt, charts), "histograms": _histograms(res, scores, yt, charts),
-            "confusion": _confusions(res, charts), "metrics": _metric_bars(res, charts)}
+    pngs = {
+        **_curves(res, scores, yt, charts),
+        "histograms": _histograms(res, scores, yt, charts),
+        "confusion": _confusions(res, charts),
+        "metrics": _metric_bars(res, charts),
+    }
     d = res["data"]
     model_rows = []
     for m in res["models"]:
         t, ci = m["test"], m["test"]["bootstrap_ci"]
-        model_rows.append([
-            m["name"], _ci(t["roc_auc"], t["roc_auc_delong_ci"]) + " (DeLong)", _ci(t["pr_auc"], ci["pr_auc"]),
-            f"{m['threshold']['tuned']:.4g}",
-            _ci(t["at_tuned"]["accuracy"], ci["at_tuned"]["accuracy"]), _ci(t["at_tuned"]["precision"], ci["at_tuned"]["precision"]),
-            _ci(t["at_tuned"]["recall"], ci["at_tuned"]["recall"]), _ci(t["at_tuned"]["f1"], ci["at_tuned"]["f1"]),
-            _ci(t["at_fixed"]["accuracy"], ci["at_fixed"]["accuracy"]), _ci(t["at_fixed"]["f1"], ci["at_fixed"]["f1"]),
-            f"{t['log_loss']:.3f}", f"{t['calibration']['ece']:.3f}", f"{t['calibration']['brier']:.3f}",
-            f"{m['val']['roc_auc']:.3f}", f"{m['val']['log_loss']:.4f}", f"{m['seconds']:.1f}"])
+        model_rows.append(
+            [
+                m["name"],
+                _ci(t["roc_auc"], t["roc_auc_delong_ci"]) + " (DeLong)",
+                _ci(t["pr_auc"], ci["pr_auc"]),
+                f"{m['threshold']['tuned']:.4g}",
+                _ci(t["at_tuned"]["accuracy"], ci["at_tuned"]["accuracy"]),
+                _ci(t["at_tuned"]["precision"], ci["at_tuned"]["precision"]),
+                _ci(t["at_tuned"]["recall"], ci["at_tuned"]["recall"]),
+                _ci(t["at_tuned"]["f1"], ci["at_tuned"]["f1"]),
+                _ci(t["at_fixed"]["accuracy"], ci["at_fixed"]["accuracy"]),
+                _ci(t["at_fixed"]["f1"], ci["at_fixed"]["f1"]),
+                f"{t['log_loss']:.3f}",
+                f"{t['calibration']['ece']:.3f}",
+                f"{t['calibration']['brier']:.3f}",
+                f"{m['val']['roc_auc']:.3f}",
+                f"{m['val']['log_loss']:.4f}",
+                f"{m['seconds']:.1f}",
+            ]
+        )
     pair_rows = []
     for p in res["pairs"]:
         a, mc = p["roc_auc"], p["accuracy_at_tuned"]
-        pair_rows.append([f"{p['a']} − {p['b']}", f"{a['diff']:+.3f} [{a['ci'][0]:+.3f}, {a['ci'][1]:+.3f}]",
-                          _p(a["p_value"]), f"{a['mdd']:.3f}",
-                          f"{mc['diff']:+.3f} [{mc['bootstrap_ci'][0]:+.3f}, {mc['bootstrap_ci'][1]:+.3f}]",
-                          f"{mc['mcnemar']['a_only_correct']}/{mc['mcnemar']['b_only_correct']}",
-                          _p(mc["mcnemar"]["p_value"]), f"{mc['mdd']:.3f}"])
-    flags = res["flags"] + [f"{m['name']}: {f}" for m in res["models"] for f in m["flags"]] + \
-        [f for p in res["pairs"] for f in p["flags"]]
+        pair_rows.append(
+            [
+                f"{p['a']} − {p['b']}",
+                f"{a['diff']:+.3f} [{a['ci'][0]:+.3f}, {a['ci'][1]:+.3f}]",
+                _p(a["p_value"]),
+                f"{a['mdd']:.3f}",
+                f"{mc['diff']:+.3f} [{mc['bootstrap_ci'][0]:+.3f}, {mc['bootstrap_ci'][1]:+.3f}]",
+                f"{mc['mcnemar']['a_only_correct']}/{mc['mcnemar']['b_only_correct']}",
+                _p(mc["mcnemar"]["p_value"]),
+                f"{mc['mdd']:.3f}",
+            ]
+        )
+    flags = (
+        res["flags"]
+        + [f"{m['name']}: {f}" for m in res["models"] for f in m["flags"]]
+        + [f for p in res["pairs"] for f in p["flags"]]
+    )
     skipped = res["data"]["load_report"]["skipped"]
-    img = "".join(f'<h3>{k}</h3><img src="data:image/png;base64,{base64.b64encode(v.read_bytes()).decode()}">'
-                  for k, v in pngs.items())
+    img = "".join(
+        f'<h3>{k}</h3><img src="data:image/png;base64,{base64.b64encode(v.read_bytes()).decode()}">'
+        for k, v in pngs.items()
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>lookalike ab</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}th{{background:#f3f3f3}}
 .flag{{color:#a00}}img{{max-width:100%}}</style></head><body>
-<h1>A/B comparison of {len(res['models'])} classifiers</h1>
-<p>Data: {html.escape(d['source'])}; validation {d['val']['n']} images ({d['val']['positives']} positive) for
-thresholds only; test {d['test']['n']} images ({d['test']['positives']} positive). Skipped while loading:
-{html.escape(str(skipped) if skipped else 'none')}. Bootstrap: {res['config']['n_boot']} stratified resamples,
-the same for every model; intervals are {1 - res['config']['alpha']:.0%}.</p>
-<h2>Flags</h2>{''.join(f'<p class="flag">⚠ {html.escape(f)}</p>' for f in flags) or '<p>none</p>'}
+<h1>A/B comparison of {len(res["models"])} classifiers</h1>
+<p>Data: {html.escape(d["source"])}; validation {d["val"]["n"]} images ({d["val"]["positives"]} positive) for
+thresholds only; test {d["test"]["n"]} images ({d["test"]["positives"]} positive). Skipped while loading:
+{html.escape(str(skipped) if skipped else "none")}. Bootstrap: {res["config"]["n_boot"]} stratified resamples,
+the same for every model; intervals are {1 - res["config"]["alpha"]:.0%}.</p>
+<h2>Flags</h2>{"".join(f'<p class="flag">⚠ {html.escape(f)}</p>' for f in flags) or "<p>none</p>"}
 <h2>Models (test set)</h2>
-{_table(['model', 'ROC AUC', 'PR AUC', 'tuned thr (val)', 'acc @tuned', 'precision @tuned', 'recall @tuned',
-         'F1 @tuned', f"acc @{res['config']['fixed_threshold']}", f"F1 @{res['config']['fixed_threshold']}",
-         'log-loss', 'ECE', 'Brier', 'val AUC', 'val log-loss', 'scoring s'], model_rows)}
+{
+        _table(
+            [
+                "model",
+                "ROC AUC",
+                "PR AUC",
+                "tuned thr (val)",
+                "acc @tuned",
+                "precision @tuned",
+                "recall @tuned",
+                "F1 @tuned",
+                f"acc @{res['config']['fixed_threshold']}",
+                f"F1 @{res['config']['fixed_threshold']}",
+                "log-loss",
+                "ECE",
+                "Brier",
+                "val AUC",
+                "val log-loss",
+                "scoring s",
+            ],
+            model_rows,
+        )
+    }
 <h2>Pairwise tests (test set)</h2>
-{_table(['a − b', 'ΔAUC [DeLong CI]', 'DeLong p', 'AUC MDD', 'Δacc @tuned [bootstrap CI]',
-         'only a / only b correct', 'McNemar p', 'acc MDD'], pair_rows)}
-<p>MDD: minimum detectable difference at {res['config']['power']:.0%} power, α={res['config']['alpha']}
+{
+        _table(
+            [
+                "a − b",
+                "ΔAUC [DeLong CI]",
+                "DeLong p",
+                "AUC MDD",
+                "Δacc @tuned [bootstrap CI]",
+                "only a / only b correct",
+                "McNemar p",
+                "acc MDD",
+            ],
+            pair_rows,
+        )
+    }
+<p>MDD: minimum detectable difference at {res["config"]["power"]:.0%} power, α={res["config"]["alpha"]}
 (DeLong: (z<sub>α/2</sub>+z<sub>β</sub>)·SE(ΔAUC); McNemar: Connor 1987 with the observed discordance).</p>
 <h2>Charts</h2>{img}
-<h2>Model details</h2><pre>{html.escape(json.dumps([m['info'] for m in res['models']], indent=1))}</pre>
-<h2>Provenance</h2><pre>{html.escape(json.dumps(res['provenance'], indent=1))}</pre>
+<h2>Model details</h2><pre>{html.escape(json.dumps([m["info"] for m in res["models"]], indent=1))}</pre>
+<h2>Provenance</h2><pre>{html.escape(json.dumps(res["provenance"], indent=1))}</pre>
 </body></html>"""
     path = out_dir / "report.html"
     path.write_text(page, encoding="utf-8")

@@ -57,8 +57,15 @@ def delong_test(y: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float = 0.05
     else:
         z = diff / se
         p = float(2 * st.norm.sf(abs(z)))
-    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "se": se,
-            "ci": [float(diff - zq * se), float(diff + zq * se)], "z": z, "p_value": p}
+    return {
+        "auc_a": float(aucs[0]),
+        "auc_b": float(aucs[1]),
+        "diff": diff,
+        "se": se,
+        "ci": [float(diff - zq * se), float(diff + zq * se)],
+        "z": z,
+        "p_value": p,
+    }
 
 
 # ---------------------------------------------------------------- thresholds and point metrics
@@ -78,8 +85,13 @@ def threshold_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
     y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
     tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
     fn, tn = int((~pred & y).sum()), int((~pred & ~y).sum())
-    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, **_rates(np.array([tp]), np.array([fp]), np.array([fn]),
-                                                               np.array([tn]), scalar=True)}
+    return {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        **_rates(np.array([tp]), np.array([fp]), np.array([fn]), np.array([tn]), scalar=True),
+    }
 
 
 def _rates(tp, fp, fn, tn, scalar: bool = False) -> dict:
@@ -89,8 +101,14 @@ def _rates(tp, fp, fn, tn, scalar: bool = False) -> dict:
         recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
         spec = np.where(tn + fp > 0, tn / np.maximum(tn + fp, 1), 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-        out = {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "specificity": spec,
-               "f1": f1, "balanced_accuracy": (recall + spec) / 2}
+        out = {
+            "accuracy": (tp + tn) / n,
+            "precision": precision,
+            "recall": recall,
+            "specificity": spec,
+            "f1": f1,
+            "balanced_accuracy": (recall + spec) / 2,
+        }
     return {k: float(v[0]) for k, v in out.items()} if scalar else out
 
 
@@ -109,8 +127,14 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
         if sel.any():
             conf, frac = float(p[sel].mean()), float(y[sel].mean())
             ece += sel.mean() * abs(conf - frac)
-            rows.append({"bin": [float(edges[b]), float(edges[b + 1])], "n": int(sel.sum()),
-                         "mean_score": conf, "fraction_positive": frac})
+            rows.append(
+                {
+                    "bin": [float(edges[b]), float(edges[b + 1])],
+                    "n": int(sel.sum()),
+                    "mean_score": conf,
+                    "fraction_positive": frac,
+                }
+            )
     return {"bins": rows, "ece": float(ece), "brier": float(np.mean((p - y) ** 2))}
 
 
@@ -172,8 +196,15 @@ def mcnemar_test(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict:
     discordant = int(table[0, 1] + table[1, 0])
     exact = discordant < 25
     res = mcnemar(table, exact=exact, correction=True)
-    return {"table": table.tolist(), "a_only_correct": int(table[0, 1]), "b_only_correct": int(table[1, 0]),
-            "discordant": discordant, "exact": exact, "statistic": float(res.statistic), "p_value": float(res.pvalue)}
+    return {
+        "table": table.tolist(),
+        "a_only_correct": int(table[0, 1]),
+        "b_only_correct": int(table[1, 0]),
+        "discordant": discordant,
+        "exact": exact,
+        "statistic": float(res.statistic),
+        "p_value": float(res.pvalue),
+    }
 
 
 def mcnemar_mdd(n: int, discordant_fraction: float, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -201,7 +232,7 @@ def mcnemar_required_n(delta: float, discordant_fraction: float, alpha: float = 
     if delta == 0 or psi <= delta * delta:
         return float("inf") if delta == 0 else 0.0
     za, zb = st.norm.ppf(1 - alpha / 2), st.norm.ppf(power)
-    return float((za * np.sqrt(psi) + zb * np.sqrt(psi - delta * delta)) ** 2 / delta ** 2)
+    return float((za * np.sqrt(psi) + zb * np.sqrt(psi - delta * delta)) ** 2 / delta**2)
 
 
 def auc_mdd(se_diff: float, alpha: float = 0.05, power: float = 0.8) -> float:

@@ -27,7 +27,7 @@ class RayOptions:
     shard_size: int = 4096
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, batch_size: int) -> "RayOptions | None":
+    def from_args(cls, args: argparse.Namespace, batch_size: int) -> RayOptions | None:
         """From the options `add_engine_options` adds (`batch_size` unless --batch-size): None for local.
         A missing Ray or an unreachable --address fails here, before the catalogue is read."""
         if args.engine != "ray":
@@ -45,12 +45,23 @@ class RayOptions:
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
     """`--engine local|ray` and the Ray engine's options, for `embed` and `catalog ingest`."""
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local: this process (default); ray: Ray Data actors (needs lookalike[scale])")
-    p.add_argument("--address", help="Ray cluster to join (host:port, ray://host:port or auto); "
-                                     "default: start a local Ray on this machine's cores")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (default); ray: Ray Data actors (needs lookalike[scale])",
+    )
+    p.add_argument(
+        "--address",
+        help="Ray cluster to join (host:port, ray://host:port or auto); "
+        "default: start a local Ray on this machine's cores",
+    )
     p.add_argument("--num-cpus", type=int, help="cores of the local Ray (default: all); ignored with --address")
     p.add_argument("--num-actors", type=int, help="encoder actors (default: one per CPU of the cluster)")
     p.add_argument("--batch-size", type=int, help="images per batch (default: the config's, 64)")
-    p.add_argument("--shard-size", type=int, default=4096,
-                   help="new vectors per cache shard on Ray (a killed job loses at most one shard's worth)")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=4096,
+        help="new vectors per cache shard on Ray (a killed job loses at most one shard's worth)",
+    )

@@ -47,7 +47,7 @@ MAX_TASK_RETRIES = 2
 def _import_ray():
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise LookalikeError(NEEDS_RAY) from None
     return ray
@@ -76,11 +76,18 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         check_reachable(address)
     try:
-        ray.init(address=address, num_cpus=None if address else (num_cpus or os.cpu_count()),
-                 include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(
+            address=address,
+            num_cpus=None if address else (num_cpus or os.cpu_count()),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise LookalikeError(f"cannot start or join {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise LookalikeError(
+            f"cannot start or join {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     return True
 
 
@@ -93,8 +100,10 @@ class _EmbedActor:
         self.encoder = image_encoder_for(EncoderConfig.model_validate(encoder_config), Path(cache_root), threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        refs = [ImageRef(Path(p), tuple(int(x) for x in b.split(",")) if b else None)
-                for p, b in zip(batch["path"], batch["box"])]
+        refs = [
+            ImageRef(Path(p), tuple(int(x) for x in b.split(",")) if b else None)
+            for p, b in zip(batch["path"], batch["box"])
+        ]
         arrays = [load_pixels(self.encoder, ref) for ref in refs]
         ok = [j for j, a in enumerate(arrays) if not isinstance(a, str)]
         vectors = np.zeros((len(refs), self.encoder.dim), np.float32)
@@ -114,9 +123,18 @@ def _pool(ray, num_actors: int | None) -> tuple[int, int]:
     return num_actors, max(1, min(total // num_actors, per_node))
 
 
-def embed_images_ray(refs: list[ImageRef], encoder_config: "EncoderConfig", cache_root: Path, *,
-                     address: str | None = None, num_cpus: int | None = None, num_actors: int | None = None,
-                     batch_size: int = 64, shard_size: int = 4096, progress: bool = False) -> EmbedResult:
+def embed_images_ray(
+    refs: list[ImageRef],
+    encoder_config: EncoderConfig,
+    cache_root: Path,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_actors: int | None = None,
+    batch_size: int = 64,
+    shard_size: int = 4096,
+    progress: bool = False,
+) -> EmbedResult:
     """Vectors of every image (rows of failed ones are zero), as `embed_images` returns them, computed on
     Ray for the images the cache lacks. `num_cpus` sizes a local Ray (ignored with `address`)."""
     t0 = time.perf_counter()
@@ -137,18 +155,46 @@ def embed_images_ray(refs: list[ImageRef], encoder_config: "EncoderConfig", cach
         ray = _import_ray()
         started = connect(address, num_cpus)
         try:
-            computed = _run(ray, refs, plan.todo, plan.keys, encoder_config, root, cache, out, failed,
-                            num_actors, batch_size, shard_size, progress, encoder.name)
+            computed = _run(
+                ray,
+                refs,
+                plan.todo,
+                plan.keys,
+                encoder_config,
+                root,
+                cache,
+                out,
+                failed,
+                num_actors,
+                batch_size,
+                shard_size,
+                progress,
+                encoder.name,
+            )
         finally:
             if started:
                 ray.shutdown()
-    return EmbedResult(out, failed, cached=len(plan.hits), computed=computed, seconds=time.perf_counter() - t0,
-                       hashed=plan.hashed)
+    return EmbedResult(
+        out, failed, cached=len(plan.hits), computed=computed, seconds=time.perf_counter() - t0, hashed=plan.hashed
+    )
 
 
-def _run(ray, refs: list[ImageRef], todo: list[int], keys: list[str | None], encoder_config: "EncoderConfig",
-         root: Path, cache: EmbeddingCache, out: np.ndarray, failed: dict[int, str], num_actors: int | None,
-         batch_size: int, shard_size: int, progress: bool, name: str) -> int:
+def _run(
+    ray,
+    refs: list[ImageRef],
+    todo: list[int],
+    keys: list[str | None],
+    encoder_config: EncoderConfig,
+    root: Path,
+    cache: EmbeddingCache,
+    out: np.ndarray,
+    failed: dict[int, str],
+    num_actors: int | None,
+    batch_size: int,
+    shard_size: int,
+    progress: bool,
+    name: str,
+) -> int:
     """Embed `todo` on the actor pool, writing vectors into `out` and the cache as they arrive."""
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -157,22 +203,34 @@ def _run(ray, refs: list[ImageRef], todo: list[int], keys: list[str | None], enc
     saved = (ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.print_on_execution_start)
     ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.print_on_execution_start = -1, False, False
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # not "progress bars disabled"
-    rows = [{"i": i, "path": str(refs[i].path), "box": ",".join(map(str, refs[i].box)) if refs[i].box else ""}
-            for i in todo]
+    rows = [
+        {"i": i, "path": str(refs[i].path), "box": ",".join(map(str, refs[i].box)) if refs[i].box else ""} for i in todo
+    ]
     seen = np.zeros(len(refs), bool)
     computed = 0
     new: list[int] = []
     last_flush = time.monotonic()
-    bar = tqdm(total=len(todo), desc=f"embedding images ({name}) on Ray, {actors} actors", unit="img",
-               disable=not progress)
+    bar = tqdm(
+        total=len(todo), desc=f"embedding images ({name}) on Ray, {actors} actors", unit="img", disable=not progress
+    )
     try:
         with warnings.catch_warnings():  # 2.60 has no named parameter for the retry limits yet
             warnings.simplefilter("ignore", DeprecationWarning)
-            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 10_000))) \
-                .map_batches(_EmbedActor, batch_size=batch_size, compute=ActorPoolStrategy(size=actors), num_cpus=cpus,
-                             fn_constructor_kwargs={"encoder_config": encoder_config.model_dump(),
-                                                    "cache_root": str(root), "threads": cpus},
-                             max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)
+            ds = ray.data.from_items(
+                rows, override_num_blocks=max(1, min(len(rows) // batch_size, 10_000))
+            ).map_batches(
+                _EmbedActor,
+                batch_size=batch_size,
+                compute=ActorPoolStrategy(size=actors),
+                num_cpus=cpus,
+                fn_constructor_kwargs={
+                    "encoder_config": encoder_config.model_dump(),
+                    "cache_root": str(root),
+                    "threads": cpus,
+                },
+                max_restarts=MAX_RESTARTS,
+                max_task_retries=MAX_TASK_RETRIES,
+            )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             idx, errors = batch["i"], batch["error"]
             seen[idx] = True
@@ -189,7 +247,9 @@ def _run(ray, refs: list[ImageRef], todo: list[int], keys: list[str | None], enc
     except LookalikeError:
         raise
     except Exception as e:  # Ray wraps what went wrong in its own errors; name it in one line
-        raise LookalikeError(f"the Ray embedding job failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise LookalikeError(
+            f"the Ray embedding job failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     finally:
         cache.put([keys[i] for i in new], out[new])  # what arrived is kept, even when the job fails
         bar.close()

@@ -86,7 +86,9 @@ class FileKeys:
         root.mkdir(parents=True, exist_ok=True)
         self.path = root / "file-keys.sqlite"
         with self._connect() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha1 TEXT)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha1 TEXT)"
+            )
             self._known = {p: (size, mtime, sha) for p, size, mtime, sha in db.execute("SELECT * FROM files")}
         self._new: list[tuple[str, int, int, str]] = []
 

@@ -71,13 +71,13 @@ def center_crop_or_pad(arr: np.ndarray, height: int, width: int, fill=0, roundin
             top, left = (new_h - h) // 2, (new_w - w) // 2  # floor, as torchvision's pad
         padded = np.empty((new_h, new_w, arr.shape[2]), dtype=arr.dtype)
         padded[...] = np.asarray(fill, dtype=arr.dtype)
-        padded[top:top + h, left:left + w] = arr
+        padded[top : top + h, left : left + w] = arr
         arr, h, w = padded, new_h, new_w
     if rounding == "floor":
         top, left = (h - height) // 2, (w - width) // 2
     else:
-        top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
-    return arr[top:top + height, left:left + width]
+        top, left = round((h - height) / 2.0), round((w - width) / 2.0)
+    return arr[top : top + height, left : left + width]
 
 
 def normalise(arr: np.ndarray, mean, std, scale: float = 1 / 255.0) -> np.ndarray:
@@ -105,14 +105,19 @@ def _import_transformers():
         import transformers
     except ImportError as e:
         raise LookalikeError(
-            f"Hugging Face CLIP/SigLIP encoders need transformers: pip install 'lookalike[clip]' ({e})") from e
+            f"Hugging Face CLIP/SigLIP encoders need transformers: pip install 'lookalike[clip]' ({e})"
+        ) from e
     return transformers
 
 
 def _looks_local(source: str) -> bool:
     """A filesystem path rather than a hub name ("org/name" also contains a slash, so be explicit)."""
-    return (os.path.isabs(source) or source.startswith(("./", "../", "~", ".\\", "..\\")) or source in (".", "..")
-            or os.path.isdir(source))
+    return (
+        os.path.isabs(source)
+        or source.startswith(("./", "../", "~", ".\\", "..\\"))
+        or source in (".", "..")
+        or os.path.isdir(source)
+    )
 
 
 def _files_identity(directory: Path) -> list[tuple[str, int, int]]:
@@ -134,8 +139,14 @@ class HFClipImageEncoder(ImageEncoder):
 
     family = "hf-clip"
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", threads: int | None = None,
-                 local_files_only: bool | None = None, revision: str | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str = "cpu",
+        threads: int | None = None,
+        local_files_only: bool | None = None,
+        revision: str | None = None,
+    ):
         transformers = _import_transformers()
         import torch
 
@@ -148,7 +159,9 @@ class HFClipImageEncoder(ImageEncoder):
             if not os.path.isdir(source):
                 raise LookalikeError(f"model directory not found: {os.path.abspath(source)}")
             if not os.path.isfile(os.path.join(source, "config.json")):
-                raise LookalikeError(f"{os.path.abspath(source)} is not a Hugging Face model directory (no config.json)")
+                raise LookalikeError(
+                    f"{os.path.abspath(source)} is not a Hugging Face model directory (no config.json)"
+                )
         load_kw = {}
         if local_files_only is not None:
             load_kw["local_files_only"] = local_files_only
@@ -161,7 +174,8 @@ class HFClipImageEncoder(ImageEncoder):
             raise LookalikeError(
                 f"could not load the Hugging Face model config for {source!r}: {str(e).strip().rstrip('.')}. A hub "
                 f"name must be in the local HF cache (or the hub reachable; HF_HUB_OFFLINE=1 skips the network "
-                f"retries); a directory must hold config.json and the weights.") from e
+                f"retries); a directory must hold config.json and the weights."
+            ) from e
         self.model_type = hf_config.model_type
         model_cls = self._model_class(transformers, hf_config)
         try:
@@ -170,8 +184,10 @@ class HFClipImageEncoder(ImageEncoder):
             raise LookalikeError(f"could not load the weights of Hugging Face model {source!r}: {e}") from e
         missing = [k for k in (info or {}).get("missing_keys", []) if "vision" in k or "visual" in k]
         if missing:
-            raise LookalikeError(f"{source!r}: image-tower weights missing from the checkpoint "
-                                 f"(they would be random): {sorted(missing)[:5]}")
+            raise LookalikeError(
+                f"{source!r}: image-tower weights missing from the checkpoint "
+                f"(they would be random): {sorted(missing)[:5]}"
+            )
         self.model = model.to(self.device)
         freeze(self.model)
         self._dtype = next(self.model.parameters()).dtype
@@ -199,8 +215,9 @@ class HFClipImageEncoder(ImageEncoder):
             cls = getattr(transformers, arch, None)
             if cls is not None and hasattr(cls, "get_image_features"):
                 return cls
-        raise LookalikeError(f"unsupported Hugging Face model type {mt!r} (architectures {archs}); "
-                             f"expected a CLIP or SigLIP model")
+        raise LookalikeError(
+            f"unsupported Hugging Face model type {mt!r} (architectures {archs}); expected a CLIP or SigLIP model"
+        )
 
     def _feature_dim(self, hf_config) -> int:
         proj = getattr(hf_config, "projection_dim", None)
@@ -223,8 +240,9 @@ class HFClipImageEncoder(ImageEncoder):
             try:
                 from transformers.utils import cached_file
 
-                path = cached_file(source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False,
-                                   **load_kw)
+                path = cached_file(
+                    source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False, **load_kw
+                )
             except Exception:
                 path = None
         if path:
@@ -235,12 +253,22 @@ class HFClipImageEncoder(ImageEncoder):
         siglip = "siglip" in self.model_type
         # The processors' class defaults (CLIPImageProcessor / SiglipImageProcessor) where the file is silent.
         if siglip:
-            defaults = dict(size={"height": image_size, "width": image_size}, do_center_crop=False,
-                            resample=2, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
+            defaults = {
+                "size": {"height": image_size, "width": image_size},
+                "do_center_crop": False,
+                "resample": 2,
+                "image_mean": (0.5, 0.5, 0.5),
+                "image_std": (0.5, 0.5, 0.5),
+            }
         else:
-            defaults = dict(size={"shortest_edge": image_size}, do_center_crop=True,
-                            crop_size={"height": image_size, "width": image_size}, resample=3,
-                            image_mean=OPENAI_MEAN, image_std=OPENAI_STD)
+            defaults = {
+                "size": {"shortest_edge": image_size},
+                "do_center_crop": True,
+                "crop_size": {"height": image_size, "width": image_size},
+                "resample": 3,
+                "image_mean": OPENAI_MEAN,
+                "image_std": OPENAI_STD,
+            }
         cfg = {**defaults, **{k: v for k, v in raw.items() if v is not None}}
         do_resize = bool(cfg.get("do_resize", True))
         do_crop = bool(cfg.get("do_center_crop", False))
@@ -373,8 +401,10 @@ def _split_openclip_source(source: str) -> tuple[str, str | None]:
     arch, _, pretrained = source.partition("/")
     if not arch or not pretrained:
         # Without pretrained weights open_clip would hand back a randomly initialised (useless) frozen model.
-        raise LookalikeError(f"openclip source {source!r} must be <arch>/<pretrained tag or checkpoint file>, "
-                             f"e.g. ViT-B-32/laion2b_s34b_b79k")
+        raise LookalikeError(
+            f"openclip source {source!r} must be <arch>/<pretrained tag or checkpoint file>, "
+            f"e.g. ViT-B-32/laion2b_s34b_b79k"
+        )
     return arch, pretrained
 
 
@@ -388,8 +418,14 @@ class OpenClipImageEncoder(ImageEncoder):
 
     family = "openclip"
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", threads: int | None = None,
-                 precision: str = "fp32", cache_dir: str | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str = "cpu",
+        threads: int | None = None,
+        precision: str = "fp32",
+        cache_dir: str | None = None,
+    ):
         self.name = spec.name
         self.source = spec.source
         self.arch, pretrained = _split_openclip_source(spec.source)
@@ -399,8 +435,9 @@ class OpenClipImageEncoder(ImageEncoder):
         except ImportError as e:
             raise LookalikeError(f"OpenCLIP encoders need open_clip: pip install open_clip_torch ({e})") from e
 
-        if pretrained is not None and (os.path.sep in pretrained or pretrained.endswith(
-                (".bin", ".pt", ".pth", ".safetensors", ".ckpt"))):
+        if pretrained is not None and (
+            os.path.sep in pretrained or pretrained.endswith((".bin", ".pt", ".pth", ".safetensors", ".ckpt"))
+        ):
             pretrained = os.path.expanduser(pretrained)
             if not os.path.isfile(pretrained):
                 raise LookalikeError(f"OpenCLIP checkpoint file not found: {os.path.abspath(pretrained)}")
@@ -413,8 +450,9 @@ class OpenClipImageEncoder(ImageEncoder):
         try:
             model, _, _ = open_clip.create_model_and_transforms(self.arch, pretrained=pretrained, **kw)
         except Exception as e:  # unknown arch/tag, missing file, no network and not cached, ...
-            raise LookalikeError(f"could not load OpenCLIP model {spec.source!r} "
-                                 f"(arch {self.arch!r}, pretrained {pretrained!r}): {e}") from e
+            raise LookalikeError(
+                f"could not load OpenCLIP model {spec.source!r} (arch {self.arch!r}, pretrained {pretrained!r}): {e}"
+            ) from e
         self.model = model
         freeze(self.model)
         self._dtype = next(self.model.parameters()).dtype
@@ -533,11 +571,39 @@ def build_openclip(spec: ModelSpec, **kwargs) -> OpenClipImageEncoder:
 register_family("hf-clip", build_hf_clip)
 register_family("openclip", build_openclip)
 
-register_model(ModelSpec("fashion-clip", "image", "hf-clip", "patrickjohncyh/fashion-clip",
-                         "FashionCLIP (CLIP ViT-B/32 fine-tuned on fashion products), 512-d projected image features"))
-register_model(ModelSpec("clip-vit-b32", "image", "hf-clip", "openai/clip-vit-base-patch32",
-                         "OpenAI CLIP ViT-B/32, 512-d projected image features"))
-register_model(ModelSpec("siglip-base", "image", "hf-clip", "google/siglip-base-patch16-224",
-                         "SigLIP ViT-B/16 at 224 px, 768-d pooled image features"))
-register_model(ModelSpec("openclip-vit-b32", "image", "openclip", "ViT-B-32/laion2b_s34b_b79k",
-                         "OpenCLIP ViT-B/32 trained on LAION-2B, 512-d projected image features"))
+register_model(
+    ModelSpec(
+        "fashion-clip",
+        "image",
+        "hf-clip",
+        "patrickjohncyh/fashion-clip",
+        "FashionCLIP (CLIP ViT-B/32 fine-tuned on fashion products), 512-d projected image features",
+    )
+)
+register_model(
+    ModelSpec(
+        "clip-vit-b32",
+        "image",
+        "hf-clip",
+        "openai/clip-vit-base-patch32",
+        "OpenAI CLIP ViT-B/32, 512-d projected image features",
+    )
+)
+register_model(
+    ModelSpec(
+        "siglip-base",
+        "image",
+        "hf-clip",
+        "google/siglip-base-patch16-224",
+        "SigLIP ViT-B/16 at 224 px, 768-d pooled image features",
+    )
+)
+register_model(
+    ModelSpec(
+        "openclip-vit-b32",
+        "image",
+        "openclip",
+        "ViT-B-32/laion2b_s34b_b79k",
+        "OpenCLIP ViT-B/32 trained on LAION-2B, 512-d projected image features",
+    )
+)

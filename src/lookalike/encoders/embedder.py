@@ -111,8 +111,15 @@ def forward_grouped(encoder: ImageEncoder, arrays: list[np.ndarray]) -> np.ndarr
     return out
 
 
-def embed_images(refs: list[ImageRef], encoder: ImageEncoder, cache_root: Path, batch_size: int = 64,
-                 workers: int = 1, progress: bool = True, flush_every: int = 8192) -> EmbedResult:
+def embed_images(
+    refs: list[ImageRef],
+    encoder: ImageEncoder,
+    cache_root: Path,
+    batch_size: int = 64,
+    workers: int = 1,
+    progress: bool = True,
+    flush_every: int = 8192,
+) -> EmbedResult:
     import time
 
     t0 = time.perf_counter()
@@ -124,12 +131,14 @@ def embed_images(refs: list[ImageRef], encoder: ImageEncoder, cache_root: Path, 
         out[plan.hits] = cache.get([plan.keys[i] for i in plan.hits])
     todo = plan.todo
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
+        batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
 
         def prepare(batch: list[int]):
             return [pool.submit(load_pixels, encoder, refs[i], plan.data[i]) for i in batch]
 
-        bar = tqdm(total=len(todo), desc=f"embedding images ({encoder.name})", unit="img", disable=not progress or not todo)
+        bar = tqdm(
+            total=len(todo), desc=f"embedding images ({encoder.name})", unit="img", disable=not progress or not todo
+        )
         pending = prepare(batches[0]) if batches else []
         new_idx: list[int] = []
         for b, batch in enumerate(batches):
@@ -150,17 +159,23 @@ def embed_images(refs: list[ImageRef], encoder: ImageEncoder, cache_root: Path, 
             bar.update(len(batch))
         bar.close()
     computed = len(todo) - sum(1 for i in todo if i in failed)
-    return EmbedResult(out, failed, cached=len(plan.hits), computed=computed, seconds=time.perf_counter() - t0,
-                       hashed=plan.hashed)
+    return EmbedResult(
+        out, failed, cached=len(plan.hits), computed=computed, seconds=time.perf_counter() - t0, hashed=plan.hashed
+    )
 
 
-def embed_texts(texts: list[str], encoder: TextEncoder, cache_root: Path, progress: bool = True,
-                chunk: int = 2048) -> np.ndarray:
+def embed_texts(
+    texts: list[str], encoder: TextEncoder, cache_root: Path, progress: bool = True, chunk: int = 2048
+) -> np.ndarray:
     cache = EmbeddingCache(cache_root, "text", encoder.fingerprint(), encoder.dim)
     keys = [text_key(t) for t in texts]
     missing = sorted({k: t for k, t in zip(keys, texts) if k not in cache}.items())
-    for s in tqdm(range(0, len(missing), chunk), desc=f"embedding texts ({encoder.name})", unit="chunk",
-                  disable=not progress or not missing):
-        part = missing[s:s + chunk]
+    for s in tqdm(
+        range(0, len(missing), chunk),
+        desc=f"embedding texts ({encoder.name})",
+        unit="chunk",
+        disable=not progress or not missing,
+    ):
+        part = missing[s : s + chunk]
         cache.put([k for k, _ in part], encoder.encode([t for _, t in part]))
     return cache.get(keys) if keys else np.zeros((0, encoder.dim), np.float32)

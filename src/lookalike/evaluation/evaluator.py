@@ -37,7 +37,8 @@ def similarity_stats(queries: np.ndarray, images: np.ndarray, keys: np.ndarray, 
     neg = np.einsum("ij,ij->i", queries[neg_ok], images[j[neg_ok]])
     bins = np.linspace(-1, 1, 41)
     return {
-        "positive_mean": float(pos.mean()), "positive_std": float(pos.std()),
+        "positive_mean": float(pos.mean()),
+        "positive_std": float(pos.std()),
         "negative_mean": float(neg.mean()) if len(neg) else float("nan"),
         "negative_std": float(neg.std()) if len(neg) else float("nan"),
         "gap": float(pos.mean() - (neg.mean() if len(neg) else 0.0)),
@@ -55,7 +56,9 @@ def embedding_health(vectors: np.ndarray, seed: int = 0) -> dict:
     off = a != b
     cos = np.einsum("ij,ij->i", vectors[a[off]], vectors[b[off]])
     return {
-        "norm_mean": float(norms.mean()), "norm_min": float(norms.min()), "norm_max": float(norms.max()),
+        "norm_mean": float(norms.mean()),
+        "norm_min": float(norms.min()),
+        "norm_max": float(norms.max()),
         "unit_norm_ok": bool(np.allclose(norms, 1.0, atol=1e-3)),
         "variance_per_dim_mean": float(vectors.var(axis=0).mean()),
         "total_variance": float(vectors.var(axis=0).sum()),
@@ -65,8 +68,15 @@ def embedding_health(vectors: np.ndarray, seed: int = 0) -> dict:
 
 
 class RetrievalEvaluator:
-    def __init__(self, products: list[Product], definitions: dict[str, list[str] | None], ks: list[int],
-                 depth: int = 100, anchors: np.ndarray | None = None, category_field: str | None = None):
+    def __init__(
+        self,
+        products: list[Product],
+        definitions: dict[str, list[str] | None],
+        ks: list[int],
+        depth: int = 100,
+        anchors: np.ndarray | None = None,
+        category_field: str | None = None,
+    ):
         self.products = products
         self.ids = [p.id for p in products]
         self.definitions = definitions
@@ -82,21 +92,32 @@ class RetrievalEvaluator:
             groups["anchor"] = self.anchors
         return groups
 
-    def rank(self, task: str, queries: np.ndarray, gallery: np.ndarray,
-             bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def rank(
+        self, task: str, queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         exclude = np.arange(len(queries)) if task in SELF_EXCLUDED else None
         return exact_topk(queries, gallery, self.depth, exclude=exclude, bias=bias)
 
-    def __call__(self, queries: dict[str, np.ndarray], gallery: np.ndarray, out_dir: Path | None = None,
-                 per_category: bool = True, biases: dict[str, np.ndarray] | None = None) -> dict:
+    def __call__(
+        self,
+        queries: dict[str, np.ndarray],
+        gallery: np.ndarray,
+        out_dir: Path | None = None,
+        per_category: bool = True,
+        biases: dict[str, np.ndarray] | None = None,
+    ) -> dict:
         """`biases[task]`: a per-gallery-image score offset that task ranks with (e.g. hubness correction)."""
         results: dict = {}
         written: set[str] = set()
         for task, q in queries.items():
             top_idx, top_scores = self.rank(task, q, gallery, (biases or {}).get(task))
             self_excluded = task in SELF_EXCLUDED
-            task_res: dict = {"n_queries": len(q), "gallery_size": len(gallery), "run_depth": top_idx.shape[1],
-                              "self_excluded": self_excluded}
+            task_res: dict = {
+                "n_queries": len(q),
+                "gallery_size": len(gallery),
+                "run_depth": top_idx.shape[1],
+                "self_excluded": self_excluded,
+            }
             for name, keys in self.keys.items():
                 if self_excluded and self.definitions[name] is None:
                     continue  # instance relevance is trivial when the query image is in the gallery
@@ -105,16 +126,23 @@ class RetrievalEvaluator:
                 pq = per_query_metrics(rel, counts, self.ks)
                 block = {g: aggregate(pq, m) for g, m in self._groups().items()}
                 if per_category and self.categories is not None:
-                    block["per_category"] = {c: aggregate(pq, self.categories == c)
-                                             for c in sorted(set(self.categories.tolist()))}
+                    block["per_category"] = {
+                        c: aggregate(pq, self.categories == c) for c in sorted(set(self.categories.tolist()))
+                    }
                 block["queries_without_relevant"] = int((counts == 0).sum())
                 task_res[name] = block
                 if out_dir is not None:
                     # json/text queries share qrels; image → image has its own (the query photo excluded).
                     qrels = f"{task}.{name}.qrels" if self_excluded else f"{name}.qrels"
                     if qrels not in written:
-                        write_qrels(Path(out_dir) / qrels, self.ids, self.ids, keys, keys,
-                                    exclude=np.arange(len(keys)) if self_excluded else None)
+                        write_qrels(
+                            Path(out_dir) / qrels,
+                            self.ids,
+                            self.ids,
+                            keys,
+                            keys,
+                            exclude=np.arange(len(keys)) if self_excluded else None,
+                        )
                         written.add(qrels)
                     block["qrels_file"] = qrels
             if not self_excluded:

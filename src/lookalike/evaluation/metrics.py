@@ -12,7 +12,7 @@ import numpy as np
 
 def per_query_metrics(rel: np.ndarray, n_relevant: np.ndarray, ks: list[int]) -> dict[str, np.ndarray]:
     """rel: (n, depth) bool, True where the ranked item is relevant; n_relevant: (n,) over the gallery."""
-    n, depth = rel.shape
+    _n, depth = rel.shape
     relf = rel.astype(np.float64)
     R = n_relevant.astype(np.float64)
     safe_R = np.maximum(R, 1)

@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 # Labels may hold Korean (K-Fashion) that the default font cannot draw; the grid is still useful.
 warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+import itertools
+
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -45,11 +47,23 @@ def training_charts(history: list[dict], path: Path, title: str = "") -> None:
 
 def similarity_histogram(stats: dict, path: Path, title: str) -> None:
     bins = stats["histogram_bins"]
-    centers = [(a + b) / 2 for a, b in zip(bins[:-1], bins[1:])]
+    centers = [(a + b) / 2 for a, b in itertools.pairwise(bins)]
     width = bins[1] - bins[0]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(centers, stats["positive_histogram"], width=width, alpha=0.6, label=f"positive (mean {stats['positive_mean']:.3f})")
-    ax.bar(centers, stats["negative_histogram"], width=width, alpha=0.6, label=f"negative (mean {stats['negative_mean']:.3f})")
+    ax.bar(
+        centers,
+        stats["positive_histogram"],
+        width=width,
+        alpha=0.6,
+        label=f"positive (mean {stats['positive_mean']:.3f})",
+    )
+    ax.bar(
+        centers,
+        stats["negative_histogram"],
+        width=width,
+        alpha=0.6,
+        label=f"negative (mean {stats['negative_mean']:.3f})",
+    )
     ax.set_xlabel("cosine similarity")
     ax.set_title(title)
     ax.legend()
@@ -64,8 +78,9 @@ def open_ref(ref: ImageRef) -> Image.Image:
     return im.crop(ref.box) if ref.box else im
 
 
-def result_grid(query_label: str, query_image: ImageRef | None, results: list[tuple[ImageRef, str, float, bool]],
-                path: Path) -> None:
+def result_grid(
+    query_label: str, query_image: ImageRef | None, results: list[tuple[ImageRef, str, float, bool]], path: Path
+) -> None:
     """One row: the query (its own photo when it has one) then the top-k with id, score and relevance."""
     n = len(results) + 1
     fig, ax = plt.subplots(1, n, figsize=(2.2 * n, 3.4))

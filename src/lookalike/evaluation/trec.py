@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 
-def write_run(path: Path, query_ids: list[str], doc_ids: list[str], top_idx: np.ndarray, top_scores: np.ndarray,
-              name: str) -> None:
+def write_run(
+    path: Path, query_ids: list[str], doc_ids: list[str], top_idx: np.ndarray, top_scores: np.ndarray, name: str
+) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for q, row, scores in zip(query_ids, top_idx, top_scores):
             for rank, (j, s) in enumerate(zip(row, scores), 1):
@@ -17,8 +18,14 @@ def write_run(path: Path, query_ids: list[str], doc_ids: list[str], top_idx: np.
                 f.write(f"{q} Q0 {doc_ids[j]} {rank} {float(s):.9g} {name}\n")
 
 
-def write_qrels(path: Path, query_ids: list[str], doc_ids: list[str], query_keys: np.ndarray, doc_keys: np.ndarray,
-                exclude: np.ndarray | None = None) -> None:
+def write_qrels(
+    path: Path,
+    query_ids: list[str],
+    doc_ids: list[str],
+    query_keys: np.ndarray,
+    doc_keys: np.ndarray,
+    exclude: np.ndarray | None = None,
+) -> None:
     """Every gallery item whose key equals the query's key is relevant (grade 1)."""
     members: dict[int, list[int]] = {}
     for j, k in enumerate(doc_keys.tolist()):

@@ -35,7 +35,7 @@ def run_metrics(idx: np.ndarray, ids: list[str], qrels: Qrels) -> tuple[np.ndarr
 def summarise(pq: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, float]:
     sel = slice(None) if mask is None else mask
     out = {m: float(v[sel].mean()) if len(v[sel]) else float("nan") for m, v in pq.items()}
-    out["n_queries"] = int(len(next(iter(pq.values()))[sel]))
+    out["n_queries"] = len(next(iter(pq.values()))[sel])
     return out
 
 
@@ -60,8 +60,13 @@ def paired_test(a: np.ndarray, b: np.ndarray, n_permutations: int = 10000, seed:
     from scipy.stats import ttest_rel
 
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    out = {"mean_a": float(np.mean(a)), "mean_b": float(np.mean(b)), "diff": float(d.mean()), "n": int(len(d)),
-           "win_tie_loss": [int((d > 0).sum()), int((d == 0).sum()), int((d < 0).sum())]}
+    out = {
+        "mean_a": float(np.mean(a)),
+        "mean_b": float(np.mean(b)),
+        "diff": float(d.mean()),
+        "n": len(d),
+        "win_tie_loss": [int((d > 0).sum()), int((d == 0).sum()), int((d < 0).sum())],
+    }
     if len(d) < 2 or not d.any():
         return {**out, "fisher_p": 1.0, "t_p": 1.0}
     rng = np.random.default_rng(seed)
@@ -73,7 +78,12 @@ def paired_test(a: np.ndarray, b: np.ndarray, n_permutations: int = 10000, seed:
     return out
 
 
-def compare_runs(pq_a: dict[str, np.ndarray], pq_b: dict[str, np.ndarray], mask: np.ndarray | None = None,
-                 metrics: tuple[str, ...] = ("ndcg@10", "mrr"), seed: int = 42) -> dict[str, dict]:
+def compare_runs(
+    pq_a: dict[str, np.ndarray],
+    pq_b: dict[str, np.ndarray],
+    mask: np.ndarray | None = None,
+    metrics: tuple[str, ...] = ("ndcg@10", "mrr"),
+    seed: int = 42,
+) -> dict[str, dict]:
     sel = slice(None) if mask is None else mask
     return {m: paired_test(pq_a[m][sel], pq_b[m][sel], seed=seed) for m in metrics}

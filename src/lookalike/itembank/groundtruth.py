@@ -36,8 +36,9 @@ def label_qrels(bank: ItemBank) -> Qrels:
     return out
 
 
-def tfidf_neighbours(texts: list[str], top_n: int, analyzer: str = "char_wb",
-                     ngram_range: tuple[int, int] = (2, 4)) -> tuple[np.ndarray, np.ndarray]:
+def tfidf_neighbours(
+    texts: list[str], top_n: int, analyzer: str = "char_wb", ngram_range: tuple[int, int] = (2, 4)
+) -> tuple[np.ndarray, np.ndarray]:
     """(indices, cosines) of each text's top-n TF-IDF neighbours, itself excluded."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -46,7 +47,7 @@ def tfidf_neighbours(texts: list[str], top_n: int, analyzer: str = "char_wb",
     x = TfidfVectorizer(analyzer=analyzer, ngram_range=ngram_range, sublinear_tf=True).fit_transform(texts)
     out_i, out_s = [], []
     for s in range(0, x.shape[0], 1024):  # sparse rows, so a chunk of cosines is (1024, n) dense at most
-        sims = (x[s:s + 1024] @ x.T).toarray()
+        sims = (x[s : s + 1024] @ x.T).toarray()
         i, v = topk_from_scores(sims, top_n, np.arange(s, min(s + 1024, x.shape[0])))
         out_i.append(i)
         out_s.append(v)
@@ -101,5 +102,8 @@ def read_qrels(path: Path) -> Qrels:
 
 def qrels_stats(qrels: Qrels) -> dict:
     sizes = [len(v) for v in qrels.values()]
-    return {"queries": len(qrels), "pairs": int(sum(sizes)),
-            "mean_relevant_per_query": float(np.mean(sizes)) if sizes else 0.0}
+    return {
+        "queries": len(qrels),
+        "pairs": int(sum(sizes)),
+        "mean_relevant_per_query": float(np.mean(sizes)) if sizes else 0.0,
+    }

@@ -23,9 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from lookalike.errors import LookalikeError
 
 PROMPT_VERSION = "v1"
-SYSTEM = ("You judge an exam item bank. Two questions are alike when a student would solve them the same way "
-          "(same kind of problem and method), whatever the names, numbers or story. Answer only with JSON: "
-          '{"similar": true} or {"similar": false}.')
+SYSTEM = (
+    "You judge an exam item bank. Two questions are alike when a student would solve them the same way "
+    "(same kind of problem and method), whatever the names, numbers or story. Answer only with JSON: "
+    '{"similar": true} or {"similar": false}.'
+)
 
 
 class JudgeConfig(BaseModel):
@@ -85,9 +87,15 @@ class LLMJudge:
         """The answer text, or None once every retry failed (counted by cause)."""
         import httpx
 
-        body = {"model": self.cfg.model, "temperature": 0, "max_tokens": self.cfg.max_tokens,
-                "messages": [{"role": "system", "content": SYSTEM},
-                             {"role": "user", "content": f"Question A: {a}\nQuestion B: {b}"}]}
+        body = {
+            "model": self.cfg.model,
+            "temperature": 0,
+            "max_tokens": self.cfg.max_tokens,
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": f"Question A: {a}\nQuestion B: {b}"},
+            ],
+        }
         for attempt in range(self.cfg.retries + 1):
             if attempt:
                 self.stats["retries"] += 1
@@ -105,7 +113,9 @@ class LLMJudge:
                 self.stats[f"http {r.status_code}"] += 1
                 continue
             if r.status_code != 200:  # 4xx other than 429: our request is wrong, retrying cannot help
-                raise LookalikeError(f"judge endpoint {self.cfg.base_url} answered HTTP {r.status_code}: {r.text[:200]}")
+                raise LookalikeError(
+                    f"judge endpoint {self.cfg.base_url} answered HTTP {r.status_code}: {r.text[:200]}"
+                )
             try:
                 return r.json()["choices"][0]["message"]["content"]
             except (ValueError, KeyError, IndexError, TypeError):
@@ -135,8 +145,9 @@ class LLMJudge:
         return verdict
 
 
-def judge_qrels(texts: dict[str, str], candidates: dict[str, list[str]], judge: LLMJudge,
-                progress: bool = False) -> dict[str, dict[str, int]]:
+def judge_qrels(
+    texts: dict[str, str], candidates: dict[str, list[str]], judge: LLMJudge, progress: bool = False
+) -> dict[str, dict[str, int]]:
     """Judge every (query, candidate) pair; relevant = judged similar. Unjudged pairs are left out."""
     from tqdm.auto import tqdm
 

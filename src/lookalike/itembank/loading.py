@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,7 +63,7 @@ class ItemBank:
         """One comparable label string per item (multi-labels joined sorted), '' when unlabelled."""
         return ["|".join(sorted(it.labels)) for it in self.items]
 
-    def head(self, n: int) -> "ItemBank":
+    def head(self, n: int) -> ItemBank:
         return ItemBank(self.items[:n], self.schema, self.report)
 
 
@@ -145,8 +145,11 @@ def load_item_bank(path: str | Path, schema: ItemBankSchema | None = None) -> It
         if iid in seen:
             report.skip("duplicate id", f"{where} ({iid})")
             continue
-        images = [path.parent / p for p in _split(row.get(schema.image_field), schema.separator)] \
-            if schema.image_field else []
+        images = (
+            [path.parent / p for p in _split(row.get(schema.image_field), schema.separator)]
+            if schema.image_field
+            else []
+        )
         missing = [str(p) for p in images if not p.is_file()]
         if missing:
             report.skip("missing image", f"{where} ({missing[0]})")

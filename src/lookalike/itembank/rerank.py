@@ -36,8 +36,12 @@ class PairFeatureReranker:
         self.model = None
 
     def config(self) -> dict:
-        return {"reranker": self.name, "features": FEATURES, "model": "LogisticRegression(C=1, balanced)",
-                "coef": None if self.model is None else self.model[-1].coef_.round(4).tolist()}
+        return {
+            "reranker": self.name,
+            "features": FEATURES,
+            "model": "LogisticRegression(C=1, balanced)",
+            "coef": None if self.model is None else self.model[-1].coef_.round(4).tolist(),
+        }
 
     def features(self, query: str, docs: np.ndarray) -> np.ndarray:
         """(len(docs), len(FEATURES)) for one query against bank rows `docs`."""
@@ -47,12 +51,20 @@ class PairFeatureReranker:
         qset, qnum = set(qtok), {t for t in qtok if t[:1].isdigit()}
         bm = self.bm25.score_tokens([qtok])[0][docs]
         tf = (self._doc_tfidf[docs] @ self._tfidf.transform([query]).T).toarray()[:, 0]
-        rows = [[float(self.dense.vectors[j] @ qv), bm[n], bm[n] / bm.max() if bm.max() > 0 else 0.0, tf[n],
-                 _jaccard(qset, self._doc_sets[j]), _jaccard(qnum, {t for t in self._doc_sets[j] if t[:1].isdigit()})]
-                for n, j in enumerate(docs)]
+        rows = [
+            [
+                float(self.dense.vectors[j] @ qv),
+                bm[n],
+                bm[n] / bm.max() if bm.max() > 0 else 0.0,
+                tf[n],
+                _jaccard(qset, self._doc_sets[j]),
+                _jaccard(qnum, {t for t in self._doc_sets[j] if t[:1].isdigit()}),
+            ]
+            for n, j in enumerate(docs)
+        ]
         return np.asarray(rows, np.float64)
 
-    def fit(self, queries: list[int], candidates: np.ndarray, relevant: list[set[int]]) -> "PairFeatureReranker":
+    def fit(self, queries: list[int], candidates: np.ndarray, relevant: list[set[int]]) -> PairFeatureReranker:
         """queries: bank rows; candidates: (len(queries), depth) bank rows; relevant: each query's relevant rows."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
@@ -60,8 +72,9 @@ class PairFeatureReranker:
 
         x = np.concatenate([self.features(self.texts[q], c) for q, c in zip(queries, candidates)])
         y = np.concatenate([[j in rel for j in c] for c, rel in zip(candidates, relevant)]).astype(int)
-        self.model = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=1000,
-                                                                        random_state=self.seed)).fit(x, y)
+        self.model = make_pipeline(
+            StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=1000, random_state=self.seed)
+        ).fit(x, y)
         return self
 
     def score(self, query: str, docs: list[str]) -> np.ndarray:

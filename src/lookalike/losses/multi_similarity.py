@@ -17,8 +17,13 @@ class MultiSimilarityLoss(nn.Module):
         super().__init__()
         self.alpha, self.beta, self.base, self.epsilon = alpha, beta, base, epsilon
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, candidates: torch.Tensor | None = None,
-                candidate_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        candidates: torch.Tensor | None = None,
+        candidate_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """embeddings: (B, D) L2-normalised anchors; labels: (B,) ints; optional candidates as in TripletLoss."""
         pos, neg, sim = _pairs(embeddings, labels, candidates, candidate_labels)
         big = torch.tensor(float("inf"), device=sim.device)

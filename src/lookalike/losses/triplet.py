@@ -19,8 +19,13 @@ class TripletLoss(nn.Module):
             raise ValueError(f"mining must be 'semi-hard' or 'hardest', got {mining!r}")
         self.margin, self.mining = margin, mining
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, candidates: torch.Tensor | None = None,
-                candidate_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        candidates: torch.Tensor | None = None,
+        candidate_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """embeddings: (B, D) L2-normalised anchors; labels: (B,) ints, equal = same kind of product.
         Positives and negatives come from the batch itself, or from `candidates` (e.g. anchors = queries,
         candidates = images) with their `candidate_labels`."""
@@ -42,8 +47,12 @@ class TripletLoss(nn.Module):
         return torch.relu(d_ap - d_an + self.margin)[valid].mean() if valid.any() else dist.sum() * 0
 
 
-def _pairs(embeddings: torch.Tensor, labels: torch.Tensor, candidates: torch.Tensor | None,
-           candidate_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pairs(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    candidates: torch.Tensor | None,
+    candidate_labels: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(positive mask, negative mask, cosine similarity) of anchors × candidates (the batch itself by default)."""
     if candidates is None:
         same = labels[:, None] == labels[None, :]
@@ -51,4 +60,3 @@ def _pairs(embeddings: torch.Tensor, labels: torch.Tensor, candidates: torch.Ten
         return same & ~eye, ~same, embeddings @ embeddings.T
     same = labels[:, None] == candidate_labels[None, :]
     return same, ~same, embeddings @ candidates.T
-

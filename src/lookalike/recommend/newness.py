@@ -19,13 +19,13 @@ class NewRule(BaseModel):
     values: list[str] | None = None
 
     @model_validator(mode="after")
-    def _one(self) -> "NewRule":
+    def _one(self) -> NewRule:
         if (self.at_least is None) == (self.values is None):
             raise ValueError("a new-product rule needs exactly one of at_least / values")
         return self
 
     @classmethod
-    def parse(cls, text: str) -> "NewRule":
+    def parse(cls, text: str) -> NewRule:
         m = _RULE.match(text or "")
         if not m:
             raise LookalikeError(f"new-product rule {text!r} must look like FIELD>=NUMBER or FIELD=V1,V2")

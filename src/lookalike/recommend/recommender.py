@@ -54,8 +54,9 @@ def mix(values: list, base: Counter | None = None, top: int = 12) -> list[dict]:
 
 
 class Recommender:
-    def __init__(self, store: VectorStore, category_field: str | None = None, colour_field: str | None = None,
-                 exact: bool = True):
+    def __init__(
+        self, store: VectorStore, category_field: str | None = None, colour_field: str | None = None, exact: bool = True
+    ):
         self.store, self.category_field, self.colour_field = store, category_field, colour_field
         self.exact = exact  # False: the store's HNSW index ranks (a million products), as `serve --search approximate`
         self._snap: Snapshot | None = None
@@ -76,14 +77,24 @@ class Recommender:
         s = self.snapshot()
         new = s.new_mask
         cats = [str(m.get(self.category_field, "")) for m in s.metadata] if self.category_field else []
-        return {"size": len(s.ids), "new": int(new.sum()), "established": int((~new).sum()),
-                "per_category": dict(Counter(cats).most_common()) if cats else {},
-                "new_per_category": dict(Counter(c for c, n in zip(cats, new) if n).most_common()) if cats else {}}
+        return {
+            "size": len(s.ids),
+            "new": int(new.sum()),
+            "established": int((~new).sum()),
+            "per_category": dict(Counter(cats).most_common()) if cats else {},
+            "new_per_category": dict(Counter(c for c, n in zip(cats, new) if n).most_common()) if cats else {},
+        }
 
     # --- ranking -----------------------------------------------------------------------------------
-    def rank(self, queries: np.ndarray, k: int, filters: dict | None = None, diversity: float = 0.0,
-             exclude_ids: list[str] | None = None,
-             bias: Callable[[np.ndarray], np.ndarray | None] | None = None) -> list[dict]:
+    def rank(
+        self,
+        queries: np.ndarray,
+        k: int,
+        filters: dict | None = None,
+        diversity: float = 0.0,
+        exclude_ids: list[str] | None = None,
+        bias: Callable[[np.ndarray], np.ndarray | None] | None = None,
+    ) -> list[dict]:
         """For each query: {items: [(id, score, metadata)], intra_list_diversity}. diversity = 1 − MMR λ.
 
         `bias` maps the candidates' vectors to score offsets (the hubness correction of JSON and text
@@ -104,14 +115,27 @@ class Recommender:
                 order = np.argsort(-scores, kind="stable")
                 hits = [(hits[j][0], float(scores[j])) for j in order]
                 items, vecs = [items[j] for j in order], vecs[order]
-            order = np.arange(min(k, len(hits))) if diversity == 0 else \
-                mmr(np.array([s for _, s in hits], np.float32), vecs, k, 1.0 - diversity)
-            out.append({"items": [(hits[j][0], hits[j][1], items[j].metadata) for j in order],
-                        "intra_list_diversity": round(intra_list_diversity(vecs[order]), 4) if len(order) > 1 else 0.0})
+            order = (
+                np.arange(min(k, len(hits)))
+                if diversity == 0
+                else mmr(np.array([s for _, s in hits], np.float32), vecs, k, 1.0 - diversity)
+            )
+            out.append(
+                {
+                    "items": [(hits[j][0], hits[j][1], items[j].metadata) for j in order],
+                    "intra_list_diversity": round(intra_list_diversity(vecs[order]), 4) if len(order) > 1 else 0.0,
+                }
+            )
         return out
 
-    def customer_input(self, query: np.ndarray, k: int, filters: dict | None = None, diversity: float = 0.0,
-                       exclude_ids: list[str] | None = None) -> dict:
+    def customer_input(
+        self,
+        query: np.ndarray,
+        k: int,
+        filters: dict | None = None,
+        diversity: float = 0.0,
+        exclude_ids: list[str] | None = None,
+    ) -> dict:
         flt = {**(filters or {}), **NEW}
         return self.rank(query[None, :], k, flt, diversity, exclude_ids)[0]
 
@@ -123,7 +147,7 @@ class Recommender:
         missing = [i for i, it in zip(sales, self.store.get_many(list(sales))) if it is None]
         if missing:
             raise LookalikeError(f"unknown product id(s) in sales figures: {missing[:10]}")
-        n = max(1, int(round(len(sales) * fraction)))
+        n = max(1, round(len(sales) * fraction))
         return sorted(sales.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
     def best_by_centrality(self, fraction: float, limit: int) -> tuple[list[tuple[str, float]], int]:
@@ -136,12 +160,19 @@ class Recommender:
             if self._centrality is None:
                 self._centrality = centrality_scores(s.vectors[old])
             scores = self._centrality
-        n_anchor = max(1, int(round(len(old) * fraction)))
-        order = np.lexsort((old, -scores))[:min(n_anchor, limit)]
+        n_anchor = max(1, round(len(old) * fraction))
+        order = np.lexsort((old, -scores))[: min(n_anchor, limit)]
         return [(s.ids[old[j]], float(scores[j])) for j in order], n_anchor
 
-    def top10_to_new(self, sellers: list[dict], vectors: np.ndarray, k: int, merged_k: int, diversity: float = 0.0,
-                     filters: dict | None = None) -> dict:
+    def top10_to_new(
+        self,
+        sellers: list[dict],
+        vectors: np.ndarray,
+        k: int,
+        merged_k: int,
+        diversity: float = 0.0,
+        filters: dict | None = None,
+    ) -> dict:
         """sellers[i] (id/label + why it was picked) has vectors[i]; each gets its top-k new products."""
         flt = {**(filters or {}), **NEW}
         lists = self.rank(vectors, k, flt, diversity, exclude_ids=[s["id"] for s in sellers if s.get("id")])
@@ -155,8 +186,11 @@ class Recommender:
                 m["n_sellers"] += 1
                 m["best_rank"] = min(m["best_rank"], rank)
         ranking = sorted(merged.values(), key=lambda m: (-m["n_sellers"], -m["score"], m["id"]))[:merged_k]
-        return {"best_sellers": [{**s, **r} for s, r in zip(sellers, lists)], "merged": ranking,
-                "trend": self.trend([m["metadata"] for m in merged.values()], np.array(scores, np.float32))}
+        return {
+            "best_sellers": [{**s, **r} for s, r in zip(sellers, lists)],
+            "merged": ranking,
+            "trend": self.trend([m["metadata"] for m in merged.values()], np.array(scores, np.float32)),
+        }
 
     def trend(self, matched: list[dict], scores: np.ndarray) -> dict:
         s = self.snapshot()
@@ -164,12 +198,19 @@ class Recommender:
         out: dict = {"n_matches": len(matched), "new_collection_size": len(new_md)}
         for name, field in (("category_mix", self.category_field), ("colour_mix", self.colour_field)):
             if field:
-                out[name] = {"field": field, "values": mix([str(m.get(field, "")) for m in matched],
-                                                           Counter(str(m.get(field, "")) for m in new_md))}
+                out[name] = {
+                    "field": field,
+                    "values": mix(
+                        [str(m.get(field, "")) for m in matched], Counter(str(m.get(field, "")) for m in new_md)
+                    ),
+                }
         if len(scores):
             hist, edges = np.histogram(scores, bins=10)
-            out["similarity"] = {"mean": round(float(scores.mean()), 4), "min": round(float(scores.min()), 4),
-                                 "max": round(float(scores.max()), 4),
-                                 **{f"p{q}": round(float(np.percentile(scores, q)), 4) for q in (10, 50, 90)},
-                                 "histogram": {"counts": hist.tolist(), "edges": [round(float(e), 4) for e in edges]}}
+            out["similarity"] = {
+                "mean": round(float(scores.mean()), 4),
+                "min": round(float(scores.min()), 4),
+                "max": round(float(scores.max()), 4),
+                **{f"p{q}": round(float(np.percentile(scores, q)), 4) for q in (10, 50, 90)},
+                "histogram": {"counts": hist.tolist(), "edges": [round(float(e), 4) for e in edges]},
+            }
         return out

@@ -43,8 +43,12 @@ class KiwiTokenizer:
     def config(self) -> dict:
         import kiwipiepy
 
-        return {"tokenizer": "kiwipiepy", "version": kiwipiepy.__version__, "keep_tags": list(self.keep_tags),
-                "typo_dict": KIWI_OPTIONS["load_typo_dict"]}
+        return {
+            "tokenizer": "kiwipiepy",
+            "version": kiwipiepy.__version__,
+            "keep_tags": list(self.keep_tags),
+            "typo_dict": KIWI_OPTIONS["load_typo_dict"],
+        }
 
     def _keep(self, tokens) -> list[str]:
         out = []
@@ -86,8 +90,13 @@ class BM25Retriever:
     def scores(self, queries: list[str]) -> np.ndarray:
         return self.score_tokens(self.tokenizer(list(queries)))
 
-    def search(self, queries: list[str] | None = None, k: int = 10, exclude: np.ndarray | None = None,
-               query_tokens: list[list[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        queries: list[str] | None = None,
+        k: int = 10,
+        exclude: np.ndarray | None = None,
+        query_tokens: list[list[str]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(indices, scores) best first, ties by index; `exclude[i]` = a doc index to leave out, or -1."""
         from lookalike.retrieval.fusion import topk_from_scores
 

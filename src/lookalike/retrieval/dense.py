@@ -32,7 +32,12 @@ class DenseRetriever:
             return unit(embed_texts(list(queries), self.encoder, self.cache_root, progress=self.progress))
         return unit(self.encoder.encode(list(queries)))
 
-    def search(self, queries: list[str] | None = None, k: int = 10, exclude: np.ndarray | None = None,
-               query_vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        queries: list[str] | None = None,
+        k: int = 10,
+        exclude: np.ndarray | None = None,
+        query_vectors: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         q = query_vectors if query_vectors is not None else self.embed(queries or [])
         return exact_topk(q, self.vectors, k, exclude)

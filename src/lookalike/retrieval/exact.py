@@ -11,8 +11,14 @@ import numpy as np
 MAX_SCORES = 2**26  # scores held at once per chunk (256 MB of float32)
 
 
-def exact_topk(queries: np.ndarray, gallery: np.ndarray, k: int, exclude: np.ndarray | None = None,
-               chunk: int = 1024, bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def exact_topk(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    k: int,
+    exclude: np.ndarray | None = None,
+    chunk: int = 1024,
+    bias: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(indices, scores), each (n_queries, k), best first. `exclude[i]` is a gallery index to leave
     out of query i's ranking (the query's own image in image → image search), or -1. `bias` (n_gallery,)
     is added to every query's scores (e.g. a hubness penalty)."""
@@ -24,18 +30,18 @@ def exact_topk(queries: np.ndarray, gallery: np.ndarray, k: int, exclude: np.nda
     sc_out = np.empty((len(queries), k), np.float32)
     g = np.ascontiguousarray(gallery, np.float32)
     for s in range(0, len(queries), chunk):
-        sims = np.ascontiguousarray(queries[s:s + chunk], np.float32) @ g.T
+        sims = np.ascontiguousarray(queries[s : s + chunk], np.float32) @ g.T
         if bias is not None:
             sims += bias.astype(np.float32)[None, :]
         if exclude is not None:
             rows = np.arange(len(sims))
-            ex = exclude[s:s + chunk]
+            ex = exclude[s : s + chunk]
             valid = ex >= 0
             sims[rows[valid], ex[valid]] = -np.inf
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         psc = np.take_along_axis(sims, part, axis=1)
         # Sort by score, ties broken by gallery index so runs are deterministic.
         order = np.lexsort((part, -psc), axis=1)
-        idx_out[s:s + chunk] = np.take_along_axis(part, order, axis=1)
-        sc_out[s:s + chunk] = np.take_along_axis(psc, order, axis=1)
+        idx_out[s : s + chunk] = np.take_along_axis(part, order, axis=1)
+        sc_out[s : s + chunk] = np.take_along_axis(psc, order, axis=1)
     return idx_out, sc_out

@@ -44,8 +44,16 @@ def normalise(scores: np.ndarray, method: Literal["minmax", "zscore"]) -> np.nda
     raise ValueError(f"unknown normalisation {method!r}; use minmax or zscore")
 
 
-def fuse(runs: list[Run], weights: list[float], n_docs: int, k: int, method: Method = "minmax",
-         rrf_k: int = 60, exclude: np.ndarray | None = None, chunk: int = 1024) -> Run:
+def fuse(
+    runs: list[Run],
+    weights: list[float],
+    n_docs: int,
+    k: int,
+    method: Method = "minmax",
+    rrf_k: int = 60,
+    exclude: np.ndarray | None = None,
+    chunk: int = 1024,
+) -> Run:
     """Fused top-k. Documents in no list are never returned ahead of listed ones (score −inf)."""
     if len(runs) != len(weights):
         raise ValueError(f"{len(runs)} runs but {len(weights)} weights")
@@ -58,7 +66,7 @@ def fuse(runs: list[Run], weights: list[float], n_docs: int, k: int, method: Met
         listed = np.zeros(fused.shape, bool)
         rows = np.arange(len(fused))[:, None]
         for (idx, sc), w in zip(runs, weights):
-            idx, sc = idx[s:s + chunk], sc[s:s + chunk]
+            idx, sc = idx[s : s + chunk], sc[s : s + chunk]
             if method == "rrf":
                 contrib, floor = 1.0 / (rrf_k + np.arange(1, idx.shape[1] + 1))[None, :].repeat(len(idx), 0), 0.0
             else:
@@ -69,7 +77,7 @@ def fuse(runs: list[Run], weights: list[float], n_docs: int, k: int, method: Met
             listed[rows, idx] = True
             fused += w * part
         fused[~listed] = -np.inf
-        i, v = topk_from_scores(fused, k, None if exclude is None else exclude[s:s + chunk])
+        i, v = topk_from_scores(fused, k, None if exclude is None else exclude[s : s + chunk])
         out_idx.append(i)
         out_sc.append(v)
     return np.concatenate(out_idx), np.concatenate(out_sc)

@@ -25,6 +25,6 @@ def hub_penalty(gallery: np.ndarray, bank: np.ndarray, k: int = 50, chunk: int =
     b = np.ascontiguousarray(bank, np.float32)
     out = np.empty(len(gallery), np.float32)
     for s in range(0, len(gallery), chunk):
-        sims = np.ascontiguousarray(gallery[s:s + chunk], np.float32) @ b.T  # (chunk, n_bank)
-        out[s:s + chunk] = np.partition(sims, len(b) - k, axis=1)[:, len(b) - k:].mean(axis=1)
+        sims = np.ascontiguousarray(gallery[s : s + chunk], np.float32) @ b.T  # (chunk, n_bank)
+        out[s : s + chunk] = np.partition(sims, len(b) - k, axis=1)[:, len(b) - k :].mean(axis=1)
     return out

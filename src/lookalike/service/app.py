@@ -8,7 +8,6 @@ ever served without its image. With an auth file, writes need a bearer token (au
 answers 429 per client (ratelimit.py).
 """
 
-
 import csv
 import io
 import json
@@ -21,17 +20,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from PIL import Image
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, Security, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
+from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.diversity import catalogue_coverage
 from lookalike.evaluation.evaluator import embedding_health
-from lookalike.recommend.catalogue import (RESERVED, QueryEncoder, check_id, decode_image, product_from_json,
-                                           product_metadata)
+from lookalike.inference import QueryEncoder, decode_image
+from lookalike.recommend.catalogue import RESERVED, check_id, product_from_json, product_metadata
 from lookalike.recommend.newness import NewRule
 from lookalike.recommend.recommender import Recommender
 from lookalike.retrieval.stores import StoreItem, open_store
@@ -46,8 +45,9 @@ class ServiceSettings(BaseModel):
 
     checkpoint: str
     store: str
-    catalog: str | None = Field(None, description="catalogue directory: its images are served (default: the "
-                                "checkpoint's training catalogue)")
+    catalog: str | None = Field(
+        None, description="catalogue directory: its images are served (default: the checkpoint's training catalogue)"
+    )
     upload_dir: str = Field("runs/service/uploads", description="where images of products added over the API go")
     new_rule: str = "year>=2016"
     max_upload_mb: float = Field(5.0, gt=0)
@@ -58,8 +58,10 @@ class ServiceSettings(BaseModel):
     auth_reads: bool = Field(False, description="reads need a read token too (requires auth_file)")
     rate_limit: str | None = Field(None, description="per-client request rate, e.g. 600/minute (None: unlimited)")
     search: Literal["exact", "approximate"] = Field(
-        "exact", description="exact: every stored vector is scored (the ground truth; fine to ~100k products); "
-        "approximate: the store's HNSW index (for a million products; see benchmarks/scale.py)")
+        "exact",
+        description="exact: every stored vector is scored (the ground truth; fine to ~100k products); "
+        "approximate: the store's HNSW index (for a million products; see benchmarks/scale.py)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServiceSettings":
@@ -81,8 +83,7 @@ class Service:
         schema = self.enc.schema
         fields = schema.fields if schema else self.enc.model.vocab.fields
         colour = s.colour_field or ("baseColour" if "baseColour" in fields else None)
-        self.rec = Recommender(self.store, schema.category_field if schema else None, colour,
-                               exact=s.search == "exact")
+        self.rec = Recommender(self.store, schema.category_field if schema else None, colour, exact=s.search == "exact")
         self.uploads = UploadDir(s.upload_dir)
         self.upload_dir = self.uploads.path
         self.swept = self.uploads.sweep(self.store)  # leftovers of a crashed writer, counted in the log
@@ -100,7 +101,9 @@ class Service:
     def read_upload(self, f: UploadFile, what: str) -> bytes:
         data = f.file.read(self.max_bytes + 1)
         if len(data) > self.max_bytes:
-            raise HTTPException(413, f"{what} {f.filename!r} is larger than the {self.settings.max_upload_mb:g} MB limit")
+            raise HTTPException(
+                413, f"{what} {f.filename!r} is larger than the {self.settings.max_upload_mb:g} MB limit"
+            )
         return data
 
     def image_vector(self, f: UploadFile, what: str = "image") -> np.ndarray:
@@ -113,15 +116,20 @@ class Service:
         return it
 
     def render(self, pid: str, md: dict, score: float | None = None) -> dict:
-        out = {"id": pid, "image_url": f"/api/items/{pid}/image",
-               "attributes": {k: v for k, v in md.items() if k != "image"}}
+        out = {
+            "id": pid,
+            "image_url": f"/api/items/{pid}/image",
+            "attributes": {k: v for k, v in md.items() if k != "image"},
+        }
         if score is not None:
             out["score"] = round(float(score), 5)
         return out
 
     def render_list(self, res: dict) -> dict:
-        return {"items": [self.render(i, md, s) for i, s, md in res["items"]],
-                "intra_list_diversity": res["intra_list_diversity"]}
+        return {
+            "items": [self.render(i, md, s) for i, s, md in res["items"]],
+            "intra_list_diversity": res["intra_list_diversity"],
+        }
 
     def remember(self, label: str, res: dict) -> None:
         self.recent.appendleft({"query": label, "items": self.render_list(res)["items"][:10]})
@@ -195,8 +203,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     max_k = settings.max_k
     K = Annotated[int, Form(ge=1, le=max_k, description=f"results per list (1..{max_k})")]
     Diversity = Annotated[float, Form(ge=0, le=1, description="MMR diversity weight (1 − λ); 0 = plain top-K")]
-    Filters = Annotated[str | None, Form(description='JSON object of metadata equality / IN filters, e.g. '
-                                         '{"masterCategory": "Apparel", "baseColour": ["Red", "Blue"]}')]
+    Filters = Annotated[
+        str | None,
+        Form(
+            description="JSON object of metadata equality / IN filters, e.g. "
+            '{"masterCategory": "Apparel", "baseColour": ["Red", "Blue"]}'
+        ),
+    ]
     app = FastAPI(title="lookalike", version="1", description="Look-alike product recommendations on a learned space.")
     app.state.service = svc
     # Security dependencies: they check the bearer token and put the scheme into the OpenAPI schema.
@@ -214,30 +227,43 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     # --- recommenders ------------------------------------------------------------------------------
     @app.post("/api/recommend/customer_input", tags=["recommend"], dependencies=reads)
-    def customer_input(image: Annotated[UploadFile | None, File(description="a customer's photo")] = None,
-                       product_id: Annotated[str | None, Form(description="a clicked product")] = None,
-                       k: K = 10, filters: Filters = None, diversity: Diversity = 0.0) -> dict:
+    def customer_input(
+        image: Annotated[UploadFile | None, File(description="a customer's photo")] = None,
+        product_id: Annotated[str | None, Form(description="a clicked product")] = None,
+        k: K = 10,
+        filters: Filters = None,
+        diversity: Diversity = 0.0,
+    ) -> dict:
         """The top-K most similar *new* products to an uploaded photo or a clicked product."""
         if (image is None) == (not product_id):
             raise LookalikeError("give exactly one of image (file upload) or product_id")
         q = svc.image_vector(image) if image is not None else svc.item(product_id).vector
-        res = svc.rec.customer_input(q, k, _json_field(filters, "filters"), diversity,
-                                     exclude_ids=[product_id] if product_id else None)
+        res = svc.rec.customer_input(
+            q, k, _json_field(filters, "filters"), diversity, exclude_ids=[product_id] if product_id else None
+        )
         svc.metrics.observe_results("customer_input", [res], recommended_new=True)
         svc.remember(f"customer_input: {'photo ' + str(image.filename) if image else 'product ' + product_id}", res)
-        return {"query": {"product_id": product_id} if product_id else {"image": image.filename},
-                **svc.render_list(res)}
+        return {
+            "query": {"product_id": product_id} if product_id else {"image": image.filename},
+            **svc.render_list(res),
+        }
 
     @app.post("/api/recommend/top10_to_new", tags=["recommend"], dependencies=reads)
-    def top10_to_new(product_ids: Annotated[str | None, Form(description="best sellers, comma-separated ids")] = None,
-                     images: Annotated[list[UploadFile] | None, File(description="best sellers' photos")] = None,
-                     sales: Annotated[str | None, Form(description='units sold, JSON {"id": units, ...}')] = None,
-                     sales_csv: Annotated[UploadFile | None, File(description="CSV with columns id,units")] = None,
-                     fraction: Annotated[float, Form(gt=0, le=1, description="best-seller share of the sales "
-                                                     "figures or of the established catalogue")] = 0.1,
-                     limit: Annotated[int, Form(ge=1, le=200, description="most best sellers listed")] = 20,
-                     k: K = 10, merged_k: Annotated[int, Form(ge=1, le=500)] = 50,
-                     filters: Filters = None, diversity: Diversity = 0.0) -> dict:
+    def top10_to_new(
+        product_ids: Annotated[str | None, Form(description="best sellers, comma-separated ids")] = None,
+        images: Annotated[list[UploadFile] | None, File(description="best sellers' photos")] = None,
+        sales: Annotated[str | None, Form(description='units sold, JSON {"id": units, ...}')] = None,
+        sales_csv: Annotated[UploadFile | None, File(description="CSV with columns id,units")] = None,
+        fraction: Annotated[
+            float,
+            Form(gt=0, le=1, description="best-seller share of the sales figures or of the established catalogue"),
+        ] = 0.1,
+        limit: Annotated[int, Form(ge=1, le=200, description="most best sellers listed")] = 20,
+        k: K = 10,
+        merged_k: Annotated[int, Form(ge=1, le=500)] = 50,
+        filters: Filters = None,
+        diversity: Diversity = 0.0,
+    ) -> dict:
         """Best sellers → their most similar new products, a merged ranking and trend figures."""
         given = [x for x in (product_ids, images, sales, sales_csv) if x]
         if len(given) > 1:
@@ -249,8 +275,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             basis = "uploaded images"
         else:
             if sales or sales_csv:
-                figures = _json_field(sales, "sales") if sales else _sales_csv(svc.read_upload(sales_csv, "sales_csv"),
-                                                                             sales_csv.filename)
+                figures = (
+                    _json_field(sales, "sales")
+                    if sales
+                    else _sales_csv(svc.read_upload(sales_csv, "sales_csv"), sales_csv.filename)
+                )
                 if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in figures.values()):
                     raise LookalikeError("sales must map product ids to numbers of units sold")
                 picked = svc.rec.best_by_sales({str(i): float(v) for i, v in figures.items()}, fraction)[:limit]
@@ -265,8 +294,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             else:
                 picked, n_anchor = svc.rec.best_by_centrality(fraction, limit)
                 sellers = [{"id": i, "centrality": round(c, 5), "source": "centrality"} for i, c in picked]
-                basis = (f"centrality proxy (no sales given): the {n_anchor} most central established products "
-                         f"(top {fraction:.0%}), first {len(picked)} listed")
+                basis = (
+                    f"centrality proxy (no sales given): the {n_anchor} most central established products "
+                    f"(top {fraction:.0%}), first {len(picked)} listed"
+                )
             items = svc.store.get_many([s["id"] for s in sellers])
             missing = [s["id"] for s, it in zip(sellers, items) if it is None]
             if missing:
@@ -277,18 +308,32 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         svc.metrics.observe_results("top10_to_new", lists, recommended_new=True)
         if lists:
             svc.remember(f"top10_to_new: best seller {lists[0].get('id') or lists[0].get('image')}", lists[0])
-        return {"basis": basis,
-                "best_sellers": [{**{k2: v for k2, v in s.items() if k2 not in ("items", "intra_list_diversity")},
-                                  **svc.render_list(s)} for s in lists],
-                "merged": [{**svc.render(m["id"], m["metadata"], m["score"]), "n_sellers": m["n_sellers"],
-                            "best_rank": m["best_rank"]} for m in res["merged"]],
-                "trend": res["trend"]}
+        return {
+            "basis": basis,
+            "best_sellers": [
+                {**{k2: v for k2, v in s.items() if k2 not in ("items", "intra_list_diversity")}, **svc.render_list(s)}
+                for s in lists
+            ],
+            "merged": [
+                {
+                    **svc.render(m["id"], m["metadata"], m["score"]),
+                    "n_sellers": m["n_sellers"],
+                    "best_rank": m["best_rank"],
+                }
+                for m in res["merged"]
+            ],
+            "trend": res["trend"],
+        }
 
     @app.post("/api/search", tags=["search"], dependencies=reads)
-    def search(attributes: Annotated[str | None, Form(description='attribute JSON, e.g. {"baseColour": "Red"}')] = None,
-               text: Annotated[str | None, Form(description="free-text query")] = None,
-               image: Annotated[UploadFile | None, File(description="query image")] = None,
-               k: K = 10, filters: Filters = None, diversity: Diversity = 0.0) -> dict:
+    def search(
+        attributes: Annotated[str | None, Form(description='attribute JSON, e.g. {"baseColour": "Red"}')] = None,
+        text: Annotated[str | None, Form(description="free-text query")] = None,
+        image: Annotated[UploadFile | None, File(description="query image")] = None,
+        k: K = 10,
+        filters: Filters = None,
+        diversity: Diversity = 0.0,
+    ) -> dict:
         """Attribute JSON, text or image → top-K over the whole catalogue (filters may narrow it)."""
         given = [n for n, v in (("attributes", attributes), ("text", text), ("image", image)) if v]
         if len(given) != 1:
@@ -310,18 +355,26 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.get("/api/items", tags=["catalogue"], dependencies=reads)
     def list_items(offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
         ids = svc.store.ids()
-        page = ids[offset:offset + limit]
+        page = ids[offset : offset + limit]
         items = svc.store.get_many(page)
-        return {"total": len(ids), "offset": offset,
-                "items": [svc.render(it.id, it.metadata) for it in items if it is not None]}
+        return {
+            "total": len(ids),
+            "offset": offset,
+            "items": [svc.render(it.id, it.metadata) for it in items if it is not None],
+        }
 
     @app.get("/api/items/{product_id}", tags=["catalogue"], dependencies=reads)
     def get_item(product_id: str) -> dict:
         it = svc.item(product_id)
         return svc.render(it.id, it.metadata)
 
-    @app.get("/api/items/{product_id}/image", tags=["catalogue"], dependencies=reads, response_class=FileResponse,
-             responses={200: {"content": {"image/*": {}}}})
+    @app.get(
+        "/api/items/{product_id}/image",
+        tags=["catalogue"],
+        dependencies=reads,
+        response_class=FileResponse,
+        responses={200: {"content": {"image/*": {}}}},
+    )
     def item_image(product_id: str):
         # Lexical check (no symlink resolution): a catalogue's image folder may itself be a link.
         path = Path(os.path.abspath(str(svc.item(product_id).metadata.get("image", ""))))
@@ -341,7 +394,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             data = svc.read_upload(image, "image")
             im = decode_image(data, f"image {image.filename!r}")
             ext = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}.get(
-                Image.open(io.BytesIO(data)).format, ".img")
+                Image.open(io.BytesIO(data)).format, ".img"
+            )
             final = svc.uploads.final_path(pid, data, ext)
             md = product_metadata(product_from_json(pid, attrs, final, text, svc.enc.schema), svc.rule)
             staged = (final, data, svc.enc.images([im])[0])
@@ -364,17 +418,22 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return svc.render(pid, md)
 
     @app.post("/api/items", tags=["catalogue"], dependencies=writes, status_code=201)
-    def add_item(product_id: Annotated[str, Form(description="new product id")],
-                 attributes: Annotated[str, Form(description="attribute JSON (catalogue fields, plus e.g. year)")],
-                 image: Annotated[UploadFile, File(description="product image")],
-                 text: Annotated[str | None, Form(description="product name / description")] = None) -> dict:
+    def add_item(
+        product_id: Annotated[str, Form(description="new product id")],
+        attributes: Annotated[str, Form(description="attribute JSON (catalogue fields, plus e.g. year)")],
+        image: Annotated[UploadFile, File(description="product image")],
+        text: Annotated[str | None, Form(description="product name / description")] = None,
+    ) -> dict:
         """Add a product: its image is embedded with the frozen encoder; vector + metadata in one transaction."""
         return write_product(check_id(product_id), attributes, image, text, adding=True)
 
     @app.put("/api/items/{product_id}", tags=["catalogue"], dependencies=writes)
-    def update_item(product_id: str, attributes: Annotated[str, Form(description="attribute JSON (replaces all)")],
-                    image: Annotated[UploadFile | None, File(description="new image (optional)")] = None,
-                    text: Annotated[str | None, Form()] = None) -> dict:
+    def update_item(
+        product_id: str,
+        attributes: Annotated[str, Form(description="attribute JSON (replaces all)")],
+        image: Annotated[UploadFile | None, File(description="new image (optional)")] = None,
+        text: Annotated[str | None, Form()] = None,
+    ) -> dict:
         """Replace a product's attributes (and image, if given). Idempotent."""
         return write_product(product_id, attributes, image, text, adding=False)
 
@@ -396,18 +455,29 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if svc.tokens and cred is not None:
             rec = svc.tokens.match(cred.credentials)
             if rec is None:
-                raise HTTPException(401, "the bearer token is not valid (unknown or revoked)",
-                                    headers={"WWW-Authenticate": 'Bearer realm="lookalike", error="invalid_token"'})
+                raise HTTPException(
+                    401,
+                    "the bearer token is not valid (unknown or revoked)",
+                    headers={"WWW-Authenticate": 'Bearer realm="lookalike", error="invalid_token"'},
+                )
             token = {"id": rec.id, "scope": rec.scope, "name": rec.name}
-        return {"writes_need_token": svc.tokens is not None, "reads_need_token": bool(reads), "token": token,
-                "rate_limit": settings.rate_limit}
+        return {
+            "writes_need_token": svc.tokens is not None,
+            "reads_need_token": bool(reads),
+            "token": token,
+            "rate_limit": settings.rate_limit,
+        }
 
     if svc.tokens:
+
         @app.get("/api/auth/tokens", tags=["auth"], dependencies=[Depends(require(svc.tokens, "admin"))])
         def auth_tokens() -> dict:
             """The accepted tokens' ids, scopes, names and creation times (admin scope; hashes never shown)."""
-            return {"tokens": [{"id": r.id, "scope": r.scope, "name": r.name, "created": r.created}
-                               for r in svc.tokens.records]}
+            return {
+                "tokens": [
+                    {"id": r.id, "scope": r.scope, "name": r.name, "created": r.created} for r in svc.tokens.records
+                ]
+            }
 
     # --- monitoring --------------------------------------------------------------------------------
     def kpi() -> dict:
@@ -421,16 +491,26 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         req = svc.metrics.summary()
         for kind in ("size", "new", "established"):
             svc.metrics.catalogue.labels(kind).set(counts[kind])
-        return {"requests": req["endpoints"], "mean_top1_similarity": req["mean_top1_similarity"],
-                "mean_intra_list_diversity": req["mean_intra_list_diversity"],
-                "catalogue": counts,
-                "catalogue_coverage": round(catalogue_coverage(served, new_ids), 4) if new_ids else None,
-                "lists_served": req["lists_served"],
-                "embedding_health": {"catalogue": svc.health[1],
-                                     "query_norms": {"n": len(norms), "mean": round(float(norms.mean()), 4),
-                                                     "min": round(float(norms.min()), 4),
-                                                     "max": round(float(norms.max()), 4)} if len(norms) else None},
-                "training": training_summary(svc)}
+        return {
+            "requests": req["endpoints"],
+            "mean_top1_similarity": req["mean_top1_similarity"],
+            "mean_intra_list_diversity": req["mean_intra_list_diversity"],
+            "catalogue": counts,
+            "catalogue_coverage": round(catalogue_coverage(served, new_ids), 4) if new_ids else None,
+            "lists_served": req["lists_served"],
+            "embedding_health": {
+                "catalogue": svc.health[1],
+                "query_norms": {
+                    "n": len(norms),
+                    "mean": round(float(norms.mean()), 4),
+                    "min": round(float(norms.min()), 4),
+                    "max": round(float(norms.max()), 4),
+                }
+                if len(norms)
+                else None,
+            },
+            "training": training_summary(svc),
+        }
 
     @app.get("/api/kpi", tags=["monitoring"], dependencies=reads)
     def get_kpi() -> dict:
@@ -449,12 +529,19 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if not svc.recent and len(svc.store):
             try:  # a first grid: the new products most like the most central established product
                 pid = svc.rec.best_by_centrality(0.1, 1)[0][0][0]
-                svc.remember(f"customer_input: product {pid} (most central established product)",
-                             svc.rec.customer_input(svc.store.get(pid).vector, 10, exclude_ids=[pid]))
+                svc.remember(
+                    f"customer_input: product {pid} (most central established product)",
+                    svc.rec.customer_input(svc.store.get(pid).vector, 10, exclude_ids=[pid]),
+                )
             except LookalikeError:
                 pass
-        return {"kpi": kpi(), "loss_curve": results.get("history", []), "top_k_images": list(svc.recent),
-                "hyperparams": hyperparams(svc, results), "augmented_samples": augmented_samples(svc)}
+        return {
+            "kpi": kpi(),
+            "loss_curve": results.get("history", []),
+            "top_k_images": list(svc.recent),
+            "hyperparams": hyperparams(svc, results),
+            "augmented_samples": augmented_samples(svc),
+        }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> HTMLResponse:
@@ -462,8 +549,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.get("/static/dashboard.js", include_in_schema=False)
     def dashboard_js() -> Response:
-        return Response(resources.files("lookalike.service").joinpath("static/dashboard.js").read_text("utf-8"),
-                        media_type="text/javascript")
+        return Response(
+            resources.files("lookalike.service").joinpath("static/dashboard.js").read_text("utf-8"),
+            media_type="text/javascript",
+        )
 
     return app
 
@@ -479,13 +568,19 @@ def _training_results(svc: Service) -> dict:
 def training_summary(svc: Service) -> dict:
     """Best epoch, validation metric and test figures of the served checkpoint's run, where recorded."""
     p = svc.enc.payload
-    out = {"checkpoint": svc.settings.checkpoint, "best_epoch": p.get("epoch"), "val_metric": p.get("val_metric"),
-           "val_metric_name": svc.enc.cfg.train.val_metric}
+    out = {
+        "checkpoint": svc.settings.checkpoint,
+        "best_epoch": p.get("epoch"),
+        "val_metric": p.get("val_metric"),
+        "val_metric_name": svc.enc.cfg.train.val_metric,
+    }
     try:
         ev = json.loads((svc.run_dir / "results" / "evaluation.json").read_text(encoding="utf-8"))
         a = ev["json_to_image"]["attribute"]["all"]
         sim = ev["json_to_image"].get("similarity", {})
-        out["test_json_to_image"] = {m: round(a[m], 4) for m in ("hit@1", "hit@5", "hit@10", "mrr", "ndcg@10") if m in a}
+        out["test_json_to_image"] = {
+            m: round(a[m], 4) for m in ("hit@1", "hit@5", "hit@10", "mrr", "ndcg@10") if m in a
+        }
         out["similarity"] = {k: round(sim[k], 4) for k in ("positive_mean", "negative_mean", "gap") if k in sim}
     except (OSError, KeyError, json.JSONDecodeError):
         pass
@@ -494,10 +589,14 @@ def training_summary(svc: Service) -> dict:
 
 def hyperparams(svc: Service, results: dict) -> dict:
     c = svc.enc.cfg
-    return {"train": c.train.model_dump(), "tower": c.tower.model_dump(),
-            "encoder": c.encoder.model_dump(exclude={"cache_dir"}), "new_rule": str(svc.rule),
-            "best_epoch": results.get("best_epoch", svc.enc.payload.get("epoch")),
-            "seed": results.get("seed", c.train.seed)}
+    return {
+        "train": c.train.model_dump(),
+        "tower": c.tower.model_dump(),
+        "encoder": c.encoder.model_dump(exclude={"cache_dir"}),
+        "new_rule": str(svc.rule),
+        "best_epoch": results.get("best_epoch", svc.enc.payload.get("epoch")),
+        "seed": results.get("seed", c.train.seed),
+    }
 
 
 def augmented_samples(svc: Service, n: int = 4) -> list[dict]:
@@ -513,6 +612,14 @@ def augmented_samples(svc: Service, n: int = 4) -> list[dict]:
             continue
         attrs = {k: v for k, v in it.metadata.items() if k in fields and k not in RESERVED}
         keep = {k: v for k, v in attrs.items() if rng.random() >= p} or dict(list(attrs.items())[:1])
-        out.append({"id": it.id, "image_url": f"/api/items/{it.id}/image", "original": attrs, "augmented": keep,
-                    "dropped": sorted(set(attrs) - set(keep)), "field_dropout": p})
+        out.append(
+            {
+                "id": it.id,
+                "image_url": f"/api/items/{it.id}/image",
+                "original": attrs,
+                "augmented": keep,
+                "dropped": sorted(set(attrs) - set(keep)),
+                "field_dropout": p,
+            }
+        )
     return out

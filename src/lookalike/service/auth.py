@@ -62,8 +62,10 @@ def read_tokens(path: str | Path) -> list[TokenRecord]:
         except TypeError:
             raise LookalikeError(f"auth file {p}: token {n} must have id, scope and sha256") from None
         if rec.scope not in SCOPES or len(rec.sha256) != 64:
-            raise LookalikeError(f"auth file {p}: token {rec.id!r} has scope {rec.scope!r} (expected one of "
-                                 f"{list(SCOPES)}) or a malformed hash")
+            raise LookalikeError(
+                f"auth file {p}: token {rec.id!r} has scope {rec.scope!r} (expected one of "
+                f"{list(SCOPES)}) or a malformed hash"
+            )
         out.append(rec)
     return out
 
@@ -91,8 +93,13 @@ def add_token(path: str | Path, scope: str, name: str = "") -> tuple[TokenRecord
         raise LookalikeError(f"scope must be one of {list(SCOPES)}, got {scope!r}")
     records = read_tokens(path) if Path(path).exists() else []
     token = secrets.token_urlsafe(32)
-    rec = TokenRecord(id=secrets.token_hex(4), scope=scope, sha256=_digest(token), name=name,
-                      created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    rec = TokenRecord(
+        id=secrets.token_hex(4),
+        scope=scope,
+        sha256=_digest(token),
+        name=name,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
     write_tokens(path, [*records, rec])
     return rec, token
 
@@ -152,7 +159,9 @@ bearer = HTTPBearer(auto_error=False, description="a token from `lookalike auth 
 
 
 def _challenge(error: str | None = None, scope: str | None = None) -> dict[str, str]:
-    parts = ['Bearer realm="lookalike"'] + ([f'error="{error}"'] if error else []) + ([f'scope="{scope}"'] if scope else [])
+    parts = (
+        ['Bearer realm="lookalike"'] + ([f'error="{error}"'] if error else []) + ([f'scope="{scope}"'] if scope else [])
+    )
     return {"WWW-Authenticate": ", ".join(parts)}
 
 
@@ -162,15 +171,22 @@ def require(tokens: TokenFile, scope: str):
 
     def check(request: Request, cred: HTTPAuthorizationCredentials | None = Security(bearer)) -> TokenRecord:
         if cred is None:
-            raise HTTPException(401, f"this endpoint needs a bearer token with scope {scope!r} "
-                                     "(header Authorization: Bearer TOKEN)", headers=_challenge(scope=scope))
+            raise HTTPException(
+                401,
+                f"this endpoint needs a bearer token with scope {scope!r} (header Authorization: Bearer TOKEN)",
+                headers=_challenge(scope=scope),
+            )
         rec = tokens.match(cred.credentials)
         if rec is None:
-            raise HTTPException(401, "the bearer token is not valid (unknown or revoked)",
-                                headers=_challenge("invalid_token", scope))
+            raise HTTPException(
+                401, "the bearer token is not valid (unknown or revoked)", headers=_challenge("invalid_token", scope)
+            )
         if SCOPES.index(rec.scope) < need:
-            raise HTTPException(403, f"token {rec.id!r} has scope {rec.scope!r}; this endpoint needs {scope!r}",
-                                headers=_challenge("insufficient_scope", scope))
+            raise HTTPException(
+                403,
+                f"token {rec.id!r} has scope {rec.scope!r}; this endpoint needs {scope!r}",
+                headers=_challenge("insufficient_scope", scope),
+            )
         request.state.token_id = rec.id
         return rec
 

@@ -17,9 +17,12 @@ OPEN_HOST_RATE = "600/minute"  # the default per-client limit once the service l
 
 def _store_opts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="trained checkpoint (best_model.pt)")
-    p.add_argument("--store", default=DEFAULT_STORE,
-                   help=f"vector store URL: embedded:///dir[?index=hnsw], postgresql://..., pgserver:///dir "
-                        f"(default {DEFAULT_STORE})")
+    p.add_argument(
+        "--store",
+        default=DEFAULT_STORE,
+        help=f"vector store URL: embedded:///dir[?index=hnsw], postgresql://..., pgserver:///dir "
+        f"(default {DEFAULT_STORE})",
+    )
     p.add_argument("--new-rule", default="year>=2016", help="which products are new: FIELD>=NUMBER or FIELD=V1,V2")
     p.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike or $LOOKALIKE_CACHE)")
 
@@ -27,14 +30,14 @@ def _store_opts(p: argparse.ArgumentParser) -> None:
 def _url(store: str) -> str:
     """Relative embedded paths are made absolute so the server and the CLI mean the same directory."""
     if store.startswith("embedded://") and not store.startswith("embedded:///"):
-        rest = store[len("embedded://"):]
+        rest = store[len("embedded://") :]
         path, _, query = rest.partition("?")
         return f"embedded://{Path(path).resolve()}" + (f"?{query}" if query else "")
     return store
 
 
 def _open(args):
-    from lookalike.recommend.catalogue import QueryEncoder
+    from lookalike.inference import QueryEncoder
     from lookalike.recommend.newness import NewRule
     from lookalike.retrieval.stores import open_store
 
@@ -60,30 +63,47 @@ def cmd_serve(args) -> None:
         raise LookalikeError(f"--workers must be at least 1, got {args.workers}")
     local = is_loopback(args.host)
     if not local and not args.auth_file and not args.allow_open_writes:
-        raise LookalikeError(f"--host {args.host} is reachable beyond this machine and no --auth-file is given: anyone "
-                             "could add, replace and delete products. Create a token (`lookalike auth add --scope write "
-                             "--file FILE`) and pass --auth-file FILE, or say --allow-open-writes")
+        raise LookalikeError(
+            f"--host {args.host} is reachable beyond this machine and no --auth-file is given: anyone "
+            "could add, replace and delete products. Create a token (`lookalike auth add --scope write "
+            "--file FILE`) and pass --auth-file FILE, or say --allow-open-writes"
+        )
     rate = args.rate_limit or (None if local else OPEN_HOST_RATE)
     try:
-        settings = ServiceSettings(checkpoint=args.model, store=_url(args.store), catalog=args.catalog,
-                                   upload_dir=args.upload_dir, new_rule=args.new_rule, max_upload_mb=args.max_upload_mb,
-                                   max_k=args.max_k, cache_dir=args.cache_dir, auth_file=args.auth_file,
-                                   auth_reads=args.auth_reads, rate_limit=None if rate == "off" else rate,
-                                   search=args.search)
+        settings = ServiceSettings(
+            checkpoint=args.model,
+            store=_url(args.store),
+            catalog=args.catalog,
+            upload_dir=args.upload_dir,
+            new_rule=args.new_rule,
+            max_upload_mb=args.max_upload_mb,
+            max_k=args.max_k,
+            cache_dir=args.cache_dir,
+            auth_file=args.auth_file,
+            auth_reads=args.auth_reads,
+            rate_limit=None if rate == "off" else rate,
+            search=args.search,
+        )
     except ValueError as e:
         raise LookalikeError(f"invalid service settings: {e}") from None
     app = create_app(settings)
     svc = app.state.service
     n = len(svc.store)
-    print(f"serving {n} products from {settings.store} on http://{args.host}:{args.port} (dashboard at /, API at /docs)")
+    print(
+        f"serving {n} products from {settings.store} on http://{args.host}:{args.port} (dashboard at /, API at /docs)"
+    )
     if n == 0:
         print("the store is empty: fill it with `lookalike catalog ingest`")
     swept = svc.swept
-    print(f"upload folder {svc.upload_dir}: swept {swept['temp_files']} temp file(s) and {swept['orphan_images']} "
-          f"unreferenced image(s) left by interrupted writes")
+    print(
+        f"upload folder {svc.upload_dir}: swept {swept['temp_files']} temp file(s) and {swept['orphan_images']} "
+        f"unreferenced image(s) left by interrupted writes"
+    )
     if svc.tokens:
-        print(f"auth: {len(svc.tokens.records)} token(s) from {args.auth_file}; writes need a write token, reads "
-              + ("a read token" if args.auth_reads else "none"))
+        print(
+            f"auth: {len(svc.tokens.records)} token(s) from {args.auth_file}; writes need a write token, reads "
+            + ("a read token" if args.auth_reads else "none")
+        )
     else:
         print("auth: none (no --auth-file): anyone who reaches this port may write")
     print(f"rate limit: {settings.rate_limit + ' per client' if settings.rate_limit else 'none'}")
@@ -96,15 +116,18 @@ def cmd_ingest(args) -> None:
     from lookalike.catalogue import load_catalogue
     from lookalike.catalogue.loading import read_schema
     from lookalike.distributed import RayOptions
-    from lookalike.pipeline import embedding_counts
+    from lookalike.encoders.embedding import embedding_counts
     from lookalike.recommend.catalogue import ingest_catalogue
 
     enc, store, rule = _open(args)
     ray = RayOptions.from_args(args, args.batch_size or enc.cfg.encoder.batch_size)
     if args.batch_size:
-        enc.cfg = enc.cfg.model_copy(update={"encoder": enc.cfg.encoder.model_copy(update={"batch_size": args.batch_size})})
-    cat = load_catalogue(args.catalog, read_schema(Path(args.schema)) if args.schema else None,
-                         fallback_schema=enc.schema)
+        enc.cfg = enc.cfg.model_copy(
+            update={"encoder": enc.cfg.encoder.model_copy(update={"batch_size": args.batch_size})}
+        )
+    cat = load_catalogue(
+        args.catalog, read_schema(Path(args.schema)) if args.schema else None, fallback_schema=enc.schema
+    )
     print(cat.report.summary())
     rep = ingest_catalogue(store, cat, enc, rule, progress=not args.no_progress, ray=ray)
     print(embedding_counts(rep["embedding"], args.engine))
@@ -123,7 +146,8 @@ def _attributes(raw: str) -> dict:
 
 
 def cmd_add(args, update: bool = False) -> None:
-    from lookalike.recommend.catalogue import check_id, decode_image, product_from_json, product_metadata
+    from lookalike.inference import decode_image
+    from lookalike.recommend.catalogue import check_id, product_from_json, product_metadata
     from lookalike.retrieval.stores import StoreItem
     from lookalike.service.uploads import UploadDir
 
@@ -177,7 +201,7 @@ def cmd_list(args) -> None:
 
     store = open_store(_url(args.store))
     ids = store.ids()
-    for it in store.get_many(ids[args.offset:args.offset + args.limit]):
+    for it in store.get_many(ids[args.offset : args.offset + args.limit]):
         md = {k: v for k, v in it.metadata.items() if k != "image"}
         print(f"{it.id:<14} {json.dumps(md, ensure_ascii=False)}")
     print(f"({len(ids)} products)")
@@ -187,8 +211,10 @@ def cmd_auth_add(args) -> None:
     from lookalike.service.auth import add_token
 
     rec, token = add_token(args.file, args.scope, args.name or "")
-    print(f"added token {rec.id} (scope {rec.scope}{', ' + rec.name if rec.name else ''}) to {args.file}; "
-          "only its SHA-256 is stored")
+    print(
+        f"added token {rec.id} (scope {rec.scope}{', ' + rec.name if rec.name else ''}) to {args.file}; "
+        "only its SHA-256 is stored"
+    )
     print("the token follows; it is shown this once (send it as: Authorization: Bearer TOKEN)")
     print(token)
 
@@ -220,24 +246,42 @@ def add_commands(sub) -> None:
     s.add_argument("--max-k", type=int, default=100, help="largest K a request may ask for (default 100)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--search", choices=["exact", "approximate"], default="exact",
-                   help="exact: score every stored product (default; the ground truth, fine to ~100k); approximate: "
-                        "the store's HNSW index (for a million products)")
-    s.add_argument("--workers", type=int, default=1,
-                   help="API worker processes (default 1); use a PostgreSQL store to share one catalogue between them")
+    s.add_argument(
+        "--search",
+        choices=["exact", "approximate"],
+        default="exact",
+        help="exact: score every stored product (default; the ground truth, fine to ~100k); approximate: "
+        "the store's HNSW index (for a million products)",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API worker processes (default 1); use a PostgreSQL store to share one catalogue between them",
+    )
     s.add_argument("--auth-file", help="token file from `lookalike auth add`: writes then need a write token")
     s.add_argument("--auth-reads", action="store_true", help="reads need a read token too (with --auth-file)")
-    s.add_argument("--allow-open-writes", action="store_true",
-                   help="serve a non-loopback --host without --auth-file (anyone reaching it may write)")
-    s.add_argument("--rate-limit", help=f"per-client requests, e.g. 20/second or 600/minute, or 'off' (default: off "
-                                        f"on loopback, {OPEN_HOST_RATE} otherwise)")
+    s.add_argument(
+        "--allow-open-writes",
+        action="store_true",
+        help="serve a non-loopback --host without --auth-file (anyone reaching it may write)",
+    )
+    s.add_argument(
+        "--rate-limit",
+        help=f"per-client requests, e.g. 20/second or 600/minute, or 'off' (default: off "
+        f"on loopback, {OPEN_HOST_RATE} otherwise)",
+    )
     s.set_defaults(func=cmd_serve)
 
     a = sub.add_parser("auth", help="bearer tokens for `lookalike serve --auth-file`: add, list, revoke")
     asub = a.add_subparsers(dest="auth_command", required=True)
     aa = asub.add_parser("add", help="create a token; prints it once, as the last line, and stores only its hash")
-    aa.add_argument("--scope", choices=["read", "write", "admin"], required=True,
-                    help="read: reads under --auth-reads; write: also add/update/delete; admin: also list tokens")
+    aa.add_argument(
+        "--scope",
+        choices=["read", "write", "admin"],
+        required=True,
+        help="read: reads under --auth-reads; write: also add/update/delete; admin: also list tokens",
+    )
     aa.add_argument("--file", required=True, help="token file (created if missing, rewritten atomically)")
     aa.add_argument("--name", help="who or what the token is for (shown by auth list)")
     aa.set_defaults(func=cmd_auth_add)
@@ -251,7 +295,9 @@ def add_commands(sub) -> None:
 
     c = sub.add_parser("catalog", help="manage the served catalogue: ingest, add, update, delete, list")
     csub = c.add_subparsers(dest="catalog_command", required=True)
-    i = csub.add_parser("ingest", help="embed a whole catalogue (locally or on Ray) and load it in batched transactions")
+    i = csub.add_parser(
+        "ingest", help="embed a whole catalogue (locally or on Ray) and load it in batched transactions"
+    )
     _store_opts(i)
     i.add_argument("--catalog", required=True, help="catalogue directory or file")
     i.add_argument("--schema", help="JSON schema of a CSV/JSONL catalogue")

@@ -18,13 +18,26 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("lookalike_requests", "HTTP requests", ["endpoint", "method", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("lookalike_request_seconds", "request latency", ["endpoint"], registry=self.registry,
-                                 buckets=(.002, .005, .01, .02, .03, .05, .075, .1, .15, .25, .5, 1, 2.5, 5))
-        self.top1 = Histogram("lookalike_top1_similarity", "similarity of the first result", ["endpoint"],
-                              registry=self.registry, buckets=tuple(np.round(np.linspace(-0.2, 1.0, 13), 2)))
-        self.catalogue = Gauge("lookalike_catalogue_products", "products in the store", ["kind"], registry=self.registry)
+        self.requests = Counter(
+            "lookalike_requests", "HTTP requests", ["endpoint", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "lookalike_request_seconds",
+            "request latency",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.top1 = Histogram(
+            "lookalike_top1_similarity",
+            "similarity of the first result",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=tuple(np.round(np.linspace(-0.2, 1.0, 13), 2)),
+        )
+        self.catalogue = Gauge(
+            "lookalike_catalogue_products", "products in the store", ["kind"], registry=self.registry
+        )
         self._lock = threading.Lock()
         self._lat: dict[tuple[str, str], deque] = defaultdict(lambda: deque(maxlen=window))
         self._counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -56,12 +69,16 @@ class Metrics:
                 ms = np.asarray(lat) * 1000
                 counts = dict(self._counts[(method, ep)])
                 endpoints[f"{method} {ep}"] = {
-                    "requests": sum(counts.values()), "by_status": counts,
-                    **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)}}
-            return {"endpoints": endpoints,
-                    "mean_top1_similarity": round(float(np.mean(self._top1)), 4) if self._top1 else None,
-                    "mean_intra_list_diversity": round(float(np.mean(self._ild)), 4) if self._ild else None,
-                    "lists_served": len(self.lists)}
+                    "requests": sum(counts.values()),
+                    "by_status": counts,
+                    **{f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)},
+                }
+            return {
+                "endpoints": endpoints,
+                "mean_top1_similarity": round(float(np.mean(self._top1)), 4) if self._top1 else None,
+                "mean_intra_list_diversity": round(float(np.mean(self._ild)), 4) if self._ild else None,
+                "lists_served": len(self.lists),
+            }
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest

@@ -29,7 +29,7 @@ class Rate:
     period: float
 
     @classmethod
-    def parse(cls, text: str) -> "Rate":
+    def parse(cls, text: str) -> Rate:
         m = re.fullmatch(r"\s*(\d+)\s*/\s*(second|minute|hour|s|m|h)\s*", text or "")
         if not m or int(m.group(1)) < 1:
             raise LookalikeError(f"rate limit must look like 20/second, 600/minute or 10000/hour, got {text!r}")
@@ -77,6 +77,9 @@ class RateLimit:
         wait = self.buckets.take(client[0] if client else "unknown")
         if wait > 0:
             retry = max(1, math.ceil(wait))
-            return await JSONResponse({"detail": f"rate limit of {self.rate} per client exceeded; retry in {retry} s"},
-                                      status_code=429, headers={"Retry-After": str(retry)})(scope, receive, send)
+            return await JSONResponse(
+                {"detail": f"rate limit of {self.rate} per client exceeded; retry in {retry} s"},
+                status_code=429,
+                headers={"Retry-After": str(retry)},
+            )(scope, receive, send)
         await self.app(scope, receive, send)

@@ -21,9 +21,9 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from lookalike.retrieval.stores import VectorStore
 
@@ -118,7 +118,7 @@ class UploadDir:
         temps = orphans = 0
         with self.alone() as alone:
             for f in self.path.glob(f"{TEMP_PREFIX}*"):
-                pid = f.name[len(TEMP_PREFIX):].split("-", 1)[0]
+                pid = f.name[len(TEMP_PREFIX) :].split("-", 1)[0]
                 if alone or not pid.isdigit() or not _alive(int(pid)):
                     f.unlink(missing_ok=True)
                     temps += 1
@@ -131,6 +131,10 @@ class UploadDir:
                         f.unlink(missing_ok=True)
                         orphans += 1
         if temps or orphans:
-            log.warning("upload folder %s: removed %d temp file(s) and %d unreferenced image(s) left by an "
-                        "interrupted write", self.path, temps, orphans)
+            log.warning(
+                "upload folder %s: removed %d temp file(s) and %d unreferenced image(s) left by an interrupted write",
+                self.path,
+                temps,
+                orphans,
+            )
         return {"temp_files": temps, "orphan_images": orphans, "swept_images": int(alone)}

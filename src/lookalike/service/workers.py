@@ -27,6 +27,7 @@ class ServedApp:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
+
             async def send_and_release(message):
                 if message["type"] == "lifespan.shutdown.complete":
                     self.app.state.service.store.release()
@@ -64,5 +65,11 @@ def serve(settings, host: str, port: int, workers: int = 1, app=None, log_level:
         uvicorn.run(ServedApp(app or create_app(settings)), host=host, port=port, workers=1, log_level=log_level)
         return
     os.environ[ENV] = settings.model_dump_json()
-    uvicorn.run("lookalike.service.workers:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level)
+    uvicorn.run(
+        "lookalike.service.workers:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+    )

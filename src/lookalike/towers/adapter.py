@@ -19,12 +19,14 @@ class Adapter(nn.Module):
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
         self.linear = nn.Linear(in_dim, out_dim, bias=False)
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim)
+        )
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
     @torch.no_grad()
-    def init_pca(self, vectors: np.ndarray) -> "Adapter":
+    def init_pca(self, vectors: np.ndarray) -> Adapter:
         """Start the linear part at the top-`out_dim` principal directions of `vectors` (unit rows)."""
         x = np.asarray(vectors, np.float64)
         evals, evecs = np.linalg.eigh(x.T @ x)
@@ -39,7 +41,15 @@ class Adapter(nn.Module):
     def encode(self, vectors: np.ndarray, batch_size: int = 8192) -> np.ndarray:
         was = self.training
         self.eval()
-        out = np.concatenate([self(torch.from_numpy(np.ascontiguousarray(vectors[s:s + batch_size], np.float32))).numpy()
-                              for s in range(0, len(vectors), batch_size)]) if len(vectors) else np.zeros((0, self.out_dim), np.float32)
+        out = (
+            np.concatenate(
+                [
+                    self(torch.from_numpy(np.ascontiguousarray(vectors[s : s + batch_size], np.float32))).numpy()
+                    for s in range(0, len(vectors), batch_size)
+                ]
+            )
+            if len(vectors)
+            else np.zeros((0, self.out_dim), np.float32)
+        )
         self.train(was)
         return out

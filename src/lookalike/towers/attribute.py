@@ -11,16 +11,30 @@ from lookalike.towers.vocab import PAD, UNK
 
 
 class AttributeTower(nn.Module):
-    def __init__(self, vocab_sizes: dict[str, int], list_fields: list[str], out_dim: int, field_dim: int = 64,
-                 hidden_dim: int = 1024, dropout: float = 0.1, field_dropout: float = 0.1):
+    def __init__(
+        self,
+        vocab_sizes: dict[str, int],
+        list_fields: list[str],
+        out_dim: int,
+        field_dim: int = 64,
+        hidden_dim: int = 1024,
+        dropout: float = 0.1,
+        field_dropout: float = 0.1,
+    ):
         super().__init__()
         self.fields = list(vocab_sizes)
         self.list_fields = set(list_fields)
         self.field_dropout = field_dropout
-        self.embeddings = nn.ModuleDict({f: nn.Embedding(n, field_dim, padding_idx=PAD) for f, n in vocab_sizes.items()})
+        self.embeddings = nn.ModuleDict(
+            {f: nn.Embedding(n, field_dim, padding_idx=PAD) for f, n in vocab_sizes.items()}
+        )
         self.mlp = nn.Sequential(
-            nn.Linear(field_dim * len(self.fields), hidden_dim), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(field_dim * len(self.fields), hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
             nn.Linear(hidden_dim, out_dim),
         )
 

@@ -20,22 +20,35 @@ from lookalike.towers.vocab import PAD, UNK
 
 def default_standard_fields(fields: list[str]) -> list[str]:
     """Schemas list the essential fields first: the first two-thirds (rounded up) are standard."""
-    return fields[:max(1, -(-2 * len(fields) // 3))]
+    return fields[: max(1, -(-2 * len(fields) // 3))]
 
 
 class ResidualBlock(nn.Module):
     def __init__(self, dim: int, dropout: float):
         super().__init__()
-        self.body = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.body = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
 
 
 class CoarseToFineTower(nn.Module):
-    def __init__(self, vocab_sizes: dict[str, int], list_fields: list[str], out_dim: int,
-                 standard_fields: list[str] | None = None, embed_dim: int = 64, heads: int = 4, layers: int = 1,
-                 pyramid_dim: int = 256, pyramid_blocks: int = 2, dropout: float = 0.1, field_dropout: float = 0.1):
+    def __init__(
+        self,
+        vocab_sizes: dict[str, int],
+        list_fields: list[str],
+        out_dim: int,
+        standard_fields: list[str] | None = None,
+        embed_dim: int = 64,
+        heads: int = 4,
+        layers: int = 1,
+        pyramid_dim: int = 256,
+        pyramid_blocks: int = 2,
+        dropout: float = 0.1,
+        field_dropout: float = 0.1,
+    ):
         super().__init__()
         self.fields = list(vocab_sizes)
         standard = list(standard_fields) if standard_fields is not None else default_standard_fields(self.fields)
@@ -56,17 +69,24 @@ class CoarseToFineTower(nn.Module):
         self.field_embedding = nn.Embedding(len(self.fields), embed_dim)
 
         def encoder() -> nn.TransformerEncoder:
-            layer = nn.TransformerEncoderLayer(embed_dim, heads, 4 * embed_dim, dropout, activation="gelu",
-                                               batch_first=True, norm_first=True)
+            layer = nn.TransformerEncoderLayer(
+                embed_dim, heads, 4 * embed_dim, dropout, activation="gelu", batch_first=True, norm_first=True
+            )
             return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
         self.standard_encoder = encoder()
         self.reinforced_encoder = encoder() if self.reinforced else None
-        self.cross = nn.MultiheadAttention(embed_dim, heads, dropout=dropout, batch_first=True) if self.reinforced else None
+        self.cross = (
+            nn.MultiheadAttention(embed_dim, heads, dropout=dropout, batch_first=True) if self.reinforced else None
+        )
         self.cross_norm = nn.LayerNorm(embed_dim)
-        self.head = nn.Sequential(nn.Linear(embed_dim, pyramid_dim), nn.GELU(),
-                                  *[ResidualBlock(pyramid_dim, dropout) for _ in range(pyramid_blocks)],
-                                  nn.LayerNorm(pyramid_dim), nn.Linear(pyramid_dim, out_dim))
+        self.head = nn.Sequential(
+            nn.Linear(embed_dim, pyramid_dim),
+            nn.GELU(),
+            *[ResidualBlock(pyramid_dim, dropout) for _ in range(pyramid_blocks)],
+            nn.LayerNorm(pyramid_dim),
+            nn.Linear(pyramid_dim, out_dim),
+        )
 
     def _drop_fields(self, idx: torch.Tensor) -> torch.Tensor:
         """Augmentation, as in the MLP tower: with probability p a whole field becomes UNK."""

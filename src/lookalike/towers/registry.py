@@ -3,7 +3,7 @@ original spec demands; the coarse-to-fine tower competes with it (benchmarks/tow
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -15,8 +15,15 @@ from lookalike.towers.vocab import AttributeVocab
 
 
 def _mlp(t: TowerConfig, vocab: AttributeVocab, out_dim: int) -> nn.Module:
-    return AttributeTower({f: vocab.size(f) for f in vocab.fields}, vocab.list_fields, out_dim,
-                          t.field_dim, t.hidden_dim, t.dropout, t.field_dropout)
+    return AttributeTower(
+        {f: vocab.size(f) for f in vocab.fields},
+        vocab.list_fields,
+        out_dim,
+        t.field_dim,
+        t.hidden_dim,
+        t.dropout,
+        t.field_dropout,
+    )
 
 
 def _coarse_to_fine(t: TowerConfig, vocab: AttributeVocab, out_dim: int) -> nn.Module:
@@ -24,8 +31,19 @@ def _coarse_to_fine(t: TowerConfig, vocab: AttributeVocab, out_dim: int) -> nn.M
     unknown = [f for f in c.standard_fields or [] if f not in vocab.fields]
     if unknown:
         raise LookalikeError(f"tower.coarse_to_fine.standard_fields {unknown} are not attribute fields {vocab.fields}")
-    return CoarseToFineTower({f: vocab.size(f) for f in vocab.fields}, vocab.list_fields, out_dim, c.standard_fields,
-                             t.field_dim, c.heads, c.layers, c.pyramid_dim, c.pyramid_blocks, t.dropout, t.field_dropout)
+    return CoarseToFineTower(
+        {f: vocab.size(f) for f in vocab.fields},
+        vocab.list_fields,
+        out_dim,
+        c.standard_fields,
+        t.field_dim,
+        c.heads,
+        c.layers,
+        c.pyramid_dim,
+        c.pyramid_blocks,
+        t.dropout,
+        t.field_dropout,
+    )
 
 
 ATTRIBUTE_TOWERS: dict[str, Callable[[TowerConfig, AttributeVocab, int], nn.Module]] = {

@@ -21,8 +21,9 @@ class AttributeVocab:
         return [*self.single_fields, *self.list_fields]
 
     @classmethod
-    def build(cls, attributes: list[dict], single_fields: list[str], list_fields: list[str],
-              min_count: int = 1) -> "AttributeVocab":
+    def build(
+        cls, attributes: list[dict], single_fields: list[str], list_fields: list[str], min_count: int = 1
+    ) -> AttributeVocab:
         counts = {f: Counter() for f in [*single_fields, *list_fields]}
         for a in attributes:
             for f in single_fields:
@@ -42,8 +43,9 @@ class AttributeVocab:
         out: dict[str, torch.Tensor] = {}
         for f in self.single_fields:
             idx = self.index[f]
-            out[f] = torch.tensor([[idx.get(str(a[f]), UNK) if f in a else UNK] for a in attributes],
-                                  dtype=torch.long).reshape(len(attributes), 1)
+            out[f] = torch.tensor(
+                [[idx.get(str(a[f]), UNK) if f in a else UNK] for a in attributes], dtype=torch.long
+            ).reshape(len(attributes), 1)
         for f in self.list_fields:
             idx = self.index[f]
             rows = []
@@ -52,7 +54,9 @@ class AttributeVocab:
                 raw = [raw] if isinstance(raw, str) else raw
                 rows.append([idx.get(str(v), UNK) for v in raw] or [UNK])
             width = max((len(r) for r in rows), default=1)
-            out[f] = torch.tensor([r + [PAD] * (width - len(r)) for r in rows], dtype=torch.long).reshape(len(rows), width)
+            out[f] = torch.tensor([r + [PAD] * (width - len(r)) for r in rows], dtype=torch.long).reshape(
+                len(rows), width
+            )
         return out
 
     def unknown_values(self, attributes: dict) -> dict[str, list[str]]:
@@ -70,5 +74,5 @@ class AttributeVocab:
         return {"single_fields": self.single_fields, "list_fields": self.list_fields, "values": self.values}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AttributeVocab":
+    def from_dict(cls, d: dict) -> AttributeVocab:
         return cls(d["single_fields"], d["list_fields"], d["values"])

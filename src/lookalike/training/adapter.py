@@ -36,13 +36,18 @@ class AdapterConfig(BaseModel):
     dropout: float = Field(0.1, ge=0, lt=1)
     # Multi-similarity won on validation (benchmarks/towers.py ablation: 0.362 vs triplet 0.360, distillation alone 0.358).
     loss: Literal["triplet", "multi-similarity", "none"] = "multi-similarity"
-    pairs: Literal["cross", "all"] = Field("cross", description="cross: query anchors against image candidates "
-                                           "(the retrieval task); all: every query and image against every other")
+    pairs: Literal["cross", "all"] = Field(
+        "cross",
+        description="cross: query anchors against image candidates "
+        "(the retrieval task); all: every query and image against every other",
+    )
     distill_weight: float = Field(1.0, ge=0, description="weight of keeping the 512-d query→image ranking (KL)")
     distill_temperature: float = Field(0.05, gt=0)
     margin: float = Field(0.2, gt=0)
     mining: Literal["semi-hard", "hardest"] = "semi-hard"
-    hierarchy: list[str] = Field(["masterCategory", "subCategory", "articleType"], description="category tree, root first")
+    hierarchy: list[str] = Field(
+        ["masterCategory", "subCategory", "articleType"], description="category tree, root first"
+    )
     sampler: Literal["hierarchical", "random"] = "hierarchical"
     classes_per_batch: int = Field(32, ge=2)
     samples_per_class: int = Field(4, ge=1)
@@ -56,19 +61,30 @@ class AdapterConfig(BaseModel):
 
 
 def make_loss(cfg: AdapterConfig) -> torch.nn.Module | None:
-    return {"triplet": lambda: TripletLoss(cfg.margin, cfg.mining), "multi-similarity": MultiSimilarityLoss,
-            "none": lambda: None}[cfg.loss]()
+    return {
+        "triplet": lambda: TripletLoss(cfg.margin, cfg.mining),
+        "multi-similarity": MultiSimilarityLoss,
+        "none": lambda: None,
+    }[cfg.loss]()
 
 
-def distillation(q_small: torch.Tensor, im_small: torch.Tensor, q: torch.Tensor, im: torch.Tensor, t: float) -> torch.Tensor:
+def distillation(
+    q_small: torch.Tensor, im_small: torch.Tensor, q: torch.Tensor, im: torch.Tensor, t: float
+) -> torch.Tensor:
     """KL from the full-size query→image softmax over the batch's images to the compact one: the adapter
     keeps the ranking stage 1 learned while the metric loss sharpens it."""
     teacher = torch.softmax(q @ im.T / t, dim=1)
     return F.kl_div(torch.log_softmax(q_small @ im_small.T / t, dim=1), teacher, reduction="batchmean")
 
 
-def train_adapter(queries: np.ndarray, images: np.ndarray, labels: np.ndarray, paths: Sequence[tuple[str, ...]],
-                  cfg: AdapterConfig, validate: Callable[[Adapter], float]) -> tuple[Adapter, list[dict]]:
+def train_adapter(
+    queries: np.ndarray,
+    images: np.ndarray,
+    labels: np.ndarray,
+    paths: Sequence[tuple[str, ...]],
+    cfg: AdapterConfig,
+    validate: Callable[[Adapter], float],
+) -> tuple[Adapter, list[dict]]:
     """queries, images: (n, d) unit rows of the training products; labels: (n,) relevance classes;
     paths: each product's category path. Returns the best adapter (by `validate`) and the history."""
     seed_everything(cfg.seed)
@@ -99,8 +115,14 @@ def train_adapter(queries: np.ndarray, images: np.ndarray, labels: np.ndarray, p
             sched.step()
             total_loss += loss.item()
         metric = validate(adapter)
-        history.append({"epoch": epoch, "loss": total_loss / len(sampler), "val_metric": metric,
-                        "elapsed_s": round(time.perf_counter() - t0, 2)})
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": total_loss / len(sampler),
+                "val_metric": metric,
+                "elapsed_s": round(time.perf_counter() - t0, 2),
+            }
+        )
         if metric > best:
             best, best_state, stale = metric, copy.deepcopy(adapter.state_dict()), 0
         else:
@@ -113,8 +135,16 @@ def train_adapter(queries: np.ndarray, images: np.ndarray, labels: np.ndarray, p
 
 
 def save_adapter(adapter: Adapter, cfg: AdapterConfig, path: Path, **extra) -> None:
-    torch.save({"format": ADAPTER_FORMAT, "config": cfg.model_dump(mode="json"), "in_dim": adapter.in_dim,
-                "state_dict": adapter.state_dict(), **extra}, path)
+    torch.save(
+        {
+            "format": ADAPTER_FORMAT,
+            "config": cfg.model_dump(mode="json"),
+            "in_dim": adapter.in_dim,
+            "state_dict": adapter.state_dict(),
+            **extra,
+        },
+        path,
+    )
 
 
 def load_adapter(path: Path) -> tuple[Adapter, dict]:

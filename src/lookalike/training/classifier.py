@@ -38,8 +38,9 @@ class FinetuneConfig(BaseModel):
     # Linear-probe AUC on 3,000 faces: 128 px 0.916 (130 img/s), 160 px 0.926 (55 img/s), 224 px 0.932
     # (31 img/s), loaded 2-core machine; 160 keeps `lookalike ab` on 2,000 images well inside 2 minutes.
     image_size: tuple[int, int] = (160, 160)
-    encoder_runtime: Literal["onnx", "torch"] = Field("onnx", description="torch skips the one-off ONNX export: "
-                                                      "quicker for a few hundred images")
+    encoder_runtime: Literal["onnx", "torch"] = Field(
+        "onnx", description="torch skips the one-off ONNX export: quicker for a few hundred images"
+    )
     # Smiles test split: unfrozen with 2,000 training images AUC 0.967 vs head-only 0.933 (same 2,000) and 0.948
     # (all 8,263), but ~20 min instead of ~3 on 2 busy cores (benchmarks/smiles.py --unfreeze-study).
     unfreeze_last_block: bool = False
@@ -124,8 +125,9 @@ def _encoder(cfg: FinetuneConfig):
     if cfg.image_model != "efficientnet-lite0":
         raise LookalikeError(f"finetune-classifier supports image_model efficientnet-lite0, got {cfg.image_model!r}")
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    return create_image_encoder(cfg.image_model, image_size=cfg.image_size, runtime=cfg.encoder_runtime,
-                                cache_dir=cache), cache
+    return create_image_encoder(
+        cfg.image_model, image_size=cfg.image_size, runtime=cfg.encoder_runtime, cache_dir=cache
+    ), cache
 
 
 def _features(cfg: FinetuneConfig, data: LabelledImages, progress: bool) -> tuple[np.ndarray, object]:
@@ -143,7 +145,7 @@ def _features(cfg: FinetuneConfig, data: LabelledImages, progress: bool) -> tupl
     out = []
     with torch.inference_mode():
         for s in range(0, len(data), 64):
-            batch = [enc.preprocess(_pil(a)) for a in data.images[s:s + 64]]
+            batch = [enc.preprocess(_pil(a)) for a in data.images[s : s + 64]]
             out.append(trunk(torch.from_numpy(np.stack(batch))).numpy())
     return np.concatenate(out), enc
 
@@ -163,7 +165,7 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
 def _predict(model: nn.Module, x: torch.Tensor, batch: int = 512) -> np.ndarray:
     model.eval()
     with torch.inference_mode():
-        return torch.cat([model(x[s:s + batch]) for s in range(0, len(x), batch)]).numpy()
+        return torch.cat([model(x[s : s + batch]) for s in range(0, len(x), batch)]).numpy()
 
 
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
@@ -191,7 +193,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     (out / "config.json").write_text(cfg.model_dump_json(indent=1))
     used = np.concatenate([tr, va])
     feats, enc = _features(cfg, data.subset(used), progress)
-    xtr, xva = torch.from_numpy(feats[:len(tr)]), torch.from_numpy(feats[len(tr):])
+    xtr, xva = torch.from_numpy(feats[: len(tr)]), torch.from_numpy(feats[len(tr) :])
     ytr, yva = data.labels[tr].astype(np.float32), data.labels[va]
     t_feat = time.perf_counter() - t0
 
@@ -210,16 +212,18 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     if cfg.lr_schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     elif cfg.lr_schedule == "plateau":
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max" if cfg.monitor == "val_auc" else "min",
-                                                           factor=0.5, patience=max(1, cfg.patience // 3))
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max" if cfg.monitor == "val_auc" else "min", factor=0.5, patience=max(1, cfg.patience // 3)
+        )
     gen = torch.Generator().manual_seed(cfg.seed)
     ytr_t = torch.from_numpy(ytr)
     threads = torch.get_num_threads()
     if trunk_tail is None:  # a 1280→1 head: thread hand-offs cost more than they save (9× slower on 2 busy cores)
         torch.set_num_threads(1)
     try:
-        history, best_state = _fit(cfg, model, trunk_tail, opt, sched, loss_fn, val_loss_fn, xtr, ytr, ytr_t, xva, yva,
-                                   gen, progress)
+        history, best_state = _fit(
+            cfg, model, trunk_tail, opt, sched, loss_fn, val_loss_fn, xtr, ytr, ytr_t, xva, yva, gen, progress
+        )
     finally:
         torch.set_num_threads(threads)
     best_epoch = max(h["epoch"] for h in history if h.get("best"))
@@ -232,54 +236,93 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     features = _ExportFeatures(enc.model, trunk_tail)
     exported = Exported(features, head).eval()
     val_pixels = np.stack([enc.preprocess(_pil(data.images[i])) for i in va[:64]])
-    onnx_path = export_onnx(exported, torch.from_numpy(val_pixels[:2]), out / "model.onnx", "pixels", "probability",
-                            {0: "batch", 1: "height", 2: "width"})
+    onnx_path = export_onnx(
+        exported,
+        torch.from_numpy(val_pixels[:2]),
+        out / "model.onnx",
+        "pixels",
+        "probability",
+        {0: "batch", 1: "height", 2: "width"},
+    )
     with torch.inference_mode():
         p_torch = exported(torch.from_numpy(val_pixels)).numpy()
     p_onnx = ort_session(onnx_path).run(None, {"pixels": val_pixels})[0]
     onnx_diff = float(np.abs(p_torch - p_onnx).max())
     if onnx_diff > cfg.onnx_tolerance:
         onnx_path.unlink()
-        raise LookalikeError(f"ONNX export disagrees with PyTorch by {onnx_diff:.2g} (> {cfg.onnx_tolerance}); "
-                             f"model.onnx removed")
+        raise LookalikeError(
+            f"ONNX export disagrees with PyTorch by {onnx_diff:.2g} (> {cfg.onnx_tolerance}); model.onnx removed"
+        )
     p_val = 1 / (1 + np.exp(-_predict(model, xva)))
     thr, j = youden_threshold(yva, p_val)
     last = history[-1]
     min_val = min(h["val_loss"] for h in history)
     warnings = []
     if not cfg.early_stopping and last["val_loss"] > 1.5 * min_val + 1e-3:
-        warnings.append(f"overfitting: final val loss {last['val_loss']:.4f} is {last['val_loss'] / max(min_val, 1e-12):.1f}× "
-                        f"its minimum ({min_val:.4f}, epoch {min(history, key=lambda h: h['val_loss'])['epoch']}); "
-                        f"early stopping would have kept epoch {best_epoch}")
+        warnings.append(
+            f"overfitting: final val loss {last['val_loss']:.4f} is {last['val_loss'] / max(min_val, 1e-12):.1f}× "
+            f"its minimum ({min_val:.4f}, epoch {min(history, key=lambda h: h['val_loss'])['epoch']}); "
+            f"early stopping would have kept epoch {best_epoch}"
+        )
     if last["train_loss_eval"] < 0.1 * last["val_loss"]:
         warnings.append(f"train loss {last['train_loss_eval']:.4f} ≪ val loss {last['val_loss']:.4f}: memorised")
     if len(tr) < 500:
         warnings.append(f"only {len(tr)} training images")
     summary = {
-        "config": cfg.model_dump(), "provenance": {**provenance(), "classify_versions": versions()},
+        "config": cfg.model_dump(),
+        "provenance": {**provenance(), "classify_versions": versions()},
         "load_report": data.report.to_dict(),
         "n": {"train": len(tr), "val": len(va), "test_held_out": len(te)},
-        "class_balance_train": {"positive": int(n_pos), "negative": int(n_neg)}, "pos_weight": float(pos_weight),
-        "epochs_run": len(history), "best_epoch": best_epoch, "kept_epoch": kept_epoch,
+        "class_balance_train": {"positive": int(n_pos), "negative": int(n_neg)},
+        "pos_weight": float(pos_weight),
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "kept_epoch": kept_epoch,
         "val_at_kept": {"auc": _auc(yva, p_val), "youden_threshold": thr, "youden_j": j},
         "onnx": {"path": str(onnx_path), "max_abs_diff_vs_torch": onnx_diff, "checked_on": len(val_pixels)},
         "timings": {"features_s": t_feat, "train_s": t_train, "total_s": time.perf_counter() - t0},
-        "warnings": warnings, "history": history,
+        "warnings": warnings,
+        "history": history,
     }
-    sidecar = {"input": {"layout": "NHWC", "dtype": "uint8", "channels": 3, "size": None},
-               "output": "probability", "encoder": enc.config(), "kept_epoch": kept_epoch,
-               "train_sha1": [data.sha1[i] for i in tr], "val_sha1": [data.sha1[i] for i in va],
-               "config": cfg.model_dump()}
+    sidecar = {
+        "input": {"layout": "NHWC", "dtype": "uint8", "channels": 3, "size": None},
+        "output": "probability",
+        "encoder": enc.config(),
+        "kept_epoch": kept_epoch,
+        "train_sha1": [data.sha1[i] for i in tr],
+        "val_sha1": [data.sha1[i] for i in va],
+        "config": cfg.model_dump(),
+    }
     (out / "model.onnx.json").write_text(json.dumps(sidecar))
-    torch.save({"head": head.state_dict(), "last_block": trunk_tail.state_dict() if trunk_tail else None,
-                "config": cfg.model_dump()}, out / "best.pt")
+    torch.save(
+        {
+            "head": head.state_dict(),
+            "last_block": trunk_tail.state_dict() if trunk_tail else None,
+            "config": cfg.model_dump(),
+        },
+        out / "best.pt",
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     _charts(history, kept_epoch, out / "training_curves.png", f"{Path(cfg.data).name}: train {len(tr)}, val {len(va)}")
     return summary
 
 
-def _fit(cfg: FinetuneConfig, model, trunk_tail, opt, sched, loss_fn, val_loss_fn, xtr, ytr, ytr_t, xva, yva, gen,
-         progress: bool) -> tuple[list[dict], dict]:
+def _fit(
+    cfg: FinetuneConfig,
+    model,
+    trunk_tail,
+    opt,
+    sched,
+    loss_fn,
+    val_loss_fn,
+    xtr,
+    ytr,
+    ytr_t,
+    xva,
+    yva,
+    gen,
+    progress: bool,
+) -> tuple[list[dict], dict]:
     """The epoch loop: returns the history (best epochs marked) and the best state by the monitored metric."""
     history: list[dict] = []
     best, best_state, since = None, None, 0
@@ -292,17 +335,22 @@ def _fit(cfg: FinetuneConfig, model, trunk_tail, opt, sched, loss_fn, val_loss_f
         perm = torch.randperm(len(xtr), generator=gen)
         total = 0.0
         for s in range(0, len(perm), cfg.batch_size):
-            b = perm[s:s + cfg.batch_size]
+            b = perm[s : s + cfg.batch_size]
             loss = loss_fn(model(xtr[b]), ytr_t[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(b)
         logits_tr, logits_va = _predict(model, xtr), _predict(model, xva)
-        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": total / len(xtr),
-               "train_loss_eval": float(val_loss_fn(torch.from_numpy(logits_tr), ytr_t)),
-               "val_loss": float(val_loss_fn(torch.from_numpy(logits_va), torch.from_numpy(yva.astype(np.float32)))),
-               "train_auc": _auc(ytr, logits_tr), "val_auc": _auc(yva, logits_va)}
+        row = {
+            "epoch": epoch,
+            "lr": opt.param_groups[0]["lr"],
+            "train_loss": total / len(xtr),
+            "train_loss_eval": float(val_loss_fn(torch.from_numpy(logits_tr), ytr_t)),
+            "val_loss": float(val_loss_fn(torch.from_numpy(logits_va), torch.from_numpy(yva.astype(np.float32)))),
+            "train_auc": _auc(ytr, logits_tr),
+            "val_auc": _auc(yva, logits_va),
+        }
         history.append(row)
         score = row["val_auc"] if cfg.monitor == "val_auc" else -row["val_loss"]
         if best is None or score > best + 1e-5:
@@ -311,8 +359,11 @@ def _fit(cfg: FinetuneConfig, model, trunk_tail, opt, sched, loss_fn, val_loss_f
         else:
             since += 1
         if progress:
-            print(f"  epoch {epoch:>3}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-                  f"val AUC {row['val_auc']:.4f}  lr {row['lr']:.2g}{'  *' if row.get('best') else ''}", flush=True)
+            print(
+                f"  epoch {epoch:>3}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
+                f"val AUC {row['val_auc']:.4f}  lr {row['lr']:.2g}{'  *' if row.get('best') else ''}",
+                flush=True,
+            )
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(row[cfg.monitor])
         elif sched is not None:
@@ -334,9 +385,9 @@ class _ExportFeatures(nn.Module):
 
 
 def _charts(history: list[dict], kept: int, path: Path, title: str) -> None:
-    from lookalike.classify.report import save_figure  # sets the headless backend first
-
     import matplotlib.pyplot as plt
+
+    from lookalike.classify.report import save_figure  # sets the headless backend first
 
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))

@@ -34,16 +34,26 @@ class ListwiseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     diversity_weight: float = Field(0.3, ge=0, description="μ in the reward nDCG@k + μ·ILD@k")
-    min_ild_gain: float | None = Field(0.21, ge=0, description="selection floor: validation ILD@k ≥ (1 + this) × plain "
-                                       "top-k's; the best validation nDCG@k above it is kept (None: the best reward)")
+    min_ild_gain: float | None = Field(
+        0.21,
+        ge=0,
+        description="selection floor: validation ILD@k ≥ (1 + this) × plain "
+        "top-k's; the best validation nDCG@k above it is kept (None: the best reward)",
+    )
     relevance_weight: float = Field(0.5, ge=0, description="weight of the supervised relevance (BCE) loss")
     k: int = Field(10, ge=2)
     dim: int = Field(32, ge=8)
     layers: int = Field(1, ge=1)
-    initial_lambdas: list[float] = Field([1.0, 2.0, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0], min_length=1,
-                                         description="trade-off weights tried untrained on validation; the best starts training")
-    lambda_scales: list[float] = Field([0.8, 1.0, 1.25, 1.5, 2.0], min_length=1,
-                                       description="multipliers of the learned λ tried at each evaluation (operating point)")
+    initial_lambdas: list[float] = Field(
+        [1.0, 2.0, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0],
+        min_length=1,
+        description="trade-off weights tried untrained on validation; the best starts training",
+    )
+    lambda_scales: list[float] = Field(
+        [0.8, 1.0, 1.25, 1.5, 2.0],
+        min_length=1,
+        description="multipliers of the learned λ tried at each evaluation (operating point)",
+    )
     samples: int = Field(4, ge=1, description="sampled lists per query and step")
     batch_size: int = Field(32, ge=1)
     steps: int = Field(200, ge=1)
@@ -67,12 +77,17 @@ class Lists:
     def evaluate(self, picks: np.ndarray) -> dict[str, float]:
         """nDCG@k and ILD@k of (n, k) positions into the lists."""
         rows = np.arange(len(picks))[:, None]
-        return {"ndcg": float(per_query_metrics(self.relevant[rows, picks], self.n_relevant, [picks.shape[1]])["ndcg@10"].mean()),
-                "ild": mean_intra_list_diversity(self.candidates[rows, picks], self.gallery)}
+        return {
+            "ndcg": float(
+                per_query_metrics(self.relevant[rows, picks], self.n_relevant, [picks.shape[1]])["ndcg@10"].mean()
+            ),
+            "ild": mean_intra_list_diversity(self.candidates[rows, picks], self.gallery),
+        }
 
 
-def list_reward(picks: torch.Tensor, relevant: torch.Tensor, n_relevant: torch.Tensor, vectors: torch.Tensor,
-                mu: float) -> torch.Tensor:
+def list_reward(
+    picks: torch.Tensor, relevant: torch.Tensor, n_relevant: torch.Tensor, vectors: torch.Tensor, mu: float
+) -> torch.Tensor:
     """nDCG@k (binary relevance, ideal over the whole gallery's relevant count) + μ · ILD of each list."""
     rows = torch.arange(len(picks))[:, None]
     k = picks.shape[1]
@@ -123,8 +138,17 @@ def train_listwise(train: Lists, val: Lists, cfg: ListwiseConfig) -> tuple[Listw
         tried.append({"lambda": lam, **validate()})
     start = tried[constrained_best(tried, min_ild, cfg.diversity_weight)]
     model.set_lambda(start["lambda"])
-    history = [{"step": 0, "lambda": start["lambda"], "ndcg": start["ndcg"], "ild": start["ild"], "plain": plain, "min_ild": min_ild,
-                "initial_lambdas": tried}]
+    history = [
+        {
+            "step": 0,
+            "lambda": start["lambda"],
+            "ndcg": start["ndcg"],
+            "ild": start["ild"],
+            "plain": plain,
+            "min_ild": min_ild,
+            "initial_lambdas": tried,
+        }
+    ]
     best_state = copy.deepcopy(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -141,7 +165,8 @@ def train_listwise(train: Lists, val: Lists, cfg: ListwiseConfig) -> tuple[Listw
             greedy, _ = decode(r, sim, lam, cfg.k)
             baseline = list_reward(greedy, rel[i], nrel[i], c, cfg.diversity_weight)
         loss = cfg.relevance_weight * F.binary_cross_entropy_with_logits(
-            model.calibration(r[..., None]).squeeze(-1), rel[i].float())
+            model.calibration(r[..., None]).squeeze(-1), rel[i].float()
+        )
         for _ in range(cfg.samples):
             picks, log_prob = decode(r, sim, lam, cfg.k, sample=True, generator=gen)
             with torch.no_grad():

@@ -30,8 +30,12 @@ def value_information(attributes: dict[str, torch.Tensor], vocab: AttributeVocab
     return info
 
 
-def relatedness(batch: dict[str, torch.Tensor], information: dict[str, torch.Tensor],
-                category: str | None = None, category_weight: float = 0.0) -> torch.Tensor:
+def relatedness(
+    batch: dict[str, torch.Tensor],
+    information: dict[str, torch.Tensor],
+    category: str | None = None,
+    category_weight: float = 0.0,
+) -> torch.Tensor:
     """(B, B) in [0, 1], 1 on the diagonal: the information in the single-valued attributes two
     products share over the information in all of them (Lin), mixed with [same `category` value]."""
     fields = list(information)

@@ -17,8 +17,15 @@ import numpy as np
 
 
 class HierarchicalBatchSampler:
-    def __init__(self, labels: np.ndarray, paths: Sequence[tuple[str, ...]], classes_per_batch: int = 32,
-                 samples_per_class: int = 4, seed: int = 0, batches_per_epoch: int | None = None):
+    def __init__(
+        self,
+        labels: np.ndarray,
+        paths: Sequence[tuple[str, ...]],
+        classes_per_batch: int = 32,
+        samples_per_class: int = 4,
+        seed: int = 0,
+        batches_per_epoch: int | None = None,
+    ):
         """labels: (n,) class of each item; paths: each item's category path, root first."""
         labels = np.asarray(labels)
         if len(labels) != len(paths):

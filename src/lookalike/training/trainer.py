@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -46,9 +46,16 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeModel], dict], cfg: TrainConfig,
-          checkpoint_dir: Path, resume: bool = False, progress: bool = True,
-          checkpoint_extra: dict | None = None) -> list[dict]:
+def train(
+    model: LookalikeModel,
+    data: TrainSet,
+    validate: Callable[[LookalikeModel], dict],
+    cfg: TrainConfig,
+    checkpoint_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    checkpoint_extra: dict | None = None,
+) -> list[dict]:
     """Returns the per-epoch history; `checkpoint_dir` receives best_model.pt and last.pt."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     # The image side is frozen: its vectors are constants here, never parameters.
@@ -63,12 +70,22 @@ def train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeMo
         torch.set_num_threads(threads)
 
 
-def _train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeModel], dict], cfg: TrainConfig,
-           checkpoint_dir: Path, resume: bool, progress: bool, checkpoint_extra: dict | None) -> list[dict]:
-    losses = torch.nn.ModuleDict({
-        "attribute": InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.positives, soft=cfg.soft_targets),
-        "text": InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.positives, soft=cfg.soft_targets),
-    })
+def _train(
+    model: LookalikeModel,
+    data: TrainSet,
+    validate: Callable[[LookalikeModel], dict],
+    cfg: TrainConfig,
+    checkpoint_dir: Path,
+    resume: bool,
+    progress: bool,
+    checkpoint_extra: dict | None,
+) -> list[dict]:
+    losses = torch.nn.ModuleDict(
+        {
+            "attribute": InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.positives, soft=cfg.soft_targets),
+            "text": InfoNCELoss(cfg.temperature, cfg.learnable_temperature, cfg.positives, soft=cfg.soft_targets),
+        }
+    )
     params = [*model.parameters(), *losses.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(data) // cfg.batch_size)
@@ -87,7 +104,12 @@ def _train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeM
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        history, best, best_epoch, start_epoch = state["history"], state["best"], state["best_epoch"], state["epoch"] + 1
+        history, best, best_epoch, start_epoch = (
+            state["history"],
+            state["best"],
+            state["best_epoch"],
+            state["epoch"] + 1,
+        )
     use_text = cfg.train_text and data.sentences is not None
     information = value_information(data.attributes, model.vocab) if cfg.soft_targets else {}
     t0 = time.perf_counter()
@@ -100,11 +122,14 @@ def _train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeM
         sums = {"loss": 0.0, "attribute_loss": 0.0, "text_loss": 0.0}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
         for step in bar:
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             images, groups = data.images[idx], data.groups[idx]
             batch = {f: v[idx] for f, v in data.attributes.items()}
-            related = relatedness(batch, information, data.category, cfg.soft_category_weight) ** cfg.soft_sharpness \
-                if cfg.soft_targets else None
+            related = (
+                relatedness(batch, information, data.category, cfg.soft_category_weight) ** cfg.soft_sharpness
+                if cfg.soft_targets
+                else None
+            )
             q = model.attribute_tower(batch)
             attr_loss = losses["attribute"](q, images, groups, related)
             loss = attr_loss
@@ -124,22 +149,48 @@ def _train(model: LookalikeModel, data: TrainSet, validate: Callable[[LookalikeM
         results = validate(model)
         metric = get_metric(results, cfg.val_metric)
         sim = results.get("json_to_image", {}).get("similarity", {})
-        row = {"epoch": epoch + 1, **{k: v / steps_per_epoch for k, v in sums.items()},
-               "val_metric": metric, "val_metric_name": cfg.val_metric, "lr": sched.get_last_lr()[0],
-               "temperature": losses["attribute"].temperature, "text_temperature": losses["text"].temperature,
-               "positive_similarity": sim.get("positive_mean"), "negative_similarity": sim.get("negative_mean"),
-               "elapsed_s": round(time.perf_counter() - t0, 2)}
+        row = {
+            "epoch": epoch + 1,
+            **{k: v / steps_per_epoch for k, v in sums.items()},
+            "val_metric": metric,
+            "val_metric_name": cfg.val_metric,
+            "lr": sched.get_last_lr()[0],
+            "temperature": losses["attribute"].temperature,
+            "text_temperature": losses["text"].temperature,
+            "positive_similarity": sim.get("positive_mean"),
+            "negative_similarity": sim.get("negative_mean"),
+            "elapsed_s": round(time.perf_counter() - t0, 2),
+        }
         history.append(row)
         improved = metric > best
         if improved:
             best, best_epoch = metric, epoch
-            model.save(checkpoint_dir / "best_model.pt", epoch=epoch + 1, val_metric=metric,
-                       temperature=row["temperature"], **(checkpoint_extra or {}))
+            model.save(
+                checkpoint_dir / "best_model.pt",
+                epoch=epoch + 1,
+                val_metric=metric,
+                temperature=row["temperature"],
+                **(checkpoint_extra or {}),
+            )
         stale = epoch - best_epoch
-        torch.save({"state_dict": model.state_dict(), "losses": losses.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "history": history, "best": best, "best_epoch": best_epoch, "epoch": epoch}, last)
-        msg = (f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {row['loss']:.4f}  {cfg.val_metric} {metric:.4f}"
-               f"{' *' if improved else '  '}  t={row['temperature']:.3f}  {row['elapsed_s']:.0f}s")
+        torch.save(
+            {
+                "state_dict": model.state_dict(),
+                "losses": losses.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "history": history,
+                "best": best,
+                "best_epoch": best_epoch,
+                "epoch": epoch,
+            },
+            last,
+        )
+        msg = (
+            f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {row['loss']:.4f}  {cfg.val_metric} {metric:.4f}"
+            f"{' *' if improved else '  '}  t={row['temperature']:.3f}  {row['elapsed_s']:.0f}s"
+        )
         tqdm.write(msg)
     return history

@@ -33,13 +33,17 @@ class HFCrossEncoder:
             import torch
             import transformers
         except ImportError as e:
-            raise LookalikeError(f"cross-encoder reranking needs transformers: pip install 'lookalike[clip]' ({e})") from e
+            raise LookalikeError(
+                f"cross-encoder reranking needs transformers: pip install 'lookalike[clip]' ({e})"
+            ) from e
         from lookalike.encoders.base import freeze
         from lookalike.encoders.hf_text import load_checked
 
         path = os.path.expanduser(directory)
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise LookalikeError(f"{os.path.abspath(path)} is not a local Hugging Face model directory (no config.json)")
+            raise LookalikeError(
+                f"{os.path.abspath(path)} is not a local Hugging Face model directory (no config.json)"
+            )
         if threads:
             torch.set_num_threads(threads)
         try:
@@ -54,8 +58,9 @@ class HFCrossEncoder:
         self.name = f"hf-cross-encoder:{path}"
 
     def config(self) -> dict:
-        from lookalike.encoders.clip import _files_identity
         from pathlib import Path
+
+        from lookalike.encoders.clip import _files_identity
 
         return {"reranker": self.name, "files": repr(_files_identity(Path(self.path))), "max_length": self.max_length}
 
@@ -65,9 +70,15 @@ class HFCrossEncoder:
         out = []
         with torch.inference_mode():
             for s in range(0, len(docs), self.batch_size):
-                part = docs[s:s + self.batch_size]
-                batch = self.tokenizer([query] * len(part), part, padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt")
+                part = docs[s : s + self.batch_size]
+                batch = self.tokenizer(
+                    [query] * len(part),
+                    part,
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
                 logits = self.model(**batch).logits.float()
                 out.append((logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]).numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
@@ -79,8 +90,9 @@ def create_reranker(name: str) -> Reranker:
     raise LookalikeError(f"unknown reranker {name!r}; use hf-cross-encoder:<dir>")
 
 
-def rerank(run: tuple[np.ndarray, np.ndarray], queries: list[str], doc_texts: list[str], reranker: Reranker,
-           depth: int) -> tuple[np.ndarray, np.ndarray]:
+def rerank(
+    run: tuple[np.ndarray, np.ndarray], queries: list[str], doc_texts: list[str], reranker: Reranker, depth: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Rescore each query's top-`depth`; ties keep the first stage's order. The candidates below keep
     their order with scores under the reranked ones, so the run stays sorted."""
     idx, sc = run

@@ -35,11 +35,20 @@ def list_features(scores: torch.Tensor, similarity: torch.Tensor) -> torch.Tenso
         top = (rank < m).float()  # (B, N)
         return (similarity * top[:, None, :]).sum(-1) / min(m, N)
 
-    return torch.stack([
-        z, scores - scores.max(dim=1, keepdim=True).values, rank / N,
-        mean_sim_to_top(1), mean_sim_to_top(3), mean_sim_to_top(10), similarity.mean(-1),
-        (similarity > 0.9).float().mean(-1), scores.std(dim=1, keepdim=True).expand(B, N),
-    ], dim=-1)
+    return torch.stack(
+        [
+            z,
+            scores - scores.max(dim=1, keepdim=True).values,
+            rank / N,
+            mean_sim_to_top(1),
+            mean_sim_to_top(3),
+            mean_sim_to_top(10),
+            similarity.mean(-1),
+            (similarity > 0.9).float().mean(-1),
+            scores.std(dim=1, keepdim=True).expand(B, N),
+        ],
+        dim=-1,
+    )
 
 
 class ListwiseReranker(nn.Module):
@@ -47,7 +56,9 @@ class ListwiseReranker(nn.Module):
         super().__init__()
         self.k = k
         self.embed = nn.Linear(N_FEATURES, dim)
-        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, 0.0, activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 4 * dim, 0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.relevance = nn.Linear(dim, 1)
@@ -77,8 +88,14 @@ class ListwiseReranker(nn.Module):
         return relevance, similarity, lam
 
 
-def decode(relevance: torch.Tensor, similarity: torch.Tensor, lam: torch.Tensor, k: int, sample: bool = False,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def decode(
+    relevance: torch.Tensor,
+    similarity: torch.Tensor,
+    lam: torch.Tensor,
+    k: int,
+    sample: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy (or Plackett-Luce sampled) decoding → (B, k) candidate indices and (B,) log-probability.
     Step t scores relevance − λ[:, t] · mean cosine to the candidates already picked."""
     B, N = relevance.shape
@@ -103,15 +120,18 @@ def decode(relevance: torch.Tensor, similarity: torch.Tensor, lam: torch.Tensor,
 
 
 @torch.inference_mode()
-def rerank(model: ListwiseReranker, gallery: np.ndarray, candidates: np.ndarray, scores: np.ndarray,
-           batch_size: int = 256) -> np.ndarray:
+def rerank(
+    model: ListwiseReranker, gallery: np.ndarray, candidates: np.ndarray, scores: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
     """(n, k) positions into each query's candidate list, reranked. candidates: (n, N) gallery rows of
     each query's first-stage list; scores: (n, N) their first-stage similarities."""
     model.eval()
     out = []
     for s in range(0, len(candidates), batch_size):
         sl = slice(s, s + batch_size)
-        rel, sim, lam = model(torch.from_numpy(np.ascontiguousarray(gallery[candidates[sl]], np.float32)),
-                              torch.from_numpy(np.ascontiguousarray(scores[sl], np.float32)))
+        rel, sim, lam = model(
+            torch.from_numpy(np.ascontiguousarray(gallery[candidates[sl]], np.float32)),
+            torch.from_numpy(np.ascontiguousarray(scores[sl], np.float32)),
+        )
         out.append(decode(rel, sim, lam, model.k)[0].numpy())
     return np.concatenate(out) if out else np.zeros((0, model.k), np.int64)

@@ -11,7 +11,7 @@ A plain directory path means `embedded://`.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit, urlunsplit, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from lookalike.errors import LookalikeError
 from lookalike.retrieval.stores.base import StoreItem, VectorStore
@@ -56,7 +56,9 @@ def open_store(url: str, dim: int | None = None) -> VectorStore:
             server = start_pgserver(Path(parts.path))
             return PgVectorStore(server.get_uri(), dim, keepalive=server, **ours)
         return PgVectorStore(urlunsplit(parts._replace(query=rest)), dim, **ours)
-    raise LookalikeError(f"unknown store URL scheme {parts.scheme!r} in {url!r}: use embedded://, postgresql:// or pgserver://")
+    raise LookalikeError(
+        f"unknown store URL scheme {parts.scheme!r} in {url!r}: use embedded://, postgresql:// or pgserver://"
+    )
 
 
 def start_pgserver(pgdata: Path):

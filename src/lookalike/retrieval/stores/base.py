@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Union
+from typing import Union
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from lookalike.errors import LookalikeError
 
 Scalar = Union[str, int, float, bool]
 MetaValue = Union[Scalar, list[str]]
-Filters = dict[str, Union[Scalar, list[Scalar]]]
+Filters = dict[str, Scalar | list[Scalar]]
 
 
 @dataclass
@@ -51,8 +52,10 @@ def check_items(items: Iterable[StoreItem], dim: int) -> list[StoreItem]:
                 raise LookalikeError(f"item {it.id!r}: metadata field names must be non-empty strings, got {k!r}")
             ok = _is_scalar(val) or (isinstance(val, list) and all(isinstance(x, str) for x in val))
             if not ok:
-                raise LookalikeError(f"item {it.id!r}: metadata field {k!r} has unsupported value {val!r} "
-                                     "(string, number, boolean or list of strings)")
+                raise LookalikeError(
+                    f"item {it.id!r}: metadata field {k!r} has unsupported value {val!r} "
+                    "(string, number, boolean or list of strings)"
+                )
         # A vector that is already unit (one read back from a store) is kept bit for bit: dividing it by its
         # norm again moves it by an ulp, so an update that keeps the image would change its vector.
         out[it.id] = StoreItem(it.id, v if abs(norm - 1.0) <= 1e-6 else v / norm, dict(it.metadata))
@@ -84,8 +87,9 @@ def normalize_filters(filters: Filters | None, known_fields: set[str]) -> dict[s
             raise LookalikeError(f"unknown filter field {f!r}; known fields: {sorted(known_fields)}")
         vals = val if isinstance(val, list) else [val]
         if not vals or not all(_is_scalar(x) for x in vals):
-            raise LookalikeError(f"filter {f!r} needs a value or a non-empty list of strings, numbers or booleans; "
-                                 f"got {val!r}")
+            raise LookalikeError(
+                f"filter {f!r} needs a value or a non-empty list of strings, numbers or booleans; got {val!r}"
+            )
         out[f] = vals
     return out
 
@@ -142,8 +146,14 @@ class VectorStore(ABC):
         """Everything, for whole-catalogue statistics: (ids, vectors (n, dim), metadata), in id order."""
 
     @abstractmethod
-    def search(self, queries: np.ndarray, k: int, filters: Filters | None = None, exact: bool = True,
-               exclude_ids: list[str] | None = None) -> list[list[tuple[str, float]]]: ...
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        filters: Filters | None = None,
+        exact: bool = True,
+        exclude_ids: list[str] | None = None,
+    ) -> list[list[tuple[str, float]]]: ...
 
     @abstractmethod
     def __len__(self) -> int: ...

@@ -17,15 +17,22 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 from lookalike.errors import LookalikeError
-from lookalike.retrieval.stores.base import (Filters, StoreItem, VectorStore, check_items, check_queries,
-                                             normalize_filters, value_key)
+from lookalike.retrieval.stores.base import (
+    Filters,
+    StoreItem,
+    VectorStore,
+    check_items,
+    check_queries,
+    normalize_filters,
+    value_key,
+)
 
 SNAPSHOT = "store.npz"
 # A filter leaving at most this many rows is searched exactly even when HNSW is asked for: at 1M rows a 2%
@@ -88,8 +95,15 @@ def topk_rows(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class EmbeddedStore(VectorStore):
-    def __init__(self, path: str | Path, dim: int | None = None, index: str = "flat", m: int = 32,
-                 ef_construction: int = 80, ef_search: int = 200):
+    def __init__(
+        self,
+        path: str | Path,
+        dim: int | None = None,
+        index: str = "flat",
+        m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 200,
+    ):
         if index not in ("flat", "hnsw"):
             raise LookalikeError(f"embedded store index must be 'flat' or 'hnsw', got {index!r}")
         self.path = Path(path)
@@ -275,7 +289,8 @@ class EmbeddedStore(VectorStore):
             if col is None:
                 col = self._columns[f] = [
                     None if v is None else ({value_key(x) for x in v} if isinstance(v, list) else {value_key(v)})
-                    for v in (m.get(f) for m in self._meta)]
+                    for v in (m.get(f) for m in self._meta)
+                ]
             mask &= np.fromiter((c is not None and not c.isdisjoint(want) for c in col), bool, len(col))
         return mask
 
@@ -309,8 +324,14 @@ class EmbeddedStore(VectorStore):
                 self._hnsw = idx
         return self._hnsw
 
-    def search(self, queries: np.ndarray, k: int, filters: Filters | None = None, exact: bool = True,
-               exclude_ids: list[str] | None = None) -> list[list[tuple[str, float]]]:
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        filters: Filters | None = None,
+        exact: bool = True,
+        exclude_ids: list[str] | None = None,
+    ) -> list[list[tuple[str, float]]]:
         q = check_queries(queries, self.dim, k)
         with self._lock:
             self._sync()
@@ -321,11 +342,14 @@ class EmbeddedStore(VectorStore):
                 return self._search_hnsw(q, k, None if sub is None else sub[0], excluded)
             rows, vecs = (np.arange(len(self._ids)), self._vectors) if sub is None else sub
             skip = np.flatnonzero(np.isin(rows, excluded)) if excluded else np.zeros(0, np.int64)
-            return [[(str(self._ids[rows[j]]), float(s)) for j, s in zip(idx, sc)]
-                    for idx, sc in exact_search(q, vecs, k, skip)]
+            return [
+                [(str(self._ids[rows[j]]), float(s)) for j, s in zip(idx, sc)]
+                for idx, sc in exact_search(q, vecs, k, skip)
+            ]
 
-    def _search_hnsw(self, q: np.ndarray, k: int, allowed: np.ndarray | None,
-                     excluded: list[int]) -> list[list[tuple[str, float]]]:
+    def _search_hnsw(
+        self, q: np.ndarray, k: int, allowed: np.ndarray | None, excluded: list[int]
+    ) -> list[list[tuple[str, float]]]:
         """`allowed`: the rows the filters let through (cached per filter), None = all."""
         import faiss
 
@@ -345,7 +369,9 @@ class EmbeddedStore(VectorStore):
         scores, idx = graph.search(q, min(k, len(self._ids)), params=params)
         out = []
         for srow, irow in zip(scores, idx):
-            hits = sorted(((float(s), str(self._ids[i])) for s, i in zip(srow, irow) if i >= 0), key=lambda h: (-h[0], h[1]))
+            hits = sorted(
+                ((float(s), str(self._ids[i])) for s, i in zip(srow, irow) if i >= 0), key=lambda h: (-h[0], h[1])
+            )
             out.append([(i, s) for s, i in hits])
         return out
 

@@ -15,13 +15,19 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
 from lookalike.errors import LookalikeError
-from lookalike.retrieval.stores.base import (Filters, StoreItem, VectorStore, check_items, check_queries,
-                                             normalize_filters)
+from lookalike.retrieval.stores.base import (
+    Filters,
+    StoreItem,
+    VectorStore,
+    check_items,
+    check_queries,
+    normalize_filters,
+)
 
 _TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 BULK = 5000  # upserts this large rebuild the HNSW index after loading, in the same transaction
@@ -52,9 +58,18 @@ def _array(v) -> np.ndarray:
 
 
 class PgVectorStore(VectorStore):
-    def __init__(self, conninfo: str, dim: int | None = None, table: str = "lookalike_items", m: int = 16,
-                 ef_construction: int = 64, ef_search: int = 400, keepalive=None,
-                 maintenance_work_mem: str = "1GB", build_workers: int = 2):
+    def __init__(
+        self,
+        conninfo: str,
+        dim: int | None = None,
+        table: str = "lookalike_items",
+        m: int = 16,
+        ef_construction: int = 64,
+        ef_search: int = 400,
+        keepalive=None,
+        maintenance_work_mem: str = "1GB",
+        build_workers: int = 2,
+    ):
         import psycopg
         from psycopg import sql
 
@@ -69,23 +84,32 @@ class PgVectorStore(VectorStore):
         self._conns: list = []
         self._conns_lock = threading.Lock()
         t = sql.Identifier(table)
-        self._sql = {"t": t, "fields": sql.Identifier(table + "_fields"), "index": sql.Identifier(table + "_hnsw"),
-                     "version": sql.Identifier(table + "_version"),
-                     "create_index": sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_ip_ops) "
-                                             "WITH (m = {}, ef_construction = {})")
-                     .format(sql.Identifier(table + "_hnsw"), t, sql.Literal(m), sql.Literal(ef_construction)),
-                     # metadata filters (JSONB containment) by index: a selective filter ranks only its rows
-                     "create_meta_index": sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gin (metadata jsonb_path_ops)")
-                     .format(sql.Identifier(table + "_meta"), t),
-                     "drop_indexes": sql.SQL("DROP INDEX IF EXISTS {}, {}").format(sql.Identifier(table + "_hnsw"),
-                                                                                  sql.Identifier(table + "_meta"))}
+        self._sql = {
+            "t": t,
+            "fields": sql.Identifier(table + "_fields"),
+            "index": sql.Identifier(table + "_hnsw"),
+            "version": sql.Identifier(table + "_version"),
+            "create_index": sql.SQL(
+                "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_ip_ops) "
+                "WITH (m = {}, ef_construction = {})"
+            ).format(sql.Identifier(table + "_hnsw"), t, sql.Literal(m), sql.Literal(ef_construction)),
+            # metadata filters (JSONB containment) by index: a selective filter ranks only its rows
+            "create_meta_index": sql.SQL(
+                "CREATE INDEX IF NOT EXISTS {} ON {} USING gin (metadata jsonb_path_ops)"
+            ).format(sql.Identifier(table + "_meta"), t),
+            "drop_indexes": sql.SQL("DROP INDEX IF EXISTS {}, {}").format(
+                sql.Identifier(table + "_hnsw"), sql.Identifier(table + "_meta")
+            ),
+        }
         conn = self._conn(register=False)
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext('lookalike-store-schema'))")
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-                row = conn.execute("SELECT atttypmod FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-                                   "AND attname = 'embedding'", (table,)).fetchone()
+                row = conn.execute(
+                    "SELECT atttypmod FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'embedding'",
+                    (table,),
+                ).fetchone()
                 if row is not None:
                     if dim is not None and dim != row[0]:
                         raise LookalikeError(f"table {table} holds {row[0]}-d vectors, asked for {dim}")
@@ -93,15 +117,26 @@ class PgVectorStore(VectorStore):
                 elif dim is None:
                     raise LookalikeError(f"table {table} does not exist yet: give the vector dimension")
                 self.dim = int(dim)
-                conn.execute(sql.SQL('CREATE TABLE IF NOT EXISTS {} (id text COLLATE "C" PRIMARY KEY, '
-                                     "embedding vector({}) NOT NULL, metadata jsonb NOT NULL)")
-                             .format(t, sql.Literal(self.dim)))
+                conn.execute(
+                    sql.SQL(
+                        'CREATE TABLE IF NOT EXISTS {} (id text COLLATE "C" PRIMARY KEY, '
+                        "embedding vector({}) NOT NULL, metadata jsonb NOT NULL)"
+                    ).format(t, sql.Literal(self.dim))
+                )
                 # 512 floats just pass the TOAST threshold; kept inline, a scan need not fetch them from elsewhere
                 conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN embedding SET STORAGE PLAIN").format(t))
-                conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (field text PRIMARY KEY)").format(self._sql["fields"]))
-                conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
-                                     "v bigint NOT NULL)").format(self._sql["version"]))
-                conn.execute(sql.SQL("INSERT INTO {} VALUES (true, 0) ON CONFLICT DO NOTHING").format(self._sql["version"]))
+                conn.execute(
+                    sql.SQL("CREATE TABLE IF NOT EXISTS {} (field text PRIMARY KEY)").format(self._sql["fields"])
+                )
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
+                        "v bigint NOT NULL)"
+                    ).format(self._sql["version"])
+                )
+                conn.execute(
+                    sql.SQL("INSERT INTO {} VALUES (true, 0) ON CONFLICT DO NOTHING").format(self._sql["version"])
+                )
                 self._build_index(conn)  # no-op when it exists; after a crashed bulk load, rebuilds it
         except psycopg.Error as e:
             raise LookalikeError(f"cannot set up table {table}: {_one_line(e)}") from None
@@ -119,7 +154,9 @@ class PgVectorStore(VectorStore):
             try:
                 conn = psycopg.connect(self.conninfo, autocommit=True)
             except psycopg.Error as e:
-                raise LookalikeError(f"cannot connect to PostgreSQL at {_where(self.conninfo)}: {_one_line(e)}") from None
+                raise LookalikeError(
+                    f"cannot connect to PostgreSQL at {_where(self.conninfo)}: {_one_line(e)}"
+                ) from None
             if register:
                 from pgvector.psycopg import register_vector
 
@@ -136,7 +173,6 @@ class PgVectorStore(VectorStore):
 
     # --- writes ------------------------------------------------------------------------------------
     def upsert(self, items: Iterable[StoreItem]) -> int:
-        from psycopg import sql
 
         new = sorted(check_items(items, self.dim), key=lambda it: it.id)
         if not new:
@@ -181,8 +217,12 @@ class PgVectorStore(VectorStore):
                 self._build_index(conn)
         if n:
             conn.execute(sql.SQL("ANALYZE {}").format(self._sql["t"]))  # the planner's estimates see the new rows
-        self.last_load = {"rows": n, "load_s": round(t1 - t0, 2), "index_build_s": round(time.perf_counter() - t1, 2),
-                          "index_deferred": dropped}
+        self.last_load = {
+            "rows": n,
+            "load_s": round(t1 - t0, 2),
+            "index_build_s": round(time.perf_counter() - t1, 2),
+            "index_deferred": dropped,
+        }
         return n
 
     def _write(self, conn, new: list[StoreItem]) -> None:
@@ -190,18 +230,30 @@ class PgVectorStore(VectorStore):
         from psycopg import sql
         from psycopg.types.json import Jsonb
 
-        conn.execute(sql.SQL("CREATE TEMP TABLE lookalike_upsert (id text, embedding vector({}), metadata jsonb) "
-                             "ON COMMIT DROP").format(sql.Literal(self.dim)))
-        with conn.cursor().copy("COPY lookalike_upsert (id, embedding, metadata) FROM STDIN WITH (FORMAT BINARY)") as cp:
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE lookalike_upsert (id text, embedding vector({}), metadata jsonb) ON COMMIT DROP"
+            ).format(sql.Literal(self.dim))
+        )
+        with conn.cursor().copy(
+            "COPY lookalike_upsert (id, embedding, metadata) FROM STDIN WITH (FORMAT BINARY)"
+        ) as cp:
             cp.set_types(["text", "vector", "jsonb"])
             for it in new:
                 cp.write_row([it.id, it.vector, Jsonb(it.metadata)])
-        conn.execute(sql.SQL("INSERT INTO {} (id, embedding, metadata) SELECT id, embedding, metadata "
-                             'FROM lookalike_upsert ORDER BY id COLLATE "C" ON CONFLICT (id) DO UPDATE '
-                             "SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata")
-                     .format(self._sql["t"]))
-        conn.execute(sql.SQL("INSERT INTO {} (field) SELECT DISTINCT jsonb_object_keys(metadata) FROM lookalike_upsert "
-                             "ORDER BY 1 ON CONFLICT DO NOTHING").format(self._sql["fields"]))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (id, embedding, metadata) SELECT id, embedding, metadata "
+                'FROM lookalike_upsert ORDER BY id COLLATE "C" ON CONFLICT (id) DO UPDATE '
+                "SET embedding = EXCLUDED.embedding, metadata = EXCLUDED.metadata"
+            ).format(self._sql["t"])
+        )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (field) SELECT DISTINCT jsonb_object_keys(metadata) FROM lookalike_upsert "
+                "ORDER BY 1 ON CONFLICT DO NOTHING"
+            ).format(self._sql["fields"])
+        )
         self._bump(conn)
 
     def _bump(self, conn) -> None:
@@ -240,15 +292,24 @@ class PgVectorStore(VectorStore):
     def get(self, id: str) -> StoreItem | None:
         from psycopg import sql
 
-        row = self._conn().execute(sql.SQL("SELECT id, embedding, metadata FROM {} WHERE id = %s")
-                                   .format(self._sql["t"]), (id,)).fetchone()
+        row = (
+            self._conn()
+            .execute(sql.SQL("SELECT id, embedding, metadata FROM {} WHERE id = %s").format(self._sql["t"]), (id,))
+            .fetchone()
+        )
         return None if row is None else StoreItem(row[0], _array(row[1]), row[2])
 
     def get_many(self, ids: list[str]) -> list[StoreItem | None]:
         from psycopg import sql
 
-        rows = self._conn().execute(sql.SQL("SELECT id, embedding, metadata FROM {} WHERE id = ANY(%s)")
-                                    .format(self._sql["t"]), (list(ids),)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                sql.SQL("SELECT id, embedding, metadata FROM {} WHERE id = ANY(%s)").format(self._sql["t"]),
+                (list(ids),),
+            )
+            .fetchall()
+        )
         found = {r[0]: StoreItem(r[0], _array(r[1]), r[2]) for r in rows}
         return [found.get(i) for i in ids]
 
@@ -265,7 +326,9 @@ class PgVectorStore(VectorStore):
         from psycopg import sql
 
         with self._conn().cursor(binary=True) as cur:
-            rows = cur.execute(sql.SQL("SELECT id, embedding, metadata FROM {} ORDER BY id").format(self._sql["t"])).fetchall()
+            rows = cur.execute(
+                sql.SQL("SELECT id, embedding, metadata FROM {} ORDER BY id").format(self._sql["t"])
+            ).fetchall()
         vecs = np.stack([_array(r[1]) for r in rows]) if rows else np.zeros((0, self.dim), np.float32)
         return [r[0] for r in rows], vecs, [r[2] for r in rows]
 
@@ -300,8 +363,14 @@ class PgVectorStore(VectorStore):
             return sql.SQL(""), params
         return sql.SQL("WHERE ") + sql.SQL(" AND ").join(parts), params
 
-    def search(self, queries: np.ndarray, k: int, filters: Filters | None = None, exact: bool = True,
-               exclude_ids: list[str] | None = None) -> list[list[tuple[str, float]]]:
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        filters: Filters | None = None,
+        exact: bool = True,
+        exclude_ids: list[str] | None = None,
+    ) -> list[list[tuple[str, float]]]:
         from psycopg import sql
 
         q = check_queries(queries, self.dim, k)
@@ -314,7 +383,12 @@ class PgVectorStore(VectorStore):
         # Exact: every row, ties by id, each distance computed once. Approximate: the HNSW index (it needs
         # ORDER BY the distance expression itself); iterative scans keep filtered results full.
         order = sql.SQL("ORDER BY 2 DESC, id LIMIT %(k)s" if exact else "ORDER BY embedding <#> %(q)s LIMIT %(k)s")
-        stmt = sql.SQL("SELECT id, (embedding <#> %(q)s) * -1 FROM {} ").format(self._sql["t"]) + where + sql.SQL(" ") + order
+        stmt = (
+            sql.SQL("SELECT id, (embedding <#> %(q)s) * -1 FROM {} ").format(self._sql["t"])
+            + where
+            + sql.SQL(" ")
+            + order
+        )
         conn = self._conn()
         out = []
         with conn.transaction():
@@ -334,8 +408,11 @@ class PgVectorStore(VectorStore):
         from psycopg import sql
 
         where, params = self._where(flt, None)
-        plan = self._conn().execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} ").format(self._sql["t"]) + where,
-                                    params).fetchone()[0]
+        plan = (
+            self._conn()
+            .execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} ").format(self._sql["t"]) + where, params)
+            .fetchone()[0]
+        )
         return float(plan[0]["Plan"]["Plan Rows"])
 
     def close(self) -> None:

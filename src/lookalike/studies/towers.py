@@ -9,6 +9,7 @@ gallery, all schema fields must match), so every mean here equals the `lookalike
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -16,15 +17,18 @@ import numpy as np
 from scipy.stats import ttest_rel, wilcoxon
 
 from lookalike.config import ColdStartConfig, RunConfig
+from lookalike.evaluation.evaluate import validator
 from lookalike.evaluation.evaluator import relevance_keys
 from lookalike.evaluation.metrics import per_query_metrics
 from lookalike.model import LookalikeModel
-from lookalike.pipeline import Prepared, log, new_model, prepare, validator
+from lookalike.pipeline import Prepared, new_model, prepare
 from lookalike.provenance import provenance
 from lookalike.retrieval.exact import exact_topk
 from lookalike.towers.adapter import Adapter
 from lookalike.training.adapter import AdapterConfig, save_adapter, train_adapter
 from lookalike.training.trainer import train
+
+logger = logging.getLogger(__name__)
 
 TOWERS = ("mlp", "coarse-to-fine")
 
@@ -39,8 +43,14 @@ def ndcg_per_query(queries: np.ndarray, gallery: np.ndarray, keys: np.ndarray, d
 def paired_test(a: np.ndarray, b: np.ndarray) -> dict:
     """b − a on the same queries: mean difference, paired t-test and Wilcoxon signed-rank p-values."""
     diff = b - a
-    out = {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "mean_diff": float(diff.mean()),
-           "n": int(len(diff)), "b_better": int((diff > 0).sum()), "a_better": int((diff < 0).sum())}
+    out = {
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "mean_diff": float(diff.mean()),
+        "n": len(diff),
+        "b_better": int((diff > 0).sum()),
+        "a_better": int((diff < 0).sum()),
+    }
     if np.any(diff != 0):
         out["t_test_p"] = float(ttest_rel(b, a).pvalue)
         out["wilcoxon_p"] = float(wilcoxon(b, a).pvalue)
@@ -60,7 +70,9 @@ def search_cost(queries: np.ndarray, gallery: np.ndarray, repeats: int = 3) -> d
 
 
 def split_config(cfg: RunConfig, split: str, cold: ColdStartConfig) -> RunConfig:
-    return cfg.model_copy(update={"split": cfg.split.model_copy(update={"cold_start": cold if split == "cold-start" else None})})
+    return cfg.model_copy(
+        update={"split": cfg.split.model_copy(update={"cold_start": cold if split == "cold-start" else None})}
+    )
 
 
 def tower_config(cfg: RunConfig, tower: str) -> RunConfig:
@@ -70,16 +82,30 @@ def tower_config(cfg: RunConfig, tower: str) -> RunConfig:
 def _train_tower(cfg: RunConfig, prep: Prepared, out: Path, progress: bool) -> tuple[LookalikeModel, dict]:
     model = new_model(cfg, prep)
     t = time.perf_counter()
-    history = train(model, prep.data, validator(prep.emb, prep.idx["val"], cfg), cfg.train, out / "checkpoints",
-                    progress=progress, checkpoint_extra={"schema": prep.emb.catalogue.schema.model_dump(mode="json")})
+    history = train(
+        model,
+        prep.data,
+        validator(prep.emb, prep.idx["val"], cfg),
+        cfg.train,
+        out / "checkpoints",
+        progress=progress,
+        checkpoint_extra={"schema": prep.emb.catalogue.schema.model_dump(mode="json")},
+    )
     train_s = time.perf_counter() - t
     best, payload = LookalikeModel.load(out / "checkpoints" / "best_model.pt")
-    return best, {"train_s": round(train_s, 1), "epochs_run": len(history), "best_epoch": payload["epoch"],
-                  "val_ndcg@10": payload["val_metric"], "s_per_epoch": round(train_s / max(1, len(history)), 1),
-                  "tower_params": sum(p.numel() for p in best.attribute_tower.parameters())}
+    return best, {
+        "train_s": round(train_s, 1),
+        "epochs_run": len(history),
+        "best_epoch": payload["epoch"],
+        "val_ndcg@10": payload["val_metric"],
+        "s_per_epoch": round(train_s / max(1, len(history)), 1),
+        "tower_params": sum(p.numel() for p in best.attribute_tower.parameters()),
+    }
 
 
-def fit_adapter(model: LookalikeModel, prep: Prepared, keys: np.ndarray, cfg: AdapterConfig) -> tuple[Adapter, list[dict], float]:
+def fit_adapter(
+    model: LookalikeModel, prep: Prepared, keys: np.ndarray, cfg: AdapterConfig
+) -> tuple[Adapter, list[dict], float]:
     """Stage 2 on frozen tower queries and frozen gallery images of the training split, early-stopped on
     validation attribute nDCG@10. Returns the adapter, its history and the training seconds."""
     emb, idx = prep.emb, prep.idx
@@ -98,15 +124,25 @@ def fit_adapter(model: LookalikeModel, prep: Prepared, keys: np.ndarray, cfg: Ad
     return adapter, history, time.perf_counter() - t
 
 
-def compare_towers(cfg: RunConfig, out_dir: Path, adapter_cfg: AdapterConfig, cold: ColdStartConfig,
-                   towers: tuple[str, ...] = TOWERS, splits: tuple[str, ...] = ("regular", "cold-start"),
-                   progress: bool = False) -> dict:
+def compare_towers(
+    cfg: RunConfig,
+    out_dir: Path,
+    adapter_cfg: AdapterConfig,
+    cold: ColdStartConfig,
+    towers: tuple[str, ...] = TOWERS,
+    splits: tuple[str, ...] = ("regular", "cold-start"),
+    progress: bool = False,
+) -> dict:
     """Train every tower on every split, fit an adapter on each, evaluate on the split's test gallery.
     Writes results.json and per_query.npz under `out_dir`; returns the results."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict = {**provenance(), "config": cfg.model_dump(mode="json", by_alias=True),
-                     "adapter_config": adapter_cfg.model_dump(mode="json"), "cold_start": cold.model_dump(mode="json"),
-                     "splits": {}}
+    results: dict = {
+        **provenance(),
+        "config": cfg.model_dump(mode="json", by_alias=True),
+        "adapter_config": adapter_cfg.model_dump(mode="json"),
+        "cold_start": cold.model_dump(mode="json"),
+        "splits": {},
+    }
     per_query: dict[str, np.ndarray] = {}
     for split in splits:
         scfg = split_config(cfg, split, cold)
@@ -119,14 +155,19 @@ def compare_towers(cfg: RunConfig, out_dir: Path, adapter_cfg: AdapterConfig, co
         cat_field = emb.catalogue.schema.category_field
         categories = np.array([emb.products[i].value(cat_field) for i in test]) if cat_field else None
         (out_dir / split).mkdir(parents=True, exist_ok=True)
-        (out_dir / split / "split.json").write_text(json.dumps({"seed": scfg.split.seed, **prep.split}), encoding="utf-8")
+        (out_dir / split / "split.json").write_text(
+            json.dumps({"seed": scfg.split.seed, **prep.split}), encoding="utf-8"
+        )
         block: dict = {"sizes": prep.sizes, "split_file": f"{split}/split.json", "towers": {}}
         if split == "cold-start":
-            block["held_out"] = {"field": cold.field, "values": sorted({emb.products[i].value(cold.field) for i in test})}
+            block["held_out"] = {
+                "field": cold.field,
+                "values": sorted({emb.products[i].value(cold.field) for i in test}),
+            }
         for tower in towers:
             tcfg = tower_config(scfg, tower)
             tdir = out_dir / split / tower
-            log(f"[{split}] training the {tower} tower")
+            logger.info(f"[{split}] training the {tower} tower")
             model, info = _train_tower(tcfg, prep, tdir, progress)
             gallery = model.space.transform(emb.features[test])
             q_test = model.encode_attributes([emb.products[i].attributes for i in test])
@@ -134,9 +175,11 @@ def compare_towers(cfg: RunConfig, out_dir: Path, adapter_cfg: AdapterConfig, co
             per_query[f"{split}/{tower}"] = pq
             info["test_ndcg@10"] = float(pq.mean())
             if categories is not None:
-                info["per_category"] = {c: {"n": int((categories == c).sum()), "ndcg@10": float(pq[categories == c].mean())}
-                                        for c in sorted(set(categories.tolist()))}
-            log(f"[{split}] training the {adapter_cfg.out_dim}-d adapter on the {tower} tower")
+                info["per_category"] = {
+                    c: {"n": int((categories == c).sum()), "ndcg@10": float(pq[categories == c].mean())}
+                    for c in sorted(set(categories.tolist()))
+                }
+            logger.info(f"[{split}] training the {adapter_cfg.out_dim}-d adapter on the {tower} tower")
             adapter, history, adapter_s = fit_adapter(model, prep, keys, adapter_cfg)
             save_adapter(adapter, adapter_cfg, tdir / "adapter.pt", history=history)
             im_train = prep.data.images.numpy()
@@ -145,21 +188,31 @@ def compare_towers(cfg: RunConfig, out_dir: Path, adapter_cfg: AdapterConfig, co
             pq_ad = ndcg_per_query(q_small, g_small, test_keys)
             pq_pca = ndcg_per_query(pca.encode(q_test), pca.encode(gallery), test_keys)
             per_query[f"{split}/{tower}+adapter"] = pq_ad
-            info["adapter"] = {"test_ndcg@10": float(pq_ad.mean()), "pca_test_ndcg@10": float(pq_pca.mean()),
-                               "kept_of_full": float(pq_ad.mean() / max(pq.mean(), 1e-12)), "train_s": round(adapter_s, 1),
-                               "params": sum(p.numel() for p in adapter.parameters()), "history": history,
-                               "vs_full": paired_test(pq, pq_ad),
-                               "search_full": search_cost(q_test, gallery), "search_adapted": search_cost(q_small, g_small)}
+            info["adapter"] = {
+                "test_ndcg@10": float(pq_ad.mean()),
+                "pca_test_ndcg@10": float(pq_pca.mean()),
+                "kept_of_full": float(pq_ad.mean() / max(pq.mean(), 1e-12)),
+                "train_s": round(adapter_s, 1),
+                "params": sum(p.numel() for p in adapter.parameters()),
+                "history": history,
+                "vs_full": paired_test(pq, pq_ad),
+                "search_full": search_cost(q_test, gallery),
+                "search_adapted": search_cost(q_small, g_small),
+            }
             if categories is not None:
                 for c in info["per_category"]:
                     info["per_category"][c]["adapter_ndcg@10"] = float(pq_ad[categories == c].mean())
             block["towers"][tower] = info
-            log(f"[{split}] {tower}: nDCG@10 {pq.mean():.4f}, with adapter {pq_ad.mean():.4f} (PCA {pq_pca.mean():.4f})")
+            logger.info(
+                f"[{split}] {tower}: nDCG@10 {pq.mean():.4f}, with adapter {pq_ad.mean():.4f} (PCA {pq_pca.mean():.4f})"
+            )
         if len(towers) == 2:
             a, b = towers
             block["significance"] = {
                 f"{b} vs {a}": paired_test(per_query[f"{split}/{a}"], per_query[f"{split}/{b}"]),
-                f"{b}+adapter vs {a}+adapter": paired_test(per_query[f"{split}/{a}+adapter"], per_query[f"{split}/{b}+adapter"]),
+                f"{b}+adapter vs {a}+adapter": paired_test(
+                    per_query[f"{split}/{a}+adapter"], per_query[f"{split}/{b}+adapter"]
+                ),
             }
         results["splits"][split] = block
         (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -188,12 +241,16 @@ def merge_results(dirs: list[Path]) -> dict:
             a, b = names
             block["significance"] = {
                 f"{b} vs {a}": paired_test(per_query[f"{split}/{a}"], per_query[f"{split}/{b}"]),
-                f"{b}+adapter vs {a}+adapter": paired_test(per_query[f"{split}/{a}+adapter"], per_query[f"{split}/{b}+adapter"]),
+                f"{b}+adapter vs {a}+adapter": paired_test(
+                    per_query[f"{split}/{a}+adapter"], per_query[f"{split}/{b}+adapter"]
+                ),
             }
     return merged
 
 
-def adapter_ablation(cfg: RunConfig, checkpoint: Path, variants: dict[str, AdapterConfig], progress: bool = False) -> dict:
+def adapter_ablation(
+    cfg: RunConfig, checkpoint: Path, variants: dict[str, AdapterConfig], progress: bool = False
+) -> dict:
     """Test nDCG@10 of adapters trained differently (sampler, mining, loss) on one trained tower."""
     model, _ = LookalikeModel.load(checkpoint)
     prep = prepare(cfg, progress)
@@ -204,18 +261,27 @@ def adapter_ablation(cfg: RunConfig, checkpoint: Path, variants: dict[str, Adapt
     q_test = model.encode_attributes([emb.products[i].attributes for i in test])
     full = ndcg_per_query(q_test, gallery, test_keys)
     pca = Adapter(gallery.shape[1], next(iter(variants.values())).out_dim).init_pca(prep.data.images.numpy())
-    out = {"model": str(checkpoint), "full_512_ndcg@10": float(full.mean()),
-           "pca_ndcg@10": float(ndcg_per_query(pca.encode(q_test), pca.encode(gallery), test_keys).mean()), "variants": {}}
+    out = {
+        "model": str(checkpoint),
+        "full_512_ndcg@10": float(full.mean()),
+        "pca_ndcg@10": float(ndcg_per_query(pca.encode(q_test), pca.encode(gallery), test_keys).mean()),
+        "variants": {},
+    }
     for name, acfg in variants.items():
-        log(f"adapter variant {name}")
+        logger.info(f"adapter variant {name}")
         adapter, history, secs = fit_adapter(model, prep, keys, acfg)
         save_adapter(adapter, acfg, Path(checkpoint).parent.parent / f"adapter-{name}.pt", history=history)
         q_small, g_small = adapter.encode(q_test), adapter.encode(gallery)
         pq = ndcg_per_query(q_small, g_small, test_keys)
-        out["variants"][name] = {"test_ndcg@10": float(pq.mean()), "kept_of_full": float(pq.mean() / max(full.mean(), 1e-12)),
-                                 "train_s": round(secs, 1), "history": history, "config": acfg.model_dump(mode="json"),
-                                 "vs_full": paired_test(full, pq), "search_full": search_cost(q_test, gallery),
-                                 "search_adapted": search_cost(q_small, g_small)}
+        out["variants"][name] = {
+            "test_ndcg@10": float(pq.mean()),
+            "kept_of_full": float(pq.mean() / max(full.mean(), 1e-12)),
+            "train_s": round(secs, 1),
+            "history": history,
+            "config": acfg.model_dump(mode="json"),
+            "vs_full": paired_test(full, pq),
+            "search_full": search_cost(q_test, gallery),
+            "search_adapted": search_cost(q_small, g_small),
+        }
         np.save(Path(checkpoint).parent.parent / f"adapter-{name}-per_query.npy", pq)
     return out
-

@@ -1,67 +1,20 @@
-"""`lookalike` command line. User mistakes print one line and exit 2; no traceback."""
+"""The core commands: train (the main job), evaluate, search, centrality, sanity-check, embed, models."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
 
+from lookalike.cli.options import DEFAULT_CATALOG, add_run_options, require_checkpoint, run_config
 from lookalike.errors import LookalikeError
-
-DEFAULT_CATALOG = "../shared/data/fashion-products"
-# Feature packages bring their own subcommands: each module listed has `add_commands(subparsers)`.
-COMMAND_MODULES: list[str] = ["lookalike.service.commands", "lookalike.classify.commands", "lookalike.itembank.commands",
-                              "lookalike.comparison.commands"]
-
-
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="JSON run config (see configs/); flags below override it")
-    p.add_argument("--catalog", "--data", dest="catalog", help=f"catalogue directory or file (default {DEFAULT_CATALOG})")
-    p.add_argument("--schema", help="JSON schema of a CSV/JSONL catalogue (fields, image column, text column)")
-    p.add_argument("--out", help="output directory (default runs/default)")
-    p.add_argument("--quick", action="store_true", help="tiny subset and 2 epochs, for demos and tests")
-    p.add_argument("--limit", type=int, help="use a stratified random subset of N products")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--learnable-temperature", dest="learnable_temperature", action="store_true", default=None,
-                   help="learn the temperature, starting from --temperature (the default)")
-    p.add_argument("--fixed-temperature", dest="learnable_temperature", action="store_false",
-                   help="keep --temperature fixed")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--image-model", help="frozen image encoder (lookalike models; default efficientnet-lite0)")
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--projection", choices=["none", "center", "pca"], help="frozen projection of the image space")
-    p.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike or $LOOKALIKE_CACHE)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _config(args) -> "RunConfig":  # noqa: F821
-    from lookalike.catalogue.loading import read_schema
-    from lookalike.config import load_config
-
-    overrides = {
-        "data.catalog": args.catalog, "out_dir": args.out, "quick": args.quick or None, "data.limit": args.limit,
-        "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
-        "train.temperature": args.temperature, "train.learnable_temperature": args.learnable_temperature,
-        "train.seed": args.seed, "encoder.image_model": args.image_model,
-        "encoder.image_size": args.image_size, "encoder.projection": args.projection, "encoder.cache_dir": args.cache_dir,
-    }
-    if args.schema:
-        overrides["data.schema"] = read_schema(Path(args.schema)).model_dump()
-    cfg = load_config(args.config, overrides)
-    if not args.config and not args.catalog:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"catalog": DEFAULT_CATALOG})})
-    return cfg
 
 
 def cmd_train(args) -> None:
     from lookalike.pipeline import run_main
 
-    s = run_main(_config(args), resume=args.resume, progress=not args.no_progress)
+    s = run_main(run_config(args), resume=args.resume, progress=not args.no_progress)
     print("\nTest split (whole gallery, products never seen in training):")
     for k, v in s["headline"].items():
         print(f"  {k:<45} {v:.4f}")
@@ -71,19 +24,19 @@ def cmd_train(args) -> None:
         print(f"  {k:<18} {s[k]}")
 
 
-def _require_checkpoint(path: str) -> None:
-    """Checked before the heavy imports, so a mistyped path fails at once."""
-    if not Path(path).is_file():
-        raise LookalikeError(f"checkpoint not found: {path}")
-
-
 def cmd_evaluate(args) -> None:
-    _require_checkpoint(args.model)
+    require_checkpoint(args.model)
     from lookalike.catalogue.loading import read_schema
-    from lookalike.pipeline import evaluate_checkpoint
+    from lookalike.evaluation.evaluate import evaluate_checkpoint
 
-    ev = evaluate_checkpoint(args.model, args.catalog, args.out, read_schema(Path(args.schema)) if args.schema else None,
-                             args.cache_dir, progress=not args.no_progress)
+    ev = evaluate_checkpoint(
+        args.model,
+        args.catalog,
+        args.out,
+        read_schema(Path(args.schema)) if args.schema else None,
+        args.cache_dir,
+        progress=not args.no_progress,
+    )
     for k, v in ev["headline"].items():
         print(f"  {k:<45} {v:.4f}")
     print(f"wrote {Path(args.out) / 'evaluation.json'} and TREC runs/qrels in {args.out}")
@@ -93,8 +46,8 @@ def cmd_search(args) -> None:
     given = [x for x in (args.json, args.text, args.image, args.product) if x is not None]
     if len(given) != 1:
         raise LookalikeError("give exactly one query: --json, --text, --image or --product")
-    _require_checkpoint(args.model)
-    from lookalike.search import Searcher
+    require_checkpoint(args.model)
+    from lookalike.retrieval.search import Searcher
 
     s = Searcher.open(args.model, args.catalog, args.cache_dir, progress=not args.no_progress)
     unknown, ignored = {}, []
@@ -126,10 +79,10 @@ def cmd_centrality(args) -> None:
     import numpy as np
 
     from lookalike.catalogue import load_catalogue
+    from lookalike.encoders.embedding import embed_catalogue
     from lookalike.evaluation.centrality import centrality_report, centrality_scores
-    from lookalike.pipeline import embed_catalogue
 
-    cfg = _config(args)
+    cfg = run_config(args)
     cat = load_catalogue(cfg.data.catalog, cfg.data.schema_, cfg.data.format)
     sales_by_id = _read_sales(Path(args.sales)) if args.sales else None  # a bad file fails before minutes of embedding
     emb = embed_catalogue(cat, cfg, progress=not args.no_progress, texts=False)
@@ -140,8 +93,13 @@ def cmd_centrality(args) -> None:
         sales = np.array([sales_by_id.get(p.id, np.nan) for p in emb.products])
     elif any(p.sales is not None for p in emb.products):
         sales = np.array([np.nan if p.sales is None else p.sales for p in emb.products])
-    rep = centrality_report(scores, [p.value(field) if field else "" for p in emb.products], args.fraction, sales,
-                            [p.id for p in emb.products])
+    rep = centrality_report(
+        scores,
+        [p.value(field) if field else "" for p in emb.products],
+        args.fraction,
+        sales,
+        [p.id for p in emb.products],
+    )
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "centrality.json").write_text(json.dumps(rep, indent=2, ensure_ascii=False))
@@ -150,12 +108,16 @@ def cmd_centrality(args) -> None:
         thr = rep["threshold"]
         for p, c in zip(emb.products, scores):
             f.write(f"{p.id},{p.value(field) if field else ''},{c:.6f},{int(c >= thr)}\n")
-    print(f"{rep['n']} products, anchors (top {args.fraction:.0%}): {rep['n_anchors']}; mean centrality "
-          f"all {rep['mean_all']:.4f}, anchors {rep['mean_anchor']:.4f} "
-          f"({'OK' if rep['check_anchor_mean_exceeds_overall'] else 'CHECK FAILED'}: anchor mean > overall mean)")
+    print(
+        f"{rep['n']} products, anchors (top {args.fraction:.0%}): {rep['n_anchors']}; mean centrality "
+        f"all {rep['mean_all']:.4f}, anchors {rep['mean_anchor']:.4f} "
+        f"({'OK' if rep['check_anchor_mean_exceeds_overall'] else 'CHECK FAILED'}: anchor mean > overall mean)"
+    )
     if "sales" in rep:
-        print(f"Spearman rank correlation centrality vs sales: {rep['sales']['spearman_rho']:.4f} "
-              f"(p={rep['sales']['p_value']:.3g}, n={rep['sales']['n']})")
+        print(
+            f"Spearman rank correlation centrality vs sales: {rep['sales']['spearman_rho']:.4f} "
+            f"(p={rep['sales']['p_value']:.3g}, n={rep['sales']['n']})"
+        )
     print(f"wrote {out / 'centrality.json'} and {out / 'centrality.csv'}")
 
 
@@ -178,21 +140,18 @@ def _read_sales(path: Path) -> dict[str, float]:
     return by_id
 
 
-def cmd_temperature_study(args) -> None:
-    from lookalike.training.temperature_study import temperature_study
-
-    cfg = _config(args)
-    if not args.out:
-        cfg = cfg.model_copy(update={"out_dir": "runs/temperature-study"})
-    temperature_study(cfg, args.temperatures, learnable=not args.no_learnable, progress=not args.no_progress)
-    print(f"wrote {cfg.out_dir}/temperature_study.md, .csv, .json and .png")
-
-
 def cmd_sanity(args) -> None:
     from lookalike.sanity import sanity_check
 
-    res = sanity_check(Path(args.out_file), n=args.n, epochs=args.epochs, cache_dir=args.cache_dir,
-                       image_size=args.image_size, progress=not args.no_progress)
+    res = sanity_check(
+        Path(args.out_file),
+        n=args.n,
+        epochs=args.epochs,
+        cache_dir=args.cache_dir,
+        image_size=args.image_size,
+        progress=not args.no_progress,
+    )
+    print(res["summary"])
     if res["status"] != "PASS":
         sys.exit(1)
 
@@ -204,14 +163,17 @@ def cmd_embed(args) -> None:
     from lookalike.catalogue.loading import read_schema
     from lookalike.config import load_config
     from lookalike.distributed import RayOptions
-    from lookalike.pipeline import cache_root, embed_catalogue, embedding_counts, image_encoder
+    from lookalike.encoders.embedding import cache_root, embed_catalogue, embedding_counts, image_encoder
     from lookalike.provenance import provenance
 
-    cfg = load_config(args.config, {"data.catalog": args.catalog, "encoder.cache_dir": args.cache_dir,
-                                    "encoder.batch_size": args.batch_size})
+    cfg = load_config(
+        args.config,
+        {"data.catalog": args.catalog, "encoder.cache_dir": args.cache_dir, "encoder.batch_size": args.batch_size},
+    )
     ray = RayOptions.from_args(args, cfg.encoder.batch_size)
-    cat = load_catalogue(cfg.data.catalog, read_schema(Path(args.schema)) if args.schema else cfg.data.schema_,
-                         cfg.data.format)
+    cat = load_catalogue(
+        cfg.data.catalog, read_schema(Path(args.schema)) if args.schema else cfg.data.schema_, cfg.data.format
+    )
     print(cat.report.summary())
     emb = embed_catalogue(cat, cfg, progress=not args.no_progress, texts=False, ray=ray)
     t = emb.timings
@@ -219,10 +181,18 @@ def cmd_embed(args) -> None:
     print(embedding_counts(t, args.engine))
     if args.report:
         enc = image_encoder(cfg)
-        report = {"engine": args.engine, "ray": ray.__dict__ if ray else None, "catalog": cfg.data.catalog,
-                  "products": len(cat), "embedded": len(emb.products), "skipped": failed, **t,
-                  "encoder": {"name": enc.name, "fingerprint": enc.fingerprint(), **cfg.encoder.model_dump()},
-                  "cache": str(cache_root(cfg)), "provenance": provenance()}
+        report = {
+            "engine": args.engine,
+            "ray": ray.__dict__ if ray else None,
+            "catalog": cfg.data.catalog,
+            "products": len(cat),
+            "embedded": len(emb.products),
+            "skipped": failed,
+            **t,
+            "encoder": {"name": enc.name, "fingerprint": enc.fingerprint(), **cfg.encoder.model_dump()},
+            "cache": str(cache_root(cfg)),
+            "provenance": provenance(),
+        }
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
         print(f"wrote {args.report}")
@@ -235,12 +205,11 @@ def cmd_models(args) -> None:
         print(f"{s.kind:<6} {s.name:<20} {s.source:<40} {s.description}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lookalike", description=__doc__.split("\n")[0] if __doc__ else None)
-    sub = p.add_subparsers(dest="command", required=True)
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """train, evaluate, search, centrality, sanity-check, embed, models."""
 
     t = sub.add_parser("train", help="main job: load, embed, train the towers, evaluate, write artifacts")
-    _add_run_options(t)
+    add_run_options(t)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     t.set_defaults(func=cmd_train)
 
@@ -267,30 +236,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_search)
 
     c = sub.add_parser("centrality", help="best-seller proxy: image centrality, anchors, per-category stats")
-    _add_run_options(c)
+    add_run_options(c)
     c.add_argument("--fraction", type=float, default=0.1)
     c.add_argument("--sales", help="CSV id,sales: report rank correlation with centrality")
     c.set_defaults(func=cmd_centrality)
-
-    ts = sub.add_parser("temperature-study", help="train at several temperatures on one split and compare")
-    _add_run_options(ts)
-    ts.add_argument("--temperatures", type=float, nargs="+")
-    ts.add_argument("--no-learnable", action="store_true", help="skip the learnable-temperature run")
-    ts.set_defaults(func=cmd_temperature_study)
 
     sc = sub.add_parser("sanity-check", help="train on synthetic data and check the mechanics")
     sc.add_argument("--out-file", default="temp_logs/sanity_check_results.json")
     sc.add_argument("--n", type=int, default=600, help="synthetic products")
     sc.add_argument("--epochs", type=int, default=8)
     sc.add_argument("--cache-dir")
-    sc.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                    help="the image encoder's input size (default: the encoder's own, 224 176)")
+    sc.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="the image encoder's input size (default: the encoder's own, 224 176)",
+    )
     sc.add_argument("--no-progress", action="store_true")
     sc.set_defaults(func=cmd_sanity)
 
     em = sub.add_parser("embed", help="fill the embedding cache for a catalogue's images, locally or on Ray")
-    em.add_argument("--catalog", "--data", dest="catalog", default=DEFAULT_CATALOG,
-                    help=f"catalogue directory or file (default {DEFAULT_CATALOG})")
+    em.add_argument(
+        "--catalog",
+        "--data",
+        dest="catalog",
+        default=DEFAULT_CATALOG,
+        help=f"catalogue directory or file (default {DEFAULT_CATALOG})",
+    )
     em.add_argument("--config", help="JSON run config: its encoder section says which frozen encoder and cache")
     em.add_argument("--schema", help="JSON schema of a CSV/JSONL catalogue")
     em.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike or $LOOKALIKE_CACHE)")
@@ -303,22 +276,3 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list the registered frozen encoders")
     m.set_defaults(func=cmd_models)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_commands(sub)
-    return p
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except LookalikeError as e:
-        print(f"lookalike: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("lookalike: interrupted", file=sys.stderr)
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lookalike.encoders.embedding import Embedded, image_encoder
 from lookalike.encoders.registry import create_text_encoder
 from lookalike.errors import LookalikeError
-from lookalike.model import LookalikeModel
-from lookalike.pipeline import Embedded, image_encoder, load_for_checkpoint
+from lookalike.model import LookalikeModel, load_for_checkpoint
 from lookalike.retrieval.exact import exact_topk
 
 
@@ -32,7 +32,7 @@ class Searcher:
         self._bias: np.ndarray | None = None
 
     @classmethod
-    def open(cls, checkpoint: str, catalog: str, cache_dir: str | None = None, progress: bool = True) -> "Searcher":
+    def open(cls, checkpoint: str, catalog: str, cache_dir: str | None = None, progress: bool = True) -> Searcher:
         model, payload = LookalikeModel.load(checkpoint)
         emb, cfg = load_for_checkpoint(model, payload, catalog, cache_dir=cache_dir, progress=progress)
         return cls(model, emb, cfg)
@@ -46,15 +46,20 @@ class Searcher:
     def _hits(self, q: np.ndarray, k: int, exclude: int = -1, bias: np.ndarray | None = None) -> list[Hit]:
         if not 1 <= k <= len(self.gallery):
             raise LookalikeError(f"k must be between 1 and {len(self.gallery)}, got {k}")
-        idx, scores = exact_topk(q[None, :], self.gallery, k, exclude=np.array([exclude]) if exclude >= 0 else None,
-                                 bias=bias)
-        return [Hit(self.emb.products[j].id, float(s), self.emb.products[j].attributes, str(self.emb.products[j].image.path))
-                for j, s in zip(idx[0], scores[0])]
+        idx, scores = exact_topk(
+            q[None, :], self.gallery, k, exclude=np.array([exclude]) if exclude >= 0 else None, bias=bias
+        )
+        return [
+            Hit(
+                self.emb.products[j].id, float(s), self.emb.products[j].attributes, str(self.emb.products[j].image.path)
+            )
+            for j, s in zip(idx[0], scores[0])
+        ]
 
     def by_attributes(self, attributes: dict, k: int = 10) -> tuple[list[Hit], dict[str, list[str]], list[str]]:
         """Top-k for an attribute JSON, the values the model never saw (searched as unknown) and the fields
         it ignored, read exactly as the service reads a query (`query_attributes`)."""
-        from lookalike.recommend.catalogue import query_attributes
+        from lookalike.inference import query_attributes
 
         query, ignored = query_attributes(attributes, self.model.vocab.fields)
         hits = self._hits(self.model.encode_attributes([query])[0], k, bias=self.bias())

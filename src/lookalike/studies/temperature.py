@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 from lookalike.config import RunConfig
 from lookalike.evaluation.plots import plt
-from lookalike.pipeline import log, prepare, run_main
+from lookalike.pipeline import prepare, run_main
 from lookalike.provenance import provenance
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPERATURES = [0.03, 0.05, 0.07, 0.1, 0.15]
 
 
-def temperature_study(cfg: RunConfig, temperatures: list[float] | None = None, learnable: bool = True,
-                      progress: bool = True) -> dict:
+def temperature_study(
+    cfg: RunConfig, temperatures: list[float] | None = None, learnable: bool = True, progress: bool = True
+) -> dict:
     cfg = cfg.apply_quick()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -29,15 +33,28 @@ def temperature_study(cfg: RunConfig, temperatures: list[float] | None = None, l
         settings.append(("learnable", 0.07, True))
     rows = []
     for label, t, learn in settings:
-        log(f"--- temperature {label} ---")
-        run_cfg = cfg.model_copy(update={"out_dir": str(out / f"t={label}"),
-                                         "train": cfg.train.model_copy(update={"temperature": t, "learnable_temperature": learn})})
+        logger.info(f"--- temperature {label} ---")
+        run_cfg = cfg.model_copy(
+            update={
+                "out_dir": str(out / f"t={label}"),
+                "train": cfg.train.model_copy(update={"temperature": t, "learnable_temperature": learn}),
+            }
+        )
         s = run_main(run_cfg, progress=progress, prep=prep)
         results = json.loads(Path(s["training_results"]).read_text())
-        rows.append({"temperature": label, "final_temperature": round(results["history"][results["best_epoch"] - 1]["temperature"], 4),
-                     "best_epoch": results["best_epoch"], f"val {cfg.train.val_metric}": round(results["best_val_metric"], 4),
-                     **{f"test {k}": v for k, v in s["headline"].items() if k.startswith(("json_to_image/attribute/", "text_to_image/attribute/"))
-                        and "anchor" not in k}})
+        rows.append(
+            {
+                "temperature": label,
+                "final_temperature": round(results["history"][results["best_epoch"] - 1]["temperature"], 4),
+                "best_epoch": results["best_epoch"],
+                f"val {cfg.train.val_metric}": round(results["best_val_metric"], 4),
+                **{
+                    f"test {k}": v
+                    for k, v in s["headline"].items()
+                    if k.startswith(("json_to_image/attribute/", "text_to_image/attribute/")) and "anchor" not in k
+                },
+            }
+        )
     metric_col = f"val {cfg.train.val_metric}"
     best = max(rows, key=lambda r: r[metric_col])
     with open(out / "temperature_study.csv", "w", newline="") as f:
@@ -60,8 +77,13 @@ def temperature_study(cfg: RunConfig, temperatures: list[float] | None = None, l
     fig.tight_layout()
     fig.savefig(out / "temperature_study.png", dpi=110)
     plt.close(fig)
-    summary = {**provenance(), "config": cfg.model_dump(mode="json", by_alias=True), "rows": rows, "best": best,
-               "split_sizes": prep.sizes}
+    summary = {
+        **provenance(),
+        "config": cfg.model_dump(mode="json", by_alias=True),
+        "rows": rows,
+        "best": best,
+        "split_sizes": prep.sizes,
+    }
     (out / "temperature_study.json").write_text(json.dumps(summary, indent=2))
-    log("\n".join(md))
+    logger.info("\n".join(md))
     return summary

@@ -10,6 +10,7 @@ interaction log, so an item's popularity is the number of training products of i
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,12 +22,14 @@ from lookalike.evaluation.diversity import catalogue_coverage, mean_intra_list_d
 from lookalike.evaluation.evaluator import relevance_keys
 from lookalike.evaluation.metrics import per_query_metrics
 from lookalike.model import LookalikeModel
-from lookalike.pipeline import log, prepare
+from lookalike.pipeline import prepare
 from lookalike.provenance import provenance
 from lookalike.retrieval.exact import exact_topk
 from lookalike.retrieval.rerank.listwise import ListwiseReranker, rerank
 from lookalike.retrieval.rerank.mmr import mmr
-from lookalike.training.listwise import ListwiseConfig, Lists, constrained_best, train_listwise
+from lookalike.training.listwise import Lists, ListwiseConfig, constrained_best, train_listwise
+
+logger = logging.getLogger(__name__)
 
 
 class CandidateLists:
@@ -48,8 +51,10 @@ class CandidateLists:
         """picks: (n, k) positions into each candidate list."""
         rows = np.arange(len(picks))[:, None]
         chosen = self.top[rows, picks]
-        out = {"ndcg@10": float(per_query_metrics(self.relevant[rows, picks], self.n_relevant, [10])["ndcg@10"].mean()),
-               "ild@10": mean_intra_list_diversity(chosen, self.gallery)}
+        out = {
+            "ndcg@10": float(per_query_metrics(self.relevant[rows, picks], self.n_relevant, [10])["ndcg@10"].mean()),
+            "ild@10": mean_intra_list_diversity(chosen, self.gallery),
+        }
         lists = [[self.ids[j] for j in row] for row in chosen]
         out["coverage"] = catalogue_coverage(lists, self.ids)
         if popularity is not None:
@@ -58,7 +63,9 @@ class CandidateLists:
 
 
 def mmr_picks(lists: Lists, lam: float, k: int = 10) -> np.ndarray:
-    return np.stack([mmr(lists.scores[i], lists.gallery[lists.candidates[i]], k, lam) for i in range(len(lists.candidates))])
+    return np.stack(
+        [mmr(lists.scores[i], lists.gallery[lists.candidates[i]], k, lam) for i in range(len(lists.candidates))]
+    )
 
 
 def _at_same_diversity(sweep: list[dict], ild: float) -> float | None:
@@ -73,15 +80,22 @@ def split_by_key(keys: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarr
     combination) is on both sides: products with equal attributes are the same query, and the
     reranker would otherwise be selected on the very queries it was trained on."""
     rng = np.random.default_rng(seed)
-    fit_keys = rng.permutation(np.unique(keys))[: int(round(fraction * len(np.unique(keys))))]
+    fit_keys = rng.permutation(np.unique(keys))[: round(fraction * len(np.unique(keys)))]
     fit = np.isin(keys, fit_keys)
     return np.flatnonzero(fit), np.flatnonzero(~fit)
 
 
-def compare_rerankers(cfg: RunConfig, checkpoint: Path, out_dir: Path, lcfg: ListwiseConfig,
-                      mmr_lambdas: tuple[float, ...] = (0.95, 0.9, 0.85, 0.83, 0.8, 0.78, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3),
-                      mus: tuple[float, ...] = (0.2, 0.3, 0.5), fit_fraction: float = 0.5, depth: int = 100,
-                      progress: bool = False) -> dict:
+def compare_rerankers(
+    cfg: RunConfig,
+    checkpoint: Path,
+    out_dir: Path,
+    lcfg: ListwiseConfig,
+    mmr_lambdas: tuple[float, ...] = (0.95, 0.9, 0.85, 0.83, 0.8, 0.78, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3),
+    mus: tuple[float, ...] = (0.2, 0.3, 0.5),
+    fit_fraction: float = 0.5,
+    depth: int = 100,
+    progress: bool = False,
+) -> dict:
     """The list-wise reranker is trained on the validation queries of half the validation relevance
     keys and selected (initial λ, checkpoint, then μ) on the other half: best nDCG@10 among those
     raising ILD@10 by ≥ `lcfg.min_ild_gain`. The tower never trained on validation products, so their
@@ -107,34 +121,49 @@ def compare_rerankers(cfg: RunConfig, checkpoint: Path, out_dir: Path, lcfg: Lis
     for lam in mmr_lambdas:
         t = time.perf_counter()
         picks = mmr_picks(test.subset(np.arange(len(test.top))), lam)
-        m = {**test.metrics(picks, popularity), "ms_per_query": (time.perf_counter() - t) * 1000 / len(picks), "lambda": lam,
-             "select": select.evaluate(mmr_picks(select, lam))}
+        m = {
+            **test.metrics(picks, popularity),
+            "ms_per_query": (time.perf_counter() - t) * 1000 / len(picks),
+            "lambda": lam,
+            "select": select.evaluate(mmr_picks(select, lam)),
+        }
         methods[f"MMR λ={lam}"] = m
         sweep.append(m)
     selected = {}
     for mu in mus:
-        log(f"training the list-wise reranker, μ = {mu}")
+        logger.info(f"training the list-wise reranker, μ = {mu}")
         t = time.perf_counter()
-        reranker, history = train_listwise(val.subset(fit_rows), select,
-                                           lcfg.model_copy(update={"diversity_weight": mu}))
+        reranker, history = train_listwise(
+            val.subset(fit_rows), select, lcfg.model_copy(update={"diversity_weight": mu})
+        )
         train_s = time.perf_counter() - t
         if not selected:  # the untrained start does not depend on μ: report it once, as the ablation of training
             start = history[0]
             lam = start["lambda"]
-            untrained = ListwiseReranker(lcfg.k, lcfg.dim, layers=lcfg.layers, initial_lambda=lam)  # heads start at zero
+            untrained = ListwiseReranker(
+                lcfg.k, lcfg.dim, layers=lcfg.layers, initial_lambda=lam
+            )  # heads start at zero
             t = time.perf_counter()
             picks = rerank(untrained, test.gallery, test.top, test.scores)
             methods[f"list-wise untrained (λ={lam})"] = {
-                **test.metrics(picks, popularity), "ms_per_query": (time.perf_counter() - t) * 1000 / len(picks),
-                "select": {"ndcg": start["ndcg"], "ild": start["ild"]}}
+                **test.metrics(picks, popularity),
+                "ms_per_query": (time.perf_counter() - t) * 1000 / len(picks),
+                "select": {"ndcg": start["ndcg"], "ild": start["ild"]},
+            }
         t = time.perf_counter()
         picks = rerank(reranker, test.gallery, test.top, test.scores)
         ms = (time.perf_counter() - t) * 1000 / len(picks)
         kept = next(e for e in history if e["step"] == history[0]["kept_step"])
         selected[mu] = {"ndcg": kept["ndcg"], "ild": kept["ild"]}
-        methods[f"list-wise μ={mu}"] = {**test.metrics(picks, popularity), "ms_per_query": ms, "mu": mu,
-                                        "train_s": round(train_s, 1), "select": selected[mu], "history": history,
-                                        "params": sum(p.numel() for p in reranker.parameters())}
+        methods[f"list-wise μ={mu}"] = {
+            **test.metrics(picks, popularity),
+            "ms_per_query": ms,
+            "mu": mu,
+            "train_s": round(train_s, 1),
+            "select": selected[mu],
+            "history": history,
+            "params": sum(p.numel() for p in reranker.parameters()),
+        }
     for name, m in methods.items():
         if name.startswith("list-wise"):
             m["mmr_ndcg_at_same_ild"] = _at_same_diversity(sweep, m["ild@10"])
@@ -153,14 +182,26 @@ def compare_rerankers(cfg: RunConfig, checkpoint: Path, out_dir: Path, lcfg: Lis
         f"  test nDCG@10 {m['ndcg@10'] / base['ndcg@10'] - 1:+.1%} (target ≥ −5%): "
         f"{'MET' if m['ndcg@10'] >= 0.95 * base['ndcg@10'] else 'NOT MET'}",
         f"  MMR at the same ILD: nDCG@10 {same:.4f} vs list-wise {m['ndcg@10']:.4f}: "
-        f"{'list-wise ≥ MMR' if m['ndcg@10'] >= same else 'MMR better'}" if same is not None else
-        "  MMR sweep does not reach that ILD",
+        f"{'list-wise ≥ MMR' if m['ndcg@10'] >= same else 'MMR better'}"
+        if same is not None
+        else "  MMR sweep does not reach that ILD",
     ]
     mmr_chosen = sweep[constrained_best([m["select"] for m in sweep], start["min_ild"], 0.0)]
-    verdict.append(f"  MMR chosen the same way on validation: λ={mmr_chosen['lambda']}, test nDCG@10 "
-                   f"{mmr_chosen['ndcg@10'] / base['ndcg@10'] - 1:+.1%}, ILD@10 {mmr_chosen['ild@10'] / base['ild@10'] - 1:+.1%}")
-    result = {**provenance(), "model": str(checkpoint), "candidates": depth, "n_queries": len(test.top),
-              "fit_queries": len(fit_rows), "select_queries": len(select_rows), "listwise_config": lcfg.model_dump(),
-              "popularity": f"training products of the same {type_field}", "methods": methods, "verdict": verdict}
+    verdict.append(
+        f"  MMR chosen the same way on validation: λ={mmr_chosen['lambda']}, test nDCG@10 "
+        f"{mmr_chosen['ndcg@10'] / base['ndcg@10'] - 1:+.1%}, ILD@10 {mmr_chosen['ild@10'] / base['ild@10'] - 1:+.1%}"
+    )
+    result = {
+        **provenance(),
+        "model": str(checkpoint),
+        "candidates": depth,
+        "n_queries": len(test.top),
+        "fit_queries": len(fit_rows),
+        "select_queries": len(select_rows),
+        "listwise_config": lcfg.model_dump(),
+        "popularity": f"training products of the same {type_field}",
+        "methods": methods,
+        "verdict": verdict,
+    }
     (out_dir / "rerank.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     return result

@@ -1,0 +1,72 @@
+"""`lookalike` command line. User mistakes print one line and exit 2; no traceback.
+
+The parser is thin: each area brings its own subcommands through the `lookalike.commands` entry-point
+group (as pytest and flake8 find their plugins), so the core never imports the studies that plug into it.
+Human lines and progress go to stderr through `logging` (`-v` for more, `-q` for warnings only);
+stdout carries each command's result alone, so `--format json` output can be piped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib.metadata import entry_points
+
+from lookalike.errors import LookalikeError
+
+ENTRY_POINTS = "lookalike.commands"
+
+
+def group(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """The subcommands of group `name` (e.g. `itembank`), created by whichever plugin asks first, so
+    that several plugins can add to one group (the library's `itembank search`, the studies' `itembank study`)."""
+    parser = sub.choices.get(name)
+    if parser is None:
+        parser = sub.add_parser(name, help=help)
+        parser.set_defaults(_group=parser.add_subparsers(dest=f"{name}_command", required=True))
+    return parser.get_default("_group")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lookalike", description=__doc__.split("\n")[0] if __doc__ else None)
+    verbosity = p.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = p.add_subparsers(dest="command", required=True)
+    plugins = sorted(entry_points(group=ENTRY_POINTS), key=lambda ep: (ep.name != "core", ep.name))
+    if not plugins:
+        raise LookalikeError(
+            f"no commands registered under the {ENTRY_POINTS!r} entry points: reinstall lookalike (pip install -e .)"
+        )
+    for ep in plugins:
+        ep.load()(sub)
+    return p
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Human lines on stderr: what the library logs at INFO (DEBUG with -v, WARNING with -q)."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("lookalike")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        args = build_parser().parse_args(argv)
+        setup_logging(args.verbose, args.quiet)
+        args.func(args)
+    except LookalikeError as e:
+        print(f"lookalike: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("lookalike: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

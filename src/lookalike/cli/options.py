@@ -1,0 +1,84 @@
+"""Command-line options shared by several commands, and how they become one validated run config.
+
+Any command module (the core commands, the service's, the studies') imports these; nothing here is private.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lookalike.errors import LookalikeError
+
+if TYPE_CHECKING:
+    from lookalike.config import RunConfig
+
+DEFAULT_CATALOG = "../shared/data/fashion-products"
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options every command that trains or embeds a catalogue shares (see `run_config`)."""
+    p.add_argument("--config", help="JSON run config (see configs/); flags below override it")
+    p.add_argument(
+        "--catalog", "--data", dest="catalog", help=f"catalogue directory or file (default {DEFAULT_CATALOG})"
+    )
+    p.add_argument("--schema", help="JSON schema of a CSV/JSONL catalogue (fields, image column, text column)")
+    p.add_argument("--out", help="output directory (default runs/default)")
+    p.add_argument("--quick", action="store_true", help="tiny subset and 2 epochs, for demos and tests")
+    p.add_argument("--limit", type=int, help="use a stratified random subset of N products")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--temperature", type=float)
+    p.add_argument(
+        "--learnable-temperature",
+        dest="learnable_temperature",
+        action="store_true",
+        default=None,
+        help="learn the temperature, starting from --temperature (the default)",
+    )
+    p.add_argument(
+        "--fixed-temperature", dest="learnable_temperature", action="store_false", help="keep --temperature fixed"
+    )
+    p.add_argument("--seed", type=int)
+    p.add_argument("--image-model", help="frozen image encoder (lookalike models; default efficientnet-lite0)")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--projection", choices=["none", "center", "pca"], help="frozen projection of the image space")
+    p.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike or $LOOKALIKE_CACHE)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """One validated run config: the --config file, overridden by the flags given."""
+    from lookalike.catalogue.loading import read_schema
+    from lookalike.config import load_config
+
+    overrides = {
+        "data.catalog": args.catalog,
+        "out_dir": args.out,
+        "quick": args.quick or None,
+        "data.limit": args.limit,
+        "train.epochs": args.epochs,
+        "train.batch_size": args.batch_size,
+        "train.lr": args.lr,
+        "train.temperature": args.temperature,
+        "train.learnable_temperature": args.learnable_temperature,
+        "train.seed": args.seed,
+        "encoder.image_model": args.image_model,
+        "encoder.image_size": args.image_size,
+        "encoder.projection": args.projection,
+        "encoder.cache_dir": args.cache_dir,
+    }
+    if args.schema:
+        overrides["data.schema"] = read_schema(Path(args.schema)).model_dump()
+    cfg = load_config(args.config, overrides)
+    if not args.config and not args.catalog:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"catalog": DEFAULT_CATALOG})})
+    return cfg
+
+
+def require_checkpoint(path: str) -> None:
+    """Checked before the heavy imports, so a mistyped path fails at once."""
+    if not Path(path).is_file():
+        raise LookalikeError(f"checkpoint not found: {path}")

@@ -1,1 +1,0 @@
-"""Head-to-head studies of alternative components on the same data and evaluation."""
