@@ -9,7 +9,10 @@
    (EfficientNet-Lite0 features, PCA-512), bulk-loaded into pgvector (COPY binary, one transaction per
    batch, HNSW built after the load) and into the embedded store (one snapshot, FAISS HNSW): load and
    build time, recall@10 against exact search (FAISS flat, the ground truth), p50/p95 single-query latency
-   without and with a metadata filter (is_new; one category), memory and disk.
+   without and with a metadata filter (is_new; one category), memory and disk; and a selectivity sweep
+   (filters passing 0.1% … 100% of rows, independent of the vectors or passing whole clusters): the path each
+   store chose, recall@10, p50/p95, both paths forced, and the cost lines fitted to them (the stores' `COSTS`).
+   `--reuse --measure sweep --markdown` searches stores an earlier run built and prints the sweep as a table.
 3. memory: peak RSS of the whole-catalogue computations at N products — centrality, hubness offsets,
    evaluation's exact ranking and top10_to_new — each in its own process, so each peak is its own.
 Figures are also written to WORK/scale.json with the arguments, seed and package versions.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -108,23 +112,47 @@ def synthetic(n: int, seed: int, clusters: int = 2000, subspace: int = 32) -> tu
     return x, label
 
 
+# The selectivity sweep's filter levels: the share of rows each filter value passes.
+LEVELS = (0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def level_name(s: float) -> str:
+    return f"{100 * s:g}%"
+
+
+def nested_tags(u: np.ndarray) -> np.ndarray:
+    """Each row's sweep values: a row with draw u is in every level above u (nested sets, so a filter on
+    level s passes a share s of the rows); one bit per level (the metadata's list is built per batch)."""
+    return np.stack([u < s for s in LEVELS], axis=1)
+
+
 def dataset(n: int, seed: int, work: Path, cache_dir: str | None) -> dict:
-    """N synthetic + the real catalogue, saved once under WORK (vectors.npy, meta.npz) and reused."""
+    """N synthetic + the real catalogue, saved once under WORK (vectors.npy, meta.npz) and reused.
+
+    Metadata: `is_new` (20% of synthetic rows at random; the real products by the service's rule), `category`
+    (the synthetic cluster mod 50, ~2% each, so a category is 40 clusters: correlated with the vectors; the real
+    articleType) and, for the selectivity sweep, two list fields with one value per level in `LEVELS`:
+    `uniform` (each row drawn independently of its vector) and `clustered` (each synthetic cluster, and each real
+    articleType, drawn as a whole: the filter passes whole neighbourhoods, as a brand or a category does)."""
     f, m = work / "vectors.npy", work / "meta.npz"
     if f.exists() and m.exists():
         with np.load(m, allow_pickle=False) as z:
             meta = {k: z[k] for k in z.files}
-        if int(meta["n_synthetic"]) == n:
+        if int(meta["n_synthetic"]) == n and "uniform" in meta:
             return {"vectors": np.load(f), **meta}
     rx, rids, rnew, rcat = real_vectors(cache_dir)
     sx, label = synthetic(n, seed)
     rng = np.random.default_rng(seed + 1)
     cats = np.array([f"cat-{c % 50:02d}" for c in label] + rcat)
     ids = np.array([f"s{i:08d}" for i in range(n)] + [f"r{i}" for i in rids])
+    is_new = np.concatenate([rng.random(n) < 0.2, rnew])
+    group = np.concatenate([label, int(label.max()) + 1 + np.unique(np.array(rcat), return_inverse=True)[1]])
     meta = {
         "ids": ids,
-        "is_new": np.concatenate([rng.random(n) < 0.2, rnew]),
+        "is_new": is_new,
         "category": cats,
+        "uniform": nested_tags(rng.random(len(ids))),
+        "clustered": nested_tags(rng.random(int(group.max()) + 1)[group]),
         "n_synthetic": np.int64(n),
         "n_real": np.int64(len(rids)),
     }
@@ -149,9 +177,23 @@ def batches(d: dict, size: int = 10_000):
     from lookalike.retrieval.stores import StoreItem
 
     ids, x, new, cat = d["ids"], d["vectors"], d["is_new"], d["category"]
+    names = [level_name(s) for s in LEVELS]
+
+    def tags(bits: np.ndarray) -> list[str]:
+        return [names[j] for j in np.flatnonzero(bits)]
+
     for s in range(0, len(ids), size):
         yield [
-            StoreItem(str(ids[i]), x[i], {"is_new": bool(new[i]), "category": str(cat[i])})
+            StoreItem(
+                str(ids[i]),
+                x[i],
+                {
+                    "is_new": bool(new[i]),
+                    "category": str(cat[i]),
+                    "uniform": tags(d["uniform"][i]),
+                    "clustered": tags(d["clustered"][i]),
+                },
+            )
             for i in range(s, min(len(ids), s + size))
         ]
 
@@ -221,6 +263,134 @@ def ef_sweep(name: str, store, d: dict, q: np.ndarray, k: int, values: list[int]
     return out
 
 
+def timed(fn, q: np.ndarray) -> tuple[list[float], list]:
+    ms, got = [], []
+    for v in q:
+        t = time.perf_counter()
+        got.append(fn(v))
+        ms.append((time.perf_counter() - t) * 1000)
+    return ms, got
+
+
+def load_line() -> str:
+    import faiss
+
+    one, five, _ = os.getloadavg()
+    return f"{os.cpu_count()} cores, FAISS threads {faiss.omp_get_max_threads()}, load average {one:.2f} / {five:.2f}"
+
+
+def sweep(name: str, store, d: dict, q: np.ndarray, k: int, path_queries: int) -> dict:
+    """Filtered approximate search at each selectivity in LEVELS, for filters independent of the vectors
+    (`uniform`) and filters passing whole clusters (`clustered`): rows passing, the path the store chose
+    (share of queries), recall@k against exact and p50/p95 over all queries; then, on the first `path_queries`
+    queries, each path forced (exact; the index walk), whose p50 against the work the path does is what the
+    store's cost lines (`COSTS`) are fitted to (`fit_costs`)."""
+    from lookalike.retrieval.stores.paths import INDEX
+
+    n, out = len(d["ids"]), {"levels": [], "load_before": load_line()}
+    log(f"  {name} selectivity sweep ({len(q)} queries; forced paths on {path_queries}); {out['load_before']}")
+    for fam in ("uniform", "clustered"):
+        for j, s in enumerate(LEVELS):
+            flt, mask = {fam: level_name(s)}, d[fam][:, j]
+            passing = int(mask.sum())
+            truth = ground_truth(d, q, k, mask)
+            for v in q[:20]:  # warm-up: the filter's caches, the pages its rows sit on
+                store.search(v, k, flt, exact=False)
+            store.path_counts.clear()
+            ms, got = timed(lambda v, f=flt: store.search(v, k, f, exact=False)[0], q)
+            paths = {p: round(c / len(q), 3) for p, c in sorted(store.path_counts.items())}
+            sub = q[:path_queries]
+            ex_ms, ex_got = timed(lambda v, f=flt: store.search(v, k, f)[0], sub)
+            store.index_path = "always"
+            store.path_counts.clear()
+            ix_ms, ix_got = timed(lambda v, f=flt: store.search(v, k, f, exact=False)[0], sub)
+            ix_paths = dict(store.path_counts)
+            store.index_path = "cost"
+            r = {
+                "family": fam,
+                "level": level_name(s),
+                "rows_passing": passing,
+                "rows_estimated": store._estimated_rows({fam: [level_name(s)]})[0] if name == "pgvector" else passing,
+                "path": paths,
+                "recall@10": round(recall(got, truth, d["ids"]), 4),
+                **pct(ms),
+                "exact": {**pct(ex_ms), "recall@10": round(recall(ex_got, truth, d["ids"]), 4)},
+                "index": {
+                    **pct(ix_ms),
+                    "recall@10": round(recall(ix_got, truth, d["ids"]), 4),
+                    "units": store._index_units(passing, n, k),
+                    "ran_out": round(1 - ix_paths.get(INDEX, 0) / len(sub), 3),  # share ranked exactly after all
+                },
+            }
+            out["levels"].append(r)
+            chosen = ", ".join(f"{p} {c:.0%}" for p, c in paths.items())
+            log(
+                f"  {name:<9} {fam:<9} {r['level']:>5} ({passing:>9,} rows, {r['rows_estimated']:>9,.0f} estimated): "
+                f"{chosen:<22} recall@10 "
+                f"{r['recall@10']:.4f}, p50 {r['p50_ms']:7.2f} ms, p95 {r['p95_ms']:7.2f} ms | forced exact p50 "
+                f"{r['exact']['p50_ms']:7.2f} ms (recall {r['exact']['recall@10']:.3f}); forced {INDEX} p50 "
+                f"{r['index']['p50_ms']:7.2f} ms, recall {r['index']['recall@10']:.4f}, "
+                f"{r['index']['units']:,.0f} units, ran out {r['index']['ran_out']:.0%}"
+            )
+            assert r["exact"]["recall@10"] == 1.0, f"{name}: exact search is not exact ({fam} {r['level']})"
+    out["load_after"] = load_line()
+    out["fit"] = fit_costs(out["levels"])
+    f = out["fit"]
+    log(
+        f"  {name} cost lines fitted to the forced paths' p50 (relative least squares): exact {f['exact_ms']:.3f} ms "
+        f"+ {f['exact_ms_per_row'] * 1000:.3f} µs a row passing; index {f['index_ms']:.3f} ms + "
+        f"{f['index_ms_per_unit'] * 1000:.3f} µs a unit (fitted on {f['index_points']} uniform levels); "
+        f"{out['load_after']}"
+    )
+    return out
+
+
+def fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
+    """y ≈ a + b·x minimizing relative error (each point weighted 1/y), a and b ≥ 0."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    w = 1 / y
+    (a, b), *_ = np.linalg.lstsq(np.stack([w, w * x], axis=1), np.ones_like(y), rcond=None)
+    if a < 0:  # no fixed cost: the best line through the origin
+        a, b = 0.0, float(np.sum(w * x) / np.sum(w * w * x * x))
+    return float(a), max(float(b), 0.0)
+
+
+def fit_costs(levels: list[dict]) -> dict:
+    """The cost lines (`PathCosts`) through the forced paths' p50: exact against rows passing (every level),
+    the index walk against its units of work, on the filters its model of work describes (`uniform`: independent
+    of the vectors) where it never ran out (a walk that ran out also paid for an exact ranking)."""
+    ea, eb = fit_line([r["rows_passing"] for r in levels], [r["exact"]["p50_ms"] for r in levels])
+    ok = [r for r in levels if r["family"] == "uniform" and r["index"]["ran_out"] == 0]
+    ia, ib = fit_line([r["index"]["units"] for r in ok], [r["index"]["p50_ms"] for r in ok]) if ok else (0.0, 0.0)
+    return {
+        "exact_ms": round(ea, 3),
+        "exact_ms_per_row": round(eb, 7),
+        "index_ms": round(ia, 3),
+        "index_ms_per_unit": round(ib, 7),
+        "index_points": len(ok),
+    }
+
+
+def sweep_markdown(res: dict) -> str:
+    """The sweep as a table to paste (README, Scale)."""
+    lines = [
+        "| store | filter | passes | rows | path chosen | recall@10 | p50 / p95 ms | forced exact p50 ms | "
+        "forced index p50 ms (recall@10) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("pgvector", "embedded"):
+        if name not in res or "sweep" not in res[name]:
+            continue
+        for r in res[name]["sweep"]["levels"]:
+            chosen = ", ".join(f"{p} {c:.0%}" if c < 1 else p for p, c in r["path"].items())
+            lines.append(
+                f"| {name} | {r['family']} | {r['level']} | {r['rows_passing']:,} | {chosen} | {r['recall@10']:.3f} | "
+                f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} | {r['exact']['p50_ms']:.1f} | "
+                f"{r['index']['p50_ms']:.1f} ({r['index']['recall@10']:.3f}) |"
+            )
+    return "\n".join(lines)
+
+
 def neighbour_stats(d: dict, q: np.ndarray, k: int = 10) -> dict:
     """Mean cosine of a query's 1st and 10th neighbour, synthetic vs real queries (see `synthetic`)."""
     import faiss
@@ -255,6 +425,17 @@ def part_stores(args, d: dict) -> dict:
     if "embedded" in args.stores.split(","):
         res["embedded"] = store_embedded(args, d, q, category)
     return res
+
+
+def measure(args, name: str, store, d: dict, q: np.ndarray, category: str, r: dict) -> None:
+    """The searches `--measure` names, into r."""
+    what = args.measure.split(",")
+    if "filters" in what:
+        r["search"] = bench_store(name, store, d, q, 10, args.exact_queries, category)
+    if "ef" in what:
+        r["ef_search_sweep"] = ef_sweep(name, store, d, q, 10, [40, 100, 200, 400])
+    if "sweep" in what:
+        r["sweep"] = sweep(name, store, d, q, 10, args.path_queries)
 
 
 def store_pgvector(args, d: dict, q: np.ndarray, category: str) -> dict:
@@ -310,8 +491,7 @@ def store_pgvector(args, d: dict, q: np.ndarray, category: str) -> dict:
         f"pgvector: table {r['table_gib']} GiB, indexes {r['indexes_gib']} GiB (HNSW {r['hnsw_gib']} GiB), pgdata "
         f"{r['pgdata_disk_gib']} GiB on disk; shared_buffers {r['shared_buffers']}, ef_search {r['ef_search']}"
     )
-    r["search"] = bench_store("pgvector", pg, d, q, 10, args.exact_queries, category)
-    r["ef_search_sweep"] = ef_sweep("pgvector", pg, d, q, 10, [40, 100, 200, 400])
+    measure(args, "pgvector", pg, d, q, category, r)
     pg.close()
     return r
 
@@ -357,8 +537,7 @@ def store_embedded(args, d: dict, q: np.ndarray, category: str) -> dict:
         f"benchmark's own copy of the data is in both), {r['disk_gib']} GiB on disk (snapshot + graph), "
         f"ef_search {r['ef_search']}"
     )
-    r["search"] = bench_store("embedded", store, d, q, 10, args.exact_queries, category)
-    r["ef_search_sweep"] = ef_sweep("embedded", store, d, q, 10, [40, 100, 200, 400])
+    measure(args, "embedded", store, d, q, category, r)
     store.close()
     return r
 
@@ -561,6 +740,14 @@ def main() -> None:
     ap.add_argument("--exact-queries", type=int, default=20, help="of those, how many time exact search too")
     ap.add_argument("--ef-search", type=int, help="HNSW ef_search for both stores (default: each store's own)")
     ap.add_argument("--reuse", action="store_true", help="search the stores an earlier run built in WORK")
+    ap.add_argument(
+        "--measure",
+        default="filters,ef,sweep",
+        help="the stores part's searches: filters (none / is_new / category), ef (ef_search sweep), sweep "
+        "(selectivity sweep with both paths forced)",
+    )
+    ap.add_argument("--path-queries", type=int, default=20, help="queries per forced path in the selectivity sweep")
+    ap.add_argument("--markdown", action="store_true", help="print the selectivity sweep as a markdown table")
     ap.add_argument("--stores", default="pgvector,embedded", help="which stores the stores part measures")
     ap.add_argument("--maintenance-work-mem", default="6GB")
     ap.add_argument("--build-workers", type=int, default=2)
@@ -591,6 +778,8 @@ def main() -> None:
         )
         if "stores" in parts:
             report["stores"] = part_stores(args, d)
+            if args.markdown:
+                log(sweep_markdown(report["stores"]))
         del d
         if "memory" in parts:
             log(f"peak memory at {args.n + 39_653:,} products (each computation in its own process):")

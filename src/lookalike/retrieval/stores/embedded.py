@@ -5,8 +5,9 @@ file and renamed over the old one, so a failed or interrupted write leaves the s
 readers never see half a write. Rows are kept sorted by id, which makes "ties broken by id" a plain
 index tie-break. An advisory file lock plus a stat check let a CLI process and a server share the
 directory. Exact search is a matrix product (the ground truth); `index=hnsw` adds a FAISS HNSW graph
-built lazily, saved next to the snapshot and rebuilt after writes; a filter that leaves few rows is
-scanned exactly instead (a graph walk finds too few allowed nodes, and the scan is cheap).
+built lazily, saved next to the snapshot and rebuilt after writes. With a filter, approximate search takes
+whichever path costs less by measured lines (`paths.py`): the filter's rows scanned exactly, or the graph
+walked with a beam widened as the filter narrows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,11 +35,13 @@ from lookalike.retrieval.stores.base import (
     normalize_filters,
     value_key,
 )
+from lookalike.retrieval.stores.paths import EXACT, INDEX, INDEX_THEN_EXACT, PathCosts
 
 SNAPSHOT = "store.npz"
-# A filter leaving at most this many rows is searched exactly even when HNSW is asked for: at 1M rows a 2%
-# filter (20k rows) scanned exactly in 3.4 ms, while the graph walk took 18.5 ms for recall@10 0.50.
-FULL_SCAN = 50_000
+# Approximate search with a filter: the two paths' costs as `benchmarks/scale.py --parts stores` fitted them
+# (see `EmbeddedStore._plan`). FILLED IN FROM THE BENCHMARK.
+COSTS = PathCosts(exact_ms=0.041, exact_ms_per_row=0.000116, index_ms=1.265, index_ms_per_unit=0.0070)
+BEAM_CAP = 4096  # the widest beam a filtered graph walk gets (FAISS's efSearch)
 
 
 @functools.cache
@@ -113,6 +117,9 @@ class EmbeddedStore(VectorStore):
         self._stat = None
         self._hnsw = None
         self._sub: dict = {}
+        self._subvecs: dict = {}
+        self.path_counts: Counter[str] = Counter()  # how approximate searches ran, per query (`_plan`)
+        self.index_path = "cost"  # "cost": filtered search takes the cheaper path; "always": the graph
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -149,6 +156,7 @@ class EmbeddedStore(VectorStore):
         self._fields = {f for m in meta for f in m}
         self._columns: dict[str, list] = {}
         self._sub = {}
+        self._subvecs = {}
         self._hnsw = None
 
     def _load(self) -> None:
@@ -294,17 +302,44 @@ class EmbeddedStore(VectorStore):
             mask &= np.fromiter((c is not None and not c.isdisjoint(want) for c in col), bool, len(col))
         return mask
 
-    def _subset(self, filters: dict[str, list]) -> tuple[np.ndarray, np.ndarray] | None:
-        """(row indices, their vectors) passing the filters, cached until the next write; None = all rows."""
+    @staticmethod
+    def _key(filters: dict[str, list]) -> str:
+        return json.dumps(sorted((f, sorted(map(value_key, v))) for f, v in filters.items()))
+
+    def _passing(self, filters: dict[str, list]) -> np.ndarray | None:
+        """Row indices passing the filters, cached until the next write; None = all rows."""
         if not filters:
             return None
-        key = json.dumps(sorted((f, sorted(map(value_key, v))) for f, v in filters.items()))
+        key = self._key(filters)
         if key not in self._sub:
-            rows = np.flatnonzero(self._mask(filters))
             if len(self._sub) >= 16:
                 self._sub.clear()
-            self._sub[key] = (rows, np.ascontiguousarray(self._vectors[rows]))
+            self._sub[key] = np.flatnonzero(self._mask(filters))
         return self._sub[key]
+
+    def _passing_vectors(self, filters: dict[str, list]) -> np.ndarray:
+        """The vectors of the rows passing the filters, contiguous for the exact scan; cached until the next
+        write, at most as many rows in all as the store holds (a filter's rows are ranked exactly when few)."""
+        key = self._key(filters)
+        if key not in self._subvecs:
+            rows = self._passing(filters)
+            if sum(len(v) for v in self._subvecs.values()) + len(rows) > len(self._ids):
+                self._subvecs.clear()
+            self._subvecs[key] = np.ascontiguousarray(self._vectors[rows])
+        return self._subvecs[key]
+
+    def _plan(self, passing: int, k: int) -> str:
+        """How an approximate search whose filters pass `passing` rows runs: `exact` or `index`, whichever
+        `COSTS` says is cheaper. The graph walk widens its beam (its cost) by rows / passing, up to BEAM_CAP;
+        `index_path = "always"` skips the choice (the benchmark measures both paths that way)."""
+        if self.index_path == "always":
+            return INDEX
+        return COSTS.choose(passing, self._index_units(passing, len(self._ids), k))
+
+    def _index_units(self, allowed: float, total: float, k: int) -> int:
+        """The walk's beam (FAISS's efSearch), its work: a selective filter leaves few allowed nodes on the
+        graph's paths, so the beam widens in proportion, up to BEAM_CAP."""
+        return int(min(max(self.ef_search, k) * total / max(allowed, 1), BEAM_CAP))
 
     def _graph(self):
         import faiss
@@ -337,15 +372,34 @@ class EmbeddedStore(VectorStore):
             self._sync()
             flt = normalize_filters(filters, self._fields)
             excluded = [self._row[i] for i in (exclude_ids or []) if i in self._row]
-            sub = self._subset(flt)
-            if not exact and self.index == "hnsw" and len(self._ids) and (sub is None or len(sub[0]) > FULL_SCAN):
-                return self._search_hnsw(q, k, None if sub is None else sub[0], excluded)
-            rows, vecs = (np.arange(len(self._ids)), self._vectors) if sub is None else sub
-            skip = np.flatnonzero(np.isin(rows, excluded)) if excluded else np.zeros(0, np.int64)
-            return [
-                [(str(self._ids[rows[j]]), float(s)) for j, s in zip(idx, sc)]
-                for idx, sc in exact_search(q, vecs, k, skip)
-            ]
+            rows = self._passing(flt)
+            if exact or self.index != "hnsw" or not len(self._ids):
+                return self._search_exact(q, k, flt, rows, excluded)
+            path = INDEX if rows is None else self._plan(len(rows), k)
+            if path == EXACT:
+                self.path_counts[EXACT] += len(q)
+                return self._search_exact(q, k, flt, rows, excluded)
+            hits = self._search_hnsw(q, k, rows, excluded)
+            # A filtered walk whose beam met fewer than k allowed rows: those queries are ranked exactly instead,
+            # so their answers are whole.
+            short = [i for i, h in enumerate(hits) if len(h) < k] if rows is not None else []
+            if short:
+                for i, h in zip(short, self._search_exact(q[short], k, flt, rows, excluded)):
+                    hits[i] = h
+                self.path_counts[INDEX_THEN_EXACT] += len(short)
+            if len(q) > len(short):
+                self.path_counts[INDEX] += len(q) - len(short)
+            return hits
+
+    def _search_exact(
+        self, q: np.ndarray, k: int, flt: dict[str, list], rows: np.ndarray | None, excluded: list[int]
+    ) -> list[list[tuple[str, float]]]:
+        """Every row that passes, scored: the ground truth."""
+        rows, vecs = (np.arange(len(self._ids)), self._vectors) if rows is None else (rows, self._passing_vectors(flt))
+        skip = np.flatnonzero(np.isin(rows, excluded)) if excluded else np.zeros(0, np.int64)
+        return [
+            [(str(self._ids[rows[j]]), float(s)) for j, s in zip(idx, sc)] for idx, sc in exact_search(q, vecs, k, skip)
+        ]
 
     def _search_hnsw(
         self, q: np.ndarray, k: int, allowed: np.ndarray | None, excluded: list[int]
@@ -364,8 +418,7 @@ class EmbeddedStore(VectorStore):
             bitmap = np.packbits(mask, bitorder="little")  # a bit per row: O(n/8) to build, O(1) a lookup
             selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))  # kept alive while searching
             params.sel = selector
-            # a selective filter leaves few allowed nodes on the graph's paths: widen the beam in proportion
-            params.efSearch = int(min(params.efSearch * len(mask) / max(int(mask.sum()), 1), 4096))
+            params.efSearch = self._index_units(int(mask.sum()), len(mask), k)
         scores, idx = graph.search(q, min(k, len(self._ids)), params=params)
         out = []
         for srow, irow in zip(scores, idx):

@@ -1,20 +1,23 @@
 """PostgreSQL + pgvector store: several API workers can share it, and it outgrows one process.
 
-One row per item (id, vector, metadata as JSONB), an HNSW index (inner product) and a GIN index on
-the metadata (a selective filter then ranks only its own rows). Exact search turns index scans off for
-its transaction so PostgreSQL scans every row that passes the filter: the same ground truth as the
-embedded store. Writes COPY (binary) into a temp table and merge with `ON CONFLICT DO UPDATE` in one
-transaction, rows locked in id order so concurrent writers cannot deadlock. A write that is a large
-share of the table, and a bulk `load`, drop the indexes and build them once over the loaded rows
-(pgvector builds HNSW far faster that way than row by row). Filter fields and values reach SQL only as
-parameters (JSONB containment), never as SQL text.
+One row per item (id, vector, metadata as JSONB, kept inline beside the vector), an HNSW index (inner
+product) and a GIN index on the metadata (a selective filter then ranks only its own rows). Exact search
+turns index scans off for its transaction so PostgreSQL scans every row that passes the filter: the same
+ground truth as the embedded store. Approximate search with a filter takes whichever path costs less by
+measured lines (`paths.py`): those rows ranked exactly, or an iterative HNSW walk on a budget. Writes COPY
+(binary) into a temp table and merge with `ON CONFLICT DO UPDATE` in one transaction, rows locked in id
+order so concurrent writers cannot deadlock. A write that is a large share of the table, and a bulk `load`,
+drop the indexes and build them once over the loaded rows (pgvector builds HNSW far faster that way than row
+by row). Filter fields and values reach SQL only as parameters (JSONB containment), never as SQL text.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
@@ -28,12 +31,13 @@ from lookalike.retrieval.stores.base import (
     check_queries,
     normalize_filters,
 )
+from lookalike.retrieval.stores.paths import EXACT, INDEX, INDEX_THEN_EXACT, PathCosts
 
 _TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 BULK = 5000  # upserts this large rebuild the HNSW index after loading, in the same transaction
-# Approximate search with a filter the planner expects to pass at most this many rows ranks them exactly:
-# at 1M rows a 2% filter (20k rows) gave HNSW recall@10 0.31-0.41 (iterative scans), exact 1.0 in ~0.27 s.
-EXACT_BELOW = 50_000
+# Approximate search with a filter: the two paths' costs as `benchmarks/scale.py --parts stores --sweep` fitted them
+# (see `PgVectorStore._plan`). FILLED IN FROM THE BENCHMARK.
+COSTS = PathCosts(exact_ms=0.047, exact_ms_per_row=0.00233, index_ms=0.0, index_ms_per_unit=0.0297)
 
 
 def _one_line(e: Exception) -> str:
@@ -79,6 +83,8 @@ class PgVectorStore(VectorStore):
         self.conninfo, self.ef_search = conninfo, ef_search
         self.maintenance_work_mem, self.build_workers = maintenance_work_mem, build_workers
         self.last_load: dict = {}  # timings of the last bulk load, for the CLI and benchmarks
+        self.path_counts: Counter[str] = Counter()  # how approximate searches ran, per query (`_plan`)
+        self.index_path = "cost"  # "cost": filtered search takes the cheaper path; "always": the index
         self._keepalive = keepalive  # a pgserver handle: the database lives as long as the store
         self._local = threading.local()
         self._conns: list = []
@@ -123,8 +129,17 @@ class PgVectorStore(VectorStore):
                         "embedding vector({}) NOT NULL, metadata jsonb NOT NULL)"
                     ).format(t, sql.Literal(self.dim))
                 )
-                # 512 floats just pass the TOAST threshold; kept inline, a scan need not fetch them from elsewhere
-                conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN embedding SET STORAGE PLAIN").format(t))
+                # 512 floats alone pass the TOAST threshold. Kept inline, a scan need not fetch them from elsewhere;
+                # and the metadata (MAIN: out of line only if the row would not fit a page) stays beside them, else
+                # every filter check, on either search path, fetches it from the TOAST table (an index lookup and
+                # another page per row). New rows only: an older table's rows move back inline when rewritten
+                # (VACUUM FULL).
+                conn.execute(
+                    sql.SQL(
+                        "ALTER TABLE {} ALTER COLUMN embedding SET STORAGE PLAIN, "
+                        "ALTER COLUMN metadata SET STORAGE MAIN"
+                    ).format(t)
+                )
                 conn.execute(
                     sql.SQL("CREATE TABLE IF NOT EXISTS {} (field text PRIMARY KEY)").format(self._sql["fields"])
                 )
@@ -371,49 +386,97 @@ class PgVectorStore(VectorStore):
         exact: bool = True,
         exclude_ids: list[str] | None = None,
     ) -> list[list[tuple[str, float]]]:
-        from psycopg import sql
-
         q = check_queries(queries, self.dim, k)
         if any(f not in self._field_cache for f in (filters or {})):
             self._field_cache = self._read_fields()
         flt = normalize_filters(filters, self._field_cache)
         where, params = self._where(flt, exclude_ids)
-        if not exact and flt and self._estimated_rows(flt) <= EXACT_BELOW:
-            exact = True  # a selective filter: its rows ranked exactly (GIN) beat an HNSW walk that finds few of them
-        # Exact: every row, ties by id, each distance computed once. Approximate: the HNSW index (it needs
-        # ORDER BY the distance expression itself); iterative scans keep filtered results full.
-        order = sql.SQL("ORDER BY 2 DESC, id LIMIT %(k)s" if exact else "ORDER BY embedding <#> %(q)s LIMIT %(k)s")
-        stmt = (
-            sql.SQL("SELECT id, (embedding <#> %(q)s) * -1 FROM {} ").format(self._sql["t"])
-            + where
-            + sql.SQL(" ")
-            + order
-        )
+        path, budget = (EXACT, None) if exact else self._plan(flt, k)
+        hits = self._run(path, where, params, q, k, budget)
+        # A filtered walk that ended (its budget spent, or pgvector's scan limits) before k rows passed met a
+        # filter whose rows lie away from the query: those queries are ranked exactly instead, so their answers
+        # are whole.
+        short = [i for i, h in enumerate(hits) if len(h) < k] if path == INDEX and flt else []
+        if short:
+            for i, h in zip(short, self._run(EXACT, where, params, q[short], k)):
+                hits[i] = h
+            self.path_counts[INDEX_THEN_EXACT] += len(short)
+        if len(q) > len(short):
+            self.path_counts[path] += len(q) - len(short)
+        return hits
+
+    def _run(
+        self, path: str, where, params: dict, q: np.ndarray, k: int, budget: int | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """The queries on one path, in one transaction whose settings pick it. Exact: every row that passes,
+        ties by id, each distance computed once, index scans off (the GIN index still finds the rows). Index:
+        HNSW with iterative scans (pgvector hands up rows nearest first until k pass), forced (the planner would
+        otherwise pick its own path: the choice is `_plan`'s, by measured cost); it needs ORDER BY the distance
+        expression, and its relaxed order is sorted here. With a `budget`, the walk hands up at most that many
+        rows (a subquery's LIMIT; the filter applies outside it)."""
+        from psycopg import sql
+
+        t = self._sql["t"]
+        if path == EXACT:
+            settings = "SELECT set_config('enable_indexscan', 'off', true)"
+            stmt = sql.SQL("SELECT id, (embedding <#> %(q)s) * -1 FROM {} {} ORDER BY 2 DESC, id LIMIT %(k)s")
+            stmt = stmt.format(t, where)
+        else:
+            settings = (
+                "SELECT set_config('hnsw.ef_search', %(ef)s, true), set_config('hnsw.iterative_scan', "
+                "'relaxed_order', true), set_config('enable_bitmapscan', 'off', true), "
+                "set_config('enable_seqscan', 'off', true)"
+            )
+            if budget is None:
+                stmt = sql.SQL(
+                    "SELECT id, (embedding <#> %(q)s) * -1 FROM {} {} ORDER BY embedding <#> %(q)s LIMIT %(k)s"
+                )
+                stmt = stmt.format(t, where)
+            else:
+                stmt = sql.SQL(
+                    "SELECT id, s FROM (SELECT id, metadata, (embedding <#> %(q)s) * -1 AS s FROM {} "
+                    "ORDER BY embedding <#> %(q)s LIMIT %(budget)s) c {} LIMIT %(k)s"
+                ).format(t, where)
         conn = self._conn()
         out = []
         with conn.transaction():
-            if exact:
-                conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
-            else:
-                conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(self.ef_search, k)),))
-                conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+            conn.execute(settings, {"ef": str(max(self.ef_search, k))})
             with conn.cursor(binary=True) as cur:
                 for v in q:
-                    rows = cur.execute(stmt, {**params, "q": v, "k": int(k)}).fetchall()
+                    rows = cur.execute(stmt, {**params, "q": v, "k": int(k), "budget": budget}).fetchall()
                     out.append(sorted(((r[0], float(r[1])) for r in rows), key=lambda h: (-h[1], h[0])))
         return out
 
-    def _estimated_rows(self, flt: dict[str, list]) -> float:
-        """The planner's estimate of the rows passing the filters (statistics; ~1 ms, nothing is scanned)."""
+    def _plan(self, flt: dict[str, list], k: int) -> tuple[str, int | None]:
+        """How an approximate search with these (normalized) filters runs, and the walk's budget: `exact`, or
+        `index` (no filter: always), whichever `COSTS` says is cheaper for the rows the planner expects to pass.
+        A walk may hand up as many rows as `COSTS` says an exact ranking would cost: more, and its filter passes
+        rows away from the query (a correlated filter: a brand, a category), so the walk stops and the rows are
+        ranked exactly (at most twice the exact cost, never a walk that runs on). `index_path = "always"`
+        skips the choice and the budget (the benchmark measures the walk on its own that way)."""
+        if not flt or self.index_path == "always":
+            return INDEX, None
+        passing, total = self._estimated_rows(flt)
+        if COSTS.choose(passing, self._index_units(passing, total, k)) == EXACT:
+            return EXACT, None
+        budget = COSTS.index_units_for(COSTS.exact(passing))
+        return INDEX, int(budget) if math.isfinite(budget) else None
+
+    def _index_units(self, passing: float, total: float, k: int) -> float:
+        """The index walk's work: the rows it hands up, nearest first, until k pass (~k × total / passing for
+        a filter independent of the vectors), at least its first batch (ef_search)."""
+        return max(self.ef_search, k, k * total / max(passing, 1.0))
+
+    def _estimated_rows(self, flt: dict[str, list]) -> tuple[float, float]:
+        """The planner's estimates of the rows passing the filters and of all rows (statistics; nothing is
+        scanned; one statement, its plan has both)."""
         from psycopg import sql
 
         where, params = self._where(flt, None)
-        plan = (
-            self._conn()
-            .execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} ").format(self._sql["t"]) + where, params)
-            .fetchone()[0]
-        )
-        return float(plan[0]["Plan"]["Plan Rows"])
+        stmt = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {} {} UNION ALL SELECT 1 FROM {}")
+        plan = self._conn().execute(stmt.format(self._sql["t"], where, self._sql["t"]), params).fetchone()[0]
+        passing, total = (float(p["Plan Rows"]) for p in plan[0]["Plan"]["Plans"])
+        return passing, total
 
     def close(self) -> None:
         with self._conns_lock:
