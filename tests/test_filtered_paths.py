@@ -175,6 +175,7 @@ def test_pgvector_walk_spends_at_most_what_exact_would_cost(pg, data, monkeypatc
     filtered cluster, the walk stops there, and the rows are ranked exactly (the same answer as exact search).
     A walk that may run on would have handed up rows until it reached the cluster."""
     monkeypatch.setattr(pgvector, "COSTS", UNIT)
+    pg.short_walks.clear()
     _, q = data
     own = {int(np.argmin(np.linalg.norm(CENTRES - v, axis=1))) for v in q}
     other = next(f"c{c}" for c in range(10) if c not in own)
@@ -184,6 +185,10 @@ def test_pgvector_walk_spends_at_most_what_exact_would_cost(pg, data, monkeypatc
     got = pg.search(q, 10, {"cluster": other}, exact=False)
     assert pg.path_counts[INDEX_THEN_EXACT] == len(q), dict(pg.path_counts)
     assert got == pg.search(q, 10, {"cluster": other})
+    # 12 walks of 12 ended short: the store now expects the next one to (12 / 13) and ranks this filter exactly
+    pg.path_counts.clear()
+    assert pg.search(q, 10, {"cluster": other}, exact=False) == got
+    assert dict(pg.path_counts) == {EXACT: len(q)}
     # the budgeted walk keeps the filter and the excluded ids
     pg.path_counts.clear()
     first = pg.search(q[:1], 10, {"tag": "50%"}, exact=False)[0]
@@ -191,3 +196,24 @@ def test_pgvector_walk_spends_at_most_what_exact_would_cost(pg, data, monkeypatc
     assert dict(pg.path_counts) == {INDEX: 2} and first[0][0] not in {i for i, _ in again} and len(again) == 10
     tagged = {it.id for it in data[0] if "50%" in it.metadata["tag"]}
     assert {i for i, _ in first + again} <= tagged
+
+
+def test_short_walks_price_the_walk_with_their_share():
+    """A filter none of whose walks ended short keeps its walk; one whose walks mostly did is ranked exactly: the
+    walk's expected cost counts the exact ranking that follows a short walk (and what the walk spent first)."""
+    from lookalike.retrieval.stores.paths import ShortWalks, filter_key
+
+    c = PathCosts(exact_ms=0.0, exact_ms_per_row=0.001, index_ms=5.0, index_ms_per_unit=0.0)
+    record, key = ShortWalks(size=2), filter_key({"brand": ["x"]})
+    assert record.share(key) == 0 and c.choose(10_000, 400, record.share(key)) == INDEX  # 10 ms against 5
+    record.add(key, 4, 0)
+    assert c.choose(10_000, 400, record.share(key)) == INDEX
+    record.add(key, 4, 4)  # 4 of 8 ended short: expected 4/9 × (5 + 10) + 5/9 × 5 = 9.4 ms against 10
+    assert c.choose(10_000, 400, record.share(key)) == INDEX
+    assert c.choose(10_000, 400, record.share(key), short_ms=10.0) == EXACT  # a walk on a budget of 10 ms: 11.7
+    record.add(key, 8, 8)
+    assert c.choose(10_000, 400, record.share(key)) == EXACT  # 12 of 16 (12 / 17 expected): 12.1 ms against 10
+    assert filter_key({"a": [1, "1"], "b": [True]}) == filter_key({"b": [True], "a": ["1", 1]})
+    record.add(filter_key({"a": ["1"]}), 1, 1)
+    record.add(filter_key({"b": ["1"]}), 1, 1)  # two filters kept: the oldest is forgotten
+    assert record.share(key) == 0

@@ -35,12 +35,12 @@ from lookalike.retrieval.stores.base import (
     normalize_filters,
     value_key,
 )
-from lookalike.retrieval.stores.paths import EXACT, INDEX, INDEX_THEN_EXACT, PathCosts
+from lookalike.retrieval.stores.paths import EXACT, INDEX, INDEX_THEN_EXACT, PathCosts, ShortWalks, filter_key
 
 SNAPSHOT = "store.npz"
 # Approximate search with a filter: the two paths' costs as `benchmarks/scale.py --parts stores` fitted them
 # (see `EmbeddedStore._plan`). FILLED IN FROM THE BENCHMARK.
-COSTS = PathCosts(exact_ms=0.041, exact_ms_per_row=0.000116, index_ms=1.265, index_ms_per_unit=0.0070)
+COSTS = PathCosts(exact_ms=0.075, exact_ms_per_row=0.0001117, index_ms=1.232, index_ms_per_unit=0.0052911)
 BEAM_CAP = 4096  # the widest beam a filtered graph walk gets (FAISS's efSearch)
 
 
@@ -120,6 +120,7 @@ class EmbeddedStore(VectorStore):
         self._subvecs: dict = {}
         self.path_counts: Counter[str] = Counter()  # how approximate searches ran, per query (`_plan`)
         self.index_path = "cost"  # "cost": filtered search takes the cheaper path; "always": the graph
+        self.short_walks = ShortWalks()  # per filter, its walks that ended short of k rows (`_plan`)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -302,15 +303,11 @@ class EmbeddedStore(VectorStore):
             mask &= np.fromiter((c is not None and not c.isdisjoint(want) for c in col), bool, len(col))
         return mask
 
-    @staticmethod
-    def _key(filters: dict[str, list]) -> str:
-        return json.dumps(sorted((f, sorted(map(value_key, v))) for f, v in filters.items()))
-
     def _passing(self, filters: dict[str, list]) -> np.ndarray | None:
         """Row indices passing the filters, cached until the next write; None = all rows."""
         if not filters:
             return None
-        key = self._key(filters)
+        key = filter_key(filters)
         if key not in self._sub:
             if len(self._sub) >= 16:
                 self._sub.clear()
@@ -320,7 +317,7 @@ class EmbeddedStore(VectorStore):
     def _passing_vectors(self, filters: dict[str, list]) -> np.ndarray:
         """The vectors of the rows passing the filters, contiguous for the exact scan; cached until the next
         write, at most as many rows in all as the store holds (a filter's rows are ranked exactly when few)."""
-        key = self._key(filters)
+        key = filter_key(filters)
         if key not in self._subvecs:
             rows = self._passing(filters)
             if sum(len(v) for v in self._subvecs.values()) + len(rows) > len(self._ids):
@@ -328,13 +325,15 @@ class EmbeddedStore(VectorStore):
             self._subvecs[key] = np.ascontiguousarray(self._vectors[rows])
         return self._subvecs[key]
 
-    def _plan(self, passing: int, k: int) -> str:
+    def _plan(self, flt: dict[str, list], passing: int, k: int) -> str:
         """How an approximate search whose filters pass `passing` rows runs: `exact` or `index`, whichever
-        `COSTS` says is cheaper. The graph walk widens its beam (its cost) by rows / passing, up to BEAM_CAP;
+        `COSTS` says is cheaper, the walk priced with the share of this filter's walks that ended short (each
+        then also ranked exactly). The graph walk widens its beam (its cost) by rows / passing, up to BEAM_CAP;
         `index_path = "always"` skips the choice (the benchmark measures both paths that way)."""
         if self.index_path == "always":
             return INDEX
-        return COSTS.choose(passing, self._index_units(passing, len(self._ids), k))
+        units = self._index_units(passing, len(self._ids), k)
+        return COSTS.choose(passing, units, self.short_walks.share(filter_key(flt)))
 
     def _index_units(self, allowed: float, total: float, k: int) -> int:
         """The walk's beam (FAISS's efSearch), its work: a selective filter leaves few allowed nodes on the
@@ -375,7 +374,7 @@ class EmbeddedStore(VectorStore):
             rows = self._passing(flt)
             if exact or self.index != "hnsw" or not len(self._ids):
                 return self._search_exact(q, k, flt, rows, excluded)
-            path = INDEX if rows is None else self._plan(len(rows), k)
+            path = INDEX if rows is None else self._plan(flt, len(rows), k)
             if path == EXACT:
                 self.path_counts[EXACT] += len(q)
                 return self._search_exact(q, k, flt, rows, excluded)
@@ -383,6 +382,8 @@ class EmbeddedStore(VectorStore):
             # A filtered walk whose beam met fewer than k allowed rows: those queries are ranked exactly instead,
             # so their answers are whole.
             short = [i for i, h in enumerate(hits) if len(h) < k] if rows is not None else []
+            if rows is not None and self.index_path != "always":
+                self.short_walks.add(filter_key(flt), len(q), len(short))
             if short:
                 for i, h in zip(short, self._search_exact(q[short], k, flt, rows, excluded)):
                     hits[i] = h

@@ -31,13 +31,13 @@ from lookalike.retrieval.stores.base import (
     check_queries,
     normalize_filters,
 )
-from lookalike.retrieval.stores.paths import EXACT, INDEX, INDEX_THEN_EXACT, PathCosts
+from lookalike.retrieval.stores.paths import EXACT, INDEX, INDEX_THEN_EXACT, PathCosts, ShortWalks, filter_key
 
 _TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 BULK = 5000  # upserts this large rebuild the HNSW index after loading, in the same transaction
 # Approximate search with a filter: the two paths' costs as `benchmarks/scale.py --parts stores --sweep` fitted them
 # (see `PgVectorStore._plan`). FILLED IN FROM THE BENCHMARK.
-COSTS = PathCosts(exact_ms=0.047, exact_ms_per_row=0.00233, index_ms=0.0, index_ms_per_unit=0.0297)
+COSTS = PathCosts(exact_ms=0.205, exact_ms_per_row=0.0018842, index_ms=0.0, index_ms_per_unit=0.016092)
 
 
 def _one_line(e: Exception) -> str:
@@ -85,6 +85,7 @@ class PgVectorStore(VectorStore):
         self.last_load: dict = {}  # timings of the last bulk load, for the CLI and benchmarks
         self.path_counts: Counter[str] = Counter()  # how approximate searches ran, per query (`_plan`)
         self.index_path = "cost"  # "cost": filtered search takes the cheaper path; "always": the index
+        self.short_walks = ShortWalks()  # per filter, its walks that ended short of k rows (`_plan`)
         self._keepalive = keepalive  # a pgserver handle: the database lives as long as the store
         self._local = threading.local()
         self._conns: list = []
@@ -397,6 +398,8 @@ class PgVectorStore(VectorStore):
         # filter whose rows lie away from the query: those queries are ranked exactly instead, so their answers
         # are whole.
         short = [i for i, h in enumerate(hits) if len(h) < k] if path == INDEX and flt else []
+        if budget is not None:
+            self.short_walks.add(filter_key(flt), len(q), len(short))
         if short:
             for i, h in zip(short, self._run(EXACT, where, params, q[short], k)):
                 hits[i] = h
@@ -452,14 +455,16 @@ class PgVectorStore(VectorStore):
         `index` (no filter: always), whichever `COSTS` says is cheaper for the rows the planner expects to pass.
         A walk may hand up as many rows as `COSTS` says an exact ranking would cost: more, and its filter passes
         rows away from the query (a correlated filter: a brand, a category), so the walk stops and the rows are
-        ranked exactly (at most twice the exact cost, never a walk that runs on). `index_path = "always"`
-        skips the choice and the budget (the benchmark measures the walk on its own that way)."""
+        ranked exactly (at most twice the exact cost, never a walk that runs on). The walk is priced with the
+        share of this filter's walks that ended so. `index_path = "always"` skips the choice and the budget (the
+        benchmark measures the walk on its own that way)."""
         if not flt or self.index_path == "always":
             return INDEX, None
         passing, total = self._estimated_rows(flt)
-        if COSTS.choose(passing, self._index_units(passing, total, k)) == EXACT:
+        exact_ms, short = COSTS.exact(passing), self.short_walks.share(filter_key(flt))
+        if COSTS.choose(passing, self._index_units(passing, total, k), short, short_ms=exact_ms) == EXACT:
             return EXACT, None
-        budget = COSTS.index_units_for(COSTS.exact(passing))
+        budget = COSTS.index_units_for(exact_ms)
         return INDEX, int(budget) if math.isfinite(budget) else None
 
     def _index_units(self, passing: float, total: float, k: int) -> float:
