@@ -72,6 +72,7 @@ def recall(approx: list[list], exact: list[np.ndarray], d: dict, q: np.ndarray) 
     duplicate of a true neighbour: the real catalogue has identical images) is a right answer, whichever of the
     tied rows each side kept. Both sides' scores are recomputed here in float64 (the stores rank in float32, so
     scores within 1e-6 of the k-th count as tied)."""
+    assert len(approx) == len(exact) == len(q), (len(approx), len(exact), len(q))
     if "row_of" not in d:
         d["row_of"] = {i: r for r, i in enumerate(d["ids"].tolist())}
     row_of, x = d["row_of"], d["vectors"]
@@ -314,7 +315,8 @@ def sweep(name: str, store, d: dict, q: np.ndarray, k: int, path_queries: int) -
             store.short_walks.clear()  # what the store learns of the filter's walks, it learns on the queries timed
             ms, got = timed(lambda v, f=flt: store.search(v, k, f, exact=False)[0], q)
             paths = {p: round(c / len(q), 3) for p, c in sorted(store.path_counts.items())}
-            sub = q[:: max(1, len(q) // path_queries)][:path_queries]  # spread over the queries: real ones too
+            picked = np.arange(len(q))[:: max(1, len(q) // path_queries)][:path_queries]  # real queries too
+            sub, sub_truth = q[picked], [truth[i] for i in picked]
             ex_ms, ex_got = timed(lambda v, f=flt: store.search(v, k, f)[0], sub)
             store.index_path = "always"
             store.path_counts.clear()
@@ -329,10 +331,10 @@ def sweep(name: str, store, d: dict, q: np.ndarray, k: int, path_queries: int) -
                 "path": paths,
                 "recall@10": round(recall(got, truth, d, q), 4),
                 **pct(ms),
-                "exact": {**pct(ex_ms), "recall@10": round(recall(ex_got, truth, d, sub), 4)},
+                "exact": {**pct(ex_ms), "recall@10": round(recall(ex_got, sub_truth, d, sub), 4)},
                 "index": {
                     **pct(ix_ms),
-                    "recall@10": round(recall(ix_got, truth, d, sub), 4),
+                    "recall@10": round(recall(ix_got, sub_truth, d, sub), 4),
                     "units": store._index_units(passing, n, k),
                     "ran_out": round(1 - ix_paths.get(INDEX, 0) / len(sub), 3),  # share ranked exactly after all
                 },

@@ -40,7 +40,7 @@ from lookalike.retrieval.stores.paths import EXACT, INDEX, INDEX_THEN_EXACT, Pat
 SNAPSHOT = "store.npz"
 # Approximate search with a filter: the two paths' costs as `benchmarks/scale.py --parts stores` fitted them
 # (see `EmbeddedStore._plan`). FILLED IN FROM THE BENCHMARK.
-COSTS = PathCosts(exact_ms=0.075, exact_ms_per_row=0.0001117, index_ms=1.232, index_ms_per_unit=0.0052911)
+COSTS = PathCosts(exact_ms=0.052, exact_ms_per_row=0.0001109, index_ms=0.878, index_ms_per_unit=0.0047518)
 BEAM_CAP = 4096  # the widest beam a filtered graph walk gets (FAISS's efSearch)
 
 

@@ -37,7 +37,7 @@ _TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 BULK = 5000  # upserts this large rebuild the HNSW index after loading, in the same transaction
 # Approximate search with a filter: the two paths' costs as `benchmarks/scale.py --parts stores --sweep` fitted them
 # (see `PgVectorStore._plan`). FILLED IN FROM THE BENCHMARK.
-COSTS = PathCosts(exact_ms=0.205, exact_ms_per_row=0.0018842, index_ms=0.0, index_ms_per_unit=0.016092)
+COSTS = PathCosts(exact_ms=0.44, exact_ms_per_row=0.0016173, index_ms=2.809, index_ms_per_unit=0.0078635)
 
 
 def _one_line(e: Exception) -> str:
