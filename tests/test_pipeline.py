@@ -207,6 +207,28 @@ def test_search_cli_json_text_image_and_product(trained, new_catalog, fashion_di
     assert "1163" not in [h["id"] for h in json.loads(capsys.readouterr().out)]
 
 
+def test_search_json_output_stays_json_when_an_image_fails(trained, fashion_dir, tmp_path, capsys):
+    """A product whose image cannot be decoded is skipped and said so on stderr; stdout holds the JSON alone."""
+    out, _cfg, _ = trained
+    rows = (fashion_dir / "styles.csv").read_text(encoding="utf-8").splitlines()
+    body = rows[1:9]
+    (tmp_path / "images").mkdir()
+    for r in body[1:]:
+        pid = r.split(",")[0]
+        shutil.copy(fashion_dir / "images" / f"{pid}.jpg", tmp_path / "images" / f"{pid}.jpg")
+    broken = body[0].split(",")[0]
+    (tmp_path / "images" / f"{broken}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG after all")
+    (tmp_path / "styles.csv").write_text("\n".join([rows[0], *body]) + "\n", encoding="utf-8")
+    query = '{"gender": "Men", "articleType": "Tshirts"}'
+    model = str(out / "checkpoints/best_model.pt")
+    argv = ["search", "--model", model, "--catalog", str(tmp_path), "--json", query, "-k", "7", "--format", "json"]
+    main([*argv, "--no-progress"])
+    captured = capsys.readouterr()
+    hits = json.loads(captured.out)
+    assert sorted(h["id"] for h in hits) == sorted(r.split(",")[0] for r in body[1:])
+    assert "skipped 1 products whose image failed" in captured.err
+
+
 def test_checkpoint_round_trip(trained):
     out, _, _ = trained
     model, payload = LookalikeModel.load(out / "checkpoints/best_model.pt")
