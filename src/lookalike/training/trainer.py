@@ -15,9 +15,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lookalike.config import TrainConfig
+from lookalike.errors import LookalikeError
 from lookalike.evaluation.evaluator import get_metric
 from lookalike.losses import InfoNCELoss
-from lookalike.model import LookalikeModel
+from lookalike.model import LookalikeModel, save_atomic
 from lookalike.training.relatedness import relatedness, value_information
 
 
@@ -97,7 +98,11 @@ def _train(
     best, best_epoch, start_epoch = -math.inf, -1, 0
     last = checkpoint_dir / "last.pt"
     if resume and last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        try:  # plain tensors, dicts, lists, numbers and strings: nothing in the file can run code
+            state = torch.load(last, map_location="cpu", weights_only=True)
+        except Exception as e:  # a foreign or tampered file, or one torch cannot read
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise LookalikeError(f"cannot resume from {last}: {first}") from None
         model.load_state_dict(state["state_dict"])
         losses.load_state_dict(state["losses"])
         opt.load_state_dict(state["optimizer"])
@@ -173,7 +178,7 @@ def _train(
                 **(checkpoint_extra or {}),
             )
         stale = epoch - best_epoch
-        torch.save(
+        save_atomic(
             {
                 "state_dict": model.state_dict(),
                 "losses": losses.state_dict(),
