@@ -104,6 +104,20 @@ def test_loads_and_encodes_shape_dtype(tiny, images, kind):
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_encoding_leaves_the_process_thread_count_alone(tiny, images, kind):
+    """torch's thread count is process-wide: an encoder running on its own count puts the caller's back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # a count no encoder here asks for
+    try:
+        enc = create_image_encoder("hf:" + tiny[kind]["dir"], threads=1)
+        assert torch.get_num_threads() == 3  # loading measured nothing on other threads either
+        enc.encode_images(images)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_preprocess_matches_hf_processor(tiny, images, kind):
     enc, processor = tiny[kind]["encoder"], tiny[kind]["processor"]
     ours = np.stack([enc.preprocess(im) for im in images])

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lookalike.encoders.base import ImageEncoder, freeze
+from lookalike.encoders.base import ImageEncoder, freeze, torch_threads
 from lookalike.encoders.registry import ModelSpec, register_family, register_model
 from lookalike.errors import LookalikeError
 
@@ -370,10 +370,8 @@ class HFClipImageEncoder(ImageEncoder):
     def forward(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
         pixels = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device, self._dtype)
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             if self.model_type == "clip_vision_model":
                 feats = self.model(pixel_values=pixels).image_embeds
             elif self.model_type == "siglip_vision_model":
@@ -539,10 +537,8 @@ class OpenClipImageEncoder(ImageEncoder):
     def forward(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
         pixels = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device, self._dtype)
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             feats = self.model.encode_image(pixels)
         return np.ascontiguousarray(feats.float().cpu().numpy(), dtype=np.float32)
 
