@@ -7,7 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from lookalike.cli.options import DEFAULT_CATALOG, add_run_options, require_checkpoint, run_config
+from lookalike.cli.options import (
+    CATALOG,
+    add_run_options,
+    default_data,
+    default_help,
+    require_checkpoint,
+    run_config,
+    with_catalog,
+)
 from lookalike.errors import LookalikeError
 
 
@@ -49,7 +57,8 @@ def cmd_search(args) -> None:
     require_checkpoint(args.model)
     from lookalike.retrieval.search import Searcher
 
-    s = Searcher.open(args.model, args.catalog, args.cache_dir, progress=not args.no_progress)
+    catalog = args.catalog or default_data(CATALOG, "--catalog")
+    s = Searcher.open(args.model, catalog, args.cache_dir, progress=not args.no_progress)
     unknown, ignored = {}, []
     if args.json is not None:
         raw = Path(args.json).read_text(encoding="utf-8") if Path(args.json).is_file() else args.json
@@ -166,9 +175,11 @@ def cmd_embed(args) -> None:
     from lookalike.encoders.embedding import cache_root, embed_catalogue, embedding_counts, image_encoder
     from lookalike.provenance import provenance
 
-    cfg = load_config(
-        args.config,
-        {"data.catalog": args.catalog, "encoder.cache_dir": args.cache_dir, "encoder.batch_size": args.batch_size},
+    cfg = with_catalog(
+        load_config(
+            args.config,
+            {"data.catalog": args.catalog, "encoder.cache_dir": args.cache_dir, "encoder.batch_size": args.batch_size},
+        )
     )
     ray = RayOptions.from_args(args, cfg.encoder.batch_size)
     cat = load_catalogue(
@@ -224,7 +235,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("search", help="attribute JSON, text, image or product id → top-K with scores")
     s.add_argument("--model", required=True)
-    s.add_argument("--catalog", default=DEFAULT_CATALOG)
+    s.add_argument("--catalog", help=f"catalogue directory or file ({default_help(CATALOG)})")
     s.add_argument("--json", help="attribute JSON (a file or a JSON string)")
     s.add_argument("--text")
     s.add_argument("--image", help="image file")
@@ -261,10 +272,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--catalog",
         "--data",
         dest="catalog",
-        default=DEFAULT_CATALOG,
-        help=f"catalogue directory or file (default {DEFAULT_CATALOG})",
+        help=f"catalogue directory or file ({default_help(CATALOG)})",
     )
-    em.add_argument("--config", help="JSON run config: its encoder section says which frozen encoder and cache")
+    em.add_argument(
+        "--config",
+        help="JSON run config (a file or a shipped config's name): its encoder section says which frozen encoder "
+        "and cache",
+    )
     em.add_argument("--schema", help="JSON schema of a CSV/JSONL catalogue")
     em.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike or $LOOKALIKE_CACHE)")
     em.add_argument("--report", help="also write the counts, config and versions to this JSON file")

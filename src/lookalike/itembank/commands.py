@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 from lookalike.cli import group
+from lookalike.cli.options import ITEM_BANK, default_data, default_help
 from lookalike.errors import LookalikeError
 
-DEFAULT_DATA = "../shared/data/kmwp/train.csv"
 ITEMBANK_HELP = "exam item bank: similar-question search, ground truth, study, latency"
 
 
 def add_bank_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=DEFAULT_DATA, help=f"item bank CSV / JSONL (default {DEFAULT_DATA})")
+    p.add_argument("--data", help=f"item bank CSV / JSONL ({default_help(ITEM_BANK)})")
     p.add_argument(
         "--preset",
         choices=["kmwp", "none"],
@@ -52,10 +52,15 @@ def bank_schema(args: argparse.Namespace):
     return ItemBankSchema(**base)
 
 
+def bank_path(args: argparse.Namespace) -> str:
+    """--data, else the default item bank (the error names --data when that is not there either)."""
+    return args.data or default_data(ITEM_BANK, "--data")
+
+
 def load_bank(args: argparse.Namespace):
     from lookalike.itembank.loading import ItemBank, load_item_bank
 
-    bank = load_item_bank(args.data, bank_schema(args))
+    bank = load_item_bank(bank_path(args), bank_schema(args))
     if args.limit and args.limit < len(bank):
         import numpy as np
 
@@ -76,7 +81,7 @@ def cmd_search(args) -> None:
     if args.id is not None:
         by_id = {it.id: it for it in bank.items}
         if args.id not in by_id:
-            raise LookalikeError(f"no item with id {args.id!r} in {args.data}")
+            raise LookalikeError(f"no item with id {args.id!r} in {bank.report.source}")
         text = by_id[args.id].text
     s = ItemSearcher(
         bank,

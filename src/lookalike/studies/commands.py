@@ -13,7 +13,7 @@ from lookalike.classify.commands import validated
 from lookalike.cli import group
 from lookalike.cli.options import add_run_options, run_config
 from lookalike.errors import LookalikeError
-from lookalike.itembank.commands import ITEMBANK_HELP, add_bank_options, bank_schema, load_bank
+from lookalike.itembank.commands import ITEMBANK_HELP, add_bank_options, bank_path, bank_schema, load_bank
 
 
 def _cold(args):
@@ -188,7 +188,7 @@ def study_config(args):
     raw = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
     out = Path(args.out or raw.get("out_dir", "runs/itembank-study"))
     flags = {
-        "data": args.data,
+        "data": args.data or raw.get("data") or bank_path(args),
         "schema": bank_schema(args).model_dump(),
         "preset": None,
         "limit": args.limit,
@@ -267,7 +267,7 @@ def cmd_build_gt(args) -> None:
     judge = judge_config(args, out)
     cfg = study_config_from(
         {
-            "data": args.data,
+            "data": bank_path(args),
             "schema": bank_schema(args).model_dump(),
             "preset": None,
             "limit": args.limit,
