@@ -1,5 +1,6 @@
 """The CLI's contract with its users: one-line errors with exit code 2, no traceback, --help everywhere."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -132,3 +133,29 @@ def test_a_missing_default_data_folder_names_the_flag_to_give(argv, flag, name, 
         f"lookalike: error: {flag} not given and the default {tmp_path / 'no-data-here' / name} does not exist: "
         f"give {flag} PATH (or set LOOKALIKE_DATA to the folder that holds {name})"
     )
+
+
+def test_auth_add_prints_the_token_alone_on_stdout(tmp_path, capsys):
+    """TOKEN=$(lookalike auth add ...) gets the token; the human lines go to stderr, and -q silences them."""
+    tokens = tmp_path / "tokens.json"
+    main(["auth", "add", "--scope", "write", "--file", str(tokens), "--name", "importer"])
+    out = capsys.readouterr()
+    (token,) = out.out.splitlines()
+    assert len(token) >= 40 and " " not in token
+    assert "added token" in out.err and "shown this once" in out.err
+    main(["-q", "auth", "add", "--scope", "read", "--file", str(tokens)])
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 1 and out.err == ""
+
+
+def test_catalog_ingest_prints_its_report_alone_on_stdout(tmp_path, capsys):
+    """Its JSON report is the result (stdout); the load summary and the embedding counts are notes (stderr)."""
+    from service_fixtures import trained
+
+    t = trained()
+    argv = ["catalog", "ingest", "--model", t["checkpoint"], "--catalog", str(t["catalog"]), "--no-progress"]
+    main([*argv, "--store", f"embedded://{tmp_path / 'store'}"])
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    assert report["ingested"] == report["store_size"] == len(t["rows"]) and report["embedding"]["images_skipped"] == 0
+    assert "loaded" in out.err and "cache hits" in out.err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from lookalike.cli.options import (
     with_catalog,
 )
 from lookalike.errors import LookalikeError
+
+logger = logging.getLogger(__name__)
 
 
 def cmd_train(args) -> None:
@@ -47,7 +50,7 @@ def cmd_evaluate(args) -> None:
     )
     for k, v in ev["headline"].items():
         print(f"  {k:<45} {v:.4f}")
-    print(f"wrote {Path(args.out) / 'evaluation.json'} and TREC runs/qrels in {args.out}")
+    logger.info(f"wrote {Path(args.out) / 'evaluation.json'} and TREC runs/qrels in {args.out}")
 
 
 def cmd_search(args) -> None:
@@ -74,9 +77,9 @@ def cmd_search(args) -> None:
     else:
         hits = s.by_product(args.product, args.k)
     if unknown:
-        print(f"note: values unseen in training were searched as unknown: {unknown}", file=sys.stderr)
+        logger.warning(f"note: values unseen in training were searched as unknown: {unknown}")
     if ignored:
-        print(f"note: fields the model does not use were ignored: {ignored}", file=sys.stderr)
+        logger.warning(f"note: fields the model does not use were ignored: {ignored}")
     if args.format == "json":
         print(json.dumps([h.__dict__ for h in hits], ensure_ascii=False, indent=1))
     else:
@@ -127,7 +130,7 @@ def cmd_centrality(args) -> None:
             f"Spearman rank correlation centrality vs sales: {rep['sales']['spearman_rho']:.4f} "
             f"(p={rep['sales']['p_value']:.3g}, n={rep['sales']['n']})"
         )
-    print(f"wrote {out / 'centrality.json'} and {out / 'centrality.csv'}")
+    logger.info(f"wrote {out / 'centrality.json'} and {out / 'centrality.csv'}")
 
 
 def _read_sales(path: Path) -> dict[str, float]:
@@ -185,7 +188,7 @@ def cmd_embed(args) -> None:
     cat = load_catalogue(
         cfg.data.catalog, read_schema(Path(args.schema)) if args.schema else cfg.data.schema_, cfg.data.format
     )
-    print(cat.report.summary())
+    logger.info(cat.report.summary())
     emb = embed_catalogue(cat, cfg, progress=not args.no_progress, texts=False, ray=ray)
     t = emb.timings
     failed = len(cat) - len(emb.products)
@@ -206,7 +209,7 @@ def cmd_embed(args) -> None:
         }
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
-        print(f"wrote {args.report}")
+        logger.info(f"wrote {args.report}")
 
 
 def cmd_models(args) -> None:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 from pathlib import Path
 
 from lookalike.cli import group
 from lookalike.cli.options import ITEM_BANK, default_data, default_help
 from lookalike.errors import LookalikeError
 
+logger = logging.getLogger(__name__)
 ITEMBANK_HELP = "exam item bank: similar-question search, ground truth, study, latency"
 
 
@@ -67,7 +68,7 @@ def load_bank(args: argparse.Namespace):
         keep = np.sort(np.random.default_rng(args.seed).choice(len(bank), args.limit, replace=False))
         bank = ItemBank([bank.items[i] for i in keep], bank.schema, bank.report)
     if bank.report.skipped:
-        print(bank.report.summary(), file=sys.stderr)
+        logger.warning(bank.report.summary())
     return bank
 
 
@@ -145,7 +146,7 @@ def cmd_bench(args) -> None:
             f"top-{args.k} on 100 queries: identical on {res['store_matches_exact_top_k']:.0%}, recall@{args.k} "
             f"{res['store_recall_at_k_vs_exact']:.4f}"
         )
-    print(f"wrote {out / 'bench.json'}")
+    logger.info(f"wrote {out / 'bench.json'}")
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:

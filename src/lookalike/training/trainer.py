@@ -3,6 +3,7 @@ retrieval metric over the whole validation gallery, best/last checkpoints and ex
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -20,6 +21,8 @@ from lookalike.evaluation.evaluator import get_metric
 from lookalike.losses import InfoNCELoss
 from lookalike.model import LookalikeModel, save_atomic
 from lookalike.training.relatedness import relatedness, value_information
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -197,5 +200,5 @@ def _train(
             f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {row['loss']:.4f}  {cfg.val_metric} {metric:.4f}"
             f"{' *' if improved else '  '}  t={row['temperature']:.3f}  {row['elapsed_s']:.0f}s"
         )
-        tqdm.write(msg)
+        logger.info(msg)
     return history
