@@ -17,8 +17,9 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    # No default: where a machine keeps its data is the caller's to say (the CLI's --catalog and its default).
-    catalog: str | None = Field(None, description="catalogue directory or file")
+    # The catalogue directory or file. No default: where a machine keeps its data is the caller's to say (the
+    # CLI's --catalog, and its default in lookalike.cli.options).
+    catalog: str | None = None
     format: Literal["auto", "table", "kfashion", "synthetic"] = "auto"
     schema_: CatalogueSchema | None = Field(None, alias="schema")
     limit: int | None = Field(None, ge=1, description="use only the first N products (stratified subsample)")
