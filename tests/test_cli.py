@@ -1,6 +1,7 @@
 """The CLI's contract with its users: one-line errors with exit code 2, no traceback, --help everywhere."""
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -159,3 +160,11 @@ def test_catalog_ingest_prints_its_report_alone_on_stdout(tmp_path, capsys):
     report = json.loads(out.out)
     assert report["ingested"] == report["store_size"] == len(t["rows"]) and report["embedding"]["images_skipped"] == 0
     assert "loaded" in out.err and "cache hits" in out.err
+
+
+def test_the_library_s_records_still_reach_the_root_logger_after_a_command(caplog):
+    """A host calling main() (here pytest) keeps seeing lookalike's log records through its own handlers."""
+    main(["models"])
+    with caplog.at_level(logging.INFO, "lookalike"):
+        logging.getLogger("lookalike.uploads").info("swept 0 temp files")
+    assert "swept 0 temp files" in caplog.text

@@ -65,7 +65,9 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     root = logging.getLogger("lookalike")
     root.handlers[:] = [handler]
     root.setLevel(level)
-    root.propagate = False
+    # Records still reach the root logger's handlers: none in the CLI's process (so no line twice), but a
+    # host that calls main() keeps its own (pytest's caplog sees lookalike's records after any command ran).
+    root.propagate = True
 
 
 def main(argv: list[str] | None = None) -> None:
