@@ -2,6 +2,7 @@
 
 import csv
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -12,8 +13,11 @@ from lookalike.evaluation.centrality import anchor_mask, centrality_report, cent
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def test_sanity_check_passes_and_writes_its_log(tmp_path, capsys):
+def test_sanity_check_passes_and_writes_its_log(tmp_path, capsys, monkeypatch):
     out = tmp_path / "temp_logs/sanity_check_results.json"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the run's own temp folders go
     main(
         [
             "sanity-check",
@@ -33,6 +37,7 @@ def test_sanity_check_passes_and_writes_its_log(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["status"] == "PASS" and len(res["checks"]) >= 9
     assert all(c["pass"] for c in res["checks"].values())
+    assert not list(scratch.glob("lookalike-sanity-*"))  # its checkpoints folder went with the run
 
 
 def test_centrality_math():

@@ -192,3 +192,17 @@ def test_cross_encoder_scores_pairs_and_rerank_reorders_only_the_top(models):
     new_idx, new_sc = rerank((idx, np.array([[4.0, 3, 2, 1]])), [TEXTS[0]], TEXTS, ce, depth=3)
     assert new_idx[0, :3].tolist() == np.argsort(-s[:3], kind="stable").tolist() and new_idx[0, 3] == 3
     assert (np.diff(new_sc[0]) <= 0).all()
+
+
+def test_text_encoders_and_reranker_leave_the_process_thread_count_alone(models):
+    """torch's thread count is process-wide: a model given its own count puts the caller's back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # a count no model here asks for
+    try:
+        for name in (f"hf-clip-text:{models['clip']}", f"qwen3-vl:{models['qwen3vl']}"):
+            create_item_text_encoder(name, threads=1).encode(TEXTS)
+            assert torch.get_num_threads() == 3, name
+        HFCrossEncoder(str(models["cross"]), threads=1).score(TEXTS[0], TEXTS)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
