@@ -9,7 +9,7 @@ import pytest
 from lookalike.cli import main
 from lookalike.evaluation.centrality import anchor_mask, centrality_report, centrality_scores
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def test_sanity_check_passes_and_writes_its_log(tmp_path, capsys):

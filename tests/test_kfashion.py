@@ -8,12 +8,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import SHARED
 
 from lookalike.catalogue.kfashion import load_kfashion
 from lookalike.errors import LookalikeError
 
-# ../shared/data/kfashion-samples from the repository root, found as conftest finds ../shared/data.
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kfashion-samples"
+SAMPLES = SHARED / "kfashion-samples"  # ../shared/data/kfashion-samples from the repository root
 IDS = ("100026", "1070263", "1092253")
 
 

@@ -205,6 +205,7 @@ def _serve(argv: list[str], cwd: Path, log: Path) -> tuple[subprocess.Popen, str
             time.sleep(0.2)
 
 
+@pytest.mark.slow  # a served model
 def test_readme_commands_run_on_the_shipped_data(sandbox, monkeypatch):
     monkeypatch.chdir(sandbox)
     env: dict[str, str] = {}

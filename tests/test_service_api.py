@@ -23,7 +23,7 @@ from PIL import Image
 from service_fixtures import ingest, make_app, trained
 from store_servers import pg_url, pgdata
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from scipy.stats import ttest_rel, wilcoxon
 
 from lookalike.cli import main
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 # The temperature study's test (test_commands.py) embeds the same 200 products at the same size: one cache.
 SMALL = ["--limit", "200", "--epochs", "1", "--batch-size", "64", "--image-size", "64", "48", "--no-progress"]
