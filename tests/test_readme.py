@@ -50,8 +50,8 @@ NOT_RUN = {
     "lookalike embed --catalog /shared/photos --engine ray --address head-node:6379": "a Ray cluster's address",
     "lookalike catalog ingest --model $M --catalog /shared/photos --engine ray": "a Ray cluster and a database host",
     "lookalike serve --model $M --store postgresql://lookalike@db-host": "a database host; binds every interface",
-    "lookalike finetune-classifier": "embeds all 11,815 smile images (minutes); tests/test_classify_finetune.py runs "
-    "it on a subset",
+    "lookalike finetune-classifier": "embeds all 11,815 smile images, then trains; tests/test_classify_finetune.py "
+    "runs it on a subset",
     "lookalike ab": "needs the fine-tuned model of the line above; tests/test_classify_finetune.py runs it",
     "lookalike itembank study": "the whole item-bank study (an LLM judge URL); tests/test_itembank_study.py runs it",
     "lookalike itembank search": "embeds the whole KMWP bank (2,538 problems, ~12 s of CPU); "
