@@ -11,7 +11,11 @@ from lookalike.errors import LookalikeError
 from lookalike.studies.classifier_ab import ABConfig, run_ab
 from lookalike.training.classifier import FinetuneConfig, finetune
 
-pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 @pytest.fixture(scope="module")

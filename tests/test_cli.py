@@ -30,7 +30,8 @@ from lookalike.errors import LookalikeError
         ),
     ],
 )
-def test_user_errors_are_one_line_and_exit_2(argv, message, capsys):
+def test_user_errors_are_one_line_and_exit_2(argv, message, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # train writes runs/default/config.json before the PCA fails: not into the checkout
     with pytest.raises(SystemExit) as e:
         main(argv)
     err = capsys.readouterr().err.strip().splitlines()

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from lookalike.encoders.hf_text import create_item_text_encoder  # noqa: E402
-from lookalike.errors import LookalikeError  # noqa: E402
-from lookalike.retrieval.rerank.cross_encoder import HFCrossEncoder, create_reranker, rerank  # noqa: E402
+from lookalike.encoders.hf_text import create_item_text_encoder
+from lookalike.errors import LookalikeError
+from lookalike.retrieval.rerank.cross_encoder import HFCrossEncoder, create_reranker, rerank
 
 TEXTS = ["사과 3개와 배 2개", "정사각형의 둘레를 구하시오", "몇 개입니까", "사과"]
 CHAT = (
@@ -161,7 +160,7 @@ def test_qwen3_vl_embedding_is_last_token_of_chat_formatted_input(models):
 
 
 def test_wrong_directories_are_named(models, tmp_path):
-    with pytest.raises(LookalikeError, match="no config.json"):
+    with pytest.raises(LookalikeError, match=r"no config\.json"):
         create_item_text_encoder(f"qwen3-vl:{tmp_path}")
     with pytest.raises(LookalikeError, match="not qwen3_vl"):
         create_item_text_encoder(f"qwen3-vl:{models['clip']}")
@@ -175,7 +174,7 @@ def test_wrong_directories_are_named(models, tmp_path):
             vocab_size=n, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37
         )
     ).save_pretrained(bare)
-    with pytest.raises(LookalikeError, match="weights missing.*classifier"):
+    with pytest.raises(LookalikeError, match=r"weights missing.*classifier"):
         HFCrossEncoder(str(bare))
 
 

@@ -16,7 +16,7 @@ from lookalike.model import LookalikeModel
 from lookalike.pipeline import run_main
 from lookalike.retrieval.search import Searcher
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from lookalike.encoders.embedder import embed_images
 from lookalike.encoders.registry import image_encoder_for
 from lookalike.errors import LookalikeError
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")]
 
 SMALL = EncoderConfig(image_size=(64, 48))  # ONNX Runtime, as by default; small images keep the test cheap
 
