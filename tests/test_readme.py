@@ -245,7 +245,7 @@ def test_readme_commands_run_on_the_shipped_data(sandbox, monkeypatch):
                     failures.append(f"{where}\n  exit {code}: {err[-500:]}")
                 if argv[1:3] == ["auth", "add"] and not code:
                     env["TOKEN"] = out.strip().splitlines()[-1]
-                    env["TOKEN_ID"] = re.search(r"added token (\S+)", out).group(1)
+                    env["TOKEN_ID"] = re.search(r"added token (\S+)", err).group(1)  # a human line: stderr
             ran.append(" ".join(argv))
     finally:
         for proc in servers:
