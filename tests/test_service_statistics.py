@@ -86,7 +86,9 @@ def test_metrics_and_kpi_after_a_write_read_no_row_and_the_statistics_catch_up(b
     wait_for(lambda: svc.stats.latest.version == svc.store.version(), "the statistics of the new version")
     assert ("items", "catalogue-stats") in spy.calls and spy.outside_the_statistics_thread() == []
     s = svc.stats.latest
-    assert old in s.new_ids and old not in s.established_ids and gone not in s.new_ids | set(s.established_ids)
+    assert s.count_new([old]) == 1 and old not in s.central_ids
+    assert s.count_new([gone]) == 0 and gone not in s.central_ids
+    assert s.n_established == kpi["catalogue"]["established"] and len(s.new_ids) == kpi["catalogue"]["new"]
     after = c.get("/api/kpi").json()["statistics"]
     assert after["store_version"] == after["current_version"] == svc.store.version() and not after["pending"]
     body = c.post("/api/recommend/top10_to_new", data={"k": 2, "limit": 3}).json()
@@ -96,14 +98,32 @@ def test_metrics_and_kpi_after_a_write_read_no_row_and_the_statistics_catch_up(b
     svc.close()
 
 
+@pytest.mark.parametrize("backend", ["embedded", "pgvector"])
+def test_a_large_catalogue_has_its_statistics_computed_by_a_child_process(backend, tmp_path, monkeypatch):
+    url = f"embedded://{tmp_path}/store" if backend == "embedded" else pg_url("child")
+    ingest(url)
+    app = make_app(url, tmp_path, stats_subprocess_from=0)  # every catalogue counts as large
+    svc, c = app.state.service, TestClient(app)
+    spy = ReadSpy(monkeypatch, type(svc.store))
+    first = svc.stats.latest
+    kpi = c.get("/api/kpi").json()
+    assert kpi["catalogue"]["new"] == len(first.new_ids) and kpi["embedding_health"]["catalogue"]["unit_norm_ok"]
+    pid = first.central_ids[0]
+    assert c.delete(f"/api/items/{pid}").status_code == 200
+    wait_for(lambda: svc.stats.latest.version == svc.store.version(), "the statistics of the new version")
+    assert pid not in svc.stats.latest.central_ids and svc.stats.latest.n_established == first.n_established - 1
+    assert spy.calls == []  # this process read no row: the child did
+    svc.close()
+
+
 def test_before_the_first_statistics_endpoints_answer_honestly(store, tmp_path, monkeypatch):
     import lookalike.recommend.statistics as statistics
 
     gate, compute = threading.Event(), statistics.compute_statistics
 
-    def held(store, health=True):  # the first computation takes as long as the test wants
+    def held(store, **options):  # the first computation takes as long as the test wants
         gate.wait(60)
-        return compute(store, health)
+        return compute(store, **options)
 
     monkeypatch.setattr(statistics, "compute_statistics", held)
     app = make_app(store, tmp_path, ready=False)

@@ -21,13 +21,15 @@ from lookalike.retrieval.stores import StoreItem, VectorStore
 RESERVED = {"is_new", "name", "image", "sales"}
 
 
-def report_fields(enc: QueryEncoder, colour_field: str | None = None) -> tuple[str | None, str | None]:
-    """The category and colour fields the recommenders report on (and the store counts): the checkpoint's
-    category field, and `colour_field` or else baseColour where the model knows it."""
+def report_fields(
+    enc: QueryEncoder, colour_field: str | None = None, category_field: str | None = None
+) -> tuple[str | None, str | None]:
+    """The category and colour fields the recommenders report on (and the store counts): `category_field` or
+    else the checkpoint's category field, and `colour_field` or else baseColour where the model knows it."""
     schema = enc.schema
     fields = schema.fields if schema else enc.model.vocab.fields
     colour = colour_field or ("baseColour" if "baseColour" in fields else None)
-    return (schema.category_field if schema else None), colour
+    return category_field or (schema.category_field if schema else None), colour
 
 
 def product_metadata(p: Product, rule: NewRule) -> dict:

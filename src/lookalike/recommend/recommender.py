@@ -155,18 +155,17 @@ class Recommender:
         `stats` (default: the latest) may describe an earlier store version: a product deleted since, or new
         since, is passed over (each candidate is looked up), so every one returned is stored and established."""
         s = stats or self.statistics.get()
-        ids, scores = s.established_ids, s.centrality
-        if len(ids) == 0:
+        if s.n_established == 0:
             raise LookalikeError("the catalogue has no established (non-new) products to take best sellers from")
-        n_anchor = max(1, round(len(ids) * fraction))
-        order = np.lexsort((np.arange(len(ids)), -scores))[:n_anchor]  # ties by id (ids are in id order)
+        n_anchor = max(1, round(s.n_established * fraction))
+        ids = s.central_ids[:n_anchor]  # most central first, ties by id
         out: list[tuple[str, float]] = []
         want = min(n_anchor, limit)
-        for start in range(0, len(order), 2 * want):
-            chunk = order[start : start + 2 * want]
-            for j, it in zip(chunk, self.store.get_many([ids[j] for j in chunk])):
+        for start in range(0, len(ids), 2 * want):
+            chunk = ids[start : start + 2 * want]
+            for j, it in enumerate(self.store.get_many(chunk), start):
                 if it is not None and it.metadata.get(FLAG) is not True:
-                    out.append((ids[j], float(scores[j])))
+                    out.append((ids[j], float(s.central_scores[j])))
             if len(out) >= want:
                 break
         return out[:want], n_anchor

@@ -9,13 +9,18 @@ computed per store version (`store.version()` moves with every write, whichever 
   notebook: the caller waits, as it asked for them);
 - `BackgroundStatistics` (the service) computes them in a thread of its own that watches the version, so
   no request ever does; a request takes the latest result, which says the version it describes, and
-  before the first result there is none (`StatisticsPending`).
+  before the first result there is none (`StatisticsPending`). From `subprocess_from` products on, the
+  thread has a child process compute them: reading every row holds the interpreter lock for seconds
+  at a time (one `json.loads` of all metadata, psycopg building a million rows), which would stall
+  the requests of the serving process, and the child's gigabytes go back when it exits.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import multiprocessing
+import os
 import threading
 import time
 import weakref
@@ -26,10 +31,11 @@ import numpy as np
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.centrality import centrality_scores
 from lookalike.evaluation.evaluator import embedding_health
-from lookalike.retrieval.stores import VectorStore
+from lookalike.retrieval.stores import VectorStore, open_store
 
 log = logging.getLogger(__name__)
 FLAG = "is_new"
+CENTRAL = 2000  # most central established products the service keeps (top10_to_new lists at most 200)
 
 
 class StatisticsPending(LookalikeError):
@@ -43,10 +49,19 @@ class CatalogueStatistics:
     version: int  # the store version the statistics describe (read before the rows: never newer than them)
     computed_at: float  # time.time() when the computation finished
     seconds: float  # how long it took
-    established_ids: list[str]  # id order
-    centrality: np.ndarray  # of each established product, in established_ids order
-    new_ids: frozenset[str]
+    n_established: int
+    central_ids: list[str]  # the most central established products, most central first, ties by id
+    central_scores: np.ndarray  # their centrality
+    new_ids: np.ndarray  # the new products' ids, sorted (one buffer: cheap to hand over from a child process)
     health: dict | None  # embedding_health of every stored vector ({} below two products; None: not asked for)
+
+    def count_new(self, ids: list[str]) -> int:
+        """How many of `ids` (distinct) are new products."""
+        if not ids or not len(self.new_ids):
+            return 0
+        q = np.array(ids, dtype=str)
+        at = np.searchsorted(self.new_ids, q).clip(0, len(self.new_ids) - 1)
+        return int((self.new_ids[at] == q).sum())
 
     def describe(self) -> dict:
         """What a response says about the statistics it used."""
@@ -57,23 +72,63 @@ class CatalogueStatistics:
         }
 
 
-def compute_statistics(store: VectorStore, health: bool = True) -> CatalogueStatistics:
-    """Every row read once: centrality of the established products, the new-id set, embedding health (its
-    variance pass holds another copy of the vectors: the on-demand statistics of a script skip it)."""
+def compute_statistics(store: VectorStore, health: bool = True, central: int | None = None) -> CatalogueStatistics:
+    """Every row read once: centrality of the established products (the `central` most central kept; None:
+    all), the new-id set, embedding health (its variance pass holds another copy of the vectors: the
+    on-demand statistics of a script skip it)."""
     version = store.version()  # first: a write landing during the read moves it, and the next refresh sees that
     t = time.perf_counter()
     ids, vectors, metadata = store.items()
     new = np.fromiter((m.get(FLAG) is True for m in metadata), bool, len(metadata))
     old = np.flatnonzero(~new)
+    scores = centrality_scores(vectors[old]) if len(old) else np.zeros(0, np.float32)
+    order = np.lexsort((old, -scores))[:central]  # ties by id (rows are in id order)
     return CatalogueStatistics(
         version=version,
         computed_at=time.time(),
         seconds=time.perf_counter() - t,
-        established_ids=[ids[j] for j in old],
-        centrality=centrality_scores(vectors[old]) if len(old) else np.zeros(0, np.float32),
-        new_ids=frozenset(ids[j] for j in np.flatnonzero(new)),
+        n_established=len(old),
+        central_ids=[ids[old[j]] for j in order],
+        central_scores=np.asarray(scores[order], np.float32),
+        new_ids=np.array(sorted(ids[j] for j in np.flatnonzero(new)), dtype=str),
         health=(embedding_health(vectors) if len(ids) > 1 else {}) if health else None,
     )
+
+
+def _child(url: str, central: int, conn) -> None:
+    """A child process's computation, on its own handle of the store, at a lower CPU priority than the
+    requests the serving process answers meanwhile."""
+    try:
+        os.nice(10)
+        store = open_store(url)
+        try:
+            conn.send(("ok", compute_statistics(store, central=central)))
+        finally:
+            store.release()
+    except BaseException as e:  # the parent logs it; a child must not die silently
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+def compute_in_subprocess(url: str, central: int = CENTRAL) -> CatalogueStatistics:
+    """`compute_statistics` in a fresh (spawned) process on the store at `url`."""
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(url, central, send), name="catalogue-stats", daemon=True)
+    proc.start()
+    send.close()
+    try:
+        status, payload = recv.recv()
+    except EOFError:
+        proc.join()
+        raise LookalikeError(f"the statistics process ended with exit code {proc.exitcode}") from None
+    finally:
+        recv.close()
+        proc.join()
+    if status != "ok":
+        raise LookalikeError(f"the statistics process failed: {payload}")
+    return payload
 
 
 class OnDemandStatistics:
@@ -101,10 +156,14 @@ class BackgroundStatistics:
 
     The thread checks the version every `interval` seconds and, after a computation, waits at least as
     long as that computation took, so a stream of writes keeps it busy at most half the time. A failed
-    computation (the database away) is logged and retried; the last result stays served meanwhile."""
+    computation (the database away) is logged and retried, less often each time (up to a minute apart); the
+    last result stays served meanwhile. With
+    the store's `url`, catalogues of `subprocess_from` products or more are computed in a child process."""
 
-    def __init__(self, store: VectorStore, interval: float = 1.0):
-        self.store, self.interval = store, interval
+    def __init__(
+        self, store: VectorStore, interval: float = 1.0, url: str | None = None, subprocess_from: int = 10_000
+    ):
+        self.store, self.interval, self.url, self.subprocess_from = store, interval, url, subprocess_from
         self._latest: CatalogueStatistics | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -129,8 +188,12 @@ class BackgroundStatistics:
             s = self._latest
             if s is not None and s.version == self.store.version():
                 return False
-            self._latest = new = compute_statistics(self.store)
-        log.debug("catalogue statistics for store version %d computed in %.2f s", new.version, new.seconds)
+            if self.url is not None and len(self.store) >= self.subprocess_from:
+                new = compute_in_subprocess(self.url)
+            else:
+                new = compute_statistics(self.store, central=CENTRAL)
+            self._latest = new
+        log.debug("catalogue statistics of store version %d computed in %.2f s", new.version, new.seconds)
         return True
 
     def start(self) -> None:
@@ -148,15 +211,20 @@ class BackgroundStatistics:
 
 
 def _watch(ref: weakref.ref, stop: threading.Event) -> None:
+    failures = 0
     while not stop.is_set():
         stats = ref()
         if stats is None:
             return
         try:
             stats.refresh()
-        except Exception:  # the store unreachable for a while: keep serving the last result, try again
-            log.exception("computing the catalogue statistics failed; retrying")
+            failures = 0
+        except Exception:  # the store unreachable for a while: keep serving the last result, try again later
+            failures += 1
+            log.exception("computing the catalogue statistics failed (%d time(s) in a row); retrying", failures)
         latest = stats.latest
         wait = max(stats.interval, latest.seconds if latest is not None else 0.0)
+        if failures:
+            wait = min(60.0, stats.interval * 2**failures)
         del stats, latest
         stop.wait(wait)

@@ -8,10 +8,9 @@ costs nothing that grows with the catalogue.
 
 from __future__ import annotations
 
-import threading
 import collections
+import threading
 from collections import defaultdict, deque
-from collections.abc import Set
 
 import numpy as np
 
@@ -76,11 +75,10 @@ class Metrics:
         self.lists.append(ids)
         self._served.update(ids)
 
-    def coverage(self, catalogue: Set[str]) -> float:
-        """Share of `catalogue` (the new products) in at least one served list of the window: O(window)."""
+    def served_ids(self) -> list[str]:
+        """The distinct ids of the window's served lists (for coverage: O(window), not O(catalogue))."""
         with self._lock:
-            served = list(self._served)
-        return sum(i in catalogue for i in served) / len(catalogue)
+            return list(self._served)
 
     def summary(self) -> dict:
         with self._lock:

@@ -51,6 +51,15 @@ class ServiceSettings(BaseModel):
     stats_interval: float = Field(
         1.0, gt=0, description="seconds between checks of the store version for the background catalogue statistics"
     )
+    stats_subprocess_from: int = Field(
+        10_000,
+        ge=0,
+        description="from this many products on, the catalogue statistics are computed in a child process "
+        "(reading every row would pause this process's requests)",
+    )
+    category_field: str | None = Field(
+        None, description="attribute counted per category and in the category mix (default: the model's)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServiceSettings":
@@ -70,8 +79,8 @@ class Service:
         self.rule = NewRule.parse(s.new_rule)
         self.enc = QueryEncoder.load(s.checkpoint, s.cache_dir)
         self.store = open_store(s.store, self.enc.dim)
-        category, colour = report_fields(self.enc, s.colour_field)
-        self.stats = BackgroundStatistics(self.store, s.stats_interval)
+        category, colour = report_fields(self.enc, s.colour_field, s.category_field)
+        self.stats = BackgroundStatistics(self.store, s.stats_interval, s.store, s.stats_subprocess_from)
         self.rec = Recommender(self.store, category, colour, exact=s.search == "exact", statistics=self.stats)
         self.uploads = UploadDir(s.upload_dir)
         self.upload_dir = self.uploads.path

@@ -115,7 +115,11 @@ class EmbeddedStore(VectorStore):
         self.index, self.m, self.ef_construction, self.ef_search = index, m, ef_construction, ef_search
         self._lock = threading.RLock()
         self._stat = None
-        self._peeked: tuple | None = None  # (stamp, generation, counts) of a snapshot another process wrote
+        # (stamp, generation, counts) of what this handle holds, replaced whole, so a count reads it without
+        # the lock a reload holds for seconds; and the same of a snapshot another process wrote since
+        self._committed: tuple = (None, 0, Tally())
+        self._peeked: tuple | None = None
+        self._peek_lock = threading.Lock()
         self._hnsw = None
         self._sub: dict = {}
         try:
@@ -170,6 +174,7 @@ class EmbeddedStore(VectorStore):
         except (OSError, ValueError, KeyError) as e:
             raise LookalikeError(f"cannot read store snapshot {f}: {e}") from None
         self._stat = self._stamp()
+        self._committed = (self._stat, self._generation, self._tally)
 
     def _stamp(self):
         try:
@@ -186,23 +191,28 @@ class EmbeddedStore(VectorStore):
 
     def _peek(self) -> tuple[int, Tally]:
         """The committed generation and counts: this handle's own, or, after another process wrote, those of the
-        new snapshot read from its two small members alone (a count must not reload a million rows)."""
-        with self._lock:
-            st = self._stamp()
-            if st is None or st == self._stat:
-                return self._generation, self._tally
+        new snapshot read from its two small members alone (a count must not reload a million rows, nor wait
+        for a reload under way in another thread)."""
+        st = self._stamp()
+        stat, gen, tally = self._committed
+        if st is None or st == stat:
+            return gen, tally
+        with self._peek_lock:
             if self._peeked is not None and self._peeked[0] == st:
                 return self._peeked[1], self._peeked[2]
             f = self.path / SNAPSHOT
             try:
                 with np.load(f) as z:
-                    if "counts" not in z.files:
-                        self._load()
-                        return self._generation, self._tally
-                    gen = int(z["generation"])
-                    tally = Tally.from_json(json.loads(z["counts"].tobytes().decode("utf-8")))
+                    legacy = "counts" not in z.files
+                    if not legacy:
+                        gen = int(z["generation"])
+                        tally = Tally.from_json(json.loads(z["counts"].tobytes().decode("utf-8")))
             except (OSError, ValueError, KeyError) as e:
                 raise LookalikeError(f"cannot read store snapshot {f}: {e}") from None
+            if legacy:  # written before the store kept counts: the rows tell
+                with self._lock:
+                    self._sync()
+                    return self._generation, self._tally
             self._peeked = (st, gen, tally)
             return gen, tally
 
@@ -240,6 +250,7 @@ class EmbeddedStore(VectorStore):
             raise
         self._set(ids, vectors, meta, gen, tally)
         self._stat = self._stamp()
+        self._committed = (self._stat, gen, tally)
         for old in self.path.glob("hnsw-*.faiss"):
             old.unlink(missing_ok=True)
 

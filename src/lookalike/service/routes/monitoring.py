@@ -34,7 +34,9 @@ def kpi(svc: Service) -> dict:
         "mean_intra_list_diversity": req["mean_intra_list_diversity"],
         "catalogue": counts,
         # products deleted since the statistics were computed count as never served, so this may lag a write
-        "catalogue_coverage": round(svc.metrics.coverage(stats.new_ids), 4) if stats and stats.new_ids else None,
+        "catalogue_coverage": round(stats.count_new(svc.metrics.served_ids()) / len(stats.new_ids), 4)
+        if stats and len(stats.new_ids)
+        else None,
         "lists_served": req["lists_served"],
         "statistics": {
             "pending": stats is None,
