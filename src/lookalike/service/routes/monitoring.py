@@ -6,8 +6,10 @@ latest the background thread computed (`statistics` says which store version the
 first computation they are `null` and `pending` is true).
 """
 
+import functools
 import json
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from fastapi import APIRouter
@@ -33,7 +35,7 @@ def kpi(svc: Service) -> dict:
         "mean_top1_similarity": req["mean_top1_similarity"],
         "mean_intra_list_diversity": req["mean_intra_list_diversity"],
         "catalogue": counts,
-        # products deleted since the statistics were computed count as never served, so this may lag a write
+        # against the new products of the statistics' version (a product made new since counts from the next one)
         "catalogue_coverage": round(stats.count_new(svc.metrics.served_ids()) / len(stats.new_ids), 4)
         if stats and len(stats.new_ids)
         else None,
@@ -67,14 +69,19 @@ def get_kpi(svc: ServiceDep) -> dict:
 def catalogue_gauges(svc: Service) -> dict:
     """The catalogue counts (the store's own, O(1)), set into the Prometheus gauges too."""
     counts = svc.rec.catalogue_counts()
+    set_gauges(svc, counts)
+    return counts
+
+
+def set_gauges(svc: Service, counts: dict) -> None:
     for kind in ("size", "new", "established"):
         svc.metrics.catalogue.labels(kind).set(counts[kind])
-    return counts
 
 
 @router.get("/metrics", response_class=Response)
 def metrics(svc: ServiceDep) -> Response:
-    catalogue_gauges(svc)
+    c = svc.store.counts()  # the gauges need no per-category breakdown
+    set_gauges(svc, {"size": c.size, "new": c.flagged, "established": c.size - c.flagged})
     return Response(svc.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -130,17 +137,27 @@ def training_summary(svc: Service) -> dict:
         "val_metric": p.get("val_metric"),
         "val_metric_name": svc.enc.cfg.train.val_metric,
     }
+    f = svc.run_dir / "results" / "evaluation.json"
     try:
-        ev = json.loads((svc.run_dir / "results" / "evaluation.json").read_text(encoding="utf-8"))
+        st = f.stat()
+    except OSError:
+        return out
+    return {**out, **_test_figures(str(f), st.st_mtime_ns, st.st_size)}
+
+
+@functools.lru_cache(maxsize=8)
+def _test_figures(path: str, mtime_ns: int, size: int) -> dict:
+    """The test figures of an evaluation.json, parsed once per version of the file (not on every KPI request)."""
+    try:
+        ev = json.loads(Path(path).read_text(encoding="utf-8"))
         a = ev["json_to_image"]["attribute"]["all"]
         sim = ev["json_to_image"].get("similarity", {})
-        out["test_json_to_image"] = {
-            m: round(a[m], 4) for m in ("hit@1", "hit@5", "hit@10", "mrr", "ndcg@10") if m in a
+        return {
+            "test_json_to_image": {m: round(a[m], 4) for m in ("hit@1", "hit@5", "hit@10", "mrr", "ndcg@10") if m in a},
+            "similarity": {k: round(sim[k], 4) for k in ("positive_mean", "negative_mean", "gap") if k in sim},
         }
-        out["similarity"] = {k: round(sim[k], 4) for k in ("positive_mean", "negative_mean", "gap") if k in sim}
     except (OSError, KeyError, json.JSONDecodeError):
-        pass
-    return out
+        return {}
 
 
 def hyperparams(svc: Service, results: dict) -> dict:
