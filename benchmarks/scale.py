@@ -1,6 +1,6 @@
 """Scale benchmark: prints the figures of issue 13 in one run on this machine.
 
-    python benchmarks/scale.py [--parts embedding,stores,memory] [--n 1000000] [--work runs/scale]
+    python benchmarks/scale.py [--parts embedding,stores,memory,kpi] [--n 1000000] [--work runs/scale]
 
 1. embedding: images/s of the local engine and of Ray Data at equal cores, and Ray at 1 vs 2 CPUs, on the
    same real fashion-products images with a cold embedding cache each time (page cache warmed first; local
@@ -12,12 +12,18 @@
    without and with a metadata filter (is_new; one category), memory and disk.
 3. memory: peak RSS of the whole-catalogue computations at N products — centrality, hubness offsets,
    evaluation's exact ranking and top10_to_new — each in its own process, so each peak is its own.
+4. kpi: `lookalike serve` on each N-product store (the stores part's, or built here), as Prometheus would
+   scrape it: p50/p95 of GET /metrics and GET /api/kpi right after a write by another process (each
+   write flips one product's is_new, and every answer is checked to count it), against the same without
+   writes; when the background statistics are first ready and how long they lag the last write.
+   The served checkpoint is --model, or a small one trained here (the KPI path does not depend on it).
 Figures are also written to WORK/scale.json with the arguments, seed and package versions.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import shutil
@@ -549,6 +555,225 @@ def part_embedding(args) -> dict:
     return res
 
 
+# --- part 4: /metrics and /api/kpi right after a write ---------------------------------------------------
+def machine_line() -> str:
+    import os
+
+    load = os.getloadavg()
+    return f"{os.cpu_count()} cores; load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)"
+
+
+def kpi_model(args) -> Path:
+    """--model, else a small checkpoint trained once in WORK: every 40th fashion product (~1,000: PCA to the
+    stores' 512 dimensions needs 512 training images), one epoch, small images."""
+    if args.model:
+        return Path(args.model)
+    root = Path(args.work) / "kpi-model"
+    done = root / "checkpoint.txt"
+    if done.exists():
+        return Path(done.read_text().strip())
+    import csv
+
+    from lookalike.config import RunConfig
+    from lookalike.pipeline import run_main
+
+    cat = root / "catalog"
+    shutil.rmtree(cat, ignore_errors=True)
+    cat.mkdir(parents=True)
+    (cat / "images").symlink_to(CATALOG / "images")
+    with open(CATALOG / "styles.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with open(cat / "styles.csv", "w", newline="", encoding="utf-8") as g:
+        writer = csv.DictWriter(g, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows[::40] if (cat / "images" / f"{r['id']}.jpg").exists())
+    cfg = RunConfig.model_validate(
+        {
+            "out_dir": str(root / "run"),
+            "data": {"catalog": str(cat)},
+            "train": {"epochs": 1, "batch_size": 64},
+            "eval": {"sample_queries": 0},
+            "encoder": {
+                "projection": "pca",
+                "projection_dim": DIM,
+                "image_size": [64, 48],
+                "cache_dir": args.cache_dir,
+            },
+        }
+    )
+    checkpoint = run_main(cfg, progress=False)["checkpoint"]
+    done.write_text(str(checkpoint))
+    return Path(checkpoint)
+
+
+def kpi_store(args, d: dict, kind: str) -> str:
+    """The stores part's store of this kind when it holds the N products (reused), else one loaded here."""
+    from lookalike.retrieval.stores import open_store
+
+    n, work = len(d["ids"]), Path(args.work)
+    url = f"embedded://{work / 'embedded'}" if kind == "embedded" else f"pgserver://{work / 'pgdata'}?table=scale"
+    store = open_store(url, dim=DIM)
+    if len(store) == 0:
+        t = time.perf_counter()
+        store.load(batches(d), total=n)
+        log(f"kpi [{kind}]: loaded {n:,} products in {time.perf_counter() - t:.0f} s")
+    elif len(store) != n:
+        raise SystemExit(f"{url} holds {len(store):,} products, not {n:,}: remove it or pass the matching --n")
+    t = time.perf_counter()
+    store.count_by(["category"], flag="is_new")  # what the service declares; a recount, once, on an older store
+    log(f"kpi [{kind}]: {n:,} products; the service's counts declared in {time.perf_counter() - t:.2f} s")
+    store.release()
+    return url
+
+
+def kpi_server(args) -> None:
+    """The served process of the kpi part (a hidden mode of this script): the service's request log on stderr."""
+    from lookalike.cli import setup_logging
+    from lookalike.service.state import ServiceSettings
+    from lookalike.service.workers import serve
+
+    setup_logging()
+    serve(ServiceSettings.model_validate_json(args.kpi_server), "127.0.0.1", args.port, log_level="warning")
+
+
+def kpi_serve(args, d: dict, kind: str, checkpoint: Path) -> dict:
+    """One store kind: start the served process, time the two endpoints without and right after writes."""
+    import socket
+
+    import httpx
+    import psutil
+
+    from lookalike.retrieval.stores import StoreItem, open_store
+    from lookalike.service.state import ServiceSettings
+
+    url = kpi_store(args, d, kind)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = ServiceSettings(
+        checkpoint=str(checkpoint),
+        store=url,
+        upload_dir=str(Path(args.work) / "kpi-uploads"),
+        category_field="category",
+        search="approximate",
+    )
+    server_log = Path(args.work) / f"kpi-server-{kind}.log"  # its request log
+    cmd = [sys.executable, __file__, "--kpi-server", settings.model_dump_json(), "--port", str(port)]
+    t0 = time.perf_counter()
+    with open(server_log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
+    r: dict = {"store": url, "products": len(d["ids"]), "server_log": str(server_log)}
+
+    def timed(path: str) -> tuple[float, httpx.Response]:
+        t = time.perf_counter()
+        resp = client.get(path)
+        ms = (time.perf_counter() - t) * 1000
+        assert resp.status_code == 200, (path, resp.status_code, resp.text[:200])
+        return ms, resp
+
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"the kpi server ended (exit {proc.returncode}); see {server_log}")
+            try:
+                kpi = client.get("/api/kpi").json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        r["server_ready_s"] = round(time.perf_counter() - t0, 1)
+        while kpi["statistics"]["pending"]:
+            time.sleep(0.2)
+            kpi = client.get("/api/kpi").json()
+        r["first_statistics_s"] = round(time.perf_counter() - t0, 1)
+        r["statistics_compute_s"] = kpi["statistics"]["compute_s"]
+        log(
+            f"kpi [{kind}]: server answering {r['server_ready_s']} s after its start; the first whole-catalogue "
+            f"statistics ready at {r['first_statistics_s']} s (computed in {r['statistics_compute_s']} s)"
+        )
+        steady: dict[str, list[float]] = {"/metrics": [], "/api/kpi": []}
+        for _ in range(args.kpi_requests):
+            for path, ms in steady.items():
+                ms.append(timed(path)[0])
+        r["steady"] = {path: pct(ms) for path, ms in steady.items()}
+
+        writer = open_store(url)  # another process's handle, as `lookalike catalog` or another worker writes
+        new = kpi["catalogue"]["new"]
+        after: dict[str, list[float]] = {"/metrics": [], "/api/kpi": []}
+        write_ms = []
+        rng = np.random.default_rng(args.seed + 3)
+        for pid in rng.choice(d["ids"][: int(d["n_synthetic"])], args.kpi_rounds, replace=False):
+            it = writer.get(str(pid))
+            t = time.perf_counter()
+            writer.upsert([StoreItem(it.id, it.vector, {**it.metadata, "is_new": not it.metadata["is_new"]})])
+            write_ms.append((time.perf_counter() - t) * 1000)
+            new += -1 if it.metadata["is_new"] else 1
+            ms, m = timed("/metrics")
+            after["/metrics"].append(ms)
+            ms, k = timed("/api/kpi")
+            after["/api/kpi"].append(ms)
+            counted = k.json()["catalogue"]["new"]
+            gauge = f'lookalike_catalogue_products{{kind="new"}} {new}.0'
+            assert counted == new and gauge in m.text, f"the write is not counted: {counted} new, {new} expected"
+        r["after_write"] = {path: pct(ms) for path, ms in after.items()}
+        r["write"] = pct(write_ms)
+        t = time.perf_counter()
+        last = writer.version()
+        while (s := client.get("/api/kpi").json()["statistics"])["store_version"] != last:
+            time.sleep(0.1)
+        r["statistics_caught_up_s"] = round(time.perf_counter() - t, 1)
+        r["statistics_compute_s_last"] = s["compute_s"]
+        r["server_rss_gib"] = round(psutil.Process(proc.pid).memory_info().rss / 2**30, 2)
+        writer.release()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    # the server's own time for the same requests, from its request log (no client, no connection)
+    lines = [json.loads(line) for line in server_log.read_text().splitlines() if line.startswith("{")]
+    paired = [(a, b) for a, b in itertools.pairwise(lines) if (a["route"], b["route"]) == ("/metrics", "/api/kpi")]
+    for phase, rows in (("steady", paired[: args.kpi_requests]), ("after_write", paired[args.kpi_requests :])):
+        r[f"server_{phase}"] = {
+            "/metrics": pct([a["latency_ms"] for a, _ in rows]),
+            "/api/kpi": pct([b["latency_ms"] for _, b in rows]),
+        }
+    st, aw = r["steady"], r["after_write"]
+    sst, saw = r["server_steady"], r["server_after_write"]
+    log(
+        f"kpi [{kind}]: no writes ({args.kpi_requests} requests each): /metrics p50 {st['/metrics']['p50_ms']} / "
+        f"p95 {st['/metrics']['p95_ms']} ms, /api/kpi p50 {st['/api/kpi']['p50_ms']} / "
+        f"p95 {st['/api/kpi']['p95_ms']} ms"
+    )
+    log(
+        f"kpi [{kind}]: right after a write ({args.kpi_rounds} writes by another process, each counted exactly at "
+        f"once): /metrics p50 {aw['/metrics']['p50_ms']} / p95 {aw['/metrics']['p95_ms']} ms, /api/kpi p50 "
+        f"{aw['/api/kpi']['p50_ms']} / p95 {aw['/api/kpi']['p95_ms']} ms (goal p95 ≤ 10 ms); a write took p50 "
+        f"{r['write']['p50_ms']} ms"
+    )
+    log(
+        f"kpi [{kind}]: the server's own time (its request log): no writes /metrics p50 {sst['/metrics']['p50_ms']} / "
+        f"p95 {sst['/metrics']['p95_ms']} ms, /api/kpi p50 {sst['/api/kpi']['p50_ms']} / "
+        f"p95 {sst['/api/kpi']['p95_ms']} ms; right after a write /metrics p50 {saw['/metrics']['p50_ms']} / "
+        f"p95 {saw['/metrics']['p95_ms']} ms, /api/kpi p50 {saw['/api/kpi']['p50_ms']} / "
+        f"p95 {saw['/api/kpi']['p95_ms']} ms"
+    )
+    log(
+        f"kpi [{kind}]: the statistics described the last write {r['statistics_caught_up_s']} s after it (a "
+        f"computation took {r['statistics_compute_s_last']} s); server RSS {r['server_rss_gib']} GiB"
+    )
+    return r
+
+
+def part_kpi(args, d: dict) -> dict:
+    res: dict = {"machine_at_start": machine_line()}
+    log(f"kpi: {res['machine_at_start']}")
+    checkpoint = kpi_model(args)
+    for kind in args.stores.split(","):
+        res[kind] = kpi_serve(args, d, kind, checkpoint)
+    res["machine_at_end"] = machine_line()
+    log(f"kpi: {res['machine_at_end']}")
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="embedding,stores,memory")
@@ -568,8 +793,16 @@ def main() -> None:
     ap.add_argument("--bank", type=int, default=28_000, help="hubness query-bank size (fashion-products: ~28k)")
     ap.add_argument("--eval-queries", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", help="kpi part: the served checkpoint (default: a small one trained in WORK)")
+    ap.add_argument("--kpi-rounds", type=int, default=50, help="kpi part: writes, each followed by the two requests")
+    ap.add_argument("--kpi-requests", type=int, default=200, help="kpi part: requests of each endpoint without writes")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
+    ap.add_argument("--kpi-server", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.kpi_server:
+        kpi_server(args)
+        return
     if args.stage:
         print(json.dumps(stage(args.stage, Path(args.work), args.bank, args.eval_queries)))
         return
@@ -582,7 +815,7 @@ def main() -> None:
     parts = args.parts.split(",")
     if "embedding" in parts:
         report["embedding"] = part_embedding(args)
-    if "stores" in parts or "memory" in parts:
+    if "stores" in parts or "memory" in parts or "kpi" in parts:
         t = time.perf_counter()
         d = dataset(args.n, args.seed, work, args.cache_dir)
         log(
@@ -591,6 +824,8 @@ def main() -> None:
         )
         if "stores" in parts:
             report["stores"] = part_stores(args, d)
+        if "kpi" in parts:
+            report["kpi"] = part_kpi(args, d)
         del d
         if "memory" in parts:
             log(f"peak memory at {args.n + 39_653:,} products (each computation in its own process):")

@@ -31,11 +31,9 @@ write_router = APIRouter(tags=["catalogue"])
 def list_items(
     svc: ServiceDep, offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> dict:
-    ids = svc.store.ids()
-    page = ids[offset : offset + limit]
-    items = svc.store.get_many(page)
+    items = svc.store.get_many(svc.store.ids(offset, limit))  # one page, not every id
     return {
-        "total": len(ids),
+        "total": len(svc.store),
         "offset": offset,
         "items": [svc.render(it.id, it.metadata) for it in items if it is not None],
     }

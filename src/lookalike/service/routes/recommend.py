@@ -27,6 +27,7 @@ def router(max_k: int) -> APIRouter:
         """The top-K most similar *new* products to an uploaded photo or a clicked product."""
         if (image is None) == (not product_id):
             raise LookalikeError("give exactly one of image (file upload) or product_id")
+        svc.rec.require_products()
         q = svc.image_vector(image) if image is not None else svc.item(product_id).vector
         res = svc.rec.customer_input(
             q, k, json_field(filters, "filters"), diversity, exclude_ids=[product_id] if product_id else None
@@ -59,7 +60,9 @@ def router(max_k: int) -> APIRouter:
         given = [x for x in (product_ids, images, sales, sales_csv) if x]
         if len(given) > 1:
             raise LookalikeError("give one of product_ids, images, sales or sales_csv (none = centrality proxy)")
+        svc.rec.require_products()
         sellers: list[dict]
+        statistics = None
         if images:
             sellers = [{"id": None, "image": f.filename, "source": "image"} for f in images]
             vecs = np.stack([svc.image_vector(f, "image") for f in images])
@@ -83,7 +86,9 @@ def router(max_k: int) -> APIRouter:
                 sellers = [{"id": i, "source": "given"} for i in dict.fromkeys(ids)]
                 basis = "given product ids"
             else:
-                picked, n_anchor = svc.rec.best_by_centrality(fraction, limit)
+                stats = svc.stats.get()  # the latest background statistics; 503 before the first
+                statistics = stats.describe()
+                picked, n_anchor = svc.rec.best_by_centrality(fraction, limit, stats)
                 sellers = [{"id": i, "centrality": round(c, 5), "source": "centrality"} for i, c in picked]
                 basis = (
                     f"centrality proxy (no sales given): the {n_anchor} most central established products "
@@ -114,6 +119,7 @@ def router(max_k: int) -> APIRouter:
                 for m in res["merged"]
             ],
             "trend": res["trend"],
+            **({"statistics": statistics} if statistics else {}),
         }
 
     return routes
