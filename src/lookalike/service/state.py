@@ -87,7 +87,10 @@ class Service:
         self.swept = self.uploads.sweep(self.store)  # leftovers of a crashed writer, counted in the log
         self.tokens = TokenFile(s.auth_file) if s.auth_file else None
         catalog = s.catalog or self.enc.cfg.data.catalog
-        self.image_roots = [self.upload_dir] + ([Path(os.path.abspath(catalog))] if Path(catalog).is_dir() else [])
+        # The catalogue folder as given and as resolved: the loader stores resolved paths, and the folder
+        # itself may be a link (the check against these roots is lexical, so links inside stay allowed).
+        roots = [Path(os.path.abspath(catalog)), Path(os.path.realpath(catalog))] if Path(catalog).is_dir() else []
+        self.image_roots = [self.upload_dir, *dict.fromkeys(roots)]
         self.run_dir = Path(s.checkpoint).resolve().parent.parent
         self.metrics = Metrics()
         self.recent: deque = deque(maxlen=6)  # recent result lists for the dashboard's image grids
