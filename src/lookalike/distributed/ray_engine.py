@@ -146,6 +146,7 @@ def embed_images_ray(
     encoder = image_encoder_for(encoder_config, root)  # on the driver: fingerprint and dim only, no weights run
     cache = EmbeddingCache(root, "image", encoder.fingerprint(), encoder.dim)
     plan = plan_images(refs, cache, FileKeys(root), keep_bytes=False)  # actors read the files themselves
+    timings = {"keying_s": time.perf_counter() - t0}
     out = np.zeros((len(refs), encoder.dim), np.float32)
     if plan.hits:
         out[plan.hits] = cache.get([plan.keys[i] for i in plan.hits])
@@ -170,12 +171,19 @@ def embed_images_ray(
                 shard_size,
                 progress,
                 encoder.name,
+                timings,
             )
         finally:
             if started:
                 ray.shutdown()
     return EmbedResult(
-        out, failed, cached=len(plan.hits), computed=computed, seconds=time.perf_counter() - t0, hashed=plan.hashed
+        out,
+        failed,
+        cached=len(plan.hits),
+        computed=computed,
+        seconds=time.perf_counter() - t0,
+        hashed=plan.hashed,
+        timings={k: round(v, 3) for k, v in timings.items()},
     )
 
 
@@ -194,9 +202,15 @@ def _run(
     shard_size: int,
     progress: bool,
     name: str,
+    timings: dict[str, float],
 ) -> int:
-    """Embed `todo` on the actor pool, writing vectors into `out` and the cache as they arrive."""
+    """Embed `todo` on the actor pool, writing vectors into `out` and the cache as they arrive; `timings`
+    gets when the first vectors arrived (the pool's start-up and one batch), the job's length and the
+    driver's cache writes."""
     from ray.data import ActorPoolStrategy, DataContext
+
+    t0 = time.perf_counter()
+    timings["cache_write_s"] = 0.0
 
     actors, cpus = _pool(ray, num_actors)
     ctx = DataContext.get_current()
@@ -232,6 +246,7 @@ def _run(
                 max_task_retries=MAX_TASK_RETRIES,
             )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            timings.setdefault("first_vectors_s", time.perf_counter() - t0)
             idx, errors = batch["i"], batch["error"]
             seen[idx] = True
             good = errors == ""
@@ -241,7 +256,9 @@ def _run(
             new.extend(idx[good].tolist())
             computed += int(good.sum())
             if len(new) >= shard_size or time.monotonic() - last_flush >= FLUSH_S:
+                t = time.perf_counter()
                 cache.put([keys[i] for i in new], out[new])
+                timings["cache_write_s"] += time.perf_counter() - t
                 new, last_flush = [], time.monotonic()
             bar.update(len(idx))
     except LookalikeError:
@@ -251,7 +268,10 @@ def _run(
             f"the Ray embedding job failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from None
     finally:
+        t = time.perf_counter()
         cache.put([keys[i] for i in new], out[new])  # what arrived is kept, even when the job fails
+        timings["cache_write_s"] += time.perf_counter() - t
+        timings["ray_job_s"] = time.perf_counter() - t0
         bar.close()
         ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
     lost = [i for i in todo if not seen[i]]
