@@ -526,9 +526,12 @@ def part_embedding(args, machine) -> dict:
     def local(n: int) -> dict:
         return cold("local", n, lambda rs, d: embed_images(rs, enc, d, batch, progress=False))
 
-    def on_ray(n: int, cpus: int) -> dict:
+    def on_ray(n: int, cpus: int, actors: int | None = None) -> dict:
+        """Ray's default pool (one actor per node of ≤ 8 CPUs), or `actors` actors sharing the CPUs."""
         return cold(
-            f"ray {cpus}cpu", n, lambda rs, d: embed_images_ray(rs, cfg.encoder, d, num_cpus=cpus, batch_size=batch)
+            f"ray {cpus}cpu" + (f" {actors} actors" if actors else ""),
+            n,
+            lambda rs, d: embed_images_ray(rs, cfg.encoder, d, num_cpus=cpus, num_actors=actors, batch_size=batch),
         )
 
     class Nop:
@@ -556,6 +559,7 @@ def part_embedding(args, machine) -> dict:
             for n in sizes:
                 local(n)
                 on_ray(n, 2)
+            on_ray(len(refs), 2, actors=2)  # the pool before: one actor of 1 CPU per CPU
     finally:
         ray.shutdown()
     start_ray(1)
@@ -588,6 +592,7 @@ def part_embedding(args, machine) -> dict:
         full["ray_vs_local"],
     )
     res["ray_1cpu"] = one["img_s"]
+    res["ray_2cpu_2_actors"] = overall("ray 2cpu 2 actors", len(refs))
     res["ray_2_vs_1cpu"] = round(res["ray_2cpu"] / res["ray_1cpu"], 3)
     for cpus in (1, 2):
         start = float(np.mean(res[f"ray_start_{cpus}cpu_s"]))
@@ -667,6 +672,11 @@ def embedding_markdown(e: dict, rounds: int) -> str:
         f"| Ray job of {e['images']:,}: where its time went | | "
         + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f} s" for k, v in t.items())
         + " | |"
+    )
+    lines.append(
+        f"| Ray, 2 CPUs as 2 actors of 1 CPU (the pool before), {e['images']:,} images | | "
+        f"{e['ray_2cpu_2_actors']} images/s ({cpu('ray 2cpu 2 actors', e['images'])}) | "
+        f"{e['ray_2cpu_2_actors'] / e['local_2cpu']:.3f}× |"
     )
     lines.append(
         f"| Ray, 1 CPU, {e['images']:,} images | | {e['ray_1cpu']} images/s (2 CPUs: {e['ray_2_vs_1cpu']:.2f}×) | |"
