@@ -106,13 +106,55 @@ def _machine_cpu() -> tuple[float, float]:
     return (user + nice + system + irq + softirq + steal) / hz, (idle + iowait) / hz
 
 
+class _Descendants:
+    """CPU seconds of this process's descendants (a local Ray's raylet, GCS, workers and actors), sampled
+    every 0.1 s, so a process that exits inside the block still counts up to its last sample."""
+
+    def __init__(self):
+        import psutil
+
+        self._me = psutil.Process()
+        self._error = psutil.Error
+        self.start = self._sample()
+        self.seen = dict(self.start)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="descendants-cpu", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> dict[int, float]:
+        out = {}
+        for p in self._me.children(recursive=True):
+            try:
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+            except self._error:
+                pass
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.seen.update(self._sample())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self.seen.update(self._sample())
+        return sum(max(0.0, cpu - self.start.get(pid, 0.0)) for pid, cpu in self.seen.items())
+
+
 class Stopwatch:
     """Wall seconds over a block, with this process's CPU seconds (all its threads) and the CPU seconds the
-    whole machine spent busy meanwhile (every process, /proc/stat). On shared cores a throughput is
-    (cores' worth of CPU the benchmark got) / (CPU seconds per item): `cores_used` and `cores_others` say
-    which of the two moved when a figure moves."""
+    whole machine spent busy meanwhile (every process, /proc/stat); with `children`, also the CPU seconds
+    of this process's descendants (a local Ray's processes). On shared cores a throughput is (cores' worth
+    of CPU the benchmark got) / (CPU seconds per item): `cores_used` and `cores_others` say which of the
+    two moved when a figure moves."""
+
+    def __init__(self, children: bool = False):
+        self.children = children
+        self.children_cpu = 0.0
 
     def __enter__(self) -> Stopwatch:
+        self._desc = _Descendants() if self.children else None
         self._busy0, _ = _machine_cpu()
         self._cpu0 = time.process_time()
         self._t0 = time.perf_counter()
@@ -123,6 +165,8 @@ class Stopwatch:
         self.cpu = time.process_time() - self._cpu0
         self.machine_busy = _machine_cpu()[0] - self._busy0
         self.load_end = os.getloadavg()[0]
+        if self._desc is not None:
+            self.children_cpu = self._desc.stop()
 
     @property
     def cores_used(self) -> float:
@@ -131,13 +175,14 @@ class Stopwatch:
 
     @property
     def cores_others(self) -> float:
-        """Cores' worth of CPU every other process used meanwhile (Ray's actors included)."""
+        """Cores' worth of CPU every other process used meanwhile (descendants, e.g. Ray's actors, included)."""
         return max(0.0, self.machine_busy - self.cpu) / max(self.wall, 1e-9)
 
     def as_dict(self) -> dict:
         return {
             "wall_s": round(self.wall, 2),
             "cpu_s": round(self.cpu, 2),
+            **({"descendants_cpu_s": round(self.children_cpu, 2)} if self.children else {}),
             "cores_used": round(self.cores_used, 2),
             "cores_used_by_others": round(self.cores_others, 2),
             "load_1min_at_end": round(self.load_end, 2),
