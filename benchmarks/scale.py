@@ -644,6 +644,30 @@ def part_embedding(args, machine) -> dict:
     return res
 
 
+def cpu_fits(e: dict) -> dict:
+    """The 0.9× question in CPU seconds instead of wall seconds: CPU = fixed + images / rate for each engine
+    (local: this process; Ray: the driver and every Ray process), and the job size from which Ray's job costs
+    at most local's / 0.9. Wall-clock ratios on shared cores follow who gets the cores (several Ray processes
+    outnumber one local process); CPU cost does not, and on an idle machine whose cores both engines keep
+    busy, wall time follows it."""
+    out = {}
+    for engine, key in (("local", "local"), ("ray 2cpu", "ray")):
+        pts = [
+            (x["images"], x["cpu_s"] + (x.get("descendants_cpu_s", 0.0) if key == "ray" else 0.0))
+            for x in e["runs"]
+            if x["engine"] == engine
+        ]
+        fixed, rate = fit_line(pts)
+        out[key] = {"fixed_cpu_s": round(fixed, 2), "img_per_cpu_s": round(rate, 1)}
+    n90 = reaches(
+        0.9,
+        (out["local"]["fixed_cpu_s"], out["local"]["img_per_cpu_s"]),
+        (out["ray"]["fixed_cpu_s"], out["ray"]["img_per_cpu_s"]),
+    )
+    out["ray_0.9x_from_images"] = None if n90 is None else round(n90)
+    return out
+
+
 def embedding_markdown(e: dict, rounds: int) -> str:
     """The README's embedding table, from this run."""
 
@@ -681,6 +705,14 @@ def embedding_markdown(e: dict, rounds: int) -> str:
         f"{fr['fixed_s']:.2f} s + n / {fr['steady_img_s']} images/s | ≥ 0.9× from "
         f"{'never' if n90 is None else f'{n90:,} images'} |"
     )
+    c = cpu_fits(e)
+    n90c = c["ray_0.9x_from_images"]
+    lines.append(
+        f"| fitted: CPU seconds = fixed + images / rate | {c['local']['fixed_cpu_s']:.2f} s + n / "
+        f"{c['local']['img_per_cpu_s']} images per CPU-second | {c['ray']['fixed_cpu_s']:.2f} s + n / "
+        f"{c['ray']['img_per_cpu_s']} images per CPU-second | ≤ local / 0.9 from "
+        f"{'never' if n90c is None else f'{n90c:,} images'} |"
+    )
     ray_full = runs("ray 2cpu", e["images"])
     t = {k: np.mean([x["timings"].get(k, 0.0) for x in ray_full]) for k in ray_full[0]["timings"]}
     lines.append(
@@ -713,6 +745,7 @@ def main() -> None:
     ap.add_argument("--sweep", default="512,1024,2048,4096", help="smaller embedding job sizes (comma-separated)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of the sweep, local and Ray alternating")
     ap.add_argument("--markdown", action="store_true", help="print the embedding table alone on stdout (rest: stderr)")
+    ap.add_argument("--markdown-from", help="print the embedding table of a saved WORK/scale.json and stop")
     ap.add_argument("--queries", type=int, default=1000, help="queries for recall and HNSW latency")
     ap.add_argument("--exact-queries", type=int, default=20, help="of those, how many time exact search too")
     ap.add_argument("--ef-search", type=int, help="HNSW ef_search for both stores (default: each store's own)")
@@ -728,6 +761,17 @@ def main() -> None:
     args = ap.parse_args()
     if args.stage:
         print(json.dumps(stage(args.stage, Path(args.work), args.bank, args.eval_queries)))
+        return
+    if args.markdown_from:
+        saved = json.loads(Path(args.markdown_from).read_text())
+        m = saved.get("machine", {})
+        print(embedding_markdown(saved["embedding"], saved["args"]["rounds"]))
+        print(
+            f"\nPrinted by `{m.get('command')}` at commit {m.get('commit')}: {m.get('cpu')}, "
+            f"{m.get('cores', {}).get('available')} cores; 1-minute load {m.get('load_start', [0])[0]:.2f} at start, "
+            f"{(m.get('load_end') or [0])[0]:.2f} at end, at most {m.get('load_max_1min')} (reprinted by "
+            f"`python benchmarks/scale.py --markdown-from {args.markdown_from}`)."
+        )
         return
     from lookalike.provenance import provenance
 
