@@ -240,15 +240,15 @@ def test_a_killed_job_resumes_and_ray_ingest_stores_exactly_the_catalogue(
         assert np.abs(other["vectors"] - local["vectors"]).max() <= 1e-5
 
 
-def test_default_pool_is_one_actor_per_node_holding_its_cpus(ray_address):
-    """On 2 CPUs one actor of 2 threads, not two of 1: each actor is a worker process that imports Ray, Ray
-    Data and the encoder on every job (benchmarks/scale.py prints what the second one cost)."""
+def test_default_pool_is_one_single_threaded_actor_per_cpu(ray_address):
+    """Two actors of one thread on 2 CPUs, not one of two: single-threaded sessions cost less CPU per image
+    (benchmarks/scale.py prints both pools); asked for fewer actors, they share the CPUs."""
     import ray
 
     from lookalike.distributed.ray_engine import _pool
 
-    assert _pool(ray, None) == (1, 2)
-    assert _pool(ray, 2) == (2, 1)  # asked for: the CPUs shared among them
+    assert _pool(ray, None) == (2, 1)
+    assert _pool(ray, 1) == (1, 2)
 
 
 def test_unreachable_cluster_and_misplaced_options_fail_in_one_line(ray_address, tmp_path, capsys):

@@ -18,8 +18,7 @@ NEEDS_RAY = "the Ray engine needs Ray: pip install 'lookalike[scale]'"
 @dataclass(frozen=True)
 class RayOptions:
     """How to run on Ray: `address` of a running cluster (None: start a local Ray on `num_cpus` cores),
-    `num_actors` encoder actors (default: one per node, or per 8 of its CPUs), rows per `batch_size`,
-    cache `shard_size`."""
+    `num_actors` encoder actors (default: one per CPU), rows per `batch_size`, cache `shard_size`."""
 
     address: str | None = None
     num_cpus: int | None = None
@@ -58,11 +57,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         "default: start a local Ray on this machine's cores",
     )
     p.add_argument("--num-cpus", type=int, help="cores of the local Ray (default: all); ignored with --address")
-    p.add_argument(
-        "--num-actors",
-        type=int,
-        help="encoder actors, the cluster's CPUs shared among them (default: one per node, or per 8 of its CPUs)",
-    )
+    p.add_argument("--num-actors", type=int, help="encoder actors (default: one per CPU of the cluster)")
     p.add_argument("--batch-size", type=int, help="images per batch (default: the config's, 64)")
     p.add_argument(
         "--shard-size",

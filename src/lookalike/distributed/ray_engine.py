@@ -3,11 +3,11 @@
 The driver keys every image exactly as the local path does (`plan_images`: content SHA-1 + crop
 suffix under the encoder's fingerprint) and sends to Ray only the images the cache lacks, as a
 dataset of (index, path, crop) rows. `map_batches` runs them through a pool of actors, each loading
-the frozen encoder once with as many inference threads as it has CPUs (by default one actor per node,
-or per 8 of its CPUs: see `_pool`). Vectors stream back to the
-driver (`iter_batches`) and are written to the cache as they arrive, a shard every `shard_size` new
-vectors or `FLUSH_S` seconds; a shard is written under a temporary name and renamed, so a job killed
-midway loses only what was in flight, and a rerun embeds only what is missing.
+the frozen encoder once with as many inference threads as it has CPUs (by default one actor per CPU:
+see `_pool`). Vectors stream back to the driver (`iter_batches`) and are written to the cache as they
+arrive, a shard every `shard_size` new vectors or `FLUSH_S` seconds; a shard is written under a
+temporary name and renamed, so a job killed midway loses only what was in flight, and a rerun embeds
+only what is missing.
 
 A missing or corrupt image is counted by reason (the local path's reasons). An actor that dies is
 restarted and its batch retried by Ray (`max_restarts`, `max_task_retries`); a batch that still fails
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 FLUSH_S = 30.0  # at most this much finished work is lost when the driver is killed between shards
 MAX_RESTARTS = 2  # per actor; Ray's default (-1: forever) would retry a batch that kills its actor forever
 MAX_TASK_RETRIES = 2
-MAX_ACTOR_THREADS = 8  # as default_threads(): more intra-op threads than this add little to one small network
 
 
 def _import_ray():
@@ -116,19 +115,16 @@ class _EmbedActor:
 
 
 def _pool(ray, num_actors: int | None) -> tuple[int, int]:
-    """(actors, CPUs per actor). By default each node runs what the local engine runs on one machine:
-    one encoder per `MAX_ACTOR_THREADS` CPUs, so a node of 2 CPUs starts one actor with 2 inference
-    threads, not two of 1. Every actor costs a worker process that imports Ray, Ray Data and the encoder
-    on every job; one per CPU paid that twice on 2 CPUs for no gain in throughput (benchmarks/scale.py
-    prints both). With `num_actors`, the cluster's CPUs are shared among that many (never more than one
-    node holds)."""
-    nodes = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
-    nodes = [c for c in nodes if c > 0] or [1]
-    if not num_actors:
-        per_node = [-(-c // MAX_ACTOR_THREADS) for c in nodes]
-        return sum(per_node), max(1, min(c // a for c, a in zip(nodes, per_node)))
+    """(actors, CPUs per actor): one actor of one inference thread per CPU by default, else the cluster's
+    CPUs shared among them (never more than one node holds). Single-threaded sessions cost less CPU per
+    image than one session with a thread per CPU; every actor also costs a worker process that imports
+    Ray, Ray Data and the encoder on every job, which only short jobs notice (benchmarks/scale.py prints
+    both pools)."""
     total = int(ray.cluster_resources().get("CPU", 1))
-    return num_actors, max(1, min(total // num_actors, max(nodes)))
+    if not num_actors:
+        return max(1, total), 1
+    per_node = max([int(n["Resources"].get("CPU", 1)) for n in ray.nodes() if n.get("Alive")] or [1])
+    return num_actors, max(1, min(total // num_actors, per_node))
 
 
 def embed_images_ray(
