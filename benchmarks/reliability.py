@@ -36,6 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import Machine  # noqa: E402
 from serving import Server, schemathesis  # noqa: E402
 
 FIELDS = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
@@ -470,6 +471,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     if bool(args.model) != bool(args.catalog):
         ap.error("give --model and --catalog together")
+    machine = Machine.start("reliability.py")
     work = Path(args.work or tempfile.mkdtemp(prefix="lookalike-reliability-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -514,6 +516,7 @@ def main() -> None:
             f"unreferenced images {k['leftover_unreferenced_images']}; restart → catalogue of {k['catalogue_size']} "
             f"unchanged: {k['restart_catalogue_unchanged']}"
         )
+    results["machine"] = machine.finish()
     (work / "reliability.json").write_text(json.dumps(results, indent=2))
     log(f"done in {time.perf_counter() - t0:.0f} s; wrote {work / 'reliability.json'}")
 

@@ -26,6 +26,7 @@ import argparse
 import itertools
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import Machine, Stopwatch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -454,37 +456,47 @@ def part_memory(args) -> dict:
 
 
 # --- part 1: embedding -----------------------------------------------------------------------------
-def part_embedding(args) -> dict:
+def fit_line(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least squares wall = fixed + n × per_image over (n, wall) points: (fixed seconds, images/s)."""
+    n = np.array([p[0] for p in points], float)
+    w = np.array([p[1] for p in points], float)
+    per, fixed = np.polyfit(n, w, 1)
+    return float(fixed), float(1 / per)
+
+
+def reaches(goal: float, local: tuple[float, float], ray: tuple[float, float]) -> float | None:
+    """The job size from which Ray's images/s is at least `goal` × the local engine's, from the two fitted
+    lines (local: a_l + n / r_l seconds, Ray: a_r + n / r_r); None when Ray's steady rate stays below."""
+    (a_l, r_l), (a_r, r_r) = local, ray
+    slope = 1 / r_l - goal / r_r
+    if slope <= 0:
+        return None
+    return max(0.0, (goal * a_r - a_l) / slope)
+
+
+def part_embedding(args, machine) -> dict:
+    """Local engine vs Ray Data, both into an empty embedding cache, over a sweep of job sizes (smallest
+    first, local and Ray alternating within each size, `--rounds` times), then Ray on 1 CPU. Every run
+    reports its wall time, the CPU seconds per image of this process and the cores' worth of CPU every
+    other process used meanwhile (Ray's own processes among them), and where its time went."""
+    import ray
+
     from lookalike.catalogue import load_catalogue
     from lookalike.config import RunConfig
-    from lookalike.distributed.ray_engine import embed_images_ray
+    from lookalike.distributed.ray_engine import connect, embed_images_ray
     from lookalike.encoders.embedder import embed_images
     from lookalike.encoders.embedding import image_encoder
 
     cat = load_catalogue(str(CATALOG))
     refs = [p.image for p in cat.products[: args.images]]
+    sizes = sorted({min(int(x), len(refs)) for x in args.sweep.split(",")} | {len(refs)})
     onnx_home = Path(args.cache_dir or tempfile.mkdtemp(prefix="lookalike-scale-onnx-"))
     cfg = RunConfig.model_validate({"data": {"catalog": str(CATALOG)}, "encoder": {"cache_dir": str(onnx_home)}})
     enc = image_encoder(cfg)
     enc.forward(np.stack([enc.preprocess(Image.open(refs[0].path))]))  # the one-time ONNX export, outside the timing
-    res: dict = {"images": len(refs), "image_size": list(cfg.encoder.image_size), "batch_size": cfg.encoder.batch_size}
-
-    def cold(fn) -> float:
-        """images/s into an empty embedding cache (the exported ONNX model shared, not re-exported)."""
-        d = Path(tempfile.mkdtemp(prefix="lookalike-scale-cache-"))
-        (d / "onnx").symlink_to(onnx_home / "onnx", target_is_directory=True)
-        try:
-            t = time.perf_counter()
-            r = fn(d)
-            wall = time.perf_counter() - t
-            assert r.computed == len(refs) - len(r.failed), (r.computed, len(r.failed))
-            return round(r.computed / wall, 1)
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
-
-    import ray
-
-    from lookalike.distributed.ray_engine import connect
+    machine.note_threads(onnxruntime_local=enc.threads, onnxruntime_per_ray_actor="1 per CPU it holds")
+    batch = cfg.encoder.batch_size
+    res: dict = {"images": len(refs), "image_size": list(cfg.encoder.image_size), "batch_size": batch, "runs": []}
 
     # Every file read once before any timing: the engine measured first would otherwise pay the disk
     # (in an earlier version the local engine, measured first, varied by 30% between runs).
@@ -492,54 +504,136 @@ def part_embedding(args) -> dict:
     read = sum(len(r.path.read_bytes()) for r in refs)
     log(f"page cache warmed: {len(refs)} images, {read / 2**20:.0f} MiB in {time.perf_counter() - warm:.1f} s")
 
+    def cold(engine: str, n: int, fn) -> dict:
+        """One job into an empty embedding cache (the exported ONNX model shared, not re-exported)."""
+        d = Path(tempfile.mkdtemp(prefix="lookalike-scale-cache-"))
+        (d / "onnx").symlink_to(onnx_home / "onnx", target_is_directory=True)
+        try:
+            with Stopwatch(children=True) as sw:
+                r = fn(refs[:n], d)
+            assert r.computed == n - len(r.failed), (r.computed, len(r.failed))
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        run = {
+            "engine": engine,
+            "images": r.computed,
+            "img_s": round(r.computed / sw.wall, 1),
+            "this_process_cpu_ms_per_img": round(1000 * sw.cpu / r.computed, 2),
+            # with Ray's processes (descendants of this one: a local Ray), what the job cost the machine
+            "all_cpu_ms_per_img": round(
+                1000 * (sw.cpu + (sw.children_cpu if engine != "local" else 0)) / r.computed, 2
+            ),
+            **sw.as_dict(),
+            "timings": r.timings,
+        }
+        res["runs"].append(run)
+        log(
+            f"  {engine:<9} {n:>6} images: {run['img_s']:>6} img/s ({sw.wall:.2f} s); CPU per image "
+            f"{run['all_cpu_ms_per_img']} ms (this process {run['this_process_cpu_ms_per_img']}, Ray's processes "
+            f"the rest); this process {sw.cores_used:.2f} cores, other processes {sw.cores_others:.2f}; load "
+            f"{sw.load_end:.2f}; {json.dumps(r.timings)}"
+        )
+        return run
+
+    def local(n: int) -> dict:
+        return cold("local", n, lambda rs, d: embed_images(rs, enc, d, batch, progress=False))
+
+    def on_ray(n: int, cpus: int, actors: int | None = None) -> dict:
+        """Ray's default pool (one single-threaded actor per CPU), or `actors` actors sharing the CPUs."""
+        return cold(
+            f"ray {cpus}cpu" + (f" {actors} actors" if actors else ""),
+            n,
+            lambda rs, d: embed_images_ray(rs, cfg.encoder, d, num_cpus=cpus, num_actors=actors, batch_size=batch),
+        )
+
     class Nop:
         def __call__(self, batch):
             return batch
 
-    def on_ray(cpus: int) -> float:
-        # Ray's own start-up apart from the job, as a running cluster has paid it once, not per job: ray.init
+    # The benchmark's local Ray shares this machine with other people's processes: Ray's memory monitor
+    # counts their memory too and, above 95% of the machine's, kills this job's actors (seen here while a
+    # 1M-vector store was being built beside it). The actors need a few hundred MB; off for the benchmark.
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
+
+    def start_ray(cpus: int) -> None:
+        # Ray's own start-up apart from the jobs, as a running cluster has paid it once, not per job: ray.init
         # and Ray Data's detached service actors (stats, autoscaling coordinator), which the first Ray Data
-        # job on a cluster starts (here: a job of 8 rows). The job's figure still includes starting its actor
-        # pool and loading the encoder in every actor.
+        # job on a cluster starts (here: a job of 8 rows). Each job's figure still includes starting its
+        # actor pool and loading the encoder in every actor.
         t = time.perf_counter()
         connect(num_cpus=cpus)
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         ray.data.DataContext.get_current().enable_progress_bars = False
         ray.data.range(8, override_num_blocks=2).map_batches(Nop, compute=ray.data.ActorPoolStrategy(size=1)).take_all()
         res.setdefault(f"ray_start_{cpus}cpu_s", []).append(round(time.perf_counter() - t, 1))
-        try:
-            return cold(
-                lambda d: embed_images_ray(refs, cfg.encoder, d, num_cpus=cpus, batch_size=cfg.encoder.batch_size)
-            )
-        finally:
-            ray.shutdown()
 
-    # Local and Ray alternate, round after round, so that a slower minute of a shared machine hits both.
-    res["rounds"] = []
-    for r in range(args.rounds):
-        local, on2 = cold(lambda d: embed_images(refs, enc, d, cfg.encoder.batch_size, progress=False)), on_ray(2)
-        res["rounds"].append({"local_2cpu": local, "ray_2cpu": on2, "ray_vs_local": round(on2 / local, 3)})
-        log(
-            f"round {r + 1}/{args.rounds}: local 2 CPUs {local} img/s, Ray 2 CPUs {on2} img/s = {on2 / local:.3f}× local"
-        )
-    res["ray_1cpu"] = on_ray(1)
+    # Local and Ray alternate within each job size, size after size, round after round, so that a slower
+    # minute of a shared machine hits both. Ray stays started across its jobs, as a cluster would.
+    start_ray(2)
+    try:
+        for r in range(args.rounds):
+            log(f"round {r + 1}/{args.rounds}:")
+            for n in sizes:
+                local(n)
+                on_ray(n, 2)
+            on_ray(len(refs), 2, actors=1)  # the other pool: one actor holding both CPUs (2 inference threads)
+    finally:
+        ray.shutdown()
+    start_ray(1)
+    try:
+        one = on_ray(len(refs), 1)
+    finally:
+        ray.shutdown()
 
-    def overall(key: str) -> float:
-        """images/s over all rounds together (total images / total seconds)."""
-        return round(len(res["rounds"]) / sum(1 / r[key] for r in res["rounds"]), 1)
+    def overall(engine: str, n: int) -> float:
+        """images/s over all rounds of one engine at one size (total images / total seconds)."""
+        runs = [x for x in res["runs"] if x["engine"] == engine and x["images"] >= n * 0.99 and x["images"] <= n]
+        return round(sum(x["images"] for x in runs) / sum(x["wall_s"] for x in runs), 1)
 
-    res["local_2cpu"], res["ray_2cpu"] = overall("local_2cpu"), overall("ray_2cpu")
-    res["ray_vs_local"] = round(res["ray_2cpu"] / res["local_2cpu"], 3)
+    res["by_size"] = []
+    for n in sizes:
+        lo, ra = overall("local", n), overall("ray 2cpu", n)
+        res["by_size"].append({"images": n, "local_img_s": lo, "ray_img_s": ra, "ray_vs_local": round(ra / lo, 3)})
+    for engine in ("local", "ray 2cpu"):
+        fixed, rate = fit_line([(x["images"], x["wall_s"]) for x in res["runs"] if x["engine"] == engine])
+        res[f"fit_{engine.split()[0]}"] = {"fixed_s": round(fixed, 2), "steady_img_s": round(rate, 1)}
+    fl, fr = res["fit_local"], res["fit_ray"]
+    n90 = reaches(0.9, (fl["fixed_s"], fl["steady_img_s"]), (fr["fixed_s"], fr["steady_img_s"]))
+    res["ray_0.9x_from_images"] = None if n90 is None else round(n90)
+    measured = [b["images"] for b in res["by_size"] if b["ray_vs_local"] >= 0.9]
+    res["ray_0.9x_measured_from_images"] = measured[0] if measured else None
+    full = res["by_size"][-1]
+    res["local_2cpu"], res["ray_2cpu"], res["ray_vs_local"] = (
+        full["local_img_s"],
+        full["ray_img_s"],
+        full["ray_vs_local"],
+    )
+    res["ray_1cpu"] = one["img_s"]
+    res["ray_2cpu_1_actor"] = overall("ray 2cpu 1 actors", len(refs))
     res["ray_2_vs_1cpu"] = round(res["ray_2cpu"] / res["ray_1cpu"], 3)
     for cpus in (1, 2):
         start = float(np.mean(res[f"ray_start_{cpus}cpu_s"]))
-        res[f"ray_{cpus}cpu_with_start"] = round(len(refs) / (len(refs) / res[f"ray_{cpus}cpu"] + start), 1)
+        rate = res[f"ray_{cpus}cpu"]
+        res[f"ray_{cpus}cpu_with_start"] = round(len(refs) / (len(refs) / rate + start), 1)
     log(
-        f"embedding {len(refs)} real images at {tuple(cfg.encoder.image_size)} (wall clock, cold embedding cache, warm page "
-        f"cache, {args.rounds} alternating rounds): local 2 CPUs {res['local_2cpu']} img/s; Ray 2 CPUs {res['ray_2cpu']} "
-        f"img/s = {res['ray_vs_local']}× local (goal ≥ 0.9×), Ray 1 CPU {res['ray_1cpu']} img/s, 2 vs 1 CPU "
-        f"{res['ray_2_vs_1cpu']}×. Ray's start-up, not in those: {res['ray_start_2cpu_s']} s (2 CPUs), "
-        f"{res['ray_start_1cpu_s']} s (1 CPU); with it, {res['ray_2cpu_with_start']} and {res['ray_1cpu_with_start']} img/s"
+        f"by job size (images/s over {args.rounds} round(s), wall clock, cold embedding cache, warm page cache): "
+        + "; ".join(
+            f"{b['images']}: local {b['local_img_s']}, Ray {b['ray_img_s']} = {b['ray_vs_local']}×"
+            for b in res["by_size"]
+        )
+    )
+    log(
+        f"fitted wall = fixed + images / rate: local {fl['fixed_s']} s + n / {fl['steady_img_s']} img/s; Ray 2 CPUs "
+        f"{fr['fixed_s']} s + n / {fr['steady_img_s']} img/s → Ray reaches 0.9× local from "
+        f"{res['ray_0.9x_from_images'] if n90 is not None else 'never (its steady rate is below 0.9× local)'} images "
+        f"(measured: from {res['ray_0.9x_measured_from_images']} of the sizes run)"
+    )
+    log(
+        f"embedding {len(refs)} images at {tuple(cfg.encoder.image_size)}: local 2 CPUs {res['local_2cpu']} img/s; "
+        f"Ray 2 CPUs {res['ray_2cpu']} img/s = {res['ray_vs_local']}× local (goal ≥ 0.9×), Ray 1 CPU "
+        f"{res['ray_1cpu']} img/s, 2 vs 1 CPU {res['ray_2_vs_1cpu']}×. Ray's start-up, not in those: "
+        f"{res['ray_start_2cpu_s']} s (2 CPUs), {res['ray_start_1cpu_s']} s (1 CPU); with it, "
+        f"{res['ray_2cpu_with_start']} and {res['ray_1cpu_with_start']} img/s"
     )
     per_core = res["ray_1cpu"]
     res["projection"] = {
@@ -550,7 +644,8 @@ def part_embedding(args) -> dict:
     log(
         f"PROJECTION (not measured at that size; linear in images, from Ray at 1 CPU = {per_core} img/s per core): "
         f"1M images ≈ {res['projection']['core_hours_1M']} core-hours, 10M ≈ {res['projection']['core_hours_10M']} "
-        f"core-hours (divide by the cluster's cores; e.g. 64 cores: {res['projection']['core_hours_10M'] / 64:.1f} h for 10M)"
+        f"core-hours (divide by the cluster's cores; e.g. 64 cores: {res['projection']['core_hours_10M'] / 64:.1f} h "
+        "for 10M)"
     )
     return res
 
@@ -774,14 +869,108 @@ def part_kpi(args, d: dict) -> dict:
     return res
 
 
+def cpu_fits(e: dict) -> dict:
+    """The 0.9× question in CPU seconds instead of wall seconds: CPU = fixed + images / rate for each engine
+    (local: this process; Ray: the driver and every Ray process), and the job size from which Ray's job costs
+    at most local's / 0.9. Wall-clock ratios on shared cores follow who gets the cores (several Ray processes
+    outnumber one local process); CPU cost does not, and on an idle machine whose cores both engines keep
+    busy, wall time follows it."""
+    out = {}
+    for engine, key in (("local", "local"), ("ray 2cpu", "ray")):
+        pts = [
+            (x["images"], x["cpu_s"] + (x.get("descendants_cpu_s", 0.0) if key == "ray" else 0.0))
+            for x in e["runs"]
+            if x["engine"] == engine
+        ]
+        fixed, rate = fit_line(pts)
+        out[key] = {"fixed_cpu_s": round(fixed, 2), "img_per_cpu_s": round(rate, 1)}
+    n90 = reaches(
+        0.9,
+        (out["local"]["fixed_cpu_s"], out["local"]["img_per_cpu_s"]),
+        (out["ray"]["fixed_cpu_s"], out["ray"]["img_per_cpu_s"]),
+    )
+    out["ray_0.9x_from_images"] = None if n90 is None else round(n90)
+    return out
+
+
+def embedding_markdown(e: dict, rounds: int) -> str:
+    """The README's embedding table, from this run."""
+
+    def runs(engine: str, n: int) -> list[dict]:
+        return [x for x in e["runs"] if x["engine"] == engine and n * 0.99 <= x["images"] <= n]
+
+    def cpu(engine: str, n: int) -> str:
+        """CPU per image of this process and Ray's (the job's whole cost), and the cores the rest of the
+        machine used meanwhile (Ray's processes included, for the Ray rows)."""
+        rs = runs(engine, n)
+        wall = sum(x["wall_s"] for x in rs)
+        ray_cpu = 0.0 if engine == "local" else sum(x.get("descendants_cpu_s", 0.0) for x in rs)
+        ms = (sum(x["cpu_s"] for x in rs) + ray_cpu) * 1000 / sum(x["images"] for x in rs)
+        if engine == "local":  # a started Ray idles beside it: its processes are counted with the others'
+            used = sum(x["cores_used"] * x["wall_s"] for x in rs) / wall
+            others = sum(x["cores_used_by_others"] * x["wall_s"] for x in rs) / wall
+            return f"{ms:.2f} ms CPU/image; {used:.2f} cores, other processes {others:.2f}"
+        job = sum(x["cpu_s"] + x.get("descendants_cpu_s", 0.0) for x in rs) / wall
+        return f"{ms:.2f} ms CPU/image in driver and Ray; {job:.2f} cores"
+
+    lines = [
+        "| job (images, cold cache) | local engine, 2 CPUs | Ray Data, 2 CPUs (2 actors) | Ray / local |",
+        "|---|---|---|---|",
+    ]
+    for b in e["by_size"]:
+        n = b["images"]
+        lines.append(
+            f"| {n:,} | {b['local_img_s']} images/s ({cpu('local', n)}) | {b['ray_img_s']} images/s "
+            f"({cpu('ray 2cpu', n)}) | {b['ray_vs_local']:.3f}× |"
+        )
+    fl, fr = e["fit_local"], e["fit_ray"]
+    n90 = e["ray_0.9x_from_images"]
+    lines.append(
+        f"| fitted: wall = fixed + images / rate | {fl['fixed_s']:.2f} s + n / {fl['steady_img_s']} images/s | "
+        f"{fr['fixed_s']:.2f} s + n / {fr['steady_img_s']} images/s | ≥ 0.9× from "
+        f"{'never' if n90 is None else f'{n90:,} images'} |"
+    )
+    c = cpu_fits(e)
+    n90c = c["ray_0.9x_from_images"]
+    lines.append(
+        f"| fitted: CPU seconds = fixed + images / rate | {c['local']['fixed_cpu_s']:.2f} s + n / "
+        f"{c['local']['img_per_cpu_s']} images per CPU-second | {c['ray']['fixed_cpu_s']:.2f} s + n / "
+        f"{c['ray']['img_per_cpu_s']} images per CPU-second | ≤ local / 0.9 from "
+        f"{'never' if n90c is None else f'{n90c:,} images'} |"
+    )
+    ray_full = runs("ray 2cpu", e["images"])
+    t = {k: np.mean([x["timings"].get(k, 0.0) for x in ray_full]) for k in ray_full[0]["timings"]}
+    lines.append(
+        f"| Ray job of {e['images']:,}: where its time went | | "
+        + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f} s" for k, v in t.items())
+        + " | |"
+    )
+    lines.append(
+        f"| Ray, 2 CPUs as 1 actor of 2 threads, {e['images']:,} images | | "
+        f"{e['ray_2cpu_1_actor']} images/s ({cpu('ray 2cpu 1 actors', e['images'])}) | "
+        f"{e['ray_2cpu_1_actor'] / e['local_2cpu']:.3f}× |"
+    )
+    lines.append(
+        f"| Ray, 1 CPU, {e['images']:,} images | | {e['ray_1cpu']} images/s (2 CPUs: {e['ray_2_vs_1cpu']:.2f}×) | |"
+    )
+    lines.append(
+        f"| Ray's own start-up (not in the rows above) | | {', '.join(map(str, e['ray_start_2cpu_s']))} s (2 CPUs); "
+        f"with it, {e['ray_2cpu_with_start']} images/s at {e['images']:,} | |"
+    )
+    return "\n".join(lines) + f"\n\n{rounds} round(s); images/s over all rounds of a size."
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="embedding,stores,memory")
     ap.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors (the real 39,653 are added)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "scale"))
     ap.add_argument("--cache-dir", help="embedding cache with the real catalogue's vectors (else the default)")
-    ap.add_argument("--images", type=int, default=8192, help="images per embedding measurement")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating local/Ray embedding rounds")
+    ap.add_argument("--images", type=int, default=8192, help="images of the largest embedding job")
+    ap.add_argument("--sweep", default="512,1024,2048,4096", help="smaller embedding job sizes (comma-separated)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the sweep, local and Ray alternating")
+    ap.add_argument("--markdown", action="store_true", help="print the embedding table alone on stdout (rest: stderr)")
+    ap.add_argument("--markdown-from", help="print the embedding table of a saved WORK/scale.json and stop")
     ap.add_argument("--queries", type=int, default=1000, help="queries for recall and HNSW latency")
     ap.add_argument("--exact-queries", type=int, default=20, help="of those, how many time exact search too")
     ap.add_argument("--ef-search", type=int, help="HNSW ef_search for both stores (default: each store's own)")
@@ -806,15 +995,29 @@ def main() -> None:
     if args.stage:
         print(json.dumps(stage(args.stage, Path(args.work), args.bank, args.eval_queries)))
         return
+    if args.markdown_from:
+        saved = json.loads(Path(args.markdown_from).read_text())
+        m = saved.get("machine", {})
+        print(embedding_markdown(saved["embedding"], saved["args"]["rounds"]))
+        print(
+            f"\nPrinted by `{m.get('command')}` at commit {m.get('commit')}: {m.get('cpu')}, "
+            f"{m.get('cores', {}).get('available')} cores; 1-minute load {m.get('load_start', [0])[0]:.2f} at start, "
+            f"{(m.get('load_end') or [0])[0]:.2f} at end, at most {m.get('load_max_1min')} (reprinted by "
+            f"`python benchmarks/scale.py --markdown-from {args.markdown_from}`)."
+        )
+        return
     from lookalike.provenance import provenance
 
+    machine = Machine.start("scale.py", args.markdown)
     work = Path(args.work).resolve()  # store URLs need absolute paths
     args.work = str(work)
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {"args": vars(args), "provenance": provenance()}
     parts = args.parts.split(",")
     if "embedding" in parts:
-        report["embedding"] = part_embedding(args)
+        report["embedding"] = part_embedding(args, machine)
+        if args.markdown:
+            machine.table(embedding_markdown(report["embedding"], args.rounds))
     if "stores" in parts or "memory" in parts or "kpi" in parts:
         t = time.perf_counter()
         d = dataset(args.n, args.seed, work, args.cache_dir)
@@ -831,6 +1034,7 @@ def main() -> None:
             log(f"peak memory at {args.n + 39_653:,} products (each computation in its own process):")
             report["memory"] = part_memory(args)
     report["peak_rss_gib_this_process"] = peak_rss_gib()
+    report["machine"] = machine.finish()
     (work / "scale.json").write_text(json.dumps(report, indent=2, default=str))
     log(f"figures written to {work / 'scale.json'}")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import Machine  # noqa: E402
 from serving import Server, schemathesis  # noqa: E402
 
 
@@ -75,6 +75,9 @@ def main() -> None:
     ap.add_argument("--skip-fuzz", action="store_true")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
+    from lookalike.encoders.base import default_threads
+
+    machine = Machine.start("service.py", onnxruntime=default_threads())
 
     import faiss
     from fastapi.testclient import TestClient
@@ -93,8 +96,6 @@ def main() -> None:
         **provenance(),
         "model": args.model,
         "catalog": args.catalog,
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": os.getloadavg(),
     }
     rng = np.random.default_rng(0)
 
@@ -264,11 +265,9 @@ def main() -> None:
             server.stop()
 
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    res["load_average_at_end"] = os.getloadavg()
+    res["machine"] = machine.finish()
     (work / "service_benchmark.json").write_text(json.dumps(res, indent=2, default=str))
-    log(
-        f"peak RSS {res['peak_rss_mb']} MB; load average {res['load_average_at_end']}; wrote {work / 'service_benchmark.json'}"
-    )
+    log(f"peak RSS {res['peak_rss_mb']} MB; wrote {work / 'service_benchmark.json'}")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import Machine
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "smiles"
@@ -158,7 +159,9 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"smiles study ({os.cpu_count()} CPU cores; timings taken on a shared, loaded machine)")
+    from lookalike.encoders.base import default_threads
+
+    machine = Machine.start("smiles.py", onnxruntime=default_threads())
     if a.size_study:
         print("encoder input size:")
         size_study(out)
@@ -259,6 +262,7 @@ def main() -> None:
     if a.unfreeze_study:
         unfreeze_study(out, good)
     print(f"reports: {out}/ab-full/report.html, {out}/ab-80/report.html, {out}/ab-2000/report.html")
+    machine.finish()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import Machine
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -250,10 +252,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = base_config(args)
     t0 = time.perf_counter()
-    torch.set_num_threads(1)  # on a few shared cores, intra-op threads thrash: 1 thread per process is ~10× faster
+    torch.set_num_threads(1)  # on a few shared cores, intra-op threads thrash; the header below prints the setting
     from lookalike.studies.towers import TOWERS, compare_towers, merge_results
 
     runs = [(split, tower) for split in args.splits for tower in TOWERS]
+    machine = Machine.start("towers.py", study_processes=len(runs) if args.parallel and not args.tower else 1)
     if args.stage in ("all", "towers") and args.parallel:
         # One process per (split, tower): the fair scheduler then gives this study more of a shared machine.
         procs = [
@@ -330,7 +333,8 @@ def main() -> None:
     report_adapters(out)
     if (out / "rerank.json").exists():
         report_rerank(json.loads((out / "rerank.json").read_text()))
-    print(f"\n(wall {time.perf_counter() - t0:.0f} s; 2 shared CPU cores under load from other jobs)")
+    print(f"\n(wall {time.perf_counter() - t0:.0f} s)")
+    machine.finish()
 
 
 if __name__ == "__main__":

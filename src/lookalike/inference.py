@@ -54,7 +54,8 @@ class QueryEncoder:
         `lookalike search` rank with (None when the checkpoint has it off or carries no training queries).
 
         An offset depends on the vector alone, so each is computed once and remembered by the vector's
-        digest: 200 new candidates cost ~145 ms on one core against a 28k-query bank, known ones nothing."""
+        digest: 200 new candidates cost 165 ms on one thread against fashion-products' 27,747-query bank
+        (benchmarks/core.py), known ones nothing."""
         if not self.model.config.retrieval.hubness_weight or self.model.query_bank is None:
             return None
         if self._bank is None:

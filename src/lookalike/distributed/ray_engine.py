@@ -3,10 +3,11 @@
 The driver keys every image exactly as the local path does (`plan_images`: content SHA-1 + crop
 suffix under the encoder's fingerprint) and sends to Ray only the images the cache lacks, as a
 dataset of (index, path, crop) rows. `map_batches` runs them through a pool of actors, each loading
-the frozen encoder once with as many inference threads as it has CPUs. Vectors stream back to the
-driver (`iter_batches`) and are written to the cache as they arrive, a shard every `shard_size` new
-vectors or `FLUSH_S` seconds; a shard is written under a temporary name and renamed, so a job killed
-midway loses only what was in flight, and a rerun embeds only what is missing.
+the frozen encoder once with as many inference threads as it has CPUs (by default one actor per CPU:
+see `_pool`). Vectors stream back to the driver (`iter_batches`) and are written to the cache as they
+arrive, a shard every `shard_size` new vectors or `FLUSH_S` seconds; a shard is written under a
+temporary name and renamed, so a job killed midway loses only what was in flight, and a rerun embeds
+only what is missing.
 
 A missing or corrupt image is counted by reason (the local path's reasons). An actor that dies is
 restarted and its batch retried by Ray (`max_restarts`, `max_task_retries`); a batch that still fails
@@ -114,8 +115,11 @@ class _EmbedActor:
 
 
 def _pool(ray, num_actors: int | None) -> tuple[int, int]:
-    """(actors, CPUs per actor): one actor per CPU by default, else the cluster's CPUs shared among them
-    (never more than one node holds)."""
+    """(actors, CPUs per actor): one actor of one inference thread per CPU by default, else the cluster's
+    CPUs shared among them (never more than one node holds). Single-threaded sessions cost less CPU per
+    image than one session with a thread per CPU; every actor also costs a worker process that imports
+    Ray, Ray Data and the encoder on every job, which only short jobs notice (benchmarks/scale.py prints
+    both pools)."""
     total = int(ray.cluster_resources().get("CPU", 1))
     if not num_actors:
         return max(1, total), 1
@@ -146,6 +150,7 @@ def embed_images_ray(
     encoder = image_encoder_for(encoder_config, root)  # on the driver: fingerprint and dim only, no weights run
     cache = EmbeddingCache(root, "image", encoder.fingerprint(), encoder.dim)
     plan = plan_images(refs, cache, FileKeys(root), keep_bytes=False)  # actors read the files themselves
+    timings = {"keying_s": time.perf_counter() - t0}
     out = np.zeros((len(refs), encoder.dim), np.float32)
     if plan.hits:
         out[plan.hits] = cache.get([plan.keys[i] for i in plan.hits])
@@ -170,12 +175,19 @@ def embed_images_ray(
                 shard_size,
                 progress,
                 encoder.name,
+                timings,
             )
         finally:
             if started:
                 ray.shutdown()
     return EmbedResult(
-        out, failed, cached=len(plan.hits), computed=computed, seconds=time.perf_counter() - t0, hashed=plan.hashed
+        out,
+        failed,
+        cached=len(plan.hits),
+        computed=computed,
+        seconds=time.perf_counter() - t0,
+        hashed=plan.hashed,
+        timings={k: round(v, 3) for k, v in timings.items()},
     )
 
 
@@ -194,9 +206,15 @@ def _run(
     shard_size: int,
     progress: bool,
     name: str,
+    timings: dict[str, float],
 ) -> int:
-    """Embed `todo` on the actor pool, writing vectors into `out` and the cache as they arrive."""
+    """Embed `todo` on the actor pool, writing vectors into `out` and the cache as they arrive; `timings`
+    gets when the first vectors arrived (the pool's start-up and one batch), the job's length and the
+    driver's cache writes."""
     from ray.data import ActorPoolStrategy, DataContext
+
+    t0 = time.perf_counter()
+    timings["cache_write_s"] = 0.0
 
     actors, cpus = _pool(ray, num_actors)
     ctx = DataContext.get_current()
@@ -232,6 +250,7 @@ def _run(
                 max_task_retries=MAX_TASK_RETRIES,
             )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            timings.setdefault("first_vectors_s", time.perf_counter() - t0)
             idx, errors = batch["i"], batch["error"]
             seen[idx] = True
             good = errors == ""
@@ -241,7 +260,9 @@ def _run(
             new.extend(idx[good].tolist())
             computed += int(good.sum())
             if len(new) >= shard_size or time.monotonic() - last_flush >= FLUSH_S:
+                t = time.perf_counter()
                 cache.put([keys[i] for i in new], out[new])
+                timings["cache_write_s"] += time.perf_counter() - t
                 new, last_flush = [], time.monotonic()
             bar.update(len(idx))
     except LookalikeError:
@@ -251,7 +272,10 @@ def _run(
             f"the Ray embedding job failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from None
     finally:
+        t = time.perf_counter()
         cache.put([keys[i] for i in new], out[new])  # what arrived is kept, even when the job fails
+        timings["cache_write_s"] += time.perf_counter() - t
+        timings["ray_job_s"] = time.perf_counter() - t0
         bar.close()
         ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
     lost = [i for i in todo if not seen[i]]

