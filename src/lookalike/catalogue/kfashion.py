@@ -214,8 +214,8 @@ def _rect_box(rect: dict[str, Any]) -> tuple[float, float, float, float] | None:
 def _clip(box: tuple[float, float, float, float], size: tuple[int, int]) -> Box:
     """Round to pixels and keep inside the image: annotators' points often stray past the border."""
     w, h = size
-    l, t, r, b = (round(v) for v in box)
-    return (min(max(l, 0), w), min(max(t, 0), h), min(max(r, 0), w), min(max(b, 0), h))
+    x0, y0, x1, y1 = (round(v) for v in box)
+    return (min(max(x0, 0), w), min(max(y0, 0), h), min(max(x1, 0), w), min(max(y1, 0), h))
 
 
 def _find_image(label_path: Path, names: list[str]) -> Path | None:
