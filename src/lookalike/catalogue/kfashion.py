@@ -112,8 +112,8 @@ def _file_products(
 ) -> list[Product]:
     """The products of one label file; every rejected slot is counted in `report` with its reason."""
     labels = details["라벨링"]
-    rects = details.get("렉트좌표") if isinstance(details.get("렉트좌표"), dict) else {}
-    polys = details.get("폴리곤좌표") if isinstance(details.get("폴리곤좌표"), dict) else {}
+    rects = _dict(details.get("렉트좌표"))
+    polys = _dict(details.get("폴리곤좌표"))
     styles = _styles(labels.get("스타일"))
 
     candidates: list[tuple[str, dict[str, Any], tuple[float, float, float, float]]] = []
@@ -202,12 +202,18 @@ def _poly_box(poly: dict[str, Any]) -> tuple[float, float, float, float] | None:
     return (min(xs), min(ys), max(xs), max(ys)) if xs and ys else None
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    """A JSON object as itself, anything else (missing, a list, a string) as empty."""
+    return value if isinstance(value, dict) else {}
+
+
 def _rect_box(rect: dict[str, Any]) -> tuple[float, float, float, float] | None:
     """(X, Y, X+가로, Y+세로), or None when any of the four numbers is missing."""
     vals = [rect.get(k) for k in ("X좌표", "Y좌표", "가로", "세로")]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+    nums = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(nums) < len(vals):
         return None
-    x, y, w, h = (float(v) for v in vals)
+    x, y, w, h = nums
     return (x, y, x + w, y + h)
 
 
