@@ -62,11 +62,12 @@ class AdapterConfig(BaseModel):
 
 
 def make_loss(cfg: AdapterConfig) -> torch.nn.Module | None:
-    return {
+    losses: dict[str, Callable[[], torch.nn.Module | None]] = {
         "triplet": lambda: TripletLoss(cfg.margin, cfg.mining),
         "multi-similarity": MultiSimilarityLoss,
         "none": lambda: None,
-    }[cfg.loss]()
+    }
+    return losses[cfg.loss]()
 
 
 def distillation(
