@@ -129,7 +129,7 @@ def compare_rerankers(
         }
         methods[f"MMR λ={lam}"] = m
         sweep.append(m)
-    selected = {}
+    selected: dict[float, dict[str, float]] = {}
     for mu in mus:
         logger.info(f"training the list-wise reranker, μ = {mu}")
         t = time.perf_counter()
