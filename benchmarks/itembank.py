@@ -184,7 +184,8 @@ def main() -> None:
     for gname, res in s["results"].items():
         g = res["gt"]
         print(
-            f"\n== GT {gname}: {g['path']} (sha1 {g['sha1'][:12]}; {g['queries']} queries, {g['pairs']} pairs; {g['rule']})"
+            f"\n== GT {gname}: {g['path']} (sha1 {g['sha1'][:12]}; {g['queries']} queries, {g['pairs']} pairs; "
+            f"{g['rule']})"
         )
         if "winner" not in res:
             print("  " + res["note"])
@@ -214,10 +215,12 @@ def main() -> None:
         )
         for single, c in res["hybrid_vs_single_on_test"].items():
             print(
-                f"  hybrid {res['best_hybrid_on_dev']} (α from {res['n_dev']} dev queries) − {single} on {res['n_test']} test queries: "
+                f"  hybrid {res['best_hybrid_on_dev']} (α from {res['n_dev']} dev queries) − {single} on "
+                f"{res['n_test']} test queries: "
                 + "; ".join(
                     f"{m} {c[m]['mean_a']:.4f} vs {c[m]['mean_b']:.4f} = {c[m]['diff']:+.4f} "
-                    f"(Fisher p={fmt_p(c[m]['fisher_p'])}, t p={fmt_p(c[m]['t_p'])}, W/T/L {'/'.join(map(str, c[m]['win_tie_loss']))})"
+                    f"(Fisher p={fmt_p(c[m]['fisher_p'])}, t p={fmt_p(c[m]['t_p'])}, W/T/L "
+                    f"{'/'.join(map(str, c[m]['win_tie_loss']))})"
                     for m in ("ndcg@10", "mrr")
                 )
             )
@@ -235,7 +238,8 @@ def main() -> None:
     rc = s["ranx_check"]
     if rc:
         print(
-            f"\nranx cross-check on {rc['gt']} / {rc['run']}: metrics max |ours − ranx| = {rc['metric_max_abs_diff']:.2e}; "
+            f"\nranx cross-check on {rc['gt']} / {rc['run']}: metrics max |ours − ranx| = "
+            f"{rc['metric_max_abs_diff']:.2e}; "
             + "; ".join(
                 f"{t} p {m}: ours {v['ours']:.4g} ranx {v['ranx']:.4g}"
                 for t in ("fisher", "student")
@@ -279,9 +283,12 @@ def main() -> None:
     print(f"  peak RSS {bench['max_rss_mb']:.0f} MB")
     target = bench["pgvector_hybrid"]
     print(
-        f"\nTARGETS  label GT best {s['results']['label']['winner']}: nDCG@10 {s['results']['label']['table'][s['results']['label']['winner']]['ndcg@10']:.4f}, "
-        f"MRR {s['results']['label']['table'][s['results']['label']['winner']]['mrr']:.4f} | pgvector hybrid p95 {target['p95_ms']:.1f} ms "
-        f"({'≤' if target['p95_ms'] <= 200 else '>'} 200 ms), {target['queries']}-query success {target['success_rate']:.1%}"
+        f"\nTARGETS  label GT best {s['results']['label']['winner']}: nDCG@10 "
+        f"{s['results']['label']['table'][s['results']['label']['winner']]['ndcg@10']:.4f}, "
+        f"MRR {s['results']['label']['table'][s['results']['label']['winner']]['mrr']:.4f} | pgvector hybrid p95 "
+        f"{target['p95_ms']:.1f} ms "
+        f"({'≤' if target['p95_ms'] <= 200 else '>'} 200 ms), {target['queries']}-query success "
+        f"{target['success_rate']:.1%}"
     )
     (out / "bench.json").write_text(
         json.dumps(

@@ -190,7 +190,8 @@ def main() -> None:
             "gallery": len(rows),
         }
         log(
-            f"exact search, {label} ({len(rows)} vectors): store {np.mean(ms_store):.2f} ms, numpy {np.mean(ms_np):.2f} ms, "
+            f"exact search, {label} ({len(rows)} vectors): store {np.mean(ms_store):.2f} ms, numpy "
+            f"{np.mean(ms_np):.2f} ms, "
             f"FAISS flat {np.mean(ms_faiss):.2f} ms per query; store/numpy {cmp[label]['ratio_store_vs_numpy_mean']}×, "
             f"store/FAISS {cmp[label]['ratio_store_vs_faiss_mean']}×; same top-10 {same:.1%}"
         )
@@ -217,7 +218,8 @@ def main() -> None:
         "speedup_mean": round(np.mean(ms_exact) / np.mean(ms_hnsw), 2),
     }
     log(
-        f"embedded HNSW (FAISS, M=32, efSearch=64, built in {build:.1f} s): recall@10 {res['hnsw_embedded']['recall@10']:.4f} "
+        f"embedded HNSW (FAISS, M=32, efSearch=64, built in {build:.1f} s): recall@10 "
+        f"{res['hnsw_embedded']['recall@10']:.4f} "
         f"(is_new filter {res['hnsw_embedded']['recall@10_is_new_filter']:.4f}); {np.mean(ms_hnsw):.3f} ms vs exact "
         f"{np.mean(ms_exact):.3f} ms per query = {res['hnsw_embedded']['speedup_mean']}× speed-up"
     )
@@ -246,7 +248,8 @@ def main() -> None:
         log(
             f"pgvector: loaded {len(ids)} rows + HNSW index in {load_s:.1f} s; exact top-10 identical to embedded on "
             f"{same:.1%} of queries; HNSW recall@10 {res['pgvector']['recall@10']:.4f} (is_new filter "
-            f"{res['pgvector']['recall@10_is_new_filter']:.4f}); {np.mean(ms_pg_hnsw):.2f} ms vs exact {np.mean(ms_pg_exact):.2f} ms "
+            f"{res['pgvector']['recall@10_is_new_filter']:.4f}); {np.mean(ms_pg_hnsw):.2f} ms vs exact "
+            f"{np.mean(ms_pg_exact):.2f} ms "
             f"= {res['pgvector']['speedup_mean']}× speed-up"
         )
         pg.close()

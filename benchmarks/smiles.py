@@ -79,7 +79,8 @@ def training(summary: dict, name: str) -> None:
     low = min(h, key=lambda r: r["val_loss"])
     print(
         f"    {name}: train {summary['n']['train']}, val {summary['n']['val']}; {summary['epochs_run']} epochs, "
-        f"kept {summary['kept_epoch']} (best {summary['best_epoch']}); at kept: train loss {kept['train_loss_eval']:.4g}, "
+        f"kept {summary['kept_epoch']} (best {summary['best_epoch']}); at kept: train loss "
+        f"{kept['train_loss_eval']:.4g}, "
         f"val loss {kept['val_loss']:.4g}, val AUC {kept['val_auc']:.4f}; lowest val loss {low['val_loss']:.4g} "
         f"(epoch {low['epoch']}); Youden threshold on its val {summary['val_at_kept']['youden_threshold']:.4g}; "
         f"ONNX |Δp| {summary['onnx']['max_abs_diff_vs_torch']:.1g}; features {summary['timings']['features_s']:.0f} s, "

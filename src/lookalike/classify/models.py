@@ -49,6 +49,7 @@ class HaarSmile(ImageClassifier):
 
     def __init__(self, name: str = "haar", neighbours: int = 20, scale_factor: float = 1.05):
         import cv2
+        import cv2.data  # the folder of cascades OpenCV ships
 
         root = Path(cv2.data.haarcascades)
         self.name = name
@@ -217,8 +218,8 @@ class OnnxClassifier(ImageClassifier):
 
 def load_classifier(spec: str) -> ImageClassifier:
     """`haar`, `fer`, `path/to/model.onnx`, each optionally prefixed `label=`."""
-    name, _, target = spec.rpartition("=")
-    name = name or None
+    prefix, _, target = spec.rpartition("=")
+    name = prefix or None
     if target == "haar":
         return HaarSmile(name or "haar")
     if target == "fer":

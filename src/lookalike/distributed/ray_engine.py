@@ -33,7 +33,14 @@ from tqdm.auto import tqdm
 from lookalike.catalogue.schema import ImageRef
 from lookalike.distributed import NEEDS_RAY
 from lookalike.encoders.cache import EmbeddingCache, FileKeys
-from lookalike.encoders.embedder import ACTOR_CRASHED, EmbedResult, forward_grouped, load_pixels, plan_images
+from lookalike.encoders.embedder import (
+    ACTOR_CRASHED,
+    EmbedResult,
+    cache_keys,
+    forward_grouped,
+    load_pixels,
+    plan_images,
+)
 from lookalike.encoders.registry import image_encoder_for
 from lookalike.errors import LookalikeError
 
@@ -92,6 +99,18 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     return True
 
 
+def _box_text(box: tuple[int, int, int, int] | None) -> str:
+    """A crop box as a row field ("" for none), read back by `_parse_box`."""
+    return ",".join(map(str, box)) if box else ""
+
+
+def _parse_box(text: str) -> tuple[int, int, int, int] | None:
+    if not text:
+        return None
+    left, top, right, bottom = (int(x) for x in text.split(","))
+    return (left, top, right, bottom)
+
+
 class _EmbedActor:
     """One encoder per actor, loaded once; a batch of rows → vectors and failure reasons."""
 
@@ -101,15 +120,12 @@ class _EmbedActor:
         self.encoder = image_encoder_for(EncoderConfig.model_validate(encoder_config), Path(cache_root), threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        refs = [
-            ImageRef(Path(p), tuple(int(x) for x in b.split(",")) if b else None)
-            for p, b in zip(batch["path"], batch["box"])
-        ]
+        refs = [ImageRef(Path(p), _parse_box(b)) for p, b in zip(batch["path"], batch["box"])]
         arrays = [load_pixels(self.encoder, ref) for ref in refs]
         ok = [j for j, a in enumerate(arrays) if not isinstance(a, str)]
         vectors = np.zeros((len(refs), self.encoder.dim), np.float32)
         if ok:
-            vectors[ok] = forward_grouped(self.encoder, [arrays[j] for j in ok])
+            vectors[ok] = forward_grouped(self.encoder, [a for a in arrays if not isinstance(a, str)])
         errors = np.array([a if isinstance(a, str) else "" for a in arrays], dtype=object)
         return {"i": np.asarray(batch["i"], np.int64), "vector": vectors, "error": errors}
 
@@ -153,7 +169,7 @@ def embed_images_ray(
     timings = {"keying_s": time.perf_counter() - t0}
     out = np.zeros((len(refs), encoder.dim), np.float32)
     if plan.hits:
-        out[plan.hits] = cache.get([plan.keys[i] for i in plan.hits])
+        out[plan.hits] = cache.get(cache_keys(plan.keys, plan.hits))
     failed = dict(plan.failed)
     computed = 0
     if plan.todo:
@@ -221,9 +237,7 @@ def _run(
     saved = (ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.print_on_execution_start)
     ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.print_on_execution_start = -1, False, False
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # not "progress bars disabled"
-    rows = [
-        {"i": i, "path": str(refs[i].path), "box": ",".join(map(str, refs[i].box)) if refs[i].box else ""} for i in todo
-    ]
+    rows = [{"i": i, "path": str(refs[i].path), "box": _box_text(refs[i].box)} for i in todo]
     seen = np.zeros(len(refs), bool)
     computed = 0
     new: list[int] = []
@@ -261,7 +275,7 @@ def _run(
             computed += int(good.sum())
             if len(new) >= shard_size or time.monotonic() - last_flush >= FLUSH_S:
                 t = time.perf_counter()
-                cache.put([keys[i] for i in new], out[new])
+                cache.put(cache_keys(keys, new), out[new])
                 timings["cache_write_s"] += time.perf_counter() - t
                 new, last_flush = [], time.monotonic()
             bar.update(len(idx))
@@ -273,7 +287,7 @@ def _run(
         ) from None
     finally:
         t = time.perf_counter()
-        cache.put([keys[i] for i in new], out[new])  # what arrived is kept, even when the job fails
+        cache.put(cache_keys(keys, new), out[new])  # what arrived is kept, even when the job fails
         timings["cache_write_s"] += time.perf_counter() - t
         timings["ray_job_s"] = time.perf_counter() - t0
         bar.close()

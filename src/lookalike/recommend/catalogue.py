@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lookalike.catalogue import Catalogue, CatalogueSchema, ImageRef, Product
+from lookalike.catalogue.schema import AttrValue
 from lookalike.distributed import RayOptions
 from lookalike.errors import LookalikeError
 from lookalike.inference import QueryEncoder
@@ -64,7 +65,8 @@ def product_from_json(
         raise LookalikeError(f"product {pid}: attribute names {sorted(clash)} are reserved by the service")
     list_fields = set(schema.list_fields) if schema else set()
     fields = set(schema.fields) if schema else set(attributes)
-    attrs, extra = {}, {}
+    attrs: dict[str, AttrValue] = {}
+    extra: dict[str, str] = {}
     for k, v in attributes.items():
         if k in fields:
             if k in list_fields:

@@ -101,7 +101,7 @@ class TokenGate:
     def _route(self, scope) -> tuple[APIRoute | None, str | None]:
         path, method = get_route_path(scope), scope["method"]
         for route, need in self.routes:
-            if route.path_regex.match(path) and method in route.methods:
+            if route.path_regex.match(path) and route.methods is not None and method in route.methods:
                 return route, need
         return None, None
 

@@ -34,7 +34,8 @@ class AdapterConfig(BaseModel):
     out_dim: int = Field(128, ge=2)
     hidden_dim: int = Field(512, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
-    # Multi-similarity won on validation (benchmarks/towers.py ablation: 0.362 vs triplet 0.360, distillation alone 0.358).
+    # Multi-similarity won on validation (benchmarks/towers.py ablation: 0.362 vs triplet 0.360, distillation
+    # alone 0.358).
     loss: Literal["triplet", "multi-similarity", "none"] = "multi-similarity"
     pairs: Literal["cross", "all"] = Field(
         "cross",
@@ -61,11 +62,12 @@ class AdapterConfig(BaseModel):
 
 
 def make_loss(cfg: AdapterConfig) -> torch.nn.Module | None:
-    return {
+    losses: dict[str, Callable[[], torch.nn.Module | None]] = {
         "triplet": lambda: TripletLoss(cfg.margin, cfg.mining),
         "multi-similarity": MultiSimilarityLoss,
         "none": lambda: None,
-    }[cfg.loss]()
+    }
+    return losses[cfg.loss]()
 
 
 def distillation(

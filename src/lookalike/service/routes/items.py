@@ -72,7 +72,7 @@ def write_product(
         data = svc.read_upload(image, "image")
         im = decode_image(data, f"image {image.filename!r}")
         ext = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}.get(
-            Image.open(io.BytesIO(data)).format, ".img"
+            Image.open(io.BytesIO(data)).format or "", ".img"
         )
         final = svc.uploads.final_path(pid, data, ext)
         md = product_metadata(product_from_json(pid, attrs, final, text, svc.enc.schema), svc.rule)
@@ -85,7 +85,10 @@ def write_product(
             raise HTTPException(404, f"unknown product id {pid!r}")
         old = str(current.metadata.get("image", "")) if current else None
         if staged is None:
-            md = product_metadata(product_from_json(pid, attrs, Path(old), text, svc.enc.schema), svc.rule)
+            if current is None:  # the add route requires an image
+                raise LookalikeError("an image is required to add a product")
+            image_path = Path(str(current.metadata.get("image", "")))  # the product keeps its image
+            md = product_metadata(product_from_json(pid, attrs, image_path, text, svc.enc.schema), svc.rule)
             svc.store.upsert([StoreItem(pid, current.vector, md)])
         else:
             final, data, vector = staged

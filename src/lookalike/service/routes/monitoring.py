@@ -92,10 +92,12 @@ def dashboard_data(svc: ServiceDep) -> dict:
     if not svc.recent and len(svc.store):
         try:  # a first grid: the new products most like the most central established product (once computed)
             pid = svc.rec.best_by_centrality(0.1, 1)[0][0][0]
-            svc.remember(
-                f"customer_input: product {pid} (most central established product)",
-                svc.rec.customer_input(svc.store.get(pid).vector, 10, exclude_ids=[pid]),
-            )
+            central = svc.store.get(pid)
+            if central is not None:  # None only if deleted since the statistics were computed
+                svc.remember(
+                    f"customer_input: product {pid} (most central established product)",
+                    svc.rec.customer_input(central.vector, 10, exclude_ids=[pid]),
+                )
         except LookalikeError:
             pass
     return {
