@@ -8,7 +8,8 @@ Preprocessing re-implements the model's own eval transform with PIL + numpy (tor
 needed): the size, mean/std and resize/crop behaviour are read from the model's image-processor config
 (`preprocessor_config.json`) or from OpenCLIP's `visual.preprocess_cfg`, so it matches the reference
 pipeline pixel for pixel up to float rounding. Transparent images are composited onto white first (as
-transformers does), which suits product photos with transparent backgrounds.
+transformers does; open_clip's own transform drops the alpha channel), which suits product photos with transparent
+backgrounds.
 """
 
 from __future__ import annotations
@@ -468,7 +469,10 @@ class OpenClipImageEncoder(ImageEncoder):
             import open_clip
             import torch
         except ImportError as e:
-            raise LookalikeError(f"OpenCLIP encoders need open_clip: pip install open_clip_torch ({e})") from e
+            raise LookalikeError(
+                f"OpenCLIP encoders need open_clip: pip install open_clip_torch, or, beside this project's CPU torch, "
+                f"put the .venv/openclip folder that ./run makes on PYTHONPATH (README, Encoders) ({e})"
+            ) from e
 
         if pretrained is not None and (
             os.path.sep in pretrained or pretrained.endswith((".bin", ".pt", ".pth", ".safetensors", ".ckpt"))
@@ -539,6 +543,9 @@ class OpenClipImageEncoder(ImageEncoder):
             new_w, new_h = shortest_edge_size(im.width, im.height, h)  # torchvision Resize(int)
         else:
             # open_clip's ResizeKeepRatio: scale so the shortest (or longest) side fits the target.
+            if self.resize_mode == "shortest":
+                # open_clip builds this one (a non-square target) without the configured interpolation: bicubic.
+                resample = Image.Resampling.BICUBIC
             rh, rw = im.height / h, im.width / w
             ratio = max(rh, rw) if self.resize_mode == "longest" else min(rh, rw)
             new_h, new_w = round(im.height / ratio), round(im.width / ratio)
