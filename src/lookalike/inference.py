@@ -17,10 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from lookalike.catalogue import CatalogueSchema
 from lookalike.errors import LookalikeError
 from lookalike.model import LookalikeModel
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from lookalike.vectors import unit
 
 
 class QueryEncoder:
@@ -77,6 +74,22 @@ class QueryEncoder:
 
             self._image = image_encoder(self.cfg)
         return unit(self.model.space.transform(self._image.encode_images(images)))
+
+    def image(self, image: str | Path | bytes | Image.Image) -> np.ndarray:
+        """The vector of one image: a file, its bytes or a PIL image, decoded as the service decodes an upload."""
+        if isinstance(image, (str, Path)):
+            try:
+                data = Path(image).read_bytes()
+            except FileNotFoundError:
+                raise LookalikeError(f"image not found: {image}") from None
+            except OSError as e:
+                raise LookalikeError(f"cannot read image {image}: {e}") from None
+            image = decode_image(data, f"image {image}")
+        elif isinstance(image, bytes):
+            image = decode_image(image, "image")
+        else:
+            image = image.convert("RGB")
+        return self.images([image])[0]
 
     def features(self, features: np.ndarray) -> np.ndarray:
         """Frozen backbone features (e.g. from the embedding cache) → the served space."""

@@ -1,0 +1,310 @@
+"""One path from a query vector to a ranked list: `lookalike search`, evaluation, the main job's sample grids,
+the public API and the service all rank through `rank`, so one query on one catalogue gives the same list
+and the same scores everywhere.
+
+The score of an item is its cosine to the query, plus, for *corrected* queries (attribute JSON and text), the
+item's hubness offset (−weight × its hub penalty, retrieval/hubness.py); image queries rank by plain cosine.
+Lists are cut by the one top-k (retrieval/topk.py): score descending, then id ascending. Diversity re-ranks
+the exact top min(max(5k, 50), 500) by MMR.
+
+A gallery is either
+- a `Gallery`: vectors in memory (a catalogue for `lookalike search`, a split for evaluation). Every item is
+  scored (one matrix product a chunk of queries at a time), so every list is exact;
+- a `StoreGallery`: a `VectorStore` (the service). The store returns the cosine top-D with its filters and
+  exclusions applied, and `rank` re-scores those D with their offsets. For corrected queries the cut is
+  *certified*: every offset is at most `bound`, the largest offset of any stored item, so an item outside
+  the cosine top-D scores at most (D-th cosine + bound); when the k-th corrected score beats that, the
+  re-scored top-k is provably the exact one. Otherwise D grows ×4 and the store is asked again, up to the
+  whole store. The bound is computed per store version off the request path (`OffsetBound`); until it is
+  known, and under approximate (HNSW) search, lists are re-scored at the first depth only and reported
+  uncertified. Each list reports whether it was certified and the depth it used.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from lookalike.errors import LookalikeError
+from lookalike.retrieval.exact import exact_topk
+from lookalike.retrieval.rerank.mmr import mmr
+from lookalike.retrieval.stores.base import Filters, VectorStore
+from lookalike.retrieval.topk import topk_row
+from lookalike.vectors import unit
+
+logger = logging.getLogger(__name__)
+
+Offsets = Callable[[np.ndarray], np.ndarray | None]  # item vectors → their score offsets (None: no correction)
+
+# The first re-scoring depth of a corrected store query, and how much each further round deepens.
+# `python benchmarks/ablations.py --parts depth` prints how often each depth certifies.
+FIRST_DEPTH = 200
+GROWTH = 4
+# An item outside the candidates is bounded by (D-th cosine + bound); its float32 score may round up by an
+# ulp or two, so the k-th score must beat the bound by this much to certify.
+CERTIFY_MARGIN = 1e-6
+
+
+def diversity_pool(k: int) -> int:
+    """How many of the best items MMR chooses k from."""
+    return min(max(5 * k, 50), 500)
+
+
+@dataclass
+class Ranked:
+    """One query's list, best first."""
+
+    ids: list[str]
+    scores: np.ndarray  # float32: cosine (+ offset for corrected queries)
+    rows: np.ndarray | None = None  # in-memory gallery: the items' rows, in the order the gallery was given
+    vectors: np.ndarray | None = None  # store: the listed items' vectors
+    metadata: list[dict] | None = None  # store: the listed items' metadata
+    certified: bool = True  # provably the exact top-k of the score (always, for an in-memory gallery)
+    depth: int = 0  # items scored: the whole gallery in memory, the re-scored cosine top-D on a store
+
+
+class Gallery:
+    """Unit vectors in memory, with their ids (ties are broken by id) and, for corrected queries, their
+    offsets: an array, or a function of the vectors computed on the first corrected query."""
+
+    def __init__(self, vectors: np.ndarray, ids: list[str] | None = None, offsets: np.ndarray | Offsets | None = None):
+        self.vectors = np.ascontiguousarray(vectors, np.float32)
+        if ids is not None and len(ids) != len(self.vectors):
+            raise ValueError(f"{len(ids)} ids for {len(self.vectors)} vectors")
+        self.ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(self.vectors))]
+        self._offsets = offsets
+        order = np.argsort(np.array(self.ids, dtype=object), kind="stable") if ids is not None else None
+        # Rows are ranked in id order (the tie rule); `_order[j]` is the caller's row of sorted row j.
+        self._order = None if order is None or (np.diff(order) > 0).all() else order
+        self._sorted = self.vectors if self._order is None else self.vectors[self._order]
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def offsets(self) -> np.ndarray | None:
+        """The items' offsets in the caller's row order (None when the model has no correction)."""
+        with self._lock:
+            if callable(self._offsets):
+                self._offsets = self._offsets(self.vectors)
+            return None if self._offsets is None else np.asarray(self._offsets, np.float32)
+
+    def _to_sorted(self, rows: np.ndarray) -> np.ndarray:
+        if self._order is None:
+            return rows
+        inverse = np.empty(len(self._order), np.int64)
+        inverse[self._order] = np.arange(len(self._order))
+        return np.where(rows >= 0, inverse[np.maximum(rows, 0)], -1)
+
+    def _from_sorted(self, rows: np.ndarray) -> np.ndarray:
+        return rows if self._order is None else np.where(rows >= 0, self._order[np.maximum(rows, 0)], -1)
+
+
+class OffsetBound:
+    """The largest offset of any item of a store, for the store's current version, computed off the request
+    path: in a background thread, when first asked and again after each version change (a write by any
+    process). Offsets are remembered by the `offsets` function (QueryEncoder.hub_bias keeps them by vector),
+    so a refresh after a write computes only the new items' offsets; it does read every stored vector."""
+
+    def __init__(self, store: VectorStore, offsets: Offsets, start: bool = True):
+        self.store, self._offsets = store, offsets
+        self._known: tuple[int, float | None] | None = None  # (version, bound)
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        if start:
+            self.get()
+
+    def get(self) -> float | None:
+        """The bound for the store's current version, or None while it is being computed."""
+        version = self.store.version()
+        with self._lock:
+            if self._known is not None and self._known[0] == version:
+                return self._known[1] if self._known[1] is not None else -np.inf
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._refresh, name="offset-bound", daemon=True)
+                self._worker.start()
+        return None
+
+    def wait(self, timeout: float | None = None) -> float | None:
+        """Block until the bound for the current version is known (benchmarks, tests, a warm-up)."""
+        while True:
+            bound = self.get()
+            worker = self._worker
+            if bound is not None or worker is None:
+                return bound
+            worker.join(timeout)
+            if timeout is not None and worker.is_alive():
+                return None
+
+    def _refresh(self) -> None:
+        try:
+            version = self.store.version()
+            _, vectors, _ = self.store.items()
+            offsets = self._offsets(vectors) if len(vectors) else None
+            bound = None if offsets is None or not len(offsets) else float(np.max(offsets))
+            with self._lock:
+                self._known = (version, bound)
+            logger.info(f"offset bound for store version {version}: {bound} over {len(vectors)} items")
+        except Exception:  # a failed refresh leaves lists uncertified, never a request failed
+            logger.exception("computing the store's offset bound failed; lists stay uncertified")
+
+
+@dataclass
+class StoreGallery:
+    """A vector store as a gallery: `offsets` maps stored vectors to their offsets (corrected queries) and
+    `bound` knows the largest of them (made, and started in the background, when not given); `exact=False`
+    ranks candidates with the store's HNSW index."""
+
+    store: VectorStore
+    offsets: Offsets | None = None
+    bound: OffsetBound | None = None
+    exact: bool = True
+
+    def __post_init__(self) -> None:
+        if self.offsets is not None and self.bound is None:
+            self.bound = OffsetBound(self.store, self.offsets)
+
+
+def rank(
+    queries: np.ndarray,
+    gallery: Gallery | StoreGallery | VectorStore,
+    k: int,
+    *,
+    corrected: bool = False,
+    exclude: np.ndarray | None = None,
+    exclude_ids: list[str] | None = None,
+    filters: Filters | None = None,
+    diversity: float = 0.0,
+) -> list[Ranked]:
+    """Each query's top-k, best first. `corrected`: add the items' offsets (JSON and text queries).
+    `exclude[i]`: a gallery row left out of query i's list, or -1 (in-memory galleries; image → image search
+    leaves the query's own photo out). `exclude_ids`: ids left out of every list. `filters`: metadata
+    equality / IN filters (stores). `diversity` (0..1) = 1 − MMR λ."""
+    if not 0.0 <= diversity <= 1.0:
+        raise LookalikeError(f"diversity must be between 0 and 1, got {diversity}")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise LookalikeError(f"k must be a positive integer, got {k!r}")
+    q = np.asarray(queries, np.float32)
+    q = q[None, :] if q.ndim == 1 else q
+    pool = k if diversity == 0 else max(k, diversity_pool(k))
+    if isinstance(gallery, VectorStore):
+        gallery = StoreGallery(gallery)
+    if isinstance(gallery, Gallery):
+        if filters:
+            raise LookalikeError("filters need a store; an in-memory gallery has no metadata to filter on")
+        lists = _rank_memory(q, gallery, pool, corrected, exclude, exclude_ids)
+    else:
+        if exclude is not None:
+            raise ValueError("a store excludes by id: give exclude_ids")
+        lists = _rank_store(q, gallery, pool, corrected, exclude_ids, filters)
+    if diversity == 0:
+        return lists
+    return [_diversify(r, k, 1.0 - diversity, gallery) for r in lists]
+
+
+def _rank_memory(
+    q: np.ndarray,
+    g: Gallery,
+    k: int,
+    corrected: bool,
+    exclude: np.ndarray | None,
+    exclude_ids: list[str] | None,
+) -> list[Ranked]:
+    offsets = g.offsets() if corrected else None
+    bias = offsets if offsets is None or g._order is None else offsets[g._order]
+    if exclude_ids:
+        gone = set(exclude_ids)
+        rows = g._to_sorted(np.array([r for r, i in enumerate(g.ids) if i in gone], np.int64))
+        bias = np.zeros(len(g), np.float32) if bias is None else bias.copy()
+        bias[rows] = -np.inf
+    ex = None if exclude is None else g._to_sorted(np.asarray(exclude, np.int64))
+    idx, sc = exact_topk(unit(q), g._sorted, k, exclude=ex, bias=bias)
+    rows = g._from_sorted(idx)
+    ids = np.array(g.ids, dtype=object)
+    out = []
+    for r, s in zip(rows, sc):
+        keep = r >= 0
+        r, s = r[keep], s[keep]
+        out.append(Ranked(ids[r].tolist(), s, rows=r, certified=True, depth=len(g)))
+    return out
+
+
+def _rank_store(
+    q: np.ndarray,
+    g: StoreGallery,
+    k: int,
+    corrected: bool,
+    exclude_ids: list[str] | None,
+    filters: Filters | None,
+) -> list[Ranked]:
+    store = g.store
+    offsets = g.offsets if corrected else None
+    if offsets is None:  # plain cosine: the store's own exact (or HNSW) top-k
+        hits = store.search(q, k, filters, exact=g.exact, exclude_ids=exclude_ids)
+        return [_store_list(store, h, None, k, g.exact) for h in hits]
+    bound = g.bound.get() if g.bound is not None and g.exact else None
+    depth = max(k, FIRST_DEPTH)
+    out: list[Ranked | None] = [None] * len(q)
+    pending = list(range(len(q)))
+    while pending:
+        hits = store.search(q[pending], depth, filters, exact=g.exact, exclude_ids=exclude_ids)
+        still = []
+        for i, h in zip(pending, hits):
+            r = _store_list(store, h, offsets, k, False)
+            exhausted = len(h) < depth  # every item passing the filters was scored
+            kth = float(r.scores[-1]) if len(r.scores) >= k else -np.inf
+            cut = h[-1][1] + bound + CERTIFY_MARGIN if bound is not None and h else np.inf
+            r.certified = g.exact and (exhausted or kth > cut)
+            if r.certified or bound is None or not g.exact:
+                out[i] = r
+            else:
+                still.append(i)
+        pending = still
+        depth *= GROWTH
+    return [r for r in out if r is not None]
+
+
+def _store_list(
+    store: VectorStore, hits: list[tuple[str, float]], offsets: Offsets | None, k: int, certified: bool
+) -> Ranked:
+    """The store's candidates re-scored with their offsets and cut at k (ties by id)."""
+    items = store.get_many([i for i, _ in hits])
+    found = [(h, it) for h, it in zip(hits, items) if it is not None]  # deleted since the search: gone
+    ids = [h[0] for h, _ in found]
+    cos = np.array([h[1] for h, _ in found], np.float32)
+    vecs = np.stack([it.vector for _, it in found]) if found else np.zeros((0, store.dim), np.float32)
+    meta = [it.metadata for _, it in found]
+    scores = cos
+    if offsets is not None and found:
+        off = offsets(vecs)
+        scores = cos if off is None else cos + np.asarray(off, np.float32)
+    by_id = np.argsort(np.array(ids, dtype=object), kind="stable") if ids else np.zeros(0, np.int64)
+    top, sc = topk_row(scores[by_id], k)  # rows in id order: ties by id
+    sel = by_id[top]
+    return Ranked(
+        [ids[j] for j in sel],
+        sc.astype(np.float32),
+        vectors=vecs[sel],
+        metadata=[meta[j] for j in sel],
+        certified=certified,
+        depth=len(hits),
+    )
+
+
+def _diversify(r: Ranked, k: int, lam: float, gallery: Gallery | StoreGallery) -> Ranked:
+    """MMR's choice of k among the list (the exact top pool), in MMR order."""
+    vecs = r.vectors if r.vectors is not None else gallery.vectors[r.rows]  # type: ignore[union-attr]
+    order = mmr(r.scores, vecs, k, lam)
+    return Ranked(
+        [r.ids[j] for j in order],
+        r.scores[order],
+        rows=None if r.rows is None else r.rows[order],
+        vectors=None if r.vectors is None else r.vectors[order],
+        metadata=None if r.metadata is None else [r.metadata[j] for j in order],
+        certified=r.certified,
+        depth=r.depth,
+    )
