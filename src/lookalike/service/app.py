@@ -84,6 +84,7 @@ class Service:
         fields = schema.fields if schema else self.enc.model.vocab.fields
         colour = s.colour_field or ("baseColour" if "baseColour" in fields else None)
         self.rec = Recommender(self.store, schema.category_field if schema else None, colour, exact=s.search == "exact")
+        self.rec.gallery(self.enc.hub_bias)  # starts computing the offsets' bound that certifies /api/search lists
         self.uploads = UploadDir(s.upload_dir)
         self.upload_dir = self.uploads.path
         self.swept = self.uploads.sweep(self.store)  # leftovers of a crashed writer, counted in the log
@@ -349,7 +350,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         res = svc.rec.rank(q[None, :], k, _json_field(filters, "filters"), diversity, bias=bias)[0]
         svc.metrics.observe_results("search", [res], recommended_new=False)
         svc.remember(f"search: {attributes or text or 'image ' + str(image.filename)}", res)
-        return {"query": given[0], "unknown_values": unknown, "ignored_fields": ignored, **svc.render_list(res)}
+        return {
+            "query": given[0],
+            "unknown_values": unknown,
+            "ignored_fields": ignored,
+            **svc.render_list(res),
+            "ranking": {"certified": res["certified"], "depth": res["depth"]},
+        }
 
     # --- catalogue ---------------------------------------------------------------------------------
     @app.get("/api/items", tags=["catalogue"], dependencies=reads)
