@@ -43,10 +43,8 @@ def queries() -> list[tuple[str, str, str]]:
 def test_cli_search_and_the_api_rank_alike(api, capsys, name, flag, value):
     t = trained()
     k = 20
-    main(
-        ["search", "--model", t["checkpoint"], "--catalog", str(t["catalog"]), flag, value, "-k", str(k)]
-        + ["--format", "json", "--no-progress"]
-    )
+    args = ["--model", t["checkpoint"], "--catalog", str(t["catalog"]), flag, value, "-k", str(k)]
+    main(["search", *args, "--format", "json", "--no-progress"])
     cli = json.loads(capsys.readouterr().out)
     if flag == "--image":
         with open(value, "rb") as f:
