@@ -107,3 +107,21 @@ def test_diversity_chooses_k_from_the_exact_pool(tmp_path):
     diverse = rank(q, g, 6, corrected=True, diversity=0.7)[0]
     assert len(diverse.ids) == 6 and diverse.ids[0] == plain.ids[0] and set(diverse.ids) <= set(plain.ids)
     assert diverse.ids != plain.ids[:6]
+
+
+def test_the_recommenders_search_is_exact_where_a_fixed_depth_was_not(tmp_path):
+    """`/api/search`'s path (Recommender.rank with the offsets): failed before the certified depth, when the
+    store's cosine top-max(10k, 200) was re-scored and the corrected top-10 lay deeper."""
+    from lookalike.recommend.recommender import Recommender
+
+    x, q, hub = _hubby()
+    ids = [f"p{j:04d}" for j in range(len(x))]
+    offsets = _offsets(hub)
+    exact = rank(q, Gallery(x, ids, offsets), 10, corrected=True)[0]
+    with open_store(f"embedded://{tmp_path}/s", dim=DIM) as store:
+        store.upsert(StoreItem(i, v) for i, v in zip(ids, x))
+        rec = Recommender(store)
+        rec.gallery(offsets).bound.wait()  # the service starts it at start-up
+        res = rec.rank(q[None, :], 10, bias=offsets)[0]
+        assert [i for i, _, _ in res["items"]] == exact.ids
+        assert res["certified"] and res["depth"] > FIRST_DEPTH
