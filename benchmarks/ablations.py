@@ -1,13 +1,13 @@
 """The ablations behind the ranking's settings, on fashion-products (the split the main job uses):
 
-    python benchmarks/ablations.py --markdown                     # all three parts, tables to paste
+    python benchmarks/ablations.py --markdown                                  # all three parts, tables to paste
     python benchmarks/ablations.py --parts soft --limit 12000 --epochs 10      # affordable variants
-    python benchmarks/ablations.py --parts hubness depth --gallery all         # depth on all 39,653 products
+    python benchmarks/ablations.py --parts depth --gallery all --checkpoint CKPT   # (c) on every product
 
 (a) soft: the soft-target sweep (`train.soft_targets` 0 … 0.5, `train.soft_sharpness` 2/4/8,
     `train.soft_category_weight` 0 / 0.5): validation nDCG@10 (all seven fields) and articleType
     precision@10 of each best checkpoint, JSON → image by plain cosine, as training selects on. The text
-    tower is off (it does not change the attribute tower's figures, and costs a third of each run).
+    tower is off, as it was for the figures config.py quoted (and it costs time on every run).
 (b) hubness: one model (the default settings of (a)) on validation, JSON → image ranked with hubness
     weight 0, 0.25, 0.5, 0.75 at hubness_k 50: nDCG@10 (all seven fields), gender+articleType+baseColour
     hit@10 and articleType precision@10.
@@ -17,6 +17,7 @@
     exact corrected top-10; for the certified rule (retrieval/ranking.py), run through `rank` on a real
     embedded store, that share, the share certified at the first depth, and the depths it used.
 
+CKPT: a model trained on the same split, e.g. runs/ablations/checkpoints/default/best_model.pt that (a) wrote.
 Every run shares one embedding cache (the default one, or --cache-dir): a first run embeds the catalogue
 (~4 min on 2 cores); later runs only train. On 2 shared cores the full default run (six trainings of up to 20
 epochs on the whole catalogue, then (b) and (c)) takes about an hour; `--limit 12000 --epochs 10` about a
@@ -27,6 +28,7 @@ quarter of that. The timings it printed are in its last lines. Everything printe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -41,13 +43,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 # (label, train overrides); the first is the default configuration, reused by parts (b) and (c).
-SOFT_SETTINGS = [
-    ("soft 0.3, sharpness 2, category 0.5 (default)", {}),
-    ("soft 0 (exact matches only)", {"soft_targets": 0.0}),
-    ("soft 0.3, sharpness 2, category 0", {"soft_category_weight": 0.0}),
-    ("soft 0.3, sharpness 4, category 0.5", {"soft_sharpness": 4.0}),
-    ("soft 0.3, sharpness 8, category 0.5", {"soft_sharpness": 8.0}),
-    ("soft 0.5, sharpness 4, category 0.5", {"soft_targets": 0.5, "soft_sharpness": 4.0}),
+SOFT_SETTINGS = [  # (checkpoint folder, label, train overrides)
+    ("default", "soft 0.3, sharpness 2, category 0.5 (default)", {}),
+    ("soft0", "soft 0 (exact matches only)", {"soft_targets": 0.0}),
+    ("category0", "soft 0.3, sharpness 2, category 0", {"soft_category_weight": 0.0}),
+    ("sharp4", "soft 0.3, sharpness 4, category 0.5", {"soft_sharpness": 4.0}),
+    ("sharp8", "soft 0.3, sharpness 8, category 0.5", {"soft_sharpness": 8.0}),
+    ("soft0.5", "soft 0.5, sharpness 4, category 0.5", {"soft_targets": 0.5, "soft_sharpness": 4.0}),
 ]
 HUBNESS_WEIGHTS = [0.0, 0.25, 0.5, 0.75]
 FIXED_DEPTHS = [20, 50, 100, 200]
@@ -107,7 +109,7 @@ def validation(model, prep, cfg, weight: float, k: int = 50) -> dict:
     return ev({"json_to_image": queries}, gallery, per_category=False, biases={"json_to_image": bias})
 
 
-def train_setting(cfg, prep, label: str, overrides: dict, out: Path):
+def train_setting(cfg, prep, name: str, overrides: dict, out: Path):
     """Train one setting on the shared split; its best checkpoint, loaded, and the seconds it took."""
     from lookalike.evaluation.evaluate import validator
     from lookalike.model import LookalikeModel
@@ -115,18 +117,19 @@ def train_setting(cfg, prep, label: str, overrides: dict, out: Path):
     from lookalike.training.trainer import train
 
     run_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=overrides)})
-    ckpt = out / "checkpoints" / "".join(c if c.isalnum() else "-" for c in label)
+    ckpt = out / "checkpoints" / name
     t = time.perf_counter()
     model = new_model(run_cfg, prep)
-    history = train(model, prep.data, validator(prep.emb, prep.idx["val"], run_cfg), run_cfg.train, ckpt, False, False)
+    with contextlib.redirect_stdout(sys.stderr):  # the loop's per-epoch lines: stdout holds only the tables
+        history = train(model, prep.data, validator(prep.emb, prep.idx["val"], run_cfg), run_cfg.train, ckpt)
     best, payload = LookalikeModel.load(ckpt / "best_model.pt")
     return best, ckpt / "best_model.pt", {"best_epoch": payload["epoch"], "epochs_run": len(history)}, t
 
 
 def part_soft(cfg, prep, out: Path, log: logging.Logger) -> tuple[list[dict], Path]:
     rows, default_ckpt = [], None
-    for label, overrides in SOFT_SETTINGS:
-        model, ckpt, info, t = train_setting(cfg, prep, label, overrides, out)
+    for name, label, overrides in SOFT_SETTINGS:
+        model, ckpt, info, t = train_setting(cfg, prep, name, overrides, out)
         res = validation(model, prep, cfg, 0.0)
         row = {
             "setting": label,
@@ -188,14 +191,15 @@ def part_depth(ckpt: Path, prep, gallery_kind: str, k: int, log: logging.Logger)
         fixed.append({"depth": depth, "share_exact": round(same / len(queries), 4)})
         log.info(json.dumps(fixed[-1]))
 
+    served = QueryEncoder.load(ckpt)  # as a service starts: no offset computed yet
     with tempfile.TemporaryDirectory() as tmp, open_store(f"embedded://{tmp}/store", dim=vectors.shape[1]) as store:
         store.load([[StoreItem(i, v) for i, v in zip(ids, vectors)]], total=len(ids))
-        bound = OffsetBound(store, enc.hub_bias, start=False)
+        bound = OffsetBound(store, served.hub_bias, start=False)
         t = time.perf_counter()
         b = bound.wait()
         bound_s = time.perf_counter() - t
         t = time.perf_counter()
-        lists = rank(queries, StoreGallery(store, enc.hub_bias, bound), k, corrected=True)
+        lists = [rank(v, StoreGallery(store, served.hub_bias, bound), k, corrected=True)[0] for v in queries]
         rank_s = time.perf_counter() - t
     depths = np.array([r.depth for r in lists])
     certified = {
@@ -268,8 +272,9 @@ def markdown(r: dict) -> str:
         )
         lines.append("")
         lines.append(
-            f"Offsets ranged {c['offset_range'][0]} … {c['offset_range'][1]} (the bound); the bound took "
-            f"{c['bound_s']} s, certified ranking {c['ms_per_query']} ms a query on the embedded store."
+            f"Offsets ranged {c['offset_range'][0]} … {c['offset_range'][1]} (the bound); computing the bound (every "
+            f"item's offset, as at a service's start) took {c['bound_s']} s, certified ranking "
+            f"{c['ms_per_query']} ms a query (one at a time, as the API asks) on the embedded store."
         )
     lines.append(f"\nTimings (s): {json.dumps(r['timings'])}")
     return "\n".join(lines)
@@ -285,6 +290,7 @@ def main() -> None:
     p.add_argument("--gallery", choices=["test", "all"], default="test", help="part (c)'s gallery")
     p.add_argument("--k", type=int, default=10, help="part (c)'s list length")
     p.add_argument("--out", default=str(ROOT / "runs" / "ablations"))
+    p.add_argument("--checkpoint", help="parts (b) and (c) without (a): this model (trained on the same split)")
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -307,9 +313,11 @@ def main() -> None:
     t = time.perf_counter()
     if "soft" in args.parts:
         r["soft"], ckpt = part_soft(cfg, prep, out, log)
+    elif args.checkpoint:
+        ckpt = Path(args.checkpoint)
     else:
-        label, overrides = SOFT_SETTINGS[0]
-        _, ckpt, _, _ = train_setting(cfg, prep, label, overrides, out)
+        name, _, overrides = SOFT_SETTINGS[0]
+        _, ckpt, _, _ = train_setting(cfg, prep, name, overrides, out)
     r["timings"]["training_s"] = round(time.perf_counter() - t, 1)
     model, _ = LookalikeModel.load(ckpt)
     if "hubness" in args.parts:

@@ -17,7 +17,7 @@ import numpy as np
 from lookalike.catalogue.schema import Product
 from lookalike.evaluation.metrics import aggregate, per_query_metrics
 from lookalike.evaluation.trec import write_qrels, write_run
-from lookalike.retrieval.ranking import Gallery, rank
+from lookalike.retrieval.ranking import Gallery, rank, stacked
 
 SELF_EXCLUDED = {"image_to_image"}  # the query photo itself is not a result of image → image search
 
@@ -99,8 +99,9 @@ class RetrievalEvaluator:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(rows, scores), each (n_queries, depth): every query's exact top-`depth` over the whole gallery."""
         exclude = np.arange(len(queries)) if task in SELF_EXCLUDED else None
-        lists = rank(queries, Gallery(gallery, self.ids, bias), self.depth, corrected=bias is not None, exclude=exclude)
-        return np.stack([r.rows for r in lists]), np.stack([r.scores for r in lists])
+        return stacked(
+            rank(queries, Gallery(gallery, self.ids, bias), self.depth, corrected=bias is not None, exclude=exclude)
+        )
 
     def __call__(
         self,

@@ -114,7 +114,9 @@ class Recommender:
         return [
             {
                 "items": [(i, float(sc), md) for i, sc, md in zip(r.ids, r.scores, r.metadata or [])],
-                "intra_list_diversity": round(intra_list_diversity(r.vectors), 4) if len(r.ids) > 1 else 0.0,
+                "intra_list_diversity": (
+                    round(intra_list_diversity(r.vectors), 4) if r.vectors is not None and len(r.ids) > 1 else 0.0
+                ),
                 "certified": r.certified,
                 "depth": r.depth,
             }

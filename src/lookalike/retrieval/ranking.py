@@ -67,6 +67,14 @@ class Ranked:
     depth: int = 0  # items scored: the whole gallery in memory, the re-scored cosine top-D on a store
 
 
+def stacked(lists: list[Ranked]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, scores), each (n_lists, k), of in-memory lists of one length (evaluation's run matrices)."""
+    rows = [r.rows for r in lists]
+    if any(r is None for r in rows) or len({len(r.ids) for r in lists}) > 1:
+        raise ValueError("stacked needs in-memory lists of one length")
+    return np.stack(rows), np.stack([r.scores for r in lists])  # type: ignore[arg-type]
+
+
 class Gallery:
     """Unit vectors in memory, with their ids (ties are broken by id) and, for corrected queries, their
     offsets: an array, or a function of the vectors computed on the first corrected query."""
@@ -119,7 +127,8 @@ class OffsetBound:
             self.get()
 
     def get(self) -> float | None:
-        """The bound for the store's current version, or None while it is being computed."""
+        """The bound for the store's current version (−inf when no item has an offset: an empty store, or a
+        model without the correction), or None while it is being computed."""
         version = self.store.version()
         with self._lock:
             if self._known is not None and self._known[0] == version:
@@ -129,16 +138,18 @@ class OffsetBound:
                 self._worker.start()
         return None
 
-    def wait(self, timeout: float | None = None) -> float | None:
-        """Block until the bound for the current version is known (benchmarks, tests, a warm-up)."""
-        while True:
+    def wait(self, timeout: float | None = None, tries: int = 3) -> float | None:
+        """Block until the bound for the current version is known (benchmarks, tests, a warm-up); None if it is
+        not after `tries` refreshes (each write during one starts another) or `timeout` seconds of one."""
+        for _ in range(tries):
             bound = self.get()
             worker = self._worker
             if bound is not None or worker is None:
                 return bound
             worker.join(timeout)
-            if timeout is not None and worker.is_alive():
+            if worker.is_alive():
                 return None
+        return self.get()
 
     def _refresh(self) -> None:
         try:

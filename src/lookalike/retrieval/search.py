@@ -57,6 +57,7 @@ class Searcher:
             raise LookalikeError(f"k must be between 1 and {len(self.gallery)}, got {k}")
         ex = np.array([exclude]) if exclude >= 0 else None
         top = rank(vector, self.gallery, k, corrected=corrected, exclude=ex)[0]
+        assert top.rows is not None  # an in-memory gallery's list has rows
         products = self.emb.products
         return [
             Hit(products[j].id, float(s), products[j].attributes, str(products[j].image.path))

@@ -243,6 +243,16 @@ class EmbeddedStore(VectorStore):
             r = self._row.get(id)
             return None if r is None else StoreItem(id, self._vectors[r].copy(), dict(self._meta[r]))
 
+    def get_many(self, ids: list[str]) -> list[StoreItem | None]:
+        """One lock and one freshness check for all of them (a ranked list's candidates are read at once)."""
+        with self._lock:
+            self._sync()
+            rows = [self._row.get(i) for i in ids]
+            return [
+                None if r is None else StoreItem(i, self._vectors[r].copy(), dict(self._meta[r]))
+                for i, r in zip(ids, rows)
+            ]
+
     def version(self) -> int:
         with self._lock:
             self._sync()
