@@ -121,7 +121,9 @@ def train_setting(cfg, prep, name: str, overrides: dict, out: Path):
     t = time.perf_counter()
     model = new_model(run_cfg, prep)
     with contextlib.redirect_stdout(sys.stderr):  # the loop's per-epoch lines: stdout holds only the tables
-        history = train(model, prep.data, validator(prep.emb, prep.idx["val"], run_cfg), run_cfg.train, ckpt)
+        history = train(
+            model, prep.data, validator(prep.emb, prep.idx["val"], run_cfg), run_cfg.train, ckpt, progress=False
+        )
     best, payload = LookalikeModel.load(ckpt / "best_model.pt")
     return best, ckpt / "best_model.pt", {"best_epoch": payload["epoch"], "epochs_run": len(history)}, t
 
