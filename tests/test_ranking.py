@@ -125,3 +125,30 @@ def test_the_recommenders_search_is_exact_where_a_fixed_depth_was_not(tmp_path):
         res = rec.rank(q[None, :], 10, bias=offsets)[0]
         assert [i for i, _, _ in res["items"]] == exact.ids
         assert res["certified"] and res["depth"] > FIRST_DEPTH
+
+
+def test_one_unit_rule_everywhere():
+    """Zero stays zero, an already unit vector is kept bit for bit, any other is divided by its norm however
+    small. Failed before the one helper: the projection, centrality and diversity divided by max(norm, 1e-12),
+    so a vector of norm 1e-14 came out with norm 0.01."""
+    from lookalike.encoders.projection import ImageSpace
+    from lookalike.evaluation.centrality import centrality_scores
+    from lookalike.evaluation.diversity import intra_list_diversity
+    from lookalike.retrieval.stores.base import check_queries
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    x[1] = 0.0
+    x[2] *= 1e-14 / np.linalg.norm(x[2])
+    x[3] /= np.linalg.norm(x[3])
+    u = unit(x)
+    np.testing.assert_allclose(np.linalg.norm(u, axis=1), [1, 0, 1, 1], atol=1e-6)
+    assert np.array_equal(u[3], x[3]) and np.array_equal(unit(u), u)  # idempotent, bit for bit
+    assert unit(np.array([3, 4])).dtype == np.float32 and unit(x.astype(np.float64)).dtype == np.float64
+    np.testing.assert_allclose(np.linalg.norm(ImageSpace("none").transform(x), axis=1), [1, 0, 1, 1], atol=1e-6)
+    scores = centrality_scores(x[[0, 2, 3]])
+    assert np.all(np.abs(scores) <= 1 + 1e-6) and abs(scores[1]) > 0.05  # the tiny vector is a direction too
+    assert intra_list_diversity(x[[2, 2]]) == pytest.approx(0.0, abs=1e-6)  # two equal directions
+    np.testing.assert_array_equal(check_queries(x[[0, 3]], 8, 1), unit(x[[0, 3]]))
+    with pytest.raises(LookalikeError, match="all zeros"):
+        check_queries(x[[1]], 8, 1)
