@@ -168,7 +168,7 @@ class OffsetBound:
 class StoreGallery:
     """A vector store as a gallery: `offsets` maps stored vectors to their offsets (corrected queries) and
     `bound` knows the largest of them (made, and started in the background, when not given); `exact=False`
-    ranks candidates with the store's HNSW index."""
+    takes the candidates from the store's HNSW index (then lists are never certified, and no bound is kept)."""
 
     store: VectorStore
     offsets: Offsets | None = None
@@ -176,7 +176,7 @@ class StoreGallery:
     exact: bool = True
 
     def __post_init__(self) -> None:
-        if self.offsets is not None and self.bound is None:
+        if self.offsets is not None and self.bound is None and self.exact:  # HNSW candidates certify nothing
             self.bound = OffsetBound(self.store, self.offsets)
 
 
