@@ -66,7 +66,7 @@ def test_store_rescoring_deepens_until_certified_and_equals_the_in_memory_list(t
     exact = rank(q, Gallery(x, ids, offsets), 10, corrected=True)[0]
     cos_rank = {ids[j]: r for r, j in enumerate(np.argsort(-(x @ q), kind="stable"))}
     assert max(cos_rank[i] for i in exact.ids) >= FIRST_DEPTH  # the gallery is as built: deeper than 200
-    with open_store(f"embedded://{tmp_path}/s", dim=DIM) as store:
+    with open_store(f"embedded://{tmp_path}/s?index=hnsw", dim=DIM) as store:
         store.upsert(StoreItem(i, v, {"half": int(i[1:]) % 2}) for i, v in zip(ids, x))
         bound = OffsetBound(store, offsets, start=False)
         assert bound.wait() == pytest.approx(float(offsets(x).max()), abs=1e-6)
@@ -84,6 +84,10 @@ def test_store_rescoring_deepens_until_certified_and_equals_the_in_memory_list(t
         # image queries (plain cosine) rank by the store's own exact top-k
         plain = rank(q, g, 10)[0]
         assert plain.ids == _brute(q, x, ids, None, 10) and plain.certified and plain.depth == 10
+        # candidates from an HNSW graph are never certified (and need no bound)
+        approx = StoreGallery(store, offsets, exact=False)
+        top = rank(q, approx, 10, corrected=True)[0]
+        assert approx.bound is None and not top.certified and top.depth == FIRST_DEPTH and len(top.ids) == 10
 
 
 def test_offset_bound_follows_the_store_version(tmp_path):
