@@ -68,12 +68,16 @@ def test_store_rescoring_deepens_until_certified_and_equals_the_in_memory_list(t
     assert max(cos_rank[i] for i in exact.ids) >= FIRST_DEPTH  # the gallery is as built: deeper than 200
     with open_store(f"embedded://{tmp_path}/s?index=hnsw", dim=DIM) as store:
         store.upsert(StoreItem(i, v, {"half": int(i[1:]) % 2}) for i, v in zip(ids, x))
-        bound = OffsetBound(store, offsets, start=False)
-        assert bound.wait() == pytest.approx(float(offsets(x).max()), abs=1e-6)
-        g = StoreGallery(store, offsets, bound)
-        top = rank(q, g, 10, corrected=True)[0]
-        assert top.ids == exact.ids and top.certified and top.depth > FIRST_DEPTH
-        np.testing.assert_allclose(top.scores, exact.scores, atol=1e-5)
+        # the largest offset alone bounds the rest (top=0), or the 100 largest are scored exactly
+        for held in (0, 100):
+            bound = OffsetBound(store, offsets, start=False, top=held)
+            b = bound.wait()
+            assert b.max == pytest.approx(float(offsets(x).max()), abs=1e-6) and len(b.ids) == held
+            assert b.rest == pytest.approx(float(np.sort(offsets(x))[::-1][held]), abs=1e-6)
+            g = StoreGallery(store, offsets, bound)
+            top = rank(q, g, 10, corrected=True)[0]
+            assert top.ids == exact.ids and top.certified and top.depth > FIRST_DEPTH
+            np.testing.assert_allclose(top.scores, exact.scores, atol=1e-5)
         # at the old fixed depth the re-scored list differs from the exact one
         fixed = rank(q, StoreGallery(store, offsets, OffsetBound(store, offsets, start=False)), 10, corrected=True)[0]
         assert not fixed.certified and fixed.depth == FIRST_DEPTH and fixed.ids != exact.ids
@@ -95,12 +99,14 @@ def test_offset_bound_follows_the_store_version(tmp_path):
     offsets = _offsets(hub)
     with open_store(f"embedded://{tmp_path}/s", dim=DIM) as store:
         store.upsert(StoreItem(f"p{j}", v) for j, v in enumerate(x))
-        bound = OffsetBound(store, offsets, start=False)
+        bound = OffsetBound(store, offsets, start=False, top=3)
         first = bound.wait()
-        assert first == pytest.approx(float(offsets(x).max()), abs=1e-6)
+        assert first.max == pytest.approx(float(offsets(x).max()), abs=1e-6)
         anti = unit(-hub)  # the largest offset there can be
         store.upsert([StoreItem("anti", anti)])
-        assert bound.wait() == pytest.approx(0.6, abs=1e-6) and bound.wait() > first
+        b = bound.wait()
+        assert b.version > first.version and b.max == pytest.approx(0.6, abs=1e-6) and b.ids[0] == "anti"
+        assert b.rest == pytest.approx(float(np.sort(offsets(x))[::-1][2]), abs=1e-6)
 
 
 def test_diversity_chooses_k_from_the_exact_pool(tmp_path):
