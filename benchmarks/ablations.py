@@ -82,7 +82,7 @@ def config(args):
     from lookalike.config import load_config
 
     return load_config(
-        ROOT / "configs/fashion-products.json",
+        "fashion-products",  # the shipped config (lookalike/configs)
         {
             "data.catalog": args.catalog,
             "data.limit": args.limit,

@@ -131,7 +131,7 @@ def embedder_vs_bare(catalog: str, n: int, size: tuple[int, int], rounds: int = 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--catalog", default=str((ROOT / "../shared/data/fashion-products").resolve()))
-    ap.add_argument("--config", default=str(ROOT / "configs/fashion-products.json"))
+    ap.add_argument("--config", default="fashion-products")
     ap.add_argument("--out", default="runs/bench")
     ap.add_argument("--images", type=int, default=4096, help="images for the embedder vs bare-forward comparison")
     ap.add_argument("--sizes", nargs="*", default=[], help="extra backbone input sizes HxW to compare (e.g. 224x176)")

@@ -93,10 +93,8 @@ class Bench:
         self.n += 1
         d = self.work / f"{kind}-{self.n}"
         url = f"embedded://{d}/store" if kind == "embedded" else f"pgserver://{self.work}/pgdata?table=rel_{self.n}"
-        with contextlib.redirect_stdout(io.StringIO()):  # its summary, once per fresh store, is noise here
-            self.cli(
-                ["catalog", "ingest", "--model", self.model, "--store", url, "--catalog", self.catalog, "--no-progress"]
-            )
+        with contextlib.redirect_stdout(io.StringIO()):  # its report and (-q) its notes are noise here
+            self.cli(["-q", "catalog", "ingest", "--model", self.model, "--store", url, "--catalog", self.catalog])
         return url, d / "uploads"
 
     def attrs(self, i: int, **extra) -> str:

@@ -29,7 +29,7 @@ def base_config(args):
 
     schema = FASHION_PRODUCTS.model_copy(update={"text_field": None})
     return load_config(
-        ROOT / "configs/fashion-products.json",
+        "fashion-products",
         {
             "data.catalog": args.catalog,
             "data.limit": args.limit,

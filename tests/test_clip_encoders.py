@@ -104,6 +104,20 @@ def test_loads_and_encodes_shape_dtype(tiny, images, kind):
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_encoding_leaves_the_process_thread_count_alone(tiny, images, kind):
+    """torch's thread count is process-wide: an encoder running on its own count puts the caller's back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # a count no encoder here asks for
+    try:
+        enc = create_image_encoder("hf:" + tiny[kind]["dir"], threads=1)
+        assert torch.get_num_threads() == 3  # loading measured nothing on other threads either
+        enc.encode_images(images)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_preprocess_matches_hf_processor(tiny, images, kind):
     enc, processor = tiny[kind]["encoder"], tiny[kind]["processor"]
     ours = np.stack([enc.preprocess(im) for im in images])
@@ -165,6 +179,37 @@ def test_config_and_fingerprint(tiny, tmp_path):
     # the same directory re-saved with new weights
     _save("clip", other, seed=2)
     assert create_image_encoder("hf:" + str(other)).fingerprint() != enc2.fingerprint()
+
+
+def test_fingerprint_follows_the_weights_when_their_files_cannot_be_found(tmp_path, monkeypatch):
+    """A hub model (here in a local hub cache) whose weight files cannot be located for the fingerprint (our
+    lookup fails; transformers' own loading does not) is fingerprinted by its loaded weights: new weights
+    under the same name change it."""
+    import sys
+
+    import transformers.utils
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--lookalike-test--tiny-clip"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs/main").write_text("0" * 40)
+
+    real_lookup = transformers.utils.cached_file
+
+    def lookup_fails_for_lookalike(*args, **kwargs):
+        if sys._getframe(1).f_globals.get("__name__") == "lookalike.encoders.clip":
+            raise OSError("simulated: the hub cache cannot be read")
+        return real_lookup(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.utils, "cached_file", lookup_fails_for_lookalike)
+    fingerprints = []
+    for seed in (1, 2):
+        _save("clip", repo / "snapshots" / ("0" * 40), seed=seed)
+        fingerprints.append(create_image_encoder("hf:lookalike-test/tiny-clip", local_files_only=True).fingerprint())
+    assert fingerprints[0] != fingerprints[1]
+    again = create_image_encoder("hf:lookalike-test/tiny-clip", local_files_only=True)
+    assert again.fingerprint() == fingerprints[1]  # and stable while the weights stay
 
 
 def test_missing_directory_raises(tmp_path):

@@ -42,6 +42,21 @@ def test_efficientnet_weights_are_real_frozen_and_onnx_matches_torch(encoder, im
     assert encoder.fingerprint() == torch_enc.fingerprint()
 
 
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_encoding_leaves_the_process_thread_count_alone(images, runtime):
+    """torch's thread count is process-wide: an encoder running on its own count puts the caller's back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # a count no encoder here asks for
+    try:
+        enc = create_image_encoder("efficientnet-lite0", runtime=runtime, threads=1)
+        assert enc.encode_images([Image.open(p) for p in images[:2]]).shape == (2, 1280)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_image_space_separates_categories(encoder, fashion_subset):
     from lookalike.catalogue import load_catalogue
 

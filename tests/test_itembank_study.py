@@ -18,6 +18,8 @@ from lookalike.cli import main
 from lookalike.itembank.loading import PRESETS, load_item_bank
 from lookalike.itembank.search import ItemSearcher, latency_bench
 
+pytestmark = pytest.mark.slow  # the whole study, PostgreSQL
+
 KMWP = SHARED / "kmwp" / "train.csv"
 
 

@@ -12,7 +12,7 @@ from store_servers import pg_url
 
 from lookalike.cli import main
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]  # trains, serves, PostgreSQL
 
 
 @pytest.fixture(scope="module", params=["embedded", "pgvector"])

@@ -14,7 +14,7 @@ from lookalike.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]  # a trained model
 
 
 def readme_python_api() -> str:

@@ -17,7 +17,7 @@ from service_fixtures import ingest, make_app, trained
 from lookalike.cli import main
 from lookalike.retrieval.stores import StoreItem, open_store
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def image_bytes(pid: str) -> bytes:

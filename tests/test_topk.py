@@ -4,6 +4,7 @@ considered; −inf never returned), through each of its users: exact search, fus
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lookalike.retrieval.exact import exact_topk
 from lookalike.retrieval.fusion import fuse, topk_from_scores
@@ -95,6 +96,7 @@ def test_bm25_cuts_its_zero_score_tail_by_document():
     assert idx[0].tolist() == [250, 0, 1, 2, 3] and sc[0, 0] > 0 and (sc[0, 1:] == 0).all()
 
 
+@pytest.mark.slow  # PostgreSQL
 def test_embedded_store_and_pgvector_cut_a_long_tie_by_id(tmp_path):
     """Passed before this change too (the embedded store's own top-k and pgvector's ORDER BY score DESC, id
     were right); kept here so the stores stay on the rule now that they cut through `topk`."""

@@ -17,7 +17,9 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    catalog: str = "../shared/data/fashion-products"
+    # The catalogue directory or file. No default: where a machine keeps its data is the caller's to say (the
+    # CLI's --catalog, and its default in lookalike.cli.options).
+    catalog: str | None = None
     format: Literal["auto", "table", "kfashion", "synthetic"] = "auto"
     schema_: CatalogueSchema | None = Field(None, alias="schema")
     limit: int | None = Field(None, ge=1, description="use only the first N products (stratified subsample)")
@@ -196,13 +198,31 @@ class RunConfig(_Strict):
         Path(path).write_text(self.model_dump_json(indent=2, by_alias=True), encoding="utf-8")
 
 
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"  # run configs installed with the package
+
+
+def config_path(name: str | Path) -> Path:
+    """A run config file: `name` itself when it is a file, else the config of that name shipped with lookalike
+    (`fashion-products`, `fashion-products.json` or `configs/fashion-products.json`, from any folder)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.parent in (Path("."), Path("configs")):
+        shipped = SHIPPED_CONFIGS / (path.name if path.suffix == ".json" else f"{path.name}.json")
+        if shipped.is_file():
+            return shipped
+    names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.json")))
+    raise LookalikeError(f"config file not found: {name} (configs shipped with lookalike: {names})")
+
+
 def load_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
+    """The run config in `path` (a file or a shipped config's name, see `config_path`), overridden by the
+    dotted `overrides` that are not None, validated."""
     data: dict = {}
     if path:
+        path = config_path(path)
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise LookalikeError(f"config file not found: {path}") from None
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise LookalikeError(f"config {path} is not valid JSON: {e}") from None
     for dotted, value in (overrides or {}).items():

@@ -34,7 +34,7 @@ from lookalike.evaluation.evaluate import (
 from lookalike.evaluation.evaluator import relevance_keys
 from lookalike.model import LookalikeModel, create_model
 from lookalike.provenance import provenance
-from lookalike.retrieval.ranking import Gallery, rank
+from lookalike.retrieval.ranking import Gallery, rank, stacked
 from lookalike.towers import AttributeVocab
 from lookalike.training.trainer import TrainSet, train
 
@@ -90,8 +90,8 @@ def sample_grids(
     written = []
     for task, q in queries.items():
         exclude = np.array(picks) if task == "image_to_image" else None  # the query's own photo
-        lists = rank(q, ranked_on, 5, corrected=task in BIASED_TASKS, exclude=exclude)
-        for j, top in zip(picks, lists):
+        rows, scores = stacked(rank(q, ranked_on, 5, corrected=task in BIASED_TASKS, exclude=exclude))
+        for j, top, top_scores in zip(picks, rows, scores):
             p = products[j]
             label = {
                 "json_to_image": json.dumps(p.attributes, ensure_ascii=False),
@@ -104,7 +104,7 @@ def sample_grids(
                 p.image if task == "image_to_image" else None,
                 [
                     (products[t].image, products[t].id, float(s), bool(keys[t] == keys[j]))
-                    for t, s in zip(top.rows, top.scores)
+                    for t, s in zip(top, top_scores)
                 ],
                 path,
             )

@@ -13,16 +13,20 @@ transformers does), which suits product photos with transparent backgrounds.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from lookalike.encoders.base import ImageEncoder, freeze
+from lookalike.encoders.base import ImageEncoder, freeze, torch_threads
 from lookalike.encoders.registry import ModelSpec, register_family, register_model
 from lookalike.errors import LookalikeError
+
+logger = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -128,6 +132,19 @@ def _files_identity(directory: Path) -> list[tuple[str, int, int]]:
             st = p.stat()  # follows the HF cache's snapshot symlinks to the blobs
             out.append((p.name, st.st_size, st.st_mtime_ns))
     return out
+
+
+def state_dict_sha1(module) -> str:
+    """SHA-1 of a module's weights (every parameter and buffer: name, dtype, shape, bytes), for weights whose
+    files cannot be found: it reads every weight, so it is the fallback, not the rule."""
+    import torch
+
+    h = hashlib.sha1()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
 
 
 class HFClipImageEncoder(ImageEncoder):
@@ -308,8 +325,10 @@ class HFClipImageEncoder(ImageEncoder):
         }
 
     def _weights_identity(self, transformers, source, hf_config, load_kw) -> dict:
-        """Resolved checkpoint directory + size/mtime of its weight files (+ the hub commit when known)."""
-        directory = None
+        """Resolved checkpoint directory + size/mtime of its weight files (+ the hub commit when known). When
+        the files cannot be found, a hash of the loaded weights instead: the identity must change whenever
+        the weights do, or the embedding cache would serve vectors of the old weights."""
+        directory, why = None, "not a local directory"
         if os.path.isdir(source):
             directory = Path(source).resolve()
         else:
@@ -318,12 +337,16 @@ class HFClipImageEncoder(ImageEncoder):
 
                 cfg_path = cached_file(source, "config.json", **{**load_kw, "local_files_only": True})
                 directory = Path(cfg_path).parent if cfg_path else None
-            except Exception:
-                directory = None
+            except (OSError, ValueError) as e:  # transformers reports a failed hub-cache lookup as OSError
+                why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         ident = {"commit": getattr(hf_config, "_commit_hash", None)}
-        if directory is not None:
+        files = _files_identity(directory) if directory is not None else []
+        if any(name != "config.json" for name, _, _ in files):
             ident["path"] = str(directory)
-            ident["files"] = _files_identity(directory)
+            ident["files"] = files
+        else:
+            logger.info("%s: weight files not found (%s); fingerprinting the loaded weights", source, why)
+            ident["weights_sha1"] = state_dict_sha1(self.model)
         return ident
 
     # -- ImageEncoder -------------------------------------------------------------------------------
@@ -347,10 +370,8 @@ class HFClipImageEncoder(ImageEncoder):
     def forward(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
         pixels = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device, self._dtype)
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             if self.model_type == "clip_vision_model":
                 feats = self.model(pixel_values=pixels).image_embeds
             elif self.model_type == "siglip_vision_model":
@@ -487,8 +508,10 @@ class OpenClipImageEncoder(ImageEncoder):
             p = Path(self.pretrained).resolve()
             st = p.stat()
             return {"file": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        # A named tag pins its weights (open_clip's pretrained registry, by version).
-        return {"tag": self.pretrained, "open_clip": self.open_clip_version}
+        if self.pretrained:  # a named tag pins its weights (open_clip's pretrained registry, by version)
+            return {"tag": self.pretrained, "open_clip": self.open_clip_version}
+        # hf-hub: / local-dir: name a repository or folder whose weights can change under the same name.
+        return {"source": self.source, "weights_sha1": state_dict_sha1(self.model)}
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         im = to_rgb(image)
@@ -514,10 +537,8 @@ class OpenClipImageEncoder(ImageEncoder):
     def forward(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
         pixels = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device, self._dtype)
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             feats = self.model.encode_image(pixels)
         return np.ascontiguousarray(feats.float().cpu().numpy(), dtype=np.float32)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lookalike.encoders.base import ImageEncoder, default_threads, file_sha1, freeze
+from lookalike.encoders.base import ImageEncoder, default_threads, file_sha1, freeze, torch_threads
 from lookalike.encoders.registry import ModelSpec, register_family, register_model
 from lookalike.errors import LookalikeError
 
@@ -129,8 +129,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
             return self._session.run(None, {"pixels": np.ascontiguousarray(batch, np.uint8)})[0]
         import torch
 
-        torch.set_num_threads(self.threads)
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             return self.model(torch.from_numpy(batch)).numpy()
 
     def _onnx_session(self, onnx_dir: Path):

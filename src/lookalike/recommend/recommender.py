@@ -19,7 +19,8 @@ import numpy as np
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.centrality import centrality_scores
 from lookalike.evaluation.diversity import intra_list_diversity
-from lookalike.retrieval.ranking import Offsets, StoreGallery, rank
+from lookalike.retrieval import ranking
+from lookalike.retrieval.ranking import Offsets, StoreGallery
 from lookalike.retrieval.stores import VectorStore
 
 NEW = {"is_new": True}
@@ -102,7 +103,7 @@ class Recommender:
         `QueryEncoder.hub_bias`): the store's cosine top-D is re-scored with them and D deepened until the
         list is certified to be the exact one (retrieval/ranking.py; `benchmarks/ablations.py --parts depth`
         prints how deep that goes). `certified` and `depth` say, per list, whether it was and how deep."""
-        lists = rank(
+        lists = ranking.rank(
             queries,
             self.gallery(bias),
             k,

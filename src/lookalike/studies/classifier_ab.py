@@ -10,6 +10,7 @@ have detected. Flags say when a number should not be trusted.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from itertools import combinations
 from pathlib import Path
@@ -21,6 +22,8 @@ from lookalike.classify import stats, versions
 from lookalike.classify.data import LabelledImages, load_labelled, read_split, stratified_split, stratified_subsample
 from lookalike.classify.models import ImageClassifier, load_classifier
 from lookalike.errors import LookalikeError
+
+logger = logging.getLogger(__name__)
 
 MIN_VAL_PER_CLASS = 30  # below this a tuned threshold rests on a handful of images
 
@@ -207,7 +210,7 @@ def run_ab(cfg: ABConfig, progress: bool = True) -> dict:
         s = m.predict(val.images + test.images)
         seconds = time.perf_counter() - t
         if progress:
-            print(f"  scored {len(s)} images with {m.name} in {seconds:.1f} s")
+            logger.info(f"  scored {len(s)} images with {m.name} in {seconds:.1f} s")
         sv, st_ = s[: len(val)], s[len(val) :]
         scores[m.name] = (sv, st_)
         results.append(_model_result(cfg, m, yv, sv, yt, st_, boot_idx, seconds))

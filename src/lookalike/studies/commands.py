@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from lookalike.classify.commands import validated
 from lookalike.cli import group
 from lookalike.cli.options import add_run_options, run_config
 from lookalike.errors import LookalikeError
-from lookalike.itembank.commands import ITEMBANK_HELP, add_bank_options, bank_schema, load_bank
+from lookalike.itembank.commands import ITEMBANK_HELP, add_bank_options, bank_path, bank_schema, load_bank
+
+logger = logging.getLogger(__name__)
 
 
 def _cold(args):
@@ -53,7 +56,7 @@ def cmd_compare_towers(args) -> None:
             print(
                 f"{split:<11} {name}: Δ {s['mean_diff']:+.4f}, paired t p={s['t_test_p']:.2g}, Wilcoxon p={s['wilcoxon_p']:.2g}"
             )
-    print(f"wrote {out / 'results.json'} and {out / 'per_query.npz'}")
+    logger.info(f"wrote {out / 'results.json'} and {out / 'per_query.npz'}")
 
 
 def cmd_compare_rerankers(args) -> None:
@@ -77,7 +80,7 @@ def cmd_compare_rerankers(args) -> None:
             f"novelty {m['novelty']:.3f}"
         )
     print("\n".join(r["verdict"]))
-    print(f"wrote {out / 'rerank.json'}")
+    logger.info(f"wrote {out / 'rerank.json'}")
 
 
 def cmd_temperature_study(args) -> None:
@@ -87,7 +90,8 @@ def cmd_temperature_study(args) -> None:
     if not args.out:
         cfg = cfg.model_copy(update={"out_dir": "runs/temperature-study"})
     temperature_study(cfg, args.temperatures, learnable=not args.no_learnable, progress=not args.no_progress)
-    print(f"wrote {cfg.out_dir}/temperature_study.md, .csv, .json and .png")
+    print((Path(cfg.out_dir) / "temperature_study.md").read_text(encoding="utf-8"), end="")
+    logger.info(f"wrote {cfg.out_dir}/temperature_study.md, .csv, .json and .png")
 
 
 def cmd_ab(args) -> None:
@@ -141,8 +145,8 @@ def cmd_ab(args) -> None:
     )
     for f in flags:
         print(f"FLAG: {f}")
-    print(f"wrote {cfg.out_dir}/report.html, ab.json, charts/*.png")
-    print(f"wall time {wall:.1f} s")
+    logger.info(f"wrote {cfg.out_dir}/report.html, ab.json, charts/*.png")
+    logger.info(f"wall time {wall:.1f} s")
 
 
 def add_judge_options(p: argparse.ArgumentParser) -> None:
@@ -188,7 +192,7 @@ def study_config(args):
     raw = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
     out = Path(args.out or raw.get("out_dir", "runs/itembank-study"))
     flags = {
-        "data": args.data,
+        "data": args.data or raw.get("data") or bank_path(args),
         "schema": bank_schema(args).model_dump(),
         "preset": None,
         "limit": args.limit,
@@ -256,7 +260,7 @@ def cmd_itembank_study(args) -> None:
             f"t p ranx {rc['student']['ndcg@10']['ranx']:.3g} vs ours {rc['student']['ndcg@10']['ours']:.3g}"
         )
     out = Path(cfg.out_dir)
-    print(f"\nwrote {out / 'study.md'}, study.csv, study.json, study_alpha.png, qrels/, runs/")
+    logger.info(f"wrote {out / 'study.md'}, study.csv, study.json, study_alpha.png, qrels/, runs/")
 
 
 def cmd_build_gt(args) -> None:
@@ -267,7 +271,7 @@ def cmd_build_gt(args) -> None:
     judge = judge_config(args, out)
     cfg = study_config_from(
         {
-            "data": args.data,
+            "data": bank_path(args),
             "schema": bank_schema(args).model_dump(),
             "preset": None,
             "limit": args.limit,

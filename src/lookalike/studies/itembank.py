@@ -27,7 +27,7 @@ GTName = Literal["label", "tfidf", "llm", "hybrid"]
 
 class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    data: str = "../shared/data/kmwp/train.csv"
+    data: str = Field(description="item bank CSV / JSONL (no default: the caller says where its data is)")
     preset: Literal["kmwp"] | None = "kmwp"
     schema_: ItemBankSchema | None = Field(None, alias="schema")
     limit: int | None = Field(None, ge=10, description="a seeded random subset of N items")

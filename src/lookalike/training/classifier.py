@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,8 @@ from torch import nn
 
 from lookalike.classify.data import LabelledImages, load_labelled, stratified_split, stratified_subsample, write_split
 from lookalike.errors import LookalikeError
+
+logger = logging.getLogger(__name__)
 
 
 class FinetuneConfig(BaseModel):
@@ -359,10 +362,9 @@ def _fit(
         else:
             since += 1
         if progress:
-            print(
+            logger.info(
                 f"  epoch {epoch:>3}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-                f"val AUC {row['val_auc']:.4f}  lr {row['lr']:.2g}{'  *' if row.get('best') else ''}",
-                flush=True,
+                f"val AUC {row['val_auc']:.4f}  lr {row['lr']:.2g}{'  *' if row.get('best') else ''}"
             )
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(row[cfg.monitor])

@@ -3,6 +3,7 @@ retrieval metric over the whole validation gallery, best/last checkpoints and ex
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -15,10 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from lookalike.config import TrainConfig
+from lookalike.errors import LookalikeError
 from lookalike.evaluation.evaluator import get_metric
 from lookalike.losses import InfoNCELoss
-from lookalike.model import LookalikeModel
+from lookalike.model import LookalikeModel, save_atomic
 from lookalike.training.relatedness import relatedness, value_information
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,7 +101,11 @@ def _train(
     best, best_epoch, start_epoch = -math.inf, -1, 0
     last = checkpoint_dir / "last.pt"
     if resume and last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        try:  # plain tensors, dicts, lists, numbers and strings: nothing in the file can run code
+            state = torch.load(last, map_location="cpu", weights_only=True)
+        except Exception as e:  # a foreign or tampered file, or one torch cannot read
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise LookalikeError(f"cannot resume from {last}: {first}") from None
         model.load_state_dict(state["state_dict"])
         losses.load_state_dict(state["losses"])
         opt.load_state_dict(state["optimizer"])
@@ -173,7 +181,7 @@ def _train(
                 **(checkpoint_extra or {}),
             )
         stale = epoch - best_epoch
-        torch.save(
+        save_atomic(
             {
                 "state_dict": model.state_dict(),
                 "losses": losses.state_dict(),
@@ -192,5 +200,5 @@ def _train(
             f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {row['loss']:.4f}  {cfg.val_metric} {metric:.4f}"
             f"{' *' if improved else '  '}  t={row['temperature']:.3f}  {row['elapsed_s']:.0f}s"
         )
-        tqdm.write(msg)
+        logger.info(msg)
     return history
