@@ -24,6 +24,7 @@ A gallery is either
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -53,6 +54,17 @@ TOP_EXACT = 4096
 # An item outside the candidates is bounded by float32 sums that may round up by an ulp or two, so the k-th
 # score must beat the bound by this much to certify.
 CERTIFY_MARGIN = 1e-6
+
+
+@functools.cache
+def _threads():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_thread():
+    return _threads().limit(limits=1)
 
 
 def diversity_pool(k: int) -> int:
@@ -129,18 +141,23 @@ class Bound:
     vectors: np.ndarray
     offsets: np.ndarray
 
+    def __post_init__(self) -> None:
+        self._held = {i: j for j, i in enumerate(self.ids)}
+
     @property
     def max(self) -> float:
         """The largest offset of any stored item (−inf for none)."""
         return max(self.rest, float(self.offsets.max()) if len(self.offsets) else -np.inf)
 
-    def outside(self, query: np.ndarray, cosine_d: float, candidates: set[str]) -> float:
+    def outside(self, query: np.ndarray, cosine_d: float, candidates: list[str]) -> float:
         """An upper bound on the score of any stored item not among `candidates`, the cosine top-D of `query`
         (`cosine_d`: the D-th cosine)."""
         bound = cosine_d + self.rest
-        out = [j for j, i in enumerate(self.ids) if i not in candidates]
-        if out:
-            bound = max(bound, float((self.vectors[out] @ query + self.offsets[out]).max()))
+        if len(self.ids):
+            with _one_thread():  # memory-bound: under load a multi-threaded product waits on its slowest thread
+                scores = self.vectors @ query + self.offsets
+            scores[[j for j in map(self._held.get, candidates) if j is not None]] = -np.inf
+            bound = max(bound, float(scores.max()))
         return bound
 
 
@@ -314,7 +331,7 @@ def _rank_store(
             kth = float(r.scores[-1]) if len(r.scores) >= k else -np.inf
             cut = np.inf
             if bound is not None and h:
-                cut = bound.outside(unit(q[i]), h[-1][1], {c for c, _ in h}) + CERTIFY_MARGIN
+                cut = bound.outside(unit(q[i]), h[-1][1], [c for c, _ in h]) + CERTIFY_MARGIN
             r.certified = g.exact and (exhausted or kth > cut)
             if r.certified or bound is None or not g.exact:
                 out[i] = r
