@@ -95,29 +95,40 @@ def stacked(lists: list[Ranked]) -> tuple[np.ndarray, np.ndarray]:
 
 class Gallery:
     """Unit vectors in memory, with their ids (ties are broken by id) and, for corrected queries, their
-    offsets: an array, or a function of the vectors computed on the first corrected query."""
+    offsets: an array (in the vectors' order), or a function of the vectors computed on the first corrected
+    query. The vectors are kept once, in id order; rows given and returned are in the caller's order."""
 
     def __init__(self, vectors: np.ndarray, ids: list[str] | None = None, offsets: np.ndarray | Offsets | None = None):
-        self.vectors = np.ascontiguousarray(vectors, np.float32)
-        if ids is not None and len(ids) != len(self.vectors):
-            raise ValueError(f"{len(ids)} ids for {len(self.vectors)} vectors")
-        self.ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(self.vectors))]
-        self._offsets = offsets
+        vectors = np.asarray(vectors)
+        if ids is not None and len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        self.ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(vectors))]
         order = np.argsort(np.array(self.ids, dtype=object), kind="stable") if ids is not None else None
-        # Rows are ranked in id order (the tie rule); `_order[j]` is the caller's row of sorted row j.
+        # `_order[j]`: the caller's row of the j-th vector in id order (None: given in id order already).
         self._order = None if order is None or (np.diff(order) > 0).all() else order
-        self._sorted = self.vectors if self._order is None else self.vectors[self._order]
+        self._sorted = np.ascontiguousarray(vectors if self._order is None else vectors[self._order], np.float32)
+        self._offsets: np.ndarray | Offsets | None = (
+            offsets if offsets is None or callable(offsets) else self._in_id_order(np.asarray(offsets, np.float32))
+        )
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self.vectors)
+        return len(self._sorted)
 
-    def offsets(self) -> np.ndarray | None:
-        """The items' offsets in the caller's row order (None when the model has no correction)."""
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of rows given in the caller's order."""
+        return self._sorted[self._to_sorted(np.asarray(rows, np.int64))]
+
+    def _in_id_order(self, x: np.ndarray) -> np.ndarray:
+        return x if self._order is None else x[self._order]
+
+    def _sorted_offsets(self) -> np.ndarray | None:
+        """The offsets in id order (None when the model has no correction), computed once."""
         with self._lock:
             if callable(self._offsets):
-                self._offsets = self._offsets(self.vectors)
-            return None if self._offsets is None else np.asarray(self._offsets, np.float32)
+                off = self._offsets(self._sorted)
+                self._offsets = None if off is None else np.asarray(off, np.float32)
+            return self._offsets
 
     def _to_sorted(self, rows: np.ndarray) -> np.ndarray:
         if self._order is None:
@@ -286,8 +297,7 @@ def _rank_memory(
     exclude: np.ndarray | None,
     exclude_ids: list[str] | None,
 ) -> list[Ranked]:
-    offsets = g.offsets() if corrected else None
-    bias = offsets if offsets is None or g._order is None else offsets[g._order]
+    bias = g._sorted_offsets() if corrected else None
     if exclude_ids:
         gone = set(exclude_ids)
         rows = g._to_sorted(np.array([r for r, i in enumerate(g.ids) if i in gone], np.int64))
@@ -371,7 +381,7 @@ def _store_list(
 
 def _diversify(r: Ranked, k: int, lam: float, gallery: Gallery | StoreGallery) -> Ranked:
     """MMR's choice of k among the list (the exact top pool), in MMR order."""
-    vecs = r.vectors if r.vectors is not None else gallery.vectors[r.rows]  # type: ignore[union-attr]
+    vecs = r.vectors if r.vectors is not None else gallery.vectors_at(r.rows)  # type: ignore[union-attr,arg-type]
     order = mmr(r.scores, vecs, k, lam)
     return Ranked(
         [r.ids[j] for j in order],

@@ -82,7 +82,7 @@ class Searcher:
         if product_id not in self._row:
             raise LookalikeError(f"unknown product id {product_id!r}")
         i = self._row[product_id]
-        return self.search(self.gallery.vectors[i], k, exclude=i)
+        return self.search(self.gallery.vectors_at(np.array([i]))[0], k, exclude=i)
 
 
 def open_catalogue(
