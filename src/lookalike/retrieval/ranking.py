@@ -228,7 +228,7 @@ class OffsetBound:
             )
             with self._lock:
                 self._known = bound
-            logger.info(
+            logger.debug(  # after every write by any process: not for the default log
                 f"offset bound for store version {version}: {len(ids)} items, largest offset {bound.max:.4f}, "
                 f"beyond the {len(held)} largest {bound.rest:.4f}"
             )
