@@ -104,7 +104,7 @@ def test_ab_compares_three_models_on_the_held_out_split(trained, small_csv, tmp_
 
 def test_ab_refuses_to_score_a_model_on_its_own_training_images(trained, small_csv, tmp_path):
     out, _ = trained
-    with pytest.raises(LookalikeError, match="trained on .* of the images"):
+    with pytest.raises(LookalikeError, match=r"trained on .* of the images"):
         run_ab(ABConfig(data=str(small_csv), models=["haar", str(out / "model.onnx")], out_dir=str(tmp_path)))
 
 

@@ -300,3 +300,17 @@ def test_openclip_encoder_with_fake_open_clip(monkeypatch, tmp_path, images, res
     assert create_image_encoder(f"openclip:ViT-B-32/{ckpt}").fingerprint() != fp
     with pytest.raises(LookalikeError, match="not found"):
         create_image_encoder(f"openclip:ViT-B-32/{tmp_path / 'nope.bin'}")
+
+
+def test_unreadable_processor_size_is_a_clear_error(tiny, tmp_path):
+    """A preprocessor_config.json whose size is neither a number, a pair nor an object is named in the error
+    (it used to fail with AttributeError: 'str' object has no attribute 'get')."""
+    import json
+    import shutil
+
+    d = tmp_path / "odd-size"
+    shutil.copytree(tiny["clip"]["dir"], d)
+    cfg = json.loads((d / "preprocessor_config.json").read_text())
+    (d / "preprocessor_config.json").write_text(json.dumps({**cfg, "size": "large"}))
+    with pytest.raises(LookalikeError, match="unsupported image-processor size 'large'"):
+        create_image_encoder("hf:" + str(d))

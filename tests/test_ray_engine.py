@@ -92,7 +92,7 @@ def _until(done, seconds: float = 90) -> None:
 
 
 def test_ray_vectors_equal_local_and_bad_images_are_counted(ray_address, onnx_dir, tmp_path):
-    n = 48  # six batches of eight over the two actors
+    n = 48  # six batches of eight
     images = sorted((FASHION / "images").glob("1*.jpg"))[:n]
     (tmp_path / "corrupt.jpg").write_bytes(images[0].read_bytes()[:200])  # a truncated copy of a real photo
     refs = [ImageRef(p) for p in images] + [
@@ -239,6 +239,17 @@ def test_a_killed_job_resumes_and_ray_ingest_stores_exactly_the_catalogue(
     for other in (ray_emb, ray_pg):
         assert other["ids"] == local["ids"] and other["metadata"] == local["metadata"]
         assert np.abs(other["vectors"] - local["vectors"]).max() <= 1e-5
+
+
+def test_default_pool_is_one_single_threaded_actor_per_cpu(ray_address):
+    """Two actors of one thread on 2 CPUs, not one of two: single-threaded sessions cost less CPU per image
+    (benchmarks/scale.py prints both pools); asked for fewer actors, they share the CPUs."""
+    import ray
+
+    from lookalike.distributed.ray_engine import _pool
+
+    assert _pool(ray, None) == (2, 1)
+    assert _pool(ray, 1) == (1, 2)
 
 
 def test_unreachable_cluster_and_misplaced_options_fail_in_one_line(ray_address, tmp_path, capsys):

@@ -302,6 +302,21 @@ def test_image_paths_cannot_escape_the_image_roots(env):
     store.delete(["sneaky"])
 
 
+def test_images_are_served_when_the_catalogue_folder_is_a_link(env):
+    """The loader stores resolved image paths; a catalogue given through a link must still serve them."""
+    from lookalike.service.app import ServiceSettings, create_app
+
+    link = env["tmp"] / "catalog-link"
+    link.symlink_to(trained()["catalog"], target_is_directory=True)
+    settings = ServiceSettings(
+        checkpoint=trained()["checkpoint"], store=env["url"], catalog=str(link), upload_dir=str(env["tmp"] / "up2")
+    )
+    with TestClient(create_app(settings)) as c:
+        pid = env["old"][0]
+        r = c.get(f"/api/items/{pid}/image")
+        assert r.status_code == 200 and r.content == image_bytes(pid)
+
+
 def test_kpi_and_prometheus_metrics(env):
     c = env["client"]
     c.post("/api/recommend/customer_input", data={"product_id": env["old"][0], "k": 5})

@@ -59,14 +59,15 @@ class TowerConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    # The validation metric levels off after ~16 epochs on fashion-products (best epoch 18-20 of 20-25).
+    # The validation metric levels off before the last epochs on fashion-products (benchmarks/core.py prints it
+    # by epoch: best epoch 16 of 20, nDCG@10 0.4093; epochs 17-20 within 1% of it).
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    # Learnable from 0.07 won the temperature study on validation (it settles near 0.023; fixed 0.03 was next).
+    # Learnable from 0.07 won the temperature study on validation (`lookalike temperature-study` reruns it).
     temperature: float = Field(0.07, gt=0, description="InfoNCE temperature (the initial value when learnable)")
     learnable_temperature: bool = True
     positives: Literal["mask", "multi"] = "multi"
@@ -96,8 +97,8 @@ class TrainConfig(_Strict):
     val_metric: str = "json_to_image/attribute/ndcg@10"
     seed: int = 42
     train_text: bool = True
-    # The towers are small: one intra-op thread ran a training step in 38 ms against 82-98 ms with two
-    # when another process held one of the 2 cores (benchmarks/core.py's machine); 0 keeps torch's default.
+    # The towers are small: one intra-op thread ran training steps faster than two when another process held
+    # one of the 2 cores (thread hand-offs stall); 0 keeps torch's default.
     threads: int = Field(1, ge=0, description="torch intra-op threads while training the towers (0: torch default)")
 
     @field_validator("val_metric")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -18,6 +19,9 @@ from lookalike.catalogue import CatalogueSchema
 from lookalike.errors import LookalikeError
 from lookalike.model import LookalikeModel
 from lookalike.vectors import unit
+
+if TYPE_CHECKING:
+    from lookalike.encoders.base import ImageEncoder, TextEncoder
 
 
 class QueryEncoder:
@@ -32,7 +36,8 @@ class QueryEncoder:
             cfg = cfg.model_copy(update={"encoder": cfg.encoder.model_copy(update={"cache_dir": cache_dir})})
         self.cfg = cfg
         self.schema: CatalogueSchema | None = checkpoint_schema(payload)
-        self._image = self._text = None
+        self._image: ImageEncoder | None = None
+        self._text: TextEncoder | None = None
         self._bank: np.ndarray | None = None
         self._offsets: dict[bytes, float] = {}  # vector digest → hubness offset
         self.last_norms: list[float] = []  # raw tower output norms, for the embedding-health KPI
@@ -51,7 +56,8 @@ class QueryEncoder:
         `lookalike search` rank with (None when the checkpoint has it off or carries no training queries).
 
         An offset depends on the vector alone, so each is computed once and remembered by the vector's
-        digest: 200 new candidates cost ~145 ms on one core against a 28k-query bank, known ones nothing."""
+        digest: 200 new candidates cost 165 ms on one thread against fashion-products' 27,747-query bank
+        (benchmarks/core.py), known ones nothing."""
         if not self.model.config.retrieval.hubness_weight or self.model.query_bank is None:
             return None
         if self._bank is None:
@@ -60,7 +66,9 @@ class QueryEncoder:
         keys = [hashlib.sha1(v.tobytes()).digest() for v in vectors]
         missing = [i for i, key in enumerate(keys) if key not in self._offsets]
         if missing:
-            for i, o in zip(missing, self.model.gallery_bias(vectors[missing], self._bank)):
+            offsets = self.model.gallery_bias(vectors[missing], self._bank)
+            assert offsets is not None  # the correction is on and there is a bank (checked above)
+            for i, o in zip(missing, offsets):
                 self._offsets[keys[i]] = float(o)
         return np.array([self._offsets[key] for key in keys], np.float32)
 

@@ -87,7 +87,7 @@ class LookalikeModel(torch.nn.Module):
         r = self.config.retrieval
         if not r.hubness_weight or self.query_bank is None or len(gallery) == 0:
             return None
-        bank = self.query_bank_vectors() if bank is None else bank
+        bank = self.encode_ids(self.query_bank) if bank is None else bank
         return -r.hubness_weight * hub_penalty(gallery, bank, r.hubness_k)
 
     @torch.inference_mode()

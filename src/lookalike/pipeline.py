@@ -199,7 +199,8 @@ def run_main(cfg: RunConfig, resume: bool = False, progress: bool = True, prep: 
     train_s = time.perf_counter() - t_train
     best, payload = LookalikeModel.load(ckpt_dir / "best_model.pt")
     logger.info(
-        f"best epoch {payload['epoch']} ({cfg.train.val_metric} = {payload['val_metric']:.4f}); evaluating on the test split"
+        f"best epoch {payload['epoch']} ({cfg.train.val_metric} = {payload['val_metric']:.4f}); "
+        "evaluating on the test split"
     )
 
     t_eval = time.perf_counter()

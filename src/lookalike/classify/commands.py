@@ -58,7 +58,8 @@ def cmd_finetune(args) -> None:
         logger.warning(f"WARNING: {w}")
     logger.info(f"wrote {cfg.out_dir}/model.onnx (+ .json), split.json, summary.json, training_curves.png")
     logger.info(
-        f"next: lookalike ab --data {cfg.data} --split {cfg.out_dir}/split.json --models haar fer {cfg.out_dir}/model.onnx"
+        f"next: lookalike ab --data {cfg.data} --split {cfg.out_dir}/split.json --models haar fer "
+        f"{cfg.out_dir}/model.onnx"
     )
 
 

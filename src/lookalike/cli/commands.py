@@ -62,7 +62,8 @@ def cmd_search(args) -> None:
 
     catalog = args.catalog or default_data(CATALOG, "--catalog")
     s = Searcher.open(args.model, catalog, args.cache_dir, progress=not args.no_progress)
-    unknown, ignored = {}, []
+    unknown: dict[str, list[str]] = {}
+    ignored: list[str] = []
     if args.json is not None:
         raw = Path(args.json).read_text(encoding="utf-8") if Path(args.json).is_file() else args.json
         try:

@@ -104,6 +104,6 @@ def file_sha1(path, chunk: int = 1 << 20) -> str:
 def resize_normalise(image: Image.Image, size: tuple[int, int], mean, std) -> np.ndarray:
     """RGB resize to (height, width) and per-channel normalisation, as float32 CHW."""
     h, w = size
-    arr = np.asarray(image.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+    arr: np.ndarray = np.asarray(image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR), np.float32) / 255.0
     arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

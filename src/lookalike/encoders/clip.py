@@ -18,6 +18,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -86,9 +87,14 @@ def center_crop_or_pad(arr: np.ndarray, height: int, width: int, fill=0, roundin
 
 def normalise(arr: np.ndarray, mean, std, scale: float = 1 / 255.0) -> np.ndarray:
     """HWC uint8 → CHW float32 of (x * scale - mean) / std."""
-    x = arr.astype(np.float32) * np.float32(scale)
+    x: np.ndarray = arr.astype(np.float32) * np.float32(scale)
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def _height_width(size: Any) -> tuple[int, int]:
+    """An int (a square) or a sequence ending (height, width) as (height, width)."""
+    return (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[-2]), int(size[-1]))
 
 
 def _triple(v) -> tuple[float, float, float]:
@@ -179,7 +185,7 @@ class HFClipImageEncoder(ImageEncoder):
                 raise LookalikeError(
                     f"{os.path.abspath(source)} is not a Hugging Face model directory (no config.json)"
                 )
-        load_kw = {}
+        load_kw: dict[str, bool | str] = {}
         if local_files_only is not None:
             load_kw["local_files_only"] = local_files_only
         if revision is not None:
@@ -289,25 +295,32 @@ class HFClipImageEncoder(ImageEncoder):
         cfg = {**defaults, **{k: v for k, v in raw.items() if v is not None}}
         do_resize = bool(cfg.get("do_resize", True))
         do_crop = bool(cfg.get("do_center_crop", False))
-        size = cfg.get("size")
-        if isinstance(size, (int, float)):  # legacy int sizes: shortest edge when cropping after, else square
-            size = {"shortest_edge": int(size)} if do_crop else {"height": int(size), "width": int(size)}
-        elif isinstance(size, (list, tuple)):
-            size = {"height": int(size[0]), "width": int(size[-1])}
+        raw_size = cfg.get("size")
+        size: dict[str, Any] = {}
+        if isinstance(raw_size, (int, float)):  # legacy int sizes: shortest edge when cropping after, else square
+            size = {"shortest_edge": int(raw_size)} if do_crop else {"height": int(raw_size), "width": int(raw_size)}
+        elif isinstance(raw_size, (list, tuple)):
+            size = {"height": int(raw_size[0]), "width": int(raw_size[-1])}
+        elif isinstance(raw_size, dict):
+            size = raw_size
+        resize: tuple[str, int | tuple[int, int]]
+        exact: tuple[int, int] | None = None
         if "shortest_edge" in size and size.get("shortest_edge") and not size.get("longest_edge"):
             resize = ("shortest", int(size["shortest_edge"]))
         elif size.get("height") and size.get("width"):
-            resize = ("exact", (int(size["height"]), int(size["width"])))
+            exact = (int(size["height"]), int(size["width"]))
+            resize = ("exact", exact)
         else:
-            raise LookalikeError(f"{source!r}: unsupported image-processor size {size!r}")
-        crop = cfg.get("crop_size")
-        if isinstance(crop, (int, float)):
-            crop = {"height": int(crop), "width": int(crop)}
-        crop = (int(crop["height"]), int(crop["width"])) if (do_crop and crop) else None
+            raise LookalikeError(f"{source!r}: unsupported image-processor size {raw_size!r}")
+        raw_crop = cfg.get("crop_size")
+        if isinstance(raw_crop, (int, float)):
+            raw_crop = {"height": int(raw_crop), "width": int(raw_crop)}
+        crop = (int(raw_crop["height"]), int(raw_crop["width"])) if (do_crop and raw_crop) else None
+        input_size: tuple[int, int]
         if crop is not None:
             input_size = crop
-        elif resize[0] == "exact" and do_resize:
-            input_size = resize[1]
+        elif exact is not None and do_resize:
+            input_size = exact
         else:
             raise LookalikeError(f"{source!r}: image processor gives variable-size inputs (size={size!r}, no crop)")
         resample = cfg.get("resample", 3)
@@ -364,7 +377,8 @@ class HFClipImageEncoder(ImageEncoder):
                 im = im.resize((new_w, new_h), pre["resample"])
         arr = np.asarray(im, dtype=np.uint8)
         if pre["crop"] is not None:
-            arr = center_crop_or_pad(arr, *pre["crop"], fill=0, rounding="floor")
+            crop_h, crop_w = pre["crop"]
+            arr = center_crop_or_pad(arr, crop_h, crop_w, fill=0, rounding="floor")
         return normalise(arr, pre["mean"], pre["std"], pre["scale"])
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
@@ -483,7 +497,7 @@ class OpenClipImageEncoder(ImageEncoder):
         visual = self.model.visual
         pp = dict(getattr(visual, "preprocess_cfg", None) or {})
         size = pp.get("size") or getattr(visual, "image_size", 224)
-        h, w = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[-2]), int(size[-1]))
+        h, w = _height_width(size)
         self.input_size = (h, w)
         self.mean = _triple(pp.get("mean") or getattr(visual, "image_mean", None) or OPENAI_MEAN)
         self.std = _triple(pp.get("std") or getattr(visual, "image_std", None) or OPENAI_STD)
@@ -516,7 +530,7 @@ class OpenClipImageEncoder(ImageEncoder):
     def preprocess(self, image: Image.Image) -> np.ndarray:
         im = to_rgb(image)
         h, w = self.input_size
-        resample = Image.BILINEAR if self.interpolation == "bilinear" else Image.BICUBIC
+        resample = Image.Resampling.BILINEAR if self.interpolation == "bilinear" else Image.Resampling.BICUBIC
         if self.resize_mode == "squash":
             if im.size != (w, h):
                 im = im.resize((w, h), resample)

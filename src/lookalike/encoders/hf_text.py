@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -128,10 +129,14 @@ class Qwen3VLTextEncoder(_HFText):
     def _inputs(self, texts: list[str]) -> dict:
         if self.tokenizer.chat_template:
             texts = [
-                self.tokenizer.apply_chat_template(
-                    [{"role": "system", "content": self.instruction}, {"role": "user", "content": t}],
-                    tokenize=False,
-                    add_generation_prompt=True,
+                # tokenize=False returns the prompt text; transformers' annotation covers every mode
+                cast(
+                    str,
+                    self.tokenizer.apply_chat_template(
+                        [{"role": "system", "content": self.instruction}, {"role": "user", "content": t}],
+                        tokenize=False,
+                        add_generation_prompt=True,
+                    ),
                 )
                 for t in texts
             ]

@@ -66,9 +66,8 @@ def centrality_report(
     if sales is not None:
         known = ~np.isnan(sales)
         if known.sum() >= 3:
-            from scipy.stats import (
-                spearmanr,
-            )  # here: scipy.stats costs ~1 s to import, and every API worker imports this module
+            # here: scipy.stats costs seconds to import (benchmarks/core.py), and every API worker imports this module
+            from scipy.stats import spearmanr
 
             rho, p = spearmanr(scores[known], sales[known])
             report["sales"] = {"n": int(known.sum()), "spearman_rho": float(rho), "p_value": float(p)}

@@ -129,7 +129,7 @@ class RetrievalEvaluator:
                 rel = keys[top_idx] == keys[:, None]
                 counts = np.bincount(keys, minlength=keys.max() + 1)[keys] - (1 if self_excluded else 0)
                 pq = per_query_metrics(rel, counts, self.ks)
-                block = {g: aggregate(pq, m) for g, m in self._groups().items()}
+                block: dict = {g: aggregate(pq, m) for g, m in self._groups().items()}
                 if per_category and self.categories is not None:
                     block["per_category"] = {
                         c: aggregate(pq, self.categories == c) for c in sorted(set(self.categories.tolist()))

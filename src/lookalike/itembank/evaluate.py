@@ -58,8 +58,9 @@ def ranx_run(idx: np.ndarray, ids: list[str], rows: np.ndarray, name: str):
 def paired_test(a: np.ndarray, b: np.ndarray, n_permutations: int = 10000, seed: int = 42) -> dict:
     """Two-sided paired tests on per-query scores, as ranx's `compare` computes them: Fisher's
     randomization test (random sign flips of the differences; p = share of |mean| ≥ observed) and
-    Student's paired t-test. ranx itself costs ~18 s of JIT per process, so the benchmark cross-checks
-    these p-values against ranx instead of every run paying for it."""
+    Student's paired t-test. ranx itself spends seconds of JIT compilation per process (the study's
+    `ranx_check_s`, printed by benchmarks/itembank.py), so the study cross-checks these p-values against
+    ranx once instead of every run paying for it."""
     from scipy.stats import ttest_rel
 
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)

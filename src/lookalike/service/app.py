@@ -7,12 +7,16 @@ a message naming the field and value; a failed write changes nothing (routes/ite
 writes need a bearer token (auth.py); a rate limit answers 429 per client (ratelimit.py).
 """
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from lookalike.errors import LookalikeError
+from lookalike.recommend.statistics import StatisticsPending
 from lookalike.service.deps import ADMIN, READ, WRITE
-from lookalike.service.middleware import RequestGuard
+from lookalike.service.middleware import RequestGuard, TokenGate
 from lookalike.service.ratelimit import Rate, RateLimit
 from lookalike.service.routes import auth, items, monitoring, recommend, search
 from lookalike.service.state import Service, ServiceSettings
@@ -22,28 +26,47 @@ __all__ = ["ServiceSettings", "create_app"]
 
 def create_app(settings: ServiceSettings) -> FastAPI:
     svc = Service(settings)
-    app = FastAPI(title="lookalike", version="1", description="Look-alike product recommendations on a learned space.")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        svc.close()  # the statistics thread stops before a served process releases the store (workers.py)
+
+    app = FastAPI(
+        title="lookalike",
+        version="1",
+        description="Look-alike product recommendations on a learned space.",
+        lifespan=lifespan,
+    )
     app.state.service = svc
 
     @app.exception_handler(LookalikeError)
     async def user_error(request: Request, exc: LookalikeError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    if settings.rate_limit:  # inside RequestGuard, so refused requests are counted too
-        app.add_middleware(RateLimit, rate=Rate.parse(settings.rate_limit))
-    # images, plus room for the other form fields and several images in one top10_to_new request
-    app.add_middleware(RequestGuard, metrics=svc.metrics, max_body=8 * svc.max_bytes + 1024 * 1024)
+    @app.exception_handler(StatisticsPending)
+    async def statistics_pending(request: Request, exc: StatisticsPending) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
 
     # Security dependencies: they check the bearer token and put the scheme into the OpenAPI schema.
     writes = [WRITE] if svc.tokens else []
     reads = [READ] if svc.tokens and settings.auth_reads else []
-    app.include_router(recommend.router(settings.max_k), dependencies=reads)
-    app.include_router(search.router(settings.max_k), dependencies=reads)
-    app.include_router(items.read_router, dependencies=reads)
-    app.include_router(items.write_router, dependencies=writes)
-    app.include_router(auth.router)
-    if svc.tokens:
-        app.include_router(auth.admin_router, dependencies=[ADMIN])
-    app.include_router(monitoring.router, dependencies=reads)
-    app.include_router(monitoring.page_router)
+    routers = [
+        (recommend.router(settings.max_k), reads),
+        (search.router(settings.max_k), reads),
+        (items.read_router, reads),
+        (items.write_router, writes),
+        (auth.router, []),
+        *([(auth.admin_router, [ADMIN])] if svc.tokens else []),
+        (monitoring.router, reads),
+        (monitoring.page_router, []),
+    ]
+    for router, guards in routers:
+        app.include_router(router, dependencies=guards)
+    if svc.tokens:  # the same check before the body is read (a dependency runs only after the form is parsed)
+        app.add_middleware(TokenGate, tokens=svc.tokens, routes=TokenGate.scopes(routers))
+    if settings.rate_limit:  # inside RequestGuard, so refused requests are counted too
+        app.add_middleware(RateLimit, rate=Rate.parse(settings.rate_limit))
+    # images, plus room for the other form fields and several images in one top10_to_new request
+    app.add_middleware(RequestGuard, metrics=svc.metrics, max_body=8 * svc.max_bytes + 1024 * 1024)
     return app

@@ -168,7 +168,8 @@ def cmd_add(args, update: bool = False) -> None:
     if not args.image:
         if existing is None:
             raise LookalikeError("--image is required to add a product")
-        md = product_metadata(product_from_json(pid, attributes, Path(old), args.text, enc.schema), rule)
+        image = Path(str(existing.metadata.get("image", "")))  # the product keeps its image
+        md = product_metadata(product_from_json(pid, attributes, image, args.text, enc.schema), rule)
         store.upsert([StoreItem(pid, existing.vector, md)])
     else:  # the same order as the API: image in place, then the commit, then the replaced image removed
         src = Path(args.image)
@@ -207,6 +208,8 @@ def cmd_list(args) -> None:
     store = open_store(_url(args.store))
     ids = store.ids()
     for it in store.get_many(ids[args.offset : args.offset + args.limit]):
+        if it is None:  # deleted by another writer since `ids()`
+            continue
         md = {k: v for k, v in it.metadata.items() if k != "image"}
         print(f"{it.id:<14} {json.dumps(md, ensure_ascii=False)}")
     print(f"({len(ids)} products)")

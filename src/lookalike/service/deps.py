@@ -4,7 +4,9 @@ The state is injected, not captured: a router asks for `ServiceDep` and gets the
 `create_app` put on `app.state.service`, so a router module holds no state of its own and each
 app (each worker process) serves its own. The guards check a token against the served token file at
 request time; `create_app` attaches them to a router only when the settings ask for tokens, so the
-bearer scheme appears in the OpenAPI schema exactly where a token is needed.
+bearer scheme appears in the OpenAPI schema exactly where a token is needed. A dependency runs only
+after the route's form is parsed, so `TokenGate` (middleware.py) makes the same check first, from the
+`scope` each guard carries.
 """
 
 from typing import Annotated
@@ -35,6 +37,7 @@ def require(scope: str):
         request.state.token_id = rec.id
         return rec
 
+    check.scope = scope  # type: ignore[attr-defined]  # read by TokenGate
     return check
 
 

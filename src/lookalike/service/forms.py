@@ -2,6 +2,8 @@
 
 Every endpoint takes multipart form fields (files and JSON-in-a-field alike), so one curl style works
 everywhere and the browser posts FormData. A malformed field is a LookalikeError naming it (answered 400).
+Client JSON is parsed here only (`parse_json`), with a nesting limit: Python's parser recurses, so a few
+kilobytes of brackets would otherwise end in a RecursionError (a 500), here or in whatever walks the value.
 """
 
 import csv
@@ -29,13 +31,33 @@ def k_form(max_k: int) -> Any:
     return Form(ge=1, le=max_k, description=f"results per list (1..{max_k})")
 
 
-def json_field(raw: str | None, name: str, kind: type = dict):
-    if raw is None or raw == "":
-        return None
+MAX_DEPTH = 32  # attributes, filters and sales are two levels deep; nothing a client means goes past a handful
+
+
+def parse_json(raw: str, name: str):
+    """JSON text from a client: a LookalikeError naming `name` if it is malformed or nested past MAX_DEPTH."""
     try:
         v = json.loads(raw)
     except json.JSONDecodeError as e:
         raise LookalikeError(f"{name} is not valid JSON: {e}") from None
+    except RecursionError:
+        v = None
+    else:
+        stack, depth = [(v, 1)], 0
+        while stack and depth <= MAX_DEPTH:
+            x, d = stack.pop()
+            if isinstance(x, (dict, list)):
+                depth = max(depth, d)
+                stack += [(y, d + 1) for y in (x.values() if isinstance(x, dict) else x)]
+        if depth <= MAX_DEPTH:
+            return v
+    raise LookalikeError(f"{name} is nested more than {MAX_DEPTH} levels deep")
+
+
+def json_field(raw: str | None, name: str, kind: type = dict):
+    if raw is None or raw == "":
+        return None
+    v = parse_json(raw, name)
     if not isinstance(v, kind):
         raise LookalikeError(f"{name} must be a JSON {'object' if kind is dict else kind.__name__}, got {raw[:80]!r}")
     return v

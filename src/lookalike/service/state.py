@@ -15,8 +15,10 @@ from fastapi import HTTPException, UploadFile
 from pydantic import BaseModel, Field, model_validator
 
 from lookalike.inference import QueryEncoder, decode_image
+from lookalike.recommend.catalogue import report_fields
 from lookalike.recommend.newness import NewRule
 from lookalike.recommend.recommender import Recommender
+from lookalike.recommend.statistics import BackgroundStatistics
 from lookalike.retrieval.stores import StoreItem, open_store
 from lookalike.service.auth import TokenFile
 from lookalike.service.metrics import Metrics
@@ -46,6 +48,18 @@ class ServiceSettings(BaseModel):
         description="exact: every stored vector is scored (the ground truth; fine to ~100k products); "
         "approximate: the store's HNSW index (for a million products; see benchmarks/scale.py)",
     )
+    stats_interval: float = Field(
+        1.0, gt=0, description="seconds between checks of the store version for the background catalogue statistics"
+    )
+    stats_subprocess_from: int = Field(
+        10_000,
+        ge=0,
+        description="from this many products on, the catalogue statistics are computed in a child process "
+        "(reading every row would pause this process's requests)",
+    )
+    category_field: str | None = Field(
+        None, description="attribute counted per category and in the category mix (default: the model's)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServiceSettings":
@@ -57,30 +71,37 @@ class ServiceSettings(BaseModel):
 
 
 class Service:
-    """State shared by the endpoints: one store, one model, the recommenders and the metrics."""
+    """State shared by the endpoints: one store, one model, the recommenders, the metrics, and the thread
+    that keeps the whole-catalogue statistics current (started here, stopped by `close`)."""
 
     def __init__(self, s: ServiceSettings):
         self.settings = s
         self.rule = NewRule.parse(s.new_rule)
         self.enc = QueryEncoder.load(s.checkpoint, s.cache_dir)
         self.store = open_store(s.store, self.enc.dim)
-        schema = self.enc.schema
-        fields = schema.fields if schema else self.enc.model.vocab.fields
-        colour = s.colour_field or ("baseColour" if "baseColour" in fields else None)
-        self.rec = Recommender(self.store, schema.category_field if schema else None, colour, exact=s.search == "exact")
+        category, colour = report_fields(self.enc, s.colour_field, s.category_field)
+        self.stats = BackgroundStatistics(self.store, s.stats_interval, s.store, s.stats_subprocess_from)
+        self.rec = Recommender(self.store, category, colour, exact=s.search == "exact", statistics=self.stats)
         self.rec.gallery(self.enc.hub_bias)  # starts computing the offsets' bound that certifies /api/search lists
         self.uploads = UploadDir(s.upload_dir)
         self.upload_dir = self.uploads.path
         self.swept = self.uploads.sweep(self.store)  # leftovers of a crashed writer, counted in the log
         self.tokens = TokenFile(s.auth_file) if s.auth_file else None
         catalog = s.catalog or self.enc.cfg.data.catalog
-        self.image_roots = [self.upload_dir] + ([Path(os.path.abspath(catalog))] if Path(catalog).is_dir() else [])
+        # The catalogue folder as given and as resolved: the loader stores resolved paths, and the folder
+        # itself may be a link (the check against these roots is lexical, so links inside stay allowed).
+        roots = [Path(os.path.abspath(catalog)), Path(os.path.realpath(catalog))] if Path(catalog).is_dir() else []
+        self.image_roots = [self.upload_dir, *dict.fromkeys(roots)]
         self.run_dir = Path(s.checkpoint).resolve().parent.parent
         self.metrics = Metrics()
         self.recent: deque = deque(maxlen=6)  # recent result lists for the dashboard's image grids
         self.write_lock = threading.Lock()
-        self.health: tuple = (None, {})  # (snapshot, its embedding health)
         self.max_bytes = int(s.max_upload_mb * 1024 * 1024)
+        self.stats.start()
+
+    def close(self) -> None:
+        """Stop the statistics thread (at shutdown, before the store is released)."""
+        self.stats.stop()
 
     # --- helpers -----------------------------------------------------------------------------------
     def read_upload(self, f: UploadFile, what: str) -> bytes:

@@ -49,12 +49,13 @@ def cmd_compare_towers(args) -> None:
     for split, block in r["splits"].items():
         for tower, t in block["towers"].items():
             print(
-                f"{split:<11} {tower:<15} nDCG@10 {t['test_ndcg@10']:.4f}  +adapter {t['adapter']['test_ndcg@10']:.4f}  "
-                f"params {t['tower_params']:,}  train {t['train_s']:.0f} s"
+                f"{split:<11} {tower:<15} nDCG@10 {t['test_ndcg@10']:.4f}  +adapter {t['adapter']['test_ndcg@10']:.4f} "
+                f" params {t['tower_params']:,}  train {t['train_s']:.0f} s"
             )
         for name, s in block.get("significance", {}).items():
             print(
-                f"{split:<11} {name}: Δ {s['mean_diff']:+.4f}, paired t p={s['t_test_p']:.2g}, Wilcoxon p={s['wilcoxon_p']:.2g}"
+                f"{split:<11} {name}: Δ {s['mean_diff']:+.4f}, paired t p={s['t_test_p']:.2g}, Wilcoxon "
+                f"p={s['wilcoxon_p']:.2g}"
             )
     logger.info(f"wrote {out / 'results.json'} and {out / 'per_query.npz'}")
 
@@ -241,8 +242,8 @@ def cmd_itembank_study(args) -> None:
             n, m = c["ndcg@10"], c["mrr"]
             print(
                 f"  hybrid {res['best_hybrid_on_dev']} (α chosen on {res['n_dev']} dev queries) vs {single} on "
-                f"{res['n_test']} test queries: nDCG@10 {n['diff']:+.4f} (Fisher p={fmt_p(n['fisher_p'])}, t p={fmt_p(n['t_p'])}), "
-                f"MRR {m['diff']:+.4f} (Fisher p={fmt_p(m['fisher_p'])}, t p={fmt_p(m['t_p'])})"
+                f"{res['n_test']} test queries: nDCG@10 {n['diff']:+.4f} (Fisher p={fmt_p(n['fisher_p'])}, t "
+                f"p={fmt_p(n['t_p'])}), MRR {m['diff']:+.4f} (Fisher p={fmt_p(m['fisher_p'])}, t p={fmt_p(m['t_p'])})"
             )
         if "rerank" in res:
             rr = res["rerank"]
@@ -250,13 +251,15 @@ def cmd_itembank_study(args) -> None:
             print(
                 f"  reranked {rr['base']} top-{rr['depth']} ({rr['n_test']} test queries): nDCG@10 "
                 f"{rr['table']['ndcg@10']:.4f} vs {rr['base_table']['ndcg@10']:.4f} ({n['diff']:+.4f}, Fisher "
-                f"p={fmt_p(n['fisher_p'])}), MRR {rr['table']['mrr']:.4f} vs {rr['base_table']['mrr']:.4f}; {rr['rerank_s']:.1f} s"
+                f"p={fmt_p(n['fisher_p'])}), MRR {rr['table']['mrr']:.4f} vs {rr['base_table']['mrr']:.4f}; "
+                f"{rr['rerank_s']:.1f} s"
             )
     if s["ranx_check"]:
         rc = s["ranx_check"]
         print(
             f"\nranx cross-check ({rc['gt']}, {rc['run']}): metrics max |diff| {rc['metric_max_abs_diff']:.2e}; "
-            f"Fisher p nDCG@10 ranx {rc['fisher']['ndcg@10']['ranx']:.3g} vs ours {rc['fisher']['ndcg@10']['ours']:.3g}; "
+            f"Fisher p nDCG@10 ranx {rc['fisher']['ndcg@10']['ranx']:.3g} vs ours "
+            f"{rc['fisher']['ndcg@10']['ours']:.3g}; "
             f"t p ranx {rc['student']['ndcg@10']['ranx']:.3g} vs ours {rc['student']['ndcg@10']['ours']:.3g}"
         )
     out = Path(cfg.out_dir)
@@ -368,7 +371,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--gt", nargs="+", choices=["label", "tfidf", "llm", "hybrid"])
     st.add_argument("--alphas", type=float, nargs="+")
     st.add_argument("--reranker", help="'learned' (pair features, fitted on dev queries) or hf-cross-encoder:<dir>")
-    st.add_argument("--no-ranx-check", action="store_true", help="skip recomputing the winner with ranx (saves ~20 s)")
+    st.add_argument(
+        "--no-ranx-check",
+        action="store_true",
+        help="skip recomputing the winner with ranx (saves its JIT compilation: ranx_check_s in the timings)",
+    )
     st.set_defaults(func=cmd_itembank_study)
 
     gt = isub.add_parser("build-gt", help="write one ground truth as a TREC qrels file")

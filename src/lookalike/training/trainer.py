@@ -118,7 +118,7 @@ def _train(
             state["best_epoch"],
             state["epoch"] + 1,
         )
-    use_text = cfg.train_text and data.sentences is not None
+    sentences = data.sentences if cfg.train_text else None  # the text tower trains when there are sentences
     information = value_information(data.attributes, model.vocab) if cfg.soft_targets else {}
     t0 = time.perf_counter()
     stale = start_epoch - 1 - best_epoch if history else 0
@@ -141,8 +141,8 @@ def _train(
             q = model.attribute_tower(batch)
             attr_loss = losses["attribute"](q, images, groups, related)
             loss = attr_loss
-            if use_text:
-                text_loss = losses["text"](model.text_tower(data.sentences[idx]), images, groups, related)
+            if sentences is not None:
+                text_loss = losses["text"](model.text_tower(sentences[idx]), images, groups, related)
                 loss = loss + text_loss
                 sums["text_loss"] += text_loss.item()
             opt.zero_grad(set_to_none=True)

@@ -23,7 +23,7 @@ _INT_OPTS = {"m", "ef_construction", "ef_search", "build_workers"}
 
 
 def _options(query: str, allowed: set[str]) -> dict:
-    opts = dict(parse_qsl(query))
+    opts: dict[str, str | int] = dict(parse_qsl(query))
     unknown = set(opts) - allowed
     if unknown:
         raise LookalikeError(f"unknown store option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")

@@ -1,12 +1,14 @@
 """Embedded store: in-process, persisted to one directory, zero set-up.
 
-The whole store is one `.npz` snapshot (vectors, ids, metadata) rewritten on each write to a temp
-file and renamed over the old one, so a failed or interrupted write leaves the store as it was and
-readers never see half a write. Rows are kept sorted by id, which makes "ties broken by id" a plain
-index tie-break. An advisory file lock plus a stat check let a CLI process and a server share the
-directory. Exact search is a matrix product (the ground truth); `index=hnsw` adds a FAISS HNSW graph
-built lazily, saved next to the snapshot and rebuilt after writes; a filter that leaves few rows is
-scanned exactly instead (a graph walk finds too few allowed nodes, and the scan is cheap).
+The whole store is one `.npz` snapshot (vectors, ids, metadata, and the counts with the declaration of
+what is counted) rewritten on each write to a temp file and renamed over the old one, so a failed or
+interrupted write leaves the store and its counts as they were and readers never see half a write. A
+count or version read after another process wrote reads those small members of the new snapshot
+alone; the rows are reloaded by the next read that needs them. Rows are kept sorted by id, which makes
+"ties broken by id" a plain index tie-break. An advisory file lock plus a stat check let a CLI process
+and a server share the directory. Exact search is a matrix product (the ground truth); `index=hnsw` adds a
+FAISS HNSW graph built lazily, saved next to the snapshot and rebuilt after writes; a filter that leaves
+few rows is scanned exactly instead (a graph walk finds too few allowed nodes, and the scan is cheap).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import numpy as np
 from lookalike.errors import LookalikeError
 from lookalike.retrieval.stores.base import (
     Filters,
+    StoreCounts,
     StoreItem,
+    Tally,
     VectorStore,
     check_items,
     check_queries,
@@ -98,6 +102,11 @@ class EmbeddedStore(VectorStore):
         self.index, self.m, self.ef_construction, self.ef_search = index, m, ef_construction, ef_search
         self._lock = threading.RLock()
         self._stat = None
+        # (stamp, generation, counts) of what this handle holds, replaced whole, so a count reads it without
+        # the lock a reload holds for seconds; and the same of a snapshot another process wrote since
+        self._committed: tuple = (None, 0, Tally())
+        self._peeked: tuple | None = None
+        self._peek_lock = threading.Lock()
         self._hnsw = None
         self._sub: dict = {}
         try:
@@ -114,10 +123,10 @@ class EmbeddedStore(VectorStore):
             if dim is None:
                 raise LookalikeError(f"store {self.path} is empty: give the vector dimension")
             self.dim = int(dim)
-            self._set(np.zeros(0, dtype="<U1"), np.zeros((0, self.dim), np.float32), [], generation=0)
+            self._set(np.zeros(0, dtype="<U1"), np.zeros((0, self.dim), np.float32), [], 0, Tally())
             with self._writing():  # record the dimension at once; another handle may have been first
                 if self._stat is None:
-                    self._commit(self._ids, self._vectors, [])
+                    self._commit(self._ids, self._vectors, [], Tally())
 
     # --- persistence -------------------------------------------------------------------------------
     def _sweep(self) -> None:
@@ -130,8 +139,8 @@ class EmbeddedStore(VectorStore):
             finally:
                 fcntl.flock(self._lockfile, fcntl.LOCK_UN)
 
-    def _set(self, ids: np.ndarray, vectors: np.ndarray, meta: list[dict], generation: int) -> None:
-        self._ids, self._vectors, self._meta, self._generation = ids, vectors, meta, generation
+    def _set(self, ids: np.ndarray, vectors: np.ndarray, meta: list[dict], generation: int, tally: Tally) -> None:
+        self._ids, self._vectors, self._meta, self._generation, self._tally = ids, vectors, meta, generation, tally
         self._row = {str(i): r for r, i in enumerate(ids)}
         self._fields = {f for m in meta for f in m}
         self._columns: dict[str, list] = {}
@@ -143,11 +152,16 @@ class EmbeddedStore(VectorStore):
         try:
             with np.load(f) as z:
                 meta = json.loads(z["metadata"].tobytes().decode("utf-8"))
+                if "counts" in z.files:
+                    tally = Tally.from_json(json.loads(z["counts"].tobytes().decode("utf-8")))
+                else:  # a snapshot written before the store kept counts: its size, until a write saves them
+                    tally = Tally(size=len(meta))
                 self.dim = int(z["dim"])
-                self._set(z["ids"], np.ascontiguousarray(z["vectors"], np.float32), meta, int(z["generation"]))
+                self._set(z["ids"], np.ascontiguousarray(z["vectors"], np.float32), meta, int(z["generation"]), tally)
         except (OSError, ValueError, KeyError) as e:
             raise LookalikeError(f"cannot read store snapshot {f}: {e}") from None
         self._stat = self._stamp()
+        self._committed = (self._stat, self._generation, self._tally)
 
     def _stamp(self):
         try:
@@ -162,6 +176,33 @@ class EmbeddedStore(VectorStore):
         if st is not None and st != self._stat:
             self._load()
 
+    def _peek(self) -> tuple[int, Tally]:
+        """The committed generation and counts: this handle's own, or, after another process wrote, those of the
+        new snapshot read from its two small members alone (a count must not reload a million rows, nor wait
+        for a reload under way in another thread)."""
+        st = self._stamp()
+        stat, gen, tally = self._committed
+        if st is None or st == stat:
+            return gen, tally
+        with self._peek_lock:
+            if self._peeked is not None and self._peeked[0] == st:
+                return self._peeked[1], self._peeked[2]
+            f = self.path / SNAPSHOT
+            try:
+                with np.load(f) as z:
+                    legacy = "counts" not in z.files
+                    if not legacy:
+                        gen = int(z["generation"])
+                        tally = Tally.from_json(json.loads(z["counts"].tobytes().decode("utf-8")))
+            except (OSError, ValueError, KeyError) as e:
+                raise LookalikeError(f"cannot read store snapshot {f}: {e}") from None
+            if legacy:  # written before the store kept counts: the rows tell
+                with self._lock:
+                    self._sync()
+                    return self._generation, self._tally
+            self._peeked = (st, gen, tally)
+            return gen, tally
+
     @contextmanager
     def _writing(self):
         with self._lock:
@@ -172,21 +213,31 @@ class EmbeddedStore(VectorStore):
             finally:
                 fcntl.flock(self._lockfile, fcntl.LOCK_UN)
 
-    def _commit(self, ids: np.ndarray, vectors: np.ndarray, meta: list[dict]) -> None:
+    def _commit(self, ids: np.ndarray, vectors: np.ndarray, meta: list[dict], tally: Tally) -> None:
         gen = self._generation + 1
         blob = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode("utf-8"), np.uint8)
+        counts = np.frombuffer(json.dumps(tally.to_json(), ensure_ascii=False).encode("utf-8"), np.uint8)
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".store-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, ids=ids, vectors=vectors, metadata=blob, dim=np.int64(self.dim), generation=np.int64(gen))
+                np.savez(
+                    f,
+                    ids=ids,
+                    vectors=vectors,
+                    metadata=blob,
+                    counts=counts,
+                    dim=np.int64(self.dim),
+                    generation=np.int64(gen),
+                )
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path / SNAPSHOT)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._set(ids, vectors, meta, gen)
+        self._set(ids, vectors, meta, gen, tally)
         self._stat = self._stamp()
+        self._committed = (self._stat, gen, tally)
         for old in self.path.glob("hnsw-*.faiss"):
             old.unlink(missing_ok=True)
 
@@ -220,21 +271,45 @@ class EmbeddedStore(VectorStore):
         """Replace or add rows (ids unique) and commit one sorted snapshot."""
         with self._writing():
             added = np.array(new_ids, dtype=str)
-            keep = np.flatnonzero(~np.isin(self._ids.astype(str), added)) if len(self._ids) else np.zeros(0, np.int64)
+            hit = np.isin(self._ids.astype(str), added) if len(self._ids) else np.zeros(0, bool)
+            keep = np.flatnonzero(~hit)
+            tally = self._tally.copy()  # committed with the rows, or dropped with them
+            for r in np.flatnonzero(hit):
+                tally.add(self._meta[r], -1)
+            for md in new_meta:
+                tally.add(md)
             ids = np.concatenate([self._ids[keep].astype(str), added])
             vectors = np.concatenate([self._vectors[keep], new_vecs.astype(np.float32, copy=False)])
             meta = [self._meta[r] for r in keep] + new_meta
             order = np.argsort(ids, kind="stable")
-            self._commit(ids[order], np.ascontiguousarray(vectors[order]), [meta[r] for r in order])
+            self._commit(ids[order], np.ascontiguousarray(vectors[order]), [meta[r] for r in order], tally)
 
     def delete(self, ids: Iterable[str]) -> int:
         gone = set(ids)
         with self._writing():
-            keep = [r for r, i in enumerate(self._ids) if str(i) not in gone]
-            n = len(self._ids) - len(keep)
+            hit = np.fromiter((str(i) in gone for i in self._ids), bool, len(self._ids))
+            keep = np.flatnonzero(~hit)
+            n = int(hit.sum())
             if n:
-                self._commit(self._ids[keep], np.ascontiguousarray(self._vectors[keep]), [self._meta[r] for r in keep])
+                tally = self._tally.copy()
+                for r in np.flatnonzero(hit):
+                    tally.add(self._meta[r], -1)
+                meta = [self._meta[r] for r in keep]
+                self._commit(self._ids[keep], np.ascontiguousarray(self._vectors[keep]), meta, tally)
         return n
+
+    def count_by(self, fields: Iterable[str] = (), flag: str | None = None) -> StoreCounts:
+        fields = list(fields)
+        gen, tally = self._peek()
+        if tally.covers(fields, flag):
+            return tally.counts(gen)
+        with self._writing():
+            if not self._tally.covers(fields, flag):
+                tally = self._tally.widened(fields, flag)
+                for md in self._meta:
+                    tally.add(md)
+                self._commit(self._ids, self._vectors, self._meta, tally)
+            return self._tally.counts(self._generation)
 
     # --- reads -------------------------------------------------------------------------------------
     def get(self, id: str) -> StoreItem | None:
@@ -254,14 +329,16 @@ class EmbeddedStore(VectorStore):
             ]
 
     def version(self) -> int:
-        with self._lock:
-            self._sync()
-            return self._generation
+        return self._peek()[0]
 
-    def ids(self) -> list[str]:
+    def counts(self) -> StoreCounts:
+        gen, tally = self._peek()
+        return tally.counts(gen)
+
+    def ids(self, offset: int = 0, limit: int | None = None) -> list[str]:
         with self._lock:
             self._sync()
-            return [str(i) for i in self._ids]
+            return [str(i) for i in self._ids[offset : None if limit is None else offset + limit]]
 
     def fields(self) -> set[str]:
         with self._lock:
@@ -272,11 +349,6 @@ class EmbeddedStore(VectorStore):
         with self._lock:
             self._sync()
             return [str(i) for i in self._ids], self._vectors.copy(), [dict(m) for m in self._meta]
-
-    def __len__(self) -> int:
-        with self._lock:
-            self._sync()
-            return len(self._ids)
 
     def _mask(self, filters: dict[str, list]) -> np.ndarray:
         mask = np.ones(len(self._ids), bool)

@@ -31,11 +31,9 @@ write_router = APIRouter(tags=["catalogue"])
 def list_items(
     svc: ServiceDep, offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> dict:
-    ids = svc.store.ids()
-    page = ids[offset : offset + limit]
-    items = svc.store.get_many(page)
+    items = svc.store.get_many(svc.store.ids(offset, limit))  # one page, not every id
     return {
-        "total": len(ids),
+        "total": len(svc.store),
         "offset": offset,
         "items": [svc.render(it.id, it.metadata) for it in items if it is not None],
     }
@@ -74,7 +72,7 @@ def write_product(
         data = svc.read_upload(image, "image")
         im = decode_image(data, f"image {image.filename!r}")
         ext = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}.get(
-            Image.open(io.BytesIO(data)).format, ".img"
+            Image.open(io.BytesIO(data)).format or "", ".img"
         )
         final = svc.uploads.final_path(pid, data, ext)
         md = product_metadata(product_from_json(pid, attrs, final, text, svc.enc.schema), svc.rule)
@@ -87,7 +85,10 @@ def write_product(
             raise HTTPException(404, f"unknown product id {pid!r}")
         old = str(current.metadata.get("image", "")) if current else None
         if staged is None:
-            md = product_metadata(product_from_json(pid, attrs, Path(old), text, svc.enc.schema), svc.rule)
+            if current is None:  # the add route requires an image
+                raise LookalikeError("an image is required to add a product")
+            image_path = Path(str(current.metadata.get("image", "")))  # the product keeps its image
+            md = product_metadata(product_from_json(pid, attrs, image_path, text, svc.enc.schema), svc.rule)
             svc.store.upsert([StoreItem(pid, current.vector, md)])
         else:
             final, data, vector = staged

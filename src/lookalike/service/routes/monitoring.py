@@ -1,18 +1,21 @@
 """Monitoring: /api/kpi, Prometheus /metrics, /api/dashboard (what the dashboard shows), and the dashboard itself.
 
-The dashboard page and its script are public (`page_router`); the figures follow the read guard.
+The dashboard page and its script are public (`page_router`); the figures follow the read guard. Nothing
+here reads the whole catalogue: the counts are the store's (O(1)), the whole-catalogue statistics the
+latest the background thread computed (`statistics` says which store version they describe; before the
+first computation they are `null` and `pending` is true).
 """
 
+import functools
 import json
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
 from lookalike.errors import LookalikeError
-from lookalike.evaluation.diversity import catalogue_coverage
-from lookalike.evaluation.evaluator import embedding_health
 from lookalike.recommend.catalogue import RESERVED
 from lookalike.service.deps import ServiceDep
 from lookalike.service.state import Service
@@ -23,25 +26,27 @@ page_router = APIRouter()
 
 def kpi(svc: Service) -> dict:
     """The KPI figures (and the Prometheus gauges they refresh)."""
-    counts = svc.rec.catalogue_counts()
-    snap = svc.rec.snapshot()
-    if svc.health[0] is not snap:  # 40k × 512 statistics: once per catalogue version
-        svc.health = (snap, embedding_health(snap.vectors) if len(snap.ids) > 1 else {})
-    new_ids = {i for i, n in zip(snap.ids, snap.new_mask) if n}
-    served = [[i for i in lst if i in new_ids] for lst in list(svc.metrics.lists)]  # deleted since: not coverage
+    counts = catalogue_gauges(svc)
+    stats = svc.stats.latest
     norms = np.asarray(svc.enc.last_norms)
     req = svc.metrics.summary()
-    for kind in ("size", "new", "established"):
-        svc.metrics.catalogue.labels(kind).set(counts[kind])
     return {
         "requests": req["endpoints"],
         "mean_top1_similarity": req["mean_top1_similarity"],
         "mean_intra_list_diversity": req["mean_intra_list_diversity"],
         "catalogue": counts,
-        "catalogue_coverage": round(catalogue_coverage(served, new_ids), 4) if new_ids else None,
+        # against the new products of the statistics' version (a product made new since counts from the next one)
+        "catalogue_coverage": round(stats.count_new(svc.metrics.served_ids()) / len(stats.new_ids), 4)
+        if stats and len(stats.new_ids)
+        else None,
         "lists_served": req["lists_served"],
+        "statistics": {
+            "pending": stats is None,
+            "current_version": counts["version"],
+            **(stats.describe() if stats else {"store_version": None, "computed_at": None, "compute_s": None}),
+        },
         "embedding_health": {
-            "catalogue": svc.health[1],
+            "catalogue": stats.health if stats else None,
             "query_norms": {
                 "n": len(norms),
                 "mean": round(float(norms.mean()), 4),
@@ -61,9 +66,22 @@ def get_kpi(svc: ServiceDep) -> dict:
     return kpi(svc)
 
 
+def catalogue_gauges(svc: Service) -> dict:
+    """The catalogue counts (the store's own, O(1)), set into the Prometheus gauges too."""
+    counts = svc.rec.catalogue_counts()
+    set_gauges(svc, counts)
+    return counts
+
+
+def set_gauges(svc: Service, counts: dict) -> None:
+    for kind in ("size", "new", "established"):
+        svc.metrics.catalogue.labels(kind).set(counts[kind])
+
+
 @router.get("/metrics", response_class=Response)
 def metrics(svc: ServiceDep) -> Response:
-    kpi(svc)  # refresh the gauges
+    c = svc.store.counts()  # the gauges need no per-category breakdown
+    set_gauges(svc, {"size": c.size, "new": c.flagged, "established": c.size - c.flagged})
     return Response(svc.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -72,12 +90,14 @@ def dashboard_data(svc: ServiceDep) -> dict:
     """Everything the dashboard shows: {kpi, loss_curve, top_k_images, hyperparams, augmented_samples}."""
     results = _training_results(svc)
     if not svc.recent and len(svc.store):
-        try:  # a first grid: the new products most like the most central established product
+        try:  # a first grid: the new products most like the most central established product (once computed)
             pid = svc.rec.best_by_centrality(0.1, 1)[0][0][0]
-            svc.remember(
-                f"customer_input: product {pid} (most central established product)",
-                svc.rec.customer_input(svc.store.get(pid).vector, 10, exclude_ids=[pid]),
-            )
+            central = svc.store.get(pid)
+            if central is not None:  # None only if deleted since the statistics were computed
+                svc.remember(
+                    f"customer_input: product {pid} (most central established product)",
+                    svc.rec.customer_input(central.vector, 10, exclude_ids=[pid]),
+                )
         except LookalikeError:
             pass
     return {
@@ -119,17 +139,27 @@ def training_summary(svc: Service) -> dict:
         "val_metric": p.get("val_metric"),
         "val_metric_name": svc.enc.cfg.train.val_metric,
     }
+    f = svc.run_dir / "results" / "evaluation.json"
     try:
-        ev = json.loads((svc.run_dir / "results" / "evaluation.json").read_text(encoding="utf-8"))
+        st = f.stat()
+    except OSError:
+        return out
+    return {**out, **_test_figures(str(f), st.st_mtime_ns, st.st_size)}
+
+
+@functools.lru_cache(maxsize=8)
+def _test_figures(path: str, mtime_ns: int, size: int) -> dict:
+    """The test figures of an evaluation.json, parsed once per version of the file (not on every KPI request)."""
+    try:
+        ev = json.loads(Path(path).read_text(encoding="utf-8"))
         a = ev["json_to_image"]["attribute"]["all"]
         sim = ev["json_to_image"].get("similarity", {})
-        out["test_json_to_image"] = {
-            m: round(a[m], 4) for m in ("hit@1", "hit@5", "hit@10", "mrr", "ndcg@10") if m in a
+        return {
+            "test_json_to_image": {m: round(a[m], 4) for m in ("hit@1", "hit@5", "hit@10", "mrr", "ndcg@10") if m in a},
+            "similarity": {k: round(sim[k], 4) for k in ("positive_mean", "negative_mean", "gap") if k in sim},
         }
-        out["similarity"] = {k: round(sim[k], 4) for k in ("positive_mean", "negative_mean", "gap") if k in sim}
     except (OSError, KeyError, json.JSONDecodeError):
-        pass
-    return out
+        return {}
 
 
 def hyperparams(svc: Service, results: dict) -> dict:
@@ -152,7 +182,7 @@ def augmented_samples(svc: Service, n: int = 4) -> list[dict]:
     fields = set(svc.enc.model.vocab.fields)
     rng = np.random.default_rng(0)
     out = []
-    for it in svc.store.get_many(svc.store.ids()[:n]):
+    for it in svc.store.get_many(svc.store.ids(limit=n)):
         if it is None:
             continue
         attrs = {k: v for k, v in it.metadata.items() if k in fields and k not in RESERVED}

@@ -8,6 +8,16 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 from lookalike.errors import LookalikeError
 from lookalike.service.deps import ServiceDep
 from lookalike.service.forms import Diversity, Filters, json_field, k_form, parse_sales_csv
+from lookalike.service.state import Service
+
+
+def _sales_figures(svc: Service, sales: str | None, sales_csv: UploadFile | None) -> dict | None:
+    """Units sold per product, given as JSON or as a CSV upload; None when neither is given."""
+    if sales:
+        return json_field(sales, "sales")
+    if sales_csv is not None:
+        return parse_sales_csv(svc.read_upload(sales_csv, "sales_csv"), sales_csv.filename or "sales_csv")
+    return None
 
 
 def router(max_k: int) -> APIRouter:
@@ -27,16 +37,21 @@ def router(max_k: int) -> APIRouter:
         """The top-K most similar *new* products to an uploaded photo or a clicked product."""
         if (image is None) == (not product_id):
             raise LookalikeError("give exactly one of image (file upload) or product_id")
-        q = svc.image_vector(image) if image is not None else svc.item(product_id).vector
+        svc.rec.require_products()
+        query: dict[str, str | None]
+        if image is not None:
+            q = svc.image_vector(image)
+            query, what = {"image": image.filename}, f"photo {image.filename}"
+        else:
+            assert product_id  # exactly one of the two (checked above)
+            q = svc.item(product_id).vector
+            query, what = {"product_id": product_id}, f"product {product_id}"
         res = svc.rec.customer_input(
             q, k, json_field(filters, "filters"), diversity, exclude_ids=[product_id] if product_id else None
         )
         svc.metrics.observe_results("customer_input", [res], recommended_new=True)
-        svc.remember(f"customer_input: {'photo ' + str(image.filename) if image else 'product ' + product_id}", res)
-        return {
-            "query": {"product_id": product_id} if product_id else {"image": image.filename},
-            **svc.render_list(res),
-        }
+        svc.remember(f"customer_input: {what}", res)
+        return {"query": query, **svc.render_list(res)}
 
     @routes.post("/api/recommend/top10_to_new")
     def top10_to_new(
@@ -59,18 +74,16 @@ def router(max_k: int) -> APIRouter:
         given = [x for x in (product_ids, images, sales, sales_csv) if x]
         if len(given) > 1:
             raise LookalikeError("give one of product_ids, images, sales or sales_csv (none = centrality proxy)")
+        svc.rec.require_products()
         sellers: list[dict]
+        statistics = None
         if images:
             sellers = [{"id": None, "image": f.filename, "source": "image"} for f in images]
             vecs = np.stack([svc.image_vector(f, "image") for f in images])
             basis = "uploaded images"
         else:
-            if sales or sales_csv:
-                figures = (
-                    json_field(sales, "sales")
-                    if sales
-                    else parse_sales_csv(svc.read_upload(sales_csv, "sales_csv"), sales_csv.filename)
-                )
+            figures = _sales_figures(svc, sales, sales_csv)
+            if figures is not None:
                 if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in figures.values()):
                     raise LookalikeError("sales must map product ids to numbers of units sold")
                 picked = svc.rec.best_by_sales({str(i): float(v) for i, v in figures.items()}, fraction)[:limit]
@@ -83,7 +96,9 @@ def router(max_k: int) -> APIRouter:
                 sellers = [{"id": i, "source": "given"} for i in dict.fromkeys(ids)]
                 basis = "given product ids"
             else:
-                picked, n_anchor = svc.rec.best_by_centrality(fraction, limit)
+                stats = svc.stats.get()  # the latest background statistics; 503 before the first
+                statistics = stats.describe()
+                picked, n_anchor = svc.rec.best_by_centrality(fraction, limit, stats)
                 sellers = [{"id": i, "centrality": round(c, 5), "source": "centrality"} for i, c in picked]
                 basis = (
                     f"centrality proxy (no sales given): the {n_anchor} most central established products "
@@ -93,7 +108,7 @@ def router(max_k: int) -> APIRouter:
             missing = [s["id"] for s, it in zip(sellers, items) if it is None]
             if missing:
                 raise HTTPException(404, f"unknown product id(s): {missing[:10]}")
-            vecs = np.stack([it.vector for it in items])
+            vecs = np.stack([it.vector for it in items if it is not None])  # none missing (checked above)
         res = svc.rec.top10_to_new(sellers, vecs, k, merged_k, diversity, json_field(filters, "filters"))
         lists = res["best_sellers"]
         svc.metrics.observe_results("top10_to_new", lists, recommended_new=True)
@@ -114,6 +129,7 @@ def router(max_k: int) -> APIRouter:
                 for m in res["merged"]
             ],
             "trend": res["trend"],
+            **({"statistics": statistics} if statistics else {}),
         }
 
     return routes
