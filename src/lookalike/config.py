@@ -71,8 +71,11 @@ class TrainConfig(_Strict):
     temperature: float = Field(0.07, gt=0, description="InfoNCE temperature (the initial value when learnable)")
     learnable_temperature: bool = True
     positives: Literal["mask", "multi"] = "multi"
-    # Chosen on validation nDCG@10 (fashion-products, 20 epochs, text tower off): 0 → 0.4165, 0.3 with
-    # sharpness 2 / 4 / 8 → 0.4238 / 0.4196 / 0.4177, 0.5 with sharpness 4 → 0.4043.
+    # On validation (fashion-products, 20 epochs, text tower off, category weight 0.5, plain cosine;
+    # `python benchmarks/ablations.py --parts soft`): soft 0 / 0.3 with sharpness 2, 4, 8 / 0.5 with sharpness 4
+    # gave nDCG@10 0.4165 / 0.4032, 0.3905, 0.3998 / 0.3524 and articleType precision@10 0.8239 / 0.8598,
+    # 0.8661, 0.8605 / 0.8808: soft targets trade nDCG over all seven fields for article-type precision (the
+    # hubness correction more than restores nDCG: 0.4493 at weight 0.5).
     soft_targets: float = Field(
         0.3,
         ge=0,
@@ -83,7 +86,7 @@ class TrainConfig(_Strict):
     soft_sharpness: float = Field(2.0, gt=0, description="relatedness is raised to this power: near matches count most")
     # Relatedness is Lin's information-weighted share of attribute values (training/relatedness.py), mixed with
     # sharing the category field; weight 0.5 on articleType raised validation articleType precision@10
-    # 0.8346 → 0.8599.
+    # 0.8386 → 0.8598 (`python benchmarks/ablations.py --parts soft`).
     soft_category_field: str | None = Field(
         None,
         description="single-valued field whose shared value adds to "
@@ -158,8 +161,9 @@ class EvalConfig(_Strict):
 class RetrievalConfig(_Strict):
     """How JSON and text queries rank the gallery (evaluation and `search` alike); see retrieval/hubness.py."""
 
-    # Chosen on validation (fashion-products): 0.5 meets every quality floor there; 0.75 trades articleType
-    # precision for nDCG.
+    # Chosen on validation (fashion-products; `python benchmarks/ablations.py --parts hubness`): 0.5 is the
+    # weight that meets both floors there (gender+articleType+baseColour hit@10 0.9229 ≥ 0.92, articleType
+    # precision@10 0.8546 ≥ 0.85); 0.25 gave 0.9147, 0.75 gave articleType precision 0.8461.
     hubness_weight: float = Field(
         0.5,
         ge=0,

@@ -10,12 +10,12 @@ from collections import defaultdict
 
 import numpy as np
 
+from lookalike.vectors import unit
+
 
 def centrality_scores(image_vectors: np.ndarray) -> np.ndarray:
-    x = image_vectors / np.maximum(np.linalg.norm(image_vectors, axis=1, keepdims=True), 1e-12)
-    centroid = x.mean(axis=0)
-    centroid /= max(np.linalg.norm(centroid), 1e-12)
-    return x @ centroid
+    x = unit(image_vectors)
+    return x @ unit(x.mean(axis=0))
 
 
 def anchor_mask(scores: np.ndarray, fraction: float = 0.1) -> np.ndarray:

@@ -14,15 +14,16 @@ store's own counts (O(1), exact at every version); centrality comes from the who
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
-from collections.abc import Callable
 
 import numpy as np
 
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.diversity import intra_list_diversity
 from lookalike.recommend.statistics import FLAG, BackgroundStatistics, CatalogueStatistics, OnDemandStatistics
-from lookalike.retrieval.rerank.mmr import mmr
+from lookalike.retrieval import ranking
+from lookalike.retrieval.ranking import Offsets, StoreGallery
 from lookalike.retrieval.stores import VectorStore
 from lookalike.retrieval.stores.base import count_key
 
@@ -62,6 +63,8 @@ class Recommender:
         self.exact = exact  # False: the store's HNSW index ranks (a million products), as `serve --search approximate`
         self.statistics = statistics or OnDemandStatistics(store)
         store.count_by([f for f in (category_field, colour_field) if f], flag=FLAG)
+        self._lock = threading.Lock()
+        self._galleries: dict = {}  # offsets function → StoreGallery (see `gallery`)
 
     # --- catalogue view ----------------------------------------------------------------------------
     def catalogue_counts(self) -> dict:
@@ -90,40 +93,44 @@ class Recommender:
         filters: dict | None = None,
         diversity: float = 0.0,
         exclude_ids: list[str] | None = None,
-        bias: Callable[[np.ndarray], np.ndarray | None] | None = None,
+        bias: Offsets | None = None,
     ) -> list[dict]:
-        """For each query: {items: [(id, score, metadata)], intra_list_diversity}. diversity = 1 − MMR λ.
+        """For each query: {items: [(id, score, metadata)], intra_list_diversity, certified, depth}, ranked by
+        `retrieval.ranking.rank` as `lookalike search` and evaluation rank. diversity = 1 − MMR λ.
 
-        `bias` maps the candidates' vectors to score offsets (the hubness correction of JSON and text
-        queries): the store's cosine top-max(10k, 200) is re-scored with them. On fashion-products (2,000
-        test JSON queries, all 39,653 products) the corrected top-10 lay inside the cosine top-100 every time."""
-        if not 0.0 <= diversity <= 1.0:
-            raise LookalikeError(f"diversity must be between 0 and 1, got {diversity}")
-        depth = k if diversity == 0 else min(max(5 * k, 50), 500)
-        if bias is not None:
-            depth = max(depth, 10 * k, 200)
-        out = []
-        for hits in self.store.search(queries, depth, filters, exact=self.exact, exclude_ids=exclude_ids):
-            items = self.store.get_many([i for i, _ in hits])
-            vecs = np.stack([it.vector for it in items]) if items else np.zeros((0, self.store.dim), np.float32)
-            offsets = bias(vecs) if bias is not None and len(hits) else None
-            if offsets is not None:
-                scores = np.array([s for _, s in hits], np.float32) + offsets
-                order = np.argsort(-scores, kind="stable")
-                hits = [(hits[j][0], float(scores[j])) for j in order]
-                items, vecs = [items[j] for j in order], vecs[order]
-            order = (
-                np.arange(min(k, len(hits)))
-                if diversity == 0
-                else mmr(np.array([s for _, s in hits], np.float32), vecs, k, 1.0 - diversity)
-            )
-            out.append(
-                {
-                    "items": [(hits[j][0], hits[j][1], items[j].metadata) for j in order],
-                    "intra_list_diversity": round(intra_list_diversity(vecs[order]), 4) if len(order) > 1 else 0.0,
-                }
-            )
-        return out
+        `bias` maps stored vectors to score offsets (the hubness correction of JSON and text queries,
+        `QueryEncoder.hub_bias`): the store's cosine top-D is re-scored with them and D deepened until the
+        list is certified to be the exact one (retrieval/ranking.py; `benchmarks/ablations.py --parts depth`
+        prints how deep that goes). `certified` and `depth` say, per list, whether it was and how deep."""
+        lists = ranking.rank(
+            queries,
+            self.gallery(bias),
+            k,
+            corrected=bias is not None,
+            exclude_ids=exclude_ids,
+            filters=filters,
+            diversity=diversity,
+        )
+        return [
+            {
+                "items": [(i, float(sc), md) for i, sc, md in zip(r.ids, r.scores, r.metadata or [])],
+                "intra_list_diversity": (
+                    round(intra_list_diversity(r.vectors), 4) if r.vectors is not None and len(r.ids) > 1 else 0.0
+                ),
+                "certified": r.certified,
+                "depth": r.depth,
+            }
+            for r in lists
+        ]
+
+    def gallery(self, offsets: Offsets | None = None) -> StoreGallery:
+        """The store as a gallery for `rank`, one per offsets function: each keeps the bound on its offsets
+        (computed in the background once per store version)."""
+        with self._lock:
+            g = self._galleries.get(offsets)
+            if g is None:
+                g = self._galleries[offsets] = StoreGallery(self.store, offsets, exact=self.exact)
+            return g
 
     def customer_input(
         self,
@@ -184,7 +191,7 @@ class Recommender:
         lists = self.rank(vectors, k, flt, diversity, exclude_ids=[s["id"] for s in sellers if s.get("id")])
         merged: dict[str, dict] = {}
         scores = []
-        for seller, res in zip(sellers, lists):
+        for res in lists:
             for rank, (pid, sc, md) in enumerate(res["items"], 1):
                 scores.append(sc)
                 m = merged.setdefault(pid, {"id": pid, "score": sc, "n_sellers": 0, "best_rank": rank, "metadata": md})

@@ -82,6 +82,7 @@ class Service:
         category, colour = report_fields(self.enc, s.colour_field, s.category_field)
         self.stats = BackgroundStatistics(self.store, s.stats_interval, s.store, s.stats_subprocess_from)
         self.rec = Recommender(self.store, category, colour, exact=s.search == "exact", statistics=self.stats)
+        self.rec.gallery(self.enc.hub_bias)  # starts computing the offsets' bound that certifies /api/search lists
         self.uploads = UploadDir(s.upload_dir)
         self.upload_dir = self.uploads.path
         self.swept = self.uploads.sweep(self.store)  # leftovers of a crashed writer, counted in the log

@@ -23,6 +23,7 @@ from typing import Union
 import numpy as np
 
 from lookalike.errors import LookalikeError
+from lookalike.vectors import unit
 
 Scalar = Union[str, int, float, bool]
 MetaValue = Union[Scalar, list[str]]
@@ -63,9 +64,9 @@ def check_items(items: Iterable[StoreItem], dim: int) -> list[StoreItem]:
                     f"item {it.id!r}: metadata field {k!r} has unsupported value {val!r} "
                     "(string, number, boolean or list of strings)"
                 )
-        # A vector that is already unit (one read back from a store) is kept bit for bit: dividing it by its
+        # `unit` keeps an already unit vector (one read back from a store) bit for bit: dividing it by its
         # norm again moves it by an ulp, so an update that keeps the image would change its vector.
-        out[it.id] = StoreItem(it.id, v if abs(norm - 1.0) <= 1e-6 else v / norm, dict(it.metadata))
+        out[it.id] = StoreItem(it.id, unit(v), dict(it.metadata))
     return list(out.values())
 
 
@@ -80,10 +81,9 @@ def check_queries(queries: np.ndarray, dim: int, k: int) -> np.ndarray:
         raise LookalikeError("queries contain NaN or infinite values")
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise LookalikeError(f"k must be a positive integer, got {k!r}")
-    norms = np.linalg.norm(q, axis=1, keepdims=True)
-    if (norms == 0).any():
+    if (np.linalg.norm(q, axis=1) == 0).any():
         raise LookalikeError("a query vector is all zeros")
-    return q / norms
+    return unit(q)
 
 
 def normalize_filters(filters: Filters | None, known_fields: set[str]) -> dict[str, list[Scalar]]:

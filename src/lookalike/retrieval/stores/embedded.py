@@ -37,6 +37,7 @@ from lookalike.retrieval.stores.base import (
     normalize_filters,
     value_key,
 )
+from lookalike.retrieval.topk import topk, topk_row
 
 SNAPSHOT = "store.npz"
 # A filter leaving at most this many rows is searched exactly even when HNSW is asked for: at 1M rows a 2%
@@ -52,7 +53,8 @@ def _threads():
 
 
 def exact_search(q: np.ndarray, vecs: np.ndarray, k: int, excluded: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Exact top-k rows of `vecs` for each query, ties by row, `excluded` rows left out.
+    """Exact top-k rows of `vecs` for each query, cut by the one top-k (retrieval/topk.py: ties by row, and
+    rows are kept in id order), `excluded` rows left out.
 
     A few queries use FAISS's SIMD scan on one thread (a matrix-vector product is memory-bound, and
     with parallel requests or other load a multi-threaded scan waits on its slowest thread); its top
@@ -63,7 +65,8 @@ def exact_search(q: np.ndarray, vecs: np.ndarray, k: int, excluded: np.ndarray) 
     if len(q) > 8 or len(vecs) == 0:
         sims = q @ vecs.T
         sims[:, excluded] = -np.inf
-        return [topk_rows(row, k) for row in sims]
+        idx, sc = topk(sims, k)
+        return [(i[i >= 0], s[i >= 0]) for i, s in zip(idx, sc)]
     kk = min(len(vecs), k + len(excluded) + 8)
     with _threads().limit(limits=1):
         scores, idx = faiss.knn(q, vecs, kk, metric=faiss.METRIC_INNER_PRODUCT)
@@ -76,26 +79,10 @@ def exact_search(q: np.ndarray, vecs: np.ndarray, k: int, excluded: np.ndarray) 
             with _threads().limit(limits=1):
                 row = vecs @ q[qi]
             row[excluded] = -np.inf
-            out.append(topk_rows(row, k))
+            out.append(topk_row(row, k))
         else:
             out.append((irow[order].astype(np.int64), srow[order]))
     return out
-
-
-def topk_rows(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k columns of one score row, best first, ties by column index, -inf (excluded) dropped.
-    Every item tied with the k-th score is considered, so the cut at k is exact too."""
-    k = min(k, len(sims))
-    if k == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    part = np.argpartition(-sims, k - 1)[:k]
-    cut = sims[part].min()
-    cand = np.flatnonzero(sims >= cut) if np.isfinite(cut) else part
-    order = np.lexsort((cand, -sims[cand]))[:k]
-    idx = cand[order]
-    sc = sims[idx]
-    keep = np.isfinite(sc)
-    return idx[keep], sc[keep]
 
 
 class EmbeddedStore(VectorStore):
@@ -330,6 +317,16 @@ class EmbeddedStore(VectorStore):
             self._sync()
             r = self._row.get(id)
             return None if r is None else StoreItem(id, self._vectors[r].copy(), dict(self._meta[r]))
+
+    def get_many(self, ids: list[str]) -> list[StoreItem | None]:
+        """One lock and one freshness check for all of them (a ranked list's candidates are read at once)."""
+        with self._lock:
+            self._sync()
+            rows = [self._row.get(i) for i in ids]
+            return [
+                None if r is None else StoreItem(i, self._vectors[r].copy(), dict(self._meta[r]))
+                for i, r in zip(ids, rows)
+            ]
 
     def version(self) -> int:
         return self._peek()[0]

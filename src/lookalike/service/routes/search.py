@@ -28,17 +28,25 @@ def router(max_k: int) -> APIRouter:
         given = [n for n, v in (("attributes", attributes), ("text", text), ("image", image)) if v]
         if len(given) != 1:
             raise LookalikeError(f"give exactly one of attributes, text or image; got {given or 'none'}")
-        unknown, ignored = {}, []
+        unknown: dict[str, list[str]] = {}
+        ignored: list[str] = []
         if attributes:
             q, unknown, ignored = svc.enc.attributes(json_field(attributes, "attributes"))
         elif text:
             q = svc.enc.text(text)
         else:
+            assert image is not None  # exactly one was given
             q = svc.image_vector(image)
         bias = None if image else svc.enc.hub_bias  # JSON and text rank as in evaluation; images by plain cosine
         res = svc.rec.rank(q[None, :], k, json_field(filters, "filters"), diversity, bias=bias)[0]
         svc.metrics.observe_results("search", [res], recommended_new=False)
-        svc.remember(f"search: {attributes or text or 'image ' + str(image.filename)}", res)
-        return {"query": given[0], "unknown_values": unknown, "ignored_fields": ignored, **svc.render_list(res)}
+        svc.remember(f"search: {attributes or text or 'image ' + str(image.filename if image else '')}", res)
+        return {
+            "query": given[0],
+            "unknown_values": unknown,
+            "ignored_fields": ignored,
+            **svc.render_list(res),
+            "ranking": {"certified": res["certified"], "depth": res["depth"]},  # retrieval/ranking.py
+        }
 
     return routes
