@@ -1,6 +1,7 @@
 import os
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,9 +134,30 @@ def test_embedder_equals_direct_encoding(encoder, images, tmp_path):
 def test_cache_write_is_atomic_and_reloads(tmp_path):
     c = EmbeddingCache(tmp_path, "image", "fp", 3)
     c.put(["a", "b"], np.arange(6, dtype=np.float32).reshape(2, 3))
-    assert not list(tmp_path.rglob("*.tmp.npz"))
+    assert not [f for f in tmp_path.rglob("*") if f.is_file() and "tmp" in f.name]
     c2 = EmbeddingCache(tmp_path, "image", "fp", 3)
     np.testing.assert_array_equal(c2.get(["b"]), [[3, 4, 5]])
+
+
+def test_a_shard_being_written_is_never_read(tmp_path, monkeypatch):
+    """A writer killed mid-shard (or one still writing in another process) leaves a partial temp file: a cache
+    opened meanwhile reads the complete shards and ignores it (it used to match the shards' glob: BadZipFile)."""
+    c = EmbeddingCache(tmp_path, "image", "fp", 3)
+    c.put(["a"], np.ones((1, 3), np.float32))
+
+    def killed(file, **arrays):
+        if isinstance(file, (str, Path)):
+            Path(file).write_bytes(b"PK\x03\x04 half a zip")
+        else:
+            file.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # the kill, mid-write
+
+    monkeypatch.setattr(np, "savez", killed)
+    with pytest.raises(KeyboardInterrupt):
+        c.put(["b"], np.zeros((1, 3), np.float32))
+    monkeypatch.undo()
+    again = EmbeddingCache(tmp_path, "image", "fp", 3)
+    assert "a" in again and "b" not in again
 
 
 def test_text_encoder_is_multilingual_and_cached(tmp_path):
