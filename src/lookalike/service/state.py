@@ -90,7 +90,11 @@ class Service:
         catalog = s.catalog or self.enc.cfg.data.catalog
         # The catalogue folder as given and as resolved: the loader stores resolved paths, and the folder
         # itself may be a link (the check against these roots is lexical, so links inside stay allowed).
-        roots = [Path(os.path.abspath(catalog)), Path(os.path.realpath(catalog))] if Path(catalog).is_dir() else []
+        roots = (
+            []
+            if not catalog or not Path(catalog).is_dir()
+            else [Path(os.path.abspath(catalog)), Path(os.path.realpath(catalog))]
+        )
         self.image_roots = [self.upload_dir, *dict.fromkeys(roots)]
         self.run_dir = Path(s.checkpoint).resolve().parent.parent
         self.metrics = Metrics()
@@ -122,7 +126,7 @@ class Service:
         return it
 
     def render(self, pid: str, md: dict, score: float | None = None) -> dict:
-        out = {
+        out: dict[str, object] = {
             "id": pid,
             "image_url": f"/api/items/{pid}/image",
             "attributes": {k: v for k, v in md.items() if k != "image"},
