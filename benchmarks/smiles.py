@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import Machine
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "smiles"
@@ -78,7 +79,8 @@ def training(summary: dict, name: str) -> None:
     low = min(h, key=lambda r: r["val_loss"])
     print(
         f"    {name}: train {summary['n']['train']}, val {summary['n']['val']}; {summary['epochs_run']} epochs, "
-        f"kept {summary['kept_epoch']} (best {summary['best_epoch']}); at kept: train loss {kept['train_loss_eval']:.4g}, "
+        f"kept {summary['kept_epoch']} (best {summary['best_epoch']}); at kept: train loss "
+        f"{kept['train_loss_eval']:.4g}, "
         f"val loss {kept['val_loss']:.4g}, val AUC {kept['val_auc']:.4f}; lowest val loss {low['val_loss']:.4g} "
         f"(epoch {low['epoch']}); Youden threshold on its val {summary['val_at_kept']['youden_threshold']:.4g}; "
         f"ONNX |Δp| {summary['onnx']['max_abs_diff_vs_torch']:.1g}; features {summary['timings']['features_s']:.0f} s, "
@@ -158,7 +160,9 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"smiles study ({os.cpu_count()} CPU cores; timings taken on a shared, loaded machine)")
+    from lookalike.encoders.base import default_threads
+
+    machine = Machine.start("smiles.py", onnxruntime=default_threads())
     if a.size_study:
         print("encoder input size:")
         size_study(out)
@@ -259,6 +263,7 @@ def main() -> None:
     if a.unfreeze_study:
         unfreeze_study(out, good)
     print(f"reports: {out}/ab-full/report.html, {out}/ab-80/report.html, {out}/ab-2000/report.html")
+    machine.finish()
 
 
 if __name__ == "__main__":

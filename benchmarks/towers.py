@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import Machine
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,7 +31,7 @@ def base_config(args):
 
     schema = FASHION_PRODUCTS.model_copy(update={"text_field": None})
     return load_config(
-        ROOT / "configs/fashion-products.json",
+        "fashion-products",
         {
             "data.catalog": args.catalog,
             "data.limit": args.limit,
@@ -39,6 +41,12 @@ def base_config(args):
             "data.schema": schema.model_dump(),
         },
     )
+
+
+def spawn(cmd: list[str], log: Path) -> subprocess.Popen:
+    """Start `cmd` with its stdout and stderr in `log` (the child keeps its own handle; ours is closed)."""
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
 
 
 def fmt(x: float) -> str:
@@ -67,8 +75,8 @@ def report_towers(r: dict) -> None:
             a = t["adapter"]
             print(
                 f"{split:<11} {tower:<15} {fmt(t['test_ndcg@10']):>8} {fmt(a['test_ndcg@10']):>11} "
-                f"{a['kept_of_full']:>7.2%} {fmt(a['pca_test_ndcg@10']):>7} {t['tower_params']:>9,} {t['train_s']:>8.0f} "
-                f"{t['s_per_epoch']:>8.1f} {t['best_epoch']:>7} {a['train_s']:>9.0f}"
+                f"{a['kept_of_full']:>7.2%} {fmt(a['pca_test_ndcg@10']):>7} {t['tower_params']:>9,} "
+                f"{t['train_s']:>8.0f} {t['s_per_epoch']:>8.1f} {t['best_epoch']:>7} {a['train_s']:>9.0f}"
             )
         print(
             f"{'':<11} sizes {block['sizes']}"
@@ -88,8 +96,8 @@ def report_towers(r: dict) -> None:
         for tower, t in block["towers"].items():
             s = t["adapter"]["vs_full"]
             print(
-                f"{split:<11} {tower + ' 128-d adapter vs 512-d':<40} Δ={s['mean_diff']:+.4f}  p_t={p_str(s['t_test_p'])}  "
-                f"p_w={p_str(s['wilcoxon_p'])}"
+                f"{split:<11} {tower + ' 128-d adapter vs 512-d':<40} Δ={s['mean_diff']:+.4f}  "
+                f"p_t={p_str(s['t_test_p'])}  p_w={p_str(s['wilcoxon_p'])}"
             )
     print("\n== Adapter: search cost on the test gallery (exact top-100, all test queries, best of 3) ==")
     for split, block in r["splits"].items():
@@ -97,7 +105,8 @@ def report_towers(r: dict) -> None:
             f, a = t["adapter"]["search_full"], t["adapter"]["search_adapted"]
             print(
                 f"{split:<11} {tower:<15} 512-d {f['search_s'] * 1000:7.1f} ms {f['gallery_mb']:6.2f} MiB   "
-                f"128-d {a['search_s'] * 1000:7.1f} ms {a['gallery_mb']:6.2f} MiB   speed-up ×{f['search_s'] / a['search_s']:.2f}, "
+                f"128-d {a['search_s'] * 1000:7.1f} ms {a['gallery_mb']:6.2f} MiB   speed-up "
+                f"×{f['search_s'] / a['search_s']:.2f}, "
                 f"memory ×{f['gallery_mb'] / a['gallery_mb']:.1f} smaller"
             )
     print("\n== Per category (categories with ≥ 30 test products; +ad = adapter of the tower stage) ==")
@@ -112,7 +121,8 @@ def report_towers(r: dict) -> None:
             print(
                 f"{c[:26]:<26} {v['n']:>5} "
                 + " ".join(
-                    f"{block['towers'][t]['per_category'][c]['ndcg@10']:>15.4f} {block['towers'][t]['per_category'][c]['adapter_ndcg@10']:>7.4f}"
+                    f"{block['towers'][t]['per_category'][c]['ndcg@10']:>15.4f} "
+                    f"{block['towers'][t]['per_category'][c]['adapter_ndcg@10']:>7.4f}"
                     for t in towers
                 )
             )
@@ -145,15 +155,16 @@ def report_adapters(out: Path) -> None:
         print(
             f"{split:<11} {tower:<15} {r['full_512_ndcg@10']:>7.4f} {r['pca_ndcg@10']:>7.4f} {v['test_ndcg@10']:>8.4f} "
             f"{v['kept_of_full']:>7.2%} {p_str(v['vs_full']['t_test_p']):>10} {v['train_s']:>7.0f} "
-            f"{f['search_s'] * 1000:>8.0f}ms {a['search_s'] * 1000:>8.0f}ms {f['gallery_mb']:>5.2f}→{a['gallery_mb']:.2f}"
+            f"{f['search_s'] * 1000:>8.0f}ms {a['search_s'] * 1000:>8.0f}ms "
+            f"{f['gallery_mb']:>5.2f}→{a['gallery_mb']:.2f}"
         )
     for split in ("regular", "cold-start"):
         pq = {t: out / f"{split}-{t}/{split}/{t}/adapter-hierarchical-per_query.npy" for t in ("mlp", "coarse-to-fine")}
         if all(x.exists() for x in pq.values()):
             s = paired_test(np.load(pq["mlp"]), np.load(pq["coarse-to-fine"]))
             print(
-                f"{split:<11} coarse-to-fine+adapter vs mlp+adapter: Δ={s['mean_diff']:+.4f}  p_t={p_str(s['t_test_p'])}  "
-                f"p_w={p_str(s['wilcoxon_p'])}"
+                f"{split:<11} coarse-to-fine+adapter vs mlp+adapter: Δ={s['mean_diff']:+.4f}  "
+                f"p_t={p_str(s['t_test_p'])}  p_w={p_str(s['wilcoxon_p'])}"
             )
     abl = out / "adapters-regular-mlp-ablation.json"
     if abl.exists():
@@ -180,20 +191,23 @@ def report_adapters(out: Path) -> None:
 def report_rerank(r: dict) -> None:
     print(f"\n== Diversity reranking of the top-{r['candidates']} ({r['model']}; {r['n_queries']} test queries) ==")
     print(
-        f"{'method':<34} {'nDCG@10':>8} {'ΔnDCG':>7} {'ILD@10':>7} {'ΔILD':>7} {'coverage':>8} {'novelty':>8} {'ms/query':>8}"
+        f"{'method':<34} {'nDCG@10':>8} {'ΔnDCG':>7} {'ILD@10':>7} {'ΔILD':>7} {'coverage':>8} {'novelty':>8} "
+        f"{'ms/query':>8}"
     )
     base = r["methods"]["top-10"]
     for name, m in r["methods"].items():
         print(
             f"{name:<34} {fmt(m['ndcg@10']):>8} {m['ndcg@10'] / base['ndcg@10'] - 1:>+7.1%} {fmt(m['ild@10']):>7} "
-            f"{m['ild@10'] / base['ild@10'] - 1:>+7.1%} {m['coverage']:>8.4f} {m['novelty']:>8.3f} {m['ms_per_query']:>8.3f}"
+            f"{m['ild@10'] / base['ild@10'] - 1:>+7.1%} {m['coverage']:>8.4f} {m['novelty']:>8.3f} "
+            f"{m['ms_per_query']:>8.3f}"
         )
     for name, m in r["methods"].items():
         if "history" in m:  # the list-wise rerankers: what selection saw on its half of validation
             h0, kept = m["history"][0], next(h for h in m["history"] if h["step"] == m["history"][0]["kept_step"])
             print(
                 f"  {name}: selection half nDCG@10 {kept['ndcg'] / h0['plain']['ndcg'] - 1:+.1%}, ILD@10 "
-                f"{kept['ild'] / h0['plain']['ild'] - 1:+.1%} (kept step {h0['kept_step']} of {m['history'][-1]['step']}, "
+                f"{kept['ild'] / h0['plain']['ild'] - 1:+.1%} (kept step {h0['kept_step']} of "
+                f"{m['history'][-1]['step']}, "
                 f"start λ={h0['lambda']}, λ ×{kept.get('lambda_scale', 1.0)}; train {m['train_s']:.0f} s)"
             )
     for line in r.get("verdict", []):
@@ -250,17 +264,17 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = base_config(args)
     t0 = time.perf_counter()
-    torch.set_num_threads(1)  # on a few shared cores, intra-op threads thrash: 1 thread per process is ~10× faster
+    torch.set_num_threads(1)  # on a few shared cores, intra-op threads thrash; the header below prints the setting
     from lookalike.studies.towers import TOWERS, compare_towers, merge_results
 
     runs = [(split, tower) for split in args.splits for tower in TOWERS]
+    machine = Machine.start("towers.py", study_processes=len(runs) if args.parallel and not args.tower else 1)
     if args.stage in ("all", "towers") and args.parallel:
         # One process per (split, tower): the fair scheduler then gives this study more of a shared machine.
         procs = [
-            subprocess.Popen(
+            spawn(
                 [sys.executable, __file__, "--stage", "towers", "--splits", split, "--tower", tower, *forward],
-                stdout=open(out / f"log-{split}-{tower}.txt", "w"),
-                stderr=subprocess.STDOUT,
+                out / f"log-{split}-{tower}.txt",
             )
             for split, tower in runs
         ]
@@ -305,11 +319,7 @@ def main() -> None:
             [*forward, "--splits", "regular", "--tower", "mlp", "--ablation"]
         ]
         procs = [
-            subprocess.Popen(
-                [sys.executable, __file__, "--stage", "adapters", *j],
-                stdout=open(out / f"log-adapters-{'-'.join(j[-3:])}.txt", "w"),
-                stderr=subprocess.STDOUT,
-            )
+            spawn([sys.executable, __file__, "--stage", "adapters", *j], out / f"log-adapters-{'-'.join(j[-3:])}.txt")
             for j in jobs
         ]
         if any(p.wait() for p in procs):
@@ -330,7 +340,8 @@ def main() -> None:
     report_adapters(out)
     if (out / "rerank.json").exists():
         report_rerank(json.loads((out / "rerank.json").read_text()))
-    print(f"\n(wall {time.perf_counter() - t0:.0f} s; 2 shared CPU cores under load from other jobs)")
+    print(f"\n(wall {time.perf_counter() - t0:.0f} s)")
+    machine.finish()
 
 
 if __name__ == "__main__":

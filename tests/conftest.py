@@ -73,8 +73,10 @@ LONGEST_FIRST = (
     "test_itembank_study.py",
     "test_dashboard_browser.py",
     "test_classify_finetune.py",
+    "test_readme.py",
     "test_commands.py",
     "test_encoders.py",
+    "test_studies.py",
 )
 
 

@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -93,11 +94,13 @@ def ingest(store_url: str) -> None:
     )
 
 
-def make_app(store_url: str, tmp: Path, **settings):
+def make_app(store_url: str, tmp: Path, ready: bool = True, **settings):
+    """The app on a store; with `ready`, once its background thread has computed the first catalogue
+    statistics (so tests of figures do not race it; the tests of that wait pass ready=False)."""
     from lookalike.service.app import ServiceSettings, create_app
 
     t = trained()
-    return create_app(
+    app = create_app(
         ServiceSettings(
             checkpoint=t["checkpoint"],
             store=store_url,
@@ -106,3 +109,13 @@ def make_app(store_url: str, tmp: Path, **settings):
             **settings,
         )
     )
+    if ready:
+        wait_for(lambda: app.state.service.stats.latest is not None, "the first catalogue statistics")
+    return app
+
+
+def wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.02)

@@ -87,6 +87,44 @@ def test_jsonl_table_with_sidecar_schema_and_malformed_lines(tmp_path, fashion_d
     assert cat.report.skipped["malformed JSON"] == 2
 
 
+def test_undecodable_bytes_skip_their_record_and_leave_the_rest_intact(tmp_path, fashion_dir):
+    """A row holding bytes that are not UTF-8 (here Latin-1 é) is skipped and counted, naming its line; the
+    rows around it, UTF-8 text beyond ASCII included, load exactly as written."""
+    lines = (fashion_dir / "styles.csv").read_text(encoding="utf-8").splitlines()
+    header, rows = lines[0], [r for r in lines[1:] if (fashion_dir / "images" / f"{r.split(',')[0]}.jpg").exists()][:4]
+    cat = tmp_path / "fashion"
+    cat.mkdir()
+    (cat / "images").symlink_to(fashion_dir / "images")
+    good = rows[0] + " Café"  # productDisplayName (the text field) with a valid two-byte character
+    bad = rows[1].encode("utf-8") + b" Caf\xe9"  # the same in Latin-1: one byte that UTF-8 cannot decode
+    (cat / "styles.csv").write_bytes(
+        b"\n".join([header.encode(), good.encode("utf-8"), bad, *(r.encode() for r in rows[2:])]) + b"\n"
+    )
+    loaded = load_catalogue(cat)
+    assert [p.id for p in loaded.products] == [rows[0].split(",")[0], *(r.split(",")[0] for r in rows[2:])]
+    assert loaded.products[0].text.endswith(" Café")
+    assert loaded.report.skipped == {"non-UTF-8 text": 1}
+    assert loaded.report.examples["non-UTF-8 text"] == ["styles.csv:3"]
+
+    table = tmp_path / "cat.jsonl"
+    _table_fixture(tmp_path, fashion_dir)
+    (tmp_path / "lookalike-schema.json").write_text(json.dumps({"image_field": "image", "single_fields": ["colour"]}))
+    table.write_bytes(
+        b"\n".join(
+            [
+                json.dumps({"id": "a", "image": "img/1163.jpg", "colour": "crème"}, ensure_ascii=False).encode(),
+                b'{"id": "b", "image": "img/1164.jpg", "colour": "cr\xe8me"}',
+                json.dumps({"id": "c", "image": "img/1165.jpg", "colour": "rouge"}).encode(),
+            ]
+        )
+        + b"\n"
+    )
+    loaded = load_catalogue(table)
+    assert [(p.id, p.attributes["colour"]) for p in loaded.products] == [("a", "crème"), ("c", "rouge")]
+    assert loaded.report.skipped == {"non-UTF-8 text": 1}
+    assert loaded.report.examples["non-UTF-8 text"] == ["cat.jsonl:2"]
+
+
 def test_table_without_schema_and_nothing_loaded_name_the_problem(tmp_path):
     (tmp_path / "cat.csv").write_text("id,path,colour\n1,nope.jpg,red\n")
     with pytest.raises(LookalikeError, match="no schema given"):

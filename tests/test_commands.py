@@ -2,6 +2,7 @@
 
 import csv
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -9,11 +10,14 @@ import pytest
 from lookalike.cli import main
 from lookalike.evaluation.centrality import anchor_mask, centrality_report, centrality_scores
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
-def test_sanity_check_passes_and_writes_its_log(tmp_path, capsys):
+def test_sanity_check_passes_and_writes_its_log(tmp_path, capsys, monkeypatch):
     out = tmp_path / "temp_logs/sanity_check_results.json"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the run's own temp folders go
     main(
         [
             "sanity-check",
@@ -33,6 +37,7 @@ def test_sanity_check_passes_and_writes_its_log(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["status"] == "PASS" and len(res["checks"]) >= 9
     assert all(c["pass"] for c in res["checks"].values())
+    assert not list(scratch.glob("lookalike-sanity-*"))  # its checkpoints folder went with the run
 
 
 def test_centrality_math():
@@ -127,10 +132,23 @@ def test_temperature_study_compares_on_one_split(tmp_path, fashion_subset):
         ]
     )
     summary = json.loads((tmp_path / "temperature_study.json").read_text())
-    assert [r["temperature"] for r in summary["rows"]] == ["0.05", "learnable"]
-    assert summary["best"] in summary["rows"]
+    rows = summary["rows"]
+    assert [r["temperature"] for r in rows] == ["0.05", "learnable"]
+    # The best is the run with the highest validation metric (the first on a tie), read back from each run's
+    # own training results, never from the study's table.
+    val = {
+        t: round(json.loads((tmp_path / f"t={t}/results/training_results.json").read_text())["best_val_metric"], 4)
+        for t in ("0.05", "learnable")
+    }
+    col = f"val {summary['config']['train']['val_metric']}"
+    assert [r[col] for r in rows] == [val["0.05"], val["learnable"]]
+    best = "learnable" if val["learnable"] > val["0.05"] else "0.05"
+    assert summary["best"] == next(r for r in rows if r["temperature"] == best)
     assert (tmp_path / "temperature_study.png").stat().st_size > 0
-    assert "Best on validation" in (tmp_path / "temperature_study.md").read_text()
+    assert (
+        f"Best on validation: temperature {best} ({col} = {val[best]})."
+        in (tmp_path / "temperature_study.md").read_text()
+    )
     splits = {
         json.dumps(json.loads((tmp_path / f"t={t}/results/split.json").read_text())["test"])
         for t in ("0.05", "learnable")

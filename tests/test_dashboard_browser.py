@@ -14,7 +14,7 @@ import time
 import pytest
 from service_fixtures import ingest, make_app, trained
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

@@ -1,6 +1,7 @@
 import os
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +41,21 @@ def test_efficientnet_weights_are_real_frozen_and_onnx_matches_torch(encoder, im
             assert all(not p.requires_grad for p in m.parameters())
     # ImageNet weights, not random: a shirt and a shoe differ more than two shirts of the same kind.
     assert encoder.fingerprint() == torch_enc.fingerprint()
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_encoding_leaves_the_process_thread_count_alone(images, runtime):
+    """torch's thread count is process-wide: an encoder running on its own count puts the caller's back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # a count no encoder here asks for
+    try:
+        enc = create_image_encoder("efficientnet-lite0", runtime=runtime, threads=1)
+        assert enc.encode_images([Image.open(p) for p in images[:2]]).shape == (2, 1280)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_image_space_separates_categories(encoder, fashion_subset):
@@ -118,9 +134,30 @@ def test_embedder_equals_direct_encoding(encoder, images, tmp_path):
 def test_cache_write_is_atomic_and_reloads(tmp_path):
     c = EmbeddingCache(tmp_path, "image", "fp", 3)
     c.put(["a", "b"], np.arange(6, dtype=np.float32).reshape(2, 3))
-    assert not list(tmp_path.rglob("*.tmp.npz"))
+    assert not [f for f in tmp_path.rglob("*") if f.is_file() and "tmp" in f.name]
     c2 = EmbeddingCache(tmp_path, "image", "fp", 3)
     np.testing.assert_array_equal(c2.get(["b"]), [[3, 4, 5]])
+
+
+def test_a_shard_being_written_is_never_read(tmp_path, monkeypatch):
+    """A writer killed mid-shard (or one still writing in another process) leaves a partial temp file: a cache
+    opened meanwhile reads the complete shards and ignores it (it used to match the shards' glob: BadZipFile)."""
+    c = EmbeddingCache(tmp_path, "image", "fp", 3)
+    c.put(["a"], np.ones((1, 3), np.float32))
+
+    def killed(file, **arrays):
+        if isinstance(file, (str, Path)):
+            Path(file).write_bytes(b"PK\x03\x04 half a zip")
+        else:
+            file.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # the kill, mid-write
+
+    monkeypatch.setattr(np, "savez", killed)
+    with pytest.raises(KeyboardInterrupt):
+        c.put(["b"], np.zeros((1, 3), np.float32))
+    monkeypatch.undo()
+    again = EmbeddingCache(tmp_path, "image", "fp", 3)
+    assert "a" in again and "b" not in again
 
 
 def test_text_encoder_is_multilingual_and_cached(tmp_path):

@@ -3,11 +3,13 @@ OpenAI-compatible test server we start here on 127.0.0.1 (no outside service).""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -47,7 +49,7 @@ class _Judge(BaseHTTPRequestHandler):
     mention 사과 or both mention 정사각형. Words in question A trigger server faults: 느림 = slow first
     answer, 깨짐 = an answer that is not the JSON asked for, 오류 = HTTP 500 first time."""
 
-    seen: Counter = Counter()
+    seen: ClassVar[Counter] = Counter()
 
     def log_message(self, *args):
         pass
@@ -75,10 +77,8 @@ class _Judge(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        try:
+        with contextlib.suppress(BrokenPipeError):  # the client gave up on the slow answer (its timeout): expected
             self.wfile.write(data)
-        except BrokenPipeError:  # the client gave up on the slow answer (its timeout): expected
-            pass
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_label_and_tfidf_qrels_roundtrip(tmp_path):
     assert read_qrels(tmp_path / "tf.qrels") == tf and len(sha) == 40
     assert qrels_stats(lab)["pairs"] == sum(len(v) for v in lab.values())
     (tmp_path / "bad.qrels").write_text("q1 0 d1\n")
-    with pytest.raises(LookalikeError, match="bad.qrels:1"):
+    with pytest.raises(LookalikeError, match=r"bad\.qrels:1"):
         read_qrels(tmp_path / "bad.qrels")
 
 

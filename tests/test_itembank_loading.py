@@ -68,8 +68,8 @@ def test_jsonl_with_image_lists(tmp_path):
 def test_clear_errors(tmp_path):
     with pytest.raises(LookalikeError, match="not found"):
         load_item_bank(tmp_path / "nope.csv")
-    with pytest.raises(LookalikeError, match="no column 'question'.*'problem'"):
+    with pytest.raises(LookalikeError, match=r"no column 'question'.*'problem'"):
         load_item_bank(KMWP, ItemBankSchema(text_field="question", id_field=None))
     (tmp_path / "empty.csv").write_text("id,text\n1,\n", encoding="utf-8")
-    with pytest.raises(LookalikeError, match="(?s)no items loaded.*empty text"):
+    with pytest.raises(LookalikeError, match=r"(?s)no items loaded.*empty text"):
         load_item_bank(tmp_path / "empty.csv")

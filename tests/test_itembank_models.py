@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from lookalike.encoders.hf_text import create_item_text_encoder  # noqa: E402
-from lookalike.errors import LookalikeError  # noqa: E402
-from lookalike.retrieval.rerank.cross_encoder import HFCrossEncoder, create_reranker, rerank  # noqa: E402
+from lookalike.encoders.hf_text import create_item_text_encoder
+from lookalike.errors import LookalikeError
+from lookalike.retrieval.rerank.cross_encoder import HFCrossEncoder, create_reranker, rerank
 
 TEXTS = ["사과 3개와 배 2개", "정사각형의 둘레를 구하시오", "몇 개입니까", "사과"]
 CHAT = (
@@ -161,7 +160,7 @@ def test_qwen3_vl_embedding_is_last_token_of_chat_formatted_input(models):
 
 
 def test_wrong_directories_are_named(models, tmp_path):
-    with pytest.raises(LookalikeError, match="no config.json"):
+    with pytest.raises(LookalikeError, match=r"no config\.json"):
         create_item_text_encoder(f"qwen3-vl:{tmp_path}")
     with pytest.raises(LookalikeError, match="not qwen3_vl"):
         create_item_text_encoder(f"qwen3-vl:{models['clip']}")
@@ -175,7 +174,7 @@ def test_wrong_directories_are_named(models, tmp_path):
             vocab_size=n, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37
         )
     ).save_pretrained(bare)
-    with pytest.raises(LookalikeError, match="weights missing.*classifier"):
+    with pytest.raises(LookalikeError, match=r"weights missing.*classifier"):
         HFCrossEncoder(str(bare))
 
 
@@ -192,3 +191,17 @@ def test_cross_encoder_scores_pairs_and_rerank_reorders_only_the_top(models):
     new_idx, new_sc = rerank((idx, np.array([[4.0, 3, 2, 1]])), [TEXTS[0]], TEXTS, ce, depth=3)
     assert new_idx[0, :3].tolist() == np.argsort(-s[:3], kind="stable").tolist() and new_idx[0, 3] == 3
     assert (np.diff(new_sc[0]) <= 0).all()
+
+
+def test_text_encoders_and_reranker_leave_the_process_thread_count_alone(models):
+    """torch's thread count is process-wide: a model given its own count puts the caller's back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # a count no model here asks for
+    try:
+        for name in (f"hf-clip-text:{models['clip']}", f"qwen3-vl:{models['qwen3vl']}"):
+            create_item_text_encoder(name, threads=1).encode(TEXTS)
+            assert torch.get_num_threads() == 3, name
+        HFCrossEncoder(str(models["cross"]), threads=1).score(TEXTS[0], TEXTS)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import threading
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from test_itembank_groundtruth import _Judge
 from lookalike.cli import main
 from lookalike.itembank.loading import PRESETS, load_item_bank
 from lookalike.itembank.search import ItemSearcher, latency_bench
+
+pytestmark = pytest.mark.slow  # the whole study, PostgreSQL
 
 KMWP = SHARED / "kmwp" / "train.csv"
 
@@ -70,9 +73,9 @@ def test_study_writes_everything_with_provenance(study):
     assert s["seed"] == 42 and s["config"]["limit"] == 120 and s["provenance"]["versions"]["numpy"]
     assert s["n_items"] == 120 and s["ranx_check"] is None  # ranx agreement: benchmark + test_metrics.py
     md = (out / "study.md").read_text()
-    for name, res in s["results"].items():
+    for res in s["results"].values():
         g = res["gt"]  # every evaluation names its qrels file, and the file is the one it scored
-        assert hashlib.sha1(open(g["path"], "rb").read()).hexdigest() == g["sha1"] and g["path"] in md
+        assert hashlib.sha1(Path(g["path"]).read_bytes()).hexdigest() == g["sha1"] and g["path"] in md
     assert s["results"]["llm"]["gt"]["judge_stats"]["judged"] > 0
 
 

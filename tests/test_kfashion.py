@@ -8,14 +8,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import SHARED
 
 from lookalike.catalogue.kfashion import load_kfashion
 from lookalike.errors import LookalikeError
 
-SAMPLES = Path("/work/shared/data/kfashion-samples")
+SAMPLES = SHARED / "kfashion-samples"  # ../shared/data/kfashion-samples from the repository root
 IDS = ("100026", "1070263", "1092253")
 
-pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"K-Fashion samples not present at {SAMPLES}")
+
+@pytest.fixture(scope="module", autouse=True)
+def samples_present() -> None:
+    """The samples ship with the project's data: their absence is a failure that names the path, never a skip."""
+    missing = [f"{i}.{ext}" for i in IDS for ext in ("json", "jpg") if not (SAMPLES / f"{i}.{ext}").is_file()]
+    assert not missing, f"K-Fashion samples missing from {SAMPLES}: {missing}"
 
 
 def _copy(image_id: str, label_dir: Path, image_dir: Path | None = None, image_name: str | None = None) -> Path:

@@ -1,18 +1,22 @@
 """End to end on the real catalogue (a small stratified subset): train, artifacts, resume, evaluate, search."""
 
+import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lookalike.cli import main
 from lookalike.config import RunConfig
+from lookalike.errors import LookalikeError
 from lookalike.model import LookalikeModel
 from lookalike.pipeline import run_main
 from lookalike.retrieval.search import Searcher
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +92,73 @@ def test_resume_continues_from_last_checkpoint(trained, tmp_path):
     run_main(more, resume=True, progress=False)
     tr = json.loads((tmp_path / "results/training_results.json").read_text())
     assert [h["epoch"] for h in tr["history"]] == [1, 2, 3, 4]
+
+
+def test_resume_point_loads_with_weights_only(trained):
+    """last.pt holds only tensors, dicts, lists, numbers and strings: torch's safe loader reads it."""
+    out, _cfg, _ = trained
+    state = torch.load(out / "checkpoints/last.pt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 2 and [h["epoch"] for h in state["history"]] == [1, 2, 3]
+
+
+def test_a_save_interrupted_midway_keeps_the_previous_resume_point(trained, tmp_path, monkeypatch):
+    """The save of last.pt dies halfway through its bytes (a kill, a full disk): the previous last.pt is
+    intact, no partial file is left beside it, and --resume goes on from it."""
+    out, cfg, _ = trained
+    shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
+    before = (tmp_path / "checkpoints/last.pt").read_bytes()
+    real_save = torch.save
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        if not (isinstance(obj, dict) and "optimizer" in obj):  # best_model.pt saves as usual
+            return real_save(obj, f, *args, **kwargs)
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        half = buf.getvalue()[: len(buf.getvalue()) // 2]
+        if isinstance(f, (str, Path)):
+            Path(f).write_bytes(half)
+        else:
+            f.write(half)
+        raise OSError("simulated: killed halfway through the save")
+
+    more = cfg.model_copy(
+        update={
+            "out_dir": str(tmp_path),
+            "train": cfg.train.model_copy(update={"epochs": 4, "patience": 9}),
+            "eval": cfg.eval.model_copy(update={"sample_queries": 0}),
+        }
+    )
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(OSError, match="simulated"):
+        run_main(more, resume=True, progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "checkpoints/last.pt").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best_model.pt", "last.pt"]
+    run_main(more, resume=True, progress=False)
+    tr = json.loads((tmp_path / "results/training_results.json").read_text())
+    assert [h["epoch"] for h in tr["history"]] == [1, 2, 3, 4]
+
+
+class _RunsCode:
+    """Unpickling this calls open(path, "w"): what a tampered resume point could do if loaded unsafely."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_resume_refuses_a_resume_point_that_would_run_code(trained, tmp_path):
+    out, cfg, _ = trained
+    shutil.copytree(out / "checkpoints", tmp_path / "checkpoints")
+    state = torch.load(out / "checkpoints/last.pt", map_location="cpu", weights_only=True)
+    marker = tmp_path / "code-ran"
+    torch.save({**state, "history": _RunsCode(marker)}, tmp_path / "checkpoints/last.pt")
+    again = cfg.model_copy(update={"out_dir": str(tmp_path), "eval": cfg.eval.model_copy(update={"sample_queries": 0})})
+    with pytest.raises(LookalikeError, match=r"cannot resume from .*last\.pt"):
+        run_main(again, resume=True, progress=False)
+    assert not marker.exists()
 
 
 def test_same_seed_same_numbers(trained, tmp_path):
@@ -205,6 +276,28 @@ def test_search_cli_json_text_image_and_product(trained, new_catalog, fashion_di
         ]
     )
     assert "1163" not in [h["id"] for h in json.loads(capsys.readouterr().out)]
+
+
+def test_search_json_output_stays_json_when_an_image_fails(trained, fashion_dir, tmp_path, capsys):
+    """A product whose image cannot be decoded is skipped and said so on stderr; stdout holds the JSON alone."""
+    out, _cfg, _ = trained
+    rows = (fashion_dir / "styles.csv").read_text(encoding="utf-8").splitlines()
+    body = rows[1:9]
+    (tmp_path / "images").mkdir()
+    for r in body[1:]:
+        pid = r.split(",")[0]
+        shutil.copy(fashion_dir / "images" / f"{pid}.jpg", tmp_path / "images" / f"{pid}.jpg")
+    broken = body[0].split(",")[0]
+    (tmp_path / "images" / f"{broken}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG after all")
+    (tmp_path / "styles.csv").write_text("\n".join([rows[0], *body]) + "\n", encoding="utf-8")
+    query = '{"gender": "Men", "articleType": "Tshirts"}'
+    model = str(out / "checkpoints/best_model.pt")
+    argv = ["search", "--model", model, "--catalog", str(tmp_path), "--json", query, "-k", "7", "--format", "json"]
+    main([*argv, "--no-progress"])
+    captured = capsys.readouterr()
+    hits = json.loads(captured.out)
+    assert sorted(h["id"] for h in hits) == sorted(r.split(",")[0] for r in body[1:])
+    assert "skipped 1 products whose image failed" in captured.err
 
 
 def test_checkpoint_round_trip(trained):

@@ -27,7 +27,7 @@ from lookalike.encoders.embedder import embed_images
 from lookalike.encoders.registry import image_encoder_for
 from lookalike.errors import LookalikeError
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")]
 
 SMALL = EncoderConfig(image_size=(64, 48))  # ONNX Runtime, as by default; small images keep the test cheap
 
@@ -92,7 +92,7 @@ def _until(done, seconds: float = 90) -> None:
 
 
 def test_ray_vectors_equal_local_and_bad_images_are_counted(ray_address, onnx_dir, tmp_path):
-    n = 48  # six batches of eight over the two actors
+    n = 48  # six batches of eight
     images = sorted((FASHION / "images").glob("1*.jpg"))[:n]
     (tmp_path / "corrupt.jpg").write_bytes(images[0].read_bytes()[:200])  # a truncated copy of a real photo
     refs = [ImageRef(p) for p in images] + [
@@ -215,17 +215,18 @@ def test_a_killed_job_resumes_and_ray_ingest_stores_exactly_the_catalogue(
             str(ray_cache),
         ]
     )
-    out = capsys.readouterr().out
-    hits, new, skipped = _counts(out)
-    total = int(re.search(r"loaded (\d+) products", out)[1])
+    out = capsys.readouterr()
+    hits, new, skipped = _counts(out.err)  # notes on stderr; stdout holds the JSON report alone
+    total = int(re.search(r"loaded (\d+) products", out.err)[1])
+    assert json.loads(out.out)["ingested"] == total
     assert hits > 0 and new > 0 and hits + new == total > 150 and skipped == 0, out
     assert not list(ray_cache.glob("image-*/*.tmp*"))  # no half-written shard
     pg = pg_url("ray_ingest")
     main([*args, "--store", pg, "--engine", "ray", "--cache-dir", str(ray_cache)])
-    assert _counts(capsys.readouterr().out) == (total, 0, 0)  # warm: the cache answers, Ray is not started
+    assert _counts(capsys.readouterr().err) == (total, 0, 0)  # warm: the cache answers, Ray is not started
     local_cache = fresh_cache(tmp_path, "local-cache", onnx_dir)
     main([*args, "--store", f"embedded://{tmp_path / 'local'}", "--cache-dir", str(local_cache)])
-    assert _counts(capsys.readouterr().out) == (0, total, 0)
+    assert _counts(capsys.readouterr().err) == (0, total, 0)
 
     a, b = cached(local_cache, SMALL), cached(ray_cache, SMALL)
     assert sorted(a) == sorted(b) and max(np.abs(a[k] - b[k]).max() for k in a) <= 1e-5
@@ -238,6 +239,17 @@ def test_a_killed_job_resumes_and_ray_ingest_stores_exactly_the_catalogue(
     for other in (ray_emb, ray_pg):
         assert other["ids"] == local["ids"] and other["metadata"] == local["metadata"]
         assert np.abs(other["vectors"] - local["vectors"]).max() <= 1e-5
+
+
+def test_default_pool_is_one_single_threaded_actor_per_cpu(ray_address):
+    """Two actors of one thread on 2 CPUs, not one of two: single-threaded sessions cost less CPU per image
+    (benchmarks/scale.py prints both pools); asked for fewer actors, they share the CPUs."""
+    import ray
+
+    from lookalike.distributed.ray_engine import _pool
+
+    assert _pool(ray, None) == (2, 1)
+    assert _pool(ray, 1) == (1, 2)
 
 
 def test_unreachable_cluster_and_misplaced_options_fail_in_one_line(ray_address, tmp_path, capsys):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -22,7 +23,7 @@ from PIL import Image
 from service_fixtures import ingest, make_app, trained
 from store_servers import pg_url, pgdata
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +60,31 @@ def test_customer_input_by_product_returns_new_products_only(env):
 
 
 def test_diversity_reranking_raises_intra_list_diversity(env):
+    from lookalike.retrieval.stores import open_store
+
     c, pid = env["client"], env["old"][1]
     plain = c.post("/api/recommend/customer_input", data={"product_id": pid, "k": 6}).json()
     diverse = c.post("/api/recommend/customer_input", data={"product_id": pid, "k": 6, "diversity": 0.7}).json()
-    assert diverse["intra_list_diversity"] >= plain["intra_list_diversity"]
-    assert diverse["items"][0]["id"] == plain["items"][0]["id"]  # MMR keeps the most relevant first
+    p_ids, d_ids = [h["id"] for h in plain["items"]], [h["id"] for h in diverse["items"]]
+    assert d_ids[0] == p_ids[0]  # MMR keeps the most relevant first
+    assert d_ids != p_ids and diverse["intra_list_diversity"] > plain["intra_list_diversity"]
+    vec = {it.id: it.vector / np.linalg.norm(it.vector) for it in open_store(env["url"]).get_many(p_ids + d_ids)}
+
+    def ild(ids: list[str]) -> float:
+        x = np.stack([vec[i] for i in ids])
+        return float(1 - (x @ x.T)[np.triu_indices(len(ids), 1)].mean())
+
+    assert ild(p_ids) == pytest.approx(plain["intra_list_diversity"], abs=1e-4)
+    assert ild(d_ids) == pytest.approx(diverse["intra_list_diversity"], abs=1e-4)
+    # Greedy MMR with λ = 1 − diversity: each pick scores at least as high as every later pick would have scored in
+    # its place, given the picks before it (λ·relevance − (1 − λ)·the highest cosine to an earlier pick).
+    lam, rel = 0.3, {h["id"]: h["score"] for h in diverse["items"]}
+    for t in range(1, len(d_ids)):
+
+        def gain(j: str, t: int = t) -> float:
+            return lam * rel[j] - (1 - lam) * max(float(vec[j] @ vec[i]) for i in d_ids[:t])
+
+        assert all(gain(d_ids[t]) >= gain(u) - 1e-5 for u in d_ids[t + 1 :]), (t, d_ids)
 
 
 def test_customer_input_by_uploaded_photo_finds_that_product(env):
@@ -281,6 +302,21 @@ def test_image_paths_cannot_escape_the_image_roots(env):
     store.delete(["sneaky"])
 
 
+def test_images_are_served_when_the_catalogue_folder_is_a_link(env):
+    """The loader stores resolved image paths; a catalogue given through a link must still serve them."""
+    from lookalike.service.app import ServiceSettings, create_app
+
+    link = env["tmp"] / "catalog-link"
+    link.symlink_to(trained()["catalog"], target_is_directory=True)
+    settings = ServiceSettings(
+        checkpoint=trained()["checkpoint"], store=env["url"], catalog=str(link), upload_dir=str(env["tmp"] / "up2")
+    )
+    with TestClient(create_app(settings)) as c:
+        pid = env["old"][0]
+        r = c.get(f"/api/items/{pid}/image")
+        assert r.status_code == 200 and r.content == image_bytes(pid)
+
+
 def test_kpi_and_prometheus_metrics(env):
     c = env["client"]
     c.post("/api/recommend/customer_input", data={"product_id": env["old"][0], "k": 5})
@@ -420,10 +456,26 @@ def _on_every_worker(base: str, path: str, tries: int = 80) -> dict[str, httpx.R
     raise AssertionError(f"only workers {sorted(seen)} answered {tries} fresh connections")
 
 
+def _a_photo_not_in(rows: list[dict]) -> bytes:
+    """A real product photo whose bytes no product of `rows` has: searched with it, the product added with it is
+    the one right answer (no other product shares the image, so no tie to break)."""
+    from service_fixtures import FASHION
+
+    taken = {hashlib.sha256((FASHION / "images" / f"{r['id']}.jpg").read_bytes()).digest() for r in rows}
+    ids = {r["id"] for r in rows}
+    with open(FASHION / "styles.csv", encoding="utf-8") as f:
+        for line in f.readlines()[1:]:
+            pid = line.split(",", 1)[0]
+            path = FASHION / "images" / f"{pid}.jpg"
+            if pid not in ids and path.exists() and hashlib.sha256(data := path.read_bytes()).digest() not in taken:
+                return data
+    raise AssertionError("every photo of fashion-products is in the test catalogue")
+
+
 def test_a_write_through_one_worker_is_visible_on_every_other(workers_server):
     base, t = workers_server
-    pid, source = "worker-new-1", t["rows"][0]["id"]
-    image = (t["catalog"] / "images" / f"{source}.jpg").read_bytes()
+    pid = "worker-new-1"
+    image = _a_photo_not_in(t["rows"])
     sizes = {r.json()["catalogue"]["size"] for r in _on_every_worker(base, "/api/kpi").values()}  # caches warmed
     assert len(sizes) == 1
     size = sizes.pop()
@@ -449,7 +501,8 @@ def test_a_write_through_one_worker_is_visible_on_every_other(workers_server):
             timeout=30,
         )
         assert s.status_code == 200, s.text
-        assert s.json()["items"][0]["id"] in (pid, source)
+        top = s.json()["items"][0]
+        assert top["id"] == pid and top["score"] == pytest.approx(1.0, abs=1e-4), (s.headers["x-lookalike-worker"], top)
         seen.add(s.headers["x-lookalike-worker"])
         if len(seen) == 2:
             break

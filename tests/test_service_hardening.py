@@ -17,7 +17,7 @@ from service_fixtures import ingest, make_app, trained
 from lookalike.cli import main
 from lookalike.retrieval.stores import StoreItem, open_store
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def image_bytes(pid: str) -> bytes:
@@ -242,9 +242,8 @@ def test_a_failed_commit_removes_the_placed_image_and_changes_nothing(env, tmp_p
     with pytest.raises(LookalikeError, match="dimensions"), up.staged(final, b"bytes"):
         store.upsert([StoreItem("x", np.ones(3), {"image": str(final)})])  # wrong dimension: refused
     assert not final.exists() and len(store) == n0 and store.get("x") is None
-    with pytest.raises(LookalikeError):
-        with up.staged(final, b"bytes", keep=str(final)):  # the current row's own image stays
-            store.upsert([StoreItem("x", np.ones(3), {})])
+    with pytest.raises(LookalikeError), up.staged(final, b"bytes", keep=str(final)):  # the row's own image stays
+        store.upsert([StoreItem("x", np.ones(3), {})])
     assert final.read_bytes() == b"bytes"
 
 

@@ -16,7 +16,7 @@ from lookalike.recommend.newness import NewRule
 from lookalike.retrieval.rerank.mmr import mmr
 from lookalike.retrieval.stores import open_store
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def test_mmr_hand_worked_example():

@@ -11,6 +11,8 @@ from store_servers import pg_url
 from lookalike.errors import LookalikeError
 from lookalike.retrieval.stores import StoreItem, open_store
 
+pytestmark = pytest.mark.slow  # PostgreSQL
+
 DIM = 32
 
 

@@ -314,7 +314,7 @@ def test_soft_targets_with_masking_is_a_config_error():
     from lookalike.config import load_config
     from lookalike.errors import LookalikeError
 
-    with pytest.raises(LookalikeError, match="train.soft_targets > 0 .* needs train.positives 'multi'"):
+    with pytest.raises(LookalikeError, match=r"train\.soft_targets > 0 .* needs train\.positives \'multi\'"):
         load_config(None, {"train.positives": "mask"})
     assert load_config(None, {"train.positives": "mask", "train.soft_targets": 0}).train.positives == "mask"
 

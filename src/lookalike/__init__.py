@@ -4,7 +4,10 @@ The public API, for a notebook or another program (names load on first use, so `
 
     import lookalike
     model = lookalike.load_model("runs/fashion-products/checkpoints/best_model.pt")
-    vectors = model.attributes({"articleType": "Tshirts", "baseColour": "Black"})
+    vector, unknown, ignored = model.attributes({"articleType": "Tshirts", "baseColour": "Black"})
+    hits = lookalike.open_catalogue(model, "../shared/data/fashion-products").search(vector, k=10, corrected=True)
+
+The README's "Python API" section shows the rest (a test runs it).
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ _EXPORTS: dict[str, str | tuple[str, str]] = {
     "MultiSimilarityLoss": "lookalike.losses",
     "TripletLoss": "lookalike.losses",
     "Searcher": "lookalike.retrieval.search",
+    "open_catalogue": "lookalike.retrieval.search",
+    "rank": "lookalike.retrieval.ranking",
+    "Gallery": "lookalike.retrieval.ranking",
+    "StoreGallery": "lookalike.retrieval.ranking",
     "open_store": "lookalike.retrieval.stores",
     "StoreItem": "lookalike.retrieval.stores",
     "evaluate": ("lookalike.evaluation.evaluate", "evaluate_checkpoint"),

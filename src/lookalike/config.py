@@ -17,7 +17,9 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    catalog: str = "../shared/data/fashion-products"
+    # The catalogue directory or file. No default: where a machine keeps its data is the caller's to say (the
+    # CLI's --catalog, and its default in lookalike.cli.options).
+    catalog: str | None = None
     format: Literal["auto", "table", "kfashion", "synthetic"] = "auto"
     schema_: CatalogueSchema | None = Field(None, alias="schema")
     limit: int | None = Field(None, ge=1, description="use only the first N products (stratified subsample)")
@@ -57,19 +59,23 @@ class TowerConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    # The validation metric levels off after ~16 epochs on fashion-products (best epoch 18-20 of 20-25).
+    # The validation metric levels off before the last epochs on fashion-products (benchmarks/core.py prints it
+    # by epoch: best epoch 16 of 20, nDCG@10 0.4093; epochs 17-20 within 1% of it).
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(256, ge=2)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    # Learnable from 0.07 won the temperature study on validation (it settles near 0.023; fixed 0.03 was next).
+    # Learnable from 0.07 won the temperature study on validation (`lookalike temperature-study` reruns it).
     temperature: float = Field(0.07, gt=0, description="InfoNCE temperature (the initial value when learnable)")
     learnable_temperature: bool = True
     positives: Literal["mask", "multi"] = "multi"
-    # Chosen on validation nDCG@10 (fashion-products, 20 epochs, text tower off): 0 → 0.4165, 0.3 with
-    # sharpness 2 / 4 / 8 → 0.4238 / 0.4196 / 0.4177, 0.5 with sharpness 4 → 0.4043.
+    # On validation (fashion-products, 20 epochs, text tower off, category weight 0.5, plain cosine;
+    # `python benchmarks/ablations.py --parts soft`): soft 0 / 0.3 with sharpness 2, 4, 8 / 0.5 with sharpness 4
+    # gave nDCG@10 0.4165 / 0.4032, 0.3905, 0.3998 / 0.3524 and articleType precision@10 0.8239 / 0.8598,
+    # 0.8661, 0.8605 / 0.8808: soft targets trade nDCG over all seven fields for article-type precision (the
+    # hubness correction more than restores nDCG: 0.4493 at weight 0.5).
     soft_targets: float = Field(
         0.3,
         ge=0,
@@ -80,7 +86,7 @@ class TrainConfig(_Strict):
     soft_sharpness: float = Field(2.0, gt=0, description="relatedness is raised to this power: near matches count most")
     # Relatedness is Lin's information-weighted share of attribute values (training/relatedness.py), mixed with
     # sharing the category field; weight 0.5 on articleType raised validation articleType precision@10
-    # 0.8346 → 0.8599.
+    # 0.8386 → 0.8598 (`python benchmarks/ablations.py --parts soft`).
     soft_category_field: str | None = Field(
         None,
         description="single-valued field whose shared value adds to "
@@ -91,8 +97,8 @@ class TrainConfig(_Strict):
     val_metric: str = "json_to_image/attribute/ndcg@10"
     seed: int = 42
     train_text: bool = True
-    # The towers are small: one intra-op thread ran a training step in 38 ms against 82-98 ms with two
-    # when another process held one of the 2 cores (benchmarks/core.py's machine); 0 keeps torch's default.
+    # The towers are small: one intra-op thread ran training steps faster than two when another process held
+    # one of the 2 cores (thread hand-offs stall); 0 keeps torch's default.
     threads: int = Field(1, ge=0, description="torch intra-op threads while training the towers (0: torch default)")
 
     @field_validator("val_metric")
@@ -155,8 +161,9 @@ class EvalConfig(_Strict):
 class RetrievalConfig(_Strict):
     """How JSON and text queries rank the gallery (evaluation and `search` alike); see retrieval/hubness.py."""
 
-    # Chosen on validation (fashion-products): 0.5 meets every quality floor there; 0.75 trades articleType
-    # precision for nDCG.
+    # Chosen on validation (fashion-products; `python benchmarks/ablations.py --parts hubness`): 0.5 is the
+    # weight that meets both floors there (gender+articleType+baseColour hit@10 0.9229 ≥ 0.92, articleType
+    # precision@10 0.8546 ≥ 0.85); 0.25 gave 0.9147, 0.75 gave articleType precision 0.8461.
     hubness_weight: float = Field(
         0.5,
         ge=0,
@@ -192,13 +199,31 @@ class RunConfig(_Strict):
         Path(path).write_text(self.model_dump_json(indent=2, by_alias=True), encoding="utf-8")
 
 
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"  # run configs installed with the package
+
+
+def config_path(name: str | Path) -> Path:
+    """A run config file: `name` itself when it is a file, else the config of that name shipped with lookalike
+    (`fashion-products`, `fashion-products.json` or `configs/fashion-products.json`, from any folder)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.parent in (Path("."), Path("configs")):
+        shipped = SHIPPED_CONFIGS / (path.name if path.suffix == ".json" else f"{path.name}.json")
+        if shipped.is_file():
+            return shipped
+    names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.json")))
+    raise LookalikeError(f"config file not found: {name} (configs shipped with lookalike: {names})")
+
+
 def load_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
+    """The run config in `path` (a file or a shipped config's name, see `config_path`), overridden by the
+    dotted `overrides` that are not None, validated."""
     data: dict = {}
     if path:
+        path = config_path(path)
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise LookalikeError(f"config file not found: {path}") from None
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise LookalikeError(f"config {path} is not valid JSON: {e}") from None
     for dotted, value in (overrides or {}).items():

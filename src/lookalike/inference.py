@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -17,10 +18,10 @@ from PIL import Image, UnidentifiedImageError
 from lookalike.catalogue import CatalogueSchema
 from lookalike.errors import LookalikeError
 from lookalike.model import LookalikeModel
+from lookalike.vectors import unit
 
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+if TYPE_CHECKING:
+    from lookalike.encoders.base import ImageEncoder, TextEncoder
 
 
 class QueryEncoder:
@@ -35,7 +36,8 @@ class QueryEncoder:
             cfg = cfg.model_copy(update={"encoder": cfg.encoder.model_copy(update={"cache_dir": cache_dir})})
         self.cfg = cfg
         self.schema: CatalogueSchema | None = checkpoint_schema(payload)
-        self._image = self._text = None
+        self._image: ImageEncoder | None = None
+        self._text: TextEncoder | None = None
         self._bank: np.ndarray | None = None
         self._offsets: dict[bytes, float] = {}  # vector digest → hubness offset
         self.last_norms: list[float] = []  # raw tower output norms, for the embedding-health KPI
@@ -54,7 +56,8 @@ class QueryEncoder:
         `lookalike search` rank with (None when the checkpoint has it off or carries no training queries).
 
         An offset depends on the vector alone, so each is computed once and remembered by the vector's
-        digest: 200 new candidates cost ~145 ms on one core against a 28k-query bank, known ones nothing."""
+        digest: 200 new candidates cost 165 ms on one thread against fashion-products' 27,747-query bank
+        (benchmarks/core.py), known ones nothing."""
         if not self.model.config.retrieval.hubness_weight or self.model.query_bank is None:
             return None
         if self._bank is None:
@@ -63,7 +66,9 @@ class QueryEncoder:
         keys = [hashlib.sha1(v.tobytes()).digest() for v in vectors]
         missing = [i for i, key in enumerate(keys) if key not in self._offsets]
         if missing:
-            for i, o in zip(missing, self.model.gallery_bias(vectors[missing], self._bank)):
+            offsets = self.model.gallery_bias(vectors[missing], self._bank)
+            assert offsets is not None  # the correction is on and there is a bank (checked above)
+            for i, o in zip(missing, offsets):
                 self._offsets[keys[i]] = float(o)
         return np.array([self._offsets[key] for key in keys], np.float32)
 
@@ -77,6 +82,22 @@ class QueryEncoder:
 
             self._image = image_encoder(self.cfg)
         return unit(self.model.space.transform(self._image.encode_images(images)))
+
+    def image(self, image: str | Path | bytes | Image.Image) -> np.ndarray:
+        """The vector of one image: a file, its bytes or a PIL image, decoded as the service decodes an upload."""
+        if isinstance(image, (str, Path)):
+            try:
+                data = Path(image).read_bytes()
+            except FileNotFoundError:
+                raise LookalikeError(f"image not found: {image}") from None
+            except OSError as e:
+                raise LookalikeError(f"cannot read image {image}: {e}") from None
+            image = decode_image(data, f"image {image}")
+        elif isinstance(image, bytes):
+            image = decode_image(image, "image")
+        else:
+            image = image.convert("RGB")
+        return self.images([image])[0]
 
     def features(self, features: np.ndarray) -> np.ndarray:
         """Frozen backbone features (e.g. from the embedding cache) → the served space."""

@@ -7,6 +7,8 @@ define the image and text spaces.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,26 @@ from lookalike.towers import AttributeVocab, TextTower
 from lookalike.towers.registry import create_attribute_tower
 
 CHECKPOINT_FORMAT = "lookalike-checkpoint/1"
+
+
+def save_atomic(payload: dict, path: Path) -> None:
+    """`torch.save` to a temp file beside `path`, fsynced, then renamed over it: a crash or a kill at any
+    moment leaves the previous file or the new one, never half of one (what `--resume` and serving read)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power loss
+    finally:
+        os.close(dir_fd)
 
 
 class LookalikeModel(torch.nn.Module):
@@ -65,7 +87,7 @@ class LookalikeModel(torch.nn.Module):
         r = self.config.retrieval
         if not r.hubness_weight or self.query_bank is None or len(gallery) == 0:
             return None
-        bank = self.query_bank_vectors() if bank is None else bank
+        bank = self.encode_ids(self.query_bank) if bank is None else bank
         return -r.hubness_weight * hub_penalty(gallery, bank, r.hubness_k)
 
     @torch.inference_mode()
@@ -89,9 +111,7 @@ class LookalikeModel(torch.nn.Module):
             "query_bank": self.query_bank,
             **extra,
         }
-        tmp = Path(path).with_suffix(".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
+        save_atomic(payload, Path(path))
 
     @classmethod
     def load(cls, path: str | Path) -> tuple[LookalikeModel, dict]:

@@ -34,6 +34,7 @@ from lookalike.evaluation.evaluate import (
 from lookalike.evaluation.evaluator import relevance_keys
 from lookalike.model import LookalikeModel, create_model
 from lookalike.provenance import provenance
+from lookalike.retrieval.ranking import Gallery, rank, stacked
 from lookalike.towers import AttributeVocab
 from lookalike.training.trainer import TrainSet, train
 
@@ -85,16 +86,12 @@ def sample_grids(
             break
     keys = relevance_keys(products, emb.catalogue.schema.fields)
     queries = query_vectors(model, emb, idx[picks], gallery[picks])
+    ranked_on = Gallery(gallery, [p.id for p in products], bias)
     written = []
     for task, q in queries.items():
-        scores = q @ gallery.T
-        if bias is not None and task in BIASED_TASKS:
-            scores = scores + bias[None, :]
-        for row, j in enumerate(picks):
-            s = scores[row].copy()
-            if task == "image_to_image":
-                s[j] = -np.inf
-            top = np.argsort(-s, kind="stable")[:5]
+        exclude = np.array(picks) if task == "image_to_image" else None  # the query's own photo
+        rows, scores = stacked(rank(q, ranked_on, 5, corrected=task in BIASED_TASKS, exclude=exclude))
+        for j, top, top_scores in zip(picks, rows, scores):
             p = products[j]
             label = {
                 "json_to_image": json.dumps(p.attributes, ensure_ascii=False),
@@ -105,7 +102,10 @@ def sample_grids(
             result_grid(
                 f"{task}: {label}",
                 p.image if task == "image_to_image" else None,
-                [(products[t].image, products[t].id, float(s[t]), bool(keys[t] == keys[j])) for t in top],
+                [
+                    (products[t].image, products[t].id, float(s), bool(keys[t] == keys[j]))
+                    for t, s in zip(top, top_scores)
+                ],
                 path,
             )
             written.append(str(path))
@@ -199,7 +199,8 @@ def run_main(cfg: RunConfig, resume: bool = False, progress: bool = True, prep: 
     train_s = time.perf_counter() - t_train
     best, payload = LookalikeModel.load(ckpt_dir / "best_model.pt")
     logger.info(
-        f"best epoch {payload['epoch']} ({cfg.train.val_metric} = {payload['val_metric']:.4f}); evaluating on the test split"
+        f"best epoch {payload['epoch']} ({cfg.train.val_metric} = {payload['val_metric']:.4f}); "
+        "evaluating on the test split"
     )
 
     t_eval = time.perf_counter()

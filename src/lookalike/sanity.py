@@ -39,6 +39,11 @@ def sanity_check(
         return _sanity_check(Path(work), Path(out_file), n, epochs, cache_dir, image_size, progress)
 
 
+def _grad_mass(p: torch.Tensor) -> float:
+    """Sum of |gradient| over a parameter; 0 when no gradient reached it."""
+    return 0.0 if p.grad is None else float(p.grad.abs().sum())
+
+
 def _sanity_check(
     work: Path,
     out_file: Path,
@@ -81,7 +86,8 @@ def _sanity_check(
     no_grad = [
         n for n, p in model.attribute_tower.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
     ]
-    used_rows_grad = all(float(model.attribute_tower.embeddings[f].weight.grad.abs().sum()) > 0 for f in vocab.fields)
+    params = dict(model.attribute_tower.named_parameters())
+    used_rows_grad = all(_grad_mass(params[f"embeddings.{f}.weight"]) > 0 for f in vocab.fields)
     check("gradients reach every tower parameter", not no_grad and used_rows_grad, missing=no_grad)
     enc = image_encoder(cfg)
     frozen = all(not p.requires_grad and p.grad is None for m in enc.torch_modules() for p in m.parameters())
@@ -114,7 +120,8 @@ def _sanity_check(
         other = next(v for v in vocab.values[f] if v != base[f])
         per_field[f] = float(1 - model.encode_attributes([base, {**base, f: other}]).prod(axis=0).sum())
     mats = base["material"]
-    perm_same = np.allclose(*model.encode_attributes([base, {**base, "material": list(reversed(mats))}]), atol=1e-6)
+    as_given, reversed_ = model.encode_attributes([base, {**base, "material": list(reversed(mats))}])
+    perm_same = np.allclose(as_given, reversed_, atol=1e-6)
     per_field["material"] = float(
         1
         - model.encode_attributes([base, {**base, "material": ["denim", "knit", "leather", "lace"]}]).prod(axis=0).sum()

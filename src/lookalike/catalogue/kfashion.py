@@ -112,8 +112,8 @@ def _file_products(
 ) -> list[Product]:
     """The products of one label file; every rejected slot is counted in `report` with its reason."""
     labels = details["라벨링"]
-    rects = details.get("렉트좌표") if isinstance(details.get("렉트좌표"), dict) else {}
-    polys = details.get("폴리곤좌표") if isinstance(details.get("폴리곤좌표"), dict) else {}
+    rects = _dict(details.get("렉트좌표"))
+    polys = _dict(details.get("폴리곤좌표"))
     styles = _styles(labels.get("스타일"))
 
     candidates: list[tuple[str, dict[str, Any], tuple[float, float, float, float]]] = []
@@ -202,20 +202,26 @@ def _poly_box(poly: dict[str, Any]) -> tuple[float, float, float, float] | None:
     return (min(xs), min(ys), max(xs), max(ys)) if xs and ys else None
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    """A JSON object as itself, anything else (missing, a list, a string) as empty."""
+    return value if isinstance(value, dict) else {}
+
+
 def _rect_box(rect: dict[str, Any]) -> tuple[float, float, float, float] | None:
     """(X, Y, X+가로, Y+세로), or None when any of the four numbers is missing."""
     vals = [rect.get(k) for k in ("X좌표", "Y좌표", "가로", "세로")]
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+    nums = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(nums) < len(vals):
         return None
-    x, y, w, h = (float(v) for v in vals)
+    x, y, w, h = nums
     return (x, y, x + w, y + h)
 
 
 def _clip(box: tuple[float, float, float, float], size: tuple[int, int]) -> Box:
     """Round to pixels and keep inside the image: annotators' points often stray past the border."""
     w, h = size
-    l, t, r, b = (round(v) for v in box)
-    return (min(max(l, 0), w), min(max(t, 0), h), min(max(r, 0), w), min(max(b, 0), h))
+    x0, y0, x1, y1 = (round(v) for v in box)
+    return (min(max(x0, 0), w), min(max(y0, 0), h), min(max(x1, 0), w), min(max(y1, 0), h))
 
 
 def _find_image(label_path: Path, names: list[str]) -> Path | None:

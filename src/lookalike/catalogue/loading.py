@@ -22,7 +22,7 @@ def read_schema(path: Path) -> CatalogueSchema:
 
 
 def load_catalogue(
-    path: str | Path,
+    path: str | Path | None,
     schema: CatalogueSchema | None = None,
     format: str = "auto",
     fallback_schema: CatalogueSchema | None = None,
@@ -34,6 +34,8 @@ def load_catalogue(
     `lookalike-schema.json` beside it, or `fallback_schema`, e.g. a checkpoint's); a directory of label
     JSONs is K-Fashion.
     """
+    if path is None or not str(path):
+        raise LookalikeError("no catalogue given: the run config's data.catalog is not set")
     if format == "synthetic" or str(path).startswith("synthetic"):
         from lookalike.catalogue.synthetic import synthetic_catalogue
 

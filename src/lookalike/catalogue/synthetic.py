@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lookalike.catalogue.schema import Catalogue, CatalogueSchema, ImageRef, LoadReport, Product
+from lookalike.catalogue.schema import AttrValue, Catalogue, CatalogueSchema, ImageRef, LoadReport, Product
 
 COLOURS = {
     "red": (200, 30, 30),
@@ -42,15 +42,17 @@ def _draw(category: str, colour: str, materials: list[str], style: str, rng: np.
     d = ImageDraw.Draw(im)
     fill = COLOURS[colour]
     j = int(rng.integers(-3, 4))
+
+    def bag() -> None:
+        d.rectangle([16, 24 + j, 48, 56], fill=fill)
+        d.arc([22, 10 + j, 42, 34 + j], 180, 360, fill=fill, width=3)
+
     shapes = {
         "shirt": lambda: d.polygon([(12, 14 + j), (52, 14 + j), (46, 56), (18, 56)], fill=fill),
         "dress": lambda: d.polygon([(32, 6 + j), (54, 58), (10, 58)], fill=fill),
         "coat": lambda: d.rectangle([14, 8 + j, 50, 60], fill=fill),
         "shoe": lambda: d.ellipse([6, 30 + j, 58, 52 + j], fill=fill),
-        "bag": lambda: (
-            d.rectangle([16, 24 + j, 48, 56], fill=fill),
-            d.arc([22, 10 + j, 42, 34 + j], 180, 360, fill=fill, width=3),
-        ),
+        "bag": bag,
     }
     shapes[category]()
     ink = (255 - fill[0], 255 - fill[1], 255 - fill[2])
@@ -86,7 +88,7 @@ def synthetic_catalogue(n: int = 600, seed: int = 0, image_dir: Path | None = No
         else:
             rng.integers(-3, 4)  # keep the random stream identical whether or not the image was cached
         text = f"{style} {colour} {' and '.join(materials)} {category}"
-        attrs = {"category": category, "colour": colour, "style": style, "material": materials}
+        attrs: dict[str, AttrValue] = {"category": category, "colour": colour, "style": style, "material": materials}
         products.append(Product(f"syn{i:05d}", ImageRef(path), attrs, text))
     report = LoadReport(source=f"synthetic(n={n}, seed={seed})", loaded=n)
     report.counts["category"] = Counter(p.attributes["category"] for p in products)

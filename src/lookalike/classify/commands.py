@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from pydantic import ValidationError
 
 from lookalike.errors import LookalikeError
+
+logger = logging.getLogger(__name__)
 
 
 def validated(cls, values: dict):
@@ -51,10 +55,11 @@ def cmd_finetune(args) -> None:
         f"ONNX vs PyTorch max |Δp| {s['onnx']['max_abs_diff_vs_torch']:.2g}"
     )
     for w in s["warnings"]:
-        print(f"WARNING: {w}")
-    print(f"wrote {cfg.out_dir}/model.onnx (+ .json), split.json, summary.json, training_curves.png")
-    print(
-        f"next: lookalike ab --data {cfg.data} --split {cfg.out_dir}/split.json --models haar fer {cfg.out_dir}/model.onnx"
+        logger.warning(f"WARNING: {w}")
+    logger.info(f"wrote {cfg.out_dir}/model.onnx (+ .json), split.json, summary.json, training_curves.png")
+    logger.info(
+        f"next: lookalike ab --data {cfg.data} --split {cfg.out_dir}/split.json --models haar fer "
+        f"{cfg.out_dir}/model.onnx"
     )
 
 

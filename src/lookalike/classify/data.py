@@ -87,12 +87,12 @@ def _listing(source: Path, report: LoadReport) -> tuple[Path, list[tuple[Path, i
         raise LookalikeError(f"{source}: expected a CSV with columns path,label")
     items = []
     for n, r in enumerate(rows, 2):
-        label = _parse_label(r["label"] or "")
-        if label is None:
+        parsed = _parse_label(r["label"] or "")
+        if parsed is None:
             report.skip(f"label not one of {sorted(_TRUE | _FALSE)}", f"{source}:{n} {r['label']!r}")
             continue
         p = Path(r["path"])
-        items.append((p if p.is_absolute() else source.parent / p, label))
+        items.append((p if p.is_absolute() else source.parent / p, parsed))
     return source.parent, items
 
 
@@ -132,7 +132,10 @@ def load_labelled(source: str | Path) -> LabelledImages:
             keys.append(path.resolve().relative_to(root.resolve()).as_posix())
         except ValueError:
             keys.append(path.resolve().as_posix())
-        paths.append(path), labels.append(label), images.append(arr), shas.append(h)
+        paths.append(path)
+        labels.append(label)
+        images.append(arr)
+        shas.append(h)
     report.loaded = len(keys)
     labels_arr = np.asarray(labels, np.int64)
     report.counts["label"] = Counter(

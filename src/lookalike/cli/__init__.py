@@ -44,21 +44,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes (as logging's last-resort handler does), so a
+    caller that swaps it (pytest's capture, a notebook) gets the lines, never a stale or closed stream."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Human lines on stderr: what the library logs at INFO (DEBUG with -v, WARNING with -q)."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("lookalike")
     root.handlers[:] = [handler]
     root.setLevel(level)
-    root.propagate = False
+    # Records still reach the root logger's handlers: none in the CLI's process (so no line twice), but a
+    # host that calls main() keeps its own (pytest's caplog sees lookalike's records after any command ran).
+    root.propagate = True
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         args = build_parser().parse_args(argv)
         setup_logging(args.verbose, args.quiet)
+        if args.quiet and hasattr(args, "no_progress"):
+            args.no_progress = True  # -q: warnings and errors only, no progress bars either
         args.func(args)
     except LookalikeError as e:
         print(f"lookalike: error: {e}", file=sys.stderr)

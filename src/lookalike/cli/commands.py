@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
-from lookalike.cli.options import DEFAULT_CATALOG, add_run_options, require_checkpoint, run_config
+from lookalike.cli.options import (
+    CATALOG,
+    add_run_options,
+    default_data,
+    default_help,
+    require_checkpoint,
+    run_config,
+    with_catalog,
+)
 from lookalike.errors import LookalikeError
+
+logger = logging.getLogger(__name__)
 
 
 def cmd_train(args) -> None:
@@ -39,7 +50,7 @@ def cmd_evaluate(args) -> None:
     )
     for k, v in ev["headline"].items():
         print(f"  {k:<45} {v:.4f}")
-    print(f"wrote {Path(args.out) / 'evaluation.json'} and TREC runs/qrels in {args.out}")
+    logger.info(f"wrote {Path(args.out) / 'evaluation.json'} and TREC runs/qrels in {args.out}")
 
 
 def cmd_search(args) -> None:
@@ -49,8 +60,10 @@ def cmd_search(args) -> None:
     require_checkpoint(args.model)
     from lookalike.retrieval.search import Searcher
 
-    s = Searcher.open(args.model, args.catalog, args.cache_dir, progress=not args.no_progress)
-    unknown, ignored = {}, []
+    catalog = args.catalog or default_data(CATALOG, "--catalog")
+    s = Searcher.open(args.model, catalog, args.cache_dir, progress=not args.no_progress)
+    unknown: dict[str, list[str]] = {}
+    ignored: list[str] = []
     if args.json is not None:
         raw = Path(args.json).read_text(encoding="utf-8") if Path(args.json).is_file() else args.json
         try:
@@ -65,9 +78,9 @@ def cmd_search(args) -> None:
     else:
         hits = s.by_product(args.product, args.k)
     if unknown:
-        print(f"note: values unseen in training were searched as unknown: {unknown}", file=sys.stderr)
+        logger.warning(f"note: values unseen in training were searched as unknown: {unknown}")
     if ignored:
-        print(f"note: fields the model does not use were ignored: {ignored}", file=sys.stderr)
+        logger.warning(f"note: fields the model does not use were ignored: {ignored}")
     if args.format == "json":
         print(json.dumps([h.__dict__ for h in hits], ensure_ascii=False, indent=1))
     else:
@@ -118,7 +131,7 @@ def cmd_centrality(args) -> None:
             f"Spearman rank correlation centrality vs sales: {rep['sales']['spearman_rho']:.4f} "
             f"(p={rep['sales']['p_value']:.3g}, n={rep['sales']['n']})"
         )
-    print(f"wrote {out / 'centrality.json'} and {out / 'centrality.csv'}")
+    logger.info(f"wrote {out / 'centrality.json'} and {out / 'centrality.csv'}")
 
 
 def _read_sales(path: Path) -> dict[str, float]:
@@ -166,15 +179,17 @@ def cmd_embed(args) -> None:
     from lookalike.encoders.embedding import cache_root, embed_catalogue, embedding_counts, image_encoder
     from lookalike.provenance import provenance
 
-    cfg = load_config(
-        args.config,
-        {"data.catalog": args.catalog, "encoder.cache_dir": args.cache_dir, "encoder.batch_size": args.batch_size},
+    cfg = with_catalog(
+        load_config(
+            args.config,
+            {"data.catalog": args.catalog, "encoder.cache_dir": args.cache_dir, "encoder.batch_size": args.batch_size},
+        )
     )
     ray = RayOptions.from_args(args, cfg.encoder.batch_size)
     cat = load_catalogue(
         cfg.data.catalog, read_schema(Path(args.schema)) if args.schema else cfg.data.schema_, cfg.data.format
     )
-    print(cat.report.summary())
+    logger.info(cat.report.summary())
     emb = embed_catalogue(cat, cfg, progress=not args.no_progress, texts=False, ray=ray)
     t = emb.timings
     failed = len(cat) - len(emb.products)
@@ -195,7 +210,7 @@ def cmd_embed(args) -> None:
         }
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
-        print(f"wrote {args.report}")
+        logger.info(f"wrote {args.report}")
 
 
 def cmd_models(args) -> None:
@@ -224,7 +239,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("search", help="attribute JSON, text, image or product id → top-K with scores")
     s.add_argument("--model", required=True)
-    s.add_argument("--catalog", default=DEFAULT_CATALOG)
+    s.add_argument("--catalog", help=f"catalogue directory or file ({default_help(CATALOG)})")
     s.add_argument("--json", help="attribute JSON (a file or a JSON string)")
     s.add_argument("--text")
     s.add_argument("--image", help="image file")
@@ -261,10 +276,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--catalog",
         "--data",
         dest="catalog",
-        default=DEFAULT_CATALOG,
-        help=f"catalogue directory or file (default {DEFAULT_CATALOG})",
+        help=f"catalogue directory or file ({default_help(CATALOG)})",
     )
-    em.add_argument("--config", help="JSON run config: its encoder section says which frozen encoder and cache")
+    em.add_argument(
+        "--config",
+        help="JSON run config (a file or a shipped config's name): its encoder section says which frozen encoder "
+        "and cache",
+    )
     em.add_argument("--schema", help="JSON schema of a CSV/JSONL catalogue")
     em.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike or $LOOKALIKE_CACHE)")
     em.add_argument("--report", help="also write the counts, config and versions to this JSON file")

@@ -6,6 +6,7 @@ Any command module (the core commands, the service's, the studies') imports thes
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,15 +15,38 @@ from lookalike.errors import LookalikeError
 if TYPE_CHECKING:
     from lookalike.config import RunConfig
 
-DEFAULT_CATALOG = "../shared/data/fashion-products"
+# The one place that knows where this machine keeps its data sets: the library never does.
+DATA_ENV = "LOOKALIKE_DATA"
+DATA_FALLBACK = "../shared/data"
+CATALOG = "fashion-products"  # the catalogue commands default to, under the data folder
+ITEM_BANK = "kmwp/train.csv"  # the item bank `lookalike itembank` defaults to
+
+
+def default_help(name: str) -> str:
+    return f"default ${DATA_ENV}/{name}; ${DATA_ENV} defaults to {DATA_FALLBACK}"
+
+
+def default_data(name: str, flag: str) -> str:
+    """The path of data set `name` under $LOOKALIKE_DATA (else ../shared/data), for a command whose `flag`
+    was not given; when it is not there, the error says which flag to give."""
+    root = os.environ.get(DATA_ENV) or DATA_FALLBACK
+    path = Path(root) / name
+    if not path.exists():
+        raise LookalikeError(
+            f"{flag} not given and the default {path} does not exist: give {flag} PATH "
+            f"(or set {DATA_ENV} to the folder that holds {name})"
+        )
+    return str(path)
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options every command that trains or embeds a catalogue shares (see `run_config`)."""
-    p.add_argument("--config", help="JSON run config (see configs/); flags below override it")
     p.add_argument(
-        "--catalog", "--data", dest="catalog", help=f"catalogue directory or file (default {DEFAULT_CATALOG})"
+        "--config",
+        help="JSON run config: a file, or the name of one shipped with lookalike (fashion-products); "
+        "flags below override it",
     )
+    p.add_argument("--catalog", "--data", dest="catalog", help=f"catalogue directory or file ({default_help(CATALOG)})")
     p.add_argument("--schema", help="JSON schema of a CSV/JSONL catalogue (fields, image column, text column)")
     p.add_argument("--out", help="output directory (default runs/default)")
     p.add_argument("--quick", action="store_true", help="tiny subset and 2 epochs, for demos and tests")
@@ -72,10 +96,14 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     }
     if args.schema:
         overrides["data.schema"] = read_schema(Path(args.schema)).model_dump()
-    cfg = load_config(args.config, overrides)
-    if not args.config and not args.catalog:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"catalog": DEFAULT_CATALOG})})
-    return cfg
+    return with_catalog(load_config(args.config, overrides))
+
+
+def with_catalog(cfg: RunConfig) -> RunConfig:
+    """`cfg` with a catalogue: the one it names (--catalog or the config's), else the default data set."""
+    if cfg.data.catalog:
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"catalog": default_data(CATALOG, "--catalog")})})
 
 
 def require_checkpoint(path: str) -> None:

@@ -3,10 +3,11 @@
 The driver keys every image exactly as the local path does (`plan_images`: content SHA-1 + crop
 suffix under the encoder's fingerprint) and sends to Ray only the images the cache lacks, as a
 dataset of (index, path, crop) rows. `map_batches` runs them through a pool of actors, each loading
-the frozen encoder once with as many inference threads as it has CPUs. Vectors stream back to the
-driver (`iter_batches`) and are written to the cache as they arrive, a shard every `shard_size` new
-vectors or `FLUSH_S` seconds; a shard is written under a temporary name and renamed, so a job killed
-midway loses only what was in flight, and a rerun embeds only what is missing.
+the frozen encoder once with as many inference threads as it has CPUs (by default one actor per CPU:
+see `_pool`). Vectors stream back to the driver (`iter_batches`) and are written to the cache as they
+arrive, a shard every `shard_size` new vectors or `FLUSH_S` seconds; a shard is written under a
+temporary name and renamed, so a job killed midway loses only what was in flight, and a rerun embeds
+only what is missing.
 
 A missing or corrupt image is counted by reason (the local path's reasons). An actor that dies is
 restarted and its batch retried by Ray (`max_restarts`, `max_task_retries`); a batch that still fails
@@ -32,7 +33,14 @@ from tqdm.auto import tqdm
 from lookalike.catalogue.schema import ImageRef
 from lookalike.distributed import NEEDS_RAY
 from lookalike.encoders.cache import EmbeddingCache, FileKeys
-from lookalike.encoders.embedder import ACTOR_CRASHED, EmbedResult, forward_grouped, load_pixels, plan_images
+from lookalike.encoders.embedder import (
+    ACTOR_CRASHED,
+    EmbedResult,
+    cache_keys,
+    forward_grouped,
+    load_pixels,
+    plan_images,
+)
 from lookalike.encoders.registry import image_encoder_for
 from lookalike.errors import LookalikeError
 
@@ -91,6 +99,18 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     return True
 
 
+def _box_text(box: tuple[int, int, int, int] | None) -> str:
+    """A crop box as a row field ("" for none), read back by `_parse_box`."""
+    return ",".join(map(str, box)) if box else ""
+
+
+def _parse_box(text: str) -> tuple[int, int, int, int] | None:
+    if not text:
+        return None
+    left, top, right, bottom = (int(x) for x in text.split(","))
+    return (left, top, right, bottom)
+
+
 class _EmbedActor:
     """One encoder per actor, loaded once; a batch of rows → vectors and failure reasons."""
 
@@ -100,22 +120,22 @@ class _EmbedActor:
         self.encoder = image_encoder_for(EncoderConfig.model_validate(encoder_config), Path(cache_root), threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        refs = [
-            ImageRef(Path(p), tuple(int(x) for x in b.split(",")) if b else None)
-            for p, b in zip(batch["path"], batch["box"])
-        ]
+        refs = [ImageRef(Path(p), _parse_box(b)) for p, b in zip(batch["path"], batch["box"])]
         arrays = [load_pixels(self.encoder, ref) for ref in refs]
         ok = [j for j, a in enumerate(arrays) if not isinstance(a, str)]
         vectors = np.zeros((len(refs), self.encoder.dim), np.float32)
         if ok:
-            vectors[ok] = forward_grouped(self.encoder, [arrays[j] for j in ok])
+            vectors[ok] = forward_grouped(self.encoder, [a for a in arrays if not isinstance(a, str)])
         errors = np.array([a if isinstance(a, str) else "" for a in arrays], dtype=object)
         return {"i": np.asarray(batch["i"], np.int64), "vector": vectors, "error": errors}
 
 
 def _pool(ray, num_actors: int | None) -> tuple[int, int]:
-    """(actors, CPUs per actor): one actor per CPU by default, else the cluster's CPUs shared among them
-    (never more than one node holds)."""
+    """(actors, CPUs per actor): one actor of one inference thread per CPU by default, else the cluster's
+    CPUs shared among them (never more than one node holds). Single-threaded sessions cost less CPU per
+    image than one session with a thread per CPU; every actor also costs a worker process that imports
+    Ray, Ray Data and the encoder on every job, which only short jobs notice (benchmarks/scale.py prints
+    both pools)."""
     total = int(ray.cluster_resources().get("CPU", 1))
     if not num_actors:
         return max(1, total), 1
@@ -146,9 +166,10 @@ def embed_images_ray(
     encoder = image_encoder_for(encoder_config, root)  # on the driver: fingerprint and dim only, no weights run
     cache = EmbeddingCache(root, "image", encoder.fingerprint(), encoder.dim)
     plan = plan_images(refs, cache, FileKeys(root), keep_bytes=False)  # actors read the files themselves
+    timings = {"keying_s": time.perf_counter() - t0}
     out = np.zeros((len(refs), encoder.dim), np.float32)
     if plan.hits:
-        out[plan.hits] = cache.get([plan.keys[i] for i in plan.hits])
+        out[plan.hits] = cache.get(cache_keys(plan.keys, plan.hits))
     failed = dict(plan.failed)
     computed = 0
     if plan.todo:
@@ -170,12 +191,19 @@ def embed_images_ray(
                 shard_size,
                 progress,
                 encoder.name,
+                timings,
             )
         finally:
             if started:
                 ray.shutdown()
     return EmbedResult(
-        out, failed, cached=len(plan.hits), computed=computed, seconds=time.perf_counter() - t0, hashed=plan.hashed
+        out,
+        failed,
+        cached=len(plan.hits),
+        computed=computed,
+        seconds=time.perf_counter() - t0,
+        hashed=plan.hashed,
+        timings={k: round(v, 3) for k, v in timings.items()},
     )
 
 
@@ -194,18 +222,22 @@ def _run(
     shard_size: int,
     progress: bool,
     name: str,
+    timings: dict[str, float],
 ) -> int:
-    """Embed `todo` on the actor pool, writing vectors into `out` and the cache as they arrive."""
+    """Embed `todo` on the actor pool, writing vectors into `out` and the cache as they arrive; `timings`
+    gets when the first vectors arrived (the pool's start-up and one batch), the job's length and the
+    driver's cache writes."""
     from ray.data import ActorPoolStrategy, DataContext
+
+    t0 = time.perf_counter()
+    timings["cache_write_s"] = 0.0
 
     actors, cpus = _pool(ray, num_actors)
     ctx = DataContext.get_current()
     saved = (ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.print_on_execution_start)
     ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.print_on_execution_start = -1, False, False
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # not "progress bars disabled"
-    rows = [
-        {"i": i, "path": str(refs[i].path), "box": ",".join(map(str, refs[i].box)) if refs[i].box else ""} for i in todo
-    ]
+    rows = [{"i": i, "path": str(refs[i].path), "box": _box_text(refs[i].box)} for i in todo]
     seen = np.zeros(len(refs), bool)
     computed = 0
     new: list[int] = []
@@ -232,6 +264,7 @@ def _run(
                 max_task_retries=MAX_TASK_RETRIES,
             )
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            timings.setdefault("first_vectors_s", time.perf_counter() - t0)
             idx, errors = batch["i"], batch["error"]
             seen[idx] = True
             good = errors == ""
@@ -241,7 +274,9 @@ def _run(
             new.extend(idx[good].tolist())
             computed += int(good.sum())
             if len(new) >= shard_size or time.monotonic() - last_flush >= FLUSH_S:
-                cache.put([keys[i] for i in new], out[new])
+                t = time.perf_counter()
+                cache.put(cache_keys(keys, new), out[new])
+                timings["cache_write_s"] += time.perf_counter() - t
                 new, last_flush = [], time.monotonic()
             bar.update(len(idx))
     except LookalikeError:
@@ -251,7 +286,10 @@ def _run(
             f"the Ray embedding job failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from None
     finally:
-        cache.put([keys[i] for i in new], out[new])  # what arrived is kept, even when the job fails
+        t = time.perf_counter()
+        cache.put(cache_keys(keys, new), out[new])  # what arrived is kept, even when the job fails
+        timings["cache_write_s"] += time.perf_counter() - t
+        timings["ray_job_s"] = time.perf_counter() - t0
         bar.close()
         ctx.max_errored_blocks, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
     lost = [i for i in todo if not seen[i]]

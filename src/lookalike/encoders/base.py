@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -15,6 +17,23 @@ def default_threads() -> int:
     one machine (API workers, test workers) should share the cores rather than each claim all of them."""
     env = os.environ.get("LOOKALIKE_THREADS", "").strip()
     return int(env) if env.isdigit() and int(env) > 0 else min(os.cpu_count() or 1, 8)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count for the work inside, put back after: the count is process-wide, and an
+    encoder must not change what the rest of the process (training, a server, other encoders) runs with."""
+    import torch
+
+    before = torch.get_num_threads()
+    if not n or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class ImageEncoder(ABC):
@@ -85,6 +104,6 @@ def file_sha1(path, chunk: int = 1 << 20) -> str:
 def resize_normalise(image: Image.Image, size: tuple[int, int], mean, std) -> np.ndarray:
     """RGB resize to (height, width) and per-channel normalisation, as float32 CHW."""
     h, w = size
-    arr = np.asarray(image.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+    arr: np.ndarray = np.asarray(image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR), np.float32) / 255.0
     arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

@@ -58,9 +58,14 @@ class EmbeddingCache:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"shard-{time.time_ns()}-{os.getpid()}"
-        tmp = self.dir / f"{name}.tmp.npz"
+        # The temp name does not match the shards' glob: a reader never opens a shard still being written
+        # (another process's, or one a killed writer left behind half-written).
+        tmp = self.dir / f".{name}.npz.tmp"
         vectors = np.ascontiguousarray(vectors, np.float32)
-        np.savez(tmp, keys=np.asarray(keys), vectors=vectors)
+        with open(tmp, "wb") as f:
+            np.savez(f, keys=np.asarray(keys), vectors=vectors)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.dir / f"{name}.npz")
         s = len(self._shards)
         self._shards.append(vectors)

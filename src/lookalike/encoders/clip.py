@@ -8,21 +8,27 @@ Preprocessing re-implements the model's own eval transform with PIL + numpy (tor
 needed): the size, mean/std and resize/crop behaviour are read from the model's image-processor config
 (`preprocessor_config.json`) or from OpenCLIP's `visual.preprocess_cfg`, so it matches the reference
 pipeline pixel for pixel up to float rounding. Transparent images are composited onto white first (as
-transformers does), which suits product photos with transparent backgrounds.
+transformers does; open_clip's own transform drops the alpha channel), which suits product photos with transparent
+backgrounds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from lookalike.encoders.base import ImageEncoder, freeze
+from lookalike.encoders.base import ImageEncoder, freeze, torch_threads
 from lookalike.encoders.registry import ModelSpec, register_family, register_model
 from lookalike.errors import LookalikeError
+
+logger = logging.getLogger(__name__)
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -82,9 +88,14 @@ def center_crop_or_pad(arr: np.ndarray, height: int, width: int, fill=0, roundin
 
 def normalise(arr: np.ndarray, mean, std, scale: float = 1 / 255.0) -> np.ndarray:
     """HWC uint8 → CHW float32 of (x * scale - mean) / std."""
-    x = arr.astype(np.float32) * np.float32(scale)
+    x: np.ndarray = arr.astype(np.float32) * np.float32(scale)
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+def _height_width(size: Any) -> tuple[int, int]:
+    """An int (a square) or a sequence ending (height, width) as (height, width)."""
+    return (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[-2]), int(size[-1]))
 
 
 def _triple(v) -> tuple[float, float, float]:
@@ -130,6 +141,19 @@ def _files_identity(directory: Path) -> list[tuple[str, int, int]]:
     return out
 
 
+def state_dict_sha1(module) -> str:
+    """SHA-1 of a module's weights (every parameter and buffer: name, dtype, shape, bytes), for weights whose
+    files cannot be found: it reads every weight, so it is the fallback, not the rule."""
+    import torch
+
+    h = hashlib.sha1()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
 class HFClipImageEncoder(ImageEncoder):
     """A frozen Hugging Face CLIP-family model (CLIPModel, SiglipModel, vision-only variants).
 
@@ -162,7 +186,7 @@ class HFClipImageEncoder(ImageEncoder):
                 raise LookalikeError(
                     f"{os.path.abspath(source)} is not a Hugging Face model directory (no config.json)"
                 )
-        load_kw = {}
+        load_kw: dict[str, bool | str] = {}
         if local_files_only is not None:
             load_kw["local_files_only"] = local_files_only
         if revision is not None:
@@ -272,25 +296,32 @@ class HFClipImageEncoder(ImageEncoder):
         cfg = {**defaults, **{k: v for k, v in raw.items() if v is not None}}
         do_resize = bool(cfg.get("do_resize", True))
         do_crop = bool(cfg.get("do_center_crop", False))
-        size = cfg.get("size")
-        if isinstance(size, (int, float)):  # legacy int sizes: shortest edge when cropping after, else square
-            size = {"shortest_edge": int(size)} if do_crop else {"height": int(size), "width": int(size)}
-        elif isinstance(size, (list, tuple)):
-            size = {"height": int(size[0]), "width": int(size[-1])}
+        raw_size = cfg.get("size")
+        size: dict[str, Any] = {}
+        if isinstance(raw_size, (int, float)):  # legacy int sizes: shortest edge when cropping after, else square
+            size = {"shortest_edge": int(raw_size)} if do_crop else {"height": int(raw_size), "width": int(raw_size)}
+        elif isinstance(raw_size, (list, tuple)):
+            size = {"height": int(raw_size[0]), "width": int(raw_size[-1])}
+        elif isinstance(raw_size, dict):
+            size = raw_size
+        resize: tuple[str, int | tuple[int, int]]
+        exact: tuple[int, int] | None = None
         if "shortest_edge" in size and size.get("shortest_edge") and not size.get("longest_edge"):
             resize = ("shortest", int(size["shortest_edge"]))
         elif size.get("height") and size.get("width"):
-            resize = ("exact", (int(size["height"]), int(size["width"])))
+            exact = (int(size["height"]), int(size["width"]))
+            resize = ("exact", exact)
         else:
-            raise LookalikeError(f"{source!r}: unsupported image-processor size {size!r}")
-        crop = cfg.get("crop_size")
-        if isinstance(crop, (int, float)):
-            crop = {"height": int(crop), "width": int(crop)}
-        crop = (int(crop["height"]), int(crop["width"])) if (do_crop and crop) else None
+            raise LookalikeError(f"{source!r}: unsupported image-processor size {raw_size!r}")
+        raw_crop = cfg.get("crop_size")
+        if isinstance(raw_crop, (int, float)):
+            raw_crop = {"height": int(raw_crop), "width": int(raw_crop)}
+        crop = (int(raw_crop["height"]), int(raw_crop["width"])) if (do_crop and raw_crop) else None
+        input_size: tuple[int, int]
         if crop is not None:
             input_size = crop
-        elif resize[0] == "exact" and do_resize:
-            input_size = resize[1]
+        elif exact is not None and do_resize:
+            input_size = exact
         else:
             raise LookalikeError(f"{source!r}: image processor gives variable-size inputs (size={size!r}, no crop)")
         resample = cfg.get("resample", 3)
@@ -308,8 +339,10 @@ class HFClipImageEncoder(ImageEncoder):
         }
 
     def _weights_identity(self, transformers, source, hf_config, load_kw) -> dict:
-        """Resolved checkpoint directory + size/mtime of its weight files (+ the hub commit when known)."""
-        directory = None
+        """Resolved checkpoint directory + size/mtime of its weight files (+ the hub commit when known). When
+        the files cannot be found, a hash of the loaded weights instead: the identity must change whenever
+        the weights do, or the embedding cache would serve vectors of the old weights."""
+        directory, why = None, "not a local directory"
         if os.path.isdir(source):
             directory = Path(source).resolve()
         else:
@@ -318,12 +351,16 @@ class HFClipImageEncoder(ImageEncoder):
 
                 cfg_path = cached_file(source, "config.json", **{**load_kw, "local_files_only": True})
                 directory = Path(cfg_path).parent if cfg_path else None
-            except Exception:
-                directory = None
+            except (OSError, ValueError) as e:  # transformers reports a failed hub-cache lookup as OSError
+                why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         ident = {"commit": getattr(hf_config, "_commit_hash", None)}
-        if directory is not None:
+        files = _files_identity(directory) if directory is not None else []
+        if any(name != "config.json" for name, _, _ in files):
             ident["path"] = str(directory)
-            ident["files"] = _files_identity(directory)
+            ident["files"] = files
+        else:
+            logger.info("%s: weight files not found (%s); fingerprinting the loaded weights", source, why)
+            ident["weights_sha1"] = state_dict_sha1(self.model)
         return ident
 
     # -- ImageEncoder -------------------------------------------------------------------------------
@@ -341,16 +378,15 @@ class HFClipImageEncoder(ImageEncoder):
                 im = im.resize((new_w, new_h), pre["resample"])
         arr = np.asarray(im, dtype=np.uint8)
         if pre["crop"] is not None:
-            arr = center_crop_or_pad(arr, *pre["crop"], fill=0, rounding="floor")
+            crop_h, crop_w = pre["crop"]
+            arr = center_crop_or_pad(arr, crop_h, crop_w, fill=0, rounding="floor")
         return normalise(arr, pre["mean"], pre["std"], pre["scale"])
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
         pixels = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device, self._dtype)
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             if self.model_type == "clip_vision_model":
                 feats = self.model(pixel_values=pixels).image_embeds
             elif self.model_type == "siglip_vision_model":
@@ -433,7 +469,10 @@ class OpenClipImageEncoder(ImageEncoder):
             import open_clip
             import torch
         except ImportError as e:
-            raise LookalikeError(f"OpenCLIP encoders need open_clip: pip install open_clip_torch ({e})") from e
+            raise LookalikeError(
+                f"OpenCLIP encoders need open_clip: pip install open_clip_torch, or, beside this project's CPU torch, "
+                f"put the .venv/openclip folder that ./run makes on PYTHONPATH (README, Encoders) ({e})"
+            ) from e
 
         if pretrained is not None and (
             os.path.sep in pretrained or pretrained.endswith((".bin", ".pt", ".pth", ".safetensors", ".ckpt"))
@@ -462,7 +501,7 @@ class OpenClipImageEncoder(ImageEncoder):
         visual = self.model.visual
         pp = dict(getattr(visual, "preprocess_cfg", None) or {})
         size = pp.get("size") or getattr(visual, "image_size", 224)
-        h, w = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[-2]), int(size[-1]))
+        h, w = _height_width(size)
         self.input_size = (h, w)
         self.mean = _triple(pp.get("mean") or getattr(visual, "image_mean", None) or OPENAI_MEAN)
         self.std = _triple(pp.get("std") or getattr(visual, "image_std", None) or OPENAI_STD)
@@ -487,13 +526,15 @@ class OpenClipImageEncoder(ImageEncoder):
             p = Path(self.pretrained).resolve()
             st = p.stat()
             return {"file": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        # A named tag pins its weights (open_clip's pretrained registry, by version).
-        return {"tag": self.pretrained, "open_clip": self.open_clip_version}
+        if self.pretrained:  # a named tag pins its weights (open_clip's pretrained registry, by version)
+            return {"tag": self.pretrained, "open_clip": self.open_clip_version}
+        # hf-hub: / local-dir: name a repository or folder whose weights can change under the same name.
+        return {"source": self.source, "weights_sha1": state_dict_sha1(self.model)}
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         im = to_rgb(image)
         h, w = self.input_size
-        resample = Image.BILINEAR if self.interpolation == "bilinear" else Image.BICUBIC
+        resample = Image.Resampling.BILINEAR if self.interpolation == "bilinear" else Image.Resampling.BICUBIC
         if self.resize_mode == "squash":
             if im.size != (w, h):
                 im = im.resize((w, h), resample)
@@ -502,6 +543,9 @@ class OpenClipImageEncoder(ImageEncoder):
             new_w, new_h = shortest_edge_size(im.width, im.height, h)  # torchvision Resize(int)
         else:
             # open_clip's ResizeKeepRatio: scale so the shortest (or longest) side fits the target.
+            if self.resize_mode == "shortest":
+                # open_clip builds this one (a non-square target) without the configured interpolation: bicubic.
+                resample = Image.Resampling.BICUBIC
             rh, rw = im.height / h, im.width / w
             ratio = max(rh, rw) if self.resize_mode == "longest" else min(rh, rw)
             new_h, new_w = round(im.height / ratio), round(im.width / ratio)
@@ -514,10 +558,8 @@ class OpenClipImageEncoder(ImageEncoder):
     def forward(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
         pixels = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device, self._dtype)
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             feats = self.model.encode_image(pixels)
         return np.ascontiguousarray(feats.float().cpu().numpy(), dtype=np.float32)
 

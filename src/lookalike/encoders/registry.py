@@ -62,7 +62,10 @@ def _resolve(name: str, kind: str) -> ModelSpec:
 
 def create_image_encoder(name: str, **overrides) -> ImageEncoder:
     spec = _resolve(name, "image")
-    return _BUILDERS[spec.family](spec, **{**spec.defaults, **overrides})
+    encoder = _BUILDERS[spec.family](spec, **{**spec.defaults, **overrides})
+    if not isinstance(encoder, ImageEncoder):
+        raise LookalikeError(f"{name!r}: family {spec.family!r} built a {type(encoder).__name__}, not an image encoder")
+    return encoder
 
 
 def image_encoder_for(config: EncoderConfig, cache_dir: Path, threads: int | None = None) -> ImageEncoder:
@@ -80,7 +83,10 @@ def image_encoder_for(config: EncoderConfig, cache_dir: Path, threads: int | Non
 
 def create_text_encoder(name: str, **overrides) -> TextEncoder:
     spec = _resolve(name, "text")
-    return _BUILDERS[spec.family](spec, **{**spec.defaults, **overrides})
+    encoder = _BUILDERS[spec.family](spec, **{**spec.defaults, **overrides})
+    if not isinstance(encoder, TextEncoder):
+        raise LookalikeError(f"{name!r}: family {spec.family!r} built a {type(encoder).__name__}, not a text encoder")
+    return encoder
 
 
 def _load_families() -> None:

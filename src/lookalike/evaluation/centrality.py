@@ -10,12 +10,12 @@ from collections import defaultdict
 
 import numpy as np
 
+from lookalike.vectors import unit
+
 
 def centrality_scores(image_vectors: np.ndarray) -> np.ndarray:
-    x = image_vectors / np.maximum(np.linalg.norm(image_vectors, axis=1, keepdims=True), 1e-12)
-    centroid = x.mean(axis=0)
-    centroid /= max(np.linalg.norm(centroid), 1e-12)
-    return x @ centroid
+    x = unit(image_vectors)
+    return x @ unit(x.mean(axis=0))
 
 
 def anchor_mask(scores: np.ndarray, fraction: float = 0.1) -> np.ndarray:
@@ -66,9 +66,8 @@ def centrality_report(
     if sales is not None:
         known = ~np.isnan(sales)
         if known.sum() >= 3:
-            from scipy.stats import (
-                spearmanr,
-            )  # here: scipy.stats costs ~1 s to import, and every API worker imports this module
+            # here: scipy.stats costs seconds to import (benchmarks/core.py), and every API worker imports this module
+            from scipy.stats import spearmanr
 
             rho, p = spearmanr(scores[known], sales[known])
             report["sales"] = {"n": int(known.sum()), "spearman_rho": float(rho), "p_value": float(p)}

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from lookalike.vectors import unit
+
 
 def intra_list_diversity(vectors: np.ndarray) -> float:
     """Mean pairwise (1 − cosine) over the distinct pairs of one list's item vectors, rows = items."""
@@ -30,7 +32,7 @@ def intra_list_diversity(vectors: np.ndarray) -> float:
     n = len(x)
     if n < 2:
         return 0.0
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = unit(x)
     iu = np.triu_indices(n, k=1)
     return float(1.0 - (x @ x.T)[iu].mean())
 
@@ -38,8 +40,7 @@ def intra_list_diversity(vectors: np.ndarray) -> float:
 def mean_intra_list_diversity(lists: np.ndarray, vectors: np.ndarray) -> float:
     """`diversity` of the reference: mean over lists of intra_list_diversity. lists: (n_lists, k) row
     indices into `vectors`."""
-    x = np.asarray(vectors, dtype=np.float64)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = unit(np.asarray(vectors, dtype=np.float64))
     lists = np.asarray(lists)
     k = lists.shape[1]
     if k < 2:

@@ -1,9 +1,11 @@
 """Retrieval evaluation over the whole gallery of a split: every product is a query and a gallery item.
 
-An evaluator is a callable returning a dict of named metrics (as in sentence-transformers). It
-ranks with exact search, computes metrics under each relevance definition (instance = the
-product's own photo; attribute = photos whose compared fields all equal the query's), for all
-queries, anchor (most central) queries and per category, and can export TREC runs and qrels.
+An evaluator is a callable returning a dict of named metrics (as in sentence-transformers). It ranks
+through the one ranking function (retrieval/ranking.py: exact search over the whole gallery, ties by
+product id, the hubness offsets for corrected tasks), as `lookalike search` and the service do; it
+computes metrics under each relevance definition (instance = the product's own photo; attribute =
+photos whose compared fields all equal the query's), for all queries, anchor (most central) queries
+and per category, and can export TREC runs and qrels.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from lookalike.catalogue.schema import Product
 from lookalike.evaluation.metrics import aggregate, per_query_metrics
 from lookalike.evaluation.trec import write_qrels, write_run
-from lookalike.retrieval.exact import exact_topk
+from lookalike.retrieval.ranking import Gallery, rank, stacked
 
 SELF_EXCLUDED = {"image_to_image"}  # the query photo itself is not a result of image → image search
 
@@ -95,8 +97,11 @@ class RetrievalEvaluator:
     def rank(
         self, task: str, queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, scores), each (n_queries, depth): every query's exact top-`depth` over the whole gallery."""
         exclude = np.arange(len(queries)) if task in SELF_EXCLUDED else None
-        return exact_topk(queries, gallery, self.depth, exclude=exclude, bias=bias)
+        return stacked(
+            rank(queries, Gallery(gallery, self.ids, bias), self.depth, corrected=bias is not None, exclude=exclude)
+        )
 
     def __call__(
         self,
@@ -124,7 +129,7 @@ class RetrievalEvaluator:
                 rel = keys[top_idx] == keys[:, None]
                 counts = np.bincount(keys, minlength=keys.max() + 1)[keys] - (1 if self_excluded else 0)
                 pq = per_query_metrics(rel, counts, self.ks)
-                block = {g: aggregate(pq, m) for g, m in self._groups().items()}
+                block: dict = {g: aggregate(pq, m) for g, m in self._groups().items()}
                 if per_category and self.categories is not None:
                     block["per_category"] = {
                         c: aggregate(pq, self.categories == c) for c in sorted(set(self.categories.tolist()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from pathlib import Path
 
@@ -10,7 +11,6 @@ import matplotlib
 matplotlib.use("Agg")
 # Labels may hold Korean (K-Fashion) that the default font cannot draw; the grid is still useful.
 warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
-import itertools
 
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 from pathlib import Path
 
 from lookalike.cli import group
+from lookalike.cli.options import ITEM_BANK, default_data, default_help
 from lookalike.errors import LookalikeError
 
-DEFAULT_DATA = "../shared/data/kmwp/train.csv"
+logger = logging.getLogger(__name__)
 ITEMBANK_HELP = "exam item bank: similar-question search, ground truth, study, latency"
 
 
 def add_bank_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=DEFAULT_DATA, help=f"item bank CSV / JSONL (default {DEFAULT_DATA})")
+    p.add_argument("--data", help=f"item bank CSV / JSONL ({default_help(ITEM_BANK)})")
     p.add_argument(
         "--preset",
         choices=["kmwp", "none"],
@@ -52,17 +53,22 @@ def bank_schema(args: argparse.Namespace):
     return ItemBankSchema(**base)
 
 
+def bank_path(args: argparse.Namespace) -> str:
+    """--data, else the default item bank (the error names --data when that is not there either)."""
+    return args.data or default_data(ITEM_BANK, "--data")
+
+
 def load_bank(args: argparse.Namespace):
     from lookalike.itembank.loading import ItemBank, load_item_bank
 
-    bank = load_item_bank(args.data, bank_schema(args))
+    bank = load_item_bank(bank_path(args), bank_schema(args))
     if args.limit and args.limit < len(bank):
         import numpy as np
 
         keep = np.sort(np.random.default_rng(args.seed).choice(len(bank), args.limit, replace=False))
         bank = ItemBank([bank.items[i] for i in keep], bank.schema, bank.report)
     if bank.report.skipped:
-        print(bank.report.summary(), file=sys.stderr)
+        logger.warning(bank.report.summary())
     return bank
 
 
@@ -76,7 +82,7 @@ def cmd_search(args) -> None:
     if args.id is not None:
         by_id = {it.id: it for it in bank.items}
         if args.id not in by_id:
-            raise LookalikeError(f"no item with id {args.id!r} in {args.data}")
+            raise LookalikeError(f"no item with id {args.id!r} in {bank.report.source}")
         text = by_id[args.id].text
     s = ItemSearcher(
         bank,
@@ -140,7 +146,7 @@ def cmd_bench(args) -> None:
             f"top-{args.k} on 100 queries: identical on {res['store_matches_exact_top_k']:.0%}, recall@{args.k} "
             f"{res['store_recall_at_k_vs_exact']:.4f}"
         )
-    print(f"wrote {out / 'bench.json'}")
+    logger.info(f"wrote {out / 'bench.json'}")
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:

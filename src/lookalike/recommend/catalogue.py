@@ -10,14 +10,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from lookalike.catalogue import Catalogue, CatalogueSchema, ImageRef, Product
+from lookalike.catalogue.schema import AttrValue
 from lookalike.distributed import RayOptions
 from lookalike.errors import LookalikeError
 from lookalike.inference import QueryEncoder
 from lookalike.recommend.newness import NewRule
+from lookalike.recommend.statistics import FLAG
 from lookalike.retrieval.stores import StoreItem, VectorStore
 
 # metadata keys the service writes itself; attribute fields may not use them
 RESERVED = {"is_new", "name", "image", "sales"}
+
+
+def report_fields(
+    enc: QueryEncoder, colour_field: str | None = None, category_field: str | None = None
+) -> tuple[str | None, str | None]:
+    """The category and colour fields the recommenders report on (and the store counts): `category_field` or
+    else the checkpoint's category field, and `colour_field` or else baseColour where the model knows it."""
+    schema = enc.schema
+    fields = schema.fields if schema else enc.model.vocab.fields
+    colour = colour_field or ("baseColour" if "baseColour" in fields else None)
+    return category_field or (schema.category_field if schema else None), colour
 
 
 def product_metadata(p: Product, rule: NewRule) -> dict:
@@ -52,7 +65,8 @@ def product_from_json(
         raise LookalikeError(f"product {pid}: attribute names {sorted(clash)} are reserved by the service")
     list_fields = set(schema.list_fields) if schema else set()
     fields = set(schema.fields) if schema else set(attributes)
-    attrs, extra = {}, {}
+    attrs: dict[str, AttrValue] = {}
+    extra: dict[str, str] = {}
     for k, v in attributes.items():
         if k in fields:
             if k in list_fields:
@@ -112,6 +126,8 @@ def ingest_catalogue(
                 for p, v, md in zip(products[s : s + load_batch], vectors, metadata[s : s + load_batch])
             ]
 
+    # the counts the service reads, kept from the first row on (declared later, they would need a recount)
+    store.count_by([f for f in report_fields(enc) if f], flag=FLAG)
     written = store.load(batches(), total=len(products))
     n_new = sum(md["is_new"] for md in metadata)
     return {

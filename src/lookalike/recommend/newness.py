@@ -50,6 +50,7 @@ class NewRule(BaseModel):
         if self.values is not None:
             vals = v if isinstance(v, list) else [v]
             return any(str(x).strip().lower() in {w.lower() for w in self.values} for x in vals)
+        assert self.at_least is not None  # a rule has exactly one of the two (checked when it is made)
         try:
             return float(v) >= self.at_least
         except (TypeError, ValueError):

@@ -6,37 +6,31 @@
   ranking, and trend figures (category / colour mix of the matches against the new collection, and
   the similarity distribution).
 Every list can be reranked by MMR for diversity; responses report their intra-list diversity.
+
+Catalogue counts (size, new, per category) and the new collection's category / colour mixes come from the
+store's own counts (O(1), exact at every version); centrality comes from the whole-catalogue statistics
+(statistics.py), computed per store version, in the service by a background thread.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from lookalike.errors import LookalikeError
-from lookalike.evaluation.centrality import centrality_scores
 from lookalike.evaluation.diversity import intra_list_diversity
-from lookalike.retrieval.rerank.mmr import mmr
+from lookalike.recommend.statistics import FLAG, BackgroundStatistics, CatalogueStatistics, OnDemandStatistics
+from lookalike.retrieval import ranking
+from lookalike.retrieval.ranking import Offsets, StoreGallery
 from lookalike.retrieval.stores import VectorStore
+from lookalike.retrieval.stores.base import count_key
 
-NEW = {"is_new": True}
-
-
-@dataclass
-class Snapshot:
-    """Whole-catalogue view for statistics (centrality, mixes, coverage), refreshed after writes."""
-
-    ids: list[str]
-    vectors: np.ndarray
-    metadata: list[dict]
-
-    @property
-    def new_mask(self) -> np.ndarray:
-        return np.array([bool(m.get("is_new")) for m in self.metadata], bool)
+NEW = {FLAG: True}
+EMPTY = (
+    "the catalogue holds no product yet: fill it with `lookalike catalog ingest` (or add products with POST /api/items)"
+)
 
 
 def mix(values: list, base: Counter | None = None, top: int = 12) -> list[dict]:
@@ -55,35 +49,41 @@ def mix(values: list, base: Counter | None = None, top: int = 12) -> list[dict]:
 
 class Recommender:
     def __init__(
-        self, store: VectorStore, category_field: str | None = None, colour_field: str | None = None, exact: bool = True
+        self,
+        store: VectorStore,
+        category_field: str | None = None,
+        colour_field: str | None = None,
+        exact: bool = True,
+        statistics: OnDemandStatistics | BackgroundStatistics | None = None,
     ):
+        """Declares the counts it reads (`is_new`, the category and colour fields) to the store: a no-op once
+        declared, else one recount of the store. `statistics`: the service's background statistics; by
+        default they are computed on demand."""
         self.store, self.category_field, self.colour_field = store, category_field, colour_field
         self.exact = exact  # False: the store's HNSW index ranks (a million products), as `serve --search approximate`
-        self._snap: Snapshot | None = None
-        self._snap_key = None
-        self._centrality = None
+        self.statistics = statistics or OnDemandStatistics(store)
+        store.count_by([f for f in (category_field, colour_field) if f], flag=FLAG)
         self._lock = threading.Lock()
+        self._galleries: dict = {}  # offsets function → StoreGallery (see `gallery`)
 
     # --- catalogue view ----------------------------------------------------------------------------
-    def snapshot(self) -> Snapshot:
-        key = self.store.version()  # moves with writes made by any worker or process
-        with self._lock:
-            if self._snap is None or self._snap_key != key:
-                self._snap = Snapshot(*self.store.items())
-                self._snap_key, self._centrality = key, None
-            return self._snap
-
     def catalogue_counts(self) -> dict:
-        s = self.snapshot()
-        new = s.new_mask
-        cats = [str(m.get(self.category_field, "")) for m in s.metadata] if self.category_field else []
+        """Size, new, established and per category, from the store's counts (O(1); exact at `version`)."""
+        c = self.store.counts()
+        cat = self.category_field
         return {
-            "size": len(s.ids),
-            "new": int(new.sum()),
-            "established": int((~new).sum()),
-            "per_category": dict(Counter(cats).most_common()) if cats else {},
-            "new_per_category": dict(Counter(c for c, n in zip(cats, new) if n).most_common()) if cats else {},
+            "size": c.size,
+            "new": c.flagged,
+            "established": c.size - c.flagged,
+            "per_category": c.per_value(cat) if cat else {},
+            "new_per_category": c.per_value(cat, flagged=True) if cat else {},
+            "version": c.version,
         }
+
+    def require_products(self) -> None:
+        """A recommendation on an empty catalogue says so (rather than naming a filter field no product has)."""
+        if self.store.counts().size == 0:
+            raise LookalikeError(EMPTY)
 
     # --- ranking -----------------------------------------------------------------------------------
     def rank(
@@ -93,40 +93,44 @@ class Recommender:
         filters: dict | None = None,
         diversity: float = 0.0,
         exclude_ids: list[str] | None = None,
-        bias: Callable[[np.ndarray], np.ndarray | None] | None = None,
+        bias: Offsets | None = None,
     ) -> list[dict]:
-        """For each query: {items: [(id, score, metadata)], intra_list_diversity}. diversity = 1 − MMR λ.
+        """For each query: {items: [(id, score, metadata)], intra_list_diversity, certified, depth}, ranked by
+        `retrieval.ranking.rank` as `lookalike search` and evaluation rank. diversity = 1 − MMR λ.
 
-        `bias` maps the candidates' vectors to score offsets (the hubness correction of JSON and text
-        queries): the store's cosine top-max(10k, 200) is re-scored with them. On fashion-products (2,000
-        test JSON queries, all 39,653 products) the corrected top-10 lay inside the cosine top-100 every time."""
-        if not 0.0 <= diversity <= 1.0:
-            raise LookalikeError(f"diversity must be between 0 and 1, got {diversity}")
-        depth = k if diversity == 0 else min(max(5 * k, 50), 500)
-        if bias is not None:
-            depth = max(depth, 10 * k, 200)
-        out = []
-        for hits in self.store.search(queries, depth, filters, exact=self.exact, exclude_ids=exclude_ids):
-            items = self.store.get_many([i for i, _ in hits])
-            vecs = np.stack([it.vector for it in items]) if items else np.zeros((0, self.store.dim), np.float32)
-            offsets = bias(vecs) if bias is not None and len(hits) else None
-            if offsets is not None:
-                scores = np.array([s for _, s in hits], np.float32) + offsets
-                order = np.argsort(-scores, kind="stable")
-                hits = [(hits[j][0], float(scores[j])) for j in order]
-                items, vecs = [items[j] for j in order], vecs[order]
-            order = (
-                np.arange(min(k, len(hits)))
-                if diversity == 0
-                else mmr(np.array([s for _, s in hits], np.float32), vecs, k, 1.0 - diversity)
-            )
-            out.append(
-                {
-                    "items": [(hits[j][0], hits[j][1], items[j].metadata) for j in order],
-                    "intra_list_diversity": round(intra_list_diversity(vecs[order]), 4) if len(order) > 1 else 0.0,
-                }
-            )
-        return out
+        `bias` maps stored vectors to score offsets (the hubness correction of JSON and text queries,
+        `QueryEncoder.hub_bias`): the store's cosine top-D is re-scored with them and D deepened until the
+        list is certified to be the exact one (retrieval/ranking.py; `benchmarks/ablations.py --parts depth`
+        prints how deep that goes). `certified` and `depth` say, per list, whether it was and how deep."""
+        lists = ranking.rank(
+            queries,
+            self.gallery(bias),
+            k,
+            corrected=bias is not None,
+            exclude_ids=exclude_ids,
+            filters=filters,
+            diversity=diversity,
+        )
+        return [
+            {
+                "items": [(i, float(sc), md) for i, sc, md in zip(r.ids, r.scores, r.metadata or [])],
+                "intra_list_diversity": (
+                    round(intra_list_diversity(r.vectors), 4) if r.vectors is not None and len(r.ids) > 1 else 0.0
+                ),
+                "certified": r.certified,
+                "depth": r.depth,
+            }
+            for r in lists
+        ]
+
+    def gallery(self, offsets: Offsets | None = None) -> StoreGallery:
+        """The store as a gallery for `rank`, one per offsets function: each keeps the bound on its offsets
+        (computed in the background once per store version)."""
+        with self._lock:
+            g = self._galleries.get(offsets)
+            if g is None:
+                g = self._galleries[offsets] = StoreGallery(self.store, offsets, exact=self.exact)
+            return g
 
     def customer_input(
         self,
@@ -150,19 +154,28 @@ class Recommender:
         n = max(1, round(len(sales) * fraction))
         return sorted(sales.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
-    def best_by_centrality(self, fraction: float, limit: int) -> tuple[list[tuple[str, float]], int]:
-        """Established products whose image is most central (the best-seller proxy); and the anchor-set size."""
-        s = self.snapshot()
-        old = np.flatnonzero(~s.new_mask)
-        if len(old) == 0:
+    def best_by_centrality(
+        self, fraction: float, limit: int, stats: CatalogueStatistics | None = None
+    ) -> tuple[list[tuple[str, float]], int]:
+        """Established products whose image is most central (the best-seller proxy); and the anchor-set size.
+
+        `stats` (default: the latest) may describe an earlier store version: a product deleted since, or new
+        since, is passed over (each candidate is looked up), so every one returned is stored and established."""
+        s = stats or self.statistics.get()
+        if s.n_established == 0:
             raise LookalikeError("the catalogue has no established (non-new) products to take best sellers from")
-        with self._lock:
-            if self._centrality is None:
-                self._centrality = centrality_scores(s.vectors[old])
-            scores = self._centrality
-        n_anchor = max(1, round(len(old) * fraction))
-        order = np.lexsort((old, -scores))[: min(n_anchor, limit)]
-        return [(s.ids[old[j]], float(scores[j])) for j in order], n_anchor
+        n_anchor = max(1, round(s.n_established * fraction))
+        ids = s.central_ids[:n_anchor]  # most central first, ties by id
+        out: list[tuple[str, float]] = []
+        want = min(n_anchor, limit)
+        for start in range(0, len(ids), 2 * want):
+            chunk = ids[start : start + 2 * want]
+            for j, it in enumerate(self.store.get_many(chunk), start):
+                if it is not None and it.metadata.get(FLAG) is not True:
+                    out.append((ids[j], float(s.central_scores[j])))
+            if len(out) >= want:
+                break
+        return out[:want], n_anchor
 
     def top10_to_new(
         self,
@@ -178,7 +191,7 @@ class Recommender:
         lists = self.rank(vectors, k, flt, diversity, exclude_ids=[s["id"] for s in sellers if s.get("id")])
         merged: dict[str, dict] = {}
         scores = []
-        for seller, res in zip(sellers, lists):
+        for res in lists:
             for rank, (pid, sc, md) in enumerate(res["items"], 1):
                 scores.append(sc)
                 m = merged.setdefault(pid, {"id": pid, "score": sc, "n_sellers": 0, "best_rank": rank, "metadata": md})
@@ -193,16 +206,15 @@ class Recommender:
         }
 
     def trend(self, matched: list[dict], scores: np.ndarray) -> dict:
-        s = self.snapshot()
-        new_md = [m for m, n in zip(s.metadata, s.new_mask) if n]
-        out: dict = {"n_matches": len(matched), "new_collection_size": len(new_md)}
+        """The matches' category / colour mix against the new collection's (the store's counts, O(1)), and
+        the similarity distribution; `store_version` is the version the collection figures describe."""
+        c = self.store.counts()
+        out: dict = {"n_matches": len(matched), "new_collection_size": c.flagged, "store_version": c.version}
         for name, field in (("category_mix", self.category_field), ("colour_mix", self.colour_field)):
             if field:
                 out[name] = {
                     "field": field,
-                    "values": mix(
-                        [str(m.get(field, "")) for m in matched], Counter(str(m.get(field, "")) for m in new_md)
-                    ),
+                    "values": mix([count_key(m.get(field)) for m in matched], Counter(c.per_value(field, True))),
                 }
         if len(scores):
             hist, edges = np.histogram(scores, bins=10)

@@ -9,11 +9,7 @@ import numpy as np
 from lookalike.encoders.base import TextEncoder
 from lookalike.encoders.embedder import embed_texts
 from lookalike.retrieval.exact import exact_topk
-
-
-def unit(v: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(v, axis=1, keepdims=True)
-    return (v / np.where(n > 0, n, 1)).astype(np.float32)
+from lookalike.vectors import unit
 
 
 class DenseRetriever:
@@ -21,7 +17,7 @@ class DenseRetriever:
 
     def __init__(self, encoder: TextEncoder, texts: list[str], cache_root: Path, progress: bool = False):
         self.encoder, self.cache_root, self.progress = encoder, Path(cache_root), progress
-        self.vectors = unit(embed_texts(list(texts), encoder, self.cache_root, progress=progress))
+        self.vectors = unit(embed_texts(list(texts), encoder, self.cache_root, progress=progress).astype(np.float32))
 
     def config(self) -> dict:
         return {"retriever": "dense", **self.encoder.config()}
@@ -29,8 +25,9 @@ class DenseRetriever:
     def embed(self, queries: list[str], cache: bool = True) -> np.ndarray:
         """Unit query vectors; `cache=False` for live queries (latency must include the encoder)."""
         if cache:
-            return unit(embed_texts(list(queries), self.encoder, self.cache_root, progress=self.progress))
-        return unit(self.encoder.encode(list(queries)))
+            vectors = embed_texts(list(queries), self.encoder, self.cache_root, progress=self.progress)
+            return unit(vectors.astype(np.float32))
+        return unit(self.encoder.encode(list(queries)).astype(np.float32))
 
     def search(
         self,

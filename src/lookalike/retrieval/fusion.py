@@ -5,7 +5,8 @@ retriever's list is normalised per query before weighting (Bruch et al., 2023, "
 functions for hybrid retrieval"): min-max maps the list to [0, 1]; z-score centres and scales it.
 A document missing from one list takes that list's floor (0 after min-max, the list's lowest z-score):
 it is at best as good as the worst candidate that retriever returned. RRF (Cormack et al., 2009) uses
-ranks only: Σ w / (k + rank).
+ranks only: Σ w / (k + rank). Lists are cut by the one top-k (retrieval/topk.py): score descending, then
+document index ascending.
 """
 
 from __future__ import annotations
@@ -14,21 +15,20 @@ from typing import Literal
 
 import numpy as np
 
+from lookalike.retrieval.topk import topk
+
 Method = Literal["minmax", "zscore", "rrf"]
 Run = tuple[np.ndarray, np.ndarray]  # (indices, scores), each (n_queries, depth), best first
 
 
 def topk_from_scores(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> Run:
-    """Top-k of a dense (n, n_docs) score matrix, best first, ties broken by doc index (deterministic)."""
+    """Top-k of a dense (n, n_docs) score matrix, best first, ties by doc index (retrieval/topk.py);
+    `exclude[i]` is a doc to leave out of row i, or -1. Rows with fewer than k finite scores end in -1 / −inf."""
     sc = np.array(scores, np.float32, copy=True)
     if exclude is not None:
         rows = np.nonzero(exclude >= 0)[0]
         sc[rows, exclude[rows]] = -np.inf
-    k = min(k, sc.shape[1] - (1 if exclude is not None else 0))
-    part = np.argpartition(-sc, k - 1, axis=1)[:, :k]
-    psc = np.take_along_axis(sc, part, axis=1)
-    order = np.lexsort((part, -psc), axis=1)
-    return np.take_along_axis(part, order, axis=1), np.take_along_axis(psc, order, axis=1)
+    return topk(sc, min(k, sc.shape[1] - (1 if exclude is not None else 0)))
 
 
 def normalise(scores: np.ndarray, method: Literal["minmax", "zscore"]) -> np.ndarray:
@@ -54,7 +54,8 @@ def fuse(
     exclude: np.ndarray | None = None,
     chunk: int = 1024,
 ) -> Run:
-    """Fused top-k. Documents in no list are never returned ahead of listed ones (score −inf)."""
+    """Fused top-k. Documents in no list are never returned: a query whose lists hold fewer than k documents
+    has its list padded with index -1 and score −inf."""
     if len(runs) != len(weights):
         raise ValueError(f"{len(runs)} runs but {len(weights)} weights")
     if any(w < 0 for w in weights):

@@ -7,9 +7,10 @@ mean cosine to its k nearest queries in a bank of *training* queries; the rankin
 cos(query, image) − weight × penalty(image). The penalty depends on the image and the bank only,
 never on the rest of the gallery or on any label, so it can be computed once per image at ingest.
 
-Measured on fashion-products (validation gallery, JSON → image, k = 50): weight 0.5 raised nDCG@10
-over all seven fields 0.4039 → 0.4491 and gender+articleType+baseColour hit@10 0.9061 → 0.9261,
-while articleType precision@10 went 0.8599 → 0.8528; weight 0.75 gave 0.4677 / 0.9323 / 0.8458.
+Measured on fashion-products (validation gallery, JSON → image, k = 50; `python benchmarks/ablations.py
+--parts hubness`): weight 0.5 raised nDCG@10 over all seven fields 0.4032 → 0.4493 and
+gender+articleType+baseColour hit@10 0.9086 → 0.9229, while articleType precision@10 went 0.8598 → 0.8546;
+weight 0.25 gave 0.4270 / 0.9147 / 0.8586, weight 0.75 0.4648 / 0.9278 / 0.8461.
 """
 
 from __future__ import annotations

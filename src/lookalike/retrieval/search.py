@@ -1,4 +1,7 @@
-"""Query-time search on a trained model: attribute JSON, free text or an image → top-K gallery products."""
+"""Query-time search over a catalogue held in memory: attribute JSON, free text, an image or a product →
+top-K products. Queries are encoded by `QueryEncoder` (as the service encodes them) and ranked by
+`retrieval.ranking.rank` (as evaluation and the service rank), so `lookalike search`, the public API and
+`/api/search` give one query the same list and scores."""
 
 from __future__ import annotations
 
@@ -6,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from lookalike.encoders.embedding import Embedded, image_encoder
-from lookalike.encoders.registry import create_text_encoder
+from lookalike.catalogue import CatalogueSchema
+from lookalike.encoders.embedding import Embedded
 from lookalike.errors import LookalikeError
-from lookalike.model import LookalikeModel, load_for_checkpoint
-from lookalike.retrieval.exact import exact_topk
+from lookalike.inference import QueryEncoder
+from lookalike.model import load_for_checkpoint
+from lookalike.retrieval.ranking import Gallery, rank
 
 
 @dataclass
@@ -24,73 +28,70 @@ class Hit:
 
 
 class Searcher:
-    def __init__(self, model: LookalikeModel, emb: Embedded, cfg):
-        self.model, self.emb, self.cfg = model, emb, cfg
-        self.gallery = model.space.transform(emb.features)
-        self._text = None
-        self._image = None
-        self._bias: np.ndarray | None = None
+    """A trained model (its `QueryEncoder`) over an embedded catalogue. JSON and text queries rank with the
+    hubness correction, images by plain cosine (the offsets are computed on the first corrected query)."""
+
+    def __init__(self, encoder: QueryEncoder, emb: Embedded):
+        self.enc, self.emb = encoder, emb
+        self.gallery = Gallery(encoder.features(emb.features), [p.id for p in emb.products], encoder.hub_bias)
+        self._row = {p.id: i for i, p in enumerate(emb.products)}
 
     @classmethod
-    def open(cls, checkpoint: str, catalog: str, cache_dir: str | None = None, progress: bool = True) -> Searcher:
-        model, payload = LookalikeModel.load(checkpoint)
-        emb, cfg = load_for_checkpoint(model, payload, catalog, cache_dir=cache_dir, progress=progress)
-        return cls(model, emb, cfg)
+    def open(
+        cls,
+        model: QueryEncoder | str | Path,
+        catalog: str | Path,
+        cache_dir: str | None = None,
+        progress: bool = True,
+        schema: CatalogueSchema | None = None,
+    ) -> Searcher:
+        """A checkpoint (or a loaded `QueryEncoder`) over a catalogue, embedded with the encoders the model
+        was trained with (the embedding cache makes a second open cheap)."""
+        enc = model if isinstance(model, QueryEncoder) else QueryEncoder.load(model, cache_dir)
+        emb, _ = load_for_checkpoint(enc.model, enc.payload, str(catalog), schema, cache_dir, progress)
+        return cls(enc, emb)
 
-    def bias(self) -> np.ndarray | None:
-        """The gallery's hubness correction for JSON and text queries (as in evaluation), computed once."""
-        if self._bias is None:
-            self._bias = self.model.gallery_bias(self.gallery)
-        return self._bias
-
-    def _hits(self, q: np.ndarray, k: int, exclude: int = -1, bias: np.ndarray | None = None) -> list[Hit]:
+    def search(self, vector: np.ndarray, k: int = 10, corrected: bool = False, exclude: int = -1) -> list[Hit]:
+        """Top-k for a query vector of the served space; `exclude`: a catalogue row left out, or -1."""
         if not 1 <= k <= len(self.gallery):
             raise LookalikeError(f"k must be between 1 and {len(self.gallery)}, got {k}")
-        idx, scores = exact_topk(
-            q[None, :], self.gallery, k, exclude=np.array([exclude]) if exclude >= 0 else None, bias=bias
-        )
+        ex = np.array([exclude]) if exclude >= 0 else None
+        top = rank(vector, self.gallery, k, corrected=corrected, exclude=ex)[0]
+        assert top.rows is not None  # an in-memory gallery's list has rows
+        products = self.emb.products
         return [
-            Hit(
-                self.emb.products[j].id, float(s), self.emb.products[j].attributes, str(self.emb.products[j].image.path)
-            )
-            for j, s in zip(idx[0], scores[0])
+            Hit(products[j].id, float(s), products[j].attributes, str(products[j].image.path))
+            for j, s in zip(top.rows, top.scores)
         ]
 
     def by_attributes(self, attributes: dict, k: int = 10) -> tuple[list[Hit], dict[str, list[str]], list[str]]:
         """Top-k for an attribute JSON, the values the model never saw (searched as unknown) and the fields
         it ignored, read exactly as the service reads a query (`query_attributes`)."""
-        from lookalike.inference import query_attributes
-
-        query, ignored = query_attributes(attributes, self.model.vocab.fields)
-        hits = self._hits(self.model.encode_attributes([query])[0], k, bias=self.bias())
-        return hits, self.model.vocab.unknown_values(query), ignored
+        vector, unknown, ignored = self.enc.attributes(attributes)
+        return self.search(vector, k, corrected=True), unknown, ignored
 
     def by_text(self, text: str, k: int = 10) -> list[Hit]:
-        if not text.strip():
-            raise LookalikeError("text query is empty")
-        if self._text is None:
-            self._text = create_text_encoder(self.cfg.encoder.text_model)
-        return self._hits(self.model.encode_sentence_vectors(self._text.encode([text]))[0], k, bias=self.bias())
+        return self.search(self.enc.text(text), k, corrected=True)
 
-    def by_image(self, image: str | Path | Image.Image, k: int = 10) -> list[Hit]:
-        if not isinstance(image, Image.Image):
-            try:
-                with Image.open(image) as im:
-                    im.load()
-                    image = im.copy()
-            except FileNotFoundError:
-                raise LookalikeError(f"image not found: {image}") from None
-            except (UnidentifiedImageError, OSError) as e:
-                raise LookalikeError(f"cannot decode image {image}: {e}") from None
-        if self._image is None:
-            self._image = image_encoder(self.cfg)
-        features = self._image.encode_images([image])
-        return self._hits(self.model.space.transform(features)[0], k)
+    def by_image(self, image: str | Path | bytes | Image.Image, k: int = 10) -> list[Hit]:
+        """An image file, its bytes or a PIL image, decoded as the service decodes an upload."""
+        return self.search(self.enc.image(image), k)
 
     def by_product(self, product_id: str, k: int = 10) -> list[Hit]:
         """Image → image from a catalogue product (a clicked item); the product itself is excluded."""
-        ids = {p.id: i for i, p in enumerate(self.emb.products)}
-        if product_id not in ids:
+        if product_id not in self._row:
             raise LookalikeError(f"unknown product id {product_id!r}")
-        i = ids[product_id]
-        return self._hits(self.gallery[i], k, exclude=i)
+        i = self._row[product_id]
+        return self.search(self.gallery.vectors_at(np.array([i]))[0], k, exclude=i)
+
+
+def open_catalogue(
+    model: QueryEncoder | str | Path,
+    catalog: str | Path,
+    cache_dir: str | None = None,
+    progress: bool = False,
+    schema: CatalogueSchema | None = None,
+) -> Searcher:
+    """A trained model (a checkpoint path or `lookalike.load_model(...)`) over a catalogue, ready to search
+    (`lookalike.open_catalogue`)."""
+    return Searcher.open(model, catalog, cache_dir, progress, schema)

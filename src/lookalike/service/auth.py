@@ -1,4 +1,5 @@
-"""Bearer tokens with scopes for the service: a token file holding only hashes, and FastAPI dependencies.
+"""Bearer tokens with scopes for the service: a token file holding only hashes, and the check behind the
+routers' security dependencies (deps.py).
 
 Tokens are `secrets.token_urlsafe(32)` (256 random bits), so a plain SHA-256 is enough to store them: no
 dictionary can reach them, and a stolen file grants nothing. Scopes nest (admin ⊇ write ⊇ read). The file
@@ -21,7 +22,7 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fastapi import HTTPException, Request, Security
+from fastapi import HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from lookalike.errors import LookalikeError
@@ -165,29 +166,26 @@ def _challenge(error: str | None = None, scope: str | None = None) -> dict[str, 
     return {"WWW-Authenticate": ", ".join(parts)}
 
 
-def require(tokens: TokenFile, scope: str):
-    """A FastAPI security dependency admitting tokens of `scope` or above (401 without one, 403 below it)."""
+def authorize(tokens: TokenFile, scope: str, cred: HTTPAuthorizationCredentials | None) -> TokenRecord:
+    """The record of a presented token of `scope` or above (401 without a valid one, 403 below the scope).
+
+    The FastAPI security dependency that calls it (deps.py) finds the token file in the app's state."""
     need = SCOPES.index(scope)
-
-    def check(request: Request, cred: HTTPAuthorizationCredentials | None = Security(bearer)) -> TokenRecord:
-        if cred is None:
-            raise HTTPException(
-                401,
-                f"this endpoint needs a bearer token with scope {scope!r} (header Authorization: Bearer TOKEN)",
-                headers=_challenge(scope=scope),
-            )
-        rec = tokens.match(cred.credentials)
-        if rec is None:
-            raise HTTPException(
-                401, "the bearer token is not valid (unknown or revoked)", headers=_challenge("invalid_token", scope)
-            )
-        if SCOPES.index(rec.scope) < need:
-            raise HTTPException(
-                403,
-                f"token {rec.id!r} has scope {rec.scope!r}; this endpoint needs {scope!r}",
-                headers=_challenge("insufficient_scope", scope),
-            )
-        request.state.token_id = rec.id
-        return rec
-
-    return check
+    if cred is None:
+        raise HTTPException(
+            401,
+            f"this endpoint needs a bearer token with scope {scope!r} (header Authorization: Bearer TOKEN)",
+            headers=_challenge(scope=scope),
+        )
+    rec = tokens.match(cred.credentials)
+    if rec is None:
+        raise HTTPException(
+            401, "the bearer token is not valid (unknown or revoked)", headers=_challenge("invalid_token", scope)
+        )
+    if SCOPES.index(rec.scope) < need:
+        raise HTTPException(
+            403,
+            f"token {rec.id!r} has scope {rec.scope!r}; this endpoint needs {scope!r}",
+            headers=_challenge("insufficient_scope", scope),
+        )
+    return rec

@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import logging
 import os
 from pathlib import Path
 
 from lookalike.errors import LookalikeError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_STORE = "embedded://runs/service/store"
 OPEN_HOST_RATE = "600/minute"  # the default per-client limit once the service listens beyond loopback
@@ -89,26 +92,28 @@ def cmd_serve(args) -> None:
     app = create_app(settings)
     svc = app.state.service
     n = len(svc.store)
-    print(
+    logger.info(
         f"serving {n} products from {settings.store} on http://{args.host}:{args.port} (dashboard at /, API at /docs)"
     )
     if n == 0:
-        print("the store is empty: fill it with `lookalike catalog ingest`")
+        logger.warning("the store is empty: fill it with `lookalike catalog ingest`")
     swept = svc.swept
-    print(
+    logger.info(
         f"upload folder {svc.upload_dir}: swept {swept['temp_files']} temp file(s) and {swept['orphan_images']} "
         f"unreferenced image(s) left by interrupted writes"
     )
     if svc.tokens:
-        print(
+        logger.info(
             f"auth: {len(svc.tokens.records)} token(s) from {args.auth_file}; writes need a write token, reads "
             + ("a read token" if args.auth_reads else "none")
         )
     else:
-        print("auth: none (no --auth-file): anyone who reaches this port may write")
-    print(f"rate limit: {settings.rate_limit + ' per client' if settings.rate_limit else 'none'}")
+        logger.warning("auth: none (no --auth-file): anyone who reaches this port may write")
+    logger.info(f"rate limit: {settings.rate_limit + ' per client' if settings.rate_limit else 'none'}")
     if args.workers > 1:
-        print(f"workers: {args.workers} processes on one store (each loads the model; rate limits count per worker)")
+        logger.info(
+            f"workers: {args.workers} processes on one store (each loads the model; rate limits count per worker)"
+        )
     serve(settings, args.host, args.port, args.workers, app=app)
 
 
@@ -128,9 +133,9 @@ def cmd_ingest(args) -> None:
     cat = load_catalogue(
         args.catalog, read_schema(Path(args.schema)) if args.schema else None, fallback_schema=enc.schema
     )
-    print(cat.report.summary())
+    logger.info(cat.report.summary())
     rep = ingest_catalogue(store, cat, enc, rule, progress=not args.no_progress, ray=ray)
-    print(embedding_counts(rep["embedding"], args.engine))
+    logger.info(embedding_counts(rep["embedding"], args.engine))
     print(json.dumps(rep, indent=1))
 
 
@@ -163,7 +168,8 @@ def cmd_add(args, update: bool = False) -> None:
     if not args.image:
         if existing is None:
             raise LookalikeError("--image is required to add a product")
-        md = product_metadata(product_from_json(pid, attributes, Path(old), args.text, enc.schema), rule)
+        image = Path(str(existing.metadata.get("image", "")))  # the product keeps its image
+        md = product_metadata(product_from_json(pid, attributes, image, args.text, enc.schema), rule)
         store.upsert([StoreItem(pid, existing.vector, md)])
     else:  # the same order as the API: image in place, then the commit, then the replaced image removed
         src = Path(args.image)
@@ -202,6 +208,8 @@ def cmd_list(args) -> None:
     store = open_store(_url(args.store))
     ids = store.ids()
     for it in store.get_many(ids[args.offset : args.offset + args.limit]):
+        if it is None:  # deleted by another writer since `ids()`
+            continue
         md = {k: v for k, v in it.metadata.items() if k != "image"}
         print(f"{it.id:<14} {json.dumps(md, ensure_ascii=False)}")
     print(f"({len(ids)} products)")
@@ -211,12 +219,12 @@ def cmd_auth_add(args) -> None:
     from lookalike.service.auth import add_token
 
     rec, token = add_token(args.file, args.scope, args.name or "")
-    print(
+    logger.info(
         f"added token {rec.id} (scope {rec.scope}{', ' + rec.name if rec.name else ''}) to {args.file}; "
         "only its SHA-256 is stored"
     )
-    print("the token follows; it is shown this once (send it as: Authorization: Bearer TOKEN)")
-    print(token)
+    logger.info("the token follows; it is shown this once (send it as: Authorization: Bearer TOKEN)")
+    print(token)  # alone on stdout: TOKEN=$(lookalike auth add ...)
 
 
 def cmd_auth_list(args) -> None:

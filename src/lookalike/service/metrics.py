@@ -2,11 +2,13 @@
 
 Prometheus histograms give buckets, not exact quantiles, so the KPI view keeps the last latencies of
 each endpoint itself; the exposition uses prometheus_client with a registry per app (tests run
-several apps in one process).
+several apps in one process). Every figure is kept over a window of recent requests, so reading them
+costs nothing that grows with the catalogue.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections import defaultdict, deque
 
@@ -44,6 +46,7 @@ class Metrics:
         self._top1: deque = deque(maxlen=window)
         self._ild: deque = deque(maxlen=window)
         self.lists: deque = deque(maxlen=window)  # recommended new-product id lists, for coverage
+        self._served: collections.Counter = collections.Counter()  # the ids in `lists`, with how many lists hold each
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()
@@ -60,7 +63,22 @@ class Metrics:
                     self._top1.append(res["items"][0][1])
                     self._ild.append(res["intra_list_diversity"])
                     if recommended_new:
-                        self.lists.append([i for i, _, _ in res["items"]])
+                        self._remember([i for i, _, _ in res["items"]])
+
+    def _remember(self, ids: list[str]) -> None:
+        """Append a served list, keeping `_served` equal to the window's ids (caller holds the lock)."""
+        if len(self.lists) == self.lists.maxlen:
+            for i in self.lists[0]:
+                self._served[i] -= 1
+                if not self._served[i]:
+                    del self._served[i]
+        self.lists.append(ids)
+        self._served.update(ids)
+
+    def served_ids(self) -> list[str]:
+        """The distinct ids of the window's served lists (for coverage: O(window), not O(catalogue))."""
+        with self._lock:
+            return list(self._served)
 
     def summary(self) -> dict:
         with self._lock:

@@ -56,11 +56,11 @@ class UploadDir:
     def __init__(self, path: str | Path):
         self.path = Path(os.path.abspath(path))
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lockfile = open(self.path / ".lock", "a")
-        fcntl.flock(self._lockfile, fcntl.LOCK_SH)
+        self._lockfd = os.open(self.path / ".lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        fcntl.flock(self._lockfd, fcntl.LOCK_SH)
 
     def close(self) -> None:
-        self._lockfile.close()
+        os.close(self._lockfd)
 
     def final_path(self, product_id: str, data: bytes, ext: str) -> Path:
         return self.path / f"{product_id}-{hashlib.sha256(data).hexdigest()[:16]}{ext}"
@@ -104,14 +104,14 @@ class UploadDir:
     def alone(self) -> Iterator[bool]:
         """Try to hold the folder's lock exclusively (no other server or CLI writer alive); True if held."""
         try:
-            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
         try:
             yield True
         finally:
-            fcntl.flock(self._lockfile, fcntl.LOCK_SH)
+            fcntl.flock(self._lockfd, fcntl.LOCK_SH)
 
     def sweep(self, store: VectorStore) -> dict[str, int]:
         """Remove what crashed writers left: dead processes' temp files, and images no product refers to."""

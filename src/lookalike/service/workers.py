@@ -9,11 +9,13 @@ The embedded store works too (file lock + snapshot check) but keeps a full copy 
 
 from __future__ import annotations
 
+import logging
 import os
 
 from lookalike.errors import LookalikeError
 
 ENV = "LOOKALIKE_SERVICE_SETTINGS"
+LOG_LEVEL_ENV = "LOOKALIKE_LOG_LEVEL"  # the serving command's log level, for the worker processes it spawns
 HEADER = b"x-lookalike-worker"
 
 
@@ -46,12 +48,16 @@ class ServedApp:
 
 
 def app_from_env():
-    """The app factory each worker process calls (uvicorn `factory=True`)."""
+    """The app factory each worker process calls (uvicorn `factory=True`); a spawned process starts with no
+    logging set up, so it takes the serving command's level (the request log is at INFO)."""
+    from lookalike.cli import setup_logging
     from lookalike.service.app import ServiceSettings, create_app
 
     raw = os.environ.get(ENV)
     if not raw:
         raise LookalikeError(f"{ENV} is not set: start workers with `lookalike serve --workers N`")
+    level = int(os.environ.get(LOG_LEVEL_ENV, logging.INFO))
+    setup_logging(verbose=level <= logging.DEBUG, quiet=level >= logging.WARNING)
     return ServedApp(create_app(ServiceSettings.model_validate_json(raw)))
 
 
@@ -65,6 +71,7 @@ def serve(settings, host: str, port: int, workers: int = 1, app=None, log_level:
         uvicorn.run(ServedApp(app or create_app(settings)), host=host, port=port, workers=1, log_level=log_level)
         return
     os.environ[ENV] = settings.model_dump_json()
+    os.environ[LOG_LEVEL_ENV] = str(logging.getLogger("lookalike").getEffectiveLevel())
     uvicorn.run(
         "lookalike.service.workers:app_from_env",
         factory=True,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from lookalike.classify.commands import validated
 from lookalike.cli import group
 from lookalike.cli.options import add_run_options, run_config
 from lookalike.errors import LookalikeError
-from lookalike.itembank.commands import ITEMBANK_HELP, add_bank_options, bank_schema, load_bank
+from lookalike.itembank.commands import ITEMBANK_HELP, add_bank_options, bank_path, bank_schema, load_bank
+
+logger = logging.getLogger(__name__)
 
 
 def _cold(args):
@@ -46,14 +49,15 @@ def cmd_compare_towers(args) -> None:
     for split, block in r["splits"].items():
         for tower, t in block["towers"].items():
             print(
-                f"{split:<11} {tower:<15} nDCG@10 {t['test_ndcg@10']:.4f}  +adapter {t['adapter']['test_ndcg@10']:.4f}  "
-                f"params {t['tower_params']:,}  train {t['train_s']:.0f} s"
+                f"{split:<11} {tower:<15} nDCG@10 {t['test_ndcg@10']:.4f}  +adapter {t['adapter']['test_ndcg@10']:.4f} "
+                f" params {t['tower_params']:,}  train {t['train_s']:.0f} s"
             )
         for name, s in block.get("significance", {}).items():
             print(
-                f"{split:<11} {name}: Δ {s['mean_diff']:+.4f}, paired t p={s['t_test_p']:.2g}, Wilcoxon p={s['wilcoxon_p']:.2g}"
+                f"{split:<11} {name}: Δ {s['mean_diff']:+.4f}, paired t p={s['t_test_p']:.2g}, Wilcoxon "
+                f"p={s['wilcoxon_p']:.2g}"
             )
-    print(f"wrote {out / 'results.json'} and {out / 'per_query.npz'}")
+    logger.info(f"wrote {out / 'results.json'} and {out / 'per_query.npz'}")
 
 
 def cmd_compare_rerankers(args) -> None:
@@ -77,7 +81,7 @@ def cmd_compare_rerankers(args) -> None:
             f"novelty {m['novelty']:.3f}"
         )
     print("\n".join(r["verdict"]))
-    print(f"wrote {out / 'rerank.json'}")
+    logger.info(f"wrote {out / 'rerank.json'}")
 
 
 def cmd_temperature_study(args) -> None:
@@ -87,7 +91,8 @@ def cmd_temperature_study(args) -> None:
     if not args.out:
         cfg = cfg.model_copy(update={"out_dir": "runs/temperature-study"})
     temperature_study(cfg, args.temperatures, learnable=not args.no_learnable, progress=not args.no_progress)
-    print(f"wrote {cfg.out_dir}/temperature_study.md, .csv, .json and .png")
+    print((Path(cfg.out_dir) / "temperature_study.md").read_text(encoding="utf-8"), end="")
+    logger.info(f"wrote {cfg.out_dir}/temperature_study.md, .csv, .json and .png")
 
 
 def cmd_ab(args) -> None:
@@ -141,8 +146,8 @@ def cmd_ab(args) -> None:
     )
     for f in flags:
         print(f"FLAG: {f}")
-    print(f"wrote {cfg.out_dir}/report.html, ab.json, charts/*.png")
-    print(f"wall time {wall:.1f} s")
+    logger.info(f"wrote {cfg.out_dir}/report.html, ab.json, charts/*.png")
+    logger.info(f"wall time {wall:.1f} s")
 
 
 def add_judge_options(p: argparse.ArgumentParser) -> None:
@@ -188,7 +193,7 @@ def study_config(args):
     raw = json.loads(Path(args.config).read_text(encoding="utf-8")) if args.config else {}
     out = Path(args.out or raw.get("out_dir", "runs/itembank-study"))
     flags = {
-        "data": args.data,
+        "data": args.data or raw.get("data") or bank_path(args),
         "schema": bank_schema(args).model_dump(),
         "preset": None,
         "limit": args.limit,
@@ -237,8 +242,8 @@ def cmd_itembank_study(args) -> None:
             n, m = c["ndcg@10"], c["mrr"]
             print(
                 f"  hybrid {res['best_hybrid_on_dev']} (α chosen on {res['n_dev']} dev queries) vs {single} on "
-                f"{res['n_test']} test queries: nDCG@10 {n['diff']:+.4f} (Fisher p={fmt_p(n['fisher_p'])}, t p={fmt_p(n['t_p'])}), "
-                f"MRR {m['diff']:+.4f} (Fisher p={fmt_p(m['fisher_p'])}, t p={fmt_p(m['t_p'])})"
+                f"{res['n_test']} test queries: nDCG@10 {n['diff']:+.4f} (Fisher p={fmt_p(n['fisher_p'])}, t "
+                f"p={fmt_p(n['t_p'])}), MRR {m['diff']:+.4f} (Fisher p={fmt_p(m['fisher_p'])}, t p={fmt_p(m['t_p'])})"
             )
         if "rerank" in res:
             rr = res["rerank"]
@@ -246,17 +251,19 @@ def cmd_itembank_study(args) -> None:
             print(
                 f"  reranked {rr['base']} top-{rr['depth']} ({rr['n_test']} test queries): nDCG@10 "
                 f"{rr['table']['ndcg@10']:.4f} vs {rr['base_table']['ndcg@10']:.4f} ({n['diff']:+.4f}, Fisher "
-                f"p={fmt_p(n['fisher_p'])}), MRR {rr['table']['mrr']:.4f} vs {rr['base_table']['mrr']:.4f}; {rr['rerank_s']:.1f} s"
+                f"p={fmt_p(n['fisher_p'])}), MRR {rr['table']['mrr']:.4f} vs {rr['base_table']['mrr']:.4f}; "
+                f"{rr['rerank_s']:.1f} s"
             )
     if s["ranx_check"]:
         rc = s["ranx_check"]
         print(
             f"\nranx cross-check ({rc['gt']}, {rc['run']}): metrics max |diff| {rc['metric_max_abs_diff']:.2e}; "
-            f"Fisher p nDCG@10 ranx {rc['fisher']['ndcg@10']['ranx']:.3g} vs ours {rc['fisher']['ndcg@10']['ours']:.3g}; "
+            f"Fisher p nDCG@10 ranx {rc['fisher']['ndcg@10']['ranx']:.3g} vs ours "
+            f"{rc['fisher']['ndcg@10']['ours']:.3g}; "
             f"t p ranx {rc['student']['ndcg@10']['ranx']:.3g} vs ours {rc['student']['ndcg@10']['ours']:.3g}"
         )
     out = Path(cfg.out_dir)
-    print(f"\nwrote {out / 'study.md'}, study.csv, study.json, study_alpha.png, qrels/, runs/")
+    logger.info(f"wrote {out / 'study.md'}, study.csv, study.json, study_alpha.png, qrels/, runs/")
 
 
 def cmd_build_gt(args) -> None:
@@ -267,7 +274,7 @@ def cmd_build_gt(args) -> None:
     judge = judge_config(args, out)
     cfg = study_config_from(
         {
-            "data": args.data,
+            "data": bank_path(args),
             "schema": bank_schema(args).model_dump(),
             "preset": None,
             "limit": args.limit,
@@ -364,7 +371,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--gt", nargs="+", choices=["label", "tfidf", "llm", "hybrid"])
     st.add_argument("--alphas", type=float, nargs="+")
     st.add_argument("--reranker", help="'learned' (pair features, fitted on dev queries) or hf-cross-encoder:<dir>")
-    st.add_argument("--no-ranx-check", action="store_true", help="skip recomputing the winner with ranx (saves ~20 s)")
+    st.add_argument(
+        "--no-ranx-check",
+        action="store_true",
+        help="skip recomputing the winner with ranx (saves its JIT compilation: ranx_check_s in the timings)",
+    )
     st.set_defaults(func=cmd_itembank_study)
 
     gt = isub.add_parser("build-gt", help="write one ground truth as a TREC qrels file")

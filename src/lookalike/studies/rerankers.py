@@ -129,7 +129,7 @@ def compare_rerankers(
         }
         methods[f"MMR λ={lam}"] = m
         sweep.append(m)
-    selected = {}
+    selected: dict[float, dict[str, float]] = {}
     for mu in mus:
         logger.info(f"training the list-wise reranker, μ = {mu}")
         t = time.perf_counter()
@@ -176,7 +176,8 @@ def compare_rerankers(
     verdict = [
         f"chosen on validation: μ={mu}, step {start['kept_step']} (best selection-half nDCG@10 "
         f"{m['select']['ndcg']:.4f} among those raising its ILD@10 ≥ {gain:.0%}: "
-        f"{m['select']['ild'] / start['plain']['ild'] - 1:+.1%}, nDCG {m['select']['ndcg'] / start['plain']['ndcg'] - 1:+.1%})",
+        f"{m['select']['ild'] / start['plain']['ild'] - 1:+.1%}, nDCG "
+        f"{m['select']['ndcg'] / start['plain']['ndcg'] - 1:+.1%})",
         f"  test ILD@10 {m['ild@10'] / base['ild@10'] - 1:+.1%} (target ≥ +20%): "
         f"{'MET' if m['ild@10'] >= 1.2 * base['ild@10'] else 'NOT MET'}",
         f"  test nDCG@10 {m['ndcg@10'] / base['ndcg@10'] - 1:+.1%} (target ≥ −5%): "

@@ -85,5 +85,4 @@ def temperature_study(
         "split_sizes": prep.sizes,
     }
     (out / "temperature_study.json").write_text(json.dumps(summary, indent=2))
-    logger.info("\n".join(md))
     return summary

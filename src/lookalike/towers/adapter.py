@@ -19,11 +19,10 @@ class Adapter(nn.Module):
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
         self.linear = nn.Linear(in_dim, out_dim, bias=False)
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim)
-        )
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        hidden, last = nn.Linear(in_dim, hidden_dim), nn.Linear(hidden_dim, out_dim)
+        self.mlp = nn.Sequential(hidden, nn.GELU(), nn.Dropout(dropout), last)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     @torch.no_grad()
     def init_pca(self, vectors: np.ndarray) -> Adapter:

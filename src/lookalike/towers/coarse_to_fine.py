@@ -108,7 +108,7 @@ class CoarseToFineTower(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         std, std_pad = self._tokens(inputs, self.standard)
         std = self.standard_encoder(std, src_key_padding_mask=std_pad)
-        if self.reinforced:
+        if self.reinforced_encoder is not None and self.cross is not None:  # built when there are reinforced fields
             rei, rei_pad = self._tokens(inputs, self.reinforced)
             rei = self.reinforced_encoder(rei, src_key_padding_mask=rei_pad)
             attended, _ = self.cross(std, rei, rei, key_padding_mask=rei_pad, need_weights=False)

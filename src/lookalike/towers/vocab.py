@@ -24,7 +24,7 @@ class AttributeVocab:
     def build(
         cls, attributes: list[dict], single_fields: list[str], list_fields: list[str], min_count: int = 1
     ) -> AttributeVocab:
-        counts = {f: Counter() for f in [*single_fields, *list_fields]}
+        counts: dict[str, Counter[str]] = {f: Counter() for f in [*single_fields, *list_fields]}
         for a in attributes:
             for f in single_fields:
                 if f in a:

@@ -7,9 +7,10 @@ information-theoretic similarity (Lin, ICML 1998) weighs each shared value by ho
 −log p(value) on the training set, so sharing a rare article type counts more than sharing the
 common usage "Casual"; the category field can be given extra weight on top.
 
-Chosen on validation (fashion-products, whole validation gallery, JSON → image, 20 epochs, text tower off): with
-the category (articleType) at weight 0.5, articleType precision@10 0.8346 → 0.8599, while nDCG@10
-over all seven fields went 0.4209 → 0.4039 (hubness correction at query time more than restores it).
+Chosen on validation (fashion-products, whole validation gallery, JSON → image, 20 epochs, text tower off;
+`python benchmarks/ablations.py --parts soft`): with the category (articleType) at weight 0.5, articleType
+precision@10 0.8386 → 0.8598, while nDCG@10 over all seven fields went 0.4179 → 0.4032 (the hubness
+correction at query time more than restores it: 0.4493).
 """
 
 from __future__ import annotations

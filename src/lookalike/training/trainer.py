@@ -3,6 +3,7 @@ retrieval metric over the whole validation gallery, best/last checkpoints and ex
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -15,10 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from lookalike.config import TrainConfig
+from lookalike.errors import LookalikeError
 from lookalike.evaluation.evaluator import get_metric
 from lookalike.losses import InfoNCELoss
-from lookalike.model import LookalikeModel
+from lookalike.model import LookalikeModel, save_atomic
 from lookalike.training.relatedness import relatedness, value_information
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,7 +101,11 @@ def _train(
     best, best_epoch, start_epoch = -math.inf, -1, 0
     last = checkpoint_dir / "last.pt"
     if resume and last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        try:  # plain tensors, dicts, lists, numbers and strings: nothing in the file can run code
+            state = torch.load(last, map_location="cpu", weights_only=True)
+        except Exception as e:  # a foreign or tampered file, or one torch cannot read
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise LookalikeError(f"cannot resume from {last}: {first}") from None
         model.load_state_dict(state["state_dict"])
         losses.load_state_dict(state["losses"])
         opt.load_state_dict(state["optimizer"])
@@ -110,7 +118,7 @@ def _train(
             state["best_epoch"],
             state["epoch"] + 1,
         )
-    use_text = cfg.train_text and data.sentences is not None
+    sentences = data.sentences if cfg.train_text else None  # the text tower trains when there are sentences
     information = value_information(data.attributes, model.vocab) if cfg.soft_targets else {}
     t0 = time.perf_counter()
     stale = start_epoch - 1 - best_epoch if history else 0
@@ -133,8 +141,8 @@ def _train(
             q = model.attribute_tower(batch)
             attr_loss = losses["attribute"](q, images, groups, related)
             loss = attr_loss
-            if use_text:
-                text_loss = losses["text"](model.text_tower(data.sentences[idx]), images, groups, related)
+            if sentences is not None:
+                text_loss = losses["text"](model.text_tower(sentences[idx]), images, groups, related)
                 loss = loss + text_loss
                 sums["text_loss"] += text_loss.item()
             opt.zero_grad(set_to_none=True)
@@ -173,7 +181,7 @@ def _train(
                 **(checkpoint_extra or {}),
             )
         stale = epoch - best_epoch
-        torch.save(
+        save_atomic(
             {
                 "state_dict": model.state_dict(),
                 "losses": losses.state_dict(),
@@ -192,5 +200,5 @@ def _train(
             f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {row['loss']:.4f}  {cfg.val_metric} {metric:.4f}"
             f"{' *' if improved else '  '}  t={row['temperature']:.3f}  {row['elapsed_s']:.0f}s"
         )
-        tqdm.write(msg)
+        logger.info(msg)
     return history

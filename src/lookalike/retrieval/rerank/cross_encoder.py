@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from lookalike.encoders.base import freeze, torch_threads
 from lookalike.errors import LookalikeError
 
 
@@ -30,13 +31,12 @@ class HFCrossEncoder:
 
     def __init__(self, directory: str, batch_size: int = 32, max_length: int = 256, threads: int | None = None):
         try:
-            import torch
+            import torch  # noqa: F401
             import transformers
         except ImportError as e:
             raise LookalikeError(
                 f"cross-encoder reranking needs transformers: pip install 'lookalike[clip]' ({e})"
             ) from e
-        from lookalike.encoders.base import freeze
         from lookalike.encoders.hf_text import load_checked
 
         path = os.path.expanduser(directory)
@@ -44,8 +44,6 @@ class HFCrossEncoder:
             raise LookalikeError(
                 f"{os.path.abspath(path)} is not a local Hugging Face model directory (no config.json)"
             )
-        if threads:
-            torch.set_num_threads(threads)
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
             self.model = load_checked(transformers.AutoModelForSequenceClassification, path)
@@ -54,7 +52,7 @@ class HFCrossEncoder:
         if self.model.config.num_labels not in (1, 2):
             raise LookalikeError(f"{path}: a cross-encoder needs 1 or 2 labels, found {self.model.config.num_labels}")
         freeze(self.model)
-        self.path, self.batch_size, self.max_length = path, batch_size, max_length
+        self.path, self.batch_size, self.max_length, self.threads = path, batch_size, max_length, threads
         self.name = f"hf-cross-encoder:{path}"
 
     def config(self) -> dict:
@@ -68,7 +66,7 @@ class HFCrossEncoder:
         import torch
 
         out = []
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             for s in range(0, len(docs), self.batch_size):
                 part = docs[s : s + self.batch_size]
                 batch = self.tokenizer(

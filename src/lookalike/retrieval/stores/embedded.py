@@ -1,13 +1,15 @@
 """Embedded store: in-process, persisted to one directory, zero set-up.
 
-The whole store is one `.npz` snapshot (vectors, ids, metadata) rewritten on each write to a temp
-file and renamed over the old one, so a failed or interrupted write leaves the store as it was and
-readers never see half a write. Rows are kept sorted by id, which makes "ties broken by id" a plain
-index tie-break. An advisory file lock plus a stat check let a CLI process and a server share the
-directory. Exact search is a matrix product (the ground truth); `index=hnsw` adds a FAISS HNSW graph
-built lazily, saved next to the snapshot and rebuilt after writes. With a filter, approximate search takes
-whichever path costs less by measured lines (`paths.py`): the filter's rows scanned exactly, or the graph
-walked with a beam widened as the filter narrows.
+The whole store is one `.npz` snapshot (vectors, ids, metadata, and the counts with the declaration of
+what is counted) rewritten on each write to a temp file and renamed over the old one, so a failed or
+interrupted write leaves the store and its counts as they were and readers never see half a write. A
+count or version read after another process wrote reads those small members of the new snapshot
+alone; the rows are reloaded by the next read that needs them. Rows are kept sorted by id, which makes
+"ties broken by id" a plain index tie-break. An advisory file lock plus a stat check let a CLI process
+and a server share the directory. Exact search is a matrix product (the ground truth); `index=hnsw` adds a
+FAISS HNSW graph built lazily, saved next to the snapshot and rebuilt after writes. With a filter, approximate
+search takes whichever path costs less by measured lines (`paths.py`): the filter's rows scanned exactly, or
+the graph walked with a beam widened as the filter narrows.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import numpy as np
 from lookalike.errors import LookalikeError
 from lookalike.retrieval.stores.base import (
     Filters,
+    StoreCounts,
     StoreItem,
+    Tally,
     VectorStore,
     check_items,
     check_queries,
@@ -36,6 +40,7 @@ from lookalike.retrieval.stores.base import (
     value_key,
 )
 from lookalike.retrieval.stores.paths import EXACT, INDEX, INDEX_THEN_EXACT, PathCosts, ShortWalks, filter_key
+from lookalike.retrieval.topk import topk, topk_row
 
 SNAPSHOT = "store.npz"
 # Approximate search with a filter: the two paths' costs as `benchmarks/scale.py --parts stores` fitted them
@@ -52,7 +57,8 @@ def _threads():
 
 
 def exact_search(q: np.ndarray, vecs: np.ndarray, k: int, excluded: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Exact top-k rows of `vecs` for each query, ties by row, `excluded` rows left out.
+    """Exact top-k rows of `vecs` for each query, cut by the one top-k (retrieval/topk.py: ties by row, and
+    rows are kept in id order), `excluded` rows left out.
 
     A few queries use FAISS's SIMD scan on one thread (a matrix-vector product is memory-bound, and
     with parallel requests or other load a multi-threaded scan waits on its slowest thread); its top
@@ -63,7 +69,8 @@ def exact_search(q: np.ndarray, vecs: np.ndarray, k: int, excluded: np.ndarray) 
     if len(q) > 8 or len(vecs) == 0:
         sims = q @ vecs.T
         sims[:, excluded] = -np.inf
-        return [topk_rows(row, k) for row in sims]
+        idx, sc = topk(sims, k)
+        return [(i[i >= 0], s[i >= 0]) for i, s in zip(idx, sc)]
     kk = min(len(vecs), k + len(excluded) + 8)
     with _threads().limit(limits=1):
         scores, idx = faiss.knn(q, vecs, kk, metric=faiss.METRIC_INNER_PRODUCT)
@@ -76,26 +83,10 @@ def exact_search(q: np.ndarray, vecs: np.ndarray, k: int, excluded: np.ndarray) 
             with _threads().limit(limits=1):
                 row = vecs @ q[qi]
             row[excluded] = -np.inf
-            out.append(topk_rows(row, k))
+            out.append(topk_row(row, k))
         else:
             out.append((irow[order].astype(np.int64), srow[order]))
     return out
-
-
-def topk_rows(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k columns of one score row, best first, ties by column index, -inf (excluded) dropped.
-    Every item tied with the k-th score is considered, so the cut at k is exact too."""
-    k = min(k, len(sims))
-    if k == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    part = np.argpartition(-sims, k - 1)[:k]
-    cut = sims[part].min()
-    cand = np.flatnonzero(sims >= cut) if np.isfinite(cut) else part
-    order = np.lexsort((cand, -sims[cand]))[:k]
-    idx = cand[order]
-    sc = sims[idx]
-    keep = np.isfinite(sc)
-    return idx[keep], sc[keep]
 
 
 class EmbeddedStore(VectorStore):
@@ -115,6 +106,11 @@ class EmbeddedStore(VectorStore):
         self.index, self.m, self.ef_construction, self.ef_search = index, m, ef_construction, ef_search
         self._lock = threading.RLock()
         self._stat = None
+        # (stamp, generation, counts) of what this handle holds, replaced whole, so a count reads it without
+        # the lock a reload holds for seconds; and the same of a snapshot another process wrote since
+        self._committed: tuple = (None, 0, Tally())
+        self._peeked: tuple | None = None
+        self._peek_lock = threading.Lock()
         self._hnsw = None
         self._sub: dict = {}
         self._subvecs: dict = {}
@@ -125,7 +121,7 @@ class EmbeddedStore(VectorStore):
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise LookalikeError(f"cannot create store directory {self.path}: {e}") from None
-        self._lockfile = open(self.path / ".lock", "a")
+        self._lockfile = open(self.path / ".lock", "a")  # noqa: SIM115 (held for the handle's life: the flock)
         self._sweep()
         if (self.path / SNAPSHOT).exists():
             self._load()
@@ -135,10 +131,10 @@ class EmbeddedStore(VectorStore):
             if dim is None:
                 raise LookalikeError(f"store {self.path} is empty: give the vector dimension")
             self.dim = int(dim)
-            self._set(np.zeros(0, dtype="<U1"), np.zeros((0, self.dim), np.float32), [], generation=0)
+            self._set(np.zeros(0, dtype="<U1"), np.zeros((0, self.dim), np.float32), [], 0, Tally())
             with self._writing():  # record the dimension at once; another handle may have been first
                 if self._stat is None:
-                    self._commit(self._ids, self._vectors, [])
+                    self._commit(self._ids, self._vectors, [], Tally())
 
     # --- persistence -------------------------------------------------------------------------------
     def _sweep(self) -> None:
@@ -151,8 +147,8 @@ class EmbeddedStore(VectorStore):
             finally:
                 fcntl.flock(self._lockfile, fcntl.LOCK_UN)
 
-    def _set(self, ids: np.ndarray, vectors: np.ndarray, meta: list[dict], generation: int) -> None:
-        self._ids, self._vectors, self._meta, self._generation = ids, vectors, meta, generation
+    def _set(self, ids: np.ndarray, vectors: np.ndarray, meta: list[dict], generation: int, tally: Tally) -> None:
+        self._ids, self._vectors, self._meta, self._generation, self._tally = ids, vectors, meta, generation, tally
         self._row = {str(i): r for r, i in enumerate(ids)}
         self._fields = {f for m in meta for f in m}
         self._columns: dict[str, list] = {}
@@ -165,11 +161,16 @@ class EmbeddedStore(VectorStore):
         try:
             with np.load(f) as z:
                 meta = json.loads(z["metadata"].tobytes().decode("utf-8"))
+                if "counts" in z.files:
+                    tally = Tally.from_json(json.loads(z["counts"].tobytes().decode("utf-8")))
+                else:  # a snapshot written before the store kept counts: its size, until a write saves them
+                    tally = Tally(size=len(meta))
                 self.dim = int(z["dim"])
-                self._set(z["ids"], np.ascontiguousarray(z["vectors"], np.float32), meta, int(z["generation"]))
+                self._set(z["ids"], np.ascontiguousarray(z["vectors"], np.float32), meta, int(z["generation"]), tally)
         except (OSError, ValueError, KeyError) as e:
             raise LookalikeError(f"cannot read store snapshot {f}: {e}") from None
         self._stat = self._stamp()
+        self._committed = (self._stat, self._generation, self._tally)
 
     def _stamp(self):
         try:
@@ -184,6 +185,33 @@ class EmbeddedStore(VectorStore):
         if st is not None and st != self._stat:
             self._load()
 
+    def _peek(self) -> tuple[int, Tally]:
+        """The committed generation and counts: this handle's own, or, after another process wrote, those of the
+        new snapshot read from its two small members alone (a count must not reload a million rows, nor wait
+        for a reload under way in another thread)."""
+        st = self._stamp()
+        stat, gen, tally = self._committed
+        if st is None or st == stat:
+            return gen, tally
+        with self._peek_lock:
+            if self._peeked is not None and self._peeked[0] == st:
+                return self._peeked[1], self._peeked[2]
+            f = self.path / SNAPSHOT
+            try:
+                with np.load(f) as z:
+                    legacy = "counts" not in z.files
+                    if not legacy:
+                        gen = int(z["generation"])
+                        tally = Tally.from_json(json.loads(z["counts"].tobytes().decode("utf-8")))
+            except (OSError, ValueError, KeyError) as e:
+                raise LookalikeError(f"cannot read store snapshot {f}: {e}") from None
+            if legacy:  # written before the store kept counts: the rows tell
+                with self._lock:
+                    self._sync()
+                    return self._generation, self._tally
+            self._peeked = (st, gen, tally)
+            return gen, tally
+
     @contextmanager
     def _writing(self):
         with self._lock:
@@ -194,21 +222,31 @@ class EmbeddedStore(VectorStore):
             finally:
                 fcntl.flock(self._lockfile, fcntl.LOCK_UN)
 
-    def _commit(self, ids: np.ndarray, vectors: np.ndarray, meta: list[dict]) -> None:
+    def _commit(self, ids: np.ndarray, vectors: np.ndarray, meta: list[dict], tally: Tally) -> None:
         gen = self._generation + 1
         blob = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode("utf-8"), np.uint8)
+        counts = np.frombuffer(json.dumps(tally.to_json(), ensure_ascii=False).encode("utf-8"), np.uint8)
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".store-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, ids=ids, vectors=vectors, metadata=blob, dim=np.int64(self.dim), generation=np.int64(gen))
+                np.savez(
+                    f,
+                    ids=ids,
+                    vectors=vectors,
+                    metadata=blob,
+                    counts=counts,
+                    dim=np.int64(self.dim),
+                    generation=np.int64(gen),
+                )
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path / SNAPSHOT)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._set(ids, vectors, meta, gen)
+        self._set(ids, vectors, meta, gen, tally)
         self._stat = self._stamp()
+        self._committed = (self._stat, gen, tally)
         for old in self.path.glob("hnsw-*.faiss"):
             old.unlink(missing_ok=True)
 
@@ -242,21 +280,45 @@ class EmbeddedStore(VectorStore):
         """Replace or add rows (ids unique) and commit one sorted snapshot."""
         with self._writing():
             added = np.array(new_ids, dtype=str)
-            keep = np.flatnonzero(~np.isin(self._ids.astype(str), added)) if len(self._ids) else np.zeros(0, np.int64)
+            hit = np.isin(self._ids.astype(str), added) if len(self._ids) else np.zeros(0, bool)
+            keep = np.flatnonzero(~hit)
+            tally = self._tally.copy()  # committed with the rows, or dropped with them
+            for r in np.flatnonzero(hit):
+                tally.add(self._meta[r], -1)
+            for md in new_meta:
+                tally.add(md)
             ids = np.concatenate([self._ids[keep].astype(str), added])
             vectors = np.concatenate([self._vectors[keep], new_vecs.astype(np.float32, copy=False)])
             meta = [self._meta[r] for r in keep] + new_meta
             order = np.argsort(ids, kind="stable")
-            self._commit(ids[order], np.ascontiguousarray(vectors[order]), [meta[r] for r in order])
+            self._commit(ids[order], np.ascontiguousarray(vectors[order]), [meta[r] for r in order], tally)
 
     def delete(self, ids: Iterable[str]) -> int:
         gone = set(ids)
         with self._writing():
-            keep = [r for r, i in enumerate(self._ids) if str(i) not in gone]
-            n = len(self._ids) - len(keep)
+            hit = np.fromiter((str(i) in gone for i in self._ids), bool, len(self._ids))
+            keep = np.flatnonzero(~hit)
+            n = int(hit.sum())
             if n:
-                self._commit(self._ids[keep], np.ascontiguousarray(self._vectors[keep]), [self._meta[r] for r in keep])
+                tally = self._tally.copy()
+                for r in np.flatnonzero(hit):
+                    tally.add(self._meta[r], -1)
+                meta = [self._meta[r] for r in keep]
+                self._commit(self._ids[keep], np.ascontiguousarray(self._vectors[keep]), meta, tally)
         return n
+
+    def count_by(self, fields: Iterable[str] = (), flag: str | None = None) -> StoreCounts:
+        fields = list(fields)
+        gen, tally = self._peek()
+        if tally.covers(fields, flag):
+            return tally.counts(gen)
+        with self._writing():
+            if not self._tally.covers(fields, flag):
+                tally = self._tally.widened(fields, flag)
+                for md in self._meta:
+                    tally.add(md)
+                self._commit(self._ids, self._vectors, self._meta, tally)
+            return self._tally.counts(self._generation)
 
     # --- reads -------------------------------------------------------------------------------------
     def get(self, id: str) -> StoreItem | None:
@@ -265,15 +327,27 @@ class EmbeddedStore(VectorStore):
             r = self._row.get(id)
             return None if r is None else StoreItem(id, self._vectors[r].copy(), dict(self._meta[r]))
 
-    def version(self) -> int:
+    def get_many(self, ids: list[str]) -> list[StoreItem | None]:
+        """One lock and one freshness check for all of them (a ranked list's candidates are read at once)."""
         with self._lock:
             self._sync()
-            return self._generation
+            rows = [self._row.get(i) for i in ids]
+            return [
+                None if r is None else StoreItem(i, self._vectors[r].copy(), dict(self._meta[r]))
+                for i, r in zip(ids, rows)
+            ]
 
-    def ids(self) -> list[str]:
+    def version(self) -> int:
+        return self._peek()[0]
+
+    def counts(self) -> StoreCounts:
+        gen, tally = self._peek()
+        return tally.counts(gen)
+
+    def ids(self, offset: int = 0, limit: int | None = None) -> list[str]:
         with self._lock:
             self._sync()
-            return [str(i) for i in self._ids]
+            return [str(i) for i in self._ids[offset : None if limit is None else offset + limit]]
 
     def fields(self) -> set[str]:
         with self._lock:
@@ -284,11 +358,6 @@ class EmbeddedStore(VectorStore):
         with self._lock:
             self._sync()
             return [str(i) for i in self._ids], self._vectors.copy(), [dict(m) for m in self._meta]
-
-    def __len__(self) -> int:
-        with self._lock:
-            self._sync()
-            return len(self._ids)
 
     def _mask(self, filters: dict[str, list]) -> np.ndarray:
         mask = np.ones(len(self._ids), bool)
@@ -320,6 +389,8 @@ class EmbeddedStore(VectorStore):
         key = filter_key(filters)
         if key not in self._subvecs:
             rows = self._passing(filters)
+            if rows is None:  # no filter: the store's own matrix
+                return self._vectors
             if sum(len(v) for v in self._subvecs.values()) + len(rows) > len(self._ids):
                 self._subvecs.clear()
             self._subvecs[key] = np.ascontiguousarray(self._vectors[rows])
@@ -409,7 +480,7 @@ class EmbeddedStore(VectorStore):
         import faiss
 
         graph = self._graph()
-        params = faiss.SearchParametersHNSW()
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # (SWIG class missing from stubs)
         params.efSearch = max(self.ef_search, k)
         if allowed is not None or excluded:
             mask = np.zeros(len(self._ids), bool) if allowed is not None else np.ones(len(self._ids), bool)

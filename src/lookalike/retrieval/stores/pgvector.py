@@ -9,6 +9,11 @@ measured lines (`paths.py`): those rows ranked exactly, or an iterative HNSW wal
 order so concurrent writers cannot deadlock. A write that is a large share of the table, and a bulk `load`,
 drop the indexes and build them once over the loaded rows (pgvector builds HNSW far faster that way than row
 by row). Filter fields and values reach SQL only as parameters (JSONB containment), never as SQL text.
+
+The version and the counts (base.py) live in one row of `<table>_version`. Every write locks that row
+first (`FOR UPDATE`), so writers run one at a time and each reads the counts its predecessor committed;
+it reads the counted fields of the rows it replaces or deletes, and saves the new counts and version in
+its own transaction: they commit or roll back with the rows.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import numpy as np
 from lookalike.errors import LookalikeError
 from lookalike.retrieval.stores.base import (
     Filters,
+    StoreCounts,
     StoreItem,
+    Tally,
     VectorStore,
     check_items,
     check_queries,
@@ -153,6 +160,7 @@ class PgVectorStore(VectorStore):
                 conn.execute(
                     sql.SQL("INSERT INTO {} VALUES (true, 0) ON CONFLICT DO NOTHING").format(self._sql["version"])
                 )
+                self._set_up_counts(conn, table + "_version")
                 self._build_index(conn)  # no-op when it exists; after a crashed bulk load, rebuilds it
         except psycopg.Error as e:
             raise LookalikeError(f"cannot set up table {table}: {_one_line(e)}") from None
@@ -181,6 +189,50 @@ class PgVectorStore(VectorStore):
             with self._conns_lock:
                 self._conns.append(conn)
         return conn
+
+    def _set_up_counts(self, conn, version_table: str) -> None:
+        """The counts column (added to a table made before the store kept counts) and, where it is empty, the
+        table's size: one count at the first open, under the schema lock."""
+        from psycopg import sql
+        from psycopg.types.json import Jsonb
+
+        has = conn.execute(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'counts' AND NOT attisdropped",
+            (version_table,),
+        ).fetchone()
+        if not has:
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN counts jsonb").format(self._sql["version"]))
+        if conn.execute(sql.SQL("SELECT counts IS NULL FROM {}").format(self._sql["version"])).fetchone()[0]:
+            n = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._sql["t"])).fetchone()[0]
+            conn.execute(
+                sql.SQL("UPDATE {} SET counts = %s").format(self._sql["version"]), (Jsonb(Tally(size=n).to_json()),)
+            )
+
+    def _read_counts(self, conn, lock: bool = False) -> tuple[int, Tally]:
+        """(version, counts); with `lock`, the row stays locked until the transaction ends (writers queue here)."""
+        from psycopg import sql
+
+        q = sql.SQL("SELECT v, counts FROM {}" + (" FOR UPDATE" if lock else "")).format(self._sql["version"])
+        v, counts = conn.execute(q).fetchone()
+        return v, Tally.from_json(counts)
+
+    def _save_counts(self, conn, tally: Tally) -> int:
+        """Count a write inside its own transaction, so `version()` and `counts()` move exactly when the rows do."""
+        from psycopg import sql
+        from psycopg.types.json import Jsonb
+
+        q = sql.SQL("UPDATE {} SET v = v + 1, counts = %(c)s RETURNING v").format(self._sql["version"])
+        return conn.execute(q, {"c": Jsonb(tally.to_json())}).fetchone()[0]
+
+    @staticmethod
+    def _counted(keys: list[str]) -> tuple[object, dict]:
+        """SELECT-list of the counted metadata fields (names as parameters), and its parameters."""
+        from psycopg import sql
+
+        if not keys:
+            return sql.SQL("NULL"), {}
+        cols = [sql.SQL("metadata -> {}::text").format(sql.Placeholder(f"k{i}")) for i in range(len(keys))]
+        return sql.SQL(", ").join(cols), {f"k{i}": k for i, k in enumerate(keys)}
 
     def _read_fields(self) -> set[str]:
         from psycopg import sql
@@ -242,9 +294,21 @@ class PgVectorStore(VectorStore):
         return n
 
     def _write(self, conn, new: list[StoreItem]) -> None:
-        """COPY (binary) into a temp table, then one merge in id order (concurrent writers cannot deadlock)."""
+        """COPY (binary) into a temp table, then one merge in id order; the counts change by the replaced rows'
+        counted fields and the new rows', under the lock on the counts row that every writer takes first."""
         from psycopg import sql
         from psycopg.types.json import Jsonb
+
+        _, tally = self._read_counts(conn, lock=True)
+        cols, params = self._counted(tally.keys)
+        old = conn.execute(
+            sql.SQL("SELECT {} FROM {} WHERE id = ANY(%(ids)s)").format(cols, self._sql["t"]),
+            {**params, "ids": [it.id for it in new]},
+        ).fetchall()
+        for row in old:
+            tally.add(dict(zip(tally.keys, row)), -1)
+        for it in new:
+            tally.add(it.metadata)
 
         conn.execute(
             sql.SQL(
@@ -270,13 +334,7 @@ class PgVectorStore(VectorStore):
                 "ORDER BY 1 ON CONFLICT DO NOTHING"
             ).format(self._sql["fields"])
         )
-        self._bump(conn)
-
-    def _bump(self, conn) -> None:
-        """Count a write inside its own transaction, so `version()` moves exactly when the rows do."""
-        from psycopg import sql
-
-        conn.execute(sql.SQL("UPDATE {} SET v = v + 1").format(self._sql["version"]))
+        self._save_counts(conn, tally)
 
     def version(self) -> int:
         from psycopg import sql
@@ -299,10 +357,45 @@ class PgVectorStore(VectorStore):
             return 0
         conn = self._conn()
         with conn.transaction():
-            n = conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self._sql["t"]), (ids,)).rowcount
-            if n:
-                self._bump(conn)
-        return n
+            _, tally = self._read_counts(conn, lock=True)
+            cols, params = self._counted(tally.keys)
+            gone = conn.execute(
+                sql.SQL("DELETE FROM {} WHERE id = ANY(%(ids)s) RETURNING {}").format(self._sql["t"], cols),
+                {**params, "ids": ids},
+            ).fetchall()
+            for row in gone:
+                tally.add(dict(zip(tally.keys, row)), -1)
+            if gone:
+                self._save_counts(conn, tally)
+        return len(gone)
+
+    def count_by(self, fields: Iterable[str] = (), flag: str | None = None) -> StoreCounts:
+        from psycopg import sql
+
+        fields = list(fields)
+        conn = self._conn()
+        v, tally = self._read_counts(conn)
+        if tally.covers(fields, flag):
+            return tally.counts(v)
+        with conn.transaction():
+            v, tally = self._read_counts(conn, lock=True)
+            if not tally.covers(fields, flag):
+                tally = tally.widened(fields, flag)
+                cols, params = self._counted(tally.keys)
+                group = sql.SQL(" GROUP BY " + ", ".join(str(i + 1) for i in range(len(tally.keys))))
+                rows = conn.execute(
+                    sql.SQL("SELECT {}, count(*) FROM {}").format(cols, self._sql["t"])
+                    + (group if tally.keys else sql.SQL("")),
+                    params,
+                ).fetchall()
+                for *values, n in rows:
+                    tally.add(dict(zip(tally.keys, values)), n)
+                v = self._save_counts(conn, tally)
+        return tally.counts(v)
+
+    def counts(self) -> StoreCounts:
+        v, tally = self._read_counts(self._conn())
+        return tally.counts(v)
 
     # --- reads -------------------------------------------------------------------------------------
     def get(self, id: str) -> StoreItem | None:
@@ -329,10 +422,11 @@ class PgVectorStore(VectorStore):
         found = {r[0]: StoreItem(r[0], _array(r[1]), r[2]) for r in rows}
         return [found.get(i) for i in ids]
 
-    def ids(self) -> list[str]:
+    def ids(self, offset: int = 0, limit: int | None = None) -> list[str]:
         from psycopg import sql
 
-        return [r[0] for r in self._conn().execute(sql.SQL("SELECT id FROM {} ORDER BY id").format(self._sql["t"]))]
+        q = sql.SQL("SELECT id FROM {} ORDER BY id OFFSET %s LIMIT %s").format(self._sql["t"])
+        return [r[0] for r in self._conn().execute(q, (offset, limit))]
 
     def fields(self) -> set[str]:
         self._field_cache = self._read_fields()
@@ -348,18 +442,14 @@ class PgVectorStore(VectorStore):
         vecs = np.stack([_array(r[1]) for r in rows]) if rows else np.zeros((0, self.dim), np.float32)
         return [r[0] for r in rows], vecs, [r[2] for r in rows]
 
-    def __len__(self) -> int:
-        from psycopg import sql
-
-        return self._conn().execute(sql.SQL("SELECT count(*) FROM {}").format(self._sql["t"])).fetchone()[0]
-
     def _where(self, filters: dict[str, list], exclude_ids: list[str] | None) -> tuple[object, dict]:
         """WHERE clause and its named parameters. A filter value matches a scalar field equal to it or a
         list field containing it (JSONB containment, as the embedded store does)."""
         from psycopg import sql
         from psycopg.types.json import Jsonb
 
-        parts, params = [], {}
+        parts: list[sql.Composable] = []
+        params: dict[str, object] = {}
 
         def param(value) -> sql.Composable:
             name = f"p{len(params)}"
@@ -420,6 +510,7 @@ class PgVectorStore(VectorStore):
         from psycopg import sql
 
         t = self._sql["t"]
+        stmt: sql.Composable
         if path == EXACT:
             settings = "SELECT set_config('enable_indexscan', 'off', true)"
             stmt = sql.SQL("SELECT id, (embedding <#> %(q)s) * -1 FROM {} {} ORDER BY 2 DESC, id LIMIT %(k)s")

@@ -1,0 +1,230 @@
+"""Whole-catalogue statistics: what no store keeps as a count, so it is computed over every stored row.
+
+The centrality of each established product (the best-seller proxy of top10_to_new), the embedding
+health of the catalogue and the set of new products (catalogue coverage) need every vector or every
+row: at a million products that is tens of seconds and gigabytes (benchmarks/scale.py). They are
+computed per store version (`store.version()` moves with every write, whichever process wrote):
+
+- `OnDemandStatistics` computes them in the caller's thread when the version has moved (a script or a
+  notebook: the caller waits, as it asked for them);
+- `BackgroundStatistics` (the service) computes them in a thread of its own that watches the version, so
+  no request ever does; a request takes the latest result, which says the version it describes, and
+  before the first result there is none (`StatisticsPending`). From `subprocess_from` products on, the
+  thread has a child process compute them: reading every row holds the interpreter lock for seconds
+  at a time (one `json.loads` of all metadata, psycopg building a million rows), which would stall
+  the requests of the serving process, and the child's gigabytes go back when it exits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import multiprocessing
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from lookalike.errors import LookalikeError
+from lookalike.evaluation.centrality import centrality_scores
+from lookalike.evaluation.evaluator import embedding_health
+from lookalike.retrieval.stores import VectorStore, open_store
+
+log = logging.getLogger(__name__)
+FLAG = "is_new"
+CENTRAL = 2000  # most central established products the service keeps (top10_to_new lists at most 200)
+
+
+class StatisticsPending(LookalikeError):
+    """The first whole-catalogue statistics are still being computed (the service answers 503 + Retry-After)."""
+
+    retry_after = 5
+
+
+@dataclass(frozen=True)
+class CatalogueStatistics:
+    version: int  # the store version the statistics describe (read before the rows: never newer than them)
+    computed_at: float  # time.time() when the computation finished
+    seconds: float  # how long it took
+    n_established: int
+    central_ids: list[str]  # the most central established products, most central first, ties by id
+    central_scores: np.ndarray  # their centrality
+    new_ids: np.ndarray  # the new products' ids, sorted (one buffer: cheap to hand over from a child process)
+    health: dict | None  # embedding_health of every stored vector ({} below two products; None: not asked for)
+
+    def count_new(self, ids: list[str]) -> int:
+        """How many of `ids` (distinct) are new products."""
+        if not ids or not len(self.new_ids):
+            return 0
+        q = np.array(ids, dtype=str)
+        at = np.searchsorted(self.new_ids, q).clip(0, len(self.new_ids) - 1)
+        return int((self.new_ids[at] == q).sum())
+
+    def describe(self) -> dict:
+        """What a response says about the statistics it used."""
+        return {
+            "store_version": self.version,
+            "computed_at": dt.datetime.fromtimestamp(self.computed_at, dt.UTC).isoformat(timespec="seconds"),
+            "compute_s": round(self.seconds, 3),
+        }
+
+
+def compute_statistics(store: VectorStore, health: bool = True, central: int | None = None) -> CatalogueStatistics:
+    """Every row read once: centrality of the established products (the `central` most central kept; None:
+    all), the new-id set, embedding health (its variance pass holds another copy of the vectors: the
+    on-demand statistics of a script skip it)."""
+    version = store.version()  # first: a write landing during the read moves it, and the next refresh sees that
+    t = time.perf_counter()
+    ids, vectors, metadata = store.items()
+    new = np.fromiter((m.get(FLAG) is True for m in metadata), bool, len(metadata))
+    old = np.flatnonzero(~new)
+    scores = centrality_scores(vectors[old]) if len(old) else np.zeros(0, np.float32)
+    order = np.lexsort((old, -scores))[:central]  # ties by id (rows are in id order)
+    return CatalogueStatistics(
+        version=version,
+        computed_at=time.time(),
+        seconds=time.perf_counter() - t,
+        n_established=len(old),
+        central_ids=[ids[old[j]] for j in order],
+        central_scores=np.asarray(scores[order], np.float32),
+        new_ids=np.array(sorted(ids[j] for j in np.flatnonzero(new)), dtype=str),
+        health=(embedding_health(vectors) if len(ids) > 1 else {}) if health else None,
+    )
+
+
+def _child(url: str, central: int, conn) -> None:
+    """A child process's computation, on its own handle of the store, at a lower CPU priority than the
+    requests the serving process answers meanwhile."""
+    try:
+        os.nice(10)
+        store = open_store(url)
+        try:
+            conn.send(("ok", compute_statistics(store, central=central)))
+        finally:
+            store.release()
+    except BaseException as e:  # the parent logs it; a child must not die silently
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+def compute_in_subprocess(url: str, central: int = CENTRAL) -> CatalogueStatistics:
+    """`compute_statistics` in a fresh (spawned) process on the store at `url`."""
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(url, central, send), name="catalogue-stats", daemon=True)
+    proc.start()
+    send.close()
+    try:
+        status, payload = recv.recv()
+    except EOFError:
+        proc.join()
+        raise LookalikeError(f"the statistics process ended with exit code {proc.exitcode}") from None
+    finally:
+        recv.close()
+        proc.join()
+    if status != "ok":
+        raise LookalikeError(f"the statistics process failed: {payload}")
+    return payload
+
+
+class OnDemandStatistics:
+    """Computed in the caller's thread whenever the store's version has moved since the last computation
+    (without embedding health, which only the service reports)."""
+
+    def __init__(self, store: VectorStore):
+        self.store = store
+        self._latest: CatalogueStatistics | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def latest(self) -> CatalogueStatistics | None:
+        return self._latest
+
+    def get(self) -> CatalogueStatistics:
+        with self._lock:
+            if self._latest is None or self._latest.version != self.store.version():
+                self._latest = compute_statistics(self.store, health=False)
+            return self._latest
+
+
+class BackgroundStatistics:
+    """Recomputed by a thread of its own when the store's version moves; `get()` never computes.
+
+    The thread checks the version every `interval` seconds and, after a computation, waits at least as
+    long as that computation took, so a stream of writes keeps it busy at most half the time. A failed
+    computation (the database away) is logged and retried, less often each time (up to a minute apart); the
+    last result stays served meanwhile. With
+    the store's `url`, catalogues of `subprocess_from` products or more are computed in a child process."""
+
+    def __init__(
+        self, store: VectorStore, interval: float = 1.0, url: str | None = None, subprocess_from: int = 10_000
+    ):
+        self.store, self.interval, self.url, self.subprocess_from = store, interval, url, subprocess_from
+        self._latest: CatalogueStatistics | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def latest(self) -> CatalogueStatistics | None:
+        return self._latest
+
+    def get(self) -> CatalogueStatistics:
+        s = self._latest
+        if s is None:
+            raise StatisticsPending(
+                "the catalogue statistics (centrality, embedding health) are still being computed after start-up; "
+                "retry in a few seconds"
+            )
+        return s
+
+    def refresh(self) -> bool:
+        """Recompute if the store's version has moved; whether it did (the thread calls it; so may a test)."""
+        with self._lock:
+            s = self._latest
+            if s is not None and s.version == self.store.version():
+                return False
+            if self.url is not None and len(self.store) >= self.subprocess_from:
+                new = compute_in_subprocess(self.url)
+            else:
+                new = compute_statistics(self.store, central=CENTRAL)
+            self._latest = new
+        log.debug("catalogue statistics of store version %d computed in %.2f s", new.version, new.seconds)
+        return True
+
+    def start(self) -> None:
+        if self._thread is None:
+            ref = weakref.ref(self)  # the thread must not keep an abandoned service alive
+            self._thread = threading.Thread(target=_watch, args=(ref, self._stop), name="catalogue-stats", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread (a computation under way finishes first, up to `timeout`)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+
+def _watch(ref: weakref.ref, stop: threading.Event) -> None:
+    failures = 0
+    while not stop.is_set():
+        stats = ref()
+        if stats is None:
+            return
+        try:
+            stats.refresh()
+            failures = 0
+        except Exception:  # the store unreachable for a while: keep serving the last result, try again later
+            failures += 1
+            log.exception("computing the catalogue statistics failed (%d time(s) in a row); retrying", failures)
+        latest = stats.latest
+        wait = max(stats.interval, latest.seconds if latest is not None else 0.0)
+        if failures:
+            wait = min(60.0, stats.interval * 2**failures)
+        del stats, latest
+        stop.wait(wait)

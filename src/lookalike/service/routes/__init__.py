@@ -1,0 +1,1 @@
+"""One APIRouter per area of the API; `create_app` includes them and attaches the token guards."""

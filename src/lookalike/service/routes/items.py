@@ -1,0 +1,134 @@
+"""The catalogue: list, read and serve the images of products (reads), and add, replace and delete them (writes).
+
+A failed write changes nothing. An added image is in place under its final name before the store commit
+that refers to it, and an old one is removed only after (see uploads.py), so no product is ever served
+without its image. `create_app` guards the two routers apart: reads with a read token where the settings
+ask for one, writes with a write token whenever there is an auth file.
+"""
+
+import io
+import os
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
+from fastapi.responses import FileResponse
+from PIL import Image
+
+from lookalike.errors import LookalikeError
+from lookalike.inference import decode_image
+from lookalike.recommend.catalogue import check_id, product_from_json, product_metadata
+from lookalike.retrieval.stores import StoreItem
+from lookalike.service.deps import ServiceDep
+from lookalike.service.forms import json_field
+from lookalike.service.state import Service
+
+read_router = APIRouter(tags=["catalogue"])
+write_router = APIRouter(tags=["catalogue"])
+
+
+@read_router.get("/api/items")
+def list_items(
+    svc: ServiceDep, offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict:
+    items = svc.store.get_many(svc.store.ids(offset, limit))  # one page, not every id
+    return {
+        "total": len(svc.store),
+        "offset": offset,
+        "items": [svc.render(it.id, it.metadata) for it in items if it is not None],
+    }
+
+
+@read_router.get("/api/items/{product_id}")
+def get_item(svc: ServiceDep, product_id: str) -> dict:
+    it = svc.item(product_id)
+    return svc.render(it.id, it.metadata)
+
+
+@read_router.get(
+    "/api/items/{product_id}/image",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/*": {}}}},
+)
+def item_image(svc: ServiceDep, product_id: str):
+    # Lexical check (no symlink resolution): a catalogue's image folder may itself be a link.
+    path = Path(os.path.abspath(str(svc.item(product_id).metadata.get("image", ""))))
+    if not any(path.is_relative_to(r) for r in svc.image_roots):
+        raise HTTPException(403, f"image of {product_id!r} lies outside the served image roots")
+    if not path.is_file():
+        raise HTTPException(404, f"image of {product_id!r} is missing on disk")
+    return FileResponse(path)
+
+
+def write_product(
+    svc: Service, pid: str, attributes: str, image: UploadFile | None, text: str | None, adding: bool
+) -> dict:
+    """Validate and embed outside the lock; place the image, commit, then drop the replaced image."""
+    attrs = json_field(attributes, "attributes")
+    if attrs is None:
+        raise LookalikeError("attributes (a JSON object) is required")
+    staged = None
+    if image is not None:
+        data = svc.read_upload(image, "image")
+        im = decode_image(data, f"image {image.filename!r}")
+        ext = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}.get(
+            Image.open(io.BytesIO(data)).format or "", ".img"
+        )
+        final = svc.uploads.final_path(pid, data, ext)
+        md = product_metadata(product_from_json(pid, attrs, final, text, svc.enc.schema), svc.rule)
+        staged = (final, data, svc.enc.images([im])[0])
+    with svc.write_lock:  # the existence check and the commit see the same state
+        current = svc.store.get(pid)
+        if adding and current is not None:
+            raise HTTPException(409, f"product {pid!r} exists; update it with PUT /api/items/{pid}")
+        if not adding and current is None:
+            raise HTTPException(404, f"unknown product id {pid!r}")
+        old = str(current.metadata.get("image", "")) if current else None
+        if staged is None:
+            if current is None:  # the add route requires an image
+                raise LookalikeError("an image is required to add a product")
+            image_path = Path(str(current.metadata.get("image", "")))  # the product keeps its image
+            md = product_metadata(product_from_json(pid, attrs, image_path, text, svc.enc.schema), svc.rule)
+            svc.store.upsert([StoreItem(pid, current.vector, md)])
+        else:
+            final, data, vector = staged
+            with svc.uploads.staged(final, data, keep=old):
+                svc.store.upsert([StoreItem(pid, vector, md)])
+    if staged is not None and old and os.path.abspath(old) != str(staged[0]):
+        svc.uploads.remove(old)  # the replaced image, only once the new row is committed
+    return svc.render(pid, md)
+
+
+@write_router.post("/api/items", status_code=201)
+def add_item(
+    svc: ServiceDep,
+    product_id: Annotated[str, Form(description="new product id")],
+    attributes: Annotated[str, Form(description="attribute JSON (catalogue fields, plus e.g. year)")],
+    image: Annotated[UploadFile, File(description="product image")],
+    text: Annotated[str | None, Form(description="product name / description")] = None,
+) -> dict:
+    """Add a product: its image is embedded with the frozen encoder; vector + metadata in one transaction."""
+    return write_product(svc, check_id(product_id), attributes, image, text, adding=True)
+
+
+@write_router.put("/api/items/{product_id}")
+def update_item(
+    svc: ServiceDep,
+    product_id: str,
+    attributes: Annotated[str, Form(description="attribute JSON (replaces all)")],
+    image: Annotated[UploadFile | None, File(description="new image (optional)")] = None,
+    text: Annotated[str | None, Form()] = None,
+) -> dict:
+    """Replace a product's attributes (and image, if given). Idempotent."""
+    return write_product(svc, product_id, attributes, image, text, adding=False)
+
+
+@write_router.delete("/api/items/{product_id}")
+def delete_item(svc: ServiceDep, product_id: str) -> dict:
+    """Remove a product; it is gone from search at once."""
+    with svc.write_lock:
+        image = str(svc.item(product_id).metadata.get("image", ""))
+        if not svc.store.delete([product_id]):
+            raise HTTPException(404, f"unknown product id {product_id!r}")
+    svc.uploads.remove(image)  # only an image the API stored; catalogue images are never touched
+    return {"deleted": product_id}
