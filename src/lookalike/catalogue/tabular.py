@@ -18,7 +18,8 @@ from lookalike.catalogue.schema import Catalogue, CatalogueSchema, ImageRef, Loa
 from lookalike.errors import LookalikeError
 
 
-def _is_utf8(s: str) -> bool:
+def is_utf8(s: str) -> bool:
+    """False for text read with errors="surrogateescape" that held bytes which are not UTF-8."""
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates = undecodable bytes kept by surrogateescape
@@ -33,7 +34,7 @@ def _rows(path: Path, report: LoadReport) -> Iterator[tuple[str, dict]]:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                if not _is_utf8(line):
+                if not is_utf8(line):
                     report.skip("non-UTF-8 text", f"{path.name}:{n}")
                     continue
                 try:
@@ -53,7 +54,7 @@ def _rows(path: Path, report: LoadReport) -> Iterator[tuple[str, dict]]:
                 if "__extra__" in row or None in row.values():
                     report.skip("wrong number of columns", where)
                     continue
-                if not _is_utf8("".join(row.values())):
+                if not is_utf8("".join(row.values())):
                     report.skip("non-UTF-8 text", where)
                     continue
                 yield where, row

@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from lookalike.catalogue.schema import LoadReport
+from lookalike.catalogue.tabular import is_utf8
 from lookalike.errors import LookalikeError
 
 
@@ -67,14 +68,6 @@ class ItemBank:
         return ItemBank(self.items[:n], self.schema, self.report)
 
 
-def _is_utf8(s: str) -> bool:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates = undecodable bytes kept by surrogateescape
-        return False
-    return True
-
-
 def _rows(path: Path, report: LoadReport) -> Iterator[tuple[str, int, dict]]:
     """(location, record number from 1, row); CSV records may span lines (quoted newlines)."""
     if path.suffix.lower() in (".jsonl", ".ndjson"):
@@ -85,7 +78,7 @@ def _rows(path: Path, report: LoadReport) -> Iterator[tuple[str, int, dict]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
-                    report.skip("malformed JSON" if _is_utf8(line) else "non-UTF-8 text", f"{path.name}:{n}")
+                    report.skip("malformed JSON" if is_utf8(line) else "non-UTF-8 text", f"{path.name}:{n}")
                     continue
                 if not isinstance(row, dict):
                     report.skip("malformed JSON", f"{path.name}:{n}")
@@ -136,7 +129,7 @@ def load_item_bank(path: str | Path, schema: ItemBankSchema | None = None) -> It
             report.skip(f"missing {schema.id_field}", where)
             continue
         text = str(row.get(schema.text_field) or "").strip()
-        if not _is_utf8(iid) or not _is_utf8(text):
+        if not is_utf8(iid) or not is_utf8(text):
             report.skip("non-UTF-8 text", where)
             continue
         if not text:
