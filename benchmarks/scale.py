@@ -1112,6 +1112,44 @@ def cpu_fits(e: dict) -> dict:
     return out
 
 
+def kpi_markdown(res: dict) -> str:
+    """The README's /metrics and /api/kpi table, from the kpi part of this run or of a saved one."""
+    kinds = [k for k in ("pgvector", "embedded") if k in res]
+
+    def cell(kind: str, fmt) -> str:
+        return fmt(res[kind])
+
+    def p(r: dict, phase: str, path: str) -> str:
+        return f"{r[phase][path]['p50_ms']} / {r[phase][path]['p95_ms']} ms"
+
+    def goal(r: dict) -> str:
+        p95 = r["after_write"]["/metrics"]["p95_ms"]
+        return f"{r['after_write']['/metrics']['p50_ms']} / **{p95} ms**" + (" (missed)" if p95 > 10 else "")
+
+    rows = [
+        ("no writes: /metrics p50 / p95", lambda r: p(r, "steady", "/metrics")),
+        ("no writes: /api/kpi p50 / p95", lambda r: p(r, "steady", "/api/kpi")),
+        ("right after a write: /metrics p50 / p95 (goal p95 ≤ 10 ms)", goal),
+        ("right after a write: /api/kpi p50 / p95", lambda r: p(r, "after_write", "/api/kpi")),
+        (
+            "the server's own time right after a write (its request log): /metrics, /api/kpi p95",
+            lambda r: (
+                f"{r['server_after_write']['/metrics']['p95_ms']} ms, "
+                f"{r['server_after_write']['/api/kpi']['p95_ms']} ms"
+            ),
+        ),
+        ("a write by another process, p50", lambda r: f"{r['write']['p50_ms']:,} ms"),
+        (
+            "the background statistics described the last write after",
+            lambda r: f"{r['statistics_caught_up_s']} s (a computation {r['statistics_compute_s_last']} s)",
+        ),
+    ]
+    n = res[kinds[0]]["products"] if kinds else 0
+    lines = [f"| {n:,} products | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(cell(k, f) for k in kinds) + " |" for label, f in rows]
+    return "\n".join(lines)
+
+
 def embedding_markdown(e: dict, rounds: int) -> str:
     """The README's embedding table, from this run."""
 
@@ -1191,9 +1229,12 @@ def main() -> None:
     ap.add_argument(
         "--markdown",
         action="store_true",
-        help="print the embedding and selectivity-sweep tables alone on stdout (rest: stderr)",
+        help="print the embedding, kpi and selectivity-sweep tables alone on stdout (rest: stderr)",
     )
-    ap.add_argument("--markdown-from", help="print the embedding table of a saved WORK/scale.json and stop")
+    ap.add_argument(
+        "--markdown-from",
+        help="print the tables of a saved WORK/scale.json (embedding, kpi, selectivity sweep) and stop",
+    )
     ap.add_argument("--queries", type=int, default=1000, help="queries for recall and HNSW latency")
     ap.add_argument("--exact-queries", type=int, default=20, help="of those, how many time exact search too")
     ap.add_argument("--ef-search", type=int, help="HNSW ef_search for both stores (default: each store's own)")
@@ -1228,7 +1269,12 @@ def main() -> None:
     if args.markdown_from:
         saved = json.loads(Path(args.markdown_from).read_text())
         m = saved.get("machine", {})
-        print(embedding_markdown(saved["embedding"], saved["args"]["rounds"]))
+        if "embedding" in saved:
+            print(embedding_markdown(saved["embedding"], saved["args"]["rounds"]))
+        if "kpi" in saved:
+            print(kpi_markdown(saved["kpi"]))
+        if "stores" in saved and any("sweep" in v for v in saved["stores"].values() if isinstance(v, dict)):
+            print(sweep_markdown(saved["stores"]))
         print(
             f"\nPrinted by `{m.get('command')}` at commit {m.get('commit')}: {m.get('cpu')}, "
             f"{m.get('cores', {}).get('available')} cores; 1-minute load {m.get('load_start', [0])[0]:.2f} at start, "
@@ -1261,6 +1307,8 @@ def main() -> None:
                 machine.table(sweep_markdown(report["stores"]))
         if "kpi" in parts:
             report["kpi"] = part_kpi(args, d)
+            if args.markdown:
+                machine.table(kpi_markdown(report["kpi"]))
         del d
         if "memory" in parts:
             log(f"peak memory at {args.n + 39_653:,} products (each computation in its own process):")
