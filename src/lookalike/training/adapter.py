@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from lookalike.losses import MultiSimilarityLoss, TripletLoss
+from lookalike.model import save_atomic
 from lookalike.towers.adapter import Adapter
 from lookalike.training.samplers import HierarchicalBatchSampler
 from lookalike.training.trainer import seed_everything
@@ -137,7 +138,8 @@ def train_adapter(
 
 
 def save_adapter(adapter: Adapter, cfg: AdapterConfig, path: Path, **extra) -> None:
-    torch.save(
+    """Written atomically (a temp file renamed over `path`): a served adapter is never half a file."""
+    save_atomic(
         {
             "format": ADAPTER_FORMAT,
             "config": cfg.model_dump(mode="json"),

@@ -24,6 +24,7 @@ from torch import nn
 
 from lookalike.classify.data import LabelledImages, load_labelled, stratified_split, stratified_subsample, write_split
 from lookalike.errors import LookalikeError
+from lookalike.model import save_atomic
 
 if TYPE_CHECKING:
     from lookalike.encoders.efficientnet import EfficientNetLite0Encoder
@@ -301,7 +302,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
         "config": cfg.model_dump(),
     }
     (out / "model.onnx.json").write_text(json.dumps(sidecar))
-    torch.save(
+    save_atomic(
         {
             "head": head.state_dict(),
             "last_block": trunk_tail.state_dict() if trunk_tail else None,
