@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,27 @@ def _trainable(
 
     trainer = Trainer(base, space, prep, Path(out), max_epochs)
     trial_dir = Path(out) / "trials" / f"ray-{tune.get_context().get_trial_id()}"
-    best = -math.inf
+    best, best_epoch = -math.inf, 0
 
     def report(epoch: int, value: float) -> None:
-        nonlocal best
-        best = max(best, value)
-        tune.report({"val": value, "val_best": best, "epoch": epoch})
+        nonlocal best, best_epoch
+        if value > best:
+            best, best_epoch = value, epoch
+        # since_best: how the record tells a trial that stopped early on its own from one ASHA stopped
+        tune.report({"val": value, "val_best": best, "epoch": epoch, "since_best": epoch - best_epoch})
 
     trainer.run(dict(config), trial_dir, report)
+
+
+@dataclass
+class DefineByRun:
+    """OptunaSearch's define-by-run space (a picklable callable: Ray Tune saves its searcher's state)."""
+
+    space: SearchSpace
+    base: RunConfig
+
+    def __call__(self, trial) -> None:
+        suggest(trial, self.space, self.base)
 
 
 def distributions(space: SearchSpace) -> dict[str, Any]:
@@ -77,12 +91,8 @@ def run_ray(base: RunConfig, space: SearchSpace, opts: TuneOptions, out: Path, t
     seed = base.train.seed if opts.sampler_seed is None else opts.sampler_seed
     max_epochs = opts.max_epochs or max_planned_epochs(base, space)
     out = out.resolve()
-
-    def define(trial) -> None:
-        suggest(trial, space, base)
-
     searcher = OptunaSearch(
-        space=define,
+        space=DefineByRun(space, base),
         metric="val_best",
         mode="max",
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, opts.trials // 4))),
@@ -143,8 +153,8 @@ def record(results, base: RunConfig, space: SearchSpace, opts: TuneOptions, out:
         )
         if r.error is not None or not values:
             state = optuna.trial.TrialState.FAIL
-        elif r.metrics.get("done"):  # its function returned: it ran its epochs (or stopped early on its own)
-            state = optuna.trial.TrialState.COMPLETE
+        elif len(values) >= cfg.train.epochs or r.metrics.get("since_best", 0) >= cfg.train.patience:
+            state = optuna.trial.TrialState.COMPLETE  # it ran its epochs, or stopped early on its own
         else:
             state = optuna.trial.TrialState.PRUNED  # ASHA stopped it
         study.add_trial(
