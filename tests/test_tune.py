@@ -72,7 +72,8 @@ def _keys(tree) -> set[str]:
 def test_tune_writes_every_output(tuned):
     out, r = tuned
     assert (out / "study.db").is_file()
-    for name in ("history", "parallel_coordinates", "slices", "intermediate_values"):
+    slices = [f"slice_{p}" for p in ("train.lr", "tower.name", "tower.dropout", "train.scheduler")]
+    for name in ("history", "parallel_coordinates", "intermediate_values", *slices):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000, name
     for f in ("config.json", "checkpoints/best_model.pt", "results/evaluation.json", "results/training_results.json"):
         assert (out / "final" / f).is_file(), f

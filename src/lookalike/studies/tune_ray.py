@@ -121,6 +121,7 @@ def run_ray(base: RunConfig, space: SearchSpace, opts: TuneOptions, out: Path, t
                     num_samples=opts.trials,
                     max_concurrent_trials=opts.jobs,
                     time_budget_s=opts.timeout,
+                    reuse_actors=True,  # a trial's process is started once, not per trial (torch's import)
                 ),
                 run_config=tune.RunConfig(name=opts.study_name, storage_path=str(out / "ray"), verbose=0),
             )
