@@ -79,6 +79,9 @@ def test_tune_writes_every_output(tuned):
         assert (out / "final" / f).is_file(), f
     b = r["budget"]
     assert b["complete"] + b["pruned"] == 4 == len(r["trials"]) == b["trials"]
+    # The first trial is the base config (what the space can express of it).
+    base = {"train.lr": 0.001, "tower.name": "mlp", "tower.dropout": 0.1, "train.scheduler": "cosine"}
+    assert r["trials"][0]["params"] == base
     for t in r["trials"]:
         assert t["state"] in ("complete", "pruned") and t["seconds"] > 0
         assert t["epochs_run"] == len(t["validation"]) and 1 <= t["epochs_run"] <= t["epochs_planned"] == 3

@@ -82,3 +82,15 @@ def test_schedulers_after_the_warm_up():
     assert lr_factor("exponential", 10, warmup, total) == 1 and lr_factor("exponential", 110, warmup, total) == 0.01
     assert lr_factor("exponential", 60, warmup, total) == pytest.approx(0.1)
     assert {lr_factor("constant", s, warmup, total) for s in range(warmup, total)} == {1.0}
+
+
+def test_the_base_config_is_a_point_of_the_space():
+    from lookalike.studies.tune import default_point
+
+    cfg = RunConfig()
+    point = default_point(cfg, load_space(None))
+    assert point["train.lr"] == cfg.train.lr and point["train.epochs"] == cfg.train.epochs
+    assert point["tower.name"] == "mlp" and not any(k.startswith("tower.coarse_to_fine.") for k in point)
+    assert with_overrides(cfg, point) == cfg  # the first trial trains the base config itself
+    low = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 1e-6})})
+    assert "train.lr" not in default_point(low, load_space(None))  # outside the range: the sampler draws it

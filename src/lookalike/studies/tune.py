@@ -219,14 +219,15 @@ def open_study(base: RunConfig, space: SearchSpace, opts: TuneOptions, out: Path
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
         "none": optuna.pruners.NopPruner,
     }[opts.pruner]()
-    study = optuna.create_study(
-        study_name=opts.study_name,
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        direction="maximize",
-        load_if_exists=True,
-    )
+    try:
+        study = optuna.create_study(
+            study_name=opts.study_name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize"
+        )
+        defaults = default_point(base, space)
+        if defaults:  # the base config is the first trial: the best is never one the study did not compare with it
+            study.enqueue_trial(defaults, user_attrs={"base_config": True})
+    except optuna.exceptions.DuplicatedStudyError:  # continued, or made by another process sharing the storage
+        study = optuna.load_study(study_name=opts.study_name, storage=storage, sampler=sampler, pruner=pruner)
     identity = {
         "space": fingerprint(space.model_dump()),
         "base_config": fingerprint(_study_identity(base)),
@@ -259,6 +260,24 @@ def _study_identity(base: RunConfig) -> dict:
 def max_planned_epochs(base: RunConfig, space: SearchSpace) -> int:
     p = space.parameters.get("train.epochs")
     return int(p.high if p and p.type == "int" else max(p.choices) if p and p.choices else base.train.epochs)  # type: ignore[arg-type]
+
+
+def default_point(base: RunConfig, space: SearchSpace) -> dict[str, Any]:
+    """The base config's values of the space's parameters (those it draws, and that lie inside their range)."""
+    tree = base.model_dump(mode="json", by_alias=True)
+    point: dict[str, Any] = {}
+    for name, p in space.parameters.items():
+        if any((point[k] if k in point else _get(tree, k)) not in values for k, values in p.when.items()):
+            continue
+        v = _get(tree, name)
+        if p.type == "categorical":
+            inside = v in (p.choices or [])
+        else:
+            inside = isinstance(v, int | float) and p.low <= v <= p.high  # type: ignore[operator]
+            inside = inside and (not p.step or abs((v - p.low) / p.step - round((v - p.low) / p.step)) < 1e-9)  # type: ignore[operator]
+        if inside:
+            point[name] = v
+    return point
 
 
 def suggest(trial, space: SearchSpace, base: RunConfig) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from lookalike.studies.tune import (
     SearchSpace,
     Trainer,
     TuneOptions,
+    default_point,
     max_planned_epochs,
     open_study,
     suggest,
@@ -93,6 +94,7 @@ def run_ray(base: RunConfig, space: SearchSpace, opts: TuneOptions, out: Path, t
     out = out.resolve()
     searcher = OptunaSearch(
         space=DefineByRun(space, base),
+        points_to_evaluate=[default_point(base, space)] if default_point(base, space) else None,
         metric="val_best",
         mode="max",
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, opts.trials // 4))),
