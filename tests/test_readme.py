@@ -60,6 +60,11 @@ NOT_RUN = {
     "lookalike compare-towers": "eight trainings on 1,500 products; tests/test_studies.py runs it on 200",
     "lookalike compare-rerankers": "a placeholder checkpoint (runs/x); tests/test_studies.py runs it",
     "python benchmarks/towers.py": "the full tower study (a benchmark)",
+    "lookalike tune --catalog PATH": "the synopsis; the next line runs a tiny study, tests/test_tune.py the rest",
+    "lookalike tune --storage postgresql://lookalike@db-host": "a database host; tests/test_tune_engines.py shares "
+    "a study between two processes on pgserver",
+    "lookalike tune --engine ray --address head-node:6379": "a Ray cluster's address; tests/test_tune_engines.py "
+    "runs it on a local Ray",
 }
 # Whole words of synopsis lines that stand for a value, and what stands in for them here.
 PLACEHOLDERS = {

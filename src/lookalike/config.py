@@ -94,7 +94,13 @@ class TrainConfig(_Strict):
     )
     soft_category_weight: float = Field(0.5, ge=0, le=1, description="weight of sharing that field in relatedness")
     patience: int = Field(6, ge=1)
+    # After the warm-up: cosine to 0 (the default), steps of ×0.1 at half and three quarters of the steps,
+    # exponential to 1% at the end, or constant (training/trainer.py `lr_factor`); `lookalike tune` searches it.
+    scheduler: Literal["cosine", "step", "exponential", "constant"] = "cosine"
     val_metric: str = "json_to_image/attribute/ndcg@10"
+    # Validate with the hubness correction on (its bank: the training queries), i.e. by the ranking users get
+    # for JSON queries; `lookalike tune` turns it on so that its trials are chosen by what users see.
+    val_corrected: bool = Field(False, description="rank validation queries with the hubness correction")
     seed: int = 42
     train_text: bool = True
     # The towers are small: one intra-op thread ran training steps faster than two when another process held
@@ -212,7 +218,7 @@ def config_path(name: str | Path) -> Path:
         shipped = SHIPPED_CONFIGS / (path.name if path.suffix == ".json" else f"{path.name}.json")
         if shipped.is_file():
             return shipped
-    names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.json")))
+    names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.json") if not p.stem.endswith("-space")))
     raise LookalikeError(f"config file not found: {name} (configs shipped with lookalike: {names})")
 
 

@@ -107,12 +107,15 @@ def validator(emb: Embedded, idx: np.ndarray, cfg: RunConfig):
     gallery = None
 
     def validate(model: LookalikeModel) -> dict:
-        """JSON → image on the whole validation gallery (the early-stopping metric's task, nothing more)."""
+        """JSON → image on the whole validation gallery (the early-stopping metric's task, nothing more); with
+        `train.val_corrected`, ranked with the hubness offsets of the model as it is now, its bank being the
+        training queries (`model.query_bank`), as the test split and `search` rank."""
         nonlocal gallery
         if gallery is None:  # the image space is frozen: embed the gallery once
             gallery = model.space.transform(emb.features[idx])
         q = {"json_to_image": model.encode_attributes([p.attributes for p in products])}
-        return evaluator(q, gallery, per_category=False)
+        bias = model.gallery_bias(gallery) if cfg.train.val_corrected else None
+        return evaluator(q, gallery, per_category=False, biases={"json_to_image": bias} if bias is not None else None)
 
     return validate
 

@@ -1,6 +1,7 @@
-"""The studies' commands: `temperature-study`, `compare-towers` (MLP vs coarse-to-fine, ± adapter, regular +
-cold-start splits), `compare-rerankers` (plain top-10 vs MMR vs the list-wise reranker), `ab` (binary
-classifiers, A/B) and `itembank study|build-gt` (the item-bank retrieval study and its ground truths)."""
+"""The studies' commands: `temperature-study`, `tune` (Optuna hyperparameter search), `compare-towers` (MLP vs
+coarse-to-fine, ± adapter, regular + cold-start splits), `compare-rerankers` (plain top-10 vs MMR vs the list-wise
+reranker), `ab` (binary classifiers, A/B) and `itembank study|build-gt` (the item-bank retrieval study and its
+ground truths)."""
 
 from __future__ import annotations
 
@@ -93,6 +94,51 @@ def cmd_temperature_study(args) -> None:
     temperature_study(cfg, args.temperatures, learnable=not args.no_learnable, progress=not args.no_progress)
     print((Path(cfg.out_dir) / "temperature_study.md").read_text(encoding="utf-8"), end="")
     logger.info(f"wrote {cfg.out_dir}/temperature_study.md, .csv, .json and .png")
+
+
+def cmd_tune(args) -> None:
+    from pydantic import ValidationError
+
+    from lookalike.studies.tune import TuneOptions, tune
+
+    try:
+        opts = TuneOptions(
+            out=args.out or "runs/tune",
+            space=args.space,
+            trials=args.trials,
+            timeout=args.timeout,
+            max_epochs=args.max_epochs,
+            jobs=args.jobs,
+            storage=args.storage,
+            study_name=args.study_name,
+            pruner=args.pruner,
+            engine=args.engine,
+            address=args.address,
+            seeds=args.seeds,
+            sampler_seed=args.sampler_seed,
+            heartbeat=args.heartbeat,
+            final=not args.no_final,
+        )
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise LookalikeError(f"invalid tune option --{'-'.join(map(str, err['loc']))}: {err['msg']}") from None
+    r = tune(run_config(args), opts, progress=not args.no_progress)
+    b = r["budget"]
+    print(
+        f"trials {b['trials']}: {b['complete']} complete, {b['pruned']} pruned, {b['fail']} failed; epochs run "
+        f"{b['epochs_run']} of {b['epochs_planned']} planned (pruning saved {b['epochs_saved_by_pruning']}, "
+        f"{b['epochs_saved_by_pruning_share']:.0%}; early stopping {b['epochs_saved_by_early_stopping']})"
+    )
+    print(f"best trial {r['best_trial']['number']}: validation {r['best_trial']['validation']:.4f}")
+    if "best" in r:
+        d, t = r["default"], r["best"]
+        print(f"{'':<55} {'default':>8} {'best':>8} {'Δ (seeds)':>10} {'p':>7}")
+        print(f"{'validation (corrected)':<55} {d['validation']:>8.4f} {t['validation']:>8.4f}")
+        for k, v in t["test"].items():
+            pr = r["seeds"]["paired"][k]
+            p_txt = f"{pr['p']:.2g}" if pr["p"] is not None else "-"
+            print(f"{'test ' + k:<55} {d['test'][k]:>8.4f} {v:>8.4f} {pr['mean_diff']:>+10.4f} {p_txt:>7}")
+    logger.info(f"wrote {opts.out}/best_config.json, tuning_report.json, plots/ and final/")
 
 
 def cmd_ab(args) -> None:
@@ -342,6 +388,32 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ts.add_argument("--temperatures", type=float, nargs="+")
     ts.add_argument("--no-learnable", action="store_true", help="skip the learnable-temperature run")
     ts.set_defaults(func=cmd_temperature_study)
+
+    tn = sub.add_parser("tune", help="hyperparameter search on Optuna (TPE + pruning); test only after the study")
+    add_run_options(tn)
+    tn.add_argument("--space", help="search space JSON (default: the packaged configs/tune-space.json)")
+    tn.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20)")
+    tn.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
+    tn.add_argument("--max-epochs", type=int, help="at most E epochs a trial (the pruner's largest budget)")
+    tn.add_argument("--jobs", type=int, default=1, help="trials at once in this process (threads)")
+    tn.add_argument(
+        "--storage",
+        help="Optuna storage URL, e.g. postgresql://… shared by many processes (default sqlite:///OUT/study.db)",
+    )
+    tn.add_argument("--study-name", default="lookalike-tune")
+    tn.add_argument("--pruner", choices=["hyperband", "median", "none"], default="hyperband")
+    tn.add_argument("--engine", choices=["local", "ray"], default="local", help="run trials here or on Ray Tune")
+    tn.add_argument("--address", help="Ray cluster address HOST:PORT (--engine ray; default: a local Ray)")
+    tn.add_argument("--seeds", type=int, default=3, help="seeds of the default-vs-best comparison on test")
+    tn.add_argument("--sampler-seed", type=int, help="TPE's seed (default: the config's train.seed)")
+    tn.add_argument(
+        "--heartbeat",
+        type=int,
+        default=60,
+        help="seconds between a trial's heartbeats (a dead process's trial is retried after two)",
+    )
+    tn.add_argument("--no-final", action="store_true", help="run the study only: no retraining, no test split")
+    tn.set_defaults(func=cmd_tune)
 
     a = sub.add_parser("ab", help="compare binary image classifiers: DeLong, McNemar, bootstrap CIs, HTML report")
     a.add_argument("--data", required=True, help="folder with positives/ and negatives/, or a CSV path,label")

@@ -50,6 +50,18 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def lr_factor(scheduler: str, step: int, warmup: int, total: int) -> float:
+    """The learning rate's multiplier at `step`: a linear warm-up, then `scheduler` (see TrainConfig.scheduler)."""
+    if scheduler == "cosine" or step < warmup:
+        return warmup_cosine(step, warmup, total)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if scheduler == "step":
+        return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
+    if scheduler == "exponential":
+        return 0.01**progress
+    return 1.0
+
+
 def train(
     model: LookalikeModel,
     data: TrainSet,
@@ -59,8 +71,10 @@ def train(
     resume: bool = False,
     progress: bool = True,
     checkpoint_extra: dict | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Returns the per-epoch history; `checkpoint_dir` receives best_model.pt and last.pt."""
+    """Returns the per-epoch history; `checkpoint_dir` receives best_model.pt and last.pt. `on_epoch` gets each
+    epoch's history row once last.pt holds it (a tuner's pruner raises there to stop a trial)."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     # The image side is frozen: its vectors are constants here, never parameters.
     assert not data.images.requires_grad, "image embeddings must not require gradients"
@@ -69,7 +83,7 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(model, data, validate, cfg, checkpoint_dir, resume, progress, checkpoint_extra)
+        return _train(model, data, validate, cfg, checkpoint_dir, resume, progress, checkpoint_extra, on_epoch)
     finally:
         torch.set_num_threads(threads)
 
@@ -83,6 +97,7 @@ def _train(
     resume: bool,
     progress: bool,
     checkpoint_extra: dict | None,
+    on_epoch: Callable[[dict], None] | None,
 ) -> list[dict]:
     losses = torch.nn.ModuleDict(
         {
@@ -95,7 +110,7 @@ def _train(
     steps_per_epoch = max(1, len(data) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.scheduler, s, warmup, total))
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     best, best_epoch, start_epoch = -math.inf, -1, 0
@@ -201,4 +216,6 @@ def _train(
             f"{' *' if improved else '  '}  t={row['temperature']:.3f}  {row['elapsed_s']:.0f}s"
         )
         logger.info(msg)
+        if on_epoch is not None:
+            on_epoch(row)
     return history
