@@ -159,6 +159,48 @@ def test_qwen3_vl_embedding_is_last_token_of_chat_formatted_input(models):
     np.testing.assert_allclose(enc.encode([TEXTS[1]])[0], h / np.linalg.norm(h), atol=1e-5)
 
 
+def test_qwen3_vl_mean_pooling_averages_the_real_tokens(models):
+    mean = create_item_text_encoder(f"qwen3-vl-mean:{models['qwen3vl']}")
+    last = create_item_text_encoder(f"qwen3-vl:{models['qwen3vl']}")
+    _padding_invariant(mean)  # padding tokens never enter the mean
+    tok = transformers.AutoTokenizer.from_pretrained(models["qwen3vl"])
+    prompt = tok.apply_chat_template(
+        [{"role": "system", "content": "Represent the user's input."}, {"role": "user", "content": TEXTS[0]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    model = transformers.Qwen3VLModel.from_pretrained(models["qwen3vl"]).eval()
+    batch = tok([prompt], return_tensors="pt")
+    with torch.no_grad():
+        h = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[0]
+    ref = h.mean(dim=0).numpy()
+    np.testing.assert_allclose(mean.encode([TEXTS[0]])[0], ref / np.linalg.norm(ref), atol=1e-5)
+    assert np.abs(mean.encode([TEXTS[0]]) - last.encode([TEXTS[0]])).max() > 1e-3
+
+
+def test_sentence_transformers_model_from_a_local_folder(tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    _, n = _tokenizer(bert)
+    torch.manual_seed(1)
+    transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=n, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37
+        )
+    ).save_pretrained(bert)
+    st = SentenceTransformer(modules=[Transformer(str(bert)), Pooling(32, "mean"), Normalize()], device="cpu")
+    st.save(str(tmp_path / "st"))
+    enc = create_item_text_encoder(f"st:{tmp_path / 'st'}")
+    assert enc.dim == 32
+    _padding_invariant(enc)
+    np.testing.assert_allclose(enc.encode(TEXTS), st.encode(TEXTS, normalize_embeddings=True), atol=1e-5)
+    with pytest.raises(LookalikeError, match=r"no modules\.json"):
+        create_item_text_encoder(f"st:{bert}")
+
+
 def test_wrong_directories_are_named(models, tmp_path):
     with pytest.raises(LookalikeError, match=r"no config\.json"):
         create_item_text_encoder(f"qwen3-vl:{tmp_path}")

