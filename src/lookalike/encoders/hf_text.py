@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -143,12 +143,60 @@ class Qwen3VLTextEncoder(_HFText):
             ]
         return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 
-    def _embed(self, batch: dict):
+    def _pool(self, hidden, mask):
         import torch
 
-        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        last = batch["attention_mask"].sum(dim=1) - 1  # right padding: the last real token
+        last = mask.sum(dim=1) - 1  # right padding: the last real token
         return hidden[torch.arange(len(hidden)), last]
+
+    def _embed(self, batch: dict):
+        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return self._pool(hidden, batch["attention_mask"])
+
+    def encode_multimodal(self, texts: list[str], images: list) -> np.ndarray:
+        """One unit vector per question from its text and its figure (a PIL image, or None) read together, as
+        Qwen3-VL-Embedding reads an image-and-text input: the figure's patches become image tokens of the same
+        chat-formatted input, then the same pooling. One question at a time (no padding around images)."""
+        import torch
+
+        image_id = self.model.config.image_token_id
+        pad = str(self.tokenizer.convert_ids_to_tokens(image_id))
+        out = []
+        with torch_threads(self.threads), torch.inference_mode():
+            for text, image in zip(texts, images):
+                content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": text}]
+                messages: Any = [{"role": "system", "content": self.instruction}, {"role": "user", "content": content}]
+                prompt = cast(
+                    str, self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                )
+                extra = {}
+                if image is not None:
+                    pix = self._image_processor()(images=[image.convert("RGB")], return_tensors="pt")
+                    n = int(pix["image_grid_thw"][0].prod()) // self._image_processor().merge_size ** 2
+                    if pad not in prompt:
+                        raise LookalikeError(f"{self.source}: its chat template renders no image token ({pad!r})")
+                    prompt = prompt.replace(pad, pad * n, 1)
+                    extra = {"pixel_values": pix["pixel_values"], "image_grid_thw": pix["image_grid_thw"]}
+                batch = self.tokenizer([prompt], return_tensors="pt")
+                hidden = self.model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    mm_token_type_ids=(batch["input_ids"] == image_id).long(),
+                    **extra,
+                ).last_hidden_state
+                v = self._pool(hidden, batch["attention_mask"]).float()
+                out.append(torch.nn.functional.normalize(v, dim=-1).numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+
+    def _image_processor(self):
+        """The checkpoint's image processor (Qwen2-VL's, PIL backend: no torchvision), loaded on first use."""
+        if getattr(self, "_images", None) is None:
+            import transformers
+
+            if not os.path.isfile(os.path.join(self.source, "preprocessor_config.json")):
+                raise LookalikeError(f"{self.source}: no preprocessor_config.json, so figures cannot be read")
+            self._images = transformers.Qwen2VLImageProcessorPil.from_pretrained(self.source)
+        return self._images
 
 
 class Qwen3VLMeanEncoder(Qwen3VLTextEncoder):
@@ -157,10 +205,9 @@ class Qwen3VLMeanEncoder(Qwen3VLTextEncoder):
 
     kind = "qwen3-vl-mean"
 
-    def _embed(self, batch: dict):
-        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    def _pool(self, hidden, mask):
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
 
 
 class SentenceTransformerEncoder(TextEncoder):

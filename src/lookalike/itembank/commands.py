@@ -272,9 +272,10 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", type=int, default=10)
     p.add_argument(
         "--figures",
-        choices=["none", "concat", "mean"],
+        choices=["none", "concat", "mean", "multimodal"],
         default="none",
-        help="fuse each question's figure into its vector: concat (any two spaces) or mean (one CLIP/SigLIP space)",
+        help="fuse each question's figure into its vector: concat (any two spaces), mean (one CLIP/SigLIP space) "
+        "or multimodal (a qwen3-vl --encoder reads both)",
     )
     p.add_argument("--text-weight", type=float, default=0.5, help="the text's share of the fused cosine")
     p.add_argument("--image-encoder", default="efficientnet-lite0", help="figure encoder (a registry name)")

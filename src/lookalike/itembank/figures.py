@@ -12,8 +12,8 @@ figures' unit vectors, unit again), each unit: ``mean`` = unit(w·t + (1 − w)�
 one space (a CLIP / SigLIP pair); ``concat`` = [√w·t, √(1 − w)·f] / norm, so that between two questions with
 figures the cosine is exactly w·cos(texts) + (1 − w)·cos(figures), whatever the two spaces. A question without
 a figure keeps its text vector (mean) or [√w·t, 0] / norm (concat: its cosines carry only the text part). The
-third option, one multimodal model reading text and figure together, is Qwen3-VL-Embedding's own input
-(encoders/hf_text.py reads its text side).
+third option, ``multimodal``, is one model reading text and figure together: Qwen3-VL-Embedding's image-and-
+text input (`encode_multimodal` in encoders/hf_text.py, last-token or mean pooling).
 
 **Rendered figures (synthetic).** KMWP has no figures. `render_problem` draws a problem's shape (정사각형,
 삼각형, 원 ... named in its text) with its numbers on the sides, or its numbers as bars when it names no shape,
@@ -82,9 +82,37 @@ class FigureFusion(BaseModel):
     """How a question's text and figure make its vector (see the module docstring)."""
 
     model_config = ConfigDict(extra="forbid")
-    method: Literal["mean", "concat"] = "concat"
+    method: Literal["mean", "concat", "multimodal"] = "concat"
     text_weight: float = Field(0.5, ge=0, le=1, description="w: the text's share of the fused cosine")
-    image_encoder: str = Field("efficientnet-lite0", description="an image encoder of the registry")
+    image_encoder: str = Field(
+        "efficientnet-lite0", description="an image encoder of the registry (unused by 'multimodal')"
+    )
+
+
+def multimodal_vectors(encoder, texts: list[str], figures: list) -> np.ndarray:
+    """Question vectors from one multimodal model reading each text with its figure (a PIL image or None)."""
+    if not hasattr(encoder, "encode_multimodal"):
+        raise LookalikeError(
+            f"fusion 'multimodal' needs a text encoder that reads figures too (qwen3-vl:<dir> or "
+            f"qwen3-vl-mean:<dir>), not {encoder.name}"
+        )
+    return encoder.encode_multimodal(texts, figures)
+
+
+def first_figures(paths: list[list[Path]]) -> list:
+    """Each question's first figure as a PIL image (None without one); a file that cannot be read is named."""
+    from lookalike.inference import decode_image
+
+    out: list = []
+    for ps in paths:
+        if not ps:
+            out.append(None)
+            continue
+        try:
+            out.append(decode_image(Path(ps[0]).read_bytes(), f"figure {ps[0]}"))
+        except OSError as e:
+            raise LookalikeError(f"cannot read figure {ps[0]}: {e}") from None
+    return out
 
 
 def fuse(text: np.ndarray, figure: np.ndarray, has_figure: np.ndarray, cfg: FigureFusion) -> np.ndarray:

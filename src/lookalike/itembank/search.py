@@ -63,7 +63,12 @@ class ItemSearcher:
         # p95 34 ms per dense query; two threads p50 11 ms, p95 97 ms (another run: 21 / 44 vs 62 / 516 ms).
         self.dense = DenseRetriever(create_item_text_encoder(encoder, threads), bank.texts, cache, progress=progress)
         self.figures, self.image_encoder = figures, None
-        if figures is not None:  # the question vectors are the fusion of text and figure (itembank/figures.py)
+        if figures is not None and figures.method == "multimodal":  # one model reads text and figure together
+            from lookalike.itembank.figures import first_figures, multimodal_vectors
+
+            images = first_figures([it.images for it in bank.items])
+            self.dense.vectors = multimodal_vectors(self.dense.encoder, bank.texts, images)
+        elif figures is not None:  # the question vectors are the fusion of text and figure (itembank/figures.py)
             from lookalike.encoders.registry import create_image_encoder
             from lookalike.itembank.figures import figure_vectors, fuse
 
@@ -111,6 +116,11 @@ class ItemSearcher:
             raise LookalikeError("empty query text")
         if figure is not None and self.figures is None:
             raise LookalikeError("this bank is searched by text only: give it a figure fusion to search with a figure")
+        if self.figures is not None and self.figures.method == "multimodal":
+            from lookalike.itembank.figures import multimodal_vectors
+
+            vector = multimodal_vectors(self.dense.encoder, [text], [figure])
+            return ItemQuery(vector[0], self.index.tokenizer([text])[0], exclude_id)
         vector = self.dense.embed([text], cache=False)
         if self.figures is not None:
             from lookalike.itembank.figures import fuse

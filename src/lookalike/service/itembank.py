@@ -88,7 +88,7 @@ class ItemBankService:
         self.encoder = create_item_text_encoder(s.encoder, threads=1)
         self.image_encoder = None
         dim = self.encoder.dim
-        if s.figures is not None:
+        if s.figures is not None and s.figures.method != "multimodal":
             from lookalike.encoders.registry import create_image_encoder
 
             self.image_encoder = create_image_encoder(s.figures.image_encoder)
@@ -124,7 +124,11 @@ class ItemBankService:
         if bank.report.skipped:
             logger.warning(bank.report.summary())
         vectors = unit(embed_texts(bank.texts, self.encoder, self.cache, progress=False).astype(np.float32))
-        if s.figures is not None:
+        if s.figures is not None and s.figures.method == "multimodal":
+            from lookalike.itembank.figures import first_figures, multimodal_vectors
+
+            vectors = multimodal_vectors(self.encoder, bank.texts, first_figures([it.images for it in bank.items]))
+        elif s.figures is not None:
             from lookalike.itembank.figures import figure_vectors, fuse
 
             fv, has = figure_vectors([it.images for it in bank.items], self.image_encoder)
@@ -146,8 +150,13 @@ class ItemBankService:
 
         if figure is not None and self.settings.figures is None:
             raise LookalikeError("this item bank embeds question text only (no figure fusion is set)")
+        multimodal = self.settings.figures is not None and self.settings.figures.method == "multimodal"
         with self._text_lock:
             tokens = self.index.tokenizer([text])[0]
+            if embed and multimodal:
+                from lookalike.itembank.figures import multimodal_vectors
+
+                return ItemQuery(multimodal_vectors(self.encoder, [text], [figure])[0], tokens, exclude)
             vector = unit(self.encoder.encode([text]).astype(np.float32)) if embed else None
             if vector is not None and self.settings.figures is not None:
                 from lookalike.itembank.figures import fuse
