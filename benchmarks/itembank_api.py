@@ -158,7 +158,9 @@ def stability(url: str, ids: list[str], texts: list[str], n: int, seed: int) -> 
     return {"requests": n, "ok": ok, "success_rate": ok / n, "failures": failures}
 
 
-def run_api(bank: ItemBank, sizes: list[int], stores: list[str], n: int, seed: int, work: Path) -> list[dict]:
+def run_api(
+    bank: ItemBank, sizes: list[int], stores: list[str], n: int, seed: int, work: Path, search: str = "exact"
+) -> list[dict]:
     rows = []
     for size in sizes:
         csv_path = synthetic_bank(bank, size, seed, work / f"bank-{size}.csv")
@@ -169,16 +171,23 @@ def run_api(bank: ItemBank, sizes: list[int], stores: list[str], n: int, seed: i
                 ids.append(r["id"])
         for store in stores:
             url = f"embedded://{work}/embedded-{size}" if store == "embedded" else f"pgserver://{work}/pgdata-{size}"
-            server = BankServer(csv_path, url, work / f"{store}-{size}")
+            server = BankServer(csv_path, url, work / f"{store}-{size}", search)
             try:
                 start_s = server.started()
                 lat = latency(server.url, texts, n, seed)
                 stab = stability(server.url, ids, texts, n, seed)
             finally:
                 server.stop()
-            row = {"items": size, "store": store, "start_s": round(start_s, 1), "latency": lat, "stability": stab}
+            row = {
+                "items": size,
+                "store": store,
+                "search": search,
+                "start_s": round(start_s, 1),
+                "latency": lat,
+                "stability": stab,
+            }
             print(
-                f"  {size:>7,} items, {store:<8}: start (bulk load included) {start_s:.0f} s; {n} hybrid searches "
+                f"  {size:>7,} items, {store:<8} ({search}): start (bulk load included) {start_s:.0f} s; {n} hybrid searches "
                 f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms, {lat['throughput_rps']} "
                 f"req/s, {lat['ok']}/{n} ok; stability {stab['ok']}/{n} ({stab['success_rate']:.1%})"
                 + (f", failures {stab['failures']}" if stab["failures"] else ""),
