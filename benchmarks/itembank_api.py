@@ -187,7 +187,8 @@ def run_api(
                 "stability": stab,
             }
             print(
-                f"  {size:>7,} items, {store:<8} ({search}): start (bulk load included) {start_s:.0f} s; {n} hybrid searches "
+                f"  {size:>7,} items, {store:<8} ({search}): start (bulk load included) {start_s:.0f} s; "
+                f"{n} hybrid searches "
                 f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms, {lat['throughput_rps']} "
                 f"req/s, {lat['ok']}/{n} ok; stability {stab['ok']}/{n} ({stab['success_rate']:.1%})"
                 + (f", failures {stab['failures']}" if stab["failures"] else ""),
