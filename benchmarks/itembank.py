@@ -159,7 +159,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
     if parts & {"api", "fusion"}:
-        from itembank_api import run_api, run_fusion
+        from itembank_api import markdown, run_api, run_fusion
 
         from lookalike.itembank.loading import PRESETS, load_item_bank
 
@@ -179,6 +179,7 @@ def main() -> None:
         if "fusion" in parts:
             print("== figure fusion on rendered figures (synthetic, drawn from each problem's text); label GT")
             report["fusion"] = run_fusion(kmwp, out / "fusion", [float(x) for x in args.fusion_weights.split(",")])
+        print("\n" + markdown(report), flush=True)
         report["machine"] = machine.finish()
         (out / "product.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str))
         print(f"wrote {out / 'product.json'}")

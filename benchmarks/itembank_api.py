@@ -228,3 +228,27 @@ def run_fusion(bank: ItemBank, work: Path, weights: list[float]) -> dict:
             flush=True,
         )
     return out
+
+
+def markdown(report: dict) -> str:
+    """The README's tables, from what this benchmark measured."""
+    lines = []
+    if report.get("api"):
+        lines += [
+            "| items | store | start-up, bulk load included | p50 / p95 / p99 | throughput | stability run |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in report["api"]:
+            lat, st = r["latency"], r["stability"]
+            lines.append(
+                f"| {r['items']:,} | {r['store']} ({r.get('search', 'exact')}) | {r['start_s']:.0f} s | "
+                f"{lat['p50_ms']:.1f} / "
+                f"{lat['p95_ms']:.1f} / {lat['p99_ms']:.1f} ms | {lat['throughput_rps']} req/s | "
+                f"{st['ok']}/{st['requests']} ({st['success_rate']:.1%}) |"
+            )
+        lines.append("")
+    if report.get("fusion"):
+        lines += ["| setting | nDCG@10 | hit@1 | MRR |", "|---|---|---|---|"]
+        for name, m in report["fusion"]["settings"].items():
+            lines.append(f"| {name} | {m['ndcg@10']:.4f} | {m['hit@1']:.4f} | {m['mrr']:.4f} |")
+    return "\n".join(lines)
