@@ -88,3 +88,35 @@ def test_agreement_counts():
     a = agreement(manual, auto)
     assert (a["pairs"], a["expert_relevant"], a["gt_relevant"], a["both_relevant"]) == (4, 2, 2, 1)
     assert a["precision"] == 0.5 and a["recall"] == 0.5 and a["cohen_kappa"] == pytest.approx(0.0)
+
+
+@pytest.mark.slow  # a real Chromium
+def test_the_form_saves_a_csv_that_imports(pack, tmp_path):
+    """A reviewer in a real browser: grades every pair in review.html, saves, and `review import` reads it."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+    from test_dashboard_browser import CHROMIUM_ARGS
+
+    rows, labels = pack["rows"], pack["labels"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto((pack["out"] / "review.html").as_uri())
+        page.fill("#reviewer", "expert-1")
+        for r in rows:
+            same = labels[r["query_id"]] == labels[r["candidate_id"]]
+            page.check(f'input[name="{r["pair_id"]}"][value="{4 if same else 2}"]')
+        page.fill(f'[name="note-{rows[0]["pair_id"]}"]', 'a "quoted", note')
+        with page.expect_download() as d:
+            page.click("text=Save verdicts (CSV)")
+        d.value.save_as(tmp_path / "saved.csv")
+        browser.close()
+    with open(tmp_path / "saved.csv", newline="", encoding="utf-8-sig") as f:
+        saved = list(csv.DictReader(f))
+    assert [s["pair_id"] for s in saved] == [r["pair_id"] for r in rows]
+    assert saved[0]["note"] == 'a "quoted", note' and {s["reviewer"] for s in saved} == {"expert-1"}
+    assert saved[0]["query_text"] == rows[0]["query_text"]  # the texts survive the round trip (quotes, commas)
+    _run(["import", str(tmp_path / "saved.csv"), "--data", str(pack["bank"]), "--out", str(tmp_path / "gt")])
+    report = json.loads((tmp_path / "gt" / "qrels" / "manual.json").read_text())
+    assert report["verdicts"]["pairs"] == len(rows) and report["agreement"]["label"]["cohen_kappa"] == 1.0
