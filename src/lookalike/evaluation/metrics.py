@@ -36,6 +36,20 @@ def per_query_metrics(rel: np.ndarray, n_relevant: np.ndarray, ks: list[int]) ->
     return out
 
 
+def graded_ndcg(gains: np.ndarray, ideal: list[np.ndarray], k: int = 10) -> np.ndarray:
+    """nDCG@k with graded gains (Järvelin & Kekäläinen's linear gain, as trec_eval and ranx's `ndcg`):
+    gains (n, depth) of the ranked items; ideal[i] = every judged gain of query i, any order."""
+    g = np.asarray(gains, np.float64)[:, :k]
+    discount = 1.0 / np.log2(np.arange(2, g.shape[1] + 2))
+    dcg = (g * discount).sum(axis=1)
+    full = 1.0 / np.log2(np.arange(2, k + 2))
+    idcg = np.zeros(len(ideal))
+    for i, x in enumerate(ideal):
+        top = np.sort(np.asarray(x, np.float64))[::-1][:k]
+        idcg[i] = (top * full[: len(top)]).sum()
+    return np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1), 0.0)
+
+
 def aggregate(per_query: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, float]:
     sel = slice(None) if mask is None else mask
     n = int(np.asarray(next(iter(per_query.values())))[sel].shape[0])

@@ -78,12 +78,16 @@ def cmd_search(args) -> None:
     bank = load_bank(args)
     if (args.text is None) == (args.id is None):
         raise LookalikeError("give exactly one query: --text or --id (an item of the bank)")
-    text = args.text
-    if args.id is not None:
-        by_id = {it.id: it for it in bank.items}
-        if args.id not in by_id:
-            raise LookalikeError(f"no item with id {args.id!r} in {bank.report.source}")
-        text = by_id[args.id].text
+    if args.id is not None and args.id not in set(bank.ids):
+        raise LookalikeError(f"no item with id {args.id!r} in {bank.report.source}")
+    figure = None
+    if args.figure:
+        from lookalike.inference import decode_image
+
+        try:
+            figure = decode_image(Path(args.figure).read_bytes(), f"figure {args.figure}")
+        except OSError as e:
+            raise LookalikeError(f"cannot read figure {args.figure}: {e}") from None
     s = ItemSearcher(
         bank,
         args.encoder,
@@ -92,15 +96,28 @@ def cmd_search(args) -> None:
         args.normalisation,
         cache_dir=args.cache_dir,
         progress=not args.no_progress,
+        figures=_fusion(args),
     )
     try:
-        hits = s.search(text, args.k, args.mode, exclude_id=args.id)
+        query = s.query(args.text, args.id, figure=figure)
+        hits = s.rank(query, args.k, args.mode, {"labels": args.labels} if args.labels else None)
     finally:
         s.close()
-    items = {it.id: it for it in bank.items}
-    for rank, (i, score) in enumerate(hits, 1):
-        it = items[i]
-        print(f"{rank:>3}  {score:.4f}  {i:<10} [{'|'.join(it.labels)}] {it.text[:100]}")
+    if args.format == "json":
+        print(json.dumps({"items": [h.to_json() for h in hits]}, ensure_ascii=False))
+        return
+    for rank, h in enumerate(hits, 1):
+        r = h.record
+        text = r.text[:100] if r else ""
+        print(f"{rank:>3}  {h.score:.4f}  {h.id:<10} [{'|'.join(r.labels) if r else ''}] {text}")
+
+
+def _fusion(args):
+    from lookalike.itembank.figures import FigureFusion
+
+    if args.figures == "none":
+        return None
+    return FigureFusion(method=args.figures, text_weight=args.text_weight, image_encoder=args.image_encoder)
 
 
 def cmd_bench(args) -> None:
@@ -117,6 +134,7 @@ def cmd_bench(args) -> None:
         cache_dir=args.cache_dir,
         exact=not args.approximate,
         progress=not args.no_progress,
+        figures=_fusion(args),
     )
     try:
         res = latency_bench(s, args.queries, args.k, args.mode, args.seed)
@@ -149,13 +167,96 @@ def cmd_bench(args) -> None:
     logger.info(f"wrote {out / 'bench.json'}")
 
 
+def cmd_review_export(args) -> None:
+    import numpy as np
+
+    from lookalike.itembank.groundtruth import tfidf_neighbours
+    from lookalike.itembank.review import candidates, export_pack, sample_queries
+    from lookalike.itembank.search import ItemSearcher
+    from lookalike.provenance import provenance
+
+    bank = load_bank(args)
+    rows = sample_queries(bank, args.sample, args.seed, args.stratify)
+    s = ItemSearcher(bank, args.encoder, cache_dir=args.cache_dir, progress=not args.no_progress)
+    pos = {i: n for n, i in enumerate(bank.ids)}
+    runs = {name: np.full((len(bank), args.pool), -1, np.int64) for name in ("dense", "bm25")}
+    for i in rows:
+        for name in runs:
+            hits = s.rank(s.index.query_of(bank.ids[i]), args.pool, name)
+            runs[name][i, : len(hits)] = [pos[h.id] for h in hits]
+    runs["tfidf"] = tfidf_neighbours(bank.texts, args.pool)[0]
+    config = {
+        "data": bank_path(args),
+        "sample": args.sample,
+        "stratify": args.stratify,
+        "pool": args.pool,
+        "candidates": "top-pool of dense, BM25 and TF-IDF, deduplicated, seeded shuffle",
+        "encoder": args.encoder,
+        "seed": args.seed,
+        "query_ids": [bank.ids[i] for i in rows],
+        "provenance": provenance(),
+    }
+    meta = export_pack(bank, rows, candidates(runs, rows, args.pool, args.seed), Path(args.out), config)
+    print(f"{meta['pairs']} pairs of {meta['queries']} questions: {Path(args.out) / 'review.html'}, review.csv")
+
+
+def cmd_review_import(args) -> None:
+    from lookalike.itembank.evaluate import Grading
+    from lookalike.itembank.groundtruth import label_qrels, read_qrels, tfidf_qrels, write_qrels
+    from lookalike.itembank.review import agreement, read_verdicts
+    from lookalike.provenance import provenance
+
+    manual, counts = read_verdicts(Path(args.file))
+    if not manual:
+        raise LookalikeError(f"{args.file}: no graded pair (fill the grade column with 1-5)")
+    out = Path(args.out)
+    sha = write_qrels(out / "qrels" / "manual.qrels", manual)
+    autos: dict[str, tuple[dict, int]] = {}
+    if args.gt_dir:
+        for q in sorted(Path(args.gt_dir).glob("*.qrels")):
+            if q.stem == "manual":
+                continue
+            meta = q.with_suffix(".json")
+            grades = json.loads(meta.read_text(encoding="utf-8")).get("grades", {}) if meta.is_file() else {}
+            autos[q.stem] = (read_qrels(q), int(grades.get("threshold", 1)))
+    if args.data or not autos:
+        bank = load_bank(args)
+        if bank.schema.label_field:
+            autos.setdefault("label", (label_qrels(bank), 1))
+        autos.setdefault("tfidf", (tfidf_qrels(bank), 1))
+    cut = Grading("1-5", args.grade_threshold).cut
+    agree = {name: agreement(manual, q, cut, t) for name, (q, t) in autos.items()}
+    report = {
+        "manual_qrels": str(out / "qrels" / "manual.qrels"),
+        "sha1": sha,
+        "grades": Grading("1-5", args.grade_threshold).describe(),
+        "verdicts": counts,
+        "agreement": agree,
+        "source": str(args.file),
+        "provenance": provenance(),
+    }
+    (out / "qrels" / "manual.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    print(f"{counts['pairs']} graded pairs ({counts['blank']} blank rows) → {report['manual_qrels']}")
+    for name, a in agree.items():
+        print(
+            f"  {name:<8} vs experts on {a['pairs']} pairs: Cohen's κ {a['cohen_kappa']:.3f}, precision "
+            f"{a['precision']:.3f}, recall {a['recall']:.3f} (relevant from grade {cut}; raw agreement "
+            f"{a['raw_agreement']:.3f})"
+        )
+
+
 def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store",
         help="vector store URL: pgserver:///abs/dir, postgresql://..., embedded:///abs/dir "
         "(default: in-process exact search)",
     )
-    p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid")
+    p.add_argument(
+        "--mode",
+        choices=["hybrid", "dense", "bm25", "rrf"],
+        default="hybrid",
+        help="hybrid: α·dense + (1−α)·BM25 after --normalisation; rrf: reciprocal-rank fusion of the two",
+    )
     p.add_argument(
         "--alpha",
         type=float,
@@ -169,6 +270,15 @@ def _search_options(p: argparse.ArgumentParser) -> None:
         help="hybrid fusion: weighted sum after min-max or z-score normalisation, or RRF (ignores --alpha)",
     )
     p.add_argument("-k", type=int, default=10)
+    p.add_argument(
+        "--figures",
+        choices=["none", "concat", "mean", "multimodal"],
+        default="none",
+        help="fuse each question's figure into its vector: concat (any two spaces), mean (one CLIP/SigLIP space) "
+        "or multimodal (a qwen3-vl --encoder reads both)",
+    )
+    p.add_argument("--text-weight", type=float, default=0.5, help="the text's share of the fused cosine")
+    p.add_argument("--image-encoder", default="efficientnet-lite0", help="figure encoder (a registry name)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -179,7 +289,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _search_options(se)
     se.add_argument("--text")
     se.add_argument("--id", help="an item id of the bank (itself excluded from the results)")
+    se.add_argument("--labels", nargs="+", help="only items with any of these labels")
+    se.add_argument("--figure", help="the query question's figure (an image file; with --text and --figures)")
+    se.add_argument(
+        "--format", choices=["text", "json"], default="text", help="json: the items as /api/itembank/search lists them"
+    )
     se.set_defaults(func=cmd_search)
+
+    rv = isub.add_parser("review", help="expert review: export a review pack, import the verdicts as graded qrels")
+    rsub = rv.add_subparsers(dest="review_command", required=True)
+    ex = rsub.add_parser("export", help="an HTML form and a CSV of sampled questions and their candidates")
+    add_bank_options(ex)
+    ex.add_argument("--sample", type=int, default=50, help="questions to review (default 50)")
+    ex.add_argument("--stratify", choices=["label"], help="take the questions in turn from each label")
+    ex.add_argument("--pool", type=int, default=3, help="candidates per retriever (dense, BM25, TF-IDF); default 3")
+    ex.add_argument("--out", required=True, help="folder for review.html, review.csv, review.json")
+    ex.set_defaults(func=cmd_review_export)
+    im = rsub.add_parser("import", help="a filled review CSV → OUT/qrels/manual.qrels and agreement per GT")
+    add_bank_options(im)
+    im.add_argument("file", help="the review CSV with grades 1-5 (blank = not reviewed)")
+    im.add_argument("--out", default="runs/itembank-review", help="manual.qrels and manual.json go to OUT/qrels/")
+    im.add_argument("--gt-dir", help="folder of automatic qrels (build-gt / study OUT/qrels) to compare")
+    im.add_argument("--grade-threshold", type=int, help="expert grade from which a pair is relevant (default 3)")
+    im.set_defaults(func=cmd_review_import)
 
     be = isub.add_parser("bench", help="end-to-end query latency p50/p95, throughput and an N-query stability run")
     add_bank_options(be)

@@ -9,27 +9,79 @@ queries it averages.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 
-from lookalike.evaluation.metrics import per_query_metrics
+from lookalike.evaluation.metrics import graded_ndcg, per_query_metrics
 from lookalike.itembank.groundtruth import Qrels
 
 KS = [1, 3, 5, 10]
-REPORTED = ["hit@1", "hit@3", "hit@5", "hit@10", "recall@5", "recall@10", "mrr", "map", "ndcg@10"]
+REPORTED = [
+    "hit@1",
+    "hit@3",
+    "hit@5",
+    "hit@10",
+    "precision@5",
+    "recall@5",
+    "recall@10",
+    "mrr",
+    "map",
+    "ndcg@10",
+    "ndcg@10_binary",
+]
 
 
-def run_metrics(idx: np.ndarray, ids: list[str], qrels: Qrels) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+@dataclass(frozen=True)
+class Grading:
+    """How a qrels file's grades are read: gains for nDCG are grade − `low` (so 1 on a 1–5 scale gains
+    nothing), and hit, precision, recall, MRR and MAP count an item relevant from `threshold` on."""
+
+    scale: Literal["binary", "0-4", "1-5"] = "binary"
+    threshold: int | None = None
+
+    @property
+    def low(self) -> int:
+        return 1 if self.scale == "1-5" else 0
+
+    @property
+    def cut(self) -> int:
+        return self.threshold if self.threshold is not None else {"binary": 1, "0-4": 2, "1-5": 3}[self.scale]
+
+    def describe(self) -> dict:
+        return {"scale": self.scale, "threshold": self.cut, "gain": f"grade - {self.low}"}
+
+
+BINARY = Grading()
+
+
+def binarise(qrels: Qrels, grading: Grading) -> Qrels:
+    """The pairs at or above the threshold, each as grade 1 (what a yes/no judge or reranker can express)."""
+    out = {q: {d: 1 for d, g in rel.items() if g >= grading.cut} for q, rel in qrels.items()}
+    return {q: rel for q, rel in out.items() if rel}
+
+
+def run_metrics(
+    idx: np.ndarray, ids: list[str], qrels: Qrels, grading: Grading = BINARY
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(query rows scored, per-query metrics). Row i of `idx` is item i's ranked list (indices into ids;
-    -1 pads a list shorter than the run, see retrieval/topk.py)."""
-    rows = np.array([i for i, q in enumerate(ids) if q in qrels], np.int64)
+    -1 pads a list shorter than the run, see retrieval/topk.py). A query is scored when one item reaches the
+    threshold; `ndcg@10` uses the graded gains, `ndcg@10_binary` the same truth binarised at the threshold."""
+    cut = grading.cut
+    rows = np.array([i for i, q in enumerate(ids) if any(g >= cut for g in qrels.get(q, {}).values())], np.int64)
     ids_arr = np.asarray(ids, dtype=object)
-    rel = np.zeros((len(rows), idx.shape[1]), bool)
+    grades = np.zeros((len(rows), idx.shape[1]), np.float64)
     n_rel = np.zeros(len(rows), np.int64)
+    ideal = []
     for r, i in enumerate(rows):
-        relevant = qrels[ids[i]]
-        rel[r] = [j >= 0 and d in relevant for j, d in zip(idx[i], ids_arr[idx[i]])]
-        n_rel[r] = len(relevant)
-    pq = per_query_metrics(rel, n_rel, KS)
+        judged = qrels[ids[i]]
+        grades[r] = [judged.get(d, 0) if j >= 0 else 0 for j, d in zip(idx[i], ids_arr[idx[i]])]
+        n_rel[r] = sum(g >= cut for g in judged.values())
+        ideal.append(np.maximum(np.array(list(judged.values()), np.float64) - grading.low, 0))
+    pq = per_query_metrics(grades >= cut, n_rel, KS)
+    pq["ndcg@10_binary"] = pq["ndcg@10"]
+    pq["ndcg@10"] = graded_ndcg(np.maximum(grades - grading.low, 0), ideal, 10)
     return rows, {m: pq[m] for m in REPORTED}
 
 
@@ -43,6 +95,19 @@ def summarise(pq: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict
 def per_class(pq: dict[str, np.ndarray], labels: list[str]) -> dict[str, dict[str, float]]:
     lab = np.asarray(labels)
     return {c: summarise(pq, lab == c) for c in sorted(set(labels), key=lambda x: (len(x), x))}
+
+
+def ranx_qrels(qrels: Qrels, grading: Grading, keep: set[str] | None = None):
+    """The qrels as ranx reads them: gains (grade − low) for nDCG; ranx's `-lN` metric suffix applies the
+    threshold (on gains, so N = threshold − low)."""
+    from ranx import Qrels as RQ
+
+    gains = {
+        q: {d: g - grading.low for d, g in rel.items() if g - grading.low > 0}
+        for q, rel in qrels.items()
+        if keep is None or q in keep
+    }
+    return RQ.from_dict({q: rel for q, rel in gains.items() if rel})
 
 
 def ranx_run(idx: np.ndarray, ids: list[str], rows: np.ndarray, name: str):

@@ -1,7 +1,7 @@
 """Item-bank loader for CSV / JSON Lines: id, question text, optional figure paths, optional labels.
 
-Bad records never stop a load and are never silently lost: empty or non-UTF-8 text, a missing figure,
-a duplicate id or an unparsable row is skipped and counted (by reason, with examples) in the report.
+Bad records never stop a load and are never silently lost: empty or non-UTF-8 text, a missing (or ambiguous)
+figure, a duplicate id or an unparsable row is skipped and counted (by reason, with examples) in the report.
 Files are decoded with `surrogateescape`, so one bad byte costs one record, not the whole file.
 """
 
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lookalike.catalogue.schema import LoadReport
 from lookalike.catalogue.tabular import is_utf8
 from lookalike.errors import LookalikeError
+from lookalike.itembank.figures import FigureResolver
 
 
 class ItemBankSchema(BaseModel):
@@ -28,6 +29,7 @@ class ItemBankSchema(BaseModel):
     id_field: str | None = "id"
     text_field: str = "text"
     image_field: str | None = Field(None, description="figure path(s), relative to the file; '|'-separated in CSV")
+    explanation_field: str | None = Field(None, description="explanation image path(s), resolved like figures")
     label_field: str | None = Field(None, description="label(s) used for the label ground truth; '|'-separated")
     separator: str = "|"
 
@@ -41,6 +43,7 @@ class Item:
     text: str
     images: list[Path] = field(default_factory=list)
     labels: tuple[str, ...] = ()
+    explanations: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -108,7 +111,7 @@ def _check_columns(path: Path, schema: ItemBankSchema) -> None:
         return
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         header = next(csv.reader(f), [])
-    for name in (schema.id_field, schema.text_field, schema.image_field, schema.label_field):
+    for name in (schema.id_field, schema.text_field, schema.image_field, schema.label_field, schema.explanation_field):
         if name and name not in header:
             raise LookalikeError(f"{path}: no column {name!r}; columns are {header}")
 
@@ -120,6 +123,7 @@ def load_item_bank(path: str | Path, schema: ItemBankSchema | None = None) -> It
         raise LookalikeError(f"item bank file not found: {path}")
     _check_columns(path, schema)
     report = LoadReport(source=str(path))
+    resolver = FigureResolver(path.parent)  # date folders, file names alone (itembank/figures.py)
     items: list[Item] = []
     seen: set[str] = set()
     texts: Counter = Counter()
@@ -138,17 +142,21 @@ def load_item_bank(path: str | Path, schema: ItemBankSchema | None = None) -> It
         if iid in seen:
             report.skip("duplicate id", f"{where} ({iid})")
             continue
-        images = (
-            [path.parent / p for p in _split(row.get(schema.image_field), schema.separator)]
-            if schema.image_field
-            else []
-        )
-        missing = [str(p) for p in images if not p.is_file()]
-        if missing:
-            report.skip("missing image", f"{where} ({missing[0]})")
+        figures: dict[str, list[Path]] = {}
+        problem = None
+        for kind, fld in (("image", schema.image_field), ("explanation image", schema.explanation_field)):
+            figures[kind] = []
+            for raw in _split(row.get(fld), schema.separator) if fld else []:
+                p, why = resolver.resolve(raw)
+                if p is None:
+                    problem = problem or (f"{why} {kind}", f"{where} ({raw})")
+                else:
+                    figures[kind].append(p)
+        if problem:
+            report.skip(*problem)
             continue
         labels = tuple(_split(row.get(schema.label_field), schema.separator)) if schema.label_field else ()
-        items.append(Item(iid, text, images, labels))
+        items.append(Item(iid, text, figures["image"], labels, figures["explanation image"]))
         seen.add(iid)
         texts[text] += 1
     report.loaded = len(items)

@@ -15,12 +15,26 @@ from typing import Literal
 import numpy as np
 
 from lookalike.errors import LookalikeError
+from lookalike.itembank.figures import FigureFusion
+from lookalike.itembank.live import (
+    DenseSide,
+    ItemHit,
+    ItemIndex,
+    ItemQuery,
+    ItemRecord,
+    MemoryDense,
+    StoreDense,
+    rank_items,
+)
 from lookalike.itembank.loading import ItemBank
 
-Mode = Literal["dense", "bm25", "hybrid"]
+Mode = Literal["dense", "bm25", "hybrid", "rrf"]
 
 
 class ItemSearcher:
+    """A bank loaded from a file, ready to search: its vectors embedded (cached), in a store or in memory, and
+    its `ItemIndex`; every search goes through `rank_items` (itembank/live.py), as the service's does."""
+
     def __init__(
         self,
         bank: ItemBank,
@@ -33,72 +47,101 @@ class ItemSearcher:
         exact: bool = True,
         progress: bool = False,
         threads: int | None = 1,
+        figures: FigureFusion | None = None,
     ):
         from lookalike.encoders.efficientnet import default_cache_dir
         from lookalike.encoders.hf_text import create_item_text_encoder
-        from lookalike.retrieval.bm25 import BM25Retriever
         from lookalike.retrieval.dense import DenseRetriever
 
         if not 0 <= alpha <= 1:
             raise LookalikeError(f"alpha must be in [0, 1], got {alpha}")
         self.bank, self.alpha, self.normalisation, self.depth, self.exact = bank, alpha, normalisation, depth, exact
         self.ids = bank.ids
-        self._pos = {i: n for n, i in enumerate(self.ids)}
-        self.bm25 = BM25Retriever(bank.texts)
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         # One query at a time: thread hand-offs stall when the cores are busy, so one encoder thread keeps the
         # tail short. benchmarks/itembank.py --checks-only on the shared 2-core box: one thread p50 16 ms,
         # p95 34 ms per dense query; two threads p50 11 ms, p95 97 ms (another run: 21 / 44 vs 62 / 516 ms).
         self.dense = DenseRetriever(create_item_text_encoder(encoder, threads), bank.texts, cache, progress=progress)
-        self.store = None
-        if store_url:
-            self.store = self._fill_store(store_url)
+        self.figures, self.image_encoder = figures, None
+        if figures is not None and figures.method == "multimodal":  # one model reads text and figure together
+            from lookalike.itembank.figures import first_figures, multimodal_vectors
 
-    def _fill_store(self, url: str):
-        """Open the store and make it hold exactly this bank's vectors (upsert is idempotent)."""
+            images = first_figures([it.images for it in bank.items])
+            self.dense.vectors = multimodal_vectors(self.dense.encoder, bank.texts, images)
+        elif figures is not None:  # the question vectors are the fusion of text and figure (itembank/figures.py)
+            from lookalike.encoders.registry import create_image_encoder
+            from lookalike.itembank.figures import figure_vectors, fuse
+
+            self.image_encoder = create_image_encoder(figures.image_encoder)
+            fv, has = figure_vectors([it.images for it in bank.items], self.image_encoder)
+            self.dense.vectors = fuse(self.dense.vectors, fv, has, figures)
+        records = [ItemRecord(it.id, it.text, it.labels, tuple(str(p) for p in it.images)) for it in bank.items]
+        self.store = None
+        side: DenseSide
+        if store_url:
+            self.store = self._fill_store(store_url, records)
+            side = StoreDense(self.store, exact)
+        else:
+            side = MemoryDense(self.ids, self.dense.vectors, [r.labels for r in records])
+        self.index = ItemIndex(side)
+        self.index.put_many(records)
+
+    def _fill_store(self, url: str, records: list[ItemRecord]):
+        """Open the store and make it hold exactly this bank's vectors: stale ids deleted, then one bulk load
+        (`VectorStore.load`: whole batches, idempotent, index work deferred to the end)."""
         from lookalike.retrieval.stores import StoreItem, open_store
 
         store = open_store(url, dim=self.dense.vectors.shape[1])
         stale = set(store.ids()) - set(self.ids)
         if stale:
             store.delete(sorted(stale))
-        labels = self.bank.label_of()
-        store.upsert(StoreItem(i, v, {"label": lab}) for i, v, lab in zip(self.ids, self.dense.vectors, labels))
+        items = [StoreItem(r.id, v, r.metadata()) for r, v in zip(records, self.dense.vectors)]
+        store.load((items[s : s + 1000] for s in range(0, len(items), 1000)), total=len(items))
         return store
 
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
 
-    def _dense(self, qv: np.ndarray, k: int, exclude: str | None) -> tuple[np.ndarray, np.ndarray]:
-        if self.store is None:
-            ex = np.array([-1 if exclude is None else self._pos.get(exclude, -1)])
-            return self.dense.search(query_vectors=qv, k=k, exclude=ex)
-        hits = self.store.search(qv, k, exact=self.exact, exclude_ids=[exclude] if exclude else None)[0]
-        return (np.array([[self._pos[i] for i, _ in hits]], np.int64), np.array([[s for _, s in hits]], np.float32))
+    def query(
+        self, text: str | None = None, item_id: str | None = None, exclude_id: str | None = None, figure=None
+    ) -> ItemQuery:
+        """A free text, optionally with its figure (a PIL image; embedded now, no cache: latency is end to end),
+        or an item of the bank (its stored vector and terms, itself excluded)."""
+        if (text is None) == (item_id is None):
+            raise LookalikeError("give exactly one query: a text or an item id")
+        if item_id is not None:
+            return self.index.query_of(item_id)
+        if not text or not text.strip():
+            raise LookalikeError("empty query text")
+        if figure is not None and self.figures is None:
+            raise LookalikeError("this bank is searched by text only: give it a figure fusion to search with a figure")
+        if self.figures is not None and self.figures.method == "multimodal":
+            from lookalike.itembank.figures import multimodal_vectors
+
+            vector = multimodal_vectors(self.dense.encoder, [text], [figure])
+            return ItemQuery(vector[0], self.index.tokenizer([text])[0], exclude_id)
+        vector = self.dense.embed([text], cache=False)
+        if self.figures is not None:
+            from lookalike.itembank.figures import fuse
+
+            dim = self.image_encoder.dim  # type: ignore[union-attr]
+            fv = np.zeros((1, dim), np.float32) if figure is None else self.image_encoder.encode_images([figure])  # type: ignore[union-attr]
+            vector = fuse(vector, fv, np.array([figure is not None]), self.figures)
+        return ItemQuery(vector[0], self.index.tokenizer([text])[0], exclude_id)
+
+    def _mode(self, mode: str) -> str:
+        return "rrf" if mode == "hybrid" and self.normalisation == "rrf" else mode
+
+    def rank(self, query: ItemQuery, k: int = 10, mode: str = "hybrid", filters: dict | None = None) -> list[ItemHit]:
+        norm = "minmax" if self.normalisation == "rrf" else self.normalisation
+        return rank_items(self.index, query, k, self._mode(mode), self.alpha, norm, filters, self.depth)
 
     def search(
         self, text: str, k: int = 10, mode: Mode = "hybrid", exclude_id: str | None = None
     ) -> list[tuple[str, float]]:
-        from lookalike.retrieval.fusion import fuse
-
-        if not text.strip():
-            raise LookalikeError("empty query text")
-        depth = max(k, self.depth)
-        ex = np.array([self._pos.get(exclude_id, -1) if exclude_id else -1])
-        runs = []
-        if mode in ("dense", "hybrid"):
-            runs.append(
-                self._dense(self.dense.embed([text], cache=False), depth if mode == "hybrid" else k, exclude_id)
-            )
-        if mode in ("bm25", "hybrid"):
-            runs.append(self.bm25.search([text], depth if mode == "hybrid" else k, ex))
-        if mode == "hybrid":
-            weights = [1.0, 1.0] if self.normalisation == "rrf" else [self.alpha, 1 - self.alpha]
-            idx, sc = fuse(runs, weights, len(self.ids), k, self.normalisation, exclude=ex)
-        else:
-            idx, sc = runs[0]
-        return [(self.ids[j], float(s)) for j, s in zip(idx[0, :k], sc[0, :k]) if np.isfinite(s)]
+        """(id, score) of a text's top-k (`exclude_id` left out)."""
+        return [(h.id, h.score) for h in self.rank(self.query(text, exclude_id=exclude_id), k, mode)]
 
 
 def latency_bench(

@@ -102,3 +102,125 @@ class BM25Retriever:
 
         sc = self.score_tokens(query_tokens if query_tokens is not None else self.tokenizer(list(queries or [])))
         return topk_from_scores(sc, k, exclude)
+
+
+class LiveBM25:
+    """BM25 that takes writes: the same scores as bm25s's Lucene variant over the live documents, kept in
+    per-term postings so that adding, replacing or removing a document costs its own terms, not a rebuild.
+
+    bm25s precomputes every (term, document) score with the collection's idf and mean length baked in, so one
+    write would mean a full re-index. Here a posting holds the raw term frequency and the scores are computed
+    at query time from the current document frequencies, live count and mean length (exactly the formula
+    bm25s uses: idf = ln(1 + (N − df + 0.5) / (df + 0.5)), tf / (k1 · (1 − b + b · len / mean len) + tf), one
+    term per query-token occurrence). A removed document leaves a dead slot; the postings are compacted once
+    the dead slots outnumber the live ones (amortised O(1) per write). Not thread-safe: the caller locks.
+    """
+
+    def __init__(self, k1: float = 1.5, b: float = 0.75):
+        self.k1, self.b = k1, b
+        self._reset()
+
+    def _reset(self) -> None:
+        from array import array
+
+        self._array = array
+        self._slot: dict[str, int] = {}
+        self._ids: list[str | None] = []
+        self._tokens: list[list[str] | None] = []
+        self._len = array("f")
+        self._alive = bytearray()
+        self._post: dict[str, tuple] = {}  # term → (array('i') slots, array('f') term frequencies)
+        self._df: dict[str, int] = {}
+        self.n, self.total_len = 0, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self._slot
+
+    @property
+    def slots(self) -> int:
+        """Slots in use, dead ones included: the length of `scores`' output."""
+        return len(self._ids)
+
+    def id_of(self, slot: int) -> str | None:
+        return self._ids[slot]
+
+    def slot_of(self, doc_id: str) -> int | None:
+        return self._slot.get(doc_id)
+
+    def tokens_of(self, doc_id: str) -> list[str] | None:
+        s = self._slot.get(doc_id)
+        return None if s is None else self._tokens[s]
+
+    def put(self, doc_id: str, tokens: list[str]) -> None:
+        """Add a document, or replace the one with this id."""
+        if doc_id in self._slot:
+            self.remove(doc_id)
+        slot = len(self._ids)
+        self._slot[doc_id] = slot
+        self._ids.append(doc_id)
+        self._tokens.append(list(tokens))
+        self._len.append(float(len(tokens)))
+        self._alive.append(1)
+        counts: dict[str, int] = {}
+        for t in tokens:
+            counts[t] = counts.get(t, 0) + 1
+        for t, c in counts.items():
+            post = self._post.get(t)
+            if post is None:
+                post = self._post[t] = (self._array("i"), self._array("f"))
+            post[0].append(slot)
+            post[1].append(float(c))
+            self._df[t] = self._df.get(t, 0) + 1
+        self.n += 1
+        self.total_len += len(tokens)
+
+    def remove(self, doc_id: str) -> bool:
+        slot = self._slot.pop(doc_id, None)
+        if slot is None:
+            return False
+        tokens = self._tokens[slot] or []
+        for t in set(tokens):
+            self._df[t] -= 1
+            if not self._df[t]:
+                del self._df[t]
+        self._alive[slot] = 0
+        self._ids[slot] = self._tokens[slot] = None
+        self.n -= 1
+        self.total_len -= len(tokens)
+        if len(self._ids) - self.n > max(1024, self.n):
+            self._compact()
+        return True
+
+    def _compact(self) -> None:
+        """Renumber the live documents from slot 0 (in their slot order), dropping dead postings."""
+        live = [(i, t) for i, t in zip(self._ids, self._tokens) if i is not None and t is not None]
+        self._reset()
+        for i, t in live:
+            self.put(i, t)
+
+    def scores(self, tokens: list[str]) -> np.ndarray:
+        """(slots,) float32 BM25 scores of a tokenised query; dead slots and documents sharing no term score 0."""
+        out = np.zeros(len(self._ids), np.float64)
+        if not self.n:
+            return out.astype(np.float32)
+        avg = self.total_len / self.n
+        dl = np.frombuffer(self._len, np.float32) if len(self._len) else np.zeros(0, np.float32)
+        alive = np.frombuffer(bytes(self._alive), np.uint8).astype(bool)
+        q: dict[str, int] = {}
+        for t in tokens:
+            q[t] = q.get(t, 0) + 1
+        for t, qc in q.items():
+            post = self._post.get(t)
+            df = self._df.get(t, 0)
+            if post is None or not df:
+                continue
+            rows = np.frombuffer(post[0], np.int32)
+            tf = np.frombuffer(post[1], np.float32).astype(np.float64)
+            keep = alive[rows]
+            rows, tf = rows[keep], tf[keep]
+            idf = np.float32(np.log(1 + (self.n - df + 0.5) / (df + 0.5)))
+            out[rows] += qc * (idf * tf / (self.k1 * ((1 - self.b) + self.b * dl[rows] / avg) + tf))
+        return out.astype(np.float32)

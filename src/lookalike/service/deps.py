@@ -15,7 +15,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
 
 from lookalike.service.auth import TokenRecord, authorize, bearer
-from lookalike.service.state import Service
+from lookalike.service.state import Core, Service
 
 
 async def get_service(request: Request) -> Service:
@@ -26,11 +26,19 @@ async def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
+async def get_core(request: Request) -> Core:
+    """What every app has (a `Service`, or a `Core` when only the item bank is served): the token file."""
+    return request.app.state.service
+
+
+CoreDep = Annotated[Core, Depends(get_core)]
+
+
 def require(scope: str):
     """A security dependency admitting tokens of `scope` or above (401 without one, 403 below it)."""
 
     def check(
-        request: Request, svc: ServiceDep, cred: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None
+        request: Request, svc: CoreDep, cred: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None
     ) -> TokenRecord:
         assert svc.tokens is not None, "create_app attaches the guards only with an auth file"
         rec = authorize(svc.tokens, scope, cred)

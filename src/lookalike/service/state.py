@@ -21,6 +21,7 @@ from lookalike.recommend.recommender import Recommender
 from lookalike.recommend.statistics import BackgroundStatistics
 from lookalike.retrieval.stores import StoreItem, open_store
 from lookalike.service.auth import TokenFile
+from lookalike.service.itembank import ItemBankService, ItemBankSettings
 from lookalike.service.metrics import Metrics
 from lookalike.service.ratelimit import Rate
 from lookalike.service.uploads import UploadDir
@@ -29,8 +30,8 @@ from lookalike.service.uploads import UploadDir
 class ServiceSettings(BaseModel):
     """Everything `lookalike serve` can set; one validated object, as for training runs."""
 
-    checkpoint: str
-    store: str
+    checkpoint: str | None = Field(None, description="trained checkpoint; None serves the item bank alone")
+    store: str = "embedded://runs/service/store"
     catalog: str | None = Field(
         None, description="catalogue directory: its images are served (default: the checkpoint's training catalogue)"
     )
@@ -60,9 +61,12 @@ class ServiceSettings(BaseModel):
     category_field: str | None = Field(
         None, description="attribute counted per category and in the category mix (default: the model's)"
     )
+    itembank: ItemBankSettings | None = Field(None, description="an exam item bank served under /api/itembank")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServiceSettings":
+        if self.checkpoint is None and self.itembank is None:
+            raise ValueError("nothing to serve: give a checkpoint (--model), an item bank (--itembank), or both")
         if self.auth_reads and not self.auth_file:
             raise ValueError("auth_reads needs an auth_file")
         if self.rate_limit:
@@ -70,12 +74,45 @@ class ServiceSettings(BaseModel):
         return self
 
 
-class Service:
+class Core:
+    """What every served app holds, with a catalogue or without one (an item bank alone): the settings, the
+    token file, the request metrics, the upload limit and the item bank, if any."""
+
+    def __init__(self, s: ServiceSettings):
+        self.settings = s
+        self.tokens = TokenFile(s.auth_file) if s.auth_file else None
+        self.metrics = Metrics()
+        self.write_lock = threading.Lock()
+        self.max_bytes = int(s.max_upload_mb * 1024 * 1024)
+        self.itembank = (
+            ItemBankService(s.itembank, s.cache_dir, exact=s.search == "exact") if s.itembank is not None else None
+        )
+
+    def close(self) -> None:
+        if self.itembank is not None:
+            self.itembank.close()
+
+    def release(self) -> None:
+        """Give up the stores this process holds, at a served process's shutdown (workers.py)."""
+        if self.itembank is not None:
+            self.itembank.store.release()
+
+    def read_upload(self, f: UploadFile, what: str) -> bytes:
+        data = f.file.read(self.max_bytes + 1)
+        if len(data) > self.max_bytes:
+            raise HTTPException(
+                413, f"{what} {f.filename!r} is larger than the {self.settings.max_upload_mb:g} MB limit"
+            )
+        return data
+
+
+class Service(Core):
     """State shared by the endpoints: one store, one model, the recommenders, the metrics, and the thread
     that keeps the whole-catalogue statistics current (started here, stopped by `close`)."""
 
     def __init__(self, s: ServiceSettings):
-        self.settings = s
+        assert s.checkpoint is not None, "a catalogue is served from a checkpoint"
+        super().__init__(s)
         self.rule = NewRule.parse(s.new_rule)
         self.enc = QueryEncoder.load(s.checkpoint, s.cache_dir)
         self.store = open_store(s.store, self.enc.dim)
@@ -86,7 +123,6 @@ class Service:
         self.uploads = UploadDir(s.upload_dir)
         self.upload_dir = self.uploads.path
         self.swept = self.uploads.sweep(self.store)  # leftovers of a crashed writer, counted in the log
-        self.tokens = TokenFile(s.auth_file) if s.auth_file else None
         catalog = s.catalog or self.enc.cfg.data.catalog
         # The catalogue folder as given and as resolved: the loader stores resolved paths, and the folder
         # itself may be a link (the check against these roots is lexical, so links inside stay allowed).
@@ -97,25 +133,19 @@ class Service:
         )
         self.image_roots = [self.upload_dir, *dict.fromkeys(roots)]
         self.run_dir = Path(s.checkpoint).resolve().parent.parent
-        self.metrics = Metrics()
         self.recent: deque = deque(maxlen=6)  # recent result lists for the dashboard's image grids
-        self.write_lock = threading.Lock()
-        self.max_bytes = int(s.max_upload_mb * 1024 * 1024)
         self.stats.start()
 
     def close(self) -> None:
         """Stop the statistics thread (at shutdown, before the store is released)."""
         self.stats.stop()
+        super().close()
+
+    def release(self) -> None:
+        self.store.release()
+        super().release()
 
     # --- helpers -----------------------------------------------------------------------------------
-    def read_upload(self, f: UploadFile, what: str) -> bytes:
-        data = f.file.read(self.max_bytes + 1)
-        if len(data) > self.max_bytes:
-            raise HTTPException(
-                413, f"{what} {f.filename!r} is larger than the {self.settings.max_upload_mb:g} MB limit"
-            )
-        return data
-
     def image_vector(self, f: UploadFile, what: str = "image") -> np.ndarray:
         return self.enc.images([decode_image(self.read_upload(f, what), f"{what} {f.filename!r}")])[0]
 

@@ -32,7 +32,7 @@ class ServedApp:
 
             async def send_and_release(message):
                 if message["type"] == "lifespan.shutdown.complete":
-                    self.app.state.service.store.release()
+                    self.app.state.service.release()
                 await send(message)
 
             return await self.app(scope, receive, send_and_release)

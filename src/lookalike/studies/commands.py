@@ -204,6 +204,16 @@ def add_judge_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-timeout", type=float, default=30.0)
     p.add_argument("--judge-queries", type=int, default=200, help="judge a seeded sample of N queries")
     p.add_argument("--judge-pool", type=int, default=10, help="judge each query's top-N of dense, BM25 and TF-IDF")
+    p.add_argument(
+        "--judge-scale",
+        choices=["binary", "1-5"],
+        default="binary",
+        help="the judge answers yes/no, or grades 1-5 (a graded GT: nDCG on the grades, the rest at --grade-threshold)",
+    )
+    p.add_argument("--judge-max-figures", type=int, default=2, help="figures sent per question as image parts")
+    p.add_argument(
+        "--grade-threshold", type=int, help="grade from which a graded pair is relevant (default 3 on the 1-5 scale)"
+    )
 
 
 def judge_config(args, out: Path):
@@ -217,6 +227,8 @@ def judge_config(args, out: Path):
         api_key_env=args.judge_api_key_env,
         timeout_s=args.judge_timeout,
         cache=args.judge_cache or str(out / "judge_cache.jsonl"),
+        scale=args.judge_scale,
+        max_figures=args.judge_max_figures,
     )
 
 
@@ -252,6 +264,7 @@ def study_config(args):
         "reranker": args.reranker,
         "judge_queries": args.judge_queries,
         "judge_pool": args.judge_pool,
+        "threshold": args.grade_threshold,
         "ranx_check": False if args.no_ranx_check else None,
     }
     judge = judge_config(args, out)
@@ -269,14 +282,19 @@ def cmd_itembank_study(args) -> None:
     print(f"{s['n_items']} items ({sum(skipped.values())} skipped: {skipped or 'none'})")
     for gname, res in s["results"].items():
         g, t = res["gt"], res["table"]
-        print(f"\nGT {gname}: qrels {g['path']} ({g['queries']} queries, {g['pairs']} pairs)")
+        grades = g["grades"]
+        print(
+            f"\nGT {gname}: qrels {g['path']} ({g['queries']} queries, {g['pairs']} pairs; {grades['scale']} grades, "
+            f"relevant from {grades['threshold']})"
+        )
         if "winner" not in res:
             print(f"  {res['note']}")
             continue
         w = res["winner"]
         for r in dict.fromkeys([w, "dense", "bm25", "rrf"]):
             print(
-                f"  {r:<14} nDCG@10 {t[r]['ndcg@10']:.4f}  MRR {t[r]['mrr']:.4f}  hit@1 {t[r]['hit@1']:.4f}  "
+                f"  {r:<14} nDCG@10 {t[r]['ndcg@10']:.4f} (binarised {t[r]['ndcg@10_binary']:.4f})  "
+                f"MRR {t[r]['mrr']:.4f}  hit@1 {t[r]['hit@1']:.4f}  "
                 f"hit@10 {t[r]['hit@10']:.4f}  recall@10 {t[r]['recall@10']:.4f}  MAP {t[r]['map']:.4f}"
             )
         bt = res["best_two"]["tests"]["ndcg@10"]
@@ -296,7 +314,9 @@ def cmd_itembank_study(args) -> None:
             n = rr["vs_base"]["ndcg@10"]
             print(
                 f"  reranked {rr['base']} top-{rr['depth']} ({rr['n_test']} test queries): nDCG@10 "
-                f"{rr['table']['ndcg@10']:.4f} vs {rr['base_table']['ndcg@10']:.4f} ({n['diff']:+.4f}, Fisher "
+                f"{rr['table']['ndcg@10']:.4f} vs {rr['base_table']['ndcg@10']:.4f} (binarised "
+                f"{rr['table']['ndcg@10_binary']:.4f} vs {rr['base_table']['ndcg@10_binary']:.4f}) "
+                f"({n['diff']:+.4f}, Fisher "
                 f"p={fmt_p(n['fisher_p'])}), MRR {rr['table']['mrr']:.4f} vs {rr['base_table']['mrr']:.4f}; "
                 f"{rr['rerank_s']:.1f} s"
             )
@@ -333,6 +353,7 @@ def cmd_build_gt(args) -> None:
             "judge": judge.model_dump() if judge else None,
             "judge_queries": args.judge_queries,
             "judge_pool": args.judge_pool,
+            "threshold": args.grade_threshold,
             "out_dir": str(out),
         }
     )
@@ -340,7 +361,7 @@ def cmd_build_gt(args) -> None:
     runs = retriever_runs(bank, cfg, not args.no_progress)[0] if args.kind in ("llm", "hybrid") else {}
     g = build_gts(bank, cfg, runs, out, not args.no_progress)[args.kind]
     meta = {
-        **{k: v for k, v in g.items() if k != "qrels"},
+        **{k: v for k, v in g.items() if k not in ("qrels", "grading")},
         "config": json.loads(cfg.model_dump_json(by_alias=True)),
         "provenance": provenance(),
     }

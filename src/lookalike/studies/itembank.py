@@ -9,6 +9,7 @@ single comparison is reported on the other "test" half, so the winner's margin i
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lookalike.errors import LookalikeError
 from lookalike.itembank import groundtruth as gt
-from lookalike.itembank.evaluate import REPORTED, compare_runs, per_class, run_metrics, summarise
+from lookalike.itembank.evaluate import BINARY, REPORTED, Grading, compare_runs, per_class, run_metrics, summarise
 from lookalike.itembank.judge import JudgeConfig
 from lookalike.itembank.loading import PRESETS, ItemBank, ItemBankSchema, load_item_bank
 
@@ -49,6 +50,9 @@ class StudyConfig(BaseModel):
     judge: JudgeConfig | None = None
     judge_pool: int = Field(10, ge=1, description="LLM-judged candidates per query: top-n of dense ∪ BM25 ∪ TF-IDF")
     judge_queries: int | None = Field(200, ge=1, description="judge a seeded sample of queries (LLM cost)")
+    threshold: int | None = Field(
+        None, ge=1, description="grade from which a pair of a graded GT counts as relevant (default 3 on 1–5)"
+    )
     reranker: str | None = Field(
         None,
         description="'learned' (pair-feature model fitted on dev queries) or "
@@ -117,6 +121,7 @@ def build_gts(bank: ItemBank, cfg: StudyConfig, runs: dict, out: Path, progress:
     """name → {qrels, path, sha1, stats, ...}; each written as out/qrels/<name>.qrels."""
     qrels: dict[str, dict] = {}
     meta: dict[str, dict] = {}
+    grading: dict[str, Grading] = {}
     if "label" in cfg.gts:
         qrels["label"] = gt.label_qrels(bank)
         meta["label"] = {"rule": "same label (query itself excluded)"}
@@ -148,10 +153,13 @@ def build_gts(bank: ItemBank, cfg: StudyConfig, runs: dict, out: Path, progress:
             for i in sample
         }
         judge = LLMJudge(cfg.judge)
+        figures = {it.id: list(it.images) for it in bank.items if it.images}
         try:
-            qrels["llm"] = judge_qrels(dict(zip(ids, bank.texts)), cands, judge, progress)
+            qrels["llm"] = judge_qrels(dict(zip(ids, bank.texts)), cands, judge, progress, figures)
         finally:
             judge.close()
+        graded = Grading("1-5", cfg.threshold) if cfg.judge.scale == "1-5" else BINARY
+        grading["llm"] = grading["hybrid"] = graded
         meta["llm"] = {
             "rule": f"LLM judged similar among top-{cfg.judge_pool} of dense ∪ BM25 ∪ TF-IDF",
             "judged_queries": len(sample),
@@ -159,16 +167,33 @@ def build_gts(bank: ItemBank, cfg: StudyConfig, runs: dict, out: Path, progress:
             "judge": cfg.judge.model_dump(),
             "judge_stats": dict(judge.stats),
         }
-        qrels["hybrid"] = gt.intersect_qrels(qrels["tfidf"], qrels["llm"])
-        meta["hybrid"] = {"rule": "tfidf ∩ llm (pairs both call relevant)"}
+        qrels["hybrid"] = (
+            gt.intersect_qrels(qrels["tfidf"], qrels["llm"])
+            if graded is BINARY
+            else {
+                q: {d: g for d, g in qrels["llm"].get(q, {}).items() if d in rel}
+                for q, rel in qrels["tfidf"].items()
+                if qrels["llm"].get(q, {}).keys() & rel.keys()
+            }
+        )
+        meta["hybrid"] = {
+            "rule": "tfidf ∩ llm (pairs both call relevant)"
+            if graded is BINARY
+            else "tfidf neighbours graded by the llm (relevant from the threshold on: pairs both call relevant)"
+        }
     out_gts = {}
     for name in cfg.gts:
         path = out / "qrels" / f"{name}.qrels"
         sha = gt.write_qrels(path, qrels[name])
+        g = grading.get(name, BINARY)
+        # the grading beside the file, so `itembank review import --gt-dir` reads a graded GT at its threshold
+        path.with_suffix(".json").write_text(json.dumps({"grades": g.describe(), **meta[name]}, default=str))
         out_gts[name] = {
             "qrels": qrels[name],
+            "grading": g,
             "path": str(path),
             "sha1": sha,
+            "grades": g.describe(),
             **gt.qrels_stats(qrels[name]),
             **meta[name],
         }
@@ -188,18 +213,18 @@ def evaluate_all(bank: ItemBank, runs: dict, gts: dict, cfg: StudyConfig) -> tup
     ids, labels = bank.ids, bank.label_of()
     results, per_query = {}, {}
     for gname, g in gts.items():
-        q = g["qrels"]
+        q, grading = g["qrels"], g.get("grading", BINARY)
         table, pq_all, classes = {}, {}, {}
         rows = np.zeros(0, np.int64)
         for rname, (idx, _) in runs.items():
-            rows, pq = run_metrics(idx, ids, q)
+            rows, pq = run_metrics(idx, ids, q, grading)
             pq_all[rname] = pq
             table[rname] = summarise(pq)
             classes[rname] = per_class(pq, [labels[i] for i in rows])
         dev = _split_rows(rows, ids, cfg.seed, cfg.dev_fraction)
         per_query[gname] = (rows, pq_all, dev)
         res = {
-            "gt": {k: v for k, v in g.items() if k != "qrels"},
+            "gt": {k: v for k, v in g.items() if k not in ("qrels", "grading")},
             "n_queries": len(rows),
             "table": table,
             "per_class": classes,
@@ -242,6 +267,7 @@ def _rerank_effect(
     per_query: tuple,
     reranker: str,
     cfg: StudyConfig,
+    grading: Grading = BINARY,
 ) -> dict:
     """Rerank `base`'s top rerank_depth for the test queries and compare with `base` on those queries.
     The learned reranker is fitted on the dev queries' candidates first (never on test queries)."""
@@ -257,7 +283,8 @@ def _rerank_effect(
 
         learned = PairFeatureReranker(bank.texts, retrievers["dense"], retrievers["bm25"], cfg.seed)
         train = rows[dev]
-        learned.fit(list(train), idx[train, : cfg.rerank_depth], [{pos[d] for d in qrels[ids[i]]} for i in train])
+        relevant = [{pos[d] for d, g in qrels[ids[i]].items() if g >= grading.cut} for i in train]
+        learned.fit(list(train), idx[train, : cfg.rerank_depth], relevant)
         rr = learned
     else:
         rr = create_reranker(reranker)
@@ -268,7 +295,7 @@ def _rerank_effect(
     secs = time.perf_counter() - t
     full = idx.copy()
     full[test] = new_idx
-    _, pq = run_metrics(full, ids, qrels)
+    _, pq = run_metrics(full, ids, qrels, grading)
     return {
         "reranker": rr.config(),
         "base": base,
@@ -283,23 +310,24 @@ def _rerank_effect(
 
 
 def cross_check_ranx(bank: ItemBank, runs: dict, gts: dict, results: dict) -> dict:
-    """The first GT's winner and runner-up recomputed by ranx (metrics, and `compare` p-values)."""
-    from ranx import Qrels as RQ
+    """The first GT's winner and runner-up recomputed by ranx (metrics, and `compare` p-values); a graded GT
+    goes to ranx as gains, with the threshold as its `-lN` relevance level."""
     from ranx import compare, evaluate
 
-    from lookalike.itembank.evaluate import ranx_run
+    from lookalike.itembank.evaluate import ranx_qrels, ranx_run
 
     gname = next(g for g in results if "winner" in results[g])
-    res, q = results[gname], gts[gname]["qrels"]
-    rows, pq = run_metrics(runs[res["winner"]][0], bank.ids, q)
-    qr = RQ.from_dict({bank.ids[i]: q[bank.ids[i]] for i in rows})
+    res, q, grading = results[gname], gts[gname]["qrels"], gts[gname].get("grading", BINARY)
+    rows, pq = run_metrics(runs[res["winner"]][0], bank.ids, q, grading)
+    qr = ranx_qrels(q, grading, {bank.ids[i] for i in rows})
     a, b = (ranx_run(runs[n][0], bank.ids, rows, n) for n in (res["winner"], res["best_two"]["b"]))
+    lvl = f"-l{grading.cut - grading.low}"
     names = {
-        "hit@1": "hit_rate@1",
-        "hit@10": "hit_rate@10",
-        "recall@10": "recall@10",
-        "mrr": "mrr@100",
-        "map": "map@100",
+        "hit@1": f"hit_rate@1{lvl}",
+        "hit@10": f"hit_rate@10{lvl}",
+        "recall@10": f"recall@10{lvl}",
+        "mrr": f"mrr@100{lvl}",
+        "map": f"map@100{lvl}",
         "ndcg@10": "ndcg@10",
     }
     theirs = evaluate(qr, a, list(names.values()))
@@ -344,6 +372,67 @@ def _chart(results: dict, cfg: StudyConfig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+_FORMULA = re.compile(r"\d\s*[+\-×÷*/=^]\s*\d|\\[a-zA-Z]+|[=≤≥]")
+
+
+def question_type(text: str, has_figure: bool) -> str:
+    """text-only, with figure, or with formula (an operator between numbers, a relation, or a TeX command)."""
+    return "with figure" if has_figure else "with formula" if _FORMULA.search(text) else "text-only"
+
+
+def write_errors(bank: ItemBank, runs: dict, gts: dict, results: dict, per_query: dict, path: Path, worst: int = 3):
+    """errors.html: for each GT, its winner's `worst` queries by nDCG@10 per class and per question type, each
+    with its top-5 (relevant ones marked with their grade) and its ground truth."""
+    import html as h
+
+    items, ids = bank.items, bank.ids
+    pos = {d: n for n, d in enumerate(ids)}
+    labels = bank.label_of()
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Item-bank errors</title><style>"
+        "body{font-family:sans-serif;max-width:70em;margin:2em auto} td{vertical-align:top;padding:.2em .5em}"
+        " .rel{background:#d9f2d9} .q{border-top:1px solid #999;margin-top:1em}</style></head><body>",
+        "<h1>Worst queries per class and per question type</h1>",
+    ]
+    for gname, res in results.items():
+        if "winner" not in res:
+            continue
+        run = res["winner"]
+        rows, pq_all, _ = per_query[gname]
+        ndcg = pq_all[run]["ndcg@10"]
+        qrels = gts[gname]["qrels"]
+        idx = runs[run][0]
+        groups: dict[str, list[int]] = {}
+        for r, i in enumerate(rows):
+            groups.setdefault(f"class {labels[i] or '(none)'}", []).append(r)
+            groups.setdefault(f"type {question_type(items[i].text, bool(items[i].images))}", []).append(r)
+        parts.append(f"<h2>GT {h.escape(gname)}, run {h.escape(run)} (nDCG@10 per query)</h2>")
+        for gkey in sorted(groups):
+            rs = sorted(groups[gkey], key=lambda r: (ndcg[r], ids[rows[r]]))[:worst]
+            mean = float(np.mean(ndcg[groups[gkey]]))
+            parts.append(f"<h3>{h.escape(gkey)}: {len(groups[gkey])} queries, mean nDCG@10 {mean:.3f}</h3>")
+            for r in rs:
+                i = rows[r]
+                rel = qrels[ids[i]]
+                top = "".join(
+                    f"<li class='{'rel' if ids[j] in rel else ''}'>{h.escape(ids[j])}"
+                    f"{f' (grade {rel[ids[j]]})' if ids[j] in rel else ''}: {h.escape(items[j].text[:160])}</li>"
+                    for j in idx[i, :5]
+                    if j >= 0
+                )
+                truth = "".join(
+                    f"<li>{h.escape(d)} (grade {g}): {h.escape(items[pos[d]].text[:160])}</li>"
+                    for d, g in sorted(rel.items(), key=lambda dg: (-dg[1], dg[0]))[:5]
+                )
+                parts.append(
+                    f"<div class='q'><b>{h.escape(ids[i])}</b> nDCG@10 {ndcg[r]:.3f}: {h.escape(items[i].text)}"
+                    f"<table><tr><td>top-5<ol>{top}</ol></td><td>ground truth ({len(rel)})<ul>{truth}</ul></td></tr>"
+                    "</table></div>"
+                )
+    parts.append("</body></html>")
+    path.write_text("".join(parts), encoding="utf-8")
 
 
 def fmt_p(p: float) -> str:
@@ -425,7 +514,15 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict:
         for gname, res in results.items():
             if "winner" in res:
                 res["rerank"] = _rerank_effect(
-                    bank, runs, retrievers, gts[gname]["qrels"], res["winner"], per_query[gname], cfg.reranker, cfg
+                    bank,
+                    runs,
+                    retrievers,
+                    gts[gname]["qrels"],
+                    res["winner"],
+                    per_query[gname],
+                    cfg.reranker,
+                    cfg,
+                    gts[gname].get("grading", BINARY),
                 )
     t = time.perf_counter()
     ranx_check = (
@@ -465,4 +562,5 @@ def run_study(cfg: StudyConfig, progress: bool = True) -> dict:
                     + f",{res['table'][r]['n_queries']}\n"
                 )
     _chart(results, cfg, out / "study_alpha.png")
+    write_errors(bank, runs, gts, results, per_query, out / "errors.html")
     return summary

@@ -9,14 +9,14 @@ from fastapi import APIRouter, HTTPException, Security
 from fastapi.security import HTTPAuthorizationCredentials
 
 from lookalike.service.auth import bearer
-from lookalike.service.deps import ServiceDep
+from lookalike.service.deps import CoreDep
 
 router = APIRouter(tags=["auth"])
 admin_router = APIRouter(tags=["auth"])
 
 
 @router.get("/api/auth")
-def auth_info(svc: ServiceDep, cred: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None) -> dict:
+def auth_info(svc: CoreDep, cred: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None) -> dict:
     """What this server asks for, and which token (id and scope, never the token) a request carries."""
     token = None
     if svc.tokens and cred is not None:
@@ -37,7 +37,7 @@ def auth_info(svc: ServiceDep, cred: Annotated[HTTPAuthorizationCredentials | No
 
 
 @admin_router.get("/api/auth/tokens")
-def auth_tokens(svc: ServiceDep) -> dict:
+def auth_tokens(svc: CoreDep) -> dict:
     """The accepted tokens' ids, scopes, names and creation times (admin scope; hashes never shown)."""
     assert svc.tokens is not None, "create_app includes this router only with an auth file"
     return {
