@@ -60,6 +60,9 @@ NOT_RUN = {
     "lookalike compare-towers": "eight trainings on 1,500 products; tests/test_studies.py runs it on 200",
     "lookalike compare-rerankers": "a placeholder checkpoint (runs/x); tests/test_studies.py runs it",
     "python benchmarks/towers.py": "the full tower study (a benchmark)",
+    "lookalike events import events.csv": "an events file; tests/test_events.py imports CSV and JSONL files",
+    "lookalike serve --model $M --experiment": "an experiment file; tests/test_service_events.py serves one",
+    "lookalike experiment report": "an experiment file; tests/test_service_events.py reports one",
 }
 # Whole words of synopsis lines that stand for a value, and what stands in for them here.
 PLACEHOLDERS = {

@@ -21,6 +21,15 @@ import numpy as np
 
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.diversity import intra_list_diversity
+from lookalike.recommend.profile import (
+    History,
+    ProfileSettings,
+    allocate,
+    event_weights,
+    interests,
+    mean_query,
+    merge,
+)
 from lookalike.recommend.statistics import FLAG, BackgroundStatistics, CatalogueStatistics, OnDemandStatistics
 from lookalike.retrieval import ranking
 from lookalike.retrieval.ranking import Offsets, StoreGallery
@@ -142,6 +151,56 @@ class Recommender:
     ) -> dict:
         flt = {**(filters or {}), **NEW}
         return self.rank(query[None, :], k, flt, diversity, exclude_ids)[0]
+
+    def for_history(
+        self,
+        history: History,
+        k: int,
+        profile: str = "multi-interest",
+        settings: ProfileSettings | None = None,
+        filters: dict | None = None,
+        diversity: float = 0.0,
+        exclude_ids: list[str] | None = None,
+        new_only: bool = True,
+    ) -> dict:
+        """A customer's history → the top-k new products (any product with `new_only=False`; recommend/profile.py):
+        one weighted-mean query (`profile="mean"`) or one query per interest, merged in proportion to the
+        interests' weights. Every list is ranked by `retrieval.ranking.rank`. Returns {items: [(id, score,
+        metadata)], item_interests (the interest each item came from), interests: [{size, weight, medoid,
+        members}], intra_list_diversity}."""
+        s = settings or ProfileSettings()
+        w = event_weights(history, s)
+        flt = {**(filters or {}), **(NEW if new_only else {})}
+        if profile == "mean":
+            q = mean_query(history, w)
+            sims = history.vectors @ q
+            found = [(np.arange(len(w)), int(np.argmax(sims)), 1.0, q)]
+        elif profile == "multi-interest":
+            found = [(i.members, i.medoid, i.weight, i.query) for i in interests(history, w, s)]
+        else:
+            raise LookalikeError(f"unknown profile {profile!r}: multi-interest or mean")
+        queries = np.stack([f[3] for f in found])
+        lists = ranking.rank(queries, self.gallery(None), k, exclude_ids=exclude_ids, filters=flt, diversity=diversity)
+        rows = [
+            [(i, float(sc), md, v) for i, sc, md, v in zip(r.ids, r.scores, r.metadata or [], r.vectors)]  # type: ignore[arg-type]
+            for r in lists
+        ]
+        picked = merge(rows, allocate([f[2] for f in found], k), k)
+        vecs = np.stack([it[3] for _, it in picked]) if picked else np.zeros((0, queries.shape[1]), np.float32)
+        return {
+            "items": [(it[0], it[1], it[2]) for _, it in picked],
+            "item_interests": [j for j, _ in picked],
+            "interests": [
+                {
+                    "size": len(members),
+                    "weight": round(weight, 4),
+                    "medoid": history.labels[medoid],
+                    "members": [history.labels[m] for m in members],
+                }
+                for members, medoid, weight, _ in found
+            ],
+            "intra_list_diversity": round(intra_list_diversity(vecs), 4) if len(vecs) > 1 else 0.0,
+        }
 
     # --- best sellers ------------------------------------------------------------------------------
     def best_by_sales(self, sales: dict[str, float], fraction: float) -> list[tuple[str, float]]:
