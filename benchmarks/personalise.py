@@ -17,7 +17,8 @@ Per method: hit@10 (a target in the top 10), interest coverage@10 (the share of 
 product in the top 10), precision@10 (the share of the top 10 in one of its interests) and ILD@10. Goals:
 multi-interest coverage@10 ≥ 0.97 and precision@10 no lower than the mean profile's.
 
-    python benchmarks/personalise.py [--customers 1000] [--seed 0] [--cuts 0.4 0.5 0.6] [--markdown]
+    python benchmarks/personalise.py [--customers 1000] [--seed 0] [--cuts 0.5 0.6] [--queries medoid mean]
+        [--interest-fields none articleType gender,articleType] [--group gender,articleType,baseColour] [--markdown]
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ from machine import Machine
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ROOT.parent / "shared" / "data" / "fashion-products"
 GROUP = ("gender", "articleType", "baseColour")
+ATTRIBUTES = ("gender", "masterCategory", "subCategory", "articleType", "baseColour")  # stored with each product
 DIM = 512
 MIN_ESTABLISHED, MIN_NEW = 5, 3
 LABEL = "SIMULATED customers"
 
 
-def load(cache_dir: str | None):
+def load(cache_dir: str | None, group: tuple[str, ...]):
     """(vectors, ids, is_new, group per product) of the real catalogue, vectors in the PCA-512 image space."""
     sys.path.insert(0, str(ROOT / "src"))
     from lookalike.catalogue import load_catalogue
@@ -57,8 +59,9 @@ def load(cache_dir: str | None):
     rule = NewRule.parse("year>=2016")  # the service's default rule
     new = np.array([rule.is_new(p) for p in ps])
     x = ImageSpace("pca", DIM).fit(emb.features[~new]).transform(emb.features)
-    groups = ["|".join(p.value(f) for f in GROUP) for p in ps]
-    return x, [p.id for p in ps], new, groups
+    groups = ["|".join(p.value(f) for f in group) for p in ps]
+    attrs = [{f: p.value(f) for f in ATTRIBUTES} for p in ps]
+    return x, [p.id for p in ps], new, groups, attrs
 
 
 def simulate(rng, groups, new, n: int, scenario: str) -> list[dict]:
@@ -92,6 +95,11 @@ def simulate(rng, groups, new, n: int, scenario: str) -> list[dict]:
         order = rng.permutation(len(events))
         out.append({"interests": interests, "history": [events[i] for i in order]})
     return out
+
+
+def describe(s, default) -> str:
+    fields = "+".join(s.interest_fields) or "none"
+    return f"{s.query} queries, cut {s.cut}, interest fields {fields}" + (", default" if s == default else "")
 
 
 def evaluate(rec, customers, x, ids, groups, methods, settings) -> dict:
@@ -132,10 +140,12 @@ def main() -> None:
     p.add_argument("--customers", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cuts", type=float, nargs="+", default=None, help="also try these interest cuts (cosine distance)")
+    p.add_argument("--queries", nargs="+", choices=["medoid", "mean"], help="also try these interest queries")
     p.add_argument(
-        "--queries", nargs="+", default=["medoid"], choices=["medoid", "mean"], help="interest queries to try"
+        "--interest-fields", nargs="+", help="also try these interest fields (comma-separated lists, or none)"
     )
     p.add_argument("--latency-customers", type=int, default=200, help="50-event histories timed on the whole catalogue")
+    p.add_argument("--group", default=",".join(GROUP), help="the fields an interest shares (default %(default)s)")
     p.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike)")
     p.add_argument("--out", default="runs/bench/personalise", help="where the JSON report goes")
     p.add_argument("--markdown", action="store_true")
@@ -147,7 +157,11 @@ def main() -> None:
     from lookalike.retrieval.stores import StoreItem, open_store
 
     t = time.perf_counter()
-    x, ids, new, groups = load(args.cache_dir)
+    group = tuple(args.group.split(","))
+    x, ids, new, groups, attrs = load(args.cache_dir, group)
+    print(
+        f"{LABEL}: an interest is a ({', '.join(group)}) group with ≥ {MIN_ESTABLISHED} established and ≥ {MIN_NEW} new"
+    )
     print(f"{LABEL}: catalogue {len(ids)} products ({int(new.sum())} new) embedded in {time.perf_counter() - t:.1f} s")
     rng = np.random.default_rng(args.seed)
     scenarios = {
@@ -155,32 +169,33 @@ def main() -> None:
         "simulated: 2 interests of 3 clicks (the issue's check)": simulate(rng, groups, new, args.customers, "issue"),
     }
     default = ProfileSettings()
-    cuts = sorted({default.cut, *(args.cuts or [])})
-    report: dict = {"label": LABEL, "seed": args.seed, "customers": args.customers, "scenarios": {}}
+    options = [
+        ProfileSettings(cut=c, query=q, interest_fields=tuple(f.split(",")) if f != "none" else ())
+        for q in dict.fromkeys(args.queries or [default.query])
+        for c in dict.fromkeys(args.cuts or [default.cut])
+        for f in dict.fromkeys(args.interest_fields or ["none"])
+    ]
+    variants = [default, *(o for o in options if o != default)]
+    report: dict = {"label": LABEL, "seed": args.seed, "customers": args.customers, "group": group, "scenarios": {}}
     lines = [
-        f"| {LABEL} (fashion-products, new products as targets) | method | hit@10 | interest coverage@10 | "
+        f"| {LABEL} (fashion-products, new products as targets; an interest: {'+'.join(group)}) | method | "
+        "hit@10 | interest coverage@10 | "
         "precision@10 | ILD@10 | ms a customer |",
         "|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(f"embedded://{tmp}/store", dim=DIM)
-        rows = np.flatnonzero(new)
-        store.upsert([StoreItem(ids[r], x[r], {"is_new": True, "group": groups[r]}) for r in rows])
+        # the whole catalogue, as the service stores it: the new products found by the is_new filter, the
+        # history's established products with their attributes (what interest fields read)
+        store.upsert([StoreItem(ids[r], x[r], {**attrs[r], "is_new": bool(new[r])}) for r in range(len(ids))])
         rec = Recommender(store)
         for name, customers in scenarios.items():
             report["scenarios"][name] = {}
-            variants = [(cut, q) for q in dict.fromkeys([default.query, *args.queries]) for cut in cuts]
-            for n, (cut, q) in enumerate(variants):
-                settings = ProfileSettings(cut=cut, query=q)
+            for n, settings in enumerate(variants):
                 methods = ["last item", "mean", "multi-interest"] if n == 0 else ["multi-interest"]
                 res = evaluate(rec, customers, x, ids, groups, methods, settings)
-                is_default = cut == default.cut and q == default.query
                 for m, r in res.items():
-                    label = (
-                        m
-                        if m != "multi-interest"
-                        else f"multi-interest ({q} queries, cut {cut}{', default' if is_default else ''})"
-                    )
+                    label = m if m != "multi-interest" else "multi-interest (" + describe(settings, default) + ")"
                     report["scenarios"][name][label] = r
                     print(f"{name} | {label}: " + ", ".join(f"{k} {v}" for k, v in r.items()), flush=True)
                     lines.append(
@@ -188,7 +203,7 @@ def main() -> None:
                         f"| {r['ILD@10']:.4f} | {r['ms_per_customer']} |"
                     )
             got = report["scenarios"][name]
-            multi = got[f"multi-interest ({default.query} queries, cut {default.cut}, default)"]
+            multi = got["multi-interest (" + describe(default, default) + ")"]
             goals = {
                 "coverage@10 >= 0.97": multi["coverage@10"] >= 0.97,
                 "precision@10 >= mean's": multi["precision@10"] >= got["mean"]["precision@10"],
@@ -197,12 +212,7 @@ def main() -> None:
             print(
                 f"{LABEL}: {name}: goals " + ", ".join(f"{g}: {'met' if ok else 'MISSED'}" for g, ok in goals.items())
             )
-        store.close()
-        # Latency: 50-event histories against the whole catalogue in one store (the new ones found by the is_new
-        # filter, as the service finds them); Recommender.for_history alone, one customer at a time.
-        whole = open_store(f"embedded://{tmp}/whole", dim=DIM)
-        whole.upsert([StoreItem(ids[r], x[r], {"is_new": bool(new[r])}) for r in range(len(ids))])
-        rec = Recommender(whole)
+        # Latency: 50-event histories on the same store; Recommender.for_history alone, one customer at a time.
         fifty = simulate(rng, groups, new, args.latency_customers, "fifty")
         report["latency"] = {"products": len(ids), "history": 50, "customers": len(fifty)}
         for profile in ("mean", "multi-interest"):
@@ -222,7 +232,7 @@ def main() -> None:
                 f"new by filter), Recommender.for_history: p50 {p50:.2f} ms, p95 {p95:.2f} ms (goal p95 ≤ 30 ms "
                 f"for the request; HTTP not included)"
             )
-        whole.close()
+        store.close()
     if args.markdown:
         machine.table("\n".join(lines))
     report["machine"] = machine.finish()

@@ -126,3 +126,60 @@ def test_evaluate_sessions_replays_each_next_click(tmp_path, capsys):
     assert rep["cases"] == 2 and rep["skipped"] == {"malformed timestamp": 1, "unknown product": 1}
     for m in ("last item", "mean", "multi-interest"):
         assert rep["methods"][m] == {"hit@10": 1.0, "ndcg@10": 1.0, "mrr": 1.0}  # the cluster's next product first
+
+
+def test_an_interest_ranks_among_the_values_its_events_agree_on(tmp_path):
+    a, b = directions(2, seed=9)
+    store = open_store(f"embedded://{tmp_path}/store", dim=DIM)
+    # new products near interest a: half shirts, half shoes; the shoes lie a little nearer the clicks
+    near = around(a, 12, 0.2, 1)
+    store.upsert(
+        [StoreItem(f"shoe{i}", near[i], {"is_new": True, "type": "shoes"}) for i in range(6)]
+        + [StoreItem(f"shirt{i}", near[6 + i] * 0.8 + a * 0.2, {"is_new": True, "type": "shirts"}) for i in range(6)]
+        + [StoreItem(f"h{i}", v, {"is_new": False, "type": "shirts"}) for i, v in enumerate(around(a, 3, 0.05, 2))]
+        + [StoreItem("b-shirt", b, {"is_new": True, "type": "shirts"})]
+    )
+    hist = History(
+        np.stack([store.get(f"h{i}").vector for i in range(3)]),
+        ["click"] * 3,
+        [None] * 3,
+        *[[f"h{i}" for i in range(3)]] * 2,
+    )
+    rec = Recommender(store)
+    plain = rec.for_history(hist, 6)
+    typed = rec.for_history(hist, 6, settings=ProfileSettings(interest_fields=("type",)))
+    assert typed["interests"][0]["filters"] == {"type": "shirts"} and "filters" not in plain["interests"][0]
+    assert {md["type"] for _, _, md in typed["items"]} == {"shirts"}
+    assert {md["type"] for _, _, md in plain["items"]} == {"shirts", "shoes"}
+    # fewer products share the values than asked for: the rest of the catalogue follows
+    more = rec.for_history(hist, 10, settings=ProfileSettings(interest_fields=("type",)))
+    assert [md["type"] for _, _, md in more["items"]][:7] == ["shirts"] * 7 and len(more["items"]) == 10
+
+
+def test_lookalike_recommend_history_from_the_command_line(tmp_path, capsys):
+    import json
+
+    from lookalike.cli import main
+
+    a, b = directions(2, seed=10)
+    url = f"embedded://{tmp_path}/store"
+    store = open_store(url, dim=DIM)
+    store.upsert(
+        [
+            StoreItem(f"n{i}", v, {"is_new": True})
+            for i, v in enumerate(np.concatenate([around(a, 8, 0.3, 1), around(b, 8, 0.3, 2)]))
+        ]
+        + [
+            StoreItem(f"h{i}", v, {"is_new": False})
+            for i, v in enumerate(np.concatenate([around(a, 2, 0.05, 3), around(b, 2, 0.05, 4)]))
+        ]
+    )
+    store.close()
+    main(["recommend", "--history", "h0", "h1", "h2", "h3", "-k", "6", "--store", url, "--format", "json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["profile"] == "multi-interest" and [i["size"] for i in out["interests"]] == [2, 2]
+    assert len(out["items"]) == 6 and {it["interest"] for it in out["items"]} == {0, 1}
+    assert all(it["id"].startswith("n") for it in out["items"])
+    with pytest.raises(SystemExit):
+        main(["recommend", "--history", "h0", "nope", "--store", url])
+    assert "unknown product id(s) ['nope']" in capsys.readouterr().err

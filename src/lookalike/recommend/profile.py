@@ -40,6 +40,7 @@ class ProfileSettings:
     cut: float = 0.5  # cosine distance at which the history's clusters stop merging
     max_interests: int = 5
     query: str = "medoid"  # an interest's query: its medoid (PinnerSage) or the weighted mean of its events
+    interest_fields: tuple[str, ...] = ()  # an interest ranks among products sharing the values its events agree on
 
     def __post_init__(self) -> None:
         bad = {k: v for k, v in self.event_weights.items() if not (isinstance(v, (int, float)) and v >= 0)}

@@ -14,6 +14,7 @@ store's own counts (O(1), exact at every version); centrality comes from the who
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 
@@ -180,11 +181,31 @@ class Recommender:
         else:
             raise LookalikeError(f"unknown profile {profile!r}: multi-interest or mean")
         queries = np.stack([f[3] for f in found])
-        lists = ranking.rank(queries, self.gallery(None), k, exclude_ids=exclude_ids, filters=flt, diversity=diversity)
+        agreed = self._agreed(history, [f[0] for f in found], s.interest_fields) if profile != "mean" else [{}]
+        if any(agreed):  # each interest ranks within the values its events agree on
+            lists = [
+                ranking.rank(
+                    q, self.gallery(None), k, exclude_ids=exclude_ids, filters={**flt, **a}, diversity=diversity
+                )[0]
+                for q, a in zip(queries, agreed)
+            ]
+        else:
+            lists = ranking.rank(
+                queries, self.gallery(None), k, exclude_ids=exclude_ids, filters=flt, diversity=diversity
+            )
         rows = [
             [(i, float(sc), md, v) for i, sc, md, v in zip(r.ids, r.scores, r.metadata or [], r.vectors)]  # type: ignore[arg-type]
             for r in lists
         ]
+        for j, a in enumerate(agreed):
+            if a and len(rows[j]) < k:  # too few share those values: the rest of the catalogue follows
+                more = ranking.rank(queries[j], self.gallery(None), k, exclude_ids=exclude_ids, filters=flt)[0]
+                have = {r[0] for r in rows[j]}
+                rows[j] += [
+                    (i, float(sc), md, v)
+                    for i, sc, md, v in zip(more.ids, more.scores, more.metadata or [], more.vectors)  # type: ignore[arg-type]
+                    if i not in have
+                ][: k - len(rows[j])]
         picked = merge(rows, allocate([f[2] for f in found], k), k)
         vecs = np.stack([it[3] for _, it in picked]) if picked else np.zeros((0, queries.shape[1]), np.float32)
         return {
@@ -196,11 +217,31 @@ class Recommender:
                     "weight": round(weight, 4),
                     "medoid": history.labels[medoid],
                     "members": [history.labels[m] for m in members],
+                    **({"filters": a} if a else {}),
                 }
-                for members, medoid, weight, _ in found
+                for (members, medoid, weight, _), a in zip(found, agreed)
             ],
             "intra_list_diversity": round(intra_list_diversity(vecs), 4) if len(vecs) > 1 else 0.0,
         }
+
+    def _agreed(self, history: History, groups: list[np.ndarray], fields: tuple[str, ...]) -> list[dict]:
+        """Per interest, the values of `fields` that all its stored products share (scalars only): an interest of
+        three black men's T-shirts ranks among men's T-shirts when `fields` names gender and articleType."""
+        if not fields:
+            return [{} for _ in groups]
+        pids = [p for p in dict.fromkeys(history.product_ids) if p]
+        meta = {it.id: it.metadata for it in self.store.get_many(pids) if it is not None}
+        out = []
+        for members in groups:
+            mds = [meta[p] for m in members if (p := history.product_ids[m]) and p in meta]
+            agreed: dict = {}
+            for f in fields:
+                vals = {json.dumps(md.get(f), sort_keys=True) for md in mds}
+                v = mds[0].get(f) if mds else None
+                if len(vals) == 1 and isinstance(v, (str, int, float, bool)):
+                    agreed[f] = v
+            out.append(agreed)
+        return out
 
     # --- best sellers ------------------------------------------------------------------------------
     def best_by_sales(self, sales: dict[str, float], fraction: float) -> list[tuple[str, float]]:

@@ -90,6 +90,7 @@ def cmd_serve(args) -> None:
             event_weights=json.loads(args.event_weights) if args.event_weights else None,
             half_life_days=args.half_life_days,
             experiment=args.experiment,
+            interest_fields=args.interest_fields,
         )
     except ValueError as e:  # json.JSONDecodeError included
         raise LookalikeError(f"invalid service settings: {e}") from None
@@ -280,6 +281,14 @@ def add_commands(sub) -> None:
     s.add_argument(
         "--event-weights",
         help='JSON weights of history event types, e.g. \'{"view": 0.5, "click": 1, "cart": 2, "purchase": 3}\'',
+    )
+    s.add_argument(
+        "--interest-fields",
+        nargs="*",
+        default=[],
+        metavar="FIELD",
+        help="each history interest ranks among products sharing the values of these fields its events agree on "
+        "(e.g. articleType)",
     )
     s.add_argument("--experiment", help="an A/B experiment JSON file: variants of the recommender, split by customer")
     s.add_argument("--half-life-days", type=float, default=30.0, help="a history event's weight halves every N days")

@@ -119,7 +119,7 @@ def cmd_events_import(args) -> None:
 def cmd_recommend(args) -> None:
     import numpy as np
 
-    from lookalike.recommend.profile import History
+    from lookalike.recommend.profile import History, ProfileSettings
     from lookalike.recommend.recommender import Recommender
     from lookalike.retrieval.stores import open_store
     from lookalike.service.commands import _url
@@ -138,7 +138,12 @@ def cmd_recommend(args) -> None:
             list(args.history),
         )
         res = Recommender(store).for_history(
-            history, args.k, args.profile, diversity=args.diversity, exclude_ids=list(dict.fromkeys(args.history))
+            history,
+            args.k,
+            args.profile,
+            ProfileSettings(interest_fields=tuple(args.interest_fields)),
+            diversity=args.diversity,
+            exclude_ids=list(dict.fromkeys(args.history)),
         )
     finally:
         store.close()
@@ -245,6 +250,7 @@ def add_commands(sub) -> None:
     r.add_argument("-k", type=int, default=10, help="results (default 10)")
     r.add_argument("--profile", choices=["multi-interest", "mean"], default="multi-interest")
     r.add_argument("--diversity", type=float, default=0.0, help="MMR diversity weight 0..1 (default 0)")
+    r.add_argument("--interest-fields", nargs="*", default=[], metavar="FIELD", help="as serve --interest-fields")
     r.add_argument("--format", choices=["text", "json"], default="text")
     r.set_defaults(func=cmd_recommend)
 

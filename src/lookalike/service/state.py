@@ -67,6 +67,10 @@ class ServiceSettings(BaseModel):
         None, description="weight of each history event type (default: recommend/profile.py EVENT_WEIGHTS)"
     )
     experiment: str | None = Field(None, description="an A/B experiment file (recommend/experiments.py)")
+    interest_fields: list[str] = Field(
+        default_factory=list,
+        description="a history interest ranks among products sharing the values of these fields its events agree on",
+    )
     half_life_days: float = Field(30.0, gt=0, description="a history event's weight halves every this many days")
     category_field: str | None = Field(
         None, description="attribute counted per category and in the category mix (default: the model's)"
@@ -94,7 +98,9 @@ class Service:
         self.stats = BackgroundStatistics(self.store, s.stats_interval, s.store, s.stats_subprocess_from)
         self.rec = Recommender(self.store, category, colour, exact=s.search == "exact", statistics=self.stats)
         self.profile_settings = ProfileSettings(
-            event_weights={**EVENT_WEIGHTS, **(s.event_weights or {})}, half_life_days=s.half_life_days
+            event_weights={**EVENT_WEIGHTS, **(s.event_weights or {})},
+            half_life_days=s.half_life_days,
+            interest_fields=tuple(s.interest_fields),
         )
         self.experiment = Experiment.load(s.experiment) if s.experiment else None
         self.events = open_events(self.store)  # customers' events and the online KPIs, beside the catalogue
