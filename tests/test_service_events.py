@@ -255,3 +255,18 @@ def test_an_experiment_splits_customers_sticky_and_reports_per_variant(env, tmp_
     assert client.get("/api/experiments/other").status_code == 404
     main(["experiment", "report", "--experiment", str(exp), "--store", env["url"], "--format", "json"])
     assert json.loads(capsys.readouterr().out) == rep
+
+
+def test_profile_tower_ranks_with_the_served_user_tower(env, tmp_path):
+    from lookalike.towers.user import UserTower
+
+    dim = open_store(env["url"]).dim
+    UserTower(dim).save(tmp_path / "u.pt")
+    client = TestClient(make_app(env["url"], tmp_path, user_tower=str(tmp_path / "u.pt")))
+    old = [i for i in env["ids"] if i not in env["new"]][:3]
+    body = {"history": [{"product_id": p, "event": "click"} for p in old], "k": 4, "profile": "tower"}
+    j = client.post("/api/recommend/customer_input", json=body).json()
+    assert j["profile"] == "tower" and len(j["items"]) == 4 and len(j["interests"]) == 1
+    plain = TestClient(make_app(env["url"], tmp_path))
+    r = plain.post("/api/recommend/customer_input", json=body)
+    assert r.status_code == 400 and "needs a trained user tower" in r.text

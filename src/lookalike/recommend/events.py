@@ -16,6 +16,7 @@ embedded store (`synchronous=FULL`: a batch is on disk before it is acknowledged
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ MAX_ID = 256
 NONE = "none"  # the variant of events and lists outside any experiment
 UNATTRIBUTED = "unattributed"  # the endpoint of events that cite no (known) served list
 SQLITE_FILE = "events.sqlite"
+FILE_FIELDS = ("event_id", "customer_id", "type", "product_id", "ts", "request_id", "variant")
 
 
 @dataclass(frozen=True)
@@ -308,6 +310,38 @@ def online_kpi(counters: dict[str, int], new_products: int | None = None) -> dic
     }
     out["events"] = sum(n for k, n in counters.items() if k.startswith("events|"))
     return out
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict | None]]:
+    """(line number, event object or None for a line that is not a JSON object) of a CSV or JSONL file."""
+    try:
+        f = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 (closed below, also on errors)
+    except OSError as e:
+        raise LookalikeError(f"cannot read events file {path}: {e}") from None
+    with f:
+        try:
+            if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        row = None
+                    yield n, row if isinstance(row, dict) else None
+            else:
+                reader = csv.DictReader(f)
+                missing = [
+                    c
+                    for c in ("event_id", "customer_id", "type", "product_id", "ts")
+                    if c not in (reader.fieldnames or [])
+                ]
+                if missing:
+                    raise LookalikeError(f"events file {path} lacks column(s) {missing}; it has {reader.fieldnames}")
+                for n, r in enumerate(reader, 2):
+                    yield n, {k: (r.get(k) or None) for k in FILE_FIELDS}
+        except UnicodeDecodeError as e:
+            raise LookalikeError(f"events file {path} is not UTF-8 text: {e}") from None
 
 
 class SqliteEventLog(EventLog):

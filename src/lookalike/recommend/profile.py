@@ -25,7 +25,7 @@ import numpy as np
 from lookalike.errors import LookalikeError
 from lookalike.vectors import unit
 
-PROFILES = ("multi-interest", "mean")
+PROFILES = ("multi-interest", "mean", "tower")
 EVENT_WEIGHTS = {"impression": 0.25, "view": 0.5, "click": 1.0, "cart": 2.0, "purchase": 3.0, "query": 1.0}
 MAX_HISTORY = 200
 

@@ -163,6 +163,7 @@ class Recommender:
         diversity: float = 0.0,
         exclude_ids: list[str] | None = None,
         new_only: bool = True,
+        tower=None,
     ) -> dict:
         """A customer's history → the top-k new products (any product with `new_only=False`; recommend/profile.py):
         one weighted-mean query (`profile="mean"`) or one query per interest, merged in proportion to the
@@ -176,12 +177,19 @@ class Recommender:
             q = mean_query(history, w)
             sims = history.vectors @ q
             found = [(np.arange(len(w)), int(np.argmax(sims)), 1.0, q)]
+        elif profile == "tower":
+            if tower is None:
+                raise LookalikeError("profile=tower needs a trained user tower (serve --user-tower U.pt)")
+            q = tower.encode(history.vectors, history.types, history.times)
+            found = [(np.arange(len(w)), int(np.argmax(history.vectors @ q)), 1.0, q)]
         elif profile == "multi-interest":
             found = [(i.members, i.medoid, i.weight, i.query) for i in interests(history, w, s)]
         else:
-            raise LookalikeError(f"unknown profile {profile!r}: multi-interest or mean")
+            raise LookalikeError(f"unknown profile {profile!r}: multi-interest, mean or tower")
         queries = np.stack([f[3] for f in found])
-        agreed = self._agreed(history, [f[0] for f in found], s.interest_fields) if profile != "mean" else [{}]
+        agreed = (
+            self._agreed(history, [f[0] for f in found], s.interest_fields) if profile == "multi-interest" else [{}]
+        )
         if any(agreed):  # each interest ranks within the values its events agree on
             lists = [
                 ranking.rank(

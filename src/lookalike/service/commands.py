@@ -90,6 +90,7 @@ def cmd_serve(args) -> None:
             event_weights=json.loads(args.event_weights) if args.event_weights else None,
             half_life_days=args.half_life_days,
             experiment=args.experiment,
+            user_tower=args.user_tower,
             interest_fields=args.interest_fields,
         )
     except ValueError as e:  # json.JSONDecodeError included
@@ -274,10 +275,11 @@ def add_commands(sub) -> None:
     )
     s.add_argument(
         "--profile",
-        choices=["multi-interest", "mean"],
+        choices=["multi-interest", "mean", "tower"],
         default="multi-interest",
         help="how customer_input reads a customer's history (default multi-interest; a request may name its own)",
     )
+    s.add_argument("--user-tower", help="a trained user tower (lookalike train-user-tower): profile=tower")
     s.add_argument(
         "--event-weights",
         help='JSON weights of history event types, e.g. \'{"view": 0.5, "click": 1, "cart": 2, "purchase": 3}\'',

@@ -3,7 +3,6 @@ plug in here (added to the CLI by service/commands.py)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import re
@@ -11,48 +10,16 @@ from collections import Counter
 from pathlib import Path
 
 from lookalike.errors import LookalikeError
+from lookalike.recommend.events import read_rows
 
 logger = logging.getLogger(__name__)
 
 BATCH = 500
-FIELDS = ("event_id", "customer_id", "type", "product_id", "ts", "request_id", "variant")
 
 
 def reason_kind(reason: str) -> str:
     """A rejection reason without the value it names ("unknown product id '12'" → "unknown product id")."""
     return " ".join(re.sub(r"'[^']*'|\"[^\"]*\"|\([^)]*\)|:.*$", " ", reason).split())
-
-
-def read_rows(path: Path):
-    """(line number, event object or None for a line that is not a JSON object) of a CSV or JSONL file."""
-    try:
-        f = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 (closed below, also on errors)
-    except OSError as e:
-        raise LookalikeError(f"cannot read events file {path}: {e}") from None
-    with f:
-        try:
-            if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        row = None
-                    yield n, row if isinstance(row, dict) else None
-            else:
-                reader = csv.DictReader(f)
-                missing = [
-                    c
-                    for c in ("event_id", "customer_id", "type", "product_id", "ts")
-                    if c not in (reader.fieldnames or [])
-                ]
-                if missing:
-                    raise LookalikeError(f"events file {path} lacks column(s) {missing}; it has {reader.fieldnames}")
-                for n, r in enumerate(reader, 2):
-                    yield n, {k: (r.get(k) or None) for k in FIELDS}
-        except UnicodeDecodeError as e:
-            raise LookalikeError(f"events file {path} is not UTF-8 text: {e}") from None
 
 
 def import_events(log, path: Path) -> dict:

@@ -14,6 +14,7 @@ import numpy as np
 from fastapi import HTTPException, Request, UploadFile
 from pydantic import BaseModel, Field, model_validator
 
+from lookalike.errors import LookalikeError
 from lookalike.inference import QueryEncoder, decode_image
 from lookalike.recommend.catalogue import report_fields
 from lookalike.recommend.events import open_events
@@ -27,6 +28,7 @@ from lookalike.service.auth import TokenFile
 from lookalike.service.metrics import Metrics
 from lookalike.service.ratelimit import Rate
 from lookalike.service.uploads import UploadDir
+from lookalike.towers.user import UserTower
 
 
 class ServiceSettings(BaseModel):
@@ -60,7 +62,8 @@ class ServiceSettings(BaseModel):
         description="from this many products on, the catalogue statistics are computed in a child process "
         "(reading every row would pause this process's requests)",
     )
-    profile: Literal["multi-interest", "mean"] = Field(
+    user_tower: str | None = Field(None, description="a trained user tower (train-user-tower): profile=tower")
+    profile: Literal["multi-interest", "mean", "tower"] = Field(
         "multi-interest", description="how customer_input reads a history (a request may name its own)"
     )
     event_weights: dict[str, float] | None = Field(
@@ -103,6 +106,9 @@ class Service:
             interest_fields=tuple(s.interest_fields),
         )
         self.experiment = Experiment.load(s.experiment) if s.experiment else None
+        self.user_tower = UserTower.load(s.user_tower, self.enc.dim) if s.user_tower else None
+        if s.profile == "tower" and self.user_tower is None:
+            raise LookalikeError("profile tower needs a user tower (--user-tower U.pt)")
         self.events = open_events(self.store)  # customers' events and the online KPIs, beside the catalogue
         self.rec.gallery(self.enc.hub_bias)  # starts computing the offsets' bound that certifies /api/search lists
         self.uploads = UploadDir(s.upload_dir)

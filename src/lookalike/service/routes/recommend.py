@@ -16,7 +16,7 @@ from lookalike.service.deps import ServiceDep
 from lookalike.service.forms import Diversity, Filters, json_field, k_form, parse_json, parse_sales_csv
 from lookalike.service.state import Service
 
-Profile = Literal["multi-interest", "mean"]
+Profile = Literal["multi-interest", "mean", "tower"]
 HISTORY_EVENTS = ("view", "click", "cart", "purchase")
 LOGGED_HISTORY = 50  # a customer_id alone: its latest events (other than impressions) are the history
 HISTORY_SCHEMA = {
@@ -174,6 +174,7 @@ def _recommend_history(request: Request, svc: Service, ask: HistoryAsk) -> dict:
         ask.filters,
         diversity,
         exclude_ids=[p for p in dict.fromkeys(history.product_ids) if p],
+        tower=svc.user_tower,
     )
     svc.metrics.observe_results("customer_input", [res], recommended_new=True)
     what = (
