@@ -36,7 +36,7 @@ def test_the_split_is_sticky_and_follows_the_shares():
         ({"variants": [{"name": "a", "share": 1.0}]}, "at least two"),
         ({"variants": [{"name": "a", "share": 0.5}, {"name": "b", "share": 0.4}]}, "sum to 1"),
         ({"variants": [{"name": "a", "share": 0.5}, {"name": "a", "share": 0.5}]}, "distinct"),
-        ({"variants": [{"name": "a", "share": 0.5, "profile": "tower"}, {"name": "b", "share": 0.5}]}, "profile"),
+        ({"variants": [{"name": "a", "share": 0.5, "profile": "lstm"}, {"name": "b", "share": 0.5}]}, "profile"),
         ({"variants": [{"name": "a", "share": 0.5, "colour": 1}, {"name": "b", "share": 0.5}]}, "fields among"),
         ({"name": "a:b"}, "without ':'"),
     ],

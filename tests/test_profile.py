@@ -93,7 +93,7 @@ def test_multi_interest_covers_both_interests_where_the_mean_covers_one(tmp_path
     mean = rec.for_history(h, 10, profile="mean")
     assert len(mean["interests"]) == 1 and mean["item_interests"] == [0] * 10
     with pytest.raises(LookalikeError, match="unknown profile"):
-        rec.for_history(h, 10, profile="tower")
+        rec.for_history(h, 10, profile="lstm")
 
 
 def test_evaluate_sessions_replays_each_next_click(tmp_path, capsys):
