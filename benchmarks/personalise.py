@@ -11,6 +11,8 @@ collection, `retrieval.ranking.rank` underneath), in the 512-d image space the t
 established products' frozen image vectors):
 - last item: the last event's product alone;
 - mean: the weighted mean of the history (`profile=mean`);
+- user tower: attention pooling over the history (towers/user.py), trained here with InfoNCE on the next events
+  of other simulated customers (--tower-customers; the issue asks for ≥ 50k sessions before comparing);
 - multi-interest: clusters with medoids and weights, merged in proportion (the default profile).
 
 Per method: hit@10 (a target in the top 10), interest coverage@10 (the share of the customer's interests with a
@@ -97,12 +99,31 @@ def simulate(rng, groups, new, n: int, scenario: str) -> list[dict]:
     return out
 
 
+def train_tower(rng, groups, new, x, n: int, epochs: int):
+    """The user tower trained on n other SIMULATED customers' sessions: each history prefix → its next event."""
+    from lookalike.towers.user import TYPES, age_buckets
+    from lookalike.training.user_tower import Example, train_user_tower
+
+    examples = []
+    for c in simulate(rng, groups, new, n, "mixed"):
+        rows, kinds = [r for r, _ in c["history"]], [e for _, e in c["history"]]
+        for t in range(1, len(rows)):
+            examples.append(Example(rows[:t], [TYPES.index(k) for k in kinds[:t]], age_buckets([None] * t), rows[t]))
+    t0 = time.perf_counter()
+    tower, history = train_user_tower(examples, x, epochs=epochs)
+    print(
+        f"{LABEL}: user tower trained on {n} simulated customers ({len(examples)} next-event examples), {epochs} "
+        f"epochs in {time.perf_counter() - t0:.0f} s; loss by epoch {[h['loss'] for h in history]}"
+    )
+    return tower, len(examples)
+
+
 def describe(s, default) -> str:
     fields = "+".join(s.interest_fields) or "none"
     return f"{s.query} queries, cut {s.cut}, interest fields {fields}" + (", default" if s == default else "")
 
 
-def evaluate(rec, customers, x, ids, groups, methods, settings) -> dict:
+def evaluate(rec, customers, x, ids, groups, methods, settings, tower=None) -> dict:
     from lookalike.recommend.profile import History
 
     group_of = dict(zip(ids, groups))
@@ -118,9 +139,9 @@ def evaluate(rec, customers, x, ids, groups, methods, settings) -> dict:
             else:
                 hid = [ids[r] for r in rows]
                 h = History(x[rows], [e for _, e in c["history"]], [None] * len(rows), hid, hid)
-                profile = "mean" if m == "mean" else "multi-interest"
+                profile = {"mean": "mean", "user tower": "tower"}.get(m, "multi-interest")
             t = time.perf_counter()
-            res = rec.for_history(h, 10, profile, settings)
+            res = rec.for_history(h, 10, profile, settings, tower=tower)
             seconds[m] += time.perf_counter() - t
             got = [group_of[i] for i, _, _ in res["items"]]
             s = sums[m]
@@ -146,6 +167,8 @@ def main() -> None:
     )
     p.add_argument("--latency-customers", type=int, default=200, help="50-event histories timed on the whole catalogue")
     p.add_argument("--group", default=",".join(GROUP), help="the fields an interest shares (default %(default)s)")
+    p.add_argument("--tower-customers", type=int, default=2000, help="simulated customers the user tower trains on")
+    p.add_argument("--tower-epochs", type=int, default=3)
     p.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike)")
     p.add_argument("--out", default="runs/bench/personalise", help="where the JSON report goes")
     p.add_argument("--markdown", action="store_true")
@@ -183,6 +206,15 @@ def main() -> None:
         "precision@10 | ILD@10 | ms a customer |",
         "|---|---|---|---|---|---|---|",
     ]
+    tower = None
+    if args.tower_customers:
+        import torch
+
+        torch.set_num_threads(2)
+        tower, report["tower_examples"] = train_tower(
+            np.random.default_rng(args.seed + 1), groups, new, x, args.tower_customers, args.tower_epochs
+        )
+        report["tower_customers"] = args.tower_customers
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(f"embedded://{tmp}/store", dim=DIM)
         # the whole catalogue, as the service stores it: the new products found by the is_new filter, the
@@ -192,8 +224,9 @@ def main() -> None:
         for name, customers in scenarios.items():
             report["scenarios"][name] = {}
             for n, settings in enumerate(variants):
-                methods = ["last item", "mean", "multi-interest"] if n == 0 else ["multi-interest"]
-                res = evaluate(rec, customers, x, ids, groups, methods, settings)
+                first = ["last item", "mean", *(["user tower"] if tower else []), "multi-interest"]
+                methods = first if n == 0 else ["multi-interest"]
+                res = evaluate(rec, customers, x, ids, groups, methods, settings, tower)
                 for m, r in res.items():
                     label = m if m != "multi-interest" else "multi-interest (" + describe(settings, default) + ")"
                     report["scenarios"][name][label] = r
@@ -212,7 +245,11 @@ def main() -> None:
             print(
                 f"{LABEL}: {name}: goals " + ", ".join(f"{g}: {'met' if ok else 'MISSED'}" for g, ok in goals.items())
             )
-        # Latency: 50-event histories on the same store; Recommender.for_history alone, one customer at a time.
+        # Latency: 50-event histories on the same store, reopened (the variants above filled its per-filter caches
+        # with their interests' filters); Recommender.for_history alone, one customer at a time.
+        store.close()
+        store = open_store(f"embedded://{tmp}/store")
+        rec = Recommender(store)
         fifty = simulate(rng, groups, new, args.latency_customers, "fifty")
         report["latency"] = {"products": len(ids), "history": 50, "customers": len(fifty)}
         for profile in ("mean", "multi-interest"):

@@ -50,11 +50,14 @@ def test_event_weights_follow_type_and_recency():
 def test_interests_are_the_history_clusters_without_a_stray_click():
     a, b, c = directions(3)
     v = np.concatenate([around(a, 4, 0.05, 1), around(b, 2, 0.05, 2), c[None, :]])
-    found = interests(history(v), np.ones(len(v)), ProfileSettings())
+    found = interests(history(v), np.ones(len(v)), ProfileSettings(query="medoid"))
     assert [sorted(i.members.tolist()) for i in found] == [[0, 1, 2, 3], [4, 5]]
     assert [round(i.weight, 4) for i in found] == [0.6667, 0.3333]
     for i in found:
         assert i.medoid in i.members and np.allclose(i.query, v[i.medoid])
+    for i in interests(history(v), np.ones(len(v)), ProfileSettings()):  # by default, the members' mean
+        mean = v[i.members].mean(0)
+        assert np.allclose(i.query, mean / np.linalg.norm(mean), atol=1e-6)
 
 
 def test_merge_takes_each_interests_places_without_repeats_and_fills_short_ones():

@@ -7,8 +7,11 @@ events have times, else in events before the last one.
 
 - `mean`: the weighted mean of the history, one query (the baseline).
 - `multi-interest` (the default): as PinnerSage does, the history is clustered in the image space (average-linkage
-  on cosine distance, cut at `cut`), each cluster is an *interest* whose query is its medoid (the member with the
-  greatest weighted similarity to the others) and whose importance is the sum of its events' weights. Interests of
+  on cosine distance, cut at `cut`), each cluster is an *interest* with a medoid (the member with the greatest
+  weighted similarity to the others) and an importance (the sum of its events' weights). Its query is the weighted
+  mean of its events (`query="mean"`; on benchmarks/personalise.py's simulated customers it did better than the
+  medoid PinnerSage queries with) or the medoid. With `interest_fields`, an interest ranks among the products that
+  share the values its events agree on (e.g. the articleType of three T-shirts). Interests of
   one event are dropped when some interest has more (a stray click is not an interest); at most `max_interests`
   are kept. Each interest is ranked by `retrieval.ranking.rank` and the lists are merged in proportion to the
   interests' weights (largest remainder, at least one place each), interleaved so every interest is near the top.
@@ -37,9 +40,9 @@ class ProfileSettings:
     event_weights: dict[str, float] = field(default_factory=lambda: dict(EVENT_WEIGHTS))
     half_life_days: float = 30.0  # recency when the events have times
     half_life_events: float = 20.0  # recency by position when they do not
-    cut: float = 0.5  # cosine distance at which the history's clusters stop merging
+    cut: float = 0.6  # cosine distance at which the history's clusters stop merging (benchmarks/personalise.py)
     max_interests: int = 5
-    query: str = "medoid"  # an interest's query: its medoid (PinnerSage) or the weighted mean of its events
+    query: str = "mean"  # an interest's query: the weighted mean of its events, or its medoid (as PinnerSage)
     interest_fields: tuple[str, ...] = ()  # an interest ranks among products sharing the values its events agree on
 
     def __post_init__(self) -> None:
