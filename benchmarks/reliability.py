@@ -45,6 +45,13 @@ from serving import Server, schemathesis  # noqa: E402
 FIELDS = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
 
 
+def drained(srv: Server) -> Server:
+    """A server whose output (a request-log line per request) is read as it comes: a pipe nobody reads fills
+    after a few hundred requests and then blocks the server's logging, and with it every request."""
+    threading.Thread(target=lambda: [None for _ in srv.proc.stdout], daemon=True).start()
+    return srv
+
+
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -360,7 +367,7 @@ class Bench:
                     out.append(self.event(serial, ids[serial % len(ids)]) | {"event_id": f"r-{serial}"})
             return out
 
-        srv = self.server(url, uploads)
+        srv = drained(self.server(url, uploads))
         sent = dups = 0
         t0 = time.perf_counter()
         with httpx.Client(base_url=srv.url, timeout=30) as c:
@@ -384,7 +391,7 @@ class Bench:
         steady = len(set(acked))
         killed_acked: list[str] = []
         for _ in range(trials):
-            srv = self.server(url, uploads)
+            srv = drained(self.server(url, uploads))
             stop = threading.Event()
             lock = threading.Lock()
 
