@@ -182,38 +182,63 @@ class EventLog(ABC):
         return AddResult(accepted, len(good) - accepted, rejected)
 
     def _write(self, events: list[Event], is_new: dict[str, bool], now: float) -> int:
-        insert = self._sql(
-            "INSERT INTO {events} (event_id, customer_id, type, product_id, ts, request_id, variant, endpoint, "
-            "received) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING"
-        )
-        lookup = self._sql("SELECT endpoint, variant, ids FROM {served} WHERE request_id = %s")
+        """One transaction, a few statements whatever the batch's size: the cited lists read at once, the events
+        inserted at once (those already stored skipped), then the lists they mark, the new products first shown and
+        the counters."""
         mark = {
             "click": self._sql("UPDATE {served} SET clicked = 1 WHERE request_id = %s AND clicked = 0"),
             "purchase": self._sql("UPDATE {served} SET purchased = 1 WHERE request_id = %s AND purchased = 0"),
         }
-        show = self._sql("INSERT INTO {shown} (product_id) VALUES (%s) ON CONFLICT (product_id) DO NOTHING")
         delta: dict[str, int] = {}
-        n = 0
         with self._tx() as conn:
+            rids = sorted({e.request_id for e in events if e.request_id})
+            served = {}
+            if rids:
+                q = "SELECT request_id, endpoint, variant, ids FROM {served} WHERE request_id IN (%s)"
+                rows = conn.execute(self._sql(q.replace("%s", ", ".join(["%s"] * len(rids)))), rids).fetchall()
+                served = {r[0]: (r[1], r[2], r[3]) for r in rows}
+            rows, seen = [], set()
             for e in events:
-                served = conn.execute(lookup, (e.request_id,)).fetchone() if e.request_id else None
-                endpoint = served[0] if served else UNATTRIBUTED
-                variant = e.variant or (served[1] if served else NONE)
-                row = (e.event_id, e.customer_id, e.type, e.product_id, e.ts, e.request_id, variant, endpoint, now)
-                if conn.execute(insert, row).rowcount != 1:
-                    continue  # stored before (or earlier in this batch): a duplicate
-                n += 1
+                if e.event_id in seen:
+                    continue  # twice in this batch: the first one counts
+                seen.add(e.event_id)
+                cited = served.get(e.request_id) if e.request_id else None
+                endpoint = cited[0] if cited else UNATTRIBUTED
+                variant = e.variant or (cited[1] if cited else NONE)
+                rows.append((e, cited, endpoint, variant))
+            q = (
+                "INSERT INTO {events} (event_id, customer_id, type, product_id, ts, request_id, variant, endpoint, "
+                "received) VALUES "
+                + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
+                + " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+            )
+            params = [
+                x
+                for e, _, endpoint, variant in rows
+                for x in (e.event_id, e.customer_id, e.type, e.product_id, e.ts, e.request_id, variant, endpoint, now)
+            ]
+            stored = {r[0] for r in conn.execute(self._sql(q), params).fetchall()}
+            shown: list[str] = []
+            for e, cited, endpoint, variant in rows:
+                if e.event_id not in stored:
+                    continue  # stored before: a duplicate
                 _bump(delta, f"events|{e.type}|{endpoint}|{variant}")
-                if served and e.type in mark:
-                    ids = json.loads(served[2])
+                if cited and e.type in mark:
+                    ids = json.loads(cited[2])
                     listed = ids[:CTR_AT] if e.type == "click" else ids
                     if e.product_id in listed and conn.execute(mark[e.type], (e.request_id,)).rowcount == 1:
                         _bump(delta, f"lists_{'clicked' if e.type == 'click' else 'purchased'}|{endpoint}|{variant}")
-                new_shown = e.type == "impression" and is_new.get(e.product_id)
-                if new_shown and conn.execute(show, (e.product_id,)).rowcount == 1:
-                    _bump(delta, "new_shown")
+                if e.type == "impression" and is_new.get(e.product_id):
+                    shown.append(e.product_id)
+            shown = sorted(set(shown))
+            if shown:
+                q = "INSERT INTO {shown} (product_id) VALUES " + ", ".join(["(%s)"] * len(shown))
+                q += " ON CONFLICT (product_id) DO NOTHING RETURNING product_id"
+                first = len(conn.execute(self._sql(q), shown).fetchall())
+                if first:
+                    _bump(delta, "new_shown", first)
             self._count(conn, delta)
-        return n
+        return len(stored)
 
     def served(
         self, request_id: str, endpoint: str, ids: list[str], variant: str | None = None, customer_id: str | None = None
@@ -230,12 +255,14 @@ class EventLog(ABC):
                 self._count(conn, {f"lists_served|{endpoint}|{variant}": 1})
 
     def _count(self, conn, delta: dict[str, int]) -> None:
-        """Add to the counters, keys in sorted order (two writers never lock them in opposite orders)."""
-        q = self._sql(
-            "INSERT INTO {kpi} (key, n) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET n = {kpi}.n + excluded.n"
-        )
-        for key in sorted(delta):
-            conn.execute(q, (key, delta[key]))
+        """Add to the counters in one statement, keys in sorted order (two writers never lock them in opposite
+        orders)."""
+        if not delta:
+            return
+        keys = sorted(delta)
+        q = "INSERT INTO {kpi} (key, n) VALUES " + ", ".join(["(%s, %s)"] * len(keys))
+        q += " ON CONFLICT (key) DO UPDATE SET n = {kpi}.n + excluded.n"
+        conn.execute(self._sql(q), [x for k in keys for x in (k, delta[k])])
 
     # --- reads --------------------------------------------------------------------------------------
     def history(self, customer_id: str, limit: int = 50) -> list[tuple[str, str, float]]:
