@@ -13,7 +13,10 @@ catalogue each time:
 4. kill -9 of a real `lookalike serve` during bursts of adds, N trials → acknowledged-but-lost products,
    half-written products (no image on disk), temp files and unreferenced images left after the restart;
    then a clean restart → catalogue unchanged;
-5. auth: every write endpoint with no token, a wrong token and a read-only token → refused.
+5. auth: every write endpoint with no token, a wrong token and a read-only token → refused;
+6. events: POST /api/events at --event-rate events/s (batches of 50, 5% duplicates) for --event-seconds, then
+   kill -9 of the server during event bursts → acknowledged-but-lost events, and whether the KPI counters equal
+   the stored rows (`--parts events` runs this part alone).
 """
 
 from __future__ import annotations
@@ -40,6 +43,13 @@ from machine import Machine  # noqa: E402
 from serving import Server, schemathesis  # noqa: E402
 
 FIELDS = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
+
+
+def drained(srv: Server) -> Server:
+    """A server whose output (a request-log line per request) is read as it comes: a pipe nobody reads fills
+    after a few hundred requests and then blocks the server's logging, and with it every request."""
+    threading.Thread(target=lambda: [None for _ in srv.proc.stdout], daemon=True).start()
+    return srv
 
 
 def log(msg: str) -> None:
@@ -142,10 +152,16 @@ class Bench:
             ("b.png", big.getvalue(), "image/png"),
         )
         ci, tn, se, it = "/api/recommend/customer_input", "/api/recommend/top10_to_new", "/api/search", "/api/items"
+        ev = "/api/events"
         cases = [
             ("post", ci, {}),
             ("post", ci, {"data": {"product_id": "nope"}}),
-            ("post", ci, {"data": {"product_id": pid}, "files": {"image": img}}),
+            ("post", ci, {"data": {"product_ids": "nope,nada"}}),
+            ("post", ci, {"json": {"history": [{"product_id": pid, "event": "like"}]}}),
+            ("post", ci, {"json": {"history": [{"product_id": pid, "ts": "soon"}]}}),
+            ("post", ci, {"json": {"history": "all of it"}}),
+            ("post", ci, {"data": {"customer_id": "never-seen"}}),
+            ("post", ci, {"data": {"product_id": pid, "profile": "tower"}}),
             ("post", ci, {"data": {"product_id": pid, "k": 0}}),
             ("post", ci, {"data": {"product_id": pid, "k": 10**6}}),
             ("post", ci, {"data": {"product_id": pid, "k": "ten"}}),
@@ -239,12 +255,18 @@ class Bench:
             ("put", f"{it}/{old}", {"headers": w, "data": {"attributes": good}, "files": {"image": txt}}),
             ("put", f"{it}/{old}", {"headers": w}),
             ("delete", f"{it}/nope", {"headers": w}),
+            *[("post", ev, {"headers": w, "json": {"events": [e]}}) for e in self.bad_events(pid)],
+            ("post", ev, {"headers": w, "json": {"events": []}}),
+            ("post", ev, {"headers": w, "json": {"events": [self.event(0, pid)] * 1001}}),
+            ("post", ev, {"headers": w, "content": b"{not json"}),
+            ("post", ev, {"headers": {**w, "Content-Type": "application/json"}, "content": b" " * (10 * 2**20)}),
         ]
         store = open_store(url)
         before = (
             store.ids(),
             [it.metadata for it in store.get_many(store.ids())],
             sorted(p.name for p in uploads.iterdir()),
+            app.state.service.events.stored(),
         )
         statuses, causes = [], 0
         for method, path, kw in cases:
@@ -259,6 +281,7 @@ class Bench:
             store.ids(),
             [it.metadata for it in store.get_many(store.ids())],
             sorted(p.name for p in uploads.iterdir()),
+            app.state.service.events.stored(),
         )
         # auth: every write endpoint, without a token, with a wrong one and with a read-only one
         refused = tried = 0
@@ -266,6 +289,7 @@ class Bench:
             ("post", it, {"data": {"product_id": "a1", "attributes": good}, "files": {"image": img}}),
             ("put", f"{it}/{old}", {"data": {"attributes": good}}),
             ("delete", f"{it}/{old}", {}),
+            ("post", "/api/events", {"json": {"events": [self.event(0, pid)]}}),
         ]
         for method, path, kw in writes:
             for headers, want in (
@@ -289,6 +313,134 @@ class Bench:
             "auth_refused": refused,
             "auth_store_unchanged": unchanged,
             "write_endpoints": len(writes),
+        }
+
+    @staticmethod
+    def event(i: int, pid: str, **extra) -> dict:
+        return {
+            "event_id": f"e-{i}",
+            "customer_id": f"c-{i % 97}",
+            "type": "click",
+            "product_id": pid,
+            "ts": "2026-01-01T00:00:00Z",
+            **extra,
+        }
+
+    def bad_events(self, pid: str) -> list:
+        """One event of each kind the API must reject (each alone in its batch: answered 422, nothing stored)."""
+        e = self.event(0, pid)
+        return [
+            {**e, "product_id": "no-such-product"},
+            {**e, "ts": "2999-01-01T00:00:00Z"},
+            {**e, "ts": "yesterday"},
+            {**e, "ts": 1700000000},
+            {**e, "type": "like"},
+            {k: v for k, v in e.items() if k != "event_id"},
+            {**e, "customer_id": "x" * 300},
+            "an event",
+        ]
+
+    # --- 6. events: a steady rate with duplicates, then kill -9 during bursts --------------------------
+    def events(self, url: str, uploads: Path, rate: float, seconds: float, trials: int) -> dict:
+        """`rate` events/s in batches of 50 (5% of each batch repeats an acknowledged event) for `seconds`, then
+        `trials` kill -9s of the server during bursts; every acknowledged event must be stored exactly once."""
+        import httpx
+
+        from lookalike.recommend.events import open_events
+        from lookalike.retrieval.stores import open_store
+
+        w = {"Authorization": f"Bearer {self.write}"}
+        ids = [r["id"] for r in self.rows]
+        rng = random.Random(1)
+        acked: list[str] = []
+        serial = 0
+        latencies: list[float] = []
+
+        def batch() -> list[dict]:
+            nonlocal serial
+            out = []
+            for _ in range(50):
+                if acked and rng.random() < 0.05:
+                    out.append(self.event(0, ids[0]) | {"event_id": rng.choice(acked)})
+                else:
+                    serial += 1
+                    out.append(self.event(serial, ids[serial % len(ids)]) | {"event_id": f"r-{serial}"})
+            return out
+
+        srv = drained(self.server(url, uploads))
+        sent = dups = 0
+        t0 = time.perf_counter()
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            n = 0
+            while time.perf_counter() - t0 < seconds:
+                due = t0 + n * 50 / rate
+                if (wait := due - time.perf_counter()) > 0:
+                    time.sleep(wait)
+                b = batch()
+                t = time.perf_counter()
+                r = c.post("/api/events", headers=w, json={"events": b})
+                latencies.append(time.perf_counter() - t)
+                n += 1
+                if r.status_code == 200:
+                    res = r.json()
+                    sent += len(b)
+                    dups += res["duplicates"]
+                    acked.extend(e["event_id"] for e in b)
+        elapsed = time.perf_counter() - t0
+        srv.kill()
+        steady = len(set(acked))
+        killed_acked: list[str] = []
+        for _ in range(trials):
+            srv = drained(self.server(url, uploads))
+            stop = threading.Event()
+            lock = threading.Lock()
+
+            def burst(srv: Server = srv, stop: threading.Event = stop, lock=lock) -> None:
+                with httpx.Client(base_url=srv.url, timeout=30) as c:
+                    while True:
+                        if stop.is_set():
+                            return
+                        with lock:
+                            b = batch()
+                        try:
+                            r = c.post("/api/events", headers=w, json={"events": b})
+                        except httpx.HTTPError:
+                            return
+                        if r.status_code == 200:
+                            with lock:
+                                killed_acked.extend(e["event_id"] for e in b)
+
+            threads = [threading.Thread(target=burst) for _ in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(rng.uniform(0.5, 2.0))
+            srv.kill()
+            stop.set()
+            for t in threads:
+                t.join(60)
+        store = open_store(url)
+        log = open_events(store)
+        every = sorted(set(acked) | set(killed_acked))
+        stored = log.count_stored(every)
+        counted = log.kpi()["events"]
+        total = log.stored()
+        log.close()
+        lat = np.array(latencies) * 1000
+        return {
+            "rate_asked": rate,
+            "seconds": round(elapsed, 1),
+            "events_sent": sent,
+            "events_per_s": round(sent / elapsed, 1),
+            "duplicates_answered": dups,
+            "batch_p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "batch_p95_ms": round(float(np.percentile(lat, 95)), 2),
+            "steady_distinct_acked": steady,
+            "kill_trials": trials,
+            "acked_during_kills": len(set(killed_acked)),
+            "acked_total": len(every),
+            "acked_but_lost": len(every) - stored,
+            "stored_rows": total,
+            "counters_equal_rows": counted == total,
         }
 
     # --- 3. concurrency ----------------------------------------------------------------------------
@@ -468,6 +620,9 @@ def main() -> None:
     ap.add_argument("--work", help="stores, uploads and reports (default: a new temp dir)")
     ap.add_argument("--stores", nargs="+", default=["embedded", "pgvector"], choices=["embedded", "pgvector"])
     ap.add_argument("--kill-trials", type=int, default=10)
+    ap.add_argument("--parts", nargs="+", default=["bad", "fuzz", "concurrency", "kill", "events"])
+    ap.add_argument("--event-rate", type=float, default=1000.0, help="events/s of the events part (batches of 50)")
+    ap.add_argument("--event-seconds", type=float, default=60.0)
     ap.add_argument("--fuzz-examples", type=int, default=10, help="schemathesis examples per operation")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -483,42 +638,58 @@ def main() -> None:
     results = {}
     for kind in args.stores:
         res = results[kind] = {}
-        b = res["bad_input"] = bench.bad_inputs(*bench.fresh(kind))
-        log(
-            f"[{kind}] bad input: {b['kinds']} kinds over every endpoint → {b['4xx_with_cause']} answered 4xx with a "
-            f"cause, {b['5xx']} 5xx, {b['2xx']} 2xx; written: {b['written']} (statuses {b['statuses']})"
-        )
-        log(
-            f"[{kind}] auth: {b['auth_refused']} of {b['auth_tried']} write requests refused ({b['write_endpoints']} "
-            f"write endpoints × no token / wrong token / read-only token); store unchanged: {b['auth_store_unchanged']}"
-        )
-        url, uploads = bench.fresh(kind)
-        srv = bench.server(url, uploads)
-        try:
-            f = res["schemathesis"] = schemathesis(
-                srv.url, args.fuzz_examples, work / f"{kind}-{bench.n}", {"Authorization": f"Bearer {bench.write}"}
+        if "bad" in args.parts:
+            b = res["bad_input"] = bench.bad_inputs(*bench.fresh(kind))
+            log(
+                f"[{kind}] bad input: {b['kinds']} kinds over every endpoint → {b['4xx_with_cause']} answered 4xx with "
+                f"a cause, {b['5xx']} 5xx, {b['2xx']} 2xx; written: {b['written']} (statuses {b['statuses']})"
             )
-        finally:
-            srv.stop()
-        log(
-            f"[{kind}] schemathesis ({args.fuzz_examples} examples/operation, write token): {f['requests']} requests, "
-            f"{f['5xx']} answered 5xx (exit {f['exit_code']}, {f['seconds']} s)"
-        )
-        cc = res["concurrency"] = bench.concurrency(*bench.fresh(kind))
-        log(
-            f"[{kind}] concurrency: {cc['adds_acked']}/100 adds, {cc['searches_ok']}/100 searches, "
-            f"{cc['updates_acked']}/20 updates of one id acknowledged → lost adds {cc['lost_adds']}, lost updates "
-            f"{cc['lost_updates']}, rows without image {cc['rows_without_image']}, leftover images "
-            f"{cc['leftover_images']}"
-        )
-        k = res["kill9"] = bench.kills(*bench.fresh(kind), args.kill_trials)
-        log(
-            f"[{kind}] kill -9: {k['trials']} trials, {k['products_written']} adds attempted, {k['adds_acked']} "
-            f"acknowledged (some then updated or deleted) → acknowledged-but-lost "
-            f"{k['acked_but_lost']}, half-written {k['half_written']}, leftover temp files {k['leftover_temp_files']}, "
-            f"unreferenced images {k['leftover_unreferenced_images']}; restart → catalogue of {k['catalogue_size']} "
-            f"unchanged: {k['restart_catalogue_unchanged']}"
-        )
+            log(
+                f"[{kind}] auth: {b['auth_refused']} of {b['auth_tried']} write requests refused "
+                f"({b['write_endpoints']} write endpoints × no token / wrong token / read-only token); store "
+                f"unchanged: {b['auth_store_unchanged']}"
+            )
+        if "fuzz" in args.parts:
+            url, uploads = bench.fresh(kind)
+            srv = bench.server(url, uploads)
+            try:
+                f = res["schemathesis"] = schemathesis(
+                    srv.url, args.fuzz_examples, work / f"{kind}-{bench.n}", {"Authorization": f"Bearer {bench.write}"}
+                )
+            finally:
+                srv.stop()
+            log(
+                f"[{kind}] schemathesis ({args.fuzz_examples} examples/operation, write token): {f['requests']} "
+                f"requests, {f['5xx']} answered 5xx (exit {f['exit_code']}, {f['seconds']} s)"
+            )
+        if "concurrency" in args.parts:
+            cc = res["concurrency"] = bench.concurrency(*bench.fresh(kind))
+            log(
+                f"[{kind}] concurrency: {cc['adds_acked']}/100 adds, {cc['searches_ok']}/100 searches, "
+                f"{cc['updates_acked']}/20 updates of one id acknowledged → lost adds {cc['lost_adds']}, lost updates "
+                f"{cc['lost_updates']}, rows without image {cc['rows_without_image']}, leftover images "
+                f"{cc['leftover_images']}"
+            )
+        if "kill" in args.parts:
+            k = res["kill9"] = bench.kills(*bench.fresh(kind), args.kill_trials)
+            log(
+                f"[{kind}] kill -9: {k['trials']} trials, {k['products_written']} adds attempted, {k['adds_acked']} "
+                f"acknowledged (some then updated or deleted) → acknowledged-but-lost "
+                f"{k['acked_but_lost']}, half-written {k['half_written']}, leftover temp files "
+                f"{k['leftover_temp_files']}, unreferenced images {k['leftover_unreferenced_images']}; restart → "
+                f"catalogue of {k['catalogue_size']} unchanged: {k['restart_catalogue_unchanged']}"
+            )
+        if "events" in args.parts:
+            e = res["events"] = bench.events(*bench.fresh(kind), args.event_rate, args.event_seconds, args.kill_trials)
+            log(
+                f"[{kind}] events: asked {e['rate_asked']:g}/s in batches of 50 with 5% duplicates for "
+                f"{e['seconds']} s → {e['events_sent']} sent ({e['events_per_s']}/s), "
+                f"{e['duplicates_answered']} answered as duplicates, batch p50 {e['batch_p50_ms']} / p95 "
+                f"{e['batch_p95_ms']} ms; kill -9 during bursts: "
+                f"{e['kill_trials']} trials, {e['acked_during_kills']} acknowledged → acknowledged-but-lost "
+                f"{e['acked_but_lost']} of {e['acked_total']}; counters equal the stored rows: "
+                f"{e['counters_equal_rows']}"
+            )
     results["machine"] = machine.finish()
     (work / "reliability.json").write_text(json.dumps(results, indent=2))
     log(f"done in {time.perf_counter() - t0:.0f} s; wrote {work / 'reliability.json'}")

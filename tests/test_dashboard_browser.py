@@ -122,6 +122,8 @@ def test_kpi_cards_charts_hyperparameters_and_samples(page):
     assert "train.epochs" in page.inner_text("#hyperparams") and "field_dropout" in page.inner_text("#hyperparams")
     assert "original:" in page.inner_text("#augmented")
     assert all(w > 0 for w in _images_loaded(page, "#recent"))
+    # the online KPIs: their table's columns, and the new collection's coverage line
+    assert "ctr@10" in page.inner_text("#online") and "new collection shown" in page.inner_text("#online-coverage")
 
 
 def test_search_box_json_and_text_show_image_grids(page, console):

@@ -69,6 +69,11 @@ NOT_RUN = {
     "a study between two processes on pgserver",
     "lookalike tune --engine ray --address head-node:6379": "a Ray cluster's address; tests/test_tune_engines.py "
     "runs it on a local Ray",
+    "lookalike events import events.csv": "an events file; tests/test_events.py imports CSV and JSONL files",
+    "lookalike serve --model $M --experiment": "an experiment file; tests/test_service_events.py serves one",
+    "lookalike experiment report": "an experiment file; tests/test_service_events.py reports one",
+    "lookalike evaluate-sessions": "an events file; tests/test_profile.py replays one",
+    "lookalike train-user-tower": "an events file; tests/test_user_tower.py trains on one",
 }
 # Whole words of synopsis lines that stand for a value, and what stands in for them here.
 PLACEHOLDERS = {

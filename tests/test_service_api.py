@@ -105,7 +105,7 @@ def test_customer_input_by_uploaded_photo_finds_that_product(env):
     "data,files,status,message",
     [
         ({"product_id": "no-such"}, None, 404, "unknown product id 'no-such'"),
-        ({}, None, 400, "exactly one of image"),
+        ({}, None, 400, "give a history"),
         ({"product_id": "X", "k": 0}, None, 422, "k"),
         ({"product_id": "X", "k": 101}, None, 422, "k"),
         ({"product_id": "{old}", "filters": "{bad json"}, None, 400, "filters is not valid JSON"),

@@ -220,6 +220,12 @@ def cmd_models(args) -> None:
         print(f"{s.kind:<6} {s.name:<20} {s.source:<40} {s.description}")
 
 
+def cmd_train_user_tower(args) -> None:
+    from lookalike.training.user_tower import cmd_train_user_tower as train
+
+    train(args)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """train, evaluate, search, centrality, sanity-check, embed, models."""
 
@@ -294,3 +300,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     m = sub.add_parser("models", help="list the registered frozen encoders")
     m.set_defaults(func=cmd_models)
+
+    u = sub.add_parser("train-user-tower", help="train the user tower (a history → a query) on logged sessions")
+    u.add_argument("--events", required=True, help="events file (CSV or JSON Lines, as `events import` reads)")
+    u.add_argument("--store", required=True, help="the catalogue's store URL (the products' vectors)")
+    u.add_argument("--out", required=True, help="where the tower goes (U.pt)")
+    u.add_argument("--epochs", type=int, default=5)
+    u.add_argument("--seed", type=int, default=0)
+    u.set_defaults(func=cmd_train_user_tower)

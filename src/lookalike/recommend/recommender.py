@@ -14,6 +14,7 @@ store's own counts (O(1), exact at every version); centrality comes from the who
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 
@@ -21,6 +22,15 @@ import numpy as np
 
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.diversity import intra_list_diversity
+from lookalike.recommend.profile import (
+    History,
+    ProfileSettings,
+    allocate,
+    event_weights,
+    interests,
+    mean_query,
+    merge,
+)
 from lookalike.recommend.statistics import FLAG, BackgroundStatistics, CatalogueStatistics, OnDemandStatistics
 from lookalike.retrieval import ranking
 from lookalike.retrieval.ranking import Offsets, StoreGallery
@@ -142,6 +152,104 @@ class Recommender:
     ) -> dict:
         flt = {**(filters or {}), **NEW}
         return self.rank(query[None, :], k, flt, diversity, exclude_ids)[0]
+
+    def for_history(
+        self,
+        history: History,
+        k: int,
+        profile: str = "multi-interest",
+        settings: ProfileSettings | None = None,
+        filters: dict | None = None,
+        diversity: float = 0.0,
+        exclude_ids: list[str] | None = None,
+        new_only: bool = True,
+        tower=None,
+    ) -> dict:
+        """A customer's history → the top-k new products (any product with `new_only=False`; recommend/profile.py):
+        one weighted-mean query (`profile="mean"`) or one query per interest, merged in proportion to the
+        interests' weights. Every list is ranked by `retrieval.ranking.rank`. Returns {items: [(id, score,
+        metadata)], item_interests (the interest each item came from), interests: [{size, weight, medoid,
+        members}], intra_list_diversity}."""
+        s = settings or ProfileSettings()
+        w = event_weights(history, s)
+        flt = {**(filters or {}), **(NEW if new_only else {})}
+        if profile == "mean":
+            q = mean_query(history, w)
+            sims = history.vectors @ q
+            found = [(np.arange(len(w)), int(np.argmax(sims)), 1.0, q)]
+        elif profile == "tower":
+            if tower is None:
+                raise LookalikeError("profile=tower needs a trained user tower (serve --user-tower U.pt)")
+            q = tower.encode(history.vectors, history.types, history.times)
+            found = [(np.arange(len(w)), int(np.argmax(history.vectors @ q)), 1.0, q)]
+        elif profile == "multi-interest":
+            found = [(i.members, i.medoid, i.weight, i.query) for i in interests(history, w, s)]
+        else:
+            raise LookalikeError(f"unknown profile {profile!r}: multi-interest, mean or tower")
+        queries = np.stack([f[3] for f in found])
+        agreed = (
+            self._agreed(history, [f[0] for f in found], s.interest_fields) if profile == "multi-interest" else [{}]
+        )
+        if any(agreed):  # each interest ranks within the values its events agree on
+            lists = [
+                ranking.rank(
+                    q, self.gallery(None), k, exclude_ids=exclude_ids, filters={**flt, **a}, diversity=diversity
+                )[0]
+                for q, a in zip(queries, agreed)
+            ]
+        else:
+            lists = ranking.rank(
+                queries, self.gallery(None), k, exclude_ids=exclude_ids, filters=flt, diversity=diversity
+            )
+        rows = [
+            [(i, float(sc), md, v) for i, sc, md, v in zip(r.ids, r.scores, r.metadata or [], r.vectors)]  # type: ignore[arg-type]
+            for r in lists
+        ]
+        for j, a in enumerate(agreed):
+            if a and len(rows[j]) < k:  # too few share those values: the rest of the catalogue follows
+                more = ranking.rank(queries[j], self.gallery(None), k, exclude_ids=exclude_ids, filters=flt)[0]
+                have = {r[0] for r in rows[j]}
+                rows[j] += [
+                    (i, float(sc), md, v)
+                    for i, sc, md, v in zip(more.ids, more.scores, more.metadata or [], more.vectors)  # type: ignore[arg-type]
+                    if i not in have
+                ][: k - len(rows[j])]
+        picked = merge(rows, allocate([f[2] for f in found], k), k)
+        vecs = np.stack([it[3] for _, it in picked]) if picked else np.zeros((0, queries.shape[1]), np.float32)
+        return {
+            "items": [(it[0], it[1], it[2]) for _, it in picked],
+            "item_interests": [j for j, _ in picked],
+            "interests": [
+                {
+                    "size": len(members),
+                    "weight": round(weight, 4),
+                    "medoid": history.labels[medoid],
+                    "members": [history.labels[m] for m in members],
+                    **({"filters": a} if a else {}),
+                }
+                for (members, medoid, weight, _), a in zip(found, agreed)
+            ],
+            "intra_list_diversity": round(intra_list_diversity(vecs), 4) if len(vecs) > 1 else 0.0,
+        }
+
+    def _agreed(self, history: History, groups: list[np.ndarray], fields: tuple[str, ...]) -> list[dict]:
+        """Per interest, the values of `fields` that all its stored products share (scalars only): an interest of
+        three black men's T-shirts ranks among men's T-shirts when `fields` names gender and articleType."""
+        if not fields:
+            return [{} for _ in groups]
+        pids = [p for p in dict.fromkeys(history.product_ids) if p]
+        meta = {it.id: it.metadata for it in self.store.get_many(pids) if it is not None}
+        out = []
+        for members in groups:
+            mds = [meta[p] for m in members if (p := history.product_ids[m]) and p in meta]
+            agreed: dict = {}
+            for f in fields:
+                vals = {json.dumps(md.get(f), sort_keys=True) for md in mds}
+                v = mds[0].get(f) if mds else None
+                if len(vals) == 1 and isinstance(v, (str, int, float, bool)):
+                    agreed[f] = v
+            out.append(agreed)
+        return out
 
     # --- best sellers ------------------------------------------------------------------------------
     def best_by_sales(self, sales: dict[str, float], fraction: float) -> list[tuple[str, float]]:

@@ -18,7 +18,7 @@ from lookalike.recommend.statistics import StatisticsPending
 from lookalike.service.deps import ADMIN, READ, WRITE
 from lookalike.service.middleware import RequestGuard, TokenGate
 from lookalike.service.ratelimit import Rate, RateLimit
-from lookalike.service.routes import auth, itembank, items, monitoring, recommend, search
+from lookalike.service.routes import auth, events, itembank, items, monitoring, recommend, search
 from lookalike.service.state import Core, Service, ServiceSettings
 
 __all__ = ["ServiceSettings", "create_app"]
@@ -56,6 +56,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         (search.router(settings.max_k), reads),
         (items.read_router, reads),
         (items.write_router, writes),
+        (events.router, writes),
+        (events.read_router, reads),
     ]
     bank = [(itembank.read_router(settings.max_k), reads), (itembank.write_router, writes)]
     routers = [

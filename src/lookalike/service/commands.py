@@ -116,8 +116,14 @@ def cmd_serve(args) -> None:
             auth_reads=args.auth_reads,
             rate_limit=None if rate == "off" else rate,
             search=args.search,
+            profile=args.profile,
+            event_weights=json.loads(args.event_weights) if args.event_weights else None,
+            half_life_days=args.half_life_days,
+            experiment=args.experiment,
+            user_tower=args.user_tower,
+            interest_fields=args.interest_fields,
         )
-    except ValueError as e:
+    except ValueError as e:  # json.JSONDecodeError included
         raise LookalikeError(f"invalid service settings: {e}") from None
     app = create_app(settings)
     svc = app.state.service
@@ -304,6 +310,27 @@ def add_commands(sub) -> None:
         default=1,
         help="API worker processes (default 1); use a PostgreSQL store to share one catalogue between them",
     )
+    s.add_argument(
+        "--profile",
+        choices=["multi-interest", "mean", "tower"],
+        default="multi-interest",
+        help="how customer_input reads a customer's history (default multi-interest; a request may name its own)",
+    )
+    s.add_argument("--user-tower", help="a trained user tower (lookalike train-user-tower): profile=tower")
+    s.add_argument(
+        "--event-weights",
+        help='JSON weights of history event types, e.g. \'{"view": 0.5, "click": 1, "cart": 2, "purchase": 3}\'',
+    )
+    s.add_argument(
+        "--interest-fields",
+        nargs="*",
+        default=[],
+        metavar="FIELD",
+        help="each history interest ranks among products sharing the values of these fields its events agree on "
+        "(e.g. articleType)",
+    )
+    s.add_argument("--experiment", help="an A/B experiment JSON file: variants of the recommender, split by customer")
+    s.add_argument("--half-life-days", type=float, default=30.0, help="a history event's weight halves every N days")
     s.add_argument("--auth-file", help="token file from `lookalike auth add`: writes then need a write token")
     s.add_argument("--auth-reads", action="store_true", help="reads need a read token too (with --auth-file)")
     s.add_argument(
@@ -387,3 +414,7 @@ def add_commands(sub) -> None:
     ls.add_argument("--offset", type=int, default=0)
     ls.add_argument("--limit", type=int, default=20)
     ls.set_defaults(func=cmd_list)
+
+    from lookalike.service.personal_commands import add_commands as personal
+
+    personal(sub)  # events, recommend --history, experiment report

@@ -40,6 +40,19 @@ class Metrics:
         self.catalogue = Gauge(
             "lookalike_catalogue_products", "products in the store", ["kind"], registry=self.registry
         )
+        # The online KPIs' counters, as the event log holds them (shared by every worker: set at each scrape)
+        self.online_events = Gauge(
+            "lookalike_online_events", "stored events", ["type", "endpoint", "variant"], registry=self.registry
+        )
+        self.online_lists = Gauge(
+            "lookalike_online_lists",
+            "recommendation lists served, clicked in their top 10, and bought from",
+            ["kind", "endpoint", "variant"],
+            registry=self.registry,
+        )
+        self.online_new_shown = Gauge(
+            "lookalike_online_new_products_shown", "new products shown at least once", registry=self.registry
+        )
         self._lock = threading.Lock()
         self._lat: dict[tuple[str, str], deque] = defaultdict(lambda: deque(maxlen=window))
         self._counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -97,6 +110,17 @@ class Metrics:
                 "mean_intra_list_diversity": round(float(np.mean(self._ild)), 4) if self._ild else None,
                 "lists_served": len(self.lists),
             }
+
+    def set_online(self, counters: dict[str, int]) -> None:
+        """The event log's counters (recommend/events.py keys) into the online gauges."""
+        for key, n in counters.items():
+            parts = key.split("|")
+            if parts[0] == "events" and len(parts) == 4:
+                self.online_events.labels(*parts[1:]).set(n)
+            elif parts[0].startswith("lists_") and len(parts) == 3:
+                self.online_lists.labels(parts[0].removeprefix("lists_"), *parts[1:]).set(n)
+            elif key == "new_shown":
+                self.online_new_shown.set(n)
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest

@@ -40,6 +40,7 @@ class RequestGuard:
         headers = dict(scope["headers"])
         given = headers.get(REQUEST_ID, b"")
         rid = given if _VALID_ID.fullmatch(given) else uuid.uuid4().hex.encode()
+        scope.setdefault("state", {})["request_id"] = rid.decode()  # request.state.request_id: what events cite
 
         async def send_status(message):
             nonlocal status

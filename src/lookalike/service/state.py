@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from fastapi import HTTPException, UploadFile
+from fastapi import HTTPException, Request, UploadFile
 from pydantic import BaseModel, Field, model_validator
 
+from lookalike.errors import LookalikeError
 from lookalike.inference import QueryEncoder, decode_image
 from lookalike.recommend.catalogue import report_fields
+from lookalike.recommend.events import open_events
+from lookalike.recommend.experiments import Experiment
 from lookalike.recommend.newness import NewRule
+from lookalike.recommend.profile import EVENT_WEIGHTS, ProfileSettings
 from lookalike.recommend.recommender import Recommender
 from lookalike.recommend.statistics import BackgroundStatistics
 from lookalike.retrieval.stores import StoreItem, open_store
@@ -25,6 +29,7 @@ from lookalike.service.itembank import ItemBankService, ItemBankSettings
 from lookalike.service.metrics import Metrics
 from lookalike.service.ratelimit import Rate
 from lookalike.service.uploads import UploadDir
+from lookalike.towers.user import UserTower
 
 
 class ServiceSettings(BaseModel):
@@ -58,6 +63,19 @@ class ServiceSettings(BaseModel):
         description="from this many products on, the catalogue statistics are computed in a child process "
         "(reading every row would pause this process's requests)",
     )
+    user_tower: str | None = Field(None, description="a trained user tower (train-user-tower): profile=tower")
+    profile: Literal["multi-interest", "mean", "tower"] = Field(
+        "multi-interest", description="how customer_input reads a history (a request may name its own)"
+    )
+    event_weights: dict[str, float] | None = Field(
+        None, description="weight of each history event type (default: recommend/profile.py EVENT_WEIGHTS)"
+    )
+    experiment: str | None = Field(None, description="an A/B experiment file (recommend/experiments.py)")
+    interest_fields: list[str] = Field(
+        default_factory=list,
+        description="a history interest ranks among products sharing the values of these fields its events agree on",
+    )
+    half_life_days: float = Field(30.0, gt=0, description="a history event's weight halves every this many days")
     category_field: str | None = Field(
         None, description="attribute counted per category and in the category mix (default: the model's)"
     )
@@ -119,6 +137,16 @@ class Service(Core):
         category, colour = report_fields(self.enc, s.colour_field, s.category_field)
         self.stats = BackgroundStatistics(self.store, s.stats_interval, s.store, s.stats_subprocess_from)
         self.rec = Recommender(self.store, category, colour, exact=s.search == "exact", statistics=self.stats)
+        self.profile_settings = ProfileSettings(
+            event_weights={**EVENT_WEIGHTS, **(s.event_weights or {})},
+            half_life_days=s.half_life_days,
+            interest_fields=tuple(s.interest_fields),
+        )
+        self.experiment = Experiment.load(s.experiment) if s.experiment else None
+        self.user_tower = UserTower.load(s.user_tower, self.enc.dim) if s.user_tower else None
+        if s.profile == "tower" and self.user_tower is None:
+            raise LookalikeError("profile tower needs a user tower (--user-tower U.pt)")
+        self.events = open_events(self.store)  # customers' events and the online KPIs, beside the catalogue
         self.rec.gallery(self.enc.hub_bias)  # starts computing the offsets' bound that certifies /api/search lists
         self.uploads = UploadDir(s.upload_dir)
         self.upload_dir = self.uploads.path
@@ -139,6 +167,7 @@ class Service(Core):
     def close(self) -> None:
         """Stop the statistics thread (at shutdown, before the store is released)."""
         self.stats.stop()
+        self.events.close()
         super().close()
 
     def release(self) -> None:
@@ -170,6 +199,14 @@ class Service(Core):
             "items": [self.render(i, md, s) for i, s, md in res["items"]],
             "intra_list_diversity": res["intra_list_diversity"],
         }
+
+    def served(
+        self, request: Request, endpoint: str, ids: list[str], variant: str | None = None, customer: str | None = None
+    ) -> str:
+        """Log a recommendation list under the request's id (the `request_id` events cite); returns the id."""
+        rid = request.state.request_id
+        self.events.served(rid, endpoint, ids, variant, customer)
+        return rid
 
     def remember(self, label: str, res: dict) -> None:
         self.recent.appendleft({"query": label, "items": self.render_list(res)["items"][:10]})

@@ -87,7 +87,7 @@ class PgVectorStore(VectorStore):
         if not _TABLE.match(table):
             raise LookalikeError(f"table name must match {_TABLE.pattern}, got {table!r}")
         # ef_search 400: recall@10 0.944 on 1M × 512 at p50 9.9 ms on 2 cores (100: 0.705; benchmarks/scale.py)
-        self.conninfo, self.ef_search = conninfo, ef_search
+        self.conninfo, self.ef_search, self.table = conninfo, ef_search, table
         self.maintenance_work_mem, self.build_workers = maintenance_work_mem, build_workers
         self.last_load: dict = {}  # timings of the last bulk load, for the CLI and benchmarks
         self.path_counts: Counter[str] = Counter()  # how approximate searches ran, per query (`_plan`)

@@ -40,6 +40,8 @@ def kpi(svc: Service) -> dict:
         if stats and len(stats.new_ids)
         else None,
         "lists_served": req["lists_served"],
+        # customers' events (the event log's counters, kept in each event batch's own transaction)
+        "online": svc.events.kpi(counts["new"]),
         "statistics": {
             "pending": stats is None,
             "current_version": counts["version"],
@@ -82,6 +84,7 @@ def set_gauges(svc: Service, counts: dict) -> None:
 def metrics(svc: ServiceDep) -> Response:
     c = svc.store.counts()  # the gauges need no per-category breakdown
     set_gauges(svc, {"size": c.size, "new": c.flagged, "established": c.size - c.flagged})
+    svc.metrics.set_online(svc.events.counters())
     return Response(svc.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

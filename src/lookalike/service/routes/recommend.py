@@ -1,14 +1,196 @@
 """The recommenders: /api/recommend/customer_input and /api/recommend/top10_to_new."""
 
-from typing import Annotated
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 
 from lookalike.errors import LookalikeError
+from lookalike.recommend.events import parse_ts
+from lookalike.recommend.profile import PROFILES, History
 from lookalike.service.deps import ServiceDep
-from lookalike.service.forms import Diversity, Filters, json_field, k_form, parse_sales_csv
+from lookalike.service.forms import Diversity, Filters, json_field, k_form, parse_json, parse_sales_csv
 from lookalike.service.state import Service
+
+Profile = Literal["multi-interest", "mean", "tower"]
+HISTORY_EVENTS = ("view", "click", "cart", "purchase")
+LOGGED_HISTORY = 50  # a customer_id alone: its latest events (other than impressions) are the history
+HISTORY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "history": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "description": '{"product_id", "event": view|click|cart|purchase, "ts": ISO-8601} | {"text"} | '
+                '{"attributes": {...}}',
+            },
+        },
+        "k": {"type": "integer"},
+        "customer_id": {"type": "string"},
+        "diversity": {"type": "number"},
+        "profile": {"type": "string", "enum": list(PROFILES)},
+        "filters": {"type": "object"},
+    },
+}
+
+
+def _ids(raw: str | None) -> list[str]:
+    return [i.strip() for i in (raw or "").split(",") if i.strip()]
+
+
+@dataclass
+class HistoryAsk:
+    """What a customer_input request asks, from its form fields or its JSON body."""
+
+    entries: list[dict]
+    images: list[UploadFile] = field(default_factory=list)
+    k: int = 10
+    customer_id: str | None = None
+    profile: str | None = None
+    filters: dict | None = None
+    diversity: float = 0.0
+
+    @classmethod
+    def from_json(cls, body: object, max_k: int) -> "HistoryAsk":
+        if not isinstance(body, dict):
+            raise LookalikeError("the body must be a JSON object with a history (or a customer_id)")
+        unknown = sorted(set(body) - {"history", "k", "customer_id", "diversity", "profile", "filters"})
+        if unknown:
+            raise LookalikeError(f"unknown field(s) {unknown} in the body")
+        history = body.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
+            raise LookalikeError("history must be a list of objects")
+        k = body.get("k", 10)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= max_k:
+            raise LookalikeError(f"k must be an integer from 1 to {max_k}, got {k!r}")
+        diversity = body.get("diversity", 0.0)
+        if not isinstance(diversity, (int, float)) or isinstance(diversity, bool) or not 0 <= diversity <= 1:
+            raise LookalikeError(f"diversity must be a number from 0 to 1, got {diversity!r}")
+        profile = body.get("profile")
+        if profile is not None and profile not in PROFILES:
+            raise LookalikeError(f"profile must be one of {list(PROFILES)}, got {profile!r}")
+        customer = body.get("customer_id")
+        if customer is not None and not isinstance(customer, str):
+            raise LookalikeError("customer_id must be a string")
+        filters = body.get("filters")
+        if filters is not None and not isinstance(filters, dict):
+            raise LookalikeError("filters must be a JSON object")
+        return cls(history, [], k, customer, profile, filters, float(diversity))
+
+
+def _history(svc: Service, ask: HistoryAsk) -> tuple[History, dict]:
+    """The history's vectors (products from the store, photos and queries through the model) and the `query`
+    the response describes it by."""
+    now = time.time()
+    entries = list(ask.entries)
+    from_log = False
+    if not entries and not ask.images:
+        if not ask.customer_id:
+            raise LookalikeError(
+                "give a history: product_id(s), image(s), text, attributes, a JSON history, or a customer_id"
+            )
+        logged = svc.events.history(ask.customer_id, LOGGED_HISTORY)
+        if not logged:
+            raise HTTPException(404, f"customer {ask.customer_id!r} has no logged events to recommend from")
+        entries = [{"product_id": p, "event": t, "_ts": ts} for p, t, ts in logged]
+        from_log = True
+    pids = [e["product_id"] for e in entries if "product_id" in e]
+    if not all(isinstance(p, str) and p for p in pids):
+        raise LookalikeError("every product_id of the history must be a non-empty string")
+    found = {it.id: it for it in svc.store.get_many(list(dict.fromkeys(pids))) if it is not None}
+    missing = [p for p in dict.fromkeys(pids) if p not in found]
+    if missing:
+        raise HTTPException(
+            404,
+            f"unknown product id(s) {missing[:10]} in the history"
+            if len(pids) > 1
+            else f"unknown product id {missing[0]!r}",
+        )
+    vectors, types, times, labels, products = [], [], [], [], []
+    for n, e in enumerate(entries):
+        if "product_id" in e:
+            event = e.get("event", "click")
+            if event not in HISTORY_EVENTS:
+                raise LookalikeError(f"history[{n}]: unknown event {event!r} (one of {', '.join(HISTORY_EVENTS)})")
+            vectors.append(found[e["product_id"]].vector)
+            labels.append(e["product_id"])
+            products.append(e["product_id"])
+            if "_ts" in e:
+                times.append(e["_ts"])
+            else:
+                try:
+                    times.append(parse_ts(e["ts"], now) if e.get("ts") is not None else None)
+                except ValueError as err:
+                    raise LookalikeError(f"history[{n}]: {err}") from None
+            types.append(event)
+        elif "text" in e:
+            vectors.append(svc.enc.text(e["text"]))
+            labels.append(f"text {str(e['text'])[:60]}")
+        elif "attributes" in e:
+            if not isinstance(e["attributes"], dict):
+                raise LookalikeError(f"history[{n}]: attributes must be a JSON object")
+            vectors.append(svc.enc.attributes(e["attributes"])[0])
+            labels.append(f"attributes {json.dumps(e['attributes'], ensure_ascii=False)[:60]}")
+        else:
+            raise LookalikeError(f"history[{n}] needs a product_id, text or attributes")
+        if "product_id" not in e:
+            types.append("query")
+            times.append(None)
+            products.append(None)
+    for f in ask.images:
+        vectors.append(svc.image_vector(f))
+        types.append("query")
+        times.append(None)
+        labels.append(f"image {f.filename}")
+        products.append(None)
+    history = History(np.stack(vectors).astype(np.float32), types, times, labels, products)
+    if len(labels) == 1 and not from_log and (products[0] or ask.images):
+        query: dict = {"product_id": products[0]} if products[0] else {"image": ask.images[0].filename}
+    else:
+        query = {"history": len(labels), **({"customer_id": ask.customer_id} if ask.customer_id else {})}
+        query["from"] = "logged events" if from_log else "request"
+    return history, query
+
+
+def _recommend_history(request: Request, svc: Service, ask: HistoryAsk) -> dict:
+    svc.rec.require_products()
+    history, query = _history(svc, ask)
+    profile, diversity, variant = ask.profile or svc.settings.profile, ask.diversity, None
+    if svc.experiment is not None and ask.customer_id:  # the customer's variant decides (sticky by customer)
+        v = svc.experiment.assign(ask.customer_id)
+        profile = v.profile or profile
+        diversity = v.diversity if v.diversity is not None else diversity
+        variant = svc.experiment.label(v)
+    res = svc.rec.for_history(
+        history,
+        ask.k,
+        profile,
+        svc.profile_settings,
+        ask.filters,
+        diversity,
+        exclude_ids=[p for p in dict.fromkeys(history.product_ids) if p],
+        tower=svc.user_tower,
+    )
+    svc.metrics.observe_results("customer_input", [res], recommended_new=True)
+    what = (
+        f"product {query['product_id']}"
+        if "product_id" in query
+        else f"photo {query['image']}"
+        if "image" in query
+        else f"history of {query['history']} ({profile})"
+    )
+    svc.remember(f"customer_input: {what}", res)
+    rid = svc.served(request, "customer_input", [i for i, _, _ in res["items"]], variant, ask.customer_id)
+    listed = svc.render_list(res)
+    for item, j in zip(listed["items"], res["item_interests"]):
+        item["interest"] = j
+    out = {"request_id": rid, "query": query, "profile": profile, "interests": res["interests"], **listed}
+    return {**out, "variant": variant} if variant else out
 
 
 def _sales_figures(svc: Service, sales: str | None, sales_csv: UploadFile | None) -> dict | None:
@@ -25,36 +207,50 @@ def router(max_k: int) -> APIRouter:
     K = Annotated[int, k_form(max_k)]
     routes = APIRouter(tags=["recommend"])
 
-    @routes.post("/api/recommend/customer_input")
-    def customer_input(
+    @routes.post(
+        "/api/recommend/customer_input",
+        openapi_extra={"requestBody": {"content": {"application/json": {"schema": HISTORY_SCHEMA}}}},
+    )
+    async def customer_input(
+        request: Request,
         svc: ServiceDep,
-        image: Annotated[UploadFile | None, File(description="a customer's photo")] = None,
+        image: Annotated[list[UploadFile] | None, File(description="customer photos (repeatable)")] = None,
         product_id: Annotated[str | None, Form(description="a clicked product")] = None,
+        product_ids: Annotated[str | None, Form(description="clicked products, comma-separated, oldest first")] = None,
+        text: Annotated[str | None, Form(description="a text query, part of the history")] = None,
+        attributes: Annotated[str | None, Form(description="an attribute JSON query, part of the history")] = None,
+        customer_id: Annotated[
+            str | None, Form(description="a customer: alone, that customer's logged events are the history")
+        ] = None,
+        profile: Annotated[Profile | None, Form(description="multi-interest (default) or mean")] = None,
         k: K = 10,
         filters: Filters = None,
         diversity: Diversity = 0.0,
     ) -> dict:
-        """The top-K most similar *new* products to an uploaded photo or a clicked product."""
-        if (image is None) == (not product_id):
-            raise LookalikeError("give exactly one of image (file upload) or product_id")
-        svc.rec.require_products()
-        query: dict[str, str | None]
-        if image is not None:
-            q = svc.image_vector(image)
-            query, what = {"image": image.filename}, f"photo {image.filename}"
+        """The top-K *new* products for a customer: one photo or clicked product, or a history (product ids, photos,
+        text, attributes; or a JSON body {"history": [{"product_id", "event", "ts"} | {"text"} | {"attributes"}],
+        "k", "customer_id", "diversity", "profile", "filters"}; or a customer_id alone, whose logged events are the
+        history). Multi-interest by default: each result names the interest it came from."""
+        if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+            ask = HistoryAsk.from_json(parse_json((await request.body()).decode("utf-8", "replace"), "the body"), max_k)
         else:
-            assert product_id  # exactly one of the two (checked above)
-            q = svc.item(product_id).vector
-            query, what = {"product_id": product_id}, f"product {product_id}"
-        res = svc.rec.customer_input(
-            q, k, json_field(filters, "filters"), diversity, exclude_ids=[product_id] if product_id else None
-        )
-        svc.metrics.observe_results("customer_input", [res], recommended_new=True)
-        svc.remember(f"customer_input: {what}", res)
-        return {"query": query, **svc.render_list(res)}
+            ask = HistoryAsk(
+                entries=[{"product_id": p} for p in _ids(product_ids)]
+                + ([{"product_id": product_id}] if product_id else [])
+                + ([{"text": text}] if text else [])
+                + ([{"attributes": json_field(attributes, "attributes")}] if attributes else []),
+                images=image or [],
+                k=k,
+                customer_id=customer_id,
+                profile=profile,
+                filters=json_field(filters, "filters"),
+                diversity=diversity,
+            )
+        return await run_in_threadpool(_recommend_history, request, svc, ask)
 
     @routes.post("/api/recommend/top10_to_new")
     def top10_to_new(
+        request: Request,
         svc: ServiceDep,
         product_ids: Annotated[str | None, Form(description="best sellers, comma-separated ids")] = None,
         images: Annotated[list[UploadFile] | None, File(description="best sellers' photos")] = None,
@@ -114,7 +310,9 @@ def router(max_k: int) -> APIRouter:
         svc.metrics.observe_results("top10_to_new", lists, recommended_new=True)
         if lists:
             svc.remember(f"top10_to_new: best seller {lists[0].get('id') or lists[0].get('image')}", lists[0])
+        rid = svc.served(request, "top10_to_new", [m["id"] for m in res["merged"]])
         return {
+            "request_id": rid,
             "basis": basis,
             "best_sellers": [
                 {**{k2: v for k2, v in s.items() if k2 not in ("items", "intra_list_diversity")}, **svc.render_list(s)}

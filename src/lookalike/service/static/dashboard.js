@@ -53,6 +53,15 @@ function cards(kpi) {
   $("latency").replaceChildren(el("tr", {}, ...["endpoint", "requests", "p50 ms", "p95 ms", "p99 ms"].map(x => el("th", {}, x))),
     ...Object.entries(kpi.requests).map(([ep, r]) => el("tr", {}, el("td", {}, ep), el("td", {}, r.requests),
       el("td", {}, r.p50_ms), el("td", {}, r.p95_ms), el("td", {}, r.p99_ms))));
+  const on = kpi.online || {}, cov = on.new_collection || {};
+  $("online-coverage").textContent = `${on.events || 0} events; new collection shown: ${cov.shown || 0} of ` +
+    `${cov.size ?? "–"} (coverage ${fmt(cov.coverage)})`;
+  const cols = ["impressions", "clicks", "carts", "purchases", "lists_served", "ctr", "ctr@10", "purchase_rate"];
+  const rows = [];
+  for (const [group, label] of [["per_endpoint", "endpoint"], ["per_variant", "variant"]])
+    for (const [key, r] of Object.entries(on[group] || {}))
+      rows.push(el("tr", {}, el("td", {}, `${label} ${key}`), ...cols.map(c => el("td", {}, r[c] ?? "–"))));
+  $("online").replaceChildren(el("tr", {}, ...["", ...cols].map(x => el("th", {}, x))), ...rows);
 }
 
 function chart(canvas, history, series) {
