@@ -94,6 +94,11 @@ class TrainConfig(_Strict):
     )
     soft_category_weight: float = Field(0.5, ge=0, le=1, description="weight of sharing that field in relatedness")
     patience: int = Field(6, ge=1)
+    exclude_suspected_mislabels: str | None = Field(
+        None,
+        description="an audit.csv written by `lookalike audit`: its products are left out of training "
+        "(never out of validation or test, so the figures stay comparable)",
+    )
     val_metric: str = "json_to_image/attribute/ndcg@10"
     seed: int = 42
     train_text: bool = True

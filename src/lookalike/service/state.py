@@ -8,10 +8,11 @@ import os
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from fastapi import HTTPException, UploadFile
+from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
 from lookalike.inference import QueryEncoder, decode_image
@@ -24,6 +25,9 @@ from lookalike.service.auth import TokenFile
 from lookalike.service.metrics import Metrics
 from lookalike.service.ratelimit import Rate
 from lookalike.service.uploads import UploadDir
+
+if TYPE_CHECKING:
+    from lookalike.tagging.images import ImageTagger
 
 
 class ServiceSettings(BaseModel):
@@ -101,6 +105,7 @@ class Service:
         self.recent: deque = deque(maxlen=6)  # recent result lists for the dashboard's image grids
         self.write_lock = threading.Lock()
         self.max_bytes = int(s.max_upload_mb * 1024 * 1024)
+        self._tagger: ImageTagger | None = None
         self.stats.start()
 
     def close(self) -> None:
@@ -116,8 +121,28 @@ class Service:
             )
         return data
 
+    def decode_upload(self, f: UploadFile, what: str = "image") -> Image.Image:
+        return decode_image(self.read_upload(f, what), f"{what} {f.filename!r}")
+
     def image_vector(self, f: UploadFile, what: str = "image") -> np.ndarray:
-        return self.enc.images([decode_image(self.read_upload(f, what), f"{what} {f.filename!r}")])[0]
+        return self.enc.images([self.decode_upload(f, what)])[0]
+
+    @property
+    def has_tagger(self) -> bool:
+        return self.enc.payload.get("tagger") is not None
+
+    def image_tagger(self) -> "ImageTagger":
+        """The checkpoint's tagger (built on first use: the service starts as fast without one); 409 when the
+        checkpoint was trained before tagging existed."""
+        if self._tagger is None:
+            from lookalike.tagging.images import ImageTagger
+
+            if self.enc.payload.get("tagger") is None:
+                raise HTTPException(409, "the served checkpoint has no tagger: retrain it with `lookalike train`")
+            with self.write_lock:
+                if self._tagger is None:
+                    self._tagger = ImageTagger.of(self.enc)
+        return self._tagger
 
     def item(self, pid: str) -> StoreItem:
         it = self.store.get(pid)

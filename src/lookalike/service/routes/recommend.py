@@ -33,14 +33,19 @@ def router(max_k: int) -> APIRouter:
         k: K = 10,
         filters: Filters = None,
         diversity: Diversity = 0.0,
+        tags: Annotated[bool, Form(description="with an image: also return the photo's predicted attributes")] = False,
     ) -> dict:
         """The top-K most similar *new* products to an uploaded photo or a clicked product."""
         if (image is None) == (not product_id):
             raise LookalikeError("give exactly one of image (file upload) or product_id")
         svc.rec.require_products()
         query: dict[str, str | None]
+        photo_tags = None
         if image is not None:
-            q = svc.image_vector(image)
+            im = svc.decode_upload(image)
+            q = svc.enc.images([im])[0]
+            if tags and svc.has_tagger:  # tags of a checkpoint without a tagger: null
+                photo_tags = svc.image_tagger().tag([im], vectors=q[None, :])[0]
             query, what = {"image": image.filename}, f"photo {image.filename}"
         else:
             assert product_id  # exactly one of the two (checked above)
@@ -51,7 +56,7 @@ def router(max_k: int) -> APIRouter:
         )
         svc.metrics.observe_results("customer_input", [res], recommended_new=True)
         svc.remember(f"customer_input: {what}", res)
-        return {"query": query, **svc.render_list(res)}
+        return {"query": query, **({"tags": photo_tags} if tags and image is not None else {}), **svc.render_list(res)}
 
     @routes.post("/api/recommend/top10_to_new")
     def top10_to_new(
