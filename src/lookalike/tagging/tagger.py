@@ -110,44 +110,45 @@ def fit_softmax_probe(
     init: Linear | None = None,
 ) -> Linear:
     """Multinomial logistic regression on labelled rows (y ≥ 0), C the best of `Cs` by validation accuracy;
-    classes absent from training keep a −∞-like intercept. `init`: a fit on similar data to start from (the
-    audit refits each fold from the whole catalogue's fit: the problem is convex, so the start changes how
-    fast the optimum is reached, not which)."""
+    classes absent from training keep a −∞-like intercept.
+
+    The Cs are fitted from the strongest regularisation up, each fit starting from the previous one's solution
+    (`init`: a fit on similar data to start the first from: the audit refits each fold from the whole
+    catalogue's fit). The problem is convex, so a start changes how fast the optimum is reached, not which;
+    float32 halves the work of every step."""
     from sklearn.linear_model import LogisticRegression
 
     ok = y >= 0
     x, y = x[ok], y[ok]
     mean, sd = _standardiser(x) if init is None else (init.mean, init.scale)
     present = np.unique(y)
+    okv = yv >= 0
+    if len(present) == 1:
+        intercept = np.full(n_classes, -30.0, np.float32)
+        intercept[present[0]] = 0.0
+        return Linear(mean, sd, np.zeros((n_classes, x.shape[1]), np.float32), intercept, float(Cs[0]))
+    xs = ((x - mean) / sd).astype(np.float32)
+    start = None if init is None or len(present) == 2 else (init.coef[present], init.intercept[present])
     best: tuple[float, Linear] | None = None
-    for C in Cs:
+    for C in sorted(Cs):
+        lr = LogisticRegression(C=C, max_iter=200, tol=1e-3, warm_start=start is not None)
+        if start is not None:
+            lr.coef_, lr.intercept_ = start
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # lbfgs's "did not converge" at max_iter: the C grid judges the fit
+            lr.fit(xs, y)
+        if len(present) > 2:
+            start = (lr.coef_, lr.intercept_)
+        c, b = lr.coef_.astype(np.float32), lr.intercept_.astype(np.float32)
+        if len(present) == 2:  # scikit-learn keeps one row for two classes: logit of the second
+            c, b = np.stack([-c[0] / 2, c[0] / 2]), np.array([-b[0] / 2, b[0] / 2], np.float32)
         coef = np.zeros((n_classes, x.shape[1]), np.float32)
         intercept = np.full(n_classes, -30.0, np.float32)
-        if len(present) == 1:
-            intercept[present[0]] = 0.0
-        else:
-            lr = LogisticRegression(C=C, max_iter=300, tol=1e-3, warm_start=init is not None and len(present) > 2)
-            if lr.warm_start:
-                assert init is not None
-                lr.coef_, lr.intercept_ = (
-                    init.coef[present].astype(np.float64),
-                    init.intercept[present].astype(np.float64),
-                )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # lbfgs's "did not converge" at max_iter: the C grid judges the fit
-                lr.fit((x - mean) / sd, y)
-            c = lr.coef_.astype(np.float32)
-            b = lr.intercept_.astype(np.float32)
-            if len(present) == 2:  # scikit-learn keeps one row for two classes: logit of the second
-                c, b = np.stack([-c[0] / 2, c[0] / 2]), np.array([-b[0] / 2, b[0] / 2], np.float32)
-            coef[lr.classes_], intercept[lr.classes_] = c, b
+        coef[lr.classes_], intercept[lr.classes_] = c, b
         head = Linear(mean, sd, coef, intercept, C)
-        okv = yv >= 0
         acc = float((head.logits(xv[okv]).argmax(1) == yv[okv]).mean()) if okv.any() else 0.0
         if best is None or acc > best[0]:
             best = (acc, head)
-        if len(present) == 1:
-            break
     assert best is not None
     return best[1]
 
