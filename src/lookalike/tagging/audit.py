@@ -71,6 +71,8 @@ def out_of_fold(tagger: Tagger, data: Labelled, folds: int = 5, seed: int = 0) -
                 f.bias,
                 f.temperatures,
                 f.encode(train.attributes),
+                f.knn_k,
+                f.knn_tau,
             )
             for m, head in f.heads.items():
                 x = train.vectors if m == "probe" else train.colour

@@ -36,7 +36,8 @@ from lookalike.tagging.calibration import EPS, fit_temperature, log_probs, scale
 logger = logging.getLogger(__name__)
 
 METHODS = ("knn", "probe", "colour", "zero_shot")
-KNN_K, KNN_TAU, KNN_SMOOTH = 20, 0.05, 1e-3
+KNN_K, KNN_SMOOTH = 40, 1e-3  # neighbours looked up; each field votes with its first k of them (chosen on validation)
+KNN_KS, KNN_TAUS = (5, 10, 20, 40), (0.02, 0.05, 0.1)
 ZERO_SHOT_TAU = 0.05
 C_GRID = (0.1, 1.0)
 MIN_POSITIVES = 3  # a list value needs this many training products (and non-products) for a probe of its own
@@ -199,13 +200,15 @@ def knn(queries: np.ndarray, gallery: np.ndarray, k: int, exclude: np.ndarray | 
             m = ex >= 0
             S[np.nonzero(m)[0], ex[m]] = -np.inf
         top = np.argpartition(-S, k - 1, axis=1)[:, :k]
-        rows[s : s + chunk] = top
-        sims[s : s + chunk] = np.take_along_axis(S, top, 1)
+        top_sims = np.take_along_axis(S, top, 1)
+        order = np.argsort(-top_sims, axis=1, kind="stable")  # most similar first: a field votes with a prefix
+        rows[s : s + chunk] = np.take_along_axis(top, order, 1)
+        sims[s : s + chunk] = np.take_along_axis(top_sims, order, 1)
     return rows, sims
 
 
-def knn_weights(sims: np.ndarray) -> np.ndarray:
-    w = np.exp((sims - sims.max(1, keepdims=True)) / KNN_TAU)
+def knn_weights(sims: np.ndarray, tau: float) -> np.ndarray:
+    w = np.exp((sims - sims.max(1, keepdims=True)) / tau)
     return w / w.sum(1, keepdims=True)
 
 
@@ -223,6 +226,8 @@ class FieldTagger:
     temperatures: dict[str, float] = field(default_factory=dict)  # per method, fitted on validation
     # gallery labels: single → codes (n,), −1 unknown; list → (n, C) 0/1
     gallery_labels: np.ndarray | None = None
+    knn_k: int = 20  # the kNN vote: how many neighbours, and the temperature of their similarity weights
+    knn_tau: float = 0.05
 
     def encode(self, attributes: list[dict]) -> np.ndarray:
         index = {v: i for i, v in enumerate(self.classes)}
@@ -237,22 +242,7 @@ class FieldTagger:
 
     def method_probs(self, data: Labelled, nb: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
         """Each method's probabilities (single: rows sum to 1; list: one probability per value)."""
-        rows, sims = nb
-        w = knn_weights(sims)
-        C = len(self.classes)
-        assert self.gallery_labels is not None
-        out: dict[str, np.ndarray] = {}
-        if self.multi:
-            share = np.einsum("nk,nkc->nc", w, self.gallery_labels[rows])
-            out["knn"] = np.clip(share, KNN_SMOOTH, 1 - KNN_SMOOTH)
-        else:
-            vote = np.zeros((len(rows), C), np.float32)
-            labels = self.gallery_labels[rows]
-            known = labels >= 0
-            np.add.at(vote, (np.nonzero(known)[0], labels[known]), w[known])
-            total = vote.sum(1, keepdims=True)
-            vote = np.where(total > 0, vote / np.where(total > 0, total, 1), 1.0 / C)
-            out["knn"] = (1 - KNN_SMOOTH) * vote + KNN_SMOOTH / C
+        out: dict[str, np.ndarray] = {"knn": self.knn_probs(nb)}
         for name, head in self.heads.items():
             z = head.logits(data.vectors if name == "probe" else data.colour)
             out[name] = 1 / (1 + np.exp(-z)) if self.multi else softmax(z)
@@ -260,6 +250,42 @@ class FieldTagger:
             z = data.vectors @ self.value_vectors.T / ZERO_SHOT_TAU
             out["zero_shot"] = 1 / (1 + np.exp(-z)) if self.multi else softmax(z)
         return out
+
+    def knn_probs(self, nb: tuple[np.ndarray, np.ndarray], k: int | None = None, tau: float | None = None):
+        """The similarity-weighted vote of the first k neighbours (single: a distribution; list: each value's
+        weighted share), smoothed so that no value is impossible."""
+        assert self.gallery_labels is not None
+        k, tau = k or self.knn_k, tau or self.knn_tau
+        rows, sims = nb[0][:, :k], nb[1][:, :k]
+        w = knn_weights(sims, tau)
+        C = len(self.classes)
+        if self.multi:
+            share = np.einsum("nk,nkc->nc", w, self.gallery_labels[rows])
+            return np.clip(share, KNN_SMOOTH, 1 - KNN_SMOOTH)
+        vote = np.zeros((len(rows), C), np.float32)
+        labels = self.gallery_labels[rows]
+        known = labels >= 0
+        np.add.at(vote, (np.nonzero(known)[0], labels[known]), w[known])
+        total = vote.sum(1, keepdims=True)
+        vote = np.where(total > 0, vote / np.where(total > 0, total, 1), 1.0 / C)
+        return (1 - KNN_SMOOTH) * vote + KNN_SMOOTH / C
+
+    def choose_knn(self, nb: tuple[np.ndarray, np.ndarray], y: np.ndarray) -> None:
+        """k and the temperature of the vote: the pair with the best validation log-likelihood."""
+        best = None
+        for k in KNN_KS:
+            for tau in KNN_TAUS:
+                p = self.knn_probs(nb, k, tau)
+                if self.multi:
+                    q = np.where(y > 0, p, 1 - p)
+                    nll = float(-np.log(np.clip(q, EPS, 1)).mean())
+                else:
+                    ok = y >= 0
+                    nll = float(-np.log(np.clip(p[ok, y[ok]], EPS, 1)).mean()) if ok.any() else 0.0
+                if best is None or nll < best[0]:
+                    best = (nll, k, tau)
+        assert best is not None
+        self.knn_k, self.knn_tau = best[1], best[2]
 
     def combine(self, probs: dict[str, np.ndarray], calibrated: bool = True) -> np.ndarray:
         """The pooled probabilities; `calibrated=False`: the same mix at temperature 1 (list fields: the
@@ -327,6 +353,7 @@ class FieldTagger:
             "weights": self.weights,
             "bias": self.bias,
             "temperatures": self.temperatures,
+            "knn": [self.knn_k, self.knn_tau],
         }
 
     @classmethod
@@ -341,6 +368,8 @@ class FieldTagger:
             dict(s["weights"]),
             float(s["bias"]),
             dict(s["temperatures"]),
+            knn_k=int(s["knn"][0]),
+            knn_tau=float(s["knn"][1]),
         )
 
 
@@ -404,6 +433,7 @@ class Tagger:
                     ft.heads[m] = fit_binary_probes(x, y, xv, yv)
                 else:
                     ft.heads[m] = fit_softmax_probe(x, y, len(classes), xv, yv)
+            ft.choose_knn(nb_val, yv)
             if "zero_shot" in methods and value_vectors and name in value_vectors:
                 ft.value_vectors = value_vectors[name](classes)
             probs = ft.method_probs(val, nb_val)
@@ -413,9 +443,11 @@ class Tagger:
             ft.gallery_labels = None
             fields.append(ft)
             logger.info(
-                "tagger: %s (%d values) weights %s",
+                "tagger: %s (%d values; kNN k %d, τ %g) weights %s",
                 name,
                 len(classes),
+                ft.knn_k,
+                ft.knn_tau,
                 ", ".join(f"{m} {w:.2f}" for m, w in ft.weights.items()),
             )
         tagger = cls(fields, train.vectors, train.ids)
