@@ -97,6 +97,11 @@ class TrainConfig(_Strict):
     # After the warm-up: cosine to 0 (the default), steps of ×0.1 at half and three quarters of the steps,
     # exponential to 1% at the end, or constant (training/trainer.py `lr_factor`); `lookalike tune` searches it.
     scheduler: Literal["cosine", "step", "exponential", "constant"] = "cosine"
+    exclude_suspected_mislabels: str | None = Field(
+        None,
+        description="an audit.csv written by `lookalike audit`: its products are left out of training "
+        "(never out of validation or test, so the figures stay comparable)",
+    )
     val_metric: str = "json_to_image/attribute/ndcg@10"
     # Validate with the hubness correction on (its bank: the training queries), i.e. by the ranking users get
     # for JSON queries; `lookalike tune` turns it on so that its trials are chosen by what users see.

@@ -19,7 +19,7 @@ import torch
 from lookalike.catalogue import load_catalogue
 from lookalike.catalogue.split import cold_start_split, split_ids, subsample
 from lookalike.config import RunConfig
-from lookalike.encoders.embedding import Embedded, embed_catalogue
+from lookalike.encoders.embedding import Embedded, cache_root, embed_catalogue
 from lookalike.encoders.projection import ImageSpace
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.centrality import centrality_report, centrality_scores
@@ -141,6 +141,17 @@ def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
     )
     pos = {p.id: i for i, p in enumerate(emb.products)}
     idx = {k: np.array([pos[i] for i in v], dtype=np.int64) for k, v in split.items()}
+    if cfg.train.exclude_suspected_mislabels:
+        from lookalike.tagging.audit import suspected_ids
+
+        flagged = suspected_ids(cfg.train.exclude_suspected_mislabels)
+        split["train"] = [i for i in split["train"] if i not in flagged]
+        n_before = len(idx["train"])
+        idx["train"] = np.array([pos[i] for i in split["train"]], dtype=np.int64)
+        logger.info(
+            f"left {n_before - len(idx['train'])} suspected mislabels out of training "
+            f"({cfg.train.exclude_suspected_mislabels})"
+        )
     logger.info(
         f"split (stratified by {schema.category_field}, seed {cfg.split.seed}): { {k: len(v) for k, v in idx.items()} }"
     )
@@ -241,6 +252,25 @@ def run_main(cfg: RunConfig, resume: bool = False, progress: bool = True, prep: 
                 evaluation[task]["similarity"], results_dir / f"similarity_{task}.png", f"{task} (test)"
             )
     grids = sample_grids(best, emb, idx["test"], ranked, results_dir, cfg.eval.sample_queries)
+    # The tagger (image → attributes) is part of the model: trained on the same split, saved in the checkpoint.
+    from lookalike.tagging.build import attach, train_tagger
+    from lookalike.tagging.evaluate import tagging_figures
+
+    t_tag = time.perf_counter()
+    tagger, tag_data = train_tagger(best, emb, idx, cache_root(cfg))
+    attach(ckpt_dir / "best_model.pt", tagger)
+    evaluation["tagging"] = tagging_figures(tagger, tag_data.take(idx["test"]))
+    if "style" in schema.list_fields or any("style_folder" in p.extra for p in test_products):
+        # K-Fashion: the style (로맨틱 / 리조트 / 레트로 …) as a grouping beside the garment slot
+        from lookalike.catalogue.kfashion import style_group
+        from lookalike.tagging.evaluate import accuracy_by_group
+
+        styles = [style_group(p) for p in test_products]
+        evaluation["by_style"] = {
+            "centrality": centrality_report(central, styles, cfg.eval.anchor_fraction),
+            "tagging": accuracy_by_group(tagger, tag_data.take(idx["test"]), styles),
+        }
+    tagging_s = time.perf_counter() - t_tag
     eval_s = time.perf_counter() - t_eval
     (results_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2, ensure_ascii=False), encoding="utf-8")
     training_charts(
@@ -249,7 +279,8 @@ def run_main(cfg: RunConfig, resume: bool = False, progress: bool = True, prep: 
     timings = {
         **emb.timings,
         "training_s": round(train_s, 2),
-        "evaluation_s": round(eval_s, 2),
+        "evaluation_s": round(eval_s - tagging_s, 2),
+        "tagging_s": round(tagging_s, 2),
         "total_s": round(time.perf_counter() - t_start, 2),
     }
     training_results = {

@@ -52,7 +52,10 @@ def load_kfashion(root: Path, min_box: int = 8) -> Catalogue:
         except _Malformed:
             report.skip("malformed JSON", where)
             continue
+        folder = path.parent.name if path.parent != root else ""
         for product in _file_products(path, image_id, image_names, details, min_box, report, where):
+            if folder and LABEL_DIR not in folder and SOURCE_DIR not in folder:
+                product.extra["style_folder"] = folder
             if product.id in seen_ids:
                 report.skip("duplicate id", f"{where}:{product.id}")
                 continue
@@ -73,6 +76,8 @@ def load_kfashion(root: Path, min_box: int = 8) -> Catalogue:
     report.loaded = len(products)
     report.counts["style"] = Counter(s for p in products for s in (p.attributes["style"] or ["(none)"]))
     report.counts["category"] = Counter(str(p.attributes.get("카테고리", p.attributes["slot"])) for p in products)
+    if any("style_folder" in p.extra for p in products):
+        report.counts["style_folder"] = Counter(p.extra.get("style_folder", "(none)") for p in products)
     singles = {k for p in products for k, v in p.attributes.items() if not isinstance(v, list)} - {"slot"}
     schema = CatalogueSchema(
         id_field="id",
@@ -249,3 +254,12 @@ def _text(slot: str, styles: list[str], attrs: dict[str, str | list[str]]) -> st
             if w and w not in words:
                 words.append(w)
     return " ".join(words)
+
+
+def style_group(product: Product) -> str:
+    """The style a K-Fashion product is reported under, as the original reports compare 로맨틱 / 리조트 / 레트로:
+    its 스타일 label (the first, the main style), else the style folder it was filed in, else "(none)"."""
+    styles = product.attributes.get("style")
+    if isinstance(styles, list) and styles:
+        return styles[0]
+    return product.extra.get("style_folder") or "(none)"

@@ -106,9 +106,15 @@ def cmd_centrality(args) -> None:
         sales = np.array([sales_by_id.get(p.id, np.nan) for p in emb.products])
     elif any(p.sales is not None for p in emb.products):
         sales = np.array([np.nan if p.sales is None else p.sales for p in emb.products])
+    if args.group_by == "style":
+        from lookalike.catalogue.kfashion import style_group
+
+        groups = [style_group(p) for p in emb.products]
+    else:
+        groups = [p.value(field) if field else "" for p in emb.products]
     rep = centrality_report(
         scores,
-        [p.value(field) if field else "" for p in emb.products],
+        groups,
         args.fraction,
         sales,
         [p.id for p in emb.products],
@@ -119,8 +125,8 @@ def cmd_centrality(args) -> None:
     with open(out / "centrality.csv", "w") as f:
         f.write("id,category,centrality,anchor\n")
         thr = rep["threshold"]
-        for p, c in zip(emb.products, scores):
-            f.write(f"{p.id},{p.value(field) if field else ''},{c:.6f},{int(c >= thr)}\n")
+        for p, g, c in zip(emb.products, groups, scores):
+            f.write(f"{p.id},{g},{c:.6f},{int(c >= thr)}\n")
     print(
         f"{rep['n']} products, anchors (top {args.fraction:.0%}): {rep['n_anchors']}; mean centrality "
         f"all {rep['mean_all']:.4f}, anchors {rep['mean_anchor']:.4f} "
@@ -227,7 +233,7 @@ def cmd_train_user_tower(args) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """train, evaluate, search, centrality, sanity-check, embed, models."""
+    """train, evaluate, search, centrality, sanity-check, embed, models; tag and audit (lookalike.tagging)."""
 
     t = sub.add_parser("train", help="main job: load, embed, train the towers, evaluate, write artifacts")
     add_run_options(t)
@@ -260,6 +266,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_run_options(c)
     c.add_argument("--fraction", type=float, default=0.1)
     c.add_argument("--sales", help="CSV id,sales: report rank correlation with centrality")
+    c.add_argument(
+        "--group-by",
+        choices=["category", "style"],
+        default="category",
+        help="per-group figures by the schema's category field, or by K-Fashion style (스타일 label, else folder)",
+    )
     c.set_defaults(func=cmd_centrality)
 
     sc = sub.add_parser("sanity-check", help="train on synthetic data and check the mechanics")
@@ -308,3 +320,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--epochs", type=int, default=5)
     u.add_argument("--seed", type=int, default=0)
     u.set_defaults(func=cmd_train_user_tower)
+
+    # tag and audit live with the tagger (registered here, with the core, rather than as an entry point of
+    # their own, so an installed lookalike needs no reinstall to find them)
+    from lookalike.tagging.commands import add_commands as add_tagging
+
+    add_tagging(sub)

@@ -18,7 +18,7 @@ from lookalike.recommend.statistics import StatisticsPending
 from lookalike.service.deps import ADMIN, READ, WRITE
 from lookalike.service.middleware import RequestGuard, TokenGate
 from lookalike.service.ratelimit import Rate, RateLimit
-from lookalike.service.routes import auth, events, itembank, items, monitoring, recommend, search
+from lookalike.service.routes import auth, events, itembank, items, monitoring, recommend, search, tag
 from lookalike.service.state import Core, Service, ServiceSettings
 
 __all__ = ["ServiceSettings", "create_app"]
@@ -54,6 +54,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     catalogue = [
         (recommend.router(settings.max_k), reads),
         (search.router(settings.max_k), reads),
+        (tag.router, reads),
         (items.read_router, reads),
         (items.write_router, writes),
         (events.router, writes),

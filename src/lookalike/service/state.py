@@ -8,10 +8,11 @@ import os
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from fastapi import HTTPException, Request, UploadFile
+from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
 from lookalike.errors import LookalikeError
@@ -30,6 +31,9 @@ from lookalike.service.metrics import Metrics
 from lookalike.service.ratelimit import Rate
 from lookalike.service.uploads import UploadDir
 from lookalike.towers.user import UserTower
+
+if TYPE_CHECKING:
+    from lookalike.tagging.images import ImageTagger
 
 
 class ServiceSettings(BaseModel):
@@ -162,6 +166,7 @@ class Service(Core):
         self.image_roots = [self.upload_dir, *dict.fromkeys(roots)]
         self.run_dir = Path(s.checkpoint).resolve().parent.parent
         self.recent: deque = deque(maxlen=6)  # recent result lists for the dashboard's image grids
+        self._tagger: ImageTagger | None = None
         self.stats.start()
 
     def close(self) -> None:
@@ -175,8 +180,28 @@ class Service(Core):
         super().release()
 
     # --- helpers -----------------------------------------------------------------------------------
+    def decode_upload(self, f: UploadFile, what: str = "image") -> Image.Image:
+        return decode_image(self.read_upload(f, what), f"{what} {f.filename!r}")
+
     def image_vector(self, f: UploadFile, what: str = "image") -> np.ndarray:
-        return self.enc.images([decode_image(self.read_upload(f, what), f"{what} {f.filename!r}")])[0]
+        return self.enc.images([self.decode_upload(f, what)])[0]
+
+    @property
+    def has_tagger(self) -> bool:
+        return self.enc.payload.get("tagger") is not None
+
+    def image_tagger(self) -> "ImageTagger":
+        """The checkpoint's tagger (built on first use: the service starts as fast without one); 409 when the
+        checkpoint was trained before tagging existed."""
+        if self._tagger is None:
+            from lookalike.tagging.images import ImageTagger
+
+            if self.enc.payload.get("tagger") is None:
+                raise HTTPException(409, "the served checkpoint has no tagger: retrain it with `lookalike train`")
+            with self.write_lock:
+                if self._tagger is None:
+                    self._tagger = ImageTagger.of(self.enc)
+        return self._tagger
 
     def item(self, pid: str) -> StoreItem:
         it = self.store.get(pid)

@@ -54,6 +54,7 @@ class HistoryAsk:
     profile: str | None = None
     filters: dict | None = None
     diversity: float = 0.0
+    tags: bool = False  # with photos: also their predicted attributes
 
     @classmethod
     def from_json(cls, body: object, max_k: int) -> "HistoryAsk":
@@ -83,9 +84,9 @@ class HistoryAsk:
         return cls(history, [], k, customer, profile, filters, float(diversity))
 
 
-def _history(svc: Service, ask: HistoryAsk) -> tuple[History, dict]:
-    """The history's vectors (products from the store, photos and queries through the model) and the `query`
-    the response describes it by."""
+def _history(svc: Service, ask: HistoryAsk) -> tuple[History, dict, list[dict | None]]:
+    """The history's vectors (products from the store, photos and queries through the model), the `query`
+    the response describes it by, and the photos' tags when asked (null without a tagger)."""
     now = time.time()
     entries = list(ask.entries)
     from_log = False
@@ -142,8 +143,13 @@ def _history(svc: Service, ask: HistoryAsk) -> tuple[History, dict]:
             types.append("query")
             times.append(None)
             products.append(None)
+    photo_tags: list[dict | None] = []
     for f in ask.images:
-        vectors.append(svc.image_vector(f))
+        im = svc.decode_upload(f)
+        vectors.append(svc.enc.images([im])[0])
+        if ask.tags:
+            tagged = svc.has_tagger and svc.image_tagger().tag([im], vectors=vectors[-1][None, :])[0]
+            photo_tags.append(tagged or None)
         types.append("query")
         times.append(None)
         labels.append(f"image {f.filename}")
@@ -154,12 +160,12 @@ def _history(svc: Service, ask: HistoryAsk) -> tuple[History, dict]:
     else:
         query = {"history": len(labels), **({"customer_id": ask.customer_id} if ask.customer_id else {})}
         query["from"] = "logged events" if from_log else "request"
-    return history, query
+    return history, query, photo_tags
 
 
 def _recommend_history(request: Request, svc: Service, ask: HistoryAsk) -> dict:
     svc.rec.require_products()
-    history, query = _history(svc, ask)
+    history, query, photo_tags = _history(svc, ask)
     profile, diversity, variant = ask.profile or svc.settings.profile, ask.diversity, None
     if svc.experiment is not None and ask.customer_id:  # the customer's variant decides (sticky by customer)
         v = svc.experiment.assign(ask.customer_id)
@@ -190,6 +196,8 @@ def _recommend_history(request: Request, svc: Service, ask: HistoryAsk) -> dict:
     for item, j in zip(listed["items"], res["item_interests"]):
         item["interest"] = j
     out = {"request_id": rid, "query": query, "profile": profile, "interests": res["interests"], **listed}
+    if photo_tags:  # one photo: its tags; several: one per photo, in order
+        out["tags"] = photo_tags[0] if len(photo_tags) == 1 else photo_tags
     return {**out, "variant": variant} if variant else out
 
 
@@ -226,6 +234,7 @@ def router(max_k: int) -> APIRouter:
         k: K = 10,
         filters: Filters = None,
         diversity: Diversity = 0.0,
+        tags: Annotated[bool, Form(description="with an image: also return the photo's predicted attributes")] = False,
     ) -> dict:
         """The top-K *new* products for a customer: one photo or clicked product, or a history (product ids, photos,
         text, attributes; or a JSON body {"history": [{"product_id", "event", "ts"} | {"text"} | {"attributes"}],
@@ -245,6 +254,7 @@ def router(max_k: int) -> APIRouter:
                 profile=profile,
                 filters=json_field(filters, "filters"),
                 diversity=diversity,
+                tags=tags,
             )
         return await run_in_threadpool(_recommend_history, request, svc, ask)
 

@@ -126,8 +126,13 @@ async function show(response) {
     return;
   }
   $("search-error").textContent = "";
+  // A photo's predicted attributes (POST … tags=true): value and calibrated confidence per field.
+  const tags = body.tags ? el("div", {id: "photo-tags"}, "the photo's tags: ",
+    ...Object.entries(body.tags).map(([f, t]) => el("span", {class: "tag", title: (t.alternatives || [])
+      .map(([v, p]) => `${v} ${fmt(p, 2)}`).join(", ")},
+      `${f}: ${Array.isArray(t.value) ? t.value.join(", ") : t.value} (${fmt(t.confidence, 2)}) `))) : "";
   $("search-results").replaceChildren(el("div", {id: "result-summary"},
-    `${body.items.length} results · intra-list diversity ${fmt(body.intra_list_diversity, 3)}`), grid(body.items));
+    `${body.items.length} results · intra-list diversity ${fmt(body.intra_list_diversity, 3)}`), tags, grid(body.items));
   loadImages($("search-results"));
   refresh();
 }
@@ -150,6 +155,7 @@ $("upload-form").addEventListener("submit", async (ev) => {
   const form = new FormData();
   form.append("image", file);
   form.append("k", $("search-k").value);
+  form.append("tags", "true");
   await show(await api("/api/recommend/customer_input", {method: "POST", body: form}));
 });
 
