@@ -12,7 +12,8 @@ Each candidate's token is built from list-relative features only (standardised f
 gap to the top score, rank, cosine to the top candidates, local density), never from the raw item
 vectors: with raw vectors the encoder memorised which gallery items were relevant (a validation gain
 that turned into a loss on the test gallery, in an earlier study no benchmark repeats), with list-relative
-features it transfers to an unseen gallery. At initialisation it is mean-redundancy MMR on standardised scores with one λ.
+features it transfers to an unseen gallery. At initialisation it is mean-redundancy MMR on standardised
+scores with one λ.
 """
 
 from __future__ import annotations
