@@ -60,6 +60,8 @@ NOT_RUN = {
     "lookalike compare-towers": "eight trainings on 1,500 products; tests/test_studies.py runs it on 200",
     "lookalike compare-rerankers": "a placeholder checkpoint (runs/x); tests/test_studies.py runs it",
     "python benchmarks/towers.py": "the full tower study (a benchmark)",
+    "lookalike ensemble": "needs two trained runs (runs/a, runs/b); tests/test_research_loop.py builds and uses one",
+    ".venv/bin/pip": "installs into the environment",
 }
 # Whole words of synopsis lines that stand for a value, and what stands in for them here.
 PLACEHOLDERS = {

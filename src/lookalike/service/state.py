@@ -12,8 +12,9 @@ from typing import Literal
 
 import numpy as np
 from fastapi import HTTPException, UploadFile
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from lookalike.config import check_device
 from lookalike.inference import QueryEncoder, decode_image
 from lookalike.recommend.catalogue import report_fields
 from lookalike.recommend.newness import NewRule
@@ -39,6 +40,7 @@ class ServiceSettings(BaseModel):
     max_upload_mb: float = Field(5.0, gt=0)
     max_k: int = Field(100, ge=1, le=1000)
     cache_dir: str | None = None
+    device: str | None = Field(None, description="where the towers and image encoder run: auto, cpu, cuda[:N], mps")
     colour_field: str | None = Field(None, description="attribute for the colour mix (default: baseColour if present)")
     auth_file: str | None = Field(None, description="token file from `lookalike auth add`: writes need a write token")
     auth_reads: bool = Field(False, description="reads need a read token too (requires auth_file)")
@@ -61,6 +63,11 @@ class ServiceSettings(BaseModel):
         None, description="attribute counted per category and in the category mix (default: the model's)"
     )
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        return None if v is None else check_device(v)
+
     @model_validator(mode="after")
     def _consistent(self) -> "ServiceSettings":
         if self.auth_reads and not self.auth_file:
@@ -77,7 +84,7 @@ class Service:
     def __init__(self, s: ServiceSettings):
         self.settings = s
         self.rule = NewRule.parse(s.new_rule)
-        self.enc = QueryEncoder.load(s.checkpoint, s.cache_dir)
+        self.enc = QueryEncoder.load(s.checkpoint, s.cache_dir, s.device)
         self.store = open_store(s.store, self.enc.dim)
         category, colour = report_fields(self.enc, s.colour_field, s.category_field)
         self.stats = BackgroundStatistics(self.store, s.stats_interval, s.store, s.stats_subprocess_from)
