@@ -120,7 +120,7 @@ def test_kpi_cards_charts_hyperparameters_and_samples(page):
         let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
     assert inked > 500
     # train and validation loss, and the learning rate, each drawn in its own colour from the run's history
-    for canvas, colour in (("loss-chart", (214, 39, 40)), ("loss-chart", (31, 119, 180)), ("lr-chart", (140, 86, 75))):
+    for canvas, colour in (("loss-chart", (214, 39, 40)), ("loss-chart", (255, 127, 14)), ("lr-chart", (140, 86, 75))):
         drawn = page.evaluate(
             """([id, rgb]) => { const c = document.getElementById(id);
             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;

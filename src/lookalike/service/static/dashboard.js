@@ -99,7 +99,7 @@ async function refresh() {
   if (!r.ok) { $("status").textContent = `dashboard data failed: ${r.status}`; return; }
   const d = await r.json();
   cards(d.kpi);
-  chart($("loss-chart"), d.loss_curve, [["attribute_loss", "#d62728", "train loss"], ["val_loss", "#1f77b4", "validation loss"], ["text_loss", "#2ca02c", "train text loss"]]);
+  chart($("loss-chart"), d.loss_curve, [["attribute_loss", "#d62728", "train loss"], ["val_loss", "#ff7f0e", "validation loss"], ["text_loss", "#2ca02c", "train text loss"]]);
   chart($("lr-chart"), d.loss_curve, [["lr", "#8c564b", "learning rate"]]);
   chart($("metric-chart"), d.loss_curve, [["val_metric", "#9467bd"], ["positive_similarity", "#2ca02c"], ["negative_similarity", "#ff7f0e"]]);
   $("recent").replaceChildren(...d.top_k_images.map(l => el("div", {}, el("h3", {}, l.query), grid(l.items))));
