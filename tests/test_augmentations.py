@@ -104,6 +104,7 @@ def test_mixup_keeps_the_own_image_dominant():
     assert (own > 0.6).all() and not torch.allclose(targets, images)
 
 
+@pytest.mark.slow  # runs the real encoder
 def test_image_views_are_cached_deterministic_and_sampled(fashion_dir, tmp_path):
     from lookalike.catalogue.schema import ImageRef
     from lookalike.encoders.registry import create_image_encoder

@@ -157,6 +157,11 @@ def test_devices_asked_for_and_missing_are_one_line_errors(tmp_path):
         assert onnx_providers("auto") == ["CPUExecutionProvider"]
     with pytest.raises(LookalikeError, match="device must be auto, cpu, cuda, cuda:N or mps"):
         _load({"train": {"device": "gpu"}}, tmp_path)
+    from lookalike.service.state import ServiceSettings
+
+    with pytest.raises(ValueError, match="device must be"):
+        ServiceSettings(checkpoint="m.pt", store="embedded:///tmp/x", device="cuda:x")
+    assert ServiceSettings(checkpoint="m.pt", store="embedded:///tmp/x", device="cpu").device == "cpu"
 
 
 def _load(data: dict, tmp_path: Path) -> RunConfig:
