@@ -381,3 +381,22 @@ def test_unreadable_processor_size_is_a_clear_error(tiny, tmp_path):
     (d / "preprocessor_config.json").write_text(json.dumps({**cfg, "size": "large"}))
     with pytest.raises(LookalikeError, match="unsupported image-processor size 'large'"):
         create_image_encoder("hf:" + str(d))
+
+
+def test_half_precision_is_keyed_apart_and_close_to_fp32(tiny, images, tmp_path):
+    """On a GPU the HF encoders run in half precision (encoders/registry.py); bf16 runs on the CPU too, so the
+    dtype path is checked here: other vectors, another cache fingerprint, close to the fp32 ones."""
+    from lookalike.config import EncoderConfig
+    from lookalike.encoders.registry import image_encoder_for
+
+    full = tiny["clip"]["encoder"]
+    half = create_image_encoder("hf:" + tiny["clip"]["dir"], precision="bf16")
+    assert half.fingerprint() != full.fingerprint()
+    a, b = full.encode_images(images), half.encode_images(images)
+    assert b.dtype == np.float32 and not np.array_equal(a, b)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.98
+    on_cpu = image_encoder_for(EncoderConfig(image_model="hf:" + tiny["clip"]["dir"], device="cpu"), tmp_path)
+    assert on_cpu.fingerprint() == full.fingerprint()  # the CPU keeps fp32: the cache stays shared
+    with pytest.raises(LookalikeError, match="precision must be"):
+        create_image_encoder("hf:" + tiny["clip"]["dir"], precision="fp8")

@@ -119,6 +119,17 @@ def test_kpi_cards_charts_hyperparameters_and_samples(page):
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
     assert inked > 500
+    # train and validation loss, and the learning rate, each drawn in its own colour from the run's history
+    for canvas, colour in (("loss-chart", (214, 39, 40)), ("loss-chart", (255, 127, 14)), ("lr-chart", (140, 86, 75))):
+        drawn = page.evaluate(
+            """([id, rgb]) => { const c = document.getElementById(id);
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+            for (let i = 0; i < d.length; i += 4)
+              if (d[i] === rgb[0] && d[i + 1] === rgb[1] && d[i + 2] === rgb[2]) n++;
+            return n; }""",
+            [canvas, list(colour)],
+        )
+        assert drawn >= 12, (canvas, colour, drawn)  # one epoch: at least its 4×4 marker
     assert "train.epochs" in page.inner_text("#hyperparams") and "field_dropout" in page.inner_text("#hyperparams")
     assert "original:" in page.inner_text("#augmented")
     assert all(w > 0 for w in _images_loaded(page, "#recent"))

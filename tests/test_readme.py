@@ -74,6 +74,8 @@ NOT_RUN = {
     "lookalike experiment report": "an experiment file; tests/test_service_events.py reports one",
     "lookalike evaluate-sessions": "an events file; tests/test_profile.py replays one",
     "lookalike train-user-tower": "an events file; tests/test_user_tower.py trains on one",
+    "lookalike ensemble": "needs two trained runs (runs/a, runs/b); tests/test_research_loop.py builds and uses one",
+    ".venv/bin/pip": "installs into the environment",
 }
 # Whole words of synopsis lines that stand for a value, and what stands in for them here.
 PLACEHOLDERS = {

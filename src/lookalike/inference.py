@@ -27,14 +27,17 @@ if TYPE_CHECKING:
 class QueryEncoder:
     """A trained checkpoint plus its frozen encoders: attribute JSON, text and images → the served space."""
 
-    def __init__(self, model: LookalikeModel, payload: dict, cache_dir: str | None = None):
-        from lookalike.model import checkpoint_schema
+    def __init__(self, model: LookalikeModel, payload: dict, cache_dir: str | None = None, device: str | None = None):
+        """`device` (auto, cpu, cuda[:N], mps): where the towers and the image encoder run (default: the
+        checkpoint's encoder.device)."""
+        from lookalike.model import checkpoint_schema, with_encoder
 
         self.model, self.payload = model, payload
-        cfg = model.config
-        if cache_dir:
-            cfg = cfg.model_copy(update={"encoder": cfg.encoder.model_copy(update={"cache_dir": cache_dir})})
-        self.cfg = cfg
+        self.cfg = with_encoder(model.config, cache_dir, device)
+        if device is not None:
+            from lookalike.devices import resolve_device
+
+            model.to(resolve_device(device))
         self.schema: CatalogueSchema | None = checkpoint_schema(payload)
         self._image: ImageEncoder | None = None
         self._text: TextEncoder | None = None
@@ -43,9 +46,9 @@ class QueryEncoder:
         self.last_norms: list[float] = []  # raw tower output norms, for the embedding-health KPI
 
     @classmethod
-    def load(cls, checkpoint: str | Path, cache_dir: str | None = None) -> QueryEncoder:
+    def load(cls, checkpoint: str | Path, cache_dir: str | None = None, device: str | None = None) -> QueryEncoder:
         model, payload = LookalikeModel.load(checkpoint)
-        return cls(model, payload, cache_dir)
+        return cls(model, payload, cache_dir, device)
 
     @property
     def dim(self) -> int:
@@ -155,6 +158,6 @@ def decode_image(data: bytes, what: str = "upload") -> Image.Image:
         raise LookalikeError(f"{what} is not a readable image: {e}") from None
 
 
-def load_model(checkpoint: str | Path, cache_dir: str | None = None) -> QueryEncoder:
+def load_model(checkpoint: str | Path, cache_dir: str | None = None, device: str | None = None) -> QueryEncoder:
     """A trained checkpoint, ready to encode attribute JSON, text and images (`lookalike.load_model`)."""
-    return QueryEncoder.load(checkpoint, cache_dir)
+    return QueryEncoder.load(checkpoint, cache_dir, device)

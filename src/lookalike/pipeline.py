@@ -19,8 +19,9 @@ import torch
 from lookalike.catalogue import load_catalogue
 from lookalike.catalogue.split import cold_start_split, split_ids, subsample
 from lookalike.config import RunConfig
-from lookalike.encoders.embedding import Embedded, cache_root, embed_catalogue
+from lookalike.encoders.embedding import Embedded, cache_root, embed_catalogue, image_encoder
 from lookalike.encoders.projection import ImageSpace
+from lookalike.encoders.views import embed_views
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.centrality import centrality_report, centrality_scores
 from lookalike.evaluation.evaluate import (
@@ -36,6 +37,8 @@ from lookalike.model import LookalikeModel, create_model
 from lookalike.provenance import provenance
 from lookalike.retrieval.ranking import Gallery, rank, stacked
 from lookalike.towers import AttributeVocab
+from lookalike.training.augment import Augmenter, read_synonyms, synonym_rows
+from lookalike.training.tracking import Tracker
 from lookalike.training.trainer import TrainSet, train
 
 logger = logging.getLogger(__name__)
@@ -122,6 +125,7 @@ class Prepared:
     space: ImageSpace
     vocab: AttributeVocab
     data: TrainSet
+    val: TrainSet | None = None  # the validation split as training sees it: its InfoNCE loss is logged per epoch
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -158,7 +162,14 @@ def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
     space = ImageSpace(cfg.encoder.projection, cfg.encoder.projection_dim).fit(emb.features[idx["train"]])
     images = space.transform(emb.features)
     tr = idx["train"]
-    vocab = AttributeVocab.build([emb.products[i].attributes for i in tr], schema.single_fields, schema.list_fields)
+    rows = [emb.products[i].attributes for i in tr]
+    vocab = AttributeVocab.build(rows, schema.single_fields, schema.list_fields)
+    aug = cfg.augment
+    synonyms = read_synonyms(aug.synonyms, schema.fields) if aug.synonyms else None
+    if synonyms:  # each synonym gets its own embedding, trained by replacing its value
+        extra = synonym_rows(synonyms, vocab, schema.list_fields)
+        vocab = AttributeVocab.build(rows + extra, schema.single_fields, schema.list_fields)
+        logger.info(f"synonym table {aug.synonyms}: {len(extra)} synonyms joined the vocabulary")
     groups = relevance_keys(emb.products, schema.fields)
     category = cfg.train.soft_category_field
     if category is not None and category not in schema.single_fields:
@@ -168,14 +179,33 @@ def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
         )
     if category is None and schema.category_field in schema.single_fields:
         category = schema.category_field
-    data = TrainSet(
-        attributes=vocab.encode([emb.products[i].attributes for i in tr]),
-        images=torch.from_numpy(images[tr]),
-        groups=torch.from_numpy(groups[tr]),
-        sentences=torch.from_numpy(emb.sentences[tr]) if emb.sentences is not None else None,
-        category=category,
-    )
-    return Prepared(emb, split, idx, space, vocab, data)
+
+    def trainset(rows: np.ndarray) -> TrainSet:
+        return TrainSet(
+            attributes=vocab.encode([emb.products[i].attributes for i in rows]),
+            images=torch.from_numpy(images[rows]),
+            groups=torch.from_numpy(groups[rows]),
+            sentences=torch.from_numpy(emb.sentences[rows]) if emb.sentences is not None else None,
+            category=category,
+        )
+
+    data = trainset(tr)
+    views = None
+    if aug.image_views:
+        raw = embed_views(
+            [emb.products[i].image for i in tr],
+            image_encoder(cfg),
+            cache_root(cfg),
+            aug.image_views,
+            aug.view_seed,
+            cfg.encoder.batch_size,
+            progress,
+        )
+        views = torch.from_numpy(np.stack([space.transform(v) for v in raw]))
+    augmenter = Augmenter(aug, vocab, data.attributes, data.images, category, synonyms, views)
+    if augmenter.active:
+        data.augment = augmenter
+    return Prepared(emb, split, idx, space, vocab, data, trainset(idx["val"]) if len(idx["val"]) else None)
 
 
 def new_model(cfg: RunConfig, prep: Prepared) -> LookalikeModel:
@@ -206,7 +236,23 @@ def run_main(cfg: RunConfig, resume: bool = False, progress: bool = True, prep: 
     data = prep.data
     t_train = time.perf_counter()
     extra = {"schema": schema.model_dump(mode="json"), "split_sizes": sizes}
-    history = train(model, data, validator(emb, idx["val"], cfg), cfg.train, ckpt_dir, resume, progress, extra)
+    tracker = Tracker(cfg, out / "tb", cfg.tracking.mlflow_uri, run_name=out.name)
+    try:
+        history = train(
+            model,
+            data,
+            validator(emb, idx["val"], cfg),
+            cfg.train,
+            ckpt_dir,
+            resume,
+            progress,
+            extra,
+            val_data=prep.val,
+            on_epoch=tracker.epoch,
+        )
+    except BaseException:
+        tracker.close(failed=True)
+        raise
     train_s = time.perf_counter() - t_train
     best, payload = LookalikeModel.load(ckpt_dir / "best_model.pt")
     logger.info(
@@ -295,6 +341,11 @@ def run_main(cfg: RunConfig, resume: bool = False, progress: bool = True, prep: 
     (results_dir / "training_results.json").write_text(
         json.dumps(training_results, indent=2, ensure_ascii=False), encoding="utf-8"
     )
+    tracker.finish(
+        {"best_val_metric": payload["val_metric"], "best_epoch": payload["epoch"], **training_results["test_headline"]},
+        [out / "config.json", results_dir / "training_results.json", results_dir / "evaluation.json"],
+    )
+    tracker.close()
     return {
         "out_dir": str(out),
         "checkpoint": str(ckpt_dir / "best_model.pt"),

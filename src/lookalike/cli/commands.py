@@ -10,7 +10,9 @@ from pathlib import Path
 
 from lookalike.cli.options import (
     CATALOG,
+    add_device_option,
     add_run_options,
+    add_training_options,
     default_data,
     default_help,
     require_checkpoint,
@@ -47,6 +49,7 @@ def cmd_evaluate(args) -> None:
         read_schema(Path(args.schema)) if args.schema else None,
         args.cache_dir,
         progress=not args.no_progress,
+        device=args.device,
     )
     for k, v in ev["headline"].items():
         print(f"  {k:<45} {v:.4f}")
@@ -61,7 +64,10 @@ def cmd_search(args) -> None:
     from lookalike.retrieval.search import Searcher
 
     catalog = args.catalog or default_data(CATALOG, "--catalog")
-    s = Searcher.open(args.model, catalog, args.cache_dir, progress=not args.no_progress)
+    from lookalike.inference import QueryEncoder
+
+    enc = QueryEncoder.load(args.model, args.cache_dir, args.device)
+    s = Searcher.open(enc, catalog, args.cache_dir, progress=not args.no_progress)
     unknown: dict[str, list[str]] = {}
     ignored: list[str] = []
     if args.json is not None:
@@ -188,7 +194,12 @@ def cmd_embed(args) -> None:
     cfg = with_catalog(
         load_config(
             args.config,
-            {"data.catalog": args.catalog, "encoder.cache_dir": args.cache_dir, "encoder.batch_size": args.batch_size},
+            {
+                "data.catalog": args.catalog,
+                "encoder.cache_dir": args.cache_dir,
+                "encoder.batch_size": args.batch_size,
+                "encoder.device": args.device,
+            },
         )
     )
     ray = RayOptions.from_args(args, cfg.encoder.batch_size)
@@ -219,6 +230,20 @@ def cmd_embed(args) -> None:
         logger.info(f"wrote {args.report}")
 
 
+def cmd_ensemble(args) -> None:
+    """Average the unit query vectors of several checkpoints into one checkpoint used like any other."""
+    for path in args.models:
+        require_checkpoint(path)
+    from lookalike.model import build_ensemble
+
+    model, extra = build_ensemble(args.models)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out, **extra)
+    logger.info(f"ensemble of {len(args.models)} checkpoints ({len(model.config.tower.members)} towers) → {out}")
+    print(out)
+
+
 def cmd_models(args) -> None:
     from lookalike.encoders import list_models
 
@@ -233,10 +258,11 @@ def cmd_train_user_tower(args) -> None:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """train, evaluate, search, centrality, sanity-check, embed, models; tag and audit (lookalike.tagging)."""
+    """train, evaluate, search, centrality, sanity-check, embed, ensemble, models; tag and audit (lookalike.tagging)."""
 
     t = sub.add_parser("train", help="main job: load, embed, train the towers, evaluate, write artifacts")
     add_run_options(t)
+    add_training_options(t)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     t.set_defaults(func=cmd_train)
 
@@ -246,6 +272,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True)
     e.add_argument("--schema")
     e.add_argument("--cache-dir")
+    add_device_option(e)
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
@@ -259,6 +286,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--format", choices=["table", "json"], default="table")
     s.add_argument("--cache-dir")
+    add_device_option(s)
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_search)
 
@@ -303,12 +331,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     em.add_argument("--schema", help="JSON schema of a CSV/JSONL catalogue")
     em.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike or $LOOKALIKE_CACHE)")
+    add_device_option(em)
     em.add_argument("--report", help="also write the counts, config and versions to this JSON file")
     em.add_argument("--no-progress", action="store_true")
     from lookalike.distributed import add_engine_options
 
     add_engine_options(em)
     em.set_defaults(func=cmd_embed)
+
+    en = sub.add_parser("ensemble", help="one checkpoint averaging the query vectors of towers sharing an image space")
+    en.add_argument("--models", nargs="+", required=True, metavar="CKPT", help="checkpoints (best_model.pt) to average")
+    en.add_argument("--out", required=True, help="the ensemble checkpoint to write (e.g. runs/ensemble.pt)")
+    en.set_defaults(func=cmd_ensemble)
 
     m = sub.add_parser("models", help="list the registered frozen encoders")
     m.set_defaults(func=cmd_models)

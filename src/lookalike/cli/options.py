@@ -70,7 +70,22 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--projection", choices=["none", "center", "pca"], help="frozen projection of the image space")
     p.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike or $LOOKALIKE_CACHE)")
+    add_device_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        help="where the towers and the frozen image encoder run: auto (a GPU if torch sees one), cpu, cuda, "
+        "cuda:N or mps; a device asked for and missing is an error",
+    )
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """Options only a command that trains takes."""
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast dtype while training (default fp32)")
+    p.add_argument("--mlflow", metavar="URI", help="also log params, per-epoch metrics and artifacts to MLflow")
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
@@ -93,6 +108,10 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         "encoder.image_size": args.image_size,
         "encoder.projection": args.projection,
         "encoder.cache_dir": args.cache_dir,
+        "encoder.device": args.device,
+        "train.device": args.device,
+        "train.precision": getattr(args, "precision", None),
+        "tracking.mlflow_uri": getattr(args, "mlflow", None),
     }
     if args.schema:
         overrides["data.schema"] = read_schema(Path(args.schema)).model_dump()

@@ -170,6 +170,7 @@ class HFClipImageEncoder(ImageEncoder):
         threads: int | None = None,
         local_files_only: bool | None = None,
         revision: str | None = None,
+        precision: str = "fp32",
     ):
         transformers = _import_transformers()
         import torch
@@ -212,9 +213,12 @@ class HFClipImageEncoder(ImageEncoder):
                 f"{source!r}: image-tower weights missing from the checkpoint "
                 f"(they would be random): {sorted(missing)[:5]}"
             )
-        self.model = model.to(self.device)
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise LookalikeError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+        dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self.model = model.to(self.device) if dtype is None else model.to(self.device, dtype)
         freeze(self.model)
-        self._dtype = next(self.model.parameters()).dtype
+        self._dtype = next(self.model.parameters()).dtype  # in the fingerprint: fp16 vectors are keyed apart
 
         self.pre = self._preprocess_config(transformers, source, hf_config, load_kw)
         self.input_size = self.pre["input_size"]

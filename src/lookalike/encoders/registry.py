@@ -70,12 +70,24 @@ def create_image_encoder(name: str, **overrides) -> ImageEncoder:
 
 def image_encoder_for(config: EncoderConfig, cache_dir: Path, threads: int | None = None) -> ImageEncoder:
     """The run config's frozen image encoder; one definition for the local path and every Ray actor, so
-    both compute (and key) exactly the same vectors. `threads`: its inference threads (an actor's CPUs)."""
+    both compute (and key) exactly the same vectors. `threads`: its inference threads (an actor's CPUs).
+    `config.device`: ONNX Runtime's provider for EfficientNet (CUDA with onnxruntime-gpu), the torch device
+    for the Hugging Face and OpenCLIP encoders, which run in half precision on a GPU (their fingerprint
+    names the dtype, so fp16 vectors never mix with fp32 ones in the cache)."""
     extra: dict = (
-        {"image_size": config.image_size, "runtime": config.runtime, "cache_dir": cache_dir}
+        {"image_size": config.image_size, "runtime": config.runtime, "cache_dir": cache_dir, "device": config.device}
         if config.image_model == "efficientnet-lite0"
         else {}
     )
+    if config.image_model != "efficientnet-lite0" and _resolve(config.image_model, "image").family in (
+        "hf-clip",
+        "openclip",
+    ):
+        from lookalike.devices import resolve_device  # torch: these encoders import it anyway
+
+        device = resolve_device(config.device)
+        extra["device"] = str(device)
+        extra["precision"] = "fp32" if device.type == "cpu" else "fp16"
     if threads:
         extra["threads"] = threads
     return create_image_encoder(config.image_model, **extra)

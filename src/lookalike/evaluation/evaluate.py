@@ -143,10 +143,16 @@ def evaluate_checkpoint(
     schema: CatalogueSchema | None = None,
     cache_dir: str | None = None,
     progress: bool = True,
+    device: str | None = None,
 ) -> dict:
-    """Evaluate a trained model on any catalogue of the same schema, every product as query and gallery."""
+    """Evaluate a trained model on any catalogue of the same schema, every product as query and gallery;
+    `device`: where the encoders and towers run (auto, cpu, cuda[:N], mps)."""
     model, payload = LookalikeModel.load(checkpoint)
-    emb, cfg = load_for_checkpoint(model, payload, catalog, schema, cache_dir, progress)
+    if device is not None:
+        from lookalike.devices import resolve_device
+
+        model.to(resolve_device(device))
+    emb, cfg = load_for_checkpoint(model, payload, catalog, schema, cache_dir, progress, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()

@@ -48,7 +48,9 @@ class Searcher:
         """A checkpoint (or a loaded `QueryEncoder`) over a catalogue, embedded with the encoders the model
         was trained with (the embedding cache makes a second open cheap)."""
         enc = model if isinstance(model, QueryEncoder) else QueryEncoder.load(model, cache_dir)
-        emb, _ = load_for_checkpoint(enc.model, enc.payload, str(catalog), schema, cache_dir, progress)
+        emb, _ = load_for_checkpoint(
+            enc.model, enc.payload, str(catalog), schema, cache_dir, progress, enc.cfg.encoder.device
+        )
         return cls(enc, emb)
 
     def search(self, vector: np.ndarray, k: int = 10, corrected: bool = False, exclude: int = -1) -> list[Hit]:

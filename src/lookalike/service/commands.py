@@ -10,6 +10,7 @@ import logging
 import os
 from pathlib import Path
 
+from lookalike.cli.options import add_device_option
 from lookalike.errors import LookalikeError
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def cmd_serve(args) -> None:
             experiment=args.experiment,
             user_tower=args.user_tower,
             interest_fields=args.interest_fields,
+            device=args.device,
         )
     except ValueError as e:  # json.JSONDecodeError included
         raise LookalikeError(f"invalid service settings: {e}") from None
@@ -295,6 +297,7 @@ def add_commands(sub) -> None:
     s.add_argument("--upload-dir", default="runs/service/uploads", help="where images of added products are kept")
     s.add_argument("--max-upload-mb", type=float, default=5.0, help="largest accepted upload (default 5)")
     s.add_argument("--max-k", type=int, default=100, help="largest K a request may ask for (default 100)")
+    add_device_option(s)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument(

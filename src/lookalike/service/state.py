@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from fastapi import HTTPException, Request, UploadFile
 from PIL import Image
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from lookalike.config import check_device
 from lookalike.errors import LookalikeError
 from lookalike.inference import QueryEncoder, decode_image
 from lookalike.recommend.catalogue import report_fields
@@ -49,6 +50,7 @@ class ServiceSettings(BaseModel):
     max_upload_mb: float = Field(5.0, gt=0)
     max_k: int = Field(100, ge=1, le=1000)
     cache_dir: str | None = None
+    device: str | None = Field(None, description="where the towers and image encoder run: auto, cpu, cuda[:N], mps")
     colour_field: str | None = Field(None, description="attribute for the colour mix (default: baseColour if present)")
     auth_file: str | None = Field(None, description="token file from `lookalike auth add`: writes need a write token")
     auth_reads: bool = Field(False, description="reads need a read token too (requires auth_file)")
@@ -84,6 +86,11 @@ class ServiceSettings(BaseModel):
         None, description="attribute counted per category and in the category mix (default: the model's)"
     )
     itembank: ItemBankSettings | None = Field(None, description="an exam item bank served under /api/itembank")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        return None if v is None else check_device(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServiceSettings":
@@ -136,7 +143,7 @@ class Service(Core):
         assert s.checkpoint is not None, "a catalogue is served from a checkpoint"
         super().__init__(s)
         self.rule = NewRule.parse(s.new_rule)
-        self.enc = QueryEncoder.load(s.checkpoint, s.cache_dir)
+        self.enc = QueryEncoder.load(s.checkpoint, s.cache_dir, s.device)
         self.store = open_store(s.store, self.enc.dim)
         category, colour = report_fields(self.enc, s.colour_field, s.category_field)
         self.stats = BackgroundStatistics(self.store, s.stats_interval, s.store, s.stats_subprocess_from)

@@ -20,7 +20,10 @@ class AttributeTower(nn.Module):
         hidden_dim: int = 1024,
         dropout: float = 0.1,
         field_dropout: float = 0.1,
+        head: nn.Module | None = None,
     ):
+        """`head` maps the concatenated field vectors to `out_dim` (default: the spec's two-layer MLP); other
+        towers that pool fields the same way (the residual tower) give their own."""
         super().__init__()
         self.fields = list(vocab_sizes)
         self.list_fields = set(list_fields)
@@ -28,7 +31,7 @@ class AttributeTower(nn.Module):
         self.embeddings = nn.ModuleDict(
             {f: nn.Embedding(n, field_dim, padding_idx=PAD) for f, n in vocab_sizes.items()}
         )
-        self.mlp = nn.Sequential(
+        self.mlp = head or nn.Sequential(
             nn.Linear(field_dim * len(self.fields), hidden_dim),
             nn.GELU(),
             nn.Dropout(dropout),

@@ -77,10 +77,12 @@ function chart(canvas, history, series) {
   ctx.strokeStyle = "#999"; ctx.strokeRect(pad, pad, W - 2 * pad, H - 2 * pad);
   ctx.fillStyle = "#333"; ctx.fillText(fmt(hi, 3), 2, pad + 4); ctx.fillText(fmt(lo, 3), 2, H - pad);
   ctx.fillText("epoch", W / 2, H - 8);
-  series.forEach(([key, colour], s) => {
+  // a series without figures (e.g. no validation loss in an older run) is neither drawn nor named
+  series.filter((_, s) => pts[s].length).forEach(([key, colour, label], s) => {
     ctx.strokeStyle = colour; ctx.fillStyle = colour; ctx.beginPath();
-    history.forEach((r, i) => { if (typeof r[key] === "number") { const f = i ? "lineTo" : "moveTo"; ctx[f](x(i), y(r[key])); ctx.fillRect(x(i) - 2, y(r[key]) - 2, 4, 4); } });
-    ctx.stroke(); ctx.fillText(key, pad + 6 + 150 * s, pad - 8);
+    let started = false;
+    history.forEach((r, i) => { if (typeof r[key] === "number") { ctx[started ? "lineTo" : "moveTo"](x(i), y(r[key])); started = true; ctx.fillRect(x(i) - 2, y(r[key]) - 2, 4, 4); } });
+    ctx.stroke(); ctx.fillText(label || key, pad + 6 + 150 * s, pad - 8);
   });
 }
 
@@ -106,7 +108,8 @@ async function refresh() {
   if (!r.ok) { $("status").textContent = `dashboard data failed: ${r.status}`; return; }
   const d = await r.json();
   cards(d.kpi);
-  chart($("loss-chart"), d.loss_curve, [["loss", "#d62728"], ["attribute_loss", "#1f77b4"], ["text_loss", "#2ca02c"]]);
+  chart($("loss-chart"), d.loss_curve, [["attribute_loss", "#d62728", "train loss"], ["val_loss", "#ff7f0e", "validation loss"], ["text_loss", "#2ca02c", "train text loss"]]);
+  chart($("lr-chart"), d.loss_curve, [["lr", "#8c564b", "learning rate"]]);
   chart($("metric-chart"), d.loss_curve, [["val_metric", "#9467bd"], ["positive_similarity", "#2ca02c"], ["negative_similarity", "#ff7f0e"]]);
   $("recent").replaceChildren(...d.top_k_images.map(l => el("div", {}, el("h3", {}, l.query), grid(l.items))));
   $("hyperparams").replaceChildren(...tableOf(d.hyperparams));
