@@ -41,7 +41,8 @@ def relatedness(
     products share over the information in all of them (Lin), mixed with [same `category` value]."""
     fields = list(information)
     if not fields:  # only list-valued attributes: nothing to grade by, each product is related to itself
-        return torch.eye(len(next(iter(batch.values()))))
+        first = next(iter(batch.values()))
+        return torch.eye(len(first), device=first.device)
     ids = torch.cat([batch[f][:, :1] for f in fields], dim=1)  # (B, F)
     info = torch.stack([information[f][batch[f][:, 0]] for f in fields], dim=1)
     same = ids[:, None, :] == ids[None, :, :]
