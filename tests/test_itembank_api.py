@@ -208,6 +208,8 @@ def test_a_restart_serves_what_was_written_and_only_the_bank(env, tmp_path):
         top = again.post("/api/itembank/search", data={"text": text, "mode": "bm25", "k": 1}).json()["items"]
         assert top[0]["id"] == "kept-1"
         assert again.get("/api/items").status_code == 404  # no catalogue without --model
+        exposition = again.get("/metrics").text  # the request metrics of the item bank served alone
+        assert 'endpoint="/api/itembank/search"' in exposition and "lookalike_requests_total" in exposition
         total = again.get("/api/itembank/items", params={"limit": 5}).json()
         assert total["total"] == N and len(total["items"]) == 5  # 40 − row-40 + kept-1
 

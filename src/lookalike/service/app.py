@@ -66,7 +66,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         *(bank if svc.itembank is not None else []),
         (auth.router, []),
         *([(auth.admin_router, [ADMIN])] if svc.tokens else []),
-        *([(monitoring.router, reads), (monitoring.page_router, [])] if isinstance(svc, Service) else []),
+        *(
+            [(monitoring.router, reads), (monitoring.page_router, [])]
+            if isinstance(svc, Service)
+            else [(itembank.metrics_router, reads)]
+        ),
     ]
     for router, guards in routers:
         app.include_router(router, dependencies=guards)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from lookalike.errors import LookalikeError
 from lookalike.itembank.live import ItemRecord
@@ -186,3 +186,13 @@ def delete_item(bank: BankDep, item_id: str) -> dict:
     """Remove a question; it is gone from search at once."""
     bank.delete(item_id)
     return {"deleted": item_id}
+
+
+metrics_router = APIRouter(tags=["monitoring"])
+
+
+@metrics_router.get("/metrics", response_class=Response)
+def metrics(core: CoreDep) -> Response:
+    """Prometheus request counts and latencies per route, when the item bank is served alone (beside a
+    catalogue, the catalogue's /metrics has them)."""
+    return Response(core.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
