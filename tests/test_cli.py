@@ -75,7 +75,8 @@ def test_the_installed_package_ships_the_run_configs(tmp_path, monkeypatch):
     assert r.returncode == 0, r.stderr
     (wheel,) = (tmp_path / "dist").glob("lookalike-*.whl")
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("lookalike/configs/")}
-    assert shipped == {"lookalike/configs/fashion-products.json"}
+    # the run config, and `lookalike tune`'s default search space (configs/tune-space.json)
+    assert shipped == {"lookalike/configs/fashion-products.json", "lookalike/configs/tune-space.json"}
 
     from lookalike.config import load_config
 
