@@ -75,9 +75,11 @@ def test_the_installed_package_ships_the_run_configs(tmp_path, monkeypatch):
     assert r.returncode == 0, r.stderr
     (wheel,) = (tmp_path / "dist").glob("lookalike-*.whl")
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("lookalike/configs/")}
+    # the run config, `lookalike tune`'s default search space, and the augment.synonyms tables
     assert shipped == {
         "lookalike/configs/fashion-products.json",
-        "lookalike/configs/synonyms/fashion-products.json",  # augment.synonyms tables
+        "lookalike/configs/tune-space.json",
+        "lookalike/configs/synonyms/fashion-products.json",
         "lookalike/configs/synonyms/kfashion.json",
     }
 

@@ -78,6 +78,8 @@ def test_ray_tune_engine_writes_the_same_outputs(fashion_subset, tmp_path, ray_a
     main([*argv, "--engine", "ray", "--address", ray_address, "--trials", "4", "--seeds", "1", "--out", str(out)])
     r = json.loads((out / "tuning_report.json").read_text())
     assert r["study"]["engine"] == "ray" and len(r["trials"]) == 4
+    base = {"train.lr": 0.001, "tower.name": "mlp", "tower.dropout": 0.1, "train.scheduler": "cosine"}
+    assert base in [t["params"] for t in r["trials"]]  # the base config is one of Ray's trials, as the local engine's
     b = r["budget"]
     assert b["complete"] + b["pruned"] == 4 and b["complete"] >= 1
     for t in r["trials"]:

@@ -9,13 +9,18 @@ import pytest
 from lookalike.config import RunConfig, config_path
 from lookalike.errors import LookalikeError
 from lookalike.studies.tune import DEFAULT_SPACE, load_space, suggest, with_overrides
-from lookalike.towers.registry import ATTRIBUTE_TOWERS
+from lookalike.towers.registry import ATTRIBUTE_TOWERS, TRAINABLE_TOWERS
 from lookalike.training.trainer import lr_factor, warmup_cosine
 
 
 def test_the_packaged_space_takes_its_towers_from_the_registry():
     space = load_space(None)
-    assert space.parameters["tower.name"].choices == sorted(ATTRIBUTE_TOWERS)
+    assert (
+        space.parameters["tower.name"].choices
+        == sorted(TRAINABLE_TOWERS)
+        == sorted(set(ATTRIBUTE_TOWERS) - {"ensemble"})
+    )
+    assert {"residual", "attention"} <= set(space.parameters["tower.name"].choices)
     raw = json.loads(DEFAULT_SPACE.read_text())["parameters"]
     assert list(space.parameters) == list(raw)
     for name in ("train.lr", "train.scheduler", "train.soft_targets", "tower.hidden_dim", "tower.field_dropout"):
@@ -64,7 +69,7 @@ def test_conditional_parameters_are_drawn_only_when_they_apply():
         assert c2f == ("tower.coarse_to_fine.heads" in params)
         seen.add(params["tower.name"])
         with_overrides(RunConfig(), params)  # every point drawn is a valid run config
-    assert seen == set(ATTRIBUTE_TOWERS)
+    assert seen == set(TRAINABLE_TOWERS)
 
 
 def test_schedulers_after_the_warm_up():

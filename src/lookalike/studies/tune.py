@@ -42,7 +42,7 @@ DEFAULT_SPACE = SHIPPED_CONFIGS / "tune-space.json"
 # trial, and a trial that changed its validation would not be comparable), and its seed.
 NOT_TUNABLE = ("out_dir", "quick", "data.", "encoder.", "split.", "eval.", "train.val_metric", "train.val_corrected")
 # Choices a space file can take from a registry, so that what a registry gains joins the search by itself.
-REGISTRIES = {"@towers": "lookalike.towers.registry:ATTRIBUTE_TOWERS"}
+REGISTRIES = {"@towers": "lookalike.towers.registry:TRAINABLE_TOWERS"}
 # The test figures a tuning report puts side by side (json → image, per relevance definition).
 FIGURE_METRICS = ("hit@10", "hit@5", "precision@10", "ndcg@10", "mrr")
 
@@ -183,8 +183,9 @@ def storage_url(opts: TuneOptions, out: Path) -> str:
     return url
 
 
-def open_study(base: RunConfig, space: SearchSpace, opts: TuneOptions, out: Path):
-    """The study (created, or loaded to continue it), checked to be the one this space and config started."""
+def open_study(base: RunConfig, space: SearchSpace, opts: TuneOptions, out: Path, first_default: bool = True):
+    """The study (created, or loaded to continue it), checked to be the one this space and config started.
+    `first_default`: a new study's first trial is the base config."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -223,7 +224,7 @@ def open_study(base: RunConfig, space: SearchSpace, opts: TuneOptions, out: Path
         study = optuna.create_study(
             study_name=opts.study_name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize"
         )
-        defaults = default_point(base, space)
+        defaults = default_point(base, space) if first_default else {}
         if defaults:  # the base config is the first trial: the best is never one the study did not compare with it
             study.enqueue_trial(defaults, user_attrs={"base_config": True})
     except optuna.exceptions.DuplicatedStudyError:  # continued, or made by another process sharing the storage

@@ -143,7 +143,7 @@ def record(results, base: RunConfig, space: SearchSpace, opts: TuneOptions, out:
     url = f"sqlite:///{out / 'study.db'}"
     if opts.study_name in optuna.get_all_study_names(url):
         optuna.delete_study(study_name=opts.study_name, storage=url)
-    study, _ = open_study(base, space, opts.model_copy(update={"storage": None}), out)
+    study, _ = open_study(base, space, opts.model_copy(update={"storage": None}), out, first_default=False)
     dists = distributions(space)
     for r in sorted(results, key=lambda r: (r.metrics or {}).get("trial_id", "")):  # the order Ray made them
         params = {k: v for k, v in (r.config or {}).items() if k in dists}

@@ -89,6 +89,11 @@ ATTRIBUTE_TOWERS: dict[str, Callable[[TowerConfig, AttributeVocab, int], nn.Modu
 }
 
 
+# The towers one run trains from its config (what `lookalike tune` searches): all but the ensemble, which averages
+# towers trained already (`lookalike ensemble`).
+TRAINABLE_TOWERS = [name for name in ATTRIBUTE_TOWERS if name != "ensemble"]
+
+
 def create_attribute_tower(t: TowerConfig, vocab: AttributeVocab, out_dim: int) -> nn.Module:
     return ATTRIBUTE_TOWERS[t.name](t, vocab, out_dim)
 
