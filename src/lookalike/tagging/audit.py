@@ -104,9 +104,12 @@ class Issue:
     image: str
 
 
-def find_issues(tagger: Tagger, data: Labelled, probs: dict[str, np.ndarray], images: list[str]) -> list[Issue]:
+def find_issues(
+    tagger: Tagger, data: Labelled, probs: dict[str, np.ndarray], images: list[str], min_confidence: float = 0.0
+) -> list[Issue]:
     """cleanlab's label issues of each single-valued field (list fields are not audited: a missing value
-    there is an omission, not a wrong label), most confident prediction first."""
+    there is an omission, not a wrong label) whose predicted value has at least `min_confidence` (calibrated),
+    most confident prediction first."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
@@ -125,8 +128,8 @@ def find_issues(tagger: Tagger, data: Labelled, probs: dict[str, np.ndarray], im
         quality = get_label_quality_scores(labels, pp, method="self_confidence")
         for j in np.nonzero(flagged)[0]:
             pred = int(pp[j].argmax())
-            if pred == labels[j]:
-                continue  # flagged for low quality, but the tagger agrees: nothing to change
+            if pred == labels[j] or pp[j, pred] < min_confidence:
+                continue  # the tagger agrees with the stored value, or is not sure enough to say otherwise
             i = rows[j]
             issues.append(
                 Issue(
