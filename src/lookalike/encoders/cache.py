@@ -4,7 +4,8 @@ Layout: `{root}/{namespace}-{encoder fingerprint}/shard-*.npz`, each shard holdi
 and `{root}/file-keys.sqlite` (see `FileKeys`).
 A key is the SHA-1 of the image bytes plus the crop box, or of the text: a changed file gets a new
 key, a changed model or preprocessing a new directory. New vectors go to a new shard written to a
-temporary name and renamed, so an interrupted run never leaves a half-written shard behind.
+temporary name and renamed, so an interrupted run never leaves a half-written shard behind; the temp
+file a killed writer left is removed by the next cache opened on its machine once its process is gone.
 
 Reading and hashing 40k images costs more than everything else in a warm run, so `FileKeys`
 remembers each file's content hash under its (path, size, mtime) — git's index does the same — and a
@@ -16,11 +17,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import sqlite3
 import time
 from pathlib import Path
 
 import numpy as np
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 class EmbeddingCache:
@@ -30,6 +42,7 @@ class EmbeddingCache:
         self._index: dict[str, tuple[int, int]] = {}
         self._shards: list[np.ndarray] = []
         if self.dir.exists():
+            self._sweep()
             for shard in sorted(self.dir.glob("shard-*.npz")):
                 with np.load(shard) as z:
                     vectors = z["vectors"]
@@ -39,6 +52,16 @@ class EmbeddingCache:
                     self._shards.append(vectors)
                     for row, key in enumerate(z["keys"].tolist()):
                         self._index[key] = (s, row)
+
+    def _sweep(self) -> None:
+        """Remove the temp shards of writers on this machine whose process has ended (killed mid-write): their
+        names carry host and pid. Another machine's temps (a shared filesystem) are left to that machine."""
+        host = socket.gethostname()
+        for tmp in self.dir.glob(".shard-*.npz.tmp"):
+            _, _, rest = tmp.name[: -len(".npz.tmp")].split("-", 2)  # ".shard", time, "host-pid"
+            writer_host, _, pid = rest.rpartition("-")
+            if writer_host == host and pid.isdigit() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
@@ -57,7 +80,7 @@ class EmbeddingCache:
         if not keys:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        name = f"shard-{time.time_ns()}-{os.getpid()}"
+        name = f"shard-{time.time_ns()}-{socket.gethostname()}-{os.getpid()}"
         # The temp name does not match the shards' glob: a reader never opens a shard still being written
         # (another process's, or one a killed writer left behind half-written).
         tmp = self.dir / f".{name}.npz.tmp"

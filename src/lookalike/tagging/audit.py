@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = ["id", "field", "stored", "predicted", "confidence", "stored_probability", "label_quality", "image"]
 REVIEW_COLUMN = "corrected"
+# A fold's probe starts from the whole catalogue's solution, a few steps from its own optimum.
+AUDIT_ITERATIONS = 50
 
 
 def folds_of(ids: list[str], k: int, seed: int = 0) -> np.ndarray:
@@ -82,7 +84,9 @@ def out_of_fold(tagger: Tagger, data: Labelled, folds: int = 5, seed: int = 0) -
                 if f.multi:
                     g.heads[m] = fit_binary_probes(x, y, empty, y[:0], Cs=(head.C,))
                 else:
-                    g.heads[m] = fit_softmax_probe(x, y, len(f.classes), empty, y[:0], Cs=(head.C,), init=head)
+                    g.heads[m] = fit_softmax_probe(
+                        x, y, len(f.classes), empty, y[:0], (head.C,), init=head, max_iter=AUDIT_ITERATIONS
+                    )
             probs[name][te] = g.combine(g.method_probs(test, nb))
         logger.info("audit: fold %d of %d done (%d products)", k + 1, folds, len(te))
     return probs
@@ -100,9 +104,12 @@ class Issue:
     image: str
 
 
-def find_issues(tagger: Tagger, data: Labelled, probs: dict[str, np.ndarray], images: list[str]) -> list[Issue]:
+def find_issues(
+    tagger: Tagger, data: Labelled, probs: dict[str, np.ndarray], images: list[str], min_confidence: float = 0.0
+) -> list[Issue]:
     """cleanlab's label issues of each single-valued field (list fields are not audited: a missing value
-    there is an omission, not a wrong label), most confident prediction first."""
+    there is an omission, not a wrong label) whose predicted value has at least `min_confidence` (calibrated),
+    most confident prediction first."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
@@ -121,8 +128,8 @@ def find_issues(tagger: Tagger, data: Labelled, probs: dict[str, np.ndarray], im
         quality = get_label_quality_scores(labels, pp, method="self_confidence")
         for j in np.nonzero(flagged)[0]:
             pred = int(pp[j].argmax())
-            if pred == labels[j]:
-                continue  # flagged for low quality, but the tagger agrees: nothing to change
+            if pred == labels[j] or pp[j, pred] < min_confidence:
+                continue  # the tagger agrees with the stored value, or is not sure enough to say otherwise
             i = rows[j]
             issues.append(
                 Issue(

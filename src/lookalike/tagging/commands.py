@@ -97,7 +97,7 @@ def cmd_audit(args) -> None:
     t1 = time.perf_counter()
     probs = out_of_fold(tagger, data, args.folds)
     t2 = time.perf_counter()
-    issues = find_issues(tagger, data, probs, [str(p.image.path) for p in emb.products])
+    issues = find_issues(tagger, data, probs, [str(p.image.path) for p in emb.products], args.min_confidence)
     table, sheet = write_audit(issues, Path(args.out))
     t3 = time.perf_counter()
     by_field: dict[str, int] = {}
@@ -129,6 +129,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--catalog", required=True, help="the catalogue to audit (with --apply: whose table to correct)")
     a.add_argument("--out", default="runs/audit", help="where audit.csv and audit.html go (default runs/audit)")
     a.add_argument("--folds", type=int, default=5)
+    a.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.9,
+        help="list a suspected label only when the predicted value has at least this calibrated confidence",
+    )
     a.add_argument("--apply", help="a reviewed audit.csv: write its `corrected` values to a copy of the table")
     a.add_argument("--corrected", help="with --apply: where the corrected table goes (default beside the source)")
     a.add_argument("--id-field", help="with --apply: the table's id column (default: the catalogue schema's)")

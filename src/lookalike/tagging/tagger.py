@@ -109,6 +109,7 @@ def fit_softmax_probe(
     yv: np.ndarray,
     Cs=C_GRID,
     init: Linear | None = None,
+    max_iter: int = 200,
 ) -> Linear:
     """Multinomial logistic regression on labelled rows (y ≥ 0), C the best of `Cs` by validation accuracy;
     classes absent from training keep a −∞-like intercept.
@@ -132,7 +133,7 @@ def fit_softmax_probe(
     start = None if init is None or len(present) == 2 else (init.coef[present], init.intercept[present])
     best: tuple[float, Linear] | None = None
     for C in sorted(Cs):
-        lr = LogisticRegression(C=C, max_iter=200, tol=1e-3, warm_start=start is not None)
+        lr = LogisticRegression(C=C, max_iter=max_iter, tol=1e-3, warm_start=start is not None)
         if start is not None:
             lr.coef_, lr.intercept_ = start
         with warnings.catch_warnings():
