@@ -103,6 +103,8 @@ def page(browser_page, console):
 
 
 def _images_loaded(page, selector: str) -> list[int]:
+    # the grids' images load lazily, as a person scrolls to them (the dashboard is taller than the window)
+    page.eval_on_selector_all(f"{selector} img", "imgs => imgs.forEach(i => i.scrollIntoView())")
     page.wait_for_function(f"[...document.querySelectorAll('{selector} img')].every(i => i.complete)")
     return page.eval_on_selector_all(f"{selector} img", "imgs => imgs.map(i => i.naturalWidth)")
 
