@@ -23,8 +23,8 @@ from machine import ROOT, Machine
 
 BIN = Path(sys.executable).parent
 TIERS = {
-    "quick": [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider"],
-    "full": [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+    "quick": [sys.executable, "-m", "pytest", "-m", "not slow", "-p", "no:cacheprovider"],
+    "full": [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
     "checks": [  # what ./run test runs before the tests, one after the other
         [str(BIN / "ruff"), "check", "."],
         [str(BIN / "ruff"), "format", "--check", "."],
