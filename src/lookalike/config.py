@@ -358,6 +358,13 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> RunCo
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise LookalikeError(f"config {path} is not valid JSON: {e}") from None
+    return with_overrides(data, overrides)
+
+
+def with_overrides(data: dict | RunConfig, overrides: dict | None) -> RunConfig:
+    """A run config (or its JSON) with the dotted `overrides` that are not None set, validated: an invalid
+    combination is one error naming the overrides. `load_config` and `lookalike tune`'s trials use it."""
+    data = data.model_dump(mode="json", by_alias=True) if isinstance(data, RunConfig) else data
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -369,4 +376,5 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> RunCo
     try:
         return RunConfig.model_validate(data)
     except ValueError as e:
-        raise LookalikeError(f"invalid config: {e}".replace("\n", "; ")) from None
+        given = f" {{{', '.join(f'{k}: {v!r}' for k, v in overrides.items())}}}" if overrides else ""
+        raise LookalikeError(f"invalid config{given}: {e}".replace("\n", "; ")) from None

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lookalike.config import SHIPPED_CONFIGS, RunConfig
+from lookalike.config import SHIPPED_CONFIGS, RunConfig, with_overrides
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.evaluator import get_metric
 from lookalike.pipeline import Prepared, new_model, prepare, run_main
@@ -127,21 +127,6 @@ def _get(tree: dict, dotted: str) -> Any:
     for part in dotted.split("."):
         node = node[part]
     return node
-
-
-def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """`cfg` with the dotted `overrides` set, validated (an invalid combination is one error)."""
-    data = cfg.model_dump(mode="json", by_alias=True)
-    for dotted, value in overrides.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as e:
-        raise LookalikeError(f"invalid config {overrides}: {e}".replace("\n", "; ")) from None
 
 
 class TuneOptions(BaseModel):
