@@ -75,7 +75,7 @@ def test_the_cheaper_line_wins_and_a_tie_goes_exact():
     assert c.choose(rows=440, units=400) == EXACT  # 5.4 against 5.4: same cost, and exact
 
 
-@pytest.mark.parametrize("backend", ["pg", "emb"])
+@pytest.mark.parametrize("backend", [pytest.param("pg", marks=pytest.mark.slow), "emb"])
 def test_filtered_search_takes_the_path_its_costs_say(backend, data, monkeypatch, request):
     """With the unit lines, pgvector crosses where rows = 10 × N / rows (k = 10: ~141 of 2000 rows) and the
     embedded store where rows = 40 × N / rows (~283): a 1% or 5% filter is ranked exactly, a 50% one walks
@@ -99,7 +99,7 @@ def test_filtered_search_takes_the_path_its_costs_say(backend, data, monkeypatch
     assert store.path_counts[EXACT] == 0
 
 
-@pytest.mark.parametrize("backend", ["pg", "emb"])
+@pytest.mark.parametrize("backend", [pytest.param("pg", marks=pytest.mark.slow), "emb"])
 def test_the_walk_returns_k_rows_under_a_selective_filter(backend, data, request):
     """The index forced on a filter passing ~1% of rows (pgvector: iterative scan, ef_search 40 < rows to hand
     up; FAISS: the widened beam): k rows, all passing, and no exact ranking needed to complete them."""
@@ -118,7 +118,7 @@ def test_the_walk_returns_k_rows_under_a_selective_filter(backend, data, request
     assert np.mean([len({i for i, _ in a} & {i for i, _ in e}) for a, e in zip(got, truth)]) >= 8
 
 
-@pytest.mark.parametrize("backend", ["pg", "emb"])
+@pytest.mark.parametrize("backend", [pytest.param("pg", marks=pytest.mark.slow), "emb"])
 def test_a_walk_that_runs_out_is_ranked_exactly(backend, data, request, monkeypatch):
     """The 20 `far` rows lie where no query's walk goes; with the walk's limits small (pgvector: one batch of
     ef_search 10, max_scan_tuples 1; FAISS: a 10-wide beam) it finds fewer than k of them, and those queries
@@ -142,12 +142,14 @@ def test_a_walk_that_runs_out_is_ranked_exactly(backend, data, request, monkeypa
     assert got == store.search(q, 10, {"far": True})
 
 
+@pytest.mark.slow
 def test_pgvector_estimates_come_from_the_planner(pg):
     """The choice sees the planner's estimates (statistics, nothing scanned): near the true counts here."""
     passing, total = pg._estimated_rows({"tag": ["50%"]})
     assert 700 <= passing <= 1300 and 1800 <= total <= 2200
 
 
+@pytest.mark.slow
 def test_pgvector_keeps_metadata_inline_beside_the_vector():
     """A 512-d row passes PostgreSQL's TOAST threshold with its vector alone (kept inline); the metadata must stay
     inline too, or every filter check on either path (the exact scan's rows, the walk's candidates) fetches it
@@ -168,6 +170,7 @@ def test_pgvector_keeps_metadata_inline_beside_the_vector():
     assert toast == 0
 
 
+@pytest.mark.slow
 def test_pgvector_walk_spends_at_most_what_exact_would_cost(pg, data, monkeypatch):
     """With the unit lines, a filter passing one cluster (~200 rows) expects the walk to hand up ~100 rows
     (10 × 2000 / 200) against ~200 rows to rank exactly: the walk goes, with a budget of what the exact path

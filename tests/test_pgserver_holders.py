@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 HOLD = """
 import sys
@@ -18,6 +19,9 @@ start_pgserver(Path(sys.argv[1]))
 print("up", flush=True)
 sys.stdin.read()  # hold the server until stdin closes, then exit normally (exit handlers run)
 """
+
+
+pytestmark = pytest.mark.slow  # starts PostgreSQL
 
 
 def _holder(pgdata: Path) -> subprocess.Popen:

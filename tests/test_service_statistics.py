@@ -62,7 +62,7 @@ class ReadSpy:
         return [c for c in self.calls if c[1] != "catalogue-stats"]
 
 
-@pytest.mark.parametrize("backend", ["embedded", "pgvector"])
+@pytest.mark.parametrize("backend", ["embedded", pytest.param("pgvector", marks=pytest.mark.slow)])
 def test_metrics_and_kpi_after_a_write_read_no_row_and_the_statistics_catch_up(backend, tmp_path, monkeypatch):
     url = f"embedded://{tmp_path}/store" if backend == "embedded" else pg_url("stats")
     ingest(url)
@@ -98,7 +98,7 @@ def test_metrics_and_kpi_after_a_write_read_no_row_and_the_statistics_catch_up(b
     svc.close()
 
 
-@pytest.mark.parametrize("backend", ["embedded", "pgvector"])
+@pytest.mark.parametrize("backend", ["embedded", pytest.param("pgvector", marks=pytest.mark.slow)])
 def test_a_large_catalogue_has_its_statistics_computed_by_a_child_process(backend, tmp_path, monkeypatch):
     url = f"embedded://{tmp_path}/store" if backend == "embedded" else pg_url("child")
     ingest(url)

@@ -58,7 +58,7 @@ def url_for(kind: str, tmp_path) -> str:
     return f"embedded://{tmp_path}/store" if kind == "embedded" else pg_url("counts")
 
 
-@pytest.fixture(params=["embedded", "pgvector"])
+@pytest.fixture(params=["embedded", pytest.param("pgvector", marks=pytest.mark.slow)])
 def kind(request) -> str:
     return request.param
 
