@@ -243,8 +243,11 @@ def test_readme_commands_run_on_the_shipped_data(sandbox, monkeypatch):
                 continue
             argv = [env["TOKEN_ID"] if w == TOKEN_ID else expand(w) for w in synopsis(words)]
             if argv[0] == "curl":
+                # --retry: as a client should, wait out a 503 + Retry-After (the first seconds after start-up,
+                # while the catalogue statistics are computed); any other failure fails at once
+                retry = ["--retry", "10", "--retry-max-time", "60"]
                 r = subprocess.run(
-                    ["curl", "-sS", "--max-time", "60", "--write-out", "\n%{http_code}", *argv[1:]],
+                    ["curl", "-sS", "--max-time", "60", *retry, "--write-out", "\n%{http_code}", *argv[1:]],
                     capture_output=True,
                     text=True,
                 )
