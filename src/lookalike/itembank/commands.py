@@ -96,7 +96,7 @@ def cmd_search(args) -> None:
         args.normalisation,
         cache_dir=args.cache_dir,
         progress=not args.no_progress,
-        figures=_fusion(args),
+        figures=fusion_from_args(args),
     )
     try:
         query = s.query(args.text, args.id, figure=figure)
@@ -112,12 +112,30 @@ def cmd_search(args) -> None:
         print(f"{rank:>3}  {h.score:.4f}  {h.id:<10} [{'|'.join(r.labels) if r else ''}] {text}")
 
 
-def _fusion(args):
+def add_fusion_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The figure-fusion options: `itembank search|evaluate` take them plain, `serve` with `--itembank-`."""
+    p.add_argument(
+        f"--{prefix}figures",
+        choices=["none", "concat", "mean", "multimodal"],
+        default="none",
+        help="fuse each question's figure into its vector: concat (any two spaces), mean (one CLIP/SigLIP space) "
+        f"or multimodal (a qwen3-vl --{prefix}encoder reads both)",
+    )
+    p.add_argument(f"--{prefix}text-weight", type=float, default=0.5, help="the text's share of the fused cosine")
+    p.add_argument(f"--{prefix}image-encoder", default="efficientnet-lite0", help="figure encoder (a registry name)")
+
+
+def fusion_from_args(args: argparse.Namespace, prefix: str = ""):
+    """The FigureFusion the options of `add_fusion_options` ask for, None for `none`."""
     from lookalike.itembank.figures import FigureFusion
 
-    if args.figures == "none":
+    a = prefix.replace("-", "_")
+    method = getattr(args, f"{a}figures")
+    if method == "none":
         return None
-    return FigureFusion(method=args.figures, text_weight=args.text_weight, image_encoder=args.image_encoder)
+    return FigureFusion(
+        method=method, text_weight=getattr(args, f"{a}text_weight"), image_encoder=getattr(args, f"{a}image_encoder")
+    )
 
 
 def cmd_bench(args) -> None:
@@ -134,7 +152,7 @@ def cmd_bench(args) -> None:
         cache_dir=args.cache_dir,
         exact=not args.approximate,
         progress=not args.no_progress,
-        figures=_fusion(args),
+        figures=fusion_from_args(args),
     )
     try:
         res = latency_bench(s, args.queries, args.k, args.mode, args.seed)
@@ -270,15 +288,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
         help="hybrid fusion: weighted sum after min-max or z-score normalisation, or RRF (ignores --alpha)",
     )
     p.add_argument("-k", type=int, default=10)
-    p.add_argument(
-        "--figures",
-        choices=["none", "concat", "mean", "multimodal"],
-        default="none",
-        help="fuse each question's figure into its vector: concat (any two spaces), mean (one CLIP/SigLIP space) "
-        "or multimodal (a qwen3-vl --encoder reads both)",
-    )
-    p.add_argument("--text-weight", type=float, default=0.5, help="the text's share of the fused cosine")
-    p.add_argument("--image-encoder", default="efficientnet-lite0", help="figure encoder (a registry name)")
+    add_fusion_options(p)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

