@@ -118,6 +118,7 @@ def cmd_tune(args) -> None:
             sampler_seed=args.sampler_seed,
             heartbeat=args.heartbeat,
             final=not args.no_final,
+            ensemble=args.ensemble,
         )
     except ValidationError as e:
         err = e.errors()[0]
@@ -138,6 +139,13 @@ def cmd_tune(args) -> None:
             pr = r["seeds"]["paired"][k]
             p_txt = f"{pr['p']:.2g}" if pr["p"] is not None else "-"
             print(f"{'test ' + k:<55} {d['test'][k]:>8.4f} {v:>8.4f} {pr['mean_diff']:>+10.4f} {p_txt:>7}")
+    ens = r.get("ensemble")
+    if ens is not None and not ens["built"]:
+        print(f"ensemble not built: {ens['reason']}")
+    elif ens is not None:
+        print(f"ensemble of trials {[m['trial'] for m in ens['members']]}: validation {ens['validation']:.4f}")
+        for k, v in (ens["test"] or {}).items():
+            print(f"{'ensemble test ' + k:<55} {v:>8.4f}")
     logger.info(f"wrote {opts.out}/best_config.json, tuning_report.json, plots/ and final/")
 
 
@@ -434,6 +442,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="seconds between a trial's heartbeats (a dead process's trial is retried after two)",
     )
     tn.add_argument("--no-final", action="store_true", help="run the study only: no retraining, no test split")
+    tn.add_argument(
+        "--ensemble",
+        type=int,
+        default=0,
+        metavar="K",
+        help="after the study, average the K best complete trials into OUT/ensemble.pt, validated and tested (K >= 2)",
+    )
     tn.set_defaults(func=cmd_tune)
 
     a = sub.add_parser("ab", help="compare binary image classifiers: DeLong, McNemar, bootstrap CIs, HTML report")

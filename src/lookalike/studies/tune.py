@@ -33,6 +33,7 @@ from lookalike.errors import LookalikeError
 from lookalike.evaluation.evaluator import get_metric
 from lookalike.pipeline import Prepared, new_model, prepare, run_main
 from lookalike.provenance import provenance
+from lookalike.training.tracking import Tracker
 from lookalike.training.trainer import train
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,13 @@ class TuneOptions(BaseModel):
     sampler_seed: int | None = None
     heartbeat: int = Field(60, ge=1, description="seconds between a running trial's heartbeats")
     final: bool = True
+    ensemble: int = Field(0, ge=0, description="after the study, average the K best complete trials (0: none)")
+
+    @model_validator(mode="after")
+    def _ensemble_size(self) -> TuneOptions:
+        if self.ensemble == 1:
+            raise ValueError("an ensemble averages at least 2 trials (0: none)")
+        return self
 
 
 def protocol_config(cfg: RunConfig) -> RunConfig:
@@ -308,16 +316,31 @@ class Trainer:
 
         cfg, _ = self.config(params, trial_dir)
         model = new_model(cfg, self.prep)
-        history = train(
-            model,
-            self.prep.data,
-            validator(self.prep.emb, self.prep.idx["val"], cfg),
-            cfg.train,
-            trial_dir / "checkpoints",
-            resume=resume,
-            progress=False,
-            on_epoch=lambda row: report(row["epoch"], row["val_metric"]),
-        )
+        # Every trial is tracked as `train` tracks a run (TensorBoard in trial_dir/tb, MLflow with --mlflow): each
+        # epoch goes to the tracker first, then to the pruner, which may stop the trial there.
+        tracker = Tracker(cfg, trial_dir / "tb", cfg.tracking.mlflow_uri, run_name=f"trial-{trial_dir.name}")
+
+        def on_epoch(row: dict) -> None:
+            tracker.epoch(row)
+            report(row["epoch"], row["val_metric"])
+
+        history: list[dict] = []
+        try:
+            history = train(
+                model,
+                self.prep.data,
+                validator(self.prep.emb, self.prep.idx["val"], cfg),
+                cfg.train,
+                trial_dir / "checkpoints",
+                resume=resume,
+                progress=False,
+                val_data=self.prep.val,
+                on_epoch=on_epoch,
+            )
+            best = max(history, key=lambda r: r["val_metric"])
+            tracker.finish({"best_val_metric": best["val_metric"], "best_epoch": best["epoch"]})
+        finally:  # pruned, stopped or failed: what it logged stays, its MLflow run marked failed
+            tracker.close(failed=not history)
         return history, cfg
 
 
@@ -329,7 +352,7 @@ def objective(trainer: Trainer) -> Callable:
         params = suggest(trial, trainer.space, trainer.base)
         frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
         origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)  # a retry of a dead process's trial
-        trial_dir = trainer.out / "trials" / f"{origin if origin is not None else trial.number:04d}"
+        trial_dir = trial_folder(frozen, trainer.out)
         try:
             cfg, overrides = trainer.config(params, trial_dir)
         except LookalikeError as e:
@@ -373,6 +396,15 @@ def objective(trainer: Trainer) -> Callable:
         return float(best["val_metric"])
 
     return run_trial
+
+
+def trial_folder(trial, out: Path) -> Path:
+    """Where a trial trained: `DIR/trials/NNNN`, the folder of the trial a retry resumes (a retry of a dead
+    process's trial trains in its folder), or the folder a Ray trial named (`trial_dir`)."""
+    if "trial_dir" in trial.user_attrs:
+        return Path(trial.user_attrs["trial_dir"])
+    origin = trial.system_attrs.get("failed_trial")  # RetryHeartbeatStaleTrialCallback.retried_trial_number's source
+    return out / "trials" / f"{origin if origin is not None else trial.number:04d}"
 
 
 def finished(study) -> int:
@@ -461,6 +493,17 @@ def budget(records: list[dict]) -> dict:
     }
 
 
+def study_time(study, records: list[dict], engine: str) -> dict[str, float | None]:
+    """The study's time over every process that ran it: its trials' seconds summed (the compute spent, killed and
+    retried attempts included) and, on the local engine, the span from the first trial's start to the last one's
+    end (Ray's trials are written into the study at its end: their span is not theirs)."""
+    trials = study.get_trials(deepcopy=False)
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    span = round((max(ends) - min(starts)).total_seconds(), 2) if starts and ends and engine == "local" else None
+    return {"trial_seconds": round(sum(r["seconds"] or 0 for r in records), 2), "span_seconds": span}
+
+
 def figures(evaluation: dict) -> dict[str, float]:
     """JSON → image figures on test, per relevance definition: hit@10, hit@5, P@10, nDCG@10, MRR, anchor hit@10."""
     out: dict[str, float] = {}
@@ -510,6 +553,64 @@ def paired(default: list[dict], best: list[dict]) -> dict:
             entry.update({"t": None, "p": None})
         out[key] = entry
     return out
+
+
+def study_ensemble(study, k: int, base: RunConfig, prep: Prepared, out: Path, test: bool) -> dict:
+    """The `k` best complete trials (by validation) averaged into `DIR/ensemble.pt` (`build_ensemble`: their
+    unit query vectors; they share the study's image space and vocabulary), validated as the trials were and,
+    with `test`, evaluated once on the test split with the corrected ranking the default and best runs get.
+    Fewer than `k` trials with a checkpoint: those there are, said so; fewer than 2: not built, with the reason."""
+    from optuna.trial import TrialState
+
+    from lookalike.evaluation.evaluate import evaluate_split, validator
+    from lookalike.model import build_ensemble
+
+    ranked = sorted(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: (-(t.value or 0.0), t.number)
+    )
+    members: list[dict[str, Any]] = []
+    missing: list[dict[str, Any]] = []
+    for t in ranked:
+        if len(members) == k:
+            break
+        checkpoint = trial_folder(t, out) / "checkpoints" / "best_model.pt"
+        (members if checkpoint.is_file() else missing).append(
+            {"trial": t.number, "validation": t.value, "checkpoint": str(checkpoint)}
+        )
+    entry: dict[str, Any] = {"asked": k, "members": members}
+    if missing:
+        entry["missing_checkpoints"] = missing
+    if len(members) < k:
+        entry["note"] = f"{len(members)} of the {k} trials asked for: the study holds {len(ranked)} complete trials" + (
+            f", {len(missing)} of them without a checkpoint" if missing else ""
+        )
+        logger.warning(f"ensemble: {entry['note']}")
+    if len(members) < 2:
+        return {**entry, "built": False, "reason": f"an ensemble needs 2 trials; {entry['note']}"}
+    model, extra = build_ensemble([m["checkpoint"] for m in members])
+    extra.update({"schema": prep.emb.catalogue.schema.model_dump(mode="json"), "split_sizes": prep.sizes})
+    model.save(out / "ensemble.pt", **extra)
+    validation = get_metric(validator(prep.emb, prep.idx["val"], base)(model), base.train.val_metric)
+    entry.update(
+        {
+            "built": True,
+            "checkpoint": str(out / "ensemble.pt"),
+            "validation": validation,
+            "validation_note": "its members were chosen on validation: optimistic, as the best trial's figure",
+        }
+    )
+    trials = [m["trial"] for m in members]
+    logger.info(f"ensemble of trials {trials}: validation {validation:.4f} → {out / 'ensemble.pt'}")
+    if test:
+        results = out / "ensemble"
+        evaluation = evaluate_split(model, prep.emb, prep.idx["test"], base, results / "runs")
+        evaluation.update({"split": "test", "checkpoint": str(out / "ensemble.pt"), **provenance()})
+        (results / "evaluation.json").write_text(json.dumps(evaluation, indent=2, ensure_ascii=False), encoding="utf-8")
+        entry.update({"test": figures(evaluation), "evaluation": str(results / "evaluation.json")})
+    else:
+        entry["test"] = None
+        entry["test_note"] = "not evaluated: --no-final (the test split waits for the after-study protocol)"
+    return entry
 
 
 def write_plots(study, out: Path) -> dict[str, str]:
@@ -583,7 +684,9 @@ def tune(cfg: RunConfig, opts: TuneOptions, progress: bool = True) -> dict:
             "metric": f"validation {base.train.val_metric}, hubness-corrected (bank: each trial's training queries)",
             "space": space.model_dump(),
             "options": opts.model_dump(),
+            # This process's share (preparation included): a resumed study's second process may run no trial.
             "seconds": round(study_s, 2),
+            **study_time(study, records, opts.engine),
         },
         "base_config": base.model_dump(mode="json", by_alias=True),
         "split": {"seed": base.split.seed, "sizes": prep.sizes},
@@ -597,6 +700,8 @@ def tune(cfg: RunConfig, opts: TuneOptions, progress: bool = True) -> dict:
     report["plots"] = plots
     if opts.final:
         report.update(after_study(base, best_cfg, best_trial.value, prep, opts, out, progress))
+    if opts.ensemble:
+        report["ensemble"] = study_ensemble(study, opts.ensemble, base, prep, out, test=opts.final)
     (out / "tuning_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     return report
 

@@ -146,6 +146,7 @@ def record(results, base: RunConfig, space: SearchSpace, opts: TuneOptions, out:
     study, _ = open_study(base, space, opts.model_copy(update={"storage": None}), out, first_default=False)
     dists = distributions(space)
     for r in sorted(results, key=lambda r: (r.metrics or {}).get("trial_id", "")):  # the order Ray made them
+        ray_id = (r.metrics or {}).get("trial_id")
         params = {k: v for k, v in (r.config or {}).items() if k in dists}
         cfg, overrides = trainer.config(params, out / "trials")
         frame = r.metrics_dataframe
@@ -175,6 +176,7 @@ def record(results, base: RunConfig, space: SearchSpace, opts: TuneOptions, out:
                     "seconds": round(float(r.metrics.get("time_total_s", 0.0)), 2) if r.metrics else None,
                     "validated_on": {"split": "val", "products": len(trainer.prep.idx["val"])},
                     "ray_trial": Path(r.path).name if r.path else None,
+                    **({"trial_dir": str(out / "trials" / f"ray-{ray_id}")} if ray_id else {}),
                     **({"error": str(r.error).splitlines()[0]} if r.error is not None else {}),
                 },
             )
