@@ -92,3 +92,56 @@ def test_ray_tune_engine_writes_the_same_outputs(fashion_subset, tmp_path, ray_a
     assert final["best_val_metric"] == pytest.approx(best["value"], abs=1e-9)  # the best trial, trained again
     assert (out / "plots" / "history.png").is_file() and (out / "best_config.json").is_file()
     assert r["default"]["test"] and r["best"]["test"]
+
+
+def test_interrupted_ray_study_is_restored_without_rerunning_finished_trials(fashion_subset, tmp_path, ray_address):
+    """Ctrl+C (SIGINT) while Ray Tune runs the third of four trials: Ray saves its state and `tune` stops with an
+    error; the same command again continues through `Tuner.restore`, runs the rest and none that had finished."""
+    import signal
+    import time
+
+    import optuna
+    from ray.tune import ExperimentAnalysis
+
+    config = {**CONFIG, "train": {**CONFIG["train"], "epochs": 12}}
+    cfg, space = _files(tmp_path, config)
+    out = tmp_path / "out"
+    argv = ["tune", "--config", str(cfg), "--catalog", str(fashion_subset), *SMALL, "--space", str(space)]
+    argv += ["--engine", "ray", "--address", ray_address, "--trials", "4", "--no-final", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lookalike.cli", *argv],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while len(list((out / "trials").glob("ray-*"))) < 3:  # one trial at a time: the third started, two ended
+            assert proc.poll() is None and time.monotonic() < deadline, "tune ended before its third trial"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode != 0 and "interrupted" in err and "run the same command again" in err, err[-2000:]
+    assert not (out / "tuning_report.json").exists()  # no report, no study written from half a run
+    before = {t.trial_id: t for t in ExperimentAnalysis(str(out / "ray" / "lookalike-tune")).trials}
+    done = {i: t for i, t in before.items() if t.status == "TERMINATED"}
+    assert len(done) >= 2 and len(done) < 4  # the third trial was running, or the fourth not yet drawn
+    events = {i: sorted((out / "trials" / f"ray-{i}" / "tb").glob("events.*")) for i in before}
+
+    main(argv)  # continued: Tuner.restore
+    trials = optuna.load_study(study_name="lookalike-tune", storage=f"sqlite:///{out / 'study.db'}").trials
+    by_id = {Path(t.user_attrs["trial_dir"]).name.removeprefix("ray-"): t for t in trials}
+    assert len(by_id) == 4 and set(before) <= set(by_id)
+    b = json.loads((out / "tuning_report.json").read_text())["budget"]
+    assert b["complete"] + b["pruned"] == 4
+    for i, t in done.items():  # kept as they ended: the same last epoch and value, no new TensorBoard run
+        last = t.last_result
+        assert max(by_id[i].intermediate_values) == last["epoch"] == len(by_id[i].intermediate_values)
+        assert by_id[i].intermediate_values[last["epoch"]] == pytest.approx(last["val"], abs=1e-9)
+        assert sorted((out / "trials" / f"ray-{i}" / "tb").glob("events.*")) == events[i], i
+    for i in set(before) - set(done):  # an interrupted trial ran again, from its first epoch
+        assert len(list((out / "trials" / f"ray-{i}" / "tb").glob("events.*"))) == len(events[i]) + 1

@@ -1,16 +1,18 @@
 """`lookalike tune --engine ray`: the study's trials on a Ray cluster through Ray Tune, proposed by Optuna's TPE
 (OptunaSearch, the same define-by-run space) and stopped early by ASHA on each epoch's validation metric.
 
-Ray Tune keeps its own experiment state in `DIR/ray/NAME` (a killed run continues from there with
-`Tuner.restore`); when it ends, its trials are written into the Optuna study `DIR/study.db` (complete, or pruned
-when ASHA stopped them before their planned epochs) so that the report, the plots and the after-study protocol are
-the local engine's own.
+Ray Tune keeps its own experiment state in `DIR/ray/NAME`. An interrupted run (Ctrl+C: Ray Tune saves its state
+and `tune` stops with an error saying so) continues from there with `Tuner.restore` when run again: its finished
+trials are kept, its unfinished ones run again, the rest are drawn (the first run's --trials stays). When the run
+ends, its trials are written into the Optuna study `DIR/study.db` (complete, or pruned when ASHA stopped them before
+their planned epochs) so that the report, the plots and the after-study protocol are the local engine's own.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,12 +129,23 @@ def run_ray(base: RunConfig, space: SearchSpace, opts: TuneOptions, out: Path, t
                 ),
                 run_config=tune.RunConfig(name=opts.study_name, storage_path=str(out / "ray"), verbose=0),
             )
+        t0 = time.monotonic()
         results = tuner.fit()
+        fit_s = time.monotonic() - t0
     finally:
         if connected:
             import ray
 
             ray.shutdown()
+    # Interrupted (Ctrl+C, SIGINT): Ray Tune saved its state and returned, with trials unfinished or not yet drawn
+    # (fewer than asked, before the time budget ran out). The study is not over: no report from half a run.
+    unfinished = len(results) - results.num_terminated - results.num_errors
+    if unfinished or (len(results) < opts.trials and (opts.timeout is None or fit_s < opts.timeout)):
+        raise LookalikeError(
+            f"the Ray Tune run was interrupted after {results.num_terminated + results.num_errors} of {opts.trials} "
+            f"trials; its state is in {experiment}: run the same command again to continue it (finished trials are "
+            "not run again)"
+        )
     return record(results, base, space, opts, out, trainer), seed
 
 
