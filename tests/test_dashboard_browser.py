@@ -134,6 +134,9 @@ def test_kpi_cards_charts_hyperparameters_and_samples(page):
         assert drawn >= 12, (canvas, colour, drawn)  # one epoch: at least its 4×4 marker
     assert "train.epochs" in page.inner_text("#hyperparams") and "field_dropout" in page.inner_text("#hyperparams")
     assert "original:" in page.inner_text("#augmented")
+    # a model trained by `train` (not `tune`, no image views): said so, nothing invented
+    assert page.inner_text("#tuning") == "the served model did not come from lookalike tune"
+    assert "no image views" in page.inner_text("#augmented")
     assert all(w > 0 for w in _images_loaded(page, "#recent"))
     # the online KPIs: their table's columns, and the new collection's coverage line
     assert "ctr@10" in page.inner_text("#online") and "new collection shown" in page.inner_text("#online-coverage")

@@ -338,7 +338,8 @@ def test_kpi_and_prometheus_metrics(env):
 
 def test_dashboard_json(env):
     d = env["client"].get("/api/dashboard").json()
-    assert set(d) == {"kpi", "loss_curve", "top_k_images", "hyperparams", "augmented_samples"}
+    assert set(d) == {"kpi", "loss_curve", "top_k_images", "hyperparams", "augmented_samples", "tuning"}
+    assert d["tuning"] is None  # trained by `train`, not `tune`
     assert d["loss_curve"][0]["epoch"] == 1 and d["loss_curve"][0]["loss"] > 0
     assert d["top_k_images"] and all("image_url" in h for h in d["top_k_images"][0]["items"])
     assert d["hyperparams"]["train"]["epochs"] == 1 and d["hyperparams"]["new_rule"] == "year>=2016"

@@ -4,6 +4,8 @@ once); every trial writes TensorBoard event files as `train` does; the study's t
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 
@@ -25,11 +27,13 @@ def _scalars(tb) -> dict[str, dict[int, float]]:
 
 @pytest.fixture(scope="module")
 def study(fashion_subset, tmp_path_factory, one_thread):
-    """Three 2-epoch trials (no pruning: all complete) run by a `--no-final` call asking for 5 members."""
+    """Three 2-epoch trials (no pruning: all complete; two cached image views an image) run by a `--no-final` call
+    asking for 5 members."""
     import optuna
 
     root = tmp_path_factory.mktemp("tune-after")
-    cfg, space = _files(root, {**CONFIG, "train": {**CONFIG["train"], "epochs": 2}})
+    config = {**CONFIG, "train": {**CONFIG["train"], "epochs": 2}, "augment": {"image_views": 2}}
+    cfg, space = _files(root, config)
     out = root / "out"
     argv = ["tune", "--config", str(cfg), "--catalog", str(fashion_subset), *SMALL, "--space", str(space)]
     argv += ["--trials", "3", "--pruner", "none", "--out", str(out)]
@@ -37,6 +41,16 @@ def study(fashion_subset, tmp_path_factory, one_thread):
     first = json.loads((out / "tuning_report.json").read_text())
     trials = optuna.load_study(study_name="lookalike-tune", storage=f"sqlite:///{out / 'study.db'}").trials
     return argv, out, first, trials
+
+
+@pytest.fixture(scope="module")
+def reopened(study):
+    """The same study reopened by a second call with `--ensemble 2` and the after-study protocol (one seed)."""
+    argv, out, _, _ = study
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main([*argv, "--ensemble", "2", "--seeds", "1"])
+    return printed.getvalue(), json.loads((out / "tuning_report.json").read_text())
 
 
 def test_no_final_ensemble_takes_the_trials_there_are_and_leaves_test_alone(study):
@@ -49,7 +63,7 @@ def test_no_final_ensemble_takes_the_trials_there_are_and_leaves_test_alone(stud
     assert "default" not in first and "best" not in first
 
 
-def test_reopened_study_runs_no_trial_and_builds_the_ensemble(study, capsys):
+def test_reopened_study_runs_no_trial_and_builds_the_ensemble(study, reopened):
     """The second call (`--ensemble 2`, the after-study protocol) finds the 3 finished trials and runs none."""
     import optuna
     import torch
@@ -61,13 +75,10 @@ def test_reopened_study_runs_no_trial_and_builds_the_ensemble(study, capsys):
     from lookalike.pipeline import prepare
     from lookalike.studies.tune import figures
 
-    argv, out, first, before = study
-    capsys.readouterr()
-    main([*argv, "--ensemble", "2", "--seeds", "1"])
-    printed = capsys.readouterr().out
+    _, out, first, before = study
+    printed, r = reopened
     after = optuna.load_study(study_name="lookalike-tune", storage=f"sqlite:///{out / 'study.db'}").trials
     assert [(t.number, t.datetime_complete) for t in after] == [(t.number, t.datetime_complete) for t in before]
-    r = json.loads((out / "tuning_report.json").read_text())
     e = r["ensemble"]
     top = sorted(before, key=lambda t: (-t.value, t.number))[:2]
     assert e["built"] and [m["trial"] for m in e["members"]] == [t.number for t in top] and "note" not in e
@@ -135,3 +146,124 @@ def test_every_trial_writes_tensorboard_scalars(study):
         for tag in ("loss/train", "loss/validation", "optim/lr", "optim/temperature", "similarity/positive"):
             assert sorted(s[tag]) == [1, 2], tag
         assert s["final/best_val_metric"][0] == pytest.approx(t.value, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def served(study, reopened, fashion_subset, tmp_path_factory):
+    """The study's final model serving its 200 products (an embedded store) behind a real uvicorn."""
+    import csv
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from lookalike.service.app import ServiceSettings, create_app
+
+    _, out, _, _ = study
+    root = tmp_path_factory.mktemp("tuned-served")
+    split = json.loads((out / "final" / "results" / "split.json").read_text())
+    ids = {*split["train"], *split["val"], *split["test"]}
+    cat = root / "catalog"
+    cat.mkdir()
+    (cat / "images").symlink_to(fashion_subset / "images")
+    with (
+        open(fashion_subset / "styles.csv", newline="", encoding="utf-8") as f,
+        open(cat / "styles.csv", "w", newline="", encoding="utf-8") as g,
+    ):
+        reader = csv.DictReader(f)
+        writer = csv.DictWriter(g, reader.fieldnames or [])
+        writer.writeheader()
+        writer.writerows(r for r in reader if r["id"] in ids)
+    checkpoint = out / "final" / "checkpoints" / "best_model.pt"
+    store = f"embedded://{root}/store"
+    main(["catalog", "ingest", "--model", str(checkpoint), "--store", store, "--catalog", str(cat), "--no-progress"])
+    app = create_app(
+        ServiceSettings(checkpoint=str(checkpoint), store=store, catalog=str(cat), upload_dir=str(root / "uploads"))
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started:
+        assert time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", cat
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_dashboard_shows_the_tuning_summary_and_the_image_views(served, reopened):
+    """In Chromium: the training panel's tuning summary (budget, best trial, default vs best vs ensemble on
+    validation and test, as the report says) and the augmentation panel's image views, which are the pixels
+    training embedded (the same recipe, seed and content key), not the original photo."""
+    import io as _io
+
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+    from test_dashboard_browser import CHROMIUM_ARGS
+
+    from lookalike.encoders.cache import bytes_key
+    from lookalike.encoders.views import render_view
+
+    url, cat = served
+    _, r = reopened
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        page.wait_for_selector("#tuning-figures")
+        b = r["budget"]
+        budget = page.inner_text("#tuning-budget")
+        assert f"{b['trials']} trials, {b['complete']} complete, {b['pruned']} pruned, {b['fail']} failed" in budget
+        assert f"epochs run {b['epochs_run']} of {b['epochs_planned']} planned" in budget
+        assert "Served: the best model" in budget
+        assert page.inner_text("#tuning-best").startswith(f"best trial {r['best_trial']['number']} ")
+        rows = page.eval_on_selector_all(
+            "#tuning-figures tr", "rs => rs.map(r => [...r.children].map(c => c.textContent))"
+        )
+        members = ", ".join(str(m["trial"]) for m in r["ensemble"]["members"])
+        assert rows[0] == ["", "default", "best", f"ensemble of trials {members}"]
+        table = {row[0]: [float(x) for x in row[1:]] for row in rows[1:]}
+        models = (r["default"], r["best"], r["ensemble"])
+        assert table["validation"] == pytest.approx([m["validation"] for m in models], abs=5e-5)
+        for key in r["best"]["test"]:
+            assert table[f"test {key}"] == pytest.approx([m["test"][key] for m in models], abs=5e-5), key
+        # The augmentation panel: each sample's two views, loaded as images
+        page.eval_on_selector_all("#augmented img", "imgs => imgs.forEach(i => i.scrollIntoView())")
+        page.wait_for_function("[...document.querySelectorAll('#augmented .views img')].every(i => i.complete)")
+        views = page.eval_on_selector_all(
+            "#augmented .views img", "imgs => imgs.map(i => [i.getAttribute('src'), i.naturalWidth, i.naturalHeight])"
+        )
+        samples = len(page.query_selector_all("#augmented > .row"))
+        assert samples >= 2 and len(views) == 2 * samples
+        src, width, height = views[1]
+        pid = src.split("/")[3]
+        photo = (cat / "images" / f"{pid}.jpg").read_bytes()
+        with Image.open(_io.BytesIO(photo)) as im:
+            assert (width, height) == im.size
+            expected = np.asarray(render_view(im, bytes_key(photo), 1, 0))
+            original = np.asarray(im.convert("RGB"))
+        served_view = page.request.get(url + src)
+        assert served_view.ok and served_view.headers["content-type"] == "image/png"
+        pixels = np.asarray(Image.open(_io.BytesIO(served_view.body())).convert("RGB"))
+        assert np.array_equal(pixels, expected) and not np.array_equal(pixels, original)
+        assert page.request.get(url + src.replace("/views/1", "/views/2")).status == 404  # 2 views: 0 and 1
+        browser.close()
+    assert not errors, errors
+
+
+def test_tuning_summary_names_the_model_it_describes(study, reopened):
+    from lookalike.service.tuning import tuning_summary
+
+    out = study[1]
+    assert tuning_summary(out / "ensemble.pt")["served_as"] == "ensemble"
+    assert tuning_summary(out / "default" / "checkpoints" / "best_model.pt")["served_as"] == "default"
+    assert tuning_summary(out / "trials" / "0000" / "checkpoints" / "best_model.pt") is None  # a trial: no report

@@ -30,6 +30,7 @@ from lookalike.service.auth import TokenFile
 from lookalike.service.itembank import ItemBankService, ItemBankSettings
 from lookalike.service.metrics import Metrics
 from lookalike.service.ratelimit import Rate
+from lookalike.service.tuning import tuning_summary
 from lookalike.service.uploads import UploadDir
 from lookalike.towers.user import UserTower
 
@@ -172,6 +173,7 @@ class Service(Core):
         )
         self.image_roots = [self.upload_dir, *dict.fromkeys(roots)]
         self.run_dir = Path(s.checkpoint).resolve().parent.parent
+        self.tuning = tuning_summary(s.checkpoint)  # the study behind the model, if it came from `tune` (read once)
         self.recent: deque = deque(maxlen=6)  # recent result lists for the dashboard's image grids
         self._tagger: ImageTagger | None = None
         self.stats.start()

@@ -581,8 +581,9 @@ def study_ensemble(study, k: int, base: RunConfig, prep: Prepared, out: Path, te
     if missing:
         entry["missing_checkpoints"] = missing
     if len(members) < k:
-        entry["note"] = f"{len(members)} of the {k} trials asked for: the study holds {len(ranked)} complete trials" + (
-            f", {len(missing)} of them without a checkpoint" if missing else ""
+        entry["note"] = (
+            f"{len(members)} of the {k} trials asked for: the study holds {len(ranked)} complete trial(s)"
+            + (f", {len(missing)} of them without a checkpoint" if missing else "")
         )
         logger.warning(f"ensemble: {entry['note']}")
     if len(members) < 2:

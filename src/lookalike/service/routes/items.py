@@ -6,13 +6,14 @@ without its image. `create_app` guards the two routers apart: reads with a read 
 ask for one, writes with a write token whenever there is an auth file.
 """
 
+import functools
 import io
 import os
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from PIL import Image
 
 from lookalike.errors import LookalikeError
@@ -22,6 +23,7 @@ from lookalike.retrieval.stores import StoreItem
 from lookalike.service.deps import ServiceDep
 from lookalike.service.forms import json_field
 from lookalike.service.state import Service
+from lookalike.service.tuning import view_png
 
 read_router = APIRouter(tags=["catalogue"])
 write_router = APIRouter(tags=["catalogue"])
@@ -51,13 +53,43 @@ def get_item(svc: ServiceDep, product_id: str) -> dict:
     responses={200: {"content": {"image/*": {}}}},
 )
 def item_image(svc: ServiceDep, product_id: str):
+    return FileResponse(_image_path(svc, product_id))
+
+
+def _image_path(svc: Service, product_id: str) -> Path:
     # Lexical check (no symlink resolution): a catalogue's image folder may itself be a link.
     path = Path(os.path.abspath(str(svc.item(product_id).metadata.get("image", ""))))
     if not any(path.is_relative_to(r) for r in svc.image_roots):
         raise HTTPException(403, f"image of {product_id!r} lies outside the served image roots")
     if not path.is_file():
         raise HTTPException(404, f"image of {product_id!r} is missing on disk")
-    return FileResponse(path)
+    return path
+
+
+@read_router.get(
+    "/api/items/{product_id}/views/{view}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def item_view(svc: ServiceDep, product_id: str, view: int) -> Response:
+    """Augmented view `view` of the product's image, as training rendered it before embedding and caching it
+    (flip, rotation, colour jitter, crop; `augment.image_views` of them per image, seeded by the image's content)."""
+    aug = svc.enc.cfg.augment
+    if not 0 <= view < aug.image_views:
+        raise HTTPException(404, f"the served model trained with {aug.image_views} image views: no view {view}")
+    path = _image_path(svc, product_id)
+    st = path.stat()
+    try:
+        png = _view(str(path), st.st_mtime_ns, st.st_size, view, aug.view_seed)
+    except (OSError, ValueError, SyntaxError) as e:  # an image PIL cannot read
+        raise HTTPException(422, f"image of {product_id!r} cannot be read: {e}") from None
+    return Response(png, media_type="image/png")
+
+
+@functools.lru_cache(maxsize=64)
+def _view(path: str, mtime_ns: int, size: int, view: int, seed: int) -> bytes:
+    """One rendering per version of the file (the dashboard asks for the same views on every refresh)."""
+    return view_png(Path(path), view, seed)
 
 
 def write_product(

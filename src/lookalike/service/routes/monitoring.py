@@ -90,7 +90,8 @@ def metrics(svc: ServiceDep) -> Response:
 
 @router.get("/api/dashboard")
 def dashboard_data(svc: ServiceDep) -> dict:
-    """Everything the dashboard shows: {kpi, loss_curve, top_k_images, hyperparams, augmented_samples}."""
+    """Everything the dashboard shows: {kpi, loss_curve, top_k_images, hyperparams, augmented_samples, tuning}
+    (tuning: the study behind the served model when it came from `lookalike tune`, else null)."""
     results = _training_results(svc)
     if not svc.recent and len(svc.store):
         try:  # a first grid: the new products most like the most central established product (once computed)
@@ -109,6 +110,7 @@ def dashboard_data(svc: ServiceDep) -> dict:
         "top_k_images": list(svc.recent),
         "hyperparams": hyperparams(svc, results),
         "augmented_samples": augmented_samples(svc),
+        "tuning": svc.tuning,
     }
 
 
@@ -177,11 +179,12 @@ def hyperparams(svc: Service, results: dict) -> dict:
     }
 
 
-def augmented_samples(svc: Service, n: int = 4) -> list[dict]:
-    """The towers' training augmentation, shown on stored products: the image side is frozen and
-    cached, so the augmentation is field dropout on attribute queries (each field dropped with
-    probability tower.field_dropout, at least one kept)."""
+def augmented_samples(svc: Service, n: int = 4, max_views: int = 3) -> list[dict]:
+    """The towers' training augmentation, shown on stored products: field dropout on attribute queries (each
+    field dropped with probability tower.field_dropout, at least one kept) and, when the model trained with
+    `augment.image_views`, the image views whose cached vectors it trained on (`/api/items/ID/views/V`)."""
     p = svc.enc.cfg.tower.field_dropout
+    views = min(svc.enc.cfg.augment.image_views, max_views)
     fields = set(svc.enc.model.vocab.fields)
     rng = np.random.default_rng(0)
     out = []
@@ -198,6 +201,8 @@ def augmented_samples(svc: Service, n: int = 4) -> list[dict]:
                 "augmented": keep,
                 "dropped": sorted(set(attrs) - set(keep)),
                 "field_dropout": p,
+                "image_views": svc.enc.cfg.augment.image_views,
+                "view_urls": [f"/api/items/{it.id}/views/{v}" for v in range(views)],
             }
         )
     return out

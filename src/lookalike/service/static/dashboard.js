@@ -102,6 +102,29 @@ function tableOf(obj, prefix = "") {
   return rows;
 }
 
+// The study behind the served model (read by the server once, at start-up), when it came from `lookalike tune`.
+function tuning(t) {
+  if (!t) { $("tuning").replaceChildren(el("p", {}, "the served model did not come from lookalike tune")); return; }
+  const tr = t.trials, ep = t.epochs, st = t.study;
+  const models = [["default", t.default], ["best", t.best], ...(t.ensemble && t.ensemble.built ? [["ensemble", t.ensemble]] : [])];
+  const keys = [...new Set(models.flatMap(([, m]) => Object.keys(m.test || {})))];
+  const row = (label, f) => el("tr", {}, el("td", {}, label), ...models.map(([, m]) => el("td", {}, fmt(f(m)))));
+  $("tuning").replaceChildren(
+    el("p", {id: "tuning-budget"}, `study ${st.name} (${st.engine}, pruner ${st.pruner}): ${tr.trials} trials, ` +
+      `${tr.complete} complete, ${tr.pruned} pruned, ${tr.fail} failed; epochs run ${ep.epochs_run} of ` +
+      `${ep.epochs_planned} planned, pruning saved ${ep.epochs_saved_by_pruning} ` +
+      `(${fmt(100 * ep.epochs_saved_by_pruning_share, 1)}%); trials ${fmt(st.trial_seconds, 0)} s in all. ` +
+      `Served: the ${t.served_as} model.`),
+    el("p", {id: "tuning-best"}, `best trial ${t.best_trial.number} (validation ${fmt(t.best_trial.validation)}, ` +
+      `chosen among ${tr.complete}: optimistic): ${JSON.stringify(t.best_trial.params)}`),
+    ...(t.ensemble && !t.ensemble.built ? [el("p", {}, `ensemble not built: ${t.ensemble.reason}`)] : []),
+    el("table", {id: "tuning-figures"},
+      el("tr", {}, el("th", {}, ""), ...models.map(([name, m]) => el("th", {},
+        name === "ensemble" ? `ensemble of trials ${m.members.join(", ")}` : name))),
+      row("validation", m => m.validation),
+      ...keys.map(k => row(`test ${k}`, m => (m.test || {})[k]))));
+}
+
 async function refresh() {
   const r = await api("/api/dashboard");
   if (r.status === 401) { $("status").textContent = "this server needs a read token: enter it in the token field"; return; }
@@ -115,7 +138,12 @@ async function refresh() {
   $("hyperparams").replaceChildren(...tableOf(d.hyperparams));
   $("augmented").replaceChildren(...d.augmented_samples.map(s => el("div", {class: "row"},
     image(s.image_url, {alt: s.id, style: "max-width:60px;flex:0 0 60px"}),
-    el("pre", {}, `original:  ${JSON.stringify(s.original)}\naugmented: ${JSON.stringify(s.augmented)}\ndropped: ${s.dropped.join(", ") || "none"}`))));
+    el("div", {},
+      el("pre", {}, `original:  ${JSON.stringify(s.original)}\naugmented: ${JSON.stringify(s.augmented)}\ndropped: ${s.dropped.join(", ") || "none"}`),
+      s.view_urls.length
+        ? el("div", {class: "views"}, ...s.view_urls.map((u, v) => image(u, {alt: `${s.id} view ${v}`, title: `view ${v} of ${s.image_views}`})))
+        : el("div", {class: "k"}, "no image views: the model trained without augment.image_views")))));
+  tuning(d.tuning);
   $("status").textContent = `${d.kpi.catalogue.size} products · updated ${new Date().toLocaleTimeString()}`;
   loadImages(document);
 }
