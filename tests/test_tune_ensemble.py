@@ -1,6 +1,7 @@
 """After a `lookalike tune` study: a study finished by one `tune --no-final` call, reopened by another with
 `--ensemble K`, runs no trial again and averages its best trials into `DIR/ensemble.pt` (validated, then tested
-once); every trial writes TensorBoard event files as `train` does; the study's time counts every process."""
+once); every trial writes TensorBoard event files as `train` does; the study's time counts every process; and the
+dashboard serving the study's final model shows the tuning summary and the image views it trained on (Chromium)."""
 
 from __future__ import annotations
 
