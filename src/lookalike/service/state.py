@@ -25,6 +25,8 @@ from lookalike.recommend.newness import NewRule
 from lookalike.recommend.profile import EVENT_WEIGHTS, ProfileSettings
 from lookalike.recommend.recommender import Recommender
 from lookalike.recommend.statistics import BackgroundStatistics
+from lookalike.retrieval.ranking import Rerank
+from lookalike.retrieval.rerank.listwise import load_reranker
 from lookalike.retrieval.stores import StoreItem, open_store
 from lookalike.service.auth import TokenFile
 from lookalike.service.itembank import ItemBankService, ItemBankSettings
@@ -86,6 +88,14 @@ class ServiceSettings(BaseModel):
         None, description="attribute counted per category and in the category mix (default: the model's)"
     )
     itembank: ItemBankSettings | None = Field(None, description="an exam item bank served under /api/itembank")
+    adapter: str | None = Field(
+        None, description="a compact adapter file: the store holds its outputs and queries are mapped by it"
+    )
+    reranker: Literal["listwise"] | None = Field(
+        None, description="the second stage ordering the first stage's top candidates (None: off)"
+    )
+    reranker_model: str | None = Field(None, description="the reranker's file (lookalike train-reranker)")
+    reranker_depth: int = Field(100, ge=2, le=1000, description="candidates the reranker orders")
 
     @field_validator("device")
     @classmethod
@@ -100,6 +110,10 @@ class ServiceSettings(BaseModel):
             raise ValueError("auth_reads needs an auth_file")
         if self.rate_limit:
             Rate.parse(self.rate_limit)
+        if self.reranker and not self.reranker_model:
+            raise ValueError("reranker listwise needs its model file (--reranker-model FILE)")
+        if self.reranker_model and not self.reranker:
+            raise ValueError("--reranker-model given without --reranker listwise")
         return self
 
 
@@ -143,8 +157,10 @@ class Service(Core):
         assert s.checkpoint is not None, "a catalogue is served from a checkpoint"
         super().__init__(s)
         self.rule = NewRule.parse(s.new_rule)
-        self.enc = QueryEncoder.load(s.checkpoint, s.cache_dir, s.device)
-        self.store = open_store(s.store, self.enc.dim)
+        self.enc = QueryEncoder.load(s.checkpoint, s.cache_dir, s.device, adapter=s.adapter)
+        self.store = open_store(s.store, self.enc.dim, space=self.enc.space)
+        # S2's second stage, loaded (and a bad file refused) at start-up, never on a request
+        self.rerank = Rerank(load_reranker(s.reranker_model), s.reranker_depth) if s.reranker_model else None
         category, colour = report_fields(self.enc, s.colour_field, s.category_field)
         self.stats = BackgroundStatistics(self.store, s.stats_interval, s.store, s.stats_subprocess_from)
         self.rec = Recommender(self.store, category, colour, exact=s.search == "exact", statistics=self.stats)
@@ -239,6 +255,22 @@ class Service(Core):
         rid = request.state.request_id
         self.events.served(rid, endpoint, ids, variant, customer)
         return rid
+
+    def reranking(self, diversity: float, on: bool | None = None) -> Rerank | None:
+        """The reranker a list is ordered by: the served one (`on`: an experiment variant's choice, None: the
+        service's), unless the request asked for MMR diversity, the other way to diversify."""
+        use = self.rerank is not None if on is None else on
+        if use and self.rerank is None:
+            raise LookalikeError("this variant asks for the reranker, but the service has none (--reranker-model)")
+        return self.rerank if use and diversity == 0 else None
+
+    def ranking_path(self, res: dict) -> dict:
+        """Which path ranked a list: the first stage (exact or the store's ANN index), its depth, whether the list
+        is certified exact, and the second stage (the reranker's name, or null)."""
+        out = {"search": self.settings.search, "reranker": res.get("reranker"), "space": self.enc.space or "model"}
+        if "certified" in res:
+            out |= {"certified": res["certified"], "depth": res["depth"]}
+        return out
 
     def remember(self, label: str, res: dict) -> None:
         self.recent.appendleft({"query": label, "items": self.render_list(res)["items"][:10]})

@@ -181,6 +181,7 @@ def _recommend_history(request: Request, svc: Service, ask: HistoryAsk) -> dict:
         diversity,
         exclude_ids=[p for p in dict.fromkeys(history.product_ids) if p],
         tower=svc.user_tower,
+        rerank=svc.reranking(diversity),
     )
     svc.metrics.observe_results("customer_input", [res], recommended_new=True)
     what = (
@@ -195,7 +196,14 @@ def _recommend_history(request: Request, svc: Service, ask: HistoryAsk) -> dict:
     listed = svc.render_list(res)
     for item, j in zip(listed["items"], res["item_interests"]):
         item["interest"] = j
-    out = {"request_id": rid, "query": query, "profile": profile, "interests": res["interests"], **listed}
+    out = {
+        "request_id": rid,
+        "query": query,
+        "profile": profile,
+        "interests": res["interests"],
+        **listed,
+        "ranking": svc.ranking_path(res),
+    }
     if photo_tags:  # one photo: its tags; several: one per photo, in order
         out["tags"] = photo_tags[0] if len(photo_tags) == 1 else photo_tags
     return {**out, "variant": variant} if variant else out
