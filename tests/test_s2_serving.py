@@ -162,3 +162,53 @@ def test_adapter_is_the_stored_vector_embedded(tmp_path, files, capsys):
 
 def test_adapter_is_the_stored_vector_pgvector(tmp_path, files, capsys):
     _adapter_store_checks(pg_url("adapted"), pg_url("plain"), tmp_path, files, capsys)
+
+
+def test_experiment_variants_choose_the_reranker_and_the_compact_space(tmp_path, files):
+    plain, compact = f"embedded://{tmp_path / 'p'}?index=hnsw", f"embedded://{tmp_path / 'c'}?index=hnsw"
+    _ingest_with(plain, None)
+    _ingest_with(compact, files["adapter"])
+    variants = [
+        {"name": "control", "share": 0.34, "reranker": False},
+        {"name": "rerank", "share": 0.33, "reranker": True},
+        {"name": "compact", "share": 0.33, "reranker": False, "adapter": files["adapter"], "store": compact},
+    ]
+    exp = tmp_path / "exp.json"
+    exp.write_text(json.dumps({"name": "s2", "variants": variants}))
+    s2 = {"search": "approximate", "reranker": "listwise", "reranker_model": files["reranker"]}
+    app = make_app(plain, tmp_path / "x", experiment=str(exp), **s2)
+    experiment = app.state.service.experiment
+    customer = {}
+    for n in range(200):
+        customer.setdefault(experiment.assign(f"cust{n}").name, f"cust{n}")
+    rows = trained()["rows"]
+    history = [{"product_id": rows[1]["id"]}, {"product_id": rows[7]["id"]}]
+
+    def ask(client: TestClient, who: str) -> dict:
+        body = {"history": history, "customer_id": who, "profile": "mean", "k": 5}
+        r = client.post("/api/recommend/customer_input", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def ids(j: dict) -> list[str]:
+        return [it["id"] for it in j["items"]]
+
+    off = ask(TestClient(make_app(plain, tmp_path / "off", search="approximate")), "anyone")
+    on = ask(TestClient(make_app(plain, tmp_path / "on", **s2)), "anyone")
+    small = ask(TestClient(make_app(compact, tmp_path / "small", search="approximate", adapter=files["adapter"])), "x")
+    assert ids(on) != ids(off)  # the reranker changes this customer's list
+    with TestClient(app) as client:
+        got = {name: ask(client, who) for name, who in customer.items()}
+        assert {name: j["variant"] for name, j in got.items()} == {n: f"s2:{n}" for n in customer}
+        assert ids(got["rerank"]) == ids(on) and got["rerank"]["ranking"]["reranker"] == "listwise"
+        assert ids(got["control"]) == ids(off) and got["control"]["ranking"]["reranker"] is None
+        assert ids(got["compact"]) == ids(small) and got["compact"]["ranking"]["space"].startswith("adapter:")
+        assert got["compact"]["ranking"]["reranker"] is None
+        # a catalogue write over the API reaches the compact variant's store too
+        gone = ids(got["compact"])[0]
+        assert client.delete(f"/api/items/{gone}").status_code == 200
+        assert app.state.service.compact["compact"].store.get(gone) is None
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "s2", "variants": variants}))
+    with pytest.raises(LookalikeError, match="turns the reranker on"):
+        make_app(plain, tmp_path / "y", experiment=str(bad))
