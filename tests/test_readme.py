@@ -74,6 +74,9 @@ NOT_RUN = {
     "lookalike experiment report": "an experiment file; tests/test_service_events.py reports one",
     "lookalike evaluate-sessions": "an events file; tests/test_profile.py replays one",
     "lookalike train-user-tower": "an events file; tests/test_user_tower.py trains on one",
+    "lookalike serve --model $M --search approximate --reranker": "tests/test_s2_serving.py serves the reranker and "
+    "compares its lists with the CLI's",
+    "lookalike serve --model $M --adapter": "tests/test_s2_serving.py serves adapted stores (embedded and pgvector)",
     "lookalike ensemble": "needs two trained runs (runs/a, runs/b); tests/test_research_loop.py builds and uses one",
     ".venv/bin/pip": "installs into the environment",
 }
