@@ -20,6 +20,18 @@
    write flips one product's is_new, and every answer is checked to count it), against the same without
    writes; when the background statistics are first ready and how long they lag the last write.
    The served checkpoint is --model, or a small one trained here (the KPI path does not depend on it).
+5. adapter (`--parts adapter --dims 512,128`): S2's compact stored vector. The 512-d stores an earlier
+   `--parts stores` run built in `--base` (default WORK) are searched as they are; the same N + 39,653 vectors are
+   mapped to 128-d and loaded into new stores under WORK/compact-128 (built once, reused after; the 512-d ones are
+   built in WORK too when --base is not given). Each store prints its memory (pgvector: table + HNSW sizes, what
+   the server must keep in buffers; embedded: the RSS growth of a fresh process opening it, and its disk),
+   p50/p95 of unfiltered single-query HNSW search, and recall@10 against the exact 512-d top 10 (all queries,
+   and the fifth near real products), beside the 128-d exact top 10's own recall (what the map loses before any
+   index) and the index's recall against exact 128-d search.
+   The map is labelled in every line it prints: the synthetic vectors are not images, so a trained adapter
+   (lookalike train-adapter, fitted on a checkpoint's space) means nothing on them, and the benchmark's real
+   vectors are a PCA of the raw features, not a checkpoint's space. It is the adapter at initialisation:
+   `Adapter(512, 128).init_pca`, PCA-128 fitted on 100,000 stored vectors (`--map pca`).
 Figures are also written to WORK/scale.json with the arguments, seed and package versions.
 """
 
@@ -588,6 +600,227 @@ def store_embedded(args, d: dict, q: np.ndarray, category: str) -> dict:
     measure(args, "embedded", store, d, q, category, r)
     store.close()
     return r
+
+
+# --- part 5: the compact (128-d) stored vector -------------------------------------------------------
+MAP_LABEL = "PCA-128 (the adapter at initialisation, untrained; fitted on 100,000 stored vectors)"
+
+
+def compact_map(d: dict, dim: int, seed: int):
+    """The 512 → `dim` map (see the module doc: PCA, the untrained adapter) and its label."""
+    from lookalike.towers.adapter import Adapter
+
+    rng = np.random.default_rng(seed + 3)
+    sample = d["vectors"][np.sort(rng.choice(len(d["ids"]), min(100_000, len(d["ids"])), replace=False))]
+    adapter = Adapter(DIM, dim).init_pca(sample)
+    return adapter, MAP_LABEL.replace("128", str(dim))
+
+
+def compact_data(d: dict, adapter, work: Path) -> dict:
+    """The mapped vectors, saved once in `work` (vectors.npy) and reused."""
+    f = work / "vectors.npy"
+    if f.exists():
+        x = np.load(f)
+        if x.shape == (len(d["ids"]), adapter.out_dim):
+            return {**d, "vectors": x}
+    work.mkdir(parents=True, exist_ok=True)
+    x = np.concatenate([adapter.encode(d["vectors"][s : s + 100_000]) for s in range(0, len(d["ids"]), 100_000)])
+    np.save(f, x)
+    return {**d, "vectors": x}
+
+
+def compact_search(name: str, store, d512: dict, q512: np.ndarray, q: np.ndarray, truth512, truth_own) -> dict:
+    """Unfiltered HNSW search (after a warm-up pass): p50/p95, recall@10 against exact 512-d (all queries, the
+    real fifth) and, when the store is compact, against exact search in its own space."""
+    for v in q[:100]:
+        store.search(v, 10, exact=False)
+    ms, got = timed(lambda v: store.search(v, 10, exact=False)[0], q)
+    real = np.arange(len(q)) >= len(q) - len(q) // 5
+    r = {
+        **pct(ms),
+        "recall@10_vs_exact_512": round(recall(got, truth512, d512, q512), 4),
+        "recall@10_vs_exact_512_real": round(
+            recall([g for g, m in zip(got, real) if m], [t for t, m in zip(truth512, real) if m], d512, q512[real]), 4
+        ),
+    }
+    if truth_own is not None:
+        r["recall@10_vs_exact_own"] = round(recall(got, truth_own[0], truth_own[1], q), 4)
+    log(
+        f"  {name}: p50 {r['p50_ms']:.2f} ms, p95 {r['p95_ms']:.2f} ms; recall@10 vs exact 512-d "
+        f"{r['recall@10_vs_exact_512']:.4f} (real queries {r['recall@10_vs_exact_512_real']:.4f})"
+        + (f", vs exact search in its own space {r['recall@10_vs_exact_own']:.4f}" if truth_own is not None else "")
+    )
+    return r
+
+
+def pg_sizes(pg, pgdir: Path) -> dict:
+    t, i, h = (
+        pg._conn()
+        .execute("SELECT pg_table_size('scale'), pg_indexes_size('scale'), pg_relation_size('scale_hnsw')")
+        .fetchone()
+    )
+    return {
+        "table_gib": round(t / 2**30, 3),
+        "indexes_gib": round(i / 2**30, 3),
+        "hnsw_gib": round(h / 2**30, 3),
+        "table_and_hnsw_gib": round((t + h) / 2**30, 3),
+        "pgdata_disk_gib": du_gib(pgdir),
+    }
+
+
+def compact_pgvector(args, d: dict, pgdir: Path, fresh: bool) -> tuple[object, dict]:
+    """The pgvector store of `d` in `pgdir`: opened as it is, or (fresh) loaded and indexed here."""
+    from lookalike.retrieval.stores import open_store
+
+    url = f"pgserver://{pgdir}?table=scale&maintenance_work_mem={args.maintenance_work_mem}&build_workers=2&m=16"
+    r: dict = {}
+    if fresh and not pgdir.exists():
+        pg = open_store(url + "&ef_construction=64", dim=d["vectors"].shape[1])
+        pg._conn().execute(f"ALTER SYSTEM SET shared_buffers = '{args.compact_shared_buffers}'")
+        pg.close()
+        pg._keepalive.cleanup()
+        pg = open_store(url + "&ef_construction=64")
+        t = time.perf_counter()
+        pg.load(batches(d), total=len(d["ids"]))
+        r = {"load_wall_s": round(time.perf_counter() - t, 1), **pg.last_load}
+        log(f"  pgvector {d['vectors'].shape[1]}-d: loaded in {r['load_s']} s, HNSW built in {r['index_build_s']} s")
+    else:
+        pg = open_store(url + "&ef_construction=64")
+    assert len(pg) == len(d["ids"]), f"{pgdir} holds {len(pg)} rows, not {len(d['ids'])}"
+    r.update(pg_sizes(pg, pgdir))
+    r["ef_search"] = pg.ef_search
+    r["warm_up"] = warm_pgvector(pg, d)
+    return pg, r
+
+
+STORE_RSS = """
+import json, sys, numpy as np
+from lookalike.retrieval.stores import open_store
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 2**20
+before = rss()
+store = open_store(sys.argv[1])
+store.search(np.ones(store.dim, np.float32), 10, exact=False)
+print(json.dumps({"rss_gib": round(rss() - before, 2)}))
+"""
+
+
+def store_rss(url: str) -> float:
+    """What holding the store open costs a process (RSS growth on opening it and reading its graph), measured in a
+    fresh process so nothing else this one holds is counted."""
+    out = subprocess.run([sys.executable, "-c", STORE_RSS, url], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["rss_gib"]
+
+
+def compact_embedded(d: dict, edir: Path, fresh: bool, q: np.ndarray) -> tuple[object, dict]:
+    """The embedded store of `d` in `edir` (opened, or loaded and its graph built here) and its memory."""
+    from lookalike.retrieval.stores import open_store
+
+    url = f"embedded://{edir}?index=hnsw&m=32&ef_construction=80"
+    r: dict = {}
+    if fresh and not (edir / "store.npz").exists():
+        store = open_store(url, dim=d["vectors"].shape[1])
+        t = time.perf_counter()
+        store.load(batches(d), total=len(d["ids"]))
+        r["load_s"] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
+        store.search(q[0], 10, exact=False)
+        r["index_build_s"] = round(time.perf_counter() - t, 1)
+        log(f"  embedded {d['vectors'].shape[1]}-d: loaded in {r['load_s']} s, HNSW built in {r['index_build_s']} s")
+        store.close()
+    r["rss_gib"] = store_rss(url)
+    store = open_store(url)
+    assert len(store) == len(d["ids"]), f"{edir} holds {len(store)} rows, not {len(d['ids'])}"
+    store.search(q[0], 10, exact=False)  # reads the saved graph
+    r.update({"disk_gib": du_gib(edir), "ef_search": store.ef_search})
+    log(
+        f"  embedded {d['vectors'].shape[1]}-d: a process holding it open grows by {r['rss_gib']} GiB; "
+        f"{r['disk_gib']} GiB on disk"
+    )
+    return store, r
+
+
+def part_adapter(args, d: dict) -> dict:
+    import faiss
+
+    dims = [int(x) for x in args.dims.split(",")]
+    base, work = Path(args.base or args.work), Path(args.work)
+    q512 = queries(d, args.queries, args.seed)
+    truth512 = ground_truth(d, q512, 10, None)
+    n = len(d["ids"])
+    res: dict = {"n_vectors": n, "queries": len(q512), "map": None, "dims": {}}
+    log(f"adapter part: {n:,} vectors, {len(q512)} queries (a fifth near real products); 512-d stores from {base}")
+    for dim in dims:
+        if dim == DIM:
+            # the stores a `--parts stores` run built in --base, searched as they are (built here only when --base is
+            # this run's own WORK and holds none yet)
+            dd, q, own, where, fresh = d, q512, None, base, base.resolve() == work.resolve()
+        else:
+            adapter, label = compact_map(d, dim, args.seed)
+            res["map"] = label
+            where, fresh = work / f"compact-{dim}", True
+            dd = compact_data(d, adapter, where)
+            q = adapter.encode(q512)
+            _, idx = faiss.knn(q, dd["vectors"], 10, metric=faiss.METRIC_INNER_PRODUCT)
+            own = (list(idx), dd)
+            exact_small = recall([[(d["ids"][j], 0.0) for j in r] for r in idx], truth512, d, q512)
+            log(f"{dim}-d by {label}: its exact top 10 has recall@10 {exact_small:.4f} against the exact 512-d top 10")
+        out: dict = {"vector_bytes_gib": round(n * dim * 4 / 2**30, 3)}
+        if dim != DIM:
+            out["exact_recall@10_vs_exact_512"] = round(exact_small, 4)
+        stores = args.stores.split(",")
+        if "embedded" in stores:
+            store, r = compact_embedded(dd, where / "embedded", fresh, q)
+            r.update(compact_search(f"embedded {dim}-d", store, d, q512, q, truth512, own))
+            store.close()
+            out["embedded"] = r
+        if "pgvector" in stores:
+            pg, r = compact_pgvector(args, dd, where / "pgdata", fresh)
+            r.update(compact_search(f"pgvector {dim}-d", pg, d, q512, q, truth512, own))
+            pg.close()
+            if getattr(pg, "_keepalive", None) is not None:
+                pg._keepalive.cleanup()  # stops its server (this process is its last holder)
+            out["pgvector"] = r
+        res["dims"][dim] = out
+    return res
+
+
+def adapter_markdown(res: dict) -> str:
+    dims = list(res["dims"])
+    head = " | ".join(f"{dim}-d" for dim in dims)
+    lines = [f"| {res['n_vectors']:,} vectors | {head} |", "|---|" + "---|" * len(dims)]
+
+    def row(label: str, fn) -> None:
+        lines.append(f"| {label} | " + " | ".join(fn(res["dims"][dim]) for dim in dims) + " |")
+
+    row("vectors alone (n × d × 4 bytes)", lambda o: f"{o['vector_bytes_gib']} GiB")
+    row(
+        "exact top 10: recall@10 vs exact 512-d",
+        lambda o: f"{o.get('exact_recall@10_vs_exact_512', 1.0):.4f}",
+    )
+    for kind in ("embedded", "pgvector"):
+        if not all(kind in o for o in res["dims"].values()):
+            continue
+        if kind == "embedded":
+            row(
+                "embedded: RSS of a process holding it open / disk",
+                lambda o: f"{o['embedded']['rss_gib']} / {o['embedded']['disk_gib']} GiB",
+            )
+        else:
+            row(
+                "pgvector: table + HNSW (of which HNSW)",
+                lambda o: f"{o['pgvector']['table_and_hnsw_gib']} ({o['pgvector']['hnsw_gib']}) GiB",
+            )
+        row(
+            f"{kind}: p50 / p95 ms (ef_search)",
+            lambda o, k=kind: f"{o[k]['p50_ms']} / {o[k]['p95_ms']} ({o[k]['ef_search']})",
+        )
+        row(
+            f"{kind}: recall@10 vs exact 512-d (real queries)",
+            lambda o, k=kind: f"{o[k]['recall@10_vs_exact_512']:.4f} ({o[k]['recall@10_vs_exact_512_real']:.4f})",
+        )
+    return "\n".join(lines) + f"\n\n128-d map: {res['map']}."
 
 
 # --- part 3: memory --------------------------------------------------------------------------------
@@ -1256,6 +1489,9 @@ def main() -> None:
     ap.add_argument("--model", help="kpi part: the served checkpoint (default: a small one trained in WORK)")
     ap.add_argument("--kpi-rounds", type=int, default=50, help="kpi part: writes, each followed by the two requests")
     ap.add_argument("--kpi-requests", type=int, default=200, help="kpi part: requests of each endpoint without writes")
+    ap.add_argument("--dims", default="512,128", help="adapter part: the stored dimensions compared (512: --base's)")
+    ap.add_argument("--base", help="adapter part: where the 512-d data and stores were built (default WORK)")
+    ap.add_argument("--compact-shared-buffers", default="2GB", help="adapter part: the compact pgvector's")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--kpi-server", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -1294,9 +1530,9 @@ def main() -> None:
         report["embedding"] = part_embedding(args, machine)
         if args.markdown:
             machine.table(embedding_markdown(report["embedding"], args.rounds))
-    if "stores" in parts or "memory" in parts or "kpi" in parts:
+    if "stores" in parts or "memory" in parts or "kpi" in parts or "adapter" in parts:
         t = time.perf_counter()
-        d = dataset(args.n, args.seed, work, args.cache_dir)
+        d = dataset(args.n, args.seed, Path(args.base).resolve() if args.base else work, args.cache_dir)
         log(
             f"data: {int(d['n_synthetic']):,} synthetic clustered + {int(d['n_real']):,} real fashion-products "
             f"vectors, {DIM}-d ({time.perf_counter() - t:.0f} s to make or read)"
@@ -1305,6 +1541,10 @@ def main() -> None:
             report["stores"] = part_stores(args, d)
             if args.markdown and any("sweep" in v for v in report["stores"].values() if isinstance(v, dict)):
                 machine.table(sweep_markdown(report["stores"]))
+        if "adapter" in parts:
+            report["adapter"] = part_adapter(args, d)
+            if args.markdown:
+                machine.table(adapter_markdown(report["adapter"]))
         if "kpi" in parts:
             report["kpi"] = part_kpi(args, d)
             if args.markdown:

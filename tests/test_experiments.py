@@ -18,6 +18,7 @@ EXP = {
     "variants": [{"name": "mean", "share": 0.3, "profile": "mean"}, {"name": "multi", "share": 0.7, "diversity": 0.1}],
     "min_lists": 100,
 }
+EXP_B = {"name": "b", "share": 0.5}
 
 
 def test_the_split_is_sticky_and_follows_the_shares():
@@ -39,6 +40,12 @@ def test_the_split_is_sticky_and_follows_the_shares():
         ({"variants": [{"name": "a", "share": 0.5, "profile": "lstm"}, {"name": "b", "share": 0.5}]}, "profile"),
         ({"variants": [{"name": "a", "share": 0.5, "colour": 1}, {"name": "b", "share": 0.5}]}, "fields among"),
         ({"name": "a:b"}, "without ':'"),
+        ({"variants": [{"name": "a", "share": 0.5, "reranker": "yes"}, {"name": "b", "share": 0.5}]}, "true or false"),
+        ({"variants": [{"name": "a", "share": 0.5, "adapter": "A.pt"}, {"name": "b", "share": 0.5}]}, "both adapter"),
+        (
+            {"variants": [{"name": "a", "share": 0.5, "adapter": "A.pt", "store": "s", "profile": "tower"}, EXP_B]},
+            "user tower",
+        ),
     ],
 )
 def test_a_bad_experiment_file_is_named(change, message, tmp_path):

@@ -40,7 +40,7 @@ SHARED = REPO.parent / "shared" / "data"
 NOT_RUN = {
     "./run main": "the full main job on 39,653 products (minutes); tests/test_pipeline.py runs it smaller",
     "./run test": "the test suite itself",
-    "lookalike train": "the main job (`./run main`); tests/test_pipeline.py runs it (run_main, --resume too) smaller",
+    "lookalike train ": "the main job (`./run main`); tests/test_pipeline.py runs it (run_main, --resume too) smaller",
     "lookalike temperature-study": "six trainings on the whole catalogue; tests/test_commands.py runs one on 200",
     "lookalike sanity-check": "600 images at full size, 8 epochs: 21 s of CPU; tests/test_commands.py runs it smaller",
     "lookalike serve --model $M --auth-file": "binds every interface (--host 0.0.0.0); tests/test_service_hardening.py "
@@ -74,6 +74,9 @@ NOT_RUN = {
     "lookalike experiment report": "an experiment file; tests/test_service_events.py reports one",
     "lookalike evaluate-sessions": "an events file; tests/test_profile.py replays one",
     "lookalike train-user-tower": "an events file; tests/test_user_tower.py trains on one",
+    "lookalike serve --model $M --search approximate --reranker": "tests/test_s2_serving.py serves the reranker and "
+    "compares its lists with the CLI's",
+    "lookalike serve --model $M --adapter": "tests/test_s2_serving.py serves adapted stores (embedded and pgvector)",
     "lookalike ensemble": "needs two trained runs (runs/a, runs/b); tests/test_research_loop.py builds and uses one",
     ".venv/bin/pip": "installs into the environment",
 }

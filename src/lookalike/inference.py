@@ -3,6 +3,10 @@ free text and images into unit vectors of the served space (the query side of ev
 
 The CLI's `search`, the service and the public API (`lookalike.load_model`) all encode through `QueryEncoder`,
 so a query means the same thing wherever it is asked.
+
+With a compact adapter (towers/adapter.py, `--adapter FILE`) every vector it gives, query or catalogue image,
+is the adapter's output: the store then holds adapted vectors and queries are mapped by the same adapter
+(`space` names it, and stores refuse vectors of another space).
 """
 
 from __future__ import annotations
@@ -22,14 +26,22 @@ from lookalike.vectors import unit
 
 if TYPE_CHECKING:
     from lookalike.encoders.base import ImageEncoder, TextEncoder
+    from lookalike.towers.adapter import Adapter
 
 
 class QueryEncoder:
     """A trained checkpoint plus its frozen encoders: attribute JSON, text and images → the served space."""
 
-    def __init__(self, model: LookalikeModel, payload: dict, cache_dir: str | None = None, device: str | None = None):
+    def __init__(
+        self,
+        model: LookalikeModel,
+        payload: dict,
+        cache_dir: str | None = None,
+        device: str | None = None,
+        adapter: Adapter | None = None,
+    ):
         """`device` (auto, cpu, cuda[:N], mps): where the towers and the image encoder run (default: the
-        checkpoint's encoder.device)."""
+        checkpoint's encoder.device). `adapter`: every vector is mapped by it (the compact stored vector)."""
         from lookalike.model import checkpoint_schema, with_encoder
 
         self.model, self.payload = model, payload
@@ -44,15 +56,47 @@ class QueryEncoder:
         self._bank: np.ndarray | None = None
         self._offsets: dict[bytes, float] = {}  # vector digest → hubness offset
         self.last_norms: list[float] = []  # raw tower output norms, for the embedding-health KPI
+        self.adapter = adapter
+        if adapter is not None and adapter.in_dim != model.out_dim:
+            raise LookalikeError(f"the adapter maps {adapter.in_dim}-d vectors; the model gives {model.out_dim}-d")
+        self.space = "" if adapter is None else f"adapter:{adapter.fingerprint()}"
 
     @classmethod
-    def load(cls, checkpoint: str | Path, cache_dir: str | None = None, device: str | None = None) -> QueryEncoder:
+    def load(
+        cls,
+        checkpoint: str | Path,
+        cache_dir: str | None = None,
+        device: str | None = None,
+        adapter: str | Path | None = None,
+    ) -> QueryEncoder:
+        """`adapter`: an adapter file (`lookalike train-adapter`); every vector is then its output."""
         model, payload = LookalikeModel.load(checkpoint)
-        return cls(model, payload, cache_dir, device)
+        if adapter is None:
+            return cls(model, payload, cache_dir, device)
+        from lookalike.towers.adapter import load_adapter
+
+        a, _ = load_adapter(adapter)
+        if a.in_dim != model.out_dim:
+            raise LookalikeError(
+                f"adapter {adapter} maps {a.in_dim}-d vectors; checkpoint {checkpoint} gives {model.out_dim}-d"
+            )
+        return cls(model, payload, cache_dir, device, a)
+
+    def adapted(self, adapter: Adapter | None) -> QueryEncoder:
+        """The same model and frozen encoders with another adapter (an experiment's compact variant)."""
+        other = QueryEncoder.__new__(QueryEncoder)
+        other.__dict__.update(self.__dict__)
+        other.adapter, other._bank, other._offsets = adapter, None, {}
+        other.space = "" if adapter is None else f"adapter:{adapter.fingerprint()}"
+        return other
 
     @property
     def dim(self) -> int:
-        return self.model.out_dim
+        return self.model.out_dim if self.adapter is None else self.adapter.out_dim
+
+    def adapt(self, vectors: np.ndarray) -> np.ndarray:
+        """Unit vectors of the model's space → the served space (the adapter's output; themselves without one)."""
+        return vectors if self.adapter is None else self.adapter.encode(np.asarray(vectors, np.float32))
 
     def hub_bias(self, vectors: np.ndarray) -> np.ndarray | None:
         """Score offsets of stored vectors for JSON and text queries: the hubness correction evaluation and
@@ -64,7 +108,8 @@ class QueryEncoder:
         if not self.model.config.retrieval.hubness_weight or self.model.query_bank is None:
             return None
         if self._bank is None:
-            self._bank = self.model.query_bank_vectors()
+            bank = self.model.query_bank_vectors()
+            self._bank = bank if bank is None or self.adapter is None else self.adapter.encode(unit(bank))
         vectors = np.ascontiguousarray(vectors, np.float32)
         keys = [hashlib.sha1(v.tobytes()).digest() for v in vectors]
         missing = [i for i, key in enumerate(keys) if key not in self._offsets]
@@ -84,7 +129,7 @@ class QueryEncoder:
             from lookalike.encoders.embedding import image_encoder
 
             self._image = image_encoder(self.cfg)
-        return unit(self.model.space.transform(self._image.encode_images(images)))
+        return self.adapt(unit(self.model.space.transform(self._image.encode_images(images))))
 
     def image(self, image: str | Path | bytes | Image.Image) -> np.ndarray:
         """The vector of one image: a file, its bytes or a PIL image, decoded as the service decodes an upload."""
@@ -104,13 +149,13 @@ class QueryEncoder:
 
     def features(self, features: np.ndarray) -> np.ndarray:
         """Frozen backbone features (e.g. from the embedding cache) → the served space."""
-        return unit(self.model.space.transform(features))
+        return self.adapt(unit(self.model.space.transform(features)))
 
     def attributes(self, attributes: dict) -> tuple[np.ndarray, dict[str, list[str]], list[str]]:
         """Vector of an attribute JSON query, the values the model never saw (searched as unknown), and
         the fields it ignored (see `query_attributes`)."""
         query, ignored = query_attributes(attributes, self.model.vocab.fields)
-        vector = self._record(self.model.encode_attributes([query]))[0]
+        vector = self.adapt(self._record(self.model.encode_attributes([query])))[0]
         return vector, self.model.vocab.unknown_values(query), ignored
 
     def text(self, text: str) -> np.ndarray:
@@ -120,7 +165,7 @@ class QueryEncoder:
             from lookalike.encoders.registry import create_text_encoder
 
             self._text = create_text_encoder(self.cfg.encoder.text_model)
-        return self._record(self.model.encode_sentence_vectors(self._text.encode([text])))[0]
+        return self.adapt(self._record(self.model.encode_sentence_vectors(self._text.encode([text]))))[0]
 
 
 def query_attributes(attributes: dict, fields: list[str]) -> tuple[dict, list[str]]:

@@ -66,8 +66,17 @@ def cmd_search(args) -> None:
     catalog = args.catalog or default_data(CATALOG, "--catalog")
     from lookalike.inference import QueryEncoder
 
+    if bool(args.reranker) != bool(args.reranker_model):
+        raise LookalikeError("--reranker listwise and --reranker-model FILE go together")
+    rerank = None
+    if args.reranker_model:
+        from lookalike.retrieval.ranking import Rerank
+        from lookalike.retrieval.rerank.listwise import load_reranker
+
+        rerank = Rerank(load_reranker(args.reranker_model), args.reranker_depth)
     enc = QueryEncoder.load(args.model, args.cache_dir, args.device)
     s = Searcher.open(enc, catalog, args.cache_dir, progress=not args.no_progress)
+    s.rerank = rerank
     unknown: dict[str, list[str]] = {}
     ignored: list[str] = []
     if args.json is not None:
@@ -257,6 +266,38 @@ def cmd_train_user_tower(args) -> None:
     train(args)
 
 
+def cmd_train_reranker(args) -> None:
+    from lookalike.training.listwise import ListwiseConfig, train_for_checkpoint
+
+    require_checkpoint(args.model)
+    try:
+        cfg = ListwiseConfig(steps=args.steps, diversity_weight=args.mu, seed=args.seed)
+    except ValueError as e:
+        raise LookalikeError(f"invalid reranker option: {e}".replace("\n", "; ")) from None
+    info = train_for_checkpoint(args.model, args.out, cfg, args.depth, cache_dir=args.cache_dir)
+    logger.info(
+        f"reranker → {args.out}: selection-half nDCG@10 {info['kept']['ndcg']:.4f} ILD@10 {info['kept']['ild']:.4f} "
+        f"(plain top-10 {info['plain']['ndcg']:.4f} / {info['plain']['ild']:.4f}), {info['train_s']} s"
+    )
+    print(args.out)
+
+
+def cmd_train_adapter(args) -> None:
+    from lookalike.training.adapter import AdapterConfig, train_for_checkpoint
+
+    require_checkpoint(args.model)
+    try:
+        cfg = AdapterConfig(out_dim=args.dim, epochs=args.epochs, seed=args.seed)
+    except ValueError as e:
+        raise LookalikeError(f"invalid adapter option: {e}".replace("\n", "; ")) from None
+    info = train_for_checkpoint(args.model, args.out, cfg, cache_dir=args.cache_dir)
+    logger.info(
+        f"{args.dim}-d adapter {info['fingerprint']} → {args.out}: validation nDCG@10 "
+        f"{info['val_ndcg@10_adapter']:.4f} (512-d {info['val_ndcg@10_full']:.4f}), {info['train_s']} s"
+    )
+    print(args.out)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """train, evaluate, search, centrality, sanity-check, embed, ensemble, models; tag and audit (lookalike.tagging)."""
 
@@ -285,6 +326,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--product", help="a catalogue product id (image → image)")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--format", choices=["table", "json"], default="table")
+    s.add_argument("--reranker", choices=["listwise"], help="reorder the top candidates by the list-wise reranker")
+    s.add_argument("--reranker-model", metavar="FILE", help="the reranker's file (lookalike train-reranker)")
+    s.add_argument("--reranker-depth", type=int, default=100, help="candidates the reranker orders (default 100)")
     s.add_argument("--cache-dir")
     add_device_option(s)
     s.add_argument("--no-progress", action="store_true")
@@ -354,6 +398,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--epochs", type=int, default=5)
     u.add_argument("--seed", type=int, default=0)
     u.set_defaults(func=cmd_train_user_tower)
+
+    r = sub.add_parser(
+        "train-reranker", help="train the list-wise reranker (serve --reranker listwise) for a checkpoint's lists"
+    )
+    r.add_argument("--model", required=True, help="checkpoint (best_model.pt) whose lists it reorders")
+    r.add_argument("--out", required=True, help="where the reranker goes (R.pt)")
+    r.add_argument("--depth", type=int, default=100, help="candidates per list (default 100: the ANN top-100)")
+    r.add_argument("--steps", type=int, default=200)
+    r.add_argument("--mu", type=float, default=0.3, help="diversity weight μ in the reward nDCG@10 + μ·ILD@10")
+    r.add_argument("--seed", type=int, default=42)
+    r.add_argument("--cache-dir")
+    r.set_defaults(func=cmd_train_reranker)
+
+    ad = sub.add_parser(
+        "train-adapter", help="train the compact adapter (catalog ingest --adapter) on a checkpoint's training split"
+    )
+    ad.add_argument("--model", required=True, help="checkpoint (best_model.pt) whose space it compresses")
+    ad.add_argument("--out", required=True, help="where the adapter goes (A.pt)")
+    ad.add_argument("--dim", type=int, default=128, help="the compact dimension (default 128)")
+    ad.add_argument("--epochs", type=int, default=36, help="at most (early-stopped on validation nDCG@10)")
+    ad.add_argument("--seed", type=int, default=42)
+    ad.add_argument("--cache-dir")
+    ad.set_defaults(func=cmd_train_adapter)
 
     # tag and audit live with the tagger (registered here, with the core, rather than as an entry point of
     # their own, so an installed lookalike needs no reinstall to find them)

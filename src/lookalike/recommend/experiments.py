@@ -7,7 +7,19 @@ the first variant, the minimum detectable effect at the current sample size, and
         {"name": "multi", "share": 0.5, "profile": "multi-interest", "diversity": 0.1}],
      "min_effect": 0.01, "min_lists": 200}
 
-A variant may set `profile` (mean | multi-interest) and `diversity`. The variant is recorded with each served list
+A variant may set `profile` (mean | multi-interest | tower), `diversity`, `reranker` (true | false: S2's list-wise
+reranker on or off; on needs `serve --reranker listwise --reranker-model FILE`) and the compact space: `adapter`
+(an adapter file, `lookalike train-adapter`) with `store` (the URL of a store filled by `catalog ingest --adapter`
+with that file). A compact variant's customers are ranked on that store, their history and queries mapped by the
+adapter; the service holds both stores and writes over the API reach both. Relative adapter paths are read from
+the experiment file's folder.
+
+    {"name": "s2-1", "variants": [
+        {"name": "512", "share": 0.5, "reranker": false},
+        {"name": "128+rerank", "share": 0.5, "reranker": true,
+         "adapter": "adapter.pt", "store": "embedded:///srv/lookalike/store-128"}]}
+
+The variant is recorded with each served list
 (`NAME:VARIANT`) and inherited by the events that cite the list's `request_id`, so the counters of the event log
 (recommend/events.py, kept in the events' own transactions) are all the report reads. The unit of the split is the
 customer, the unit of the rates a served list; lists of one customer are not independent, so with few customers
@@ -26,7 +38,7 @@ from lookalike.evaluation.abtest import minimum_detectable_effect, two_proportio
 from lookalike.recommend.events import online_kpi
 from lookalike.recommend.profile import PROFILES
 
-VARIANT_KEYS = {"name", "share", "profile", "diversity"}
+VARIANT_KEYS = {"name", "share", "profile", "diversity", "reranker", "adapter", "store"}
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,9 @@ class Variant:
     share: float
     profile: str | None = None
     diversity: float | None = None
+    reranker: bool | None = None  # None: as the service serves (its --reranker)
+    adapter: str | None = None  # a compact variant: the adapter file …
+    store: str | None = None  # … and the store holding its outputs
 
 
 @dataclass(frozen=True)
@@ -52,10 +67,10 @@ class Experiment:
             raise LookalikeError(f"cannot read experiment file {path}: {e}") from None
         except json.JSONDecodeError as e:
             raise LookalikeError(f"experiment file {path} is not valid JSON: {e}") from None
-        return cls.from_json(raw, str(path))
+        return cls.from_json(raw, str(path), Path(path).parent)
 
     @classmethod
-    def from_json(cls, raw: object, where: str = "experiment") -> Experiment:
+    def from_json(cls, raw: object, where: str = "experiment", folder: Path | None = None) -> Experiment:
         if not isinstance(raw, dict):
             raise LookalikeError(f"{where}: an experiment is a JSON object")
         unknown = sorted(set(raw) - {"name", "variants", "min_effect", "min_lists"})
@@ -83,7 +98,25 @@ class Experiment:
             d = v.get("diversity")
             if d is not None and (not isinstance(d, (int, float)) or isinstance(d, bool) or not 0 <= d <= 1):
                 raise LookalikeError(f"{where}: variants[{i}].diversity must be a number from 0 to 1, got {d!r}")
-            variants.append(Variant(vname, float(share), v.get("profile"), None if d is None else float(d)))
+            r = v.get("reranker")
+            if r is not None and not isinstance(r, bool):
+                raise LookalikeError(f"{where}: variants[{i}].reranker must be true or false, got {r!r}")
+            adapter, store = v.get("adapter"), v.get("store")
+            if (adapter is None) != (store is None):
+                raise LookalikeError(
+                    f"{where}: variants[{i}] needs both adapter (the file) and store (the URL of the store "
+                    "`catalog ingest --adapter` filled with it), or neither"
+                )
+            for key, val in (("adapter", adapter), ("store", store)):
+                if val is not None and (not isinstance(val, str) or not val):
+                    raise LookalikeError(f"{where}: variants[{i}].{key} must be a non-empty string, got {val!r}")
+            if adapter is not None and v.get("profile") == "tower":
+                raise LookalikeError(f"{where}: variants[{i}]: the user tower gives 512-d queries, not the adapter's")
+            if adapter is not None and folder is not None and not Path(adapter).is_absolute():
+                adapter = str(folder / adapter)
+            variants.append(
+                Variant(vname, float(share), v.get("profile"), None if d is None else float(d), r, adapter, store)
+            )
         if len({v.name for v in variants}) != len(variants):
             raise LookalikeError(f"{where}: variant names must be distinct")
         total = sum(v.share for v in variants)
@@ -121,7 +154,14 @@ class Experiment:
         for v in self.variants:
             c = per.get(self.label(v), {})
             n = c.get("lists_served", 0)
-            row: dict = {"share": v.share, "profile": v.profile, "diversity": v.diversity, "lists_served": n}
+            row: dict = {
+                "share": v.share,
+                "profile": v.profile,
+                "diversity": v.diversity,
+                "reranker": v.reranker,
+                "adapter": v.adapter,
+                "lists_served": n,
+            }
             for metric, key in (("ctr@10", "lists_clicked"), ("purchase_rate", "lists_purchased")):
                 k = c.get(key, 0)
                 ci = wilson_ci(k, n, alpha)

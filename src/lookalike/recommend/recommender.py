@@ -33,7 +33,7 @@ from lookalike.recommend.profile import (
 )
 from lookalike.recommend.statistics import FLAG, BackgroundStatistics, CatalogueStatistics, OnDemandStatistics
 from lookalike.retrieval import ranking
-from lookalike.retrieval.ranking import Offsets, StoreGallery
+from lookalike.retrieval.ranking import Offsets, Rerank, StoreGallery
 from lookalike.retrieval.stores import VectorStore
 from lookalike.retrieval.stores.base import count_key
 
@@ -104,6 +104,7 @@ class Recommender:
         diversity: float = 0.0,
         exclude_ids: list[str] | None = None,
         bias: Offsets | None = None,
+        rerank: Rerank | None = None,
     ) -> list[dict]:
         """For each query: {items: [(id, score, metadata)], intra_list_diversity, certified, depth}, ranked by
         `retrieval.ranking.rank` as `lookalike search` and evaluation rank. diversity = 1 − MMR λ.
@@ -111,7 +112,8 @@ class Recommender:
         `bias` maps stored vectors to score offsets (the hubness correction of JSON and text queries,
         `QueryEncoder.hub_bias`): the store's cosine top-D is re-scored with them and D deepened until the
         list is certified to be the exact one (retrieval/ranking.py; `benchmarks/ablations.py --parts depth`
-        prints how deep that goes). `certified` and `depth` say, per list, whether it was and how deep."""
+        prints how deep that goes). `certified` and `depth` say, per list, whether it was and how deep.
+        `rerank`: S2's second stage orders the top `rerank.depth` (`reranker` names it in each list)."""
         lists = ranking.rank(
             queries,
             self.gallery(bias),
@@ -120,6 +122,7 @@ class Recommender:
             exclude_ids=exclude_ids,
             filters=filters,
             diversity=diversity,
+            rerank=rerank,
         )
         return [
             {
@@ -129,6 +132,7 @@ class Recommender:
                 ),
                 "certified": r.certified,
                 "depth": r.depth,
+                "reranker": r.reranker,
             }
             for r in lists
         ]
@@ -164,6 +168,7 @@ class Recommender:
         exclude_ids: list[str] | None = None,
         new_only: bool = True,
         tower=None,
+        rerank: Rerank | None = None,
     ) -> dict:
         """A customer's history → the top-k new products (any product with `new_only=False`; recommend/profile.py):
         one weighted-mean query (`profile="mean"`) or one query per interest, merged in proportion to the
@@ -193,13 +198,19 @@ class Recommender:
         if any(agreed):  # each interest ranks within the values its events agree on
             lists = [
                 ranking.rank(
-                    q, self.gallery(None), k, exclude_ids=exclude_ids, filters={**flt, **a}, diversity=diversity
+                    q,
+                    self.gallery(None),
+                    k,
+                    exclude_ids=exclude_ids,
+                    filters={**flt, **a},
+                    diversity=diversity,
+                    rerank=rerank,
                 )[0]
                 for q, a in zip(queries, agreed)
             ]
         else:
             lists = ranking.rank(
-                queries, self.gallery(None), k, exclude_ids=exclude_ids, filters=flt, diversity=diversity
+                queries, self.gallery(None), k, exclude_ids=exclude_ids, filters=flt, diversity=diversity, rerank=rerank
             )
         rows = [
             [(i, float(sc), md, v) for i, sc, md, v in zip(r.ids, r.scores, r.metadata or [], r.vectors)]  # type: ignore[arg-type]
@@ -207,7 +218,9 @@ class Recommender:
         ]
         for j, a in enumerate(agreed):
             if a and len(rows[j]) < k:  # too few share those values: the rest of the catalogue follows
-                more = ranking.rank(queries[j], self.gallery(None), k, exclude_ids=exclude_ids, filters=flt)[0]
+                more = ranking.rank(
+                    queries[j], self.gallery(None), k, exclude_ids=exclude_ids, filters=flt, rerank=rerank
+                )[0]
                 have = {r[0] for r in rows[j]}
                 rows[j] += [
                     (i, float(sc), md, v)
@@ -230,6 +243,7 @@ class Recommender:
                 for (members, medoid, weight, _), a in zip(found, agreed)
             ],
             "intra_list_diversity": round(intra_list_diversity(vecs), 4) if len(vecs) > 1 else 0.0,
+            "reranker": lists[0].reranker if lists else None,
         }
 
     def _agreed(self, history: History, groups: list[np.ndarray], fields: tuple[str, ...]) -> list[dict]:

@@ -29,6 +29,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,6 +39,9 @@ from lookalike.retrieval.rerank.mmr import mmr
 from lookalike.retrieval.stores.base import Filters, VectorStore
 from lookalike.retrieval.topk import topk_row
 from lookalike.vectors import unit
+
+if TYPE_CHECKING:
+    from lookalike.retrieval.rerank.listwise import ListwiseReranker
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +87,23 @@ class Ranked:
     metadata: list[dict] | None = None  # store: the listed items' metadata
     certified: bool = True  # provably the exact top-k of the score (always, for an in-memory gallery)
     depth: int = 0  # items scored: the whole gallery in memory, the re-scored cosine top-D on a store
+    reranker: str | None = None  # the second stage that ordered the list (`Rerank.name`), or None: by score
+
+
+@dataclass(frozen=True)
+class Rerank:
+    """The second stage of S2's serving path: the list-wise self-attention reranker
+    (retrieval/rerank/listwise.py) reorders each list's first `depth` candidates (the store's ANN top-100 under
+    `--search approximate`) and the top-k of its order is the list. Scores stay the first stage's, so a reranked
+    list's scores need not descend."""
+
+    model: ListwiseReranker
+    depth: int = 100
+    name: str = "listwise"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.depth, int) or self.depth < 2:
+            raise LookalikeError(f"the reranker's candidate depth must be an integer ≥ 2, got {self.depth!r}")
 
 
 def stacked(lists: list[Ranked]) -> tuple[np.ndarray, np.ndarray]:
@@ -262,18 +283,24 @@ def rank(
     exclude_ids: list[str] | None = None,
     filters: Filters | None = None,
     diversity: float = 0.0,
+    rerank: Rerank | None = None,
 ) -> list[Ranked]:
     """Each query's top-k, best first. `corrected`: add the items' offsets (JSON and text queries).
     `exclude[i]`: a gallery row left out of query i's list, or -1 (in-memory galleries; image → image search
     leaves the query's own photo out). `exclude_ids`: ids left out of every list. `filters`: metadata
-    equality / IN filters (stores). `diversity` (0..1) = 1 − MMR λ."""
+    equality / IN filters (stores). `diversity` (0..1) = 1 − MMR λ. `rerank`: the list-wise reranker orders
+    the top `rerank.depth` (it is a diversity stage of its own, so it does not combine with `diversity`)."""
     if not 0.0 <= diversity <= 1.0:
         raise LookalikeError(f"diversity must be between 0 and 1, got {diversity}")
+    if rerank is not None and diversity > 0:
+        raise LookalikeError("diversity (MMR) and the list-wise reranker are two ways to diversify: choose one")
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise LookalikeError(f"k must be a positive integer, got {k!r}")
     q = np.asarray(queries, np.float32)
     q = q[None, :] if q.ndim == 1 else q
     pool = k if diversity == 0 else max(k, diversity_pool(k))
+    if rerank is not None:
+        pool = max(k, rerank.depth)
     if isinstance(gallery, VectorStore):
         gallery = StoreGallery(gallery)
     if isinstance(gallery, Gallery):
@@ -284,6 +311,8 @@ def rank(
         if exclude is not None:
             raise ValueError("a store excludes by id: give exclude_ids")
         lists = _rank_store(q, gallery, pool, corrected, exclude_ids, filters)
+    if rerank is not None:
+        return [_rerank(r, k, rerank, gallery) for r in lists]
     if diversity == 0:
         return lists
     return [_diversify(r, k, 1.0 - diversity, gallery) for r in lists]
@@ -376,6 +405,25 @@ def _store_list(
         metadata=[meta[j] for j in sel],
         certified=certified,
         depth=len(hits),
+    )
+
+
+def _rerank(r: Ranked, k: int, stage: Rerank, gallery: Gallery | StoreGallery) -> Ranked:
+    """The reranker's top k of the list (the first stage's top `stage.depth`), in its order."""
+    from lookalike.retrieval.rerank.listwise import rerank_list
+
+    vecs = r.vectors if r.vectors is not None else gallery.vectors_at(r.rows)  # type: ignore[union-attr,arg-type]
+    with _one_thread():  # a 100 × 100 attention: threads only wait on each other under load
+        order = rerank_list(stage.model, vecs, r.scores, k)
+    return Ranked(
+        [r.ids[j] for j in order],
+        r.scores[order],
+        rows=None if r.rows is None else r.rows[order],
+        vectors=None if r.vectors is None else r.vectors[order],
+        metadata=None if r.metadata is None else [r.metadata[j] for j in order],
+        certified=False,  # certified is about the score's exact top-k; a reranked list is another order
+        depth=r.depth,
+        reranker=stage.name,
     )
 
 

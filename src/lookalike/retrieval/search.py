@@ -16,7 +16,7 @@ from lookalike.encoders.embedding import Embedded
 from lookalike.errors import LookalikeError
 from lookalike.inference import QueryEncoder
 from lookalike.model import load_for_checkpoint
-from lookalike.retrieval.ranking import Gallery, rank
+from lookalike.retrieval.ranking import Gallery, Rerank, rank
 
 
 @dataclass
@@ -31,8 +31,9 @@ class Searcher:
     """A trained model (its `QueryEncoder`) over an embedded catalogue. JSON and text queries rank with the
     hubness correction, images by plain cosine (the offsets are computed on the first corrected query)."""
 
-    def __init__(self, encoder: QueryEncoder, emb: Embedded):
-        self.enc, self.emb = encoder, emb
+    def __init__(self, encoder: QueryEncoder, emb: Embedded, rerank: Rerank | None = None):
+        """`rerank`: S2's second stage orders each list's top candidates, as `serve --reranker` does."""
+        self.enc, self.emb, self.rerank = encoder, emb, rerank
         self.gallery = Gallery(encoder.features(emb.features), [p.id for p in emb.products], encoder.hub_bias)
         self._row = {p.id: i for i, p in enumerate(emb.products)}
 
@@ -58,7 +59,7 @@ class Searcher:
         if not 1 <= k <= len(self.gallery):
             raise LookalikeError(f"k must be between 1 and {len(self.gallery)}, got {k}")
         ex = np.array([exclude]) if exclude >= 0 else None
-        top = rank(vector, self.gallery, k, corrected=corrected, exclude=ex)[0]
+        top = rank(vector, self.gallery, k, corrected=corrected, exclude=ex, rerank=self.rerank)[0]
         assert top.rows is not None  # an in-memory gallery's list has rows
         products = self.emb.products
         return [

@@ -34,6 +34,12 @@ def _store_opts(p: argparse.ArgumentParser, model_required: bool = True) -> None
     )
     p.add_argument("--new-rule", default="year>=2016", help="which products are new: FIELD>=NUMBER or FIELD=V1,V2")
     p.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike or $LOOKALIKE_CACHE)")
+    p.add_argument(
+        "--adapter",
+        metavar="FILE",
+        help="a compact adapter (lookalike train-adapter): its output is the stored vector, and queries are mapped "
+        "by it; the store records which adapter (or none) its vectors came from and refuses any other",
+    )
 
 
 def _url(store: str) -> str:
@@ -51,8 +57,8 @@ def _open(args):
     from lookalike.retrieval.stores import open_store
 
     rule = NewRule.parse(args.new_rule)
-    enc = QueryEncoder.load(args.model, args.cache_dir)
-    return enc, open_store(_url(args.store), enc.dim), rule
+    enc = QueryEncoder.load(args.model, args.cache_dir, adapter=args.adapter)
+    return enc, open_store(_url(args.store), enc.dim, space=enc.space), rule
 
 
 def is_loopback(host: str) -> bool:
@@ -119,6 +125,10 @@ def cmd_serve(args) -> None:
             user_tower=args.user_tower,
             interest_fields=args.interest_fields,
             device=args.device,
+            adapter=args.adapter,
+            reranker=args.reranker,
+            reranker_model=args.reranker_model,
+            reranker_depth=args.reranker_depth,
         )
     except ValueError as e:  # json.JSONDecodeError included
         raise LookalikeError(f"invalid service settings: {e}") from None
@@ -301,6 +311,16 @@ def add_commands(sub) -> None:
         default="exact",
         help="exact: score every stored product (default; the ground truth, fine to ~100k); approximate: "
         "the store's HNSW index (for a million products)",
+    )
+    s.add_argument(
+        "--reranker",
+        choices=["listwise"],
+        help="S2's second stage: the list-wise self-attention reranker orders the first stage's top candidates "
+        "(/api/search and customer_input lists; off by default; a request asking for diversity uses MMR instead)",
+    )
+    s.add_argument("--reranker-model", metavar="FILE", help="the reranker's file (lookalike train-reranker)")
+    s.add_argument(
+        "--reranker-depth", type=int, default=100, help="candidates the reranker orders (default 100: the ANN top-100)"
     )
     s.add_argument(
         "--workers",

@@ -7,6 +7,7 @@ through a dependency (deps.py), never through a module global, so each worker pr
 import os
 import threading
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -25,13 +26,16 @@ from lookalike.recommend.newness import NewRule
 from lookalike.recommend.profile import EVENT_WEIGHTS, ProfileSettings
 from lookalike.recommend.recommender import Recommender
 from lookalike.recommend.statistics import BackgroundStatistics
-from lookalike.retrieval.stores import StoreItem, open_store
+from lookalike.retrieval.ranking import Rerank
+from lookalike.retrieval.rerank.listwise import load_reranker
+from lookalike.retrieval.stores import StoreItem, VectorStore, open_store
 from lookalike.service.auth import TokenFile
 from lookalike.service.itembank import ItemBankService, ItemBankSettings
 from lookalike.service.metrics import Metrics
 from lookalike.service.ratelimit import Rate
 from lookalike.service.tuning import tuning_summary
 from lookalike.service.uploads import UploadDir
+from lookalike.towers.adapter import load_adapter
 from lookalike.towers.user import UserTower
 
 if TYPE_CHECKING:
@@ -87,6 +91,14 @@ class ServiceSettings(BaseModel):
         None, description="attribute counted per category and in the category mix (default: the model's)"
     )
     itembank: ItemBankSettings | None = Field(None, description="an exam item bank served under /api/itembank")
+    adapter: str | None = Field(
+        None, description="a compact adapter file: the store holds its outputs and queries are mapped by it"
+    )
+    reranker: Literal["listwise"] | None = Field(
+        None, description="the second stage ordering the first stage's top candidates (None: off)"
+    )
+    reranker_model: str | None = Field(None, description="the reranker's file (lookalike train-reranker)")
+    reranker_depth: int = Field(100, ge=2, le=1000, description="candidates the reranker orders")
 
     @field_validator("device")
     @classmethod
@@ -101,6 +113,10 @@ class ServiceSettings(BaseModel):
             raise ValueError("auth_reads needs an auth_file")
         if self.rate_limit:
             Rate.parse(self.rate_limit)
+        if self.reranker and not self.reranker_model:
+            raise ValueError("reranker listwise needs its model file (--reranker-model FILE)")
+        if self.reranker_model and not self.reranker:
+            raise ValueError("--reranker-model given without --reranker listwise")
         return self
 
 
@@ -136,6 +152,16 @@ class Core:
         return data
 
 
+@dataclass
+class Compact:
+    """An experiment variant served in an adapter's compact space: the encoder mapping by that adapter, the store
+    holding its outputs (filled by `catalog ingest --adapter`) and the recommender on it."""
+
+    enc: QueryEncoder
+    store: VectorStore
+    rec: Recommender
+
+
 class Service(Core):
     """State shared by the endpoints: one store, one model, the recommenders, the metrics, and the thread
     that keeps the whole-catalogue statistics current (started here, stopped by `close`)."""
@@ -144,8 +170,10 @@ class Service(Core):
         assert s.checkpoint is not None, "a catalogue is served from a checkpoint"
         super().__init__(s)
         self.rule = NewRule.parse(s.new_rule)
-        self.enc = QueryEncoder.load(s.checkpoint, s.cache_dir, s.device)
-        self.store = open_store(s.store, self.enc.dim)
+        self.enc = QueryEncoder.load(s.checkpoint, s.cache_dir, s.device, adapter=s.adapter)
+        self.store = open_store(s.store, self.enc.dim, space=self.enc.space)
+        # S2's second stage, loaded (and a bad file refused) at start-up, never on a request
+        self.rerank = Rerank(load_reranker(s.reranker_model), s.reranker_depth) if s.reranker_model else None
         category, colour = report_fields(self.enc, s.colour_field, s.category_field)
         self.stats = BackgroundStatistics(self.store, s.stats_interval, s.store, s.stats_subprocess_from)
         self.rec = Recommender(self.store, category, colour, exact=s.search == "exact", statistics=self.stats)
@@ -155,6 +183,18 @@ class Service(Core):
             interest_fields=tuple(s.interest_fields),
         )
         self.experiment = Experiment.load(s.experiment) if s.experiment else None
+        self.compact: dict[str, Compact] = {}  # experiment variant → its compact space (see `Compact`)
+        for v in self.experiment.variants if self.experiment else ():
+            where = f"experiment {s.experiment}, variant {v.name}"
+            if v.reranker and self.rerank is None:
+                raise LookalikeError(f"{where} turns the reranker on: serve --reranker listwise --reranker-model FILE")
+            if v.adapter is not None and v.store is not None:
+                if self.enc.adapter is not None:
+                    raise LookalikeError(f"{where}: an adapter variant needs the service in the model's own space")
+                enc = self.enc.adapted(load_adapter(v.adapter)[0])
+                store = open_store(v.store, enc.dim, space=enc.space)
+                rec = Recommender(store, category, colour, exact=s.search == "exact")
+                self.compact[v.name] = Compact(enc, store, rec)
         self.user_tower = UserTower.load(s.user_tower, self.enc.dim) if s.user_tower else None
         if s.profile == "tower" and self.user_tower is None:
             raise LookalikeError("profile tower needs a user tower (--user-tower U.pt)")
@@ -186,7 +226,19 @@ class Service(Core):
 
     def release(self) -> None:
         self.store.release()
+        for c in self.compact.values():
+            c.store.release()
         super().release()
+
+    def mirror(self, item: StoreItem | None, deleted: str | None = None) -> None:
+        """Repeat a catalogue write of the primary store (under `write_lock`, after it committed) in every compact
+        variant's store, the vector mapped by that variant's adapter. Not one transaction with the primary
+        write: after a crash between them `catalog ingest --adapter` brings the compact store level again."""
+        for c in self.compact.values():
+            if deleted is not None:
+                c.store.delete([deleted])
+            elif item is not None:
+                c.store.upsert([StoreItem(item.id, c.enc.adapt(item.vector[None])[0], item.metadata)])
 
     # --- helpers -----------------------------------------------------------------------------------
     def decode_upload(self, f: UploadFile, what: str = "image") -> Image.Image:
@@ -241,6 +293,24 @@ class Service(Core):
         rid = request.state.request_id
         self.events.served(rid, endpoint, ids, variant, customer)
         return rid
+
+    def reranking(self, diversity: float, on: bool | None = None) -> Rerank | None:
+        """The reranker a list is ordered by: the served one (`on`: an experiment variant's choice, None: the
+        service's), unless the request asked for MMR diversity, the other way to diversify."""
+        use = self.rerank is not None if on is None else on
+        if use and self.rerank is None:
+            raise LookalikeError("this variant asks for the reranker, but the service has none (--reranker-model)")
+        return self.rerank if use and diversity == 0 else None
+
+    def ranking_path(self, res: dict, enc: QueryEncoder | None = None) -> dict:
+        """Which path ranked a list: the first stage (exact or the store's ANN index), its depth, whether the list
+        is certified exact, the second stage (the reranker's name, or null) and the space of the vectors
+        ("model", or "adapter:FINGERPRINT"; `enc`: a compact variant's encoder)."""
+        space = (enc or self.enc).space
+        out = {"search": self.settings.search, "reranker": res.get("reranker"), "space": space or "model"}
+        if "certified" in res:
+            out |= {"certified": res["certified"], "depth": res["depth"]}
+        return out
 
     def remember(self, label: str, res: dict) -> None:
         self.recent.appendleft({"query": label, "items": self.render_list(res)["items"][:10]})

@@ -27,7 +27,7 @@ from lookalike.provenance import provenance
 from lookalike.retrieval.exact import exact_topk
 from lookalike.retrieval.rerank.listwise import ListwiseReranker, rerank
 from lookalike.retrieval.rerank.mmr import mmr
-from lookalike.training.listwise import Lists, ListwiseConfig, constrained_best, train_listwise
+from lookalike.training.listwise import Lists, ListwiseConfig, constrained_best, split_by_key, train_listwise
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +73,6 @@ def _at_same_diversity(sweep: list[dict], ild: float) -> float | None:
     pts = sorted((m["ild@10"], m["ndcg@10"]) for m in sweep)
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     return float(np.interp(ild, xs, ys)) if xs[0] <= ild <= xs[-1] else None
-
-
-def split_by_key(keys: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of a (fit, select) split of one split's queries in which no relevance key (attribute
-    combination) is on both sides: products with equal attributes are the same query, and the
-    reranker would otherwise be selected on the very queries it was trained on."""
-    rng = np.random.default_rng(seed)
-    fit_keys = rng.permutation(np.unique(keys))[: round(fraction * len(np.unique(keys)))]
-    fit = np.isin(keys, fit_keys)
-    return np.flatnonzero(fit), np.flatnonzero(~fit)
 
 
 def compare_rerankers(

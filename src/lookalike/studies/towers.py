@@ -20,25 +20,17 @@ from scipy.stats import ttest_rel, wilcoxon
 from lookalike.config import ColdStartConfig, RunConfig
 from lookalike.evaluation.evaluate import validator
 from lookalike.evaluation.evaluator import relevance_keys
-from lookalike.evaluation.metrics import per_query_metrics
 from lookalike.model import LookalikeModel
 from lookalike.pipeline import Prepared, new_model, prepare
 from lookalike.provenance import provenance
 from lookalike.retrieval.exact import exact_topk
 from lookalike.towers.adapter import Adapter
-from lookalike.training.adapter import AdapterConfig, save_adapter, train_adapter
+from lookalike.training.adapter import AdapterConfig, fit_adapter, ndcg_per_query, save_adapter
 from lookalike.training.trainer import train
 
 logger = logging.getLogger(__name__)
 
 TOWERS = ("mlp", "coarse-to-fine")
-
-
-def ndcg_per_query(queries: np.ndarray, gallery: np.ndarray, keys: np.ndarray, depth: int = 100) -> np.ndarray:
-    """Attribute nDCG@10 of each query against the whole gallery (row i of both = product i)."""
-    top, _ = exact_topk(queries, gallery, depth)
-    counts = np.bincount(keys, minlength=keys.max() + 1)[keys]
-    return per_query_metrics(keys[top] == keys[:, None], counts, [10])["ndcg@10"]
 
 
 def paired_test(a: np.ndarray, b: np.ndarray) -> dict:
@@ -102,27 +94,6 @@ def _train_tower(cfg: RunConfig, prep: Prepared, out: Path, progress: bool) -> t
         "s_per_epoch": round(train_s / max(1, len(history)), 1),
         "tower_params": sum(p.numel() for p in best.attribute_tower.parameters()),
     }
-
-
-def fit_adapter(
-    model: LookalikeModel, prep: Prepared, keys: np.ndarray, cfg: AdapterConfig
-) -> tuple[Adapter, list[dict], float]:
-    """Stage 2 on frozen tower queries and frozen gallery images of the training split, early-stopped on
-    validation attribute nDCG@10. Returns the adapter, its history and the training seconds."""
-    emb, idx = prep.emb, prep.idx
-    tr, val = idx["train"], idx["val"]
-    paths = [tuple(emb.products[i].value(f) for f in cfg.hierarchy if f in emb.catalogue.schema.fields) for i in tr]
-    q_train = model.encode_attributes([emb.products[i].attributes for i in tr])
-    q_val = model.encode_attributes([emb.products[i].attributes for i in val])
-    val_gallery = model.space.transform(emb.features[val])
-    val_keys = np.unique(keys[val], return_inverse=True)[1]
-
-    def validate(adapter: Adapter) -> float:
-        return float(ndcg_per_query(adapter.encode(q_val), adapter.encode(val_gallery), val_keys).mean())
-
-    t = time.perf_counter()
-    adapter, history = train_adapter(q_train, prep.data.images.numpy(), keys[tr], paths, cfg, validate)
-    return adapter, history, time.perf_counter() - t
 
 
 def compare_towers(

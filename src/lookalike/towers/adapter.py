@@ -8,10 +8,17 @@ MLP whose last layer starts at zero: before training it *is* PCA to `out_dim`, a
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lookalike.errors import LookalikeError
+
+ADAPTER_FORMAT = "lookalike-adapter/1"
 
 
 class Adapter(nn.Module):
@@ -33,6 +40,15 @@ class Adapter(nn.Module):
         self.linear.weight.copy_(torch.from_numpy(top.astype(np.float32)))
         return self
 
+    def fingerprint(self) -> str:
+        """A digest of the weights (16 hex digits): a store records it, so a query mapped by another adapter (or
+        by none) is refused rather than compared with vectors of a different space."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.linear(x) + self.mlp(x), dim=-1)
 
@@ -52,3 +68,23 @@ class Adapter(nn.Module):
         )
         self.train(was)
         return out
+
+
+def load_adapter(path: str | Path) -> tuple[Adapter, dict]:
+    """An adapter file (`lookalike train-adapter`, or the tower study's adapter.pt) → the adapter, in eval mode,
+    and its payload. A missing or foreign file is a one-line error naming it."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise LookalikeError(f"adapter file not found: {path}") from None
+    except Exception as e:  # torch raises several kinds for a file that is not a checkpoint
+        raise LookalikeError(f"cannot read adapter file {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != ADAPTER_FORMAT:
+        raise LookalikeError(f"{path} is not an adapter file (format {ADAPTER_FORMAT!r})")
+    cfg = payload["config"]
+    try:
+        adapter = Adapter(payload["in_dim"], cfg["out_dim"], cfg["hidden_dim"], cfg["dropout"])
+        adapter.load_state_dict(payload["state_dict"])
+    except (KeyError, RuntimeError) as e:
+        raise LookalikeError(f"adapter file {path} is damaged: {str(e).splitlines()[0]}") from None
+    return adapter.eval(), payload

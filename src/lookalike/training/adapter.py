@@ -13,20 +13,23 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from lookalike.evaluation.metrics import per_query_metrics
 from lookalike.losses import MultiSimilarityLoss, TripletLoss
-from lookalike.model import save_atomic
-from lookalike.towers.adapter import Adapter
+from lookalike.model import LookalikeModel, save_atomic
+from lookalike.retrieval.exact import exact_topk
+from lookalike.towers.adapter import ADAPTER_FORMAT, Adapter, load_adapter
 from lookalike.training.samplers import HierarchicalBatchSampler
 from lookalike.training.trainer import seed_everything
 
-ADAPTER_FORMAT = "lookalike-adapter/1"
+if TYPE_CHECKING:
+    from lookalike.pipeline import Prepared
 
 
 class AdapterConfig(BaseModel):
@@ -151,9 +154,74 @@ def save_adapter(adapter: Adapter, cfg: AdapterConfig, path: Path, **extra) -> N
     )
 
 
-def load_adapter(path: Path) -> tuple[Adapter, dict]:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = AdapterConfig.model_validate(payload["config"])
-    adapter = Adapter(payload["in_dim"], cfg.out_dim, cfg.hidden_dim, cfg.dropout)
-    adapter.load_state_dict(payload["state_dict"])
-    return adapter.eval(), payload
+def ndcg_per_query(queries: np.ndarray, gallery: np.ndarray, keys: np.ndarray, depth: int = 100) -> np.ndarray:
+    """Attribute nDCG@10 of each query against the whole gallery (row i of both = product i)."""
+    top, _ = exact_topk(queries, gallery, depth)
+    counts = np.bincount(keys, minlength=keys.max() + 1)[keys]
+    return per_query_metrics(keys[top] == keys[:, None], counts, [10])["ndcg@10"]
+
+
+def fit_adapter(
+    model: LookalikeModel, prep: Prepared, keys: np.ndarray, cfg: AdapterConfig
+) -> tuple[Adapter, list[dict], float]:
+    """Stage 2 on frozen tower queries and frozen gallery images of the training split, early-stopped on
+    validation attribute nDCG@10. Returns the adapter, its history and the training seconds."""
+    emb, idx = prep.emb, prep.idx
+    tr, val = idx["train"], idx["val"]
+    paths = [tuple(emb.products[i].value(f) for f in cfg.hierarchy if f in emb.catalogue.schema.fields) for i in tr]
+    q_train = model.encode_attributes([emb.products[i].attributes for i in tr])
+    q_val = model.encode_attributes([emb.products[i].attributes for i in val])
+    val_gallery = model.space.transform(emb.features[val])
+    val_keys = np.unique(keys[val], return_inverse=True)[1]
+
+    def validate(adapter: Adapter) -> float:
+        return float(ndcg_per_query(adapter.encode(q_val), adapter.encode(val_gallery), val_keys).mean())
+
+    t = time.perf_counter()
+    adapter, history = train_adapter(q_train, prep.data.images.numpy(), keys[tr], paths, cfg, validate)
+    return adapter, history, time.perf_counter() - t
+
+
+def train_for_checkpoint(
+    checkpoint: str | Path, out: str | Path, cfg: AdapterConfig, cache_dir: str | None = None, progress: bool = False
+) -> dict:
+    """`lookalike train-adapter`: fit the adapter on the data and split the checkpoint was trained on and write
+    it (with its history, the validation nDCG@10 of the 512-d queries and of the adapter, and provenance)."""
+    from lookalike.evaluation.evaluator import relevance_keys
+    from lookalike.pipeline import prepare
+    from lookalike.provenance import provenance
+
+    model, _ = LookalikeModel.load(checkpoint)
+    rcfg = model.config.apply_quick()  # the split and data the model was trained on
+    if cache_dir:
+        rcfg = rcfg.model_copy(update={"encoder": rcfg.encoder.model_copy(update={"cache_dir": cache_dir})})
+    prep = prepare(rcfg, progress)
+    emb, val = prep.emb, prep.idx["val"]
+    keys = relevance_keys(emb.products, rcfg.eval.attribute_fields or emb.catalogue.schema.fields)
+    adapter, history, secs = fit_adapter(model, prep, keys, cfg)
+    val_keys = np.unique(keys[val], return_inverse=True)[1]
+    q_val = model.encode_attributes([emb.products[i].attributes for i in val])
+    full = float(ndcg_per_query(q_val, model.space.transform(emb.features[val]), val_keys).mean())
+    info = {
+        "checkpoint": str(checkpoint),
+        "train_s": round(secs, 1),
+        "val_ndcg@10_full": full,
+        "val_ndcg@10_adapter": max(h["val_metric"] for h in history),
+        "val_queries": len(val),
+        "fingerprint": adapter.fingerprint(),
+        **provenance(),
+    }
+    save_adapter(adapter, cfg, Path(out), history=history, info=info)
+    return info
+
+
+__all__ = [
+    "ADAPTER_FORMAT",
+    "AdapterConfig",
+    "fit_adapter",
+    "load_adapter",
+    "ndcg_per_query",
+    "save_adapter",
+    "train_adapter",
+    "train_for_checkpoint",
+]

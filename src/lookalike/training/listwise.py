@@ -18,15 +18,18 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from lookalike.errors import LookalikeError
 from lookalike.evaluation.diversity import mean_intra_list_diversity
 from lookalike.evaluation.metrics import per_query_metrics
-from lookalike.retrieval.rerank.listwise import ListwiseReranker, decode, rerank
+from lookalike.retrieval.exact import exact_topk
+from lookalike.retrieval.rerank.listwise import ListwiseReranker, decode, rerank, save_reranker
 from lookalike.training.trainer import seed_everything
 
 
@@ -184,3 +187,71 @@ def train_listwise(train: Lists, val: Lists, cfg: ListwiseConfig) -> tuple[Listw
     history[0]["kept_step"] = history[constrained_best(history, min_ild, cfg.diversity_weight)]["step"]
     model.load_state_dict(best_state)
     return model.eval(), history
+
+
+def split_by_key(keys: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a (fit, select) split of one split's queries in which no relevance key (attribute
+    combination) is on both sides: products with equal attributes are the same query, and the
+    reranker would otherwise be selected on the very queries it was trained on."""
+    rng = np.random.default_rng(seed)
+    fit_keys = rng.permutation(np.unique(keys))[: round(fraction * len(np.unique(keys)))]
+    fit = np.isin(keys, fit_keys)
+    return np.flatnonzero(fit), np.flatnonzero(~fit)
+
+
+def candidate_lists(queries: np.ndarray, gallery: np.ndarray, keys: np.ndarray, depth: int) -> Lists:
+    """Each query's exact top-`depth` of `gallery` (row i of both = product i; `keys`: relevance classes)."""
+    top, scores = exact_topk(queries, gallery, min(depth, len(gallery)))
+    return Lists(gallery, top, scores, keys[top] == keys[:, None], np.bincount(keys)[keys])
+
+
+def train_for_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    cfg: ListwiseConfig,
+    depth: int = 100,
+    fit_fraction: float = 0.5,
+    cache_dir: str | None = None,
+    progress: bool = False,
+) -> dict:
+    """`lookalike train-reranker`: the reranker for a checkpoint's served lists, trained as the reranker study
+    trains it (studies/rerankers.py): on the top-`depth` JSON → image lists of the validation queries of half
+    the validation relevance keys, selected on the other half (the tower never trained on validation products,
+    so their first-stage scores are as reliable as a customer's). Writes the file and returns its summary."""
+    from lookalike.evaluation.evaluator import relevance_keys
+    from lookalike.model import LookalikeModel
+    from lookalike.pipeline import prepare
+    from lookalike.provenance import provenance
+
+    model, _ = LookalikeModel.load(checkpoint)
+    rcfg = model.config.apply_quick()  # the split and data the model was trained on
+    if cache_dir:
+        rcfg = rcfg.model_copy(update={"encoder": rcfg.encoder.model_copy(update={"cache_dir": cache_dir})})
+    prep = prepare(rcfg, progress)
+    emb, val = prep.emb, prep.idx["val"]
+    fields = rcfg.eval.attribute_fields or emb.catalogue.schema.fields
+    keys = np.unique(relevance_keys([emb.products[i] for i in val], fields), return_inverse=True)[1]
+    queries = model.encode_attributes([emb.products[i].attributes for i in val])
+    lists = candidate_lists(queries, model.space.transform(emb.features[val]), keys, depth)
+    fit, select = split_by_key(keys, fit_fraction, cfg.seed)
+    if len(fit) == 0 or len(select) == 0:
+        raise LookalikeError(f"too few validation queries ({len(val)}) to fit and select a reranker")
+    sub = lambda rows: Lists(  # noqa: E731
+        lists.gallery, lists.candidates[rows], lists.scores[rows], lists.relevant[rows], lists.n_relevant[rows]
+    )
+    t = time.perf_counter()
+    reranker, history = train_listwise(sub(fit), sub(select), cfg)
+    kept = next(e for e in history if e["step"] == history[0]["kept_step"])
+    info = {
+        "checkpoint": str(checkpoint),
+        "depth": depth,
+        "fit_queries": len(fit),
+        "select_queries": len(select),
+        "train_s": round(time.perf_counter() - t, 1),
+        "plain": history[0]["plain"],
+        "kept": {"step": kept["step"], "ndcg": kept["ndcg"], "ild": kept["ild"]},
+        "config": cfg.model_dump(),
+        **provenance(),
+    }
+    save_reranker(reranker, out, info=info, history=history)
+    return info

@@ -18,12 +18,17 @@ scores with one λ.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lookalike.errors import LookalikeError
+
 N_FEATURES = 9
+RERANKER_FORMAT = "lookalike-listwise/1"
 
 
 def list_features(scores: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
@@ -55,7 +60,7 @@ def list_features(scores: torch.Tensor, similarity: torch.Tensor) -> torch.Tenso
 class ListwiseReranker(nn.Module):
     def __init__(self, k: int = 10, dim: int = 32, heads: int = 4, layers: int = 1, initial_lambda: float = 4.0):
         super().__init__()
-        self.k = k
+        self.k, self.dim, self.heads, self.layers = k, dim, heads, layers
         self.embed = nn.Linear(N_FEATURES, dim)
         layer = nn.TransformerEncoderLayer(
             dim, heads, 4 * dim, 0.0, activation="gelu", batch_first=True, norm_first=True
@@ -137,3 +142,56 @@ def rerank(
         )
         out.append(decode(rel, sim, lam, model.k)[0].numpy())
     return np.concatenate(out) if out else np.zeros((0, model.k), np.int64)
+
+
+@torch.inference_mode()
+def rerank_list(model: ListwiseReranker, vectors: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of k of one list's N candidates (unit `vectors`, first-stage `scores`, best first), reranked: the
+    reranker decodes its first min(k, model.k) picks; any further ones follow in first-stage order (the
+    reranker's trade-off weights exist for its own k positions only)."""
+    n = len(scores)
+    if n < 2:
+        return np.arange(min(k, n))
+    model.eval()
+    rel, sim, lam = model(
+        torch.from_numpy(np.ascontiguousarray(vectors[None], np.float32)),
+        torch.from_numpy(np.ascontiguousarray(np.asarray(scores)[None], np.float32)),
+    )
+    picks = decode(rel, sim, lam, min(k, model.k, n))[0][0].numpy()
+    rest = np.setdiff1d(np.arange(n), picks, assume_unique=True)  # ascending = first-stage order
+    return np.concatenate([picks, rest])[:k].astype(np.int64)
+
+
+def save_reranker(model: ListwiseReranker, path: str | Path, **extra) -> None:
+    """Written atomically (a temp file renamed over `path`): a served reranker is never half a file."""
+    from lookalike.model import save_atomic
+
+    payload = {
+        "format": RERANKER_FORMAT,
+        "k": model.k,
+        "dim": model.dim,
+        "heads": model.heads,
+        "layers": model.layers,
+        "state_dict": model.state_dict(),
+        **extra,
+    }
+    save_atomic(payload, Path(path))
+
+
+def load_reranker(path: str | Path) -> ListwiseReranker:
+    """A reranker file (`lookalike train-reranker`) → the reranker in eval mode; a missing or foreign file is a
+    one-line error naming it."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise LookalikeError(f"reranker model file not found: {path}") from None
+    except Exception as e:  # torch raises several kinds for a file that is not a checkpoint
+        raise LookalikeError(f"cannot read reranker model file {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != RERANKER_FORMAT:
+        raise LookalikeError(f"{path} is not a list-wise reranker file (format {RERANKER_FORMAT!r})")
+    try:
+        model = ListwiseReranker(payload["k"], payload["dim"], payload["heads"], payload["layers"])
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, RuntimeError) as e:
+        raise LookalikeError(f"reranker model file {path} is damaged: {str(e).splitlines()[0]}") from None
+    return model.eval()

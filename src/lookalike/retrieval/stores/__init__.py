@@ -35,15 +35,18 @@ def _options(query: str, allowed: set[str]) -> dict:
     return opts
 
 
-def open_store(url: str, dim: int | None = None) -> VectorStore:
-    """Open (creating if needed) the store named by `url`; `dim` may be omitted for an existing store."""
+def open_store(url: str, dim: int | None = None, space: str | None = None) -> VectorStore:
+    """Open (creating if needed) the store named by `url`; `dim` may be omitted for an existing store. `space`:
+    the space of the caller's vectors ("" the model's own, "adapter:F" a compact adapter's), checked against
+    the store's and recorded by the first to give one (`VectorStore.use_space`); None checks nothing."""
     parts = urlsplit(url)
     scheme = parts.scheme if len(parts.scheme) > 1 else ""  # "C:/..." is a path, not a scheme
     if scheme in ("", "embedded", "file"):
         from lookalike.retrieval.stores.embedded import EmbeddedStore
 
         path = parts.path if scheme else url.split("?")[0]
-        return EmbeddedStore(Path(path), dim, **_options(parts.query, {"index", "m", "ef_construction", "ef_search"}))
+        opts = _options(parts.query, {"index", "m", "ef_construction", "ef_search"})
+        return EmbeddedStore(Path(path), dim, space=space, **opts)
     if scheme in ("postgresql", "postgres", "pgserver"):
         from lookalike.retrieval.stores.pgvector import PgVectorStore
 
@@ -55,8 +58,8 @@ def open_store(url: str, dim: int | None = None) -> VectorStore:
             if rest:
                 raise LookalikeError(f"unknown pgserver option(s) {rest}")
             server = start_pgserver(Path(parts.path))
-            return PgVectorStore(server.get_uri(), dim, keepalive=server, **ours)
-        return PgVectorStore(urlunsplit(parts._replace(query=rest)), dim, **ours)
+            return PgVectorStore(server.get_uri(), dim, keepalive=server, space=space, **ours)
+        return PgVectorStore(urlunsplit(parts._replace(query=rest)), dim, space=space, **ours)
     raise LookalikeError(
         f"unknown store URL scheme {parts.scheme!r} in {url!r}: use embedded://, postgresql:// or pgserver://"
     )

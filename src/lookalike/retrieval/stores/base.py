@@ -195,10 +195,49 @@ class Tally:
         return StoreCounts(version, self.size, self.flag, self.flagged, fields)
 
 
+def describe_space(label: str) -> str:
+    """A store space's label in words: "" is the model's own space, "adapter:F" vectors mapped by adapter F."""
+    return "the model's own space (no adapter)" if not label else f"the space of adapter {label.split(':', 1)[1]}"
+
+
 class VectorStore(ABC):
-    """Unit vectors + metadata under string ids. Writes are all-or-nothing; see the module docstring."""
+    """Unit vectors + metadata under string ids. Writes are all-or-nothing; see the module docstring.
+
+    A store also records the *space* its vectors are in (`use_space`): "" for the model's own space, or
+    "adapter:FINGERPRINT" when a compact adapter (towers/adapter.py) mapped them. Whatever writes or queries with
+    a space first checks it, so vectors of two spaces are never mixed nor compared."""
 
     dim: int
+
+    def where(self) -> str:
+        """The store, in words, for errors."""
+        return type(self).__name__
+
+    def recorded_space(self) -> str | None:
+        """The label recorded with the store, or None when none was (a store written before spaces were
+        recorded, or one never opened with a space)."""
+        return None
+
+    def _record_space(self, label: str) -> None:
+        """Record `label` unless a label is recorded already (the first writer wins)."""
+        raise LookalikeError(f"{self.where()} cannot record the space of its vectors")
+
+    def check_space(self, label: str, have: str | None, size: int) -> None:
+        """Raise unless a store with recorded label `have` (None: none) and `size` items may be used in `label`."""
+        if have is None:
+            have = "" if size else label  # unrecorded: its items came from the model's own space
+        if have != label:
+            raise LookalikeError(
+                f"store {self.where()} holds vectors of {describe_space(have)}, but {describe_space(label)} was "
+                "given: use the --adapter its vectors were ingested with (or none), or ingest into another store"
+            )
+
+    def use_space(self, label: str) -> None:
+        """Check that the store is in space `label` and record it when the store has none recorded yet."""
+        self.check_space(label, self.recorded_space(), len(self))
+        if self.recorded_space() is None:
+            self._record_space(label)
+            self.check_space(label, self.recorded_space(), len(self))  # another process may have been first
 
     @abstractmethod
     def upsert(self, items: Iterable[StoreItem]) -> int:

@@ -43,6 +43,7 @@ from lookalike.retrieval.stores.paths import EXACT, INDEX, INDEX_THEN_EXACT, Pat
 from lookalike.retrieval.topk import topk, topk_row
 
 SNAPSHOT = "store.npz"
+SPACE = "space.json"  # the space the vectors are in (VectorStore.use_space), written once
 # Approximate search with a filter: the two paths' costs as `benchmarks/scale.py --parts stores` fitted them
 # (see `EmbeddedStore._plan`). FILLED IN FROM THE BENCHMARK.
 COSTS = PathCosts(exact_ms=0.052, exact_ms_per_row=0.0001109, index_ms=0.878, index_ms_per_unit=0.0047518)
@@ -98,7 +99,10 @@ class EmbeddedStore(VectorStore):
         m: int = 32,
         ef_construction: int = 80,
         ef_search: int = 200,
+        space: str | None = None,
     ):
+        """`space`: the space the caller's vectors are in ("" or "adapter:F"); checked against the one recorded
+        with the store, and recorded by the first to give one (see `VectorStore.use_space`)."""
         if index not in ("flat", "hnsw"):
             raise LookalikeError(f"embedded store index must be 'flat' or 'hnsw', got {index!r}")
         self.path = Path(path)
@@ -125,6 +129,8 @@ class EmbeddedStore(VectorStore):
         self._sweep()
         if (self.path / SNAPSHOT).exists():
             self._load()
+            if space is not None:  # before the dimension: a space mismatch is the better error
+                self.use_space(space)
             if dim is not None and dim != self.dim:
                 raise LookalikeError(f"store {self.path} holds {self.dim}-d vectors, asked for {dim}")
         else:
@@ -135,6 +141,35 @@ class EmbeddedStore(VectorStore):
             with self._writing():  # record the dimension at once; another handle may have been first
                 if self._stat is None:
                     self._commit(self._ids, self._vectors, [], Tally())
+            if space is not None:
+                self.use_space(space)
+
+    # --- the space of the vectors -------------------------------------------------------------------
+    def where(self) -> str:
+        return str(self.path)
+
+    def recorded_space(self) -> str | None:
+        try:
+            return str(json.loads((self.path / SPACE).read_text(encoding="utf-8"))["space"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LookalikeError(f"cannot read {self.path / SPACE}: {e}") from None
+
+    def _record_space(self, label: str) -> None:
+        with self._writing():
+            if self.recorded_space() is not None:
+                return
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".space-", suffix=".json")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump({"space": label}, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path / SPACE)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
 
     # --- persistence -------------------------------------------------------------------------------
     def _sweep(self) -> None:

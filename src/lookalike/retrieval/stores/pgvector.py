@@ -80,7 +80,10 @@ class PgVectorStore(VectorStore):
         keepalive=None,
         maintenance_work_mem: str = "1GB",
         build_workers: int = 2,
+        space: str | None = None,
     ):
+        """`space`: the space the caller's vectors are in ("" or "adapter:F"); checked against the one recorded
+        with the table, and recorded by the first to give one (see `VectorStore.use_space`)."""
         import psycopg
         from psycopg import sql
 
@@ -103,6 +106,7 @@ class PgVectorStore(VectorStore):
             "fields": sql.Identifier(table + "_fields"),
             "index": sql.Identifier(table + "_hnsw"),
             "version": sql.Identifier(table + "_version"),
+            "space": sql.Identifier(table + "_space"),
             "create_index": sql.SQL(
                 "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_ip_ops) "
                 "WITH (m = {}, ef_construction = {})"
@@ -124,6 +128,16 @@ class PgVectorStore(VectorStore):
                     "SELECT atttypmod FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'embedding'",
                     (table,),
                 ).fetchone()
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
+                        "label text NOT NULL)"
+                    ).format(self._sql["space"])
+                )
+                if row is not None and space is not None:  # before the dimension: a space mismatch is the better error
+                    have = conn.execute(sql.SQL("SELECT label FROM {}").format(self._sql["space"])).fetchone()
+                    rows = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(t)).fetchone()
+                    self.check_space(space, None if have is None else have[0], int(bool(rows and rows[0])))
                 if row is not None:
                     if dim is not None and dim != row[0]:
                         raise LookalikeError(f"table {table} holds {row[0]}-d vectors, asked for {dim}")
@@ -168,6 +182,24 @@ class PgVectorStore(VectorStore):
 
         register_vector(conn)
         self._field_cache = self._read_fields()
+        if space is not None:
+            self.use_space(space)
+
+    def where(self) -> str:
+        return f"table {self.table}"
+
+    def recorded_space(self) -> str | None:
+        from psycopg import sql
+
+        row = self._conn().execute(sql.SQL("SELECT label FROM {}").format(self._sql["space"])).fetchone()
+        return None if row is None else str(row[0])
+
+    def _record_space(self, label: str) -> None:
+        from psycopg import sql
+
+        self._conn().execute(
+            sql.SQL("INSERT INTO {} (label) VALUES (%s) ON CONFLICT DO NOTHING").format(self._sql["space"]), (label,)
+        )
 
     def _conn(self, register: bool = True):
         """One connection per thread (psycopg connections are not for concurrent use)."""

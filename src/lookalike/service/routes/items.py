@@ -121,11 +121,14 @@ def write_product(
                 raise LookalikeError("an image is required to add a product")
             image_path = Path(str(current.metadata.get("image", "")))  # the product keeps its image
             md = product_metadata(product_from_json(pid, attrs, image_path, text, svc.enc.schema), svc.rule)
-            svc.store.upsert([StoreItem(pid, current.vector, md)])
+            item = StoreItem(pid, current.vector, md)
+            svc.store.upsert([item])
         else:
             final, data, vector = staged
+            item = StoreItem(pid, vector, md)
             with svc.uploads.staged(final, data, keep=old):
-                svc.store.upsert([StoreItem(pid, vector, md)])
+                svc.store.upsert([item])
+        svc.mirror(item)  # an experiment's compact stores
     if staged is not None and old and os.path.abspath(old) != str(staged[0]):
         svc.uploads.remove(old)  # the replaced image, only once the new row is committed
     return svc.render(pid, md)
@@ -162,5 +165,6 @@ def delete_item(svc: ServiceDep, product_id: str) -> dict:
         image = str(svc.item(product_id).metadata.get("image", ""))
         if not svc.store.delete([product_id]):
             raise HTTPException(404, f"unknown product id {product_id!r}")
+        svc.mirror(None, deleted=product_id)
     svc.uploads.remove(image)  # only an image the API stored; catalogue images are never touched
     return {"deleted": product_id}

@@ -2,7 +2,7 @@
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal
 
 import numpy as np
@@ -167,12 +167,18 @@ def _recommend_history(request: Request, svc: Service, ask: HistoryAsk) -> dict:
     svc.rec.require_products()
     history, query, photo_tags = _history(svc, ask)
     profile, diversity, variant = ask.profile or svc.settings.profile, ask.diversity, None
+    rec, enc, reranker = svc.rec, svc.enc, None
     if svc.experiment is not None and ask.customer_id:  # the customer's variant decides (sticky by customer)
         v = svc.experiment.assign(ask.customer_id)
         profile = v.profile or profile
         diversity = v.diversity if v.diversity is not None else diversity
+        reranker = v.reranker
         variant = svc.experiment.label(v)
-    res = svc.rec.for_history(
+        compact = svc.compact.get(v.name)
+        if compact is not None:  # the 128-d variant: its store, the history mapped by its adapter
+            rec, enc = compact.rec, compact.enc
+            history = replace(history, vectors=enc.adapt(history.vectors))
+    res = rec.for_history(
         history,
         ask.k,
         profile,
@@ -181,6 +187,7 @@ def _recommend_history(request: Request, svc: Service, ask: HistoryAsk) -> dict:
         diversity,
         exclude_ids=[p for p in dict.fromkeys(history.product_ids) if p],
         tower=svc.user_tower,
+        rerank=svc.reranking(diversity, reranker),
     )
     svc.metrics.observe_results("customer_input", [res], recommended_new=True)
     what = (
@@ -195,7 +202,14 @@ def _recommend_history(request: Request, svc: Service, ask: HistoryAsk) -> dict:
     listed = svc.render_list(res)
     for item, j in zip(listed["items"], res["item_interests"]):
         item["interest"] = j
-    out = {"request_id": rid, "query": query, "profile": profile, "interests": res["interests"], **listed}
+    out = {
+        "request_id": rid,
+        "query": query,
+        "profile": profile,
+        "interests": res["interests"],
+        **listed,
+        "ranking": svc.ranking_path(res, enc),
+    }
     if photo_tags:  # one photo: its tags; several: one per photo, in order
         out["tags"] = photo_tags[0] if len(photo_tags) == 1 else photo_tags
     return {**out, "variant": variant} if variant else out

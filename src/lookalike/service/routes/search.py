@@ -53,7 +53,9 @@ def router(max_k: int) -> APIRouter:
             q = photo
         by_image = image is not None and not attributes
         bias = None if by_image else svc.enc.hub_bias  # JSON and text rank as in evaluation; images by plain cosine
-        res = svc.rec.rank(q[None, :], k, json_field(filters, "filters"), diversity, bias=bias)[0]
+        res = svc.rec.rank(
+            q[None, :], k, json_field(filters, "filters"), diversity, bias=bias, rerank=svc.reranking(diversity)
+        )[0]
         svc.metrics.observe_results("search", [res], recommended_new=False)
         svc.remember(f"search: {attributes or text or 'image ' + str(image.filename if image else '')}", res)
         return {
@@ -62,7 +64,7 @@ def router(max_k: int) -> APIRouter:
             "unknown_values": unknown,
             "ignored_fields": ignored,
             **svc.render_list(res),
-            "ranking": {"certified": res["certified"], "depth": res["depth"]},  # retrieval/ranking.py
+            "ranking": svc.ranking_path(res),  # retrieval/ranking.py
         }
 
     return routes
