@@ -22,6 +22,7 @@ import numpy as np
 
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.diversity import intra_list_diversity
+from lookalike.recommend.events import EventLog
 from lookalike.recommend.profile import (
     History,
     ProfileSettings,
@@ -261,6 +262,28 @@ class Recommender:
             raise LookalikeError(f"unknown product id(s) in sales figures: {missing[:10]}")
         n = max(1, round(len(sales) * fraction))
         return sorted(sales.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+    def best_by_purchases(
+        self, log: EventLog, window_days: int, fraction: float, limit: int, now: float | None = None
+    ) -> tuple[list[tuple[str, int]], int]:
+        """The established products most sold over the window (units from the purchase events, kept per product and
+        day in the events' own transaction), best first, ties by id; and how many products sold in the window.
+        The top `fraction` of those, at most `limit`; a product deleted since, or new, is passed over. Empty when
+        nothing sold in the window (the caller falls back to the centrality proxy)."""
+        want = None
+        out: list[tuple[str, int]] = []
+        offset, n_sold = 0, 0
+        while want is None or len(out) < want:
+            rows, n_sold = log.best_sellers(window_days, 2 * (want or limit), offset, now)
+            if want is None:
+                want = min(max(1, round(n_sold * fraction)), limit) if n_sold else 0
+            if not rows or not want:
+                break
+            for (pid, units), it in zip(rows, self.store.get_many([r[0] for r in rows])):
+                if it is not None and it.metadata.get(FLAG) is not True:
+                    out.append((pid, units))
+            offset += len(rows)
+        return out[: want or 0], n_sold
 
     def best_by_centrality(
         self, fraction: float, limit: int, stats: CatalogueStatistics | None = None
