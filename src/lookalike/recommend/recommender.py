@@ -184,7 +184,8 @@ class Recommender:
             q = tower.encode(history.vectors, history.types, history.times)
             found = [(np.arange(len(w)), int(np.argmax(history.vectors @ q)), 1.0, q)]
         elif profile == "multi-interest":
-            found = [(i.members, i.medoid, i.weight, i.query) for i in interests(history, w, s)]
+            keys = self.interest_keys(history, s.interest_fields) if s.interest_fields else None
+            found = [(i.members, i.medoid, i.weight, i.query) for i in interests(history, w, s, keys)]
         else:
             raise LookalikeError(f"unknown profile {profile!r}: multi-interest, mean or tower")
         queries = np.stack([f[3] for f in found])
@@ -232,6 +233,18 @@ class Recommender:
             ],
             "intra_list_diversity": round(intra_list_diversity(vecs), 4) if len(vecs) > 1 else 0.0,
         }
+
+    def interest_keys(self, history: History, fields: tuple[str, ...]) -> list[tuple | None]:
+        """Per event, its stored product's values of the interest fields (None for a query, or a product lacking
+        a scalar value of one): what the clustering groups by where known."""
+        pids = [p for p in dict.fromkeys(history.product_ids) if p]
+        meta = {it.id: it.metadata for it in self.store.get_many(pids) if it is not None}
+        out: list[tuple | None] = []
+        for p in history.product_ids:
+            vals = tuple(meta[p].get(f) for f in fields) if p and p in meta else None
+            ok = vals is not None and all(isinstance(v, (str, int, float, bool)) and v != "" for v in vals)
+            out.append(vals if ok else None)
+        return out
 
     def _agreed(self, history: History, groups: list[np.ndarray], fields: tuple[str, ...]) -> list[dict]:
         """Per interest, the values of `fields` that all its stored products share (scalars only): an interest of
