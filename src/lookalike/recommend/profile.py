@@ -113,8 +113,8 @@ def interests(
     `keys`: per event, the values of the interest fields (None where unknown: a photo, a text, a product lacking
     one). Two events with keys are one interest when their keys are equal and never when they differ; the image
     space decides the rest. Without keys, three clicks of one interest whose images lie apart are three lone
-    events, dropped beside a real cluster: the whole interest is lost (8% of the interests of benchmarks/
-    personalise.py's two-interest histories at cut 0.6)."""
+    events, dropped beside a real cluster: the whole interest is lost (benchmarks/personalise.py prints how many
+    interests it finds against the simulated ones)."""
     v = unit(h.vectors.astype(np.float64))
     n = len(v)
     if n == 1:
