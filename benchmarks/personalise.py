@@ -44,6 +44,7 @@ ATTRIBUTES = ("gender", "masterCategory", "subCategory", "articleType", "baseCol
 DIM = 512
 MIN_ESTABLISHED, MIN_NEW = 5, 3
 LABEL = "SIMULATED customers"
+TWO_MEANS = "2-means (the issue's reference)"
 
 
 def load(cache_dir: str | None, group: tuple[str, ...]):
@@ -99,21 +100,28 @@ def simulate(rng, groups, new, n: int, scenario: str) -> list[dict]:
     return out
 
 
-def train_tower(rng, groups, new, x, n: int, epochs: int):
-    """The user tower trained on n other SIMULATED customers' sessions: each history prefix → its next event."""
+def train_tower(rng, groups, new, x, n: int, epochs: int, per_session: int, batch_size: int):
+    """The user tower trained on n other SIMULATED customers' sessions: a history prefix → its next event; every
+    prefix of a session (per_session 0) or `per_session` prefixes cut at random (fewer examples a session, so
+    that more sessions fit the same time)."""
     from lookalike.towers.user import TYPES, age_buckets
     from lookalike.training.user_tower import Example, train_user_tower
 
     examples = []
     for c in simulate(rng, groups, new, n, "mixed"):
         rows, kinds = [r for r, _ in c["history"]], [e for _, e in c["history"]]
-        for t in range(1, len(rows)):
+        cuts = range(1, len(rows))
+        if per_session:
+            cuts = sorted(rng.choice(cuts, min(per_session, len(cuts)), replace=False))
+        for t in cuts:
             examples.append(Example(rows[:t], [TYPES.index(k) for k in kinds[:t]], age_buckets([None] * t), rows[t]))
     t0 = time.perf_counter()
-    tower, history = train_user_tower(examples, x, epochs=epochs)
+    tower, history = train_user_tower(examples, x, epochs=epochs, batch_size=batch_size)
     print(
-        f"{LABEL}: user tower trained on {n} simulated customers ({len(examples)} next-event examples), {epochs} "
-        f"epochs in {time.perf_counter() - t0:.0f} s; loss by epoch {[h['loss'] for h in history]}"
+        f"{LABEL}: user tower trained on {n} simulated sessions ({len(examples)} next-event examples, "
+        f"{'every prefix' if not per_session else f'{per_session} a session'}), {epochs} epochs of batches of "
+        f"{batch_size} in {time.perf_counter() - t0:.0f} s; loss by epoch {[h['loss'] for h in history]}",
+        flush=True,
     )
     return tower, len(examples)
 
@@ -124,9 +132,12 @@ def describe(s, default) -> str:
 
 
 def evaluate(rec, customers, x, ids, groups, methods, settings, tower=None) -> dict:
-    from lookalike.recommend.profile import History
+    from sklearn.metrics import adjusted_rand_score
+
+    from lookalike.recommend.profile import History, event_weights, interests
 
     group_of = dict(zip(ids, groups))
+    diag: dict[str, list] = {"interests found": [], "ARI": []}
     sums = {m: {"hit@10": 0.0, "coverage@10": 0.0, "precision@10": 0.0, "ILD@10": 0.0} for m in methods}
     seconds = dict.fromkeys(methods, 0.0)
     for c in customers:
@@ -141,8 +152,19 @@ def evaluate(rec, customers, x, ids, groups, methods, settings, tower=None) -> d
                 h = History(x[rows], [e for _, e in c["history"]], [None] * len(rows), hid, hid)
                 profile = {"mean": "mean", "user tower": "tower"}.get(m, "multi-interest")
             t = time.perf_counter()
-            res = rec.for_history(h, 10, profile, settings, tower=tower)
+            if m == TWO_MEANS:
+                res = two_means(rec, h)
+            else:
+                res = rec.for_history(h, 10, profile, settings, tower=tower)
             seconds[m] += time.perf_counter() - t
+            if m == "multi-interest":  # how well the interests found match the simulated ones
+                found = np.full(len(rows), -1)  # -1: in no interest (a stray event)
+                keys = rec.interest_keys(h, settings.interest_fields) if settings.interest_fields else None
+                kept = interests(h, event_weights(h, settings), settings, keys)  # as for_history finds them
+                for j, i in enumerate(kept):
+                    found[i.members] = j
+                diag["interests found"].append(len(kept))
+                diag["ARI"].append(adjusted_rand_score([groups[r] for r in rows], found))
             got = [group_of[i] for i, _, _ in res["items"]]
             s = sums[m]
             s["hit@10"] += any(g in wanted for g in got)
@@ -150,9 +172,41 @@ def evaluate(rec, customers, x, ids, groups, methods, settings, tower=None) -> d
             s["precision@10"] += sum(g in wanted for g in got) / 10
             s["ILD@10"] += res["intra_list_diversity"]
     n = len(customers)
-    return {
+    out = {
         m: {**{k: round(v / n, 4) for k, v in sums[m].items()}, "ms_per_customer": round(1000 * seconds[m] / n, 2)}
         for m in methods
+    }
+    if diag["ARI"]:
+        counts = np.bincount(diag["interests found"])
+        out["multi-interest"]["clustering"] = {
+            "interests_found": {int(j): int(c) for j, c in enumerate(counts) if c},
+            "mean_ARI_vs_simulated_interests": round(float(np.mean(diag["ARI"])), 4),
+        }
+    return out
+
+
+def two_means(rec, h) -> dict:
+    """The issue's reference: a plain 2-means (scikit-learn, k fixed at 2) on the history's unit vectors, each
+    cluster's mean a query ranked by `retrieval.ranking.rank` among the new products, the two lists merged in
+    proportion to cluster size (recommend/profile.py's allocate and merge)."""
+    from sklearn.cluster import KMeans
+
+    from lookalike.evaluation.diversity import intra_list_diversity
+    from lookalike.recommend.profile import allocate, merge
+    from lookalike.retrieval import ranking
+    from lookalike.vectors import unit
+
+    v = unit(h.vectors.astype(np.float64))
+    labels = KMeans(2, n_init=4, random_state=0).fit_predict(v) if len(np.unique(v, axis=0)) > 1 else np.zeros(len(v))
+    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    queries = np.stack([unit(v[g].mean(0)) for g in groups]).astype(np.float32)
+    lists = ranking.rank(queries, rec.gallery(None), 10, filters={"is_new": True})
+    rows = [[(i, float(sc), md, vec) for i, sc, md, vec in zip(r.ids, r.scores, r.metadata, r.vectors)] for r in lists]
+    picked = merge(rows, allocate([len(g) / len(v) for g in groups], 10), 10)
+    vecs = np.stack([it[3] for _, it in picked])
+    return {
+        "items": [(it[0], it[1], it[2]) for _, it in picked],
+        "intra_list_diversity": round(intra_list_diversity(vecs), 4),
     }
 
 
@@ -169,6 +223,10 @@ def main() -> None:
     p.add_argument("--group", default=",".join(GROUP), help="the fields an interest shares (default %(default)s)")
     p.add_argument("--tower-customers", type=int, default=2000, help="simulated customers the user tower trains on")
     p.add_argument("--tower-epochs", type=int, default=3)
+    p.add_argument(
+        "--tower-examples-per-session", type=int, default=0, help="next-event examples a session (0: every prefix)"
+    )
+    p.add_argument("--tower-batch", type=int, default=64, help="the tower's batch (in-batch negatives)")
     p.add_argument("--cache-dir", help="embedding cache (default ~/.cache/lookalike)")
     p.add_argument("--out", default="runs/bench/personalise", help="where the JSON report goes")
     p.add_argument("--markdown", action="store_true")
@@ -212,7 +270,14 @@ def main() -> None:
 
         torch.set_num_threads(2)
         tower, report["tower_examples"] = train_tower(
-            np.random.default_rng(args.seed + 1), groups, new, x, args.tower_customers, args.tower_epochs
+            np.random.default_rng(args.seed + 1),
+            groups,
+            new,
+            x,
+            args.tower_customers,
+            args.tower_epochs,
+            args.tower_examples_per_session,
+            args.tower_batch,
         )
         report["tower_customers"] = args.tower_customers
     with tempfile.TemporaryDirectory() as tmp:
@@ -224,10 +289,12 @@ def main() -> None:
         for name, customers in scenarios.items():
             report["scenarios"][name] = {}
             for n, settings in enumerate(variants):
-                first = ["last item", "mean", *(["user tower"] if tower else []), "multi-interest"]
+                first = ["last item", "mean", *(["user tower"] if tower else []), TWO_MEANS, "multi-interest"]
                 methods = first if n == 0 else ["multi-interest"]
                 res = evaluate(rec, customers, x, ids, groups, methods, settings, tower)
                 for m, r in res.items():
+                    if "clustering" in r:
+                        print(f"{name} | multi-interest clustering: {r['clustering']}", flush=True)
                     label = m if m != "multi-interest" else "multi-interest (" + describe(settings, default) + ")"
                     report["scenarios"][name][label] = r
                     print(f"{name} | {label}: " + ", ".join(f"{k} {v}" for k, v in r.items()), flush=True)

@@ -186,3 +186,21 @@ def test_lookalike_recommend_history_from_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["recommend", "--history", "h0", "nope", "--store", url])
     assert "unknown product id(s) ['nope']" in capsys.readouterr().err
+
+
+def test_interest_fields_decide_the_clustering_where_the_products_have_them():
+    a, b, c, d = directions(4, seed=11)
+    # three shirt clicks whose images lie apart (alone, each a lone event, dropped beside the shoe cluster), three
+    # shoes close together, and a shoe-looking bag: the fields make the shirts one interest and the bag its own
+    shirts = np.stack([a, b, c])
+    shoes = around(d, 4, 0.05, 3)
+    h = history(np.concatenate([shirts, shoes]).astype(np.float32))
+    w = event_weights(h, ProfileSettings())
+    plain = interests(h, w, ProfileSettings())
+    assert [sorted(i.members.tolist()) for i in plain] == [[3, 4, 5, 6]]  # the shirts are lost, the bag is a shoe
+    keys = [("shirt",)] * 3 + [("shoe",)] * 3 + [("bag",)]
+    typed = interests(h, w, ProfileSettings(), keys)
+    assert sorted(sorted(i.members.tolist()) for i in typed) == [[0, 1, 2], [3, 4, 5]]  # the lone bag dropped
+    # where a key is unknown (a photo, a text query), the image space decides: the photo joins the shoes
+    typed = interests(h, w, ProfileSettings(), [*keys[:6], None])
+    assert sorted(sorted(i.members.tolist()) for i in typed) == [[0, 1, 2], [3, 4, 5, 6]]

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import ingest, make_app, trained
+from service_fixtures import ingest, make_app, trained, wait_for
 
 from lookalike.cli import main
 from lookalike.recommend.events import open_events
@@ -270,3 +270,25 @@ def test_profile_tower_ranks_with_the_served_user_tower(env, tmp_path):
     plain = TestClient(make_app(env["url"], tmp_path))
     r = plain.post("/api/recommend/customer_input", json=body)
     assert r.status_code == 400 and "needs a trained user tower" in r.text
+
+
+def test_top10_to_new_takes_its_best_sellers_from_purchase_events_and_reports_the_proxy_check(env, tmp_path):
+    client = TestClient(make_app(env["url"], tmp_path, best_seller_window_days=7))
+    before = client.post("/api/recommend/top10_to_new", data={"k": 2, "limit": 3}).json()
+    assert before["source"] == "centrality" and "centrality proxy" in before["basis"]
+    old = [i for i in env["ids"] if i not in env["new"]][:4]
+    now = time.time()
+    stamp = lambda days: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - days * 86_400))  # noqa: E731
+    units = {old[0]: 2, old[1]: 5, old[2]: 3}
+    events = [{**event(f"sale-{p}-{j}", p, "purchase"), "ts": stamp(1)} for p, n in units.items() for j in range(n)] + [
+        {**event(f"sale-old-{j}", old[3], "purchase"), "ts": stamp(10)} for j in range(9)
+    ]  # outside 7 days
+    assert client.post("/api/events", json={"events": events}).json()["accepted"] == 19
+    body = client.post("/api/recommend/top10_to_new", data={"k": 2, "fraction": 1.0}).json()
+    assert body["source"] == "purchases" and "last 7 days" in body["basis"]
+    assert [(s["id"], s["units"]) for s in body["best_sellers"]] == [(old[1], 5), (old[2], 3), (old[0], 2)]
+    svc = client.app.state.service
+    wait_for(lambda: svc.stats.proxy is not None and svc.stats.proxy.n_products == 3, "the proxy check")
+    proxy = client.get("/api/kpi").json()["online"]["best_seller_proxy"]
+    assert (proxy["n_products"], proxy["units"], proxy["window_days"]) == (3, 10, 7)
+    assert "lookalike_best_seller_proxy_products 3.0" in client.get("/metrics").text

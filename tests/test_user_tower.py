@@ -74,3 +74,16 @@ def test_a_trained_user_tower_follows_the_latest_interest_where_the_mean_does_no
     assert hits["tower"] >= hits["mean"] + 10, hits  # of 60: the tower learnt recency; the mean follows the majority
     with pytest.raises(LookalikeError, match="needs a trained user tower"):
         rec.for_history(h, 10, "tower", new_only=False)
+
+
+def test_training_batches_hold_every_example_once_with_similar_lengths():
+    import random
+
+    from lookalike.training.user_tower import Example, _batches
+
+    rng = np.random.default_rng(1)
+    examples = [Example([0] * int(n), [2] * int(n), age_buckets([None] * int(n)), 0) for n in rng.integers(1, 31, 1000)]
+    batches = _batches(examples, 16, random.Random(0), pool=8)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    spread = np.mean([np.ptp([len(examples[i].rows) for i in b]) for b in batches])
+    assert spread < 5  # of 1-30 events: a random batch of 16 spans ~25

@@ -12,6 +12,9 @@ embedded store (`synchronous=FULL`: a batch is on disk before it is acknowledged
 - The KPI counters (events per type, endpoint and variant; lists served, clicked in their top 10, bought; new
   products shown at least once) change in the same transaction as the events that move them, so reading them is
   one small query whatever the size of the log, and they are never half-updated.
+- So do the units sold per product and UTC day (one unit per stored purchase event): top10_to_new takes its best
+  sellers from them (units over a window of days), reading at most (products sold × days in the window) rows of
+  that table, never the log.
 """
 
 from __future__ import annotations
@@ -43,6 +46,23 @@ NONE = "none"  # the variant of events and lists outside any experiment
 UNATTRIBUTED = "unattributed"  # the endpoint of events that cite no (known) served list
 SQLITE_FILE = "events.sqlite"
 FILE_FIELDS = ("event_id", "customer_id", "type", "product_id", "ts", "request_id", "variant")
+DAY_S = 86_400
+BEST_SELLER_WINDOW_DAYS = 30
+
+
+def day_of(ts: float) -> int:
+    """The UTC day number of an epoch time (the sales table's bucket)."""
+    return math.floor(ts / DAY_S)
+
+
+def parse_window(text: str | int) -> int:
+    """A best-seller window in days from `30d`, `4w` or a bare number of days; ValueError naming the value."""
+    raw = str(text).strip().lower()
+    scale = {"d": 1, "w": 7}.get(raw[-1:])
+    digits = raw[:-1] if scale else raw
+    if not digits.isdigit() or int(digits) * (scale or 1) < 1:
+        raise ValueError(f"best-seller window {text!r} must be a whole number of days or weeks, e.g. 30d or 4w")
+    return int(digits) * (scale or 1)
 
 
 @dataclass(frozen=True)
@@ -129,7 +149,15 @@ class EventLog(ABC):
     def __init__(self, store: VectorStore, prefix: str = ""):
         self.store = store
         p = prefix
-        self.t = {"events": f"{p}events", "served": f"{p}served", "kpi": f"{p}kpi", "shown": f"{p}shown"}
+        self.t = {
+            "events": f"{p}events",
+            "served": f"{p}served",
+            "kpi": f"{p}kpi",
+            "shown": f"{p}shown",
+            "sales": f"{p}sales",
+        }
+
+    day_sql = "CAST(ts / 86400 AS INTEGER)"  # SQL for day_of(ts) (SQLite truncates; the times are after 1970)
 
     # --- the database, per backend ------------------------------------------------------------------
     @abstractmethod
@@ -155,7 +183,22 @@ class EventLog(ABC):
             "purchased INTEGER NOT NULL DEFAULT 0, ts DOUBLE PRECISION NOT NULL)",
             "CREATE TABLE IF NOT EXISTS {kpi} (key TEXT PRIMARY KEY, n BIGINT NOT NULL)",
             "CREATE TABLE IF NOT EXISTS {shown} (product_id TEXT PRIMARY KEY)",
+            "CREATE TABLE IF NOT EXISTS {sales} (product_id TEXT NOT NULL, day BIGINT NOT NULL, units BIGINT NOT NULL, "
+            "PRIMARY KEY (product_id, day))",
+            "CREATE INDEX IF NOT EXISTS {sales}_day ON {sales} (day)",
         ]
+
+    def _backfill_sales(self, conn) -> None:
+        """A log written before the sales table existed: its purchases counted once, at opening (every purchase
+        stored since moves the table in its own transaction, so an empty table beside purchases means exactly
+        this)."""
+        if conn.execute(self._sql("SELECT 1 FROM {sales} LIMIT 1")).fetchone() is not None:
+            return
+        q = (
+            "INSERT INTO {sales} (product_id, day, units) SELECT product_id, " + self.day_sql + ", count(*) "
+            "FROM {events} WHERE type = 'purchase' GROUP BY product_id, " + self.day_sql
+        )
+        conn.execute(self._sql(q))
 
     # --- writes -------------------------------------------------------------------------------------
     def add(self, raw: list, now: float | None = None) -> AddResult:
@@ -219,10 +262,14 @@ class EventLog(ABC):
             ]
             stored = {r[0] for r in conn.execute(self._sql(q), params).fetchall()}
             shown: list[str] = []
+            sold: dict[tuple[str, int], int] = {}
             for e, cited, endpoint, variant in rows:
                 if e.event_id not in stored:
                     continue  # stored before: a duplicate
                 _bump(delta, f"events|{e.type}|{endpoint}|{variant}")
+                if e.type == "purchase":
+                    key = (e.product_id, day_of(e.ts))
+                    sold[key] = sold.get(key, 0) + 1
                 if cited and e.type in mark:
                     ids = json.loads(cited[2])
                     listed = ids[:CTR_AT] if e.type == "click" else ids
@@ -238,7 +285,17 @@ class EventLog(ABC):
                 if first:
                     _bump(delta, "new_shown", first)
             self._count(conn, delta)
+            self._sell(conn, sold)
         return len(stored)
+
+    def _sell(self, conn, sold: dict[tuple[str, int], int]) -> None:
+        """Add units to the per-product, per-day sales in one statement (keys sorted, as the counters)."""
+        if not sold:
+            return
+        keys = sorted(sold)
+        q = "INSERT INTO {sales} (product_id, day, units) VALUES " + ", ".join(["(%s, %s, %s)"] * len(keys))
+        q += " ON CONFLICT (product_id, day) DO UPDATE SET units = {sales}.units + excluded.units"
+        conn.execute(self._sql(q), [x for k in keys for x in (k[0], k[1], sold[k])])
 
     def served(
         self, request_id: str, endpoint: str, ids: list[str], variant: str | None = None, customer_id: str | None = None
@@ -272,6 +329,31 @@ class EventLog(ABC):
             "ORDER BY ts DESC, event_id DESC LIMIT %s"
         )
         return [(r[0], r[1], float(r[2])) for r in reversed(self._read().execute(q, (customer_id, limit)).fetchall())]
+
+    def purchases(self) -> int:
+        """Purchase events stored (from the counters: one small read)."""
+        q = self._sql("SELECT COALESCE(SUM(n), 0) FROM {kpi} WHERE key LIKE 'events|purchase|%'")
+        return int(self._read().execute(q).fetchone()[0])
+
+    def best_sellers(
+        self, window_days: int, limit: int, offset: int = 0, now: float | None = None
+    ) -> tuple[list[tuple[str, int]], int]:
+        """The products most sold over the last `window_days` UTC days (today included), by units then id:
+        `limit` of them from `offset`, and how many products sold in the window."""
+        since = day_of(datetime.now(UTC).timestamp() if now is None else now) - window_days + 1
+        conn = self._read()
+        q = self._sql("SELECT count(DISTINCT product_id) FROM {sales} WHERE day >= %s")
+        n = int(conn.execute(q, (since,)).fetchone()[0])
+        q = self._sql(
+            "SELECT product_id, SUM(units) AS u FROM {sales} WHERE day >= %s GROUP BY product_id "
+            "ORDER BY u DESC, product_id LIMIT %s OFFSET %s"
+        )
+        return [(r[0], int(r[1])) for r in conn.execute(q, (since, limit, offset)).fetchall()], n
+
+    def units_sold(self, window_days: int, now: float | None = None) -> dict[str, int]:
+        """Units per product over the window (the background statistics' Spearman; never on a request)."""
+        rows, _ = self.best_sellers(window_days, 2**62, 0, now)
+        return dict(rows)
 
     def counters(self) -> dict[str, int]:
         return {k: int(n) for k, n in self._read().execute(self._sql("SELECT key, n FROM {kpi}")).fetchall()}
@@ -389,6 +471,7 @@ class SqliteEventLog(EventLog):
             with self._tx() as conn:
                 for q in self._schema():
                     conn.execute(self._sql(q))
+                self._backfill_sales(conn)
         except sqlite3.Error as e:
             raise LookalikeError(f"cannot open the event log {self.path}: {e}") from None
 
@@ -437,6 +520,8 @@ class PgEventLog(EventLog):
     `<table>_served`, `<table>_kpi` and `<table>_shown` beside the store's `<table>`. Each transaction is the
     database's, so several API workers write one log and read one set of counters."""
 
+    day_sql = "CAST(floor(ts / 86400) AS BIGINT)"
+
     def __init__(self, store: VectorStore, table: str):
         super().__init__(store, prefix=table + "_")
         import psycopg
@@ -446,6 +531,7 @@ class PgEventLog(EventLog):
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext('lookalike-events-schema'))")
                 for q in self._schema():
                     conn.execute(self._sql(q))
+                self._backfill_sales(conn)
         except psycopg.Error as e:
             raise LookalikeError(f"cannot set up the event tables of {table}: {' '.join(str(e).split())}") from None
 

@@ -10,8 +10,9 @@ events have times, else in events before the last one.
   on cosine distance, cut at `cut`), each cluster is an *interest* with a medoid (the member with the greatest
   weighted similarity to the others) and an importance (the sum of its events' weights). Its query is the weighted
   mean of its events (`query="mean"`; on benchmarks/personalise.py's simulated customers it did better than the
-  medoid PinnerSage queries with) or the medoid. With `interest_fields`, an interest ranks among the products that
-  share the values its events agree on (e.g. the articleType of three T-shirts). Interests of
+  medoid PinnerSage queries with) or the medoid. With `interest_fields`, the products' values of those fields
+  decide the clustering where known (equal values: one interest; different: two), and an interest ranks among the
+  products that share the values its events agree on (e.g. the articleType of three T-shirts). Interests of
   one event are dropped when some interest has more (a stray click is not an interest); at most `max_interests`
   are kept. Each interest is ranked by `retrieval.ranking.rank` and the lists are merged in proportion to the
   interests' weights (largest remainder, at least one place each), interleaved so every interest is near the top.
@@ -104,8 +105,16 @@ def mean_query(h: History, w: np.ndarray) -> np.ndarray:
     return unit((w[:, None] * unit(h.vectors.astype(np.float64))).sum(0)).astype(np.float32)
 
 
-def interests(h: History, w: np.ndarray, s: ProfileSettings) -> list[Interest]:
-    """The history's interests, most important first (see the module docstring)."""
+def interests(
+    h: History, w: np.ndarray, s: ProfileSettings, keys: Sequence[tuple | None] | None = None
+) -> list[Interest]:
+    """The history's interests, most important first (see the module docstring).
+
+    `keys`: per event, the values of the interest fields (None where unknown: a photo, a text, a product lacking
+    one). Two events with keys are one interest when their keys are equal and never when they differ; the image
+    space decides the rest. Without keys, three clicks of one interest whose images lie apart are three lone
+    events, dropped beside a real cluster: the whole interest is lost (benchmarks/personalise.py prints how many
+    interests it finds against the simulated ones)."""
     v = unit(h.vectors.astype(np.float64))
     n = len(v)
     if n == 1:
@@ -115,6 +124,13 @@ def interests(h: History, w: np.ndarray, s: ProfileSettings) -> list[Interest]:
 
     sims = np.clip(v @ v.T, -1.0, 1.0)
     dist = 1.0 - sims
+    if keys is not None and any(k is not None for k in keys):
+        known = np.array([k is not None for k in keys])
+        codes = {k: j for j, k in enumerate(dict.fromkeys(k for k in keys if k is not None))}
+        code = np.array([codes[k] if k is not None else -1 for k in keys])
+        both = known[:, None] & known[None, :]
+        same = code[:, None] == code[None, :]
+        dist = np.where(both & same, 0.0, np.where(both, 2.0, dist))
     np.fill_diagonal(dist, 0.0)
     labels = fcluster(linkage(squareform(np.maximum(dist, 0.0), checks=False), "average"), s.cut, "distance")
     groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]

@@ -22,6 +22,7 @@ import numpy as np
 
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.diversity import intra_list_diversity
+from lookalike.recommend.events import EventLog
 from lookalike.recommend.profile import (
     History,
     ProfileSettings,
@@ -188,7 +189,8 @@ class Recommender:
             q = tower.encode(history.vectors, history.types, history.times)
             found = [(np.arange(len(w)), int(np.argmax(history.vectors @ q)), 1.0, q)]
         elif profile == "multi-interest":
-            found = [(i.members, i.medoid, i.weight, i.query) for i in interests(history, w, s)]
+            keys = self.interest_keys(history, s.interest_fields) if s.interest_fields else None
+            found = [(i.members, i.medoid, i.weight, i.query) for i in interests(history, w, s, keys)]
         else:
             raise LookalikeError(f"unknown profile {profile!r}: multi-interest, mean or tower")
         queries = np.stack([f[3] for f in found])
@@ -246,6 +248,18 @@ class Recommender:
             "reranker": lists[0].reranker if lists else None,
         }
 
+    def interest_keys(self, history: History, fields: tuple[str, ...]) -> list[tuple | None]:
+        """Per event, its stored product's values of the interest fields (None for a query, or a product lacking
+        a scalar value of one): what the clustering groups by where known."""
+        pids = [p for p in dict.fromkeys(history.product_ids) if p]
+        meta = {it.id: it.metadata for it in self.store.get_many(pids) if it is not None}
+        out: list[tuple | None] = []
+        for p in history.product_ids:
+            vals = tuple(meta[p].get(f) for f in fields) if p and p in meta else None
+            ok = vals is not None and all(isinstance(v, (str, int, float, bool)) and v != "" for v in vals)
+            out.append(vals if ok else None)
+        return out
+
     def _agreed(self, history: History, groups: list[np.ndarray], fields: tuple[str, ...]) -> list[dict]:
         """Per interest, the values of `fields` that all its stored products share (scalars only): an interest of
         three black men's T-shirts ranks among men's T-shirts when `fields` names gender and articleType."""
@@ -275,6 +289,28 @@ class Recommender:
             raise LookalikeError(f"unknown product id(s) in sales figures: {missing[:10]}")
         n = max(1, round(len(sales) * fraction))
         return sorted(sales.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+    def best_by_purchases(
+        self, log: EventLog, window_days: int, fraction: float, limit: int, now: float | None = None
+    ) -> tuple[list[tuple[str, int]], int]:
+        """The established products most sold over the window (units from the purchase events, kept per product and
+        day in the events' own transaction), best first, ties by id; and how many products sold in the window.
+        The top `fraction` of those, at most `limit`; a product deleted since, or new, is passed over. Empty when
+        nothing sold in the window (the caller falls back to the centrality proxy)."""
+        want = None
+        out: list[tuple[str, int]] = []
+        offset, n_sold = 0, 0
+        while want is None or len(out) < want:
+            rows, n_sold = log.best_sellers(window_days, 2 * (want or limit), offset, now)
+            if want is None:
+                want = min(max(1, round(n_sold * fraction)), limit) if n_sold else 0
+            if not rows or not want:
+                break
+            for (pid, units), it in zip(rows, self.store.get_many([r[0] for r in rows])):
+                if it is not None and it.metadata.get(FLAG) is not True:
+                    out.append((pid, units))
+            offset += len(rows)
+        return out[: want or 0], n_sold
 
     def best_by_centrality(
         self, fraction: float, limit: int, stats: CatalogueStatistics | None = None

@@ -1,6 +1,7 @@
 """Whole-catalogue statistics: what no store keeps as a count, so it is computed over every stored row.
 
-The centrality of each established product (the best-seller proxy of top10_to_new), the embedding
+The centrality of each established product (the best-seller proxy of top10_to_new; with purchase events, its
+Spearman correlation with the units sold, `ProxyCheck`), the embedding
 health of the catalogue and the set of new products (catalogue coverage) need every vector or every
 row: at a million products that is tens of seconds and gigabytes (benchmarks/scale.py). They are
 computed per store version (`store.version()` moves with every write, whichever process wrote):
@@ -24,7 +25,8 @@ import os
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,6 +56,19 @@ class CatalogueStatistics:
     central_scores: np.ndarray  # their centrality
     new_ids: np.ndarray  # the new products' ids, sorted (one buffer: cheap to hand over from a child process)
     health: dict | None  # embedding_health of every stored vector ({} below two products; None: not asked for)
+    established_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, str))  # sorted
+    established_centrality: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # aligned with them
+
+    def centrality_of(self, ids: list[str]) -> np.ndarray:
+        """The centrality of each of `ids` (NaN for one that is not an established product of this version)."""
+        out = np.full(len(ids), np.nan, np.float32)
+        if not ids or not len(self.established_ids):
+            return out
+        q = np.array(ids, dtype=str)
+        at = np.searchsorted(self.established_ids, q).clip(0, len(self.established_ids) - 1)
+        hit = self.established_ids[at] == q
+        out[hit] = self.established_centrality[at[hit]]
+        return out
 
     def count_new(self, ids: list[str]) -> int:
         """How many of `ids` (distinct) are new products."""
@@ -83,6 +98,8 @@ def compute_statistics(store: VectorStore, health: bool = True, central: int | N
     old = np.flatnonzero(~new)
     scores = centrality_scores(vectors[old]) if len(old) else np.zeros(0, np.float32)
     order = np.lexsort((old, -scores))[:central]  # ties by id (rows are in id order)
+    old_ids = np.array([ids[j] for j in old], dtype=str)
+    by_id = np.argsort(old_ids, kind="stable")
     return CatalogueStatistics(
         version=version,
         computed_at=time.time(),
@@ -92,7 +109,50 @@ def compute_statistics(store: VectorStore, health: bool = True, central: int | N
         central_scores=np.asarray(scores[order], np.float32),
         new_ids=np.array(sorted(ids[j] for j in np.flatnonzero(new)), dtype=str),
         health=(embedding_health(vectors) if len(ids) > 1 else {}) if health else None,
+        established_ids=old_ids[by_id],
+        established_centrality=np.asarray(scores, np.float32)[by_id],
     )
+
+
+@dataclass(frozen=True)
+class ProxyCheck:
+    """The best-seller-proxy hypothesis on the retailer's own data: Spearman's rank correlation between the
+    centrality of the established products that sold in the window and their units (scipy.stats.spearmanr)."""
+
+    spearman: float | None  # None below 3 products, or when either side is constant
+    p_value: float | None
+    n_products: int  # established products of the statistics' version with units in the window
+    units: int  # their units
+    window_days: int
+    store_version: int
+    computed_at: float
+
+    def describe(self) -> dict:
+        return {
+            "spearman": None if self.spearman is None else round(self.spearman, 4),
+            "p_value": None if self.p_value is None else float(f"{self.p_value:.4g}"),
+            "n_products": self.n_products,
+            "units": self.units,
+            "window_days": self.window_days,
+            "store_version": self.store_version,
+            "computed_at": dt.datetime.fromtimestamp(self.computed_at, dt.UTC).isoformat(timespec="seconds"),
+        }
+
+
+def proxy_check(stats: CatalogueStatistics, units: dict[str, int], window_days: int) -> ProxyCheck:
+    """Spearman between centrality and units over the products that have both (off the request path)."""
+    from scipy.stats import spearmanr
+
+    ids = sorted(units)
+    central = stats.centrality_of(ids)
+    keep = ~np.isnan(central)
+    sold = np.array([units[i] for i in ids], np.float64)[keep]
+    central = central[keep].astype(np.float64)
+    rho = p = None
+    if len(sold) >= 3 and np.ptp(sold) > 0 and np.ptp(central) > 0:
+        res = spearmanr(central, sold)
+        rho, p = float(res.statistic), float(res.pvalue)
+    return ProxyCheck(rho, p, int(keep.sum()), int(sold.sum()), window_days, stats.version, time.time())
 
 
 def _child(url: str, central: int, conn) -> None:
@@ -168,6 +228,30 @@ class BackgroundStatistics:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sales: tuple[Callable[[], int], Callable[[int], dict[str, int]], int] | None = None
+        self._sales_key: tuple | None = None
+        self.proxy: ProxyCheck | None = None  # the latest best-seller-proxy check (None before purchases)
+
+    def watch_sales(
+        self, purchases: Callable[[], int], units_sold: Callable[[int], dict[str, int]], window_days: int
+    ) -> None:
+        """Also keep the best-seller-proxy check current: recomputed when the statistics' version, the count of
+        purchases (`purchases()`, a counter read) or the day moves; `units_sold(window_days)` reads the units."""
+        self._sales = (purchases, units_sold, window_days)
+
+    def refresh_proxy(self) -> bool:
+        """Recompute the proxy check if its inputs moved; whether it did (the thread calls it; so may a test)."""
+        s = self._latest
+        if self._sales is None or s is None:
+            return False
+        purchases, units_sold, window = self._sales
+        n = purchases()
+        key = (s.version, n, int(time.time() // 86_400))
+        if key == self._sales_key:
+            return False
+        self.proxy = proxy_check(s, units_sold(window), window) if n else None
+        self._sales_key = key
+        return True
 
     @property
     def latest(self) -> CatalogueStatistics | None:
@@ -218,6 +302,7 @@ def _watch(ref: weakref.ref, stop: threading.Event) -> None:
             return
         try:
             stats.refresh()
+            stats.refresh_proxy()
             failures = 0
         except Exception:  # the store unreachable for a while: keep serving the last result, try again later
             failures += 1

@@ -13,6 +13,7 @@ from pathlib import Path
 from lookalike.cli.options import add_device_option
 from lookalike.errors import LookalikeError
 from lookalike.itembank.commands import add_fusion_options, fusion_from_args
+from lookalike.recommend.events import parse_window
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ def cmd_serve(args) -> None:
             profile=args.profile,
             event_weights=json.loads(args.event_weights) if args.event_weights else None,
             half_life_days=args.half_life_days,
+            best_seller_window_days=parse_window(args.best_seller_window),
             experiment=args.experiment,
             user_tower=args.user_tower,
             interest_fields=args.interest_fields,
@@ -349,6 +351,11 @@ def add_commands(sub) -> None:
     )
     s.add_argument("--experiment", help="an A/B experiment JSON file: variants of the recommender, split by customer")
     s.add_argument("--half-life-days", type=float, default=30.0, help="a history event's weight halves every N days")
+    s.add_argument(
+        "--best-seller-window",
+        default="30d",
+        help="with purchase events, top10_to_new's best sellers are the units sold over this window (e.g. 30d, 4w)",
+    )
     s.add_argument("--auth-file", help="token file from `lookalike auth add`: writes then need a write token")
     s.add_argument("--auth-reads", action="store_true", help="reads need a read token too (with --auth-file)")
     s.add_argument(

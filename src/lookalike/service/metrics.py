@@ -14,6 +14,8 @@ from collections import defaultdict, deque
 
 import numpy as np
 
+from lookalike.recommend.statistics import ProxyCheck
+
 
 class Metrics:
     def __init__(self, window: int = 10_000):
@@ -52,6 +54,16 @@ class Metrics:
         )
         self.online_new_shown = Gauge(
             "lookalike_online_new_products_shown", "new products shown at least once", registry=self.registry
+        )
+        self.proxy_spearman = Gauge(
+            "lookalike_best_seller_proxy_spearman",
+            "Spearman rank correlation of the centrality proxy with units sold over the best-seller window",
+            registry=self.registry,
+        )
+        self.proxy_products = Gauge(
+            "lookalike_best_seller_proxy_products",
+            "established products with units sold over the window (the correlation's sample)",
+            registry=self.registry,
         )
         self._lock = threading.Lock()
         self._lat: dict[tuple[str, str], deque] = defaultdict(lambda: deque(maxlen=window))
@@ -121,6 +133,12 @@ class Metrics:
                 self.online_lists.labels(parts[0].removeprefix("lists_"), *parts[1:]).set(n)
             elif key == "new_shown":
                 self.online_new_shown.set(n)
+
+    def set_proxy(self, proxy: ProxyCheck | None) -> None:
+        """The latest best-seller-proxy check into its gauges (NaN while there is none or it is undefined)."""
+        rho = proxy.spearman if proxy is not None else None
+        self.proxy_spearman.set(float("nan") if rho is None else rho)
+        self.proxy_products.set(proxy.n_products if proxy is not None else 0)
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest

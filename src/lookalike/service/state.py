@@ -20,7 +20,7 @@ from lookalike.config import check_device
 from lookalike.errors import LookalikeError
 from lookalike.inference import QueryEncoder, decode_image
 from lookalike.recommend.catalogue import report_fields
-from lookalike.recommend.events import open_events
+from lookalike.recommend.events import BEST_SELLER_WINDOW_DAYS, open_events
 from lookalike.recommend.experiments import Experiment
 from lookalike.recommend.newness import NewRule
 from lookalike.recommend.profile import EVENT_WEIGHTS, ProfileSettings
@@ -87,6 +87,11 @@ class ServiceSettings(BaseModel):
         description="a history interest ranks among products sharing the values of these fields its events agree on",
     )
     half_life_days: float = Field(30.0, gt=0, description="a history event's weight halves every this many days")
+    best_seller_window_days: int = Field(
+        BEST_SELLER_WINDOW_DAYS,
+        ge=1,
+        description="top10_to_new's best sellers are the units of purchase events over this many days (when any)",
+    )
     category_field: str | None = Field(
         None, description="attribute counted per category and in the category mix (default: the model's)"
     )
@@ -199,6 +204,7 @@ class Service(Core):
         if s.profile == "tower" and self.user_tower is None:
             raise LookalikeError("profile tower needs a user tower (--user-tower U.pt)")
         self.events = open_events(self.store)  # customers' events and the online KPIs, beside the catalogue
+        self.stats.watch_sales(self.events.purchases, self.events.units_sold, s.best_seller_window_days)
         self.rec.gallery(self.enc.hub_bias)  # starts computing the offsets' bound that certifies /api/search lists
         self.uploads = UploadDir(s.upload_dir)
         self.upload_dir = self.uploads.path

@@ -41,7 +41,7 @@ def kpi(svc: Service) -> dict:
         else None,
         "lists_served": req["lists_served"],
         # customers' events (the event log's counters, kept in each event batch's own transaction)
-        "online": svc.events.kpi(counts["new"]),
+        "online": {**svc.events.kpi(counts["new"]), "best_seller_proxy": best_seller_proxy(svc)},
         "statistics": {
             "pending": stats is None,
             "current_version": counts["version"],
@@ -60,6 +60,13 @@ def kpi(svc: Service) -> dict:
         },
         "training": training_summary(svc),
     }
+
+
+def best_seller_proxy(svc: Service) -> dict | None:
+    """The latest check of the centrality proxy against the purchase events' units (computed by the background
+    statistics thread, served from memory); None before any purchase."""
+    p = svc.stats.proxy
+    return p.describe() if p is not None else None
 
 
 @router.get("/api/kpi")
@@ -85,6 +92,7 @@ def metrics(svc: ServiceDep) -> Response:
     c = svc.store.counts()  # the gauges need no per-category breakdown
     set_gauges(svc, {"size": c.size, "new": c.flagged, "established": c.size - c.flagged})
     svc.metrics.set_online(svc.events.counters())
+    svc.metrics.set_proxy(svc.stats.proxy)
     return Response(svc.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -290,7 +290,9 @@ def router(max_k: int) -> APIRouter:
         filters: Filters = None,
         diversity: Diversity = 0.0,
     ) -> dict:
-        """Best sellers → their most similar new products, a merged ranking and trend figures."""
+        """Best sellers → their most similar new products, a merged ranking and trend figures. The best sellers are
+        the given ones (images, product ids, sales figures); else the units of the logged purchase events over the
+        best-seller window; else, with no purchase in it, the centrality proxy. `source` says which."""
         given = [x for x in (product_ids, images, sales, sales_csv) if x]
         if len(given) > 1:
             raise LookalikeError("give one of product_ids, images, sales or sales_csv (none = centrality proxy)")
@@ -316,14 +318,25 @@ def router(max_k: int) -> APIRouter:
                 sellers = [{"id": i, "source": "given"} for i in dict.fromkeys(ids)]
                 basis = "given product ids"
             else:
-                stats = svc.stats.get()  # the latest background statistics; 503 before the first
-                statistics = stats.describe()
-                picked, n_anchor = svc.rec.best_by_centrality(fraction, limit, stats)
-                sellers = [{"id": i, "centrality": round(c, 5), "source": "centrality"} for i, c in picked]
-                basis = (
-                    f"centrality proxy (no sales given): the {n_anchor} most central established products "
-                    f"(top {fraction:.0%}), first {len(picked)} listed"
-                )
+                window = svc.settings.best_seller_window_days
+                bought, n_sold = svc.rec.best_by_purchases(svc.events, window, fraction, limit)
+                if bought:
+                    sellers = [{"id": i, "units": u, "source": "purchases"} for i, u in bought]
+                    n_top = max(1, round(n_sold * fraction))
+                    basis = (
+                        f"purchase events: the top {fraction:.0%} ({n_top}) of the {n_sold} products sold over the "
+                        f"last {window} days by units, established ones, first {len(bought)} listed"
+                    )
+                else:
+                    stats = svc.stats.get()  # the latest background statistics; 503 before the first
+                    statistics = stats.describe()
+                    picked, n_anchor = svc.rec.best_by_centrality(fraction, limit, stats)
+                    sellers = [{"id": i, "centrality": round(c, 5), "source": "centrality"} for i, c in picked]
+                    basis = (
+                        f"centrality proxy (no sales given, no purchase events in the last {window} days): the "
+                        f"{n_anchor} most central established products (top {fraction:.0%}), first {len(picked)} "
+                        "listed"
+                    )
             items = svc.store.get_many([s["id"] for s in sellers])
             missing = [s["id"] for s, it in zip(sellers, items) if it is None]
             if missing:
@@ -337,6 +350,7 @@ def router(max_k: int) -> APIRouter:
         rid = svc.served(request, "top10_to_new", [m["id"] for m in res["merged"]])
         return {
             "request_id": rid,
+            "source": sellers[0]["source"] if sellers else None,
             "basis": basis,
             "best_sellers": [
                 {**{k2: v for k2, v in s.items() if k2 not in ("items", "intra_list_diversity")}, **svc.render_list(s)}

@@ -54,8 +54,10 @@ function cards(kpi) {
     ...Object.entries(kpi.requests).map(([ep, r]) => el("tr", {}, el("td", {}, ep), el("td", {}, r.requests),
       el("td", {}, r.p50_ms), el("td", {}, r.p95_ms), el("td", {}, r.p99_ms))));
   const on = kpi.online || {}, cov = on.new_collection || {};
+  const px = on.best_seller_proxy;
   $("online-coverage").textContent = `${on.events || 0} events; new collection shown: ${cov.shown || 0} of ` +
-    `${cov.size ?? "–"} (coverage ${fmt(cov.coverage)})`;
+    `${cov.size ?? "–"} (coverage ${fmt(cov.coverage)})` + (px ? `; best-seller proxy vs units sold ` +
+    `(last ${px.window_days} days, ${px.n_products} products): Spearman ${fmt(px.spearman)}` : "");
   const cols = ["impressions", "clicks", "carts", "purchases", "lists_served", "ctr", "ctr@10", "purchase_rate"];
   const rows = [];
   for (const [group, label] of [["per_endpoint", "endpoint"], ["per_variant", "variant"]])
