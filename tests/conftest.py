@@ -67,13 +67,17 @@ def one_thread():
 # collection order (`--dist loadscope --no-loadscope-reorder` in pyproject.toml), so started last one of
 # them kept a single worker busy for half a minute after the other had finished.
 LONGEST_FIRST = (
+    "test_readme.py",
+    "test_tune_engines.py",
     "test_ray_engine.py",
+    "test_tune.py",
+    "test_tune_ensemble.py",
+    "test_research_loop.py",
     "test_service_api.py",
     "test_pipeline.py",
     "test_itembank_study.py",
     "test_dashboard_browser.py",
     "test_classify_finetune.py",
-    "test_readme.py",
     "test_commands.py",
     "test_encoders.py",
     "test_studies.py",
