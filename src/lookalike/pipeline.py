@@ -208,6 +208,18 @@ def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
     return Prepared(emb, split, idx, space, vocab, data, trainset(idx["val"]) if len(idx["val"]) else None)
 
 
+def prepare_checkpoint(
+    checkpoint: str | Path, cache_dir: str | None = None, progress: bool = True
+) -> tuple[LookalikeModel, RunConfig, Prepared]:
+    """A checkpoint with the data and split it was trained on, so a model fitted on top of it (an adapter, a
+    reranker) never sees that checkpoint's validation or test products in training."""
+    model, _ = LookalikeModel.load(checkpoint)
+    rcfg = model.config.apply_quick()
+    if cache_dir:
+        rcfg = rcfg.model_copy(update={"encoder": rcfg.encoder.model_copy(update={"cache_dir": cache_dir})})
+    return model, rcfg, prepare(rcfg, progress)
+
+
 def new_model(cfg: RunConfig, prep: Prepared) -> LookalikeModel:
     text_dim = prep.emb.sentences.shape[1] if prep.emb.sentences is not None else 512
     model = create_model(cfg, prep.vocab, prep.space, prep.emb.features.shape[1], text_dim)

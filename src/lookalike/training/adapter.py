@@ -188,14 +188,10 @@ def train_for_checkpoint(
     """`lookalike train-adapter`: fit the adapter on the data and split the checkpoint was trained on and write
     it (with its history, the validation nDCG@10 of the 512-d queries and of the adapter, and provenance)."""
     from lookalike.evaluation.evaluator import relevance_keys
-    from lookalike.pipeline import prepare
+    from lookalike.pipeline import prepare_checkpoint
     from lookalike.provenance import provenance
 
-    model, _ = LookalikeModel.load(checkpoint)
-    rcfg = model.config.apply_quick()  # the split and data the model was trained on
-    if cache_dir:
-        rcfg = rcfg.model_copy(update={"encoder": rcfg.encoder.model_copy(update={"cache_dir": cache_dir})})
-    prep = prepare(rcfg, progress)
+    model, rcfg, prep = prepare_checkpoint(checkpoint, cache_dir, progress)
     emb, val = prep.emb, prep.idx["val"]
     keys = relevance_keys(emb.products, rcfg.eval.attribute_fields or emb.catalogue.schema.fields)
     adapter, history, secs = fit_adapter(model, prep, keys, cfg)

@@ -219,15 +219,10 @@ def train_for_checkpoint(
     the validation relevance keys, selected on the other half (the tower never trained on validation products,
     so their first-stage scores are as reliable as a customer's). Writes the file and returns its summary."""
     from lookalike.evaluation.evaluator import relevance_keys
-    from lookalike.model import LookalikeModel
-    from lookalike.pipeline import prepare
+    from lookalike.pipeline import prepare_checkpoint
     from lookalike.provenance import provenance
 
-    model, _ = LookalikeModel.load(checkpoint)
-    rcfg = model.config.apply_quick()  # the split and data the model was trained on
-    if cache_dir:
-        rcfg = rcfg.model_copy(update={"encoder": rcfg.encoder.model_copy(update={"cache_dir": cache_dir})})
-    prep = prepare(rcfg, progress)
+    model, rcfg, prep = prepare_checkpoint(checkpoint, cache_dir, progress)
     emb, val = prep.emb, prep.idx["val"]
     fields = rcfg.eval.attribute_fields or emb.catalogue.schema.fields
     keys = np.unique(relevance_keys([emb.products[i] for i in val], fields), return_inverse=True)[1]
