@@ -7,8 +7,6 @@ define the image and text spaces.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,31 +18,12 @@ from lookalike.devices import module_device
 from lookalike.encoders.embedding import Embedded, embed_catalogue
 from lookalike.encoders.projection import ImageSpace
 from lookalike.errors import LookalikeError
+from lookalike.modelfile import read_model_file, save_atomic
 from lookalike.retrieval.hubness import hub_penalty
 from lookalike.towers import AttributeVocab
 from lookalike.towers.registry import create_attribute_tower, create_text_tower
 
 CHECKPOINT_FORMAT = "lookalike-checkpoint/1"
-
-
-def save_atomic(payload: dict, path: Path) -> None:
-    """`torch.save` to a temp file beside `path`, fsynced, then renamed over it: a crash or a kill at any
-    moment leaves the previous file or the new one, never half of one (what `--resume` and serving read)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power loss
-    finally:
-        os.close(dir_fd)
 
 
 class LookalikeModel(torch.nn.Module):
@@ -121,14 +100,7 @@ class LookalikeModel(torch.nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> tuple[LookalikeModel, dict]:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise LookalikeError(f"checkpoint not found: {path}") from None
-        except Exception as e:  # a truncated or foreign file
-            raise LookalikeError(f"cannot read checkpoint {path}: {e}") from None
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            raise LookalikeError(f"{path} is not a lookalike checkpoint")
+        payload = read_model_file(path, CHECKPOINT_FORMAT, "checkpoint", "a lookalike checkpoint")
         space = ImageSpace.from_state(
             {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in payload["space"].items()}
         )

@@ -44,7 +44,7 @@ def attach(checkpoint: Path, tagger: Tagger) -> None:
     """Save `tagger` inside an existing checkpoint (atomically: the old file or the new, never half)."""
     import torch
 
-    from lookalike.model import save_atomic
+    from lookalike.modelfile import save_atomic
 
     payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
     payload["tagger"] = tagger.state()

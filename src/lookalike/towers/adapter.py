@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lookalike.errors import LookalikeError
+from lookalike.modelfile import read_model_file
 
 ADAPTER_FORMAT = "lookalike-adapter/1"
 
@@ -73,14 +74,7 @@ class Adapter(nn.Module):
 def load_adapter(path: str | Path) -> tuple[Adapter, dict]:
     """An adapter file (`lookalike train-adapter`, or the tower study's adapter.pt) → the adapter, in eval mode,
     and its payload. A missing or foreign file is a one-line error naming it."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise LookalikeError(f"adapter file not found: {path}") from None
-    except Exception as e:  # torch raises several kinds for a file that is not a checkpoint
-        raise LookalikeError(f"cannot read adapter file {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(payload, dict) or payload.get("format") != ADAPTER_FORMAT:
-        raise LookalikeError(f"{path} is not an adapter file (format {ADAPTER_FORMAT!r})")
+    payload = read_model_file(path, ADAPTER_FORMAT, "adapter file", "an adapter file")
     cfg = payload["config"]
     try:
         adapter = Adapter(payload["in_dim"], cfg["out_dim"], cfg["hidden_dim"], cfg["dropout"])

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lookalike.errors import LookalikeError
+from lookalike.modelfile import save_atomic
 
 TYPES = ("impression", "view", "click", "cart", "purchase", "query")
 AGE_BUCKETS = 12
@@ -76,7 +77,7 @@ class UserTower(nn.Module):
         return self(v, t, a, torch.ones_like(t, dtype=torch.bool))[0].numpy().astype(np.float32)
 
     def save(self, path: str | Path, meta: dict | None = None) -> None:
-        torch.save({"dim": self.dim, "heads": self.heads, "state": self.state_dict(), "meta": meta or {}}, path)
+        save_atomic({"dim": self.dim, "heads": self.heads, "state": self.state_dict(), "meta": meta or {}}, Path(path))
 
     @classmethod
     def load(cls, path: str | Path, dim: int | None = None) -> UserTower:

@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lookalike.evaluation.metrics import per_query_metrics
 from lookalike.losses import MultiSimilarityLoss, TripletLoss
-from lookalike.model import LookalikeModel, save_atomic
+from lookalike.model import LookalikeModel
+from lookalike.modelfile import save_atomic
 from lookalike.retrieval.exact import exact_topk
 from lookalike.towers.adapter import ADAPTER_FORMAT, Adapter, load_adapter
 from lookalike.training.samplers import HierarchicalBatchSampler

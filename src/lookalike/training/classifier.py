@@ -24,7 +24,7 @@ from torch import nn
 
 from lookalike.classify.data import LabelledImages, load_labelled, stratified_split, stratified_subsample, write_split
 from lookalike.errors import LookalikeError
-from lookalike.model import save_atomic
+from lookalike.modelfile import save_atomic
 
 if TYPE_CHECKING:
     from lookalike.encoders.efficientnet import EfficientNetLite0Encoder

@@ -21,7 +21,8 @@ from lookalike.devices import autocast, resolve_device
 from lookalike.errors import LookalikeError
 from lookalike.evaluation.evaluator import get_metric
 from lookalike.losses import InfoNCELoss
-from lookalike.model import LookalikeModel, save_atomic
+from lookalike.model import LookalikeModel
+from lookalike.modelfile import save_atomic
 from lookalike.training.relatedness import relatedness, value_information
 
 logger = logging.getLogger(__name__)

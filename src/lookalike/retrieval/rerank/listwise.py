@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lookalike.errors import LookalikeError
+from lookalike.modelfile import read_model_file, save_atomic
 
 N_FEATURES = 9
 RERANKER_FORMAT = "lookalike-listwise/1"
@@ -164,8 +165,6 @@ def rerank_list(model: ListwiseReranker, vectors: np.ndarray, scores: np.ndarray
 
 def save_reranker(model: ListwiseReranker, path: str | Path, **extra) -> None:
     """Written atomically (a temp file renamed over `path`): a served reranker is never half a file."""
-    from lookalike.model import save_atomic
-
     payload = {
         "format": RERANKER_FORMAT,
         "k": model.k,
@@ -181,14 +180,7 @@ def save_reranker(model: ListwiseReranker, path: str | Path, **extra) -> None:
 def load_reranker(path: str | Path) -> ListwiseReranker:
     """A reranker file (`lookalike train-reranker`) → the reranker in eval mode; a missing or foreign file is a
     one-line error naming it."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise LookalikeError(f"reranker model file not found: {path}") from None
-    except Exception as e:  # torch raises several kinds for a file that is not a checkpoint
-        raise LookalikeError(f"cannot read reranker model file {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(payload, dict) or payload.get("format") != RERANKER_FORMAT:
-        raise LookalikeError(f"{path} is not a list-wise reranker file (format {RERANKER_FORMAT!r})")
+    payload = read_model_file(path, RERANKER_FORMAT, "reranker model file", "a list-wise reranker file")
     try:
         model = ListwiseReranker(payload["k"], payload["dim"], payload["heads"], payload["layers"])
         model.load_state_dict(payload["state_dict"])
